@@ -1,0 +1,117 @@
+// The REST contract between coordinator, agents and admin clients (v1). Request and response
+// schemas live here, so both sides validate against the same definitions, and every route
+// declares what it may return (fastify serialises only the declared fields).
+import { Type, type Static } from '@sinclair/typebox';
+import { AgentStatus, ClusterSpec, NodeDesired, Phase, ProbeResult, CertReport } from './schema.ts';
+
+export const API_PREFIX = '/v1';
+
+export const ErrorBody = Type.Object({
+  code: Type.String(),
+  message: Type.String(),
+  /** For a refused spec: every problem, each naming its field. */
+  errors: Type.Optional(Type.Array(Type.Object({ field: Type.String(), message: Type.String() }))),
+});
+export type ErrorBody = Static<typeof ErrorBody>;
+
+// --- agent calls --------------------------------------------------------------------------
+
+/** Join token, as printed by `pgaccord token create`: "pga1." + base64url(JSON of this). */
+export const JoinTokenPayload = Type.Object({
+  v: Type.Literal(1),
+  /** Coordinator URL the agent may use if it was not given one. */
+  url: Type.String(),
+  cluster: Type.String(),
+  node: Type.String(),
+  /** Token id (public) and secret (hashed in the store). */
+  id: Type.String(),
+  secret: Type.String(),
+  /** sha256 of the DER of the coordinator CA certificate, hex: the agent pins it. */
+  caFingerprint: Type.String(),
+});
+export type JoinTokenPayload = Static<typeof JoinTokenPayload>;
+
+export const EnrollRequest = Type.Object({ token: Type.String(), csr: Type.String() }, { additionalProperties: false });
+export type EnrollRequest = Static<typeof EnrollRequest>;
+
+export const EnrollResponse = Type.Object({
+  cluster: Type.String(),
+  node: Type.String(),
+  /** The agent's identity certificate (mTLS client), PEM. */
+  certificate: Type.String(),
+  /** The coordinator CA (signs the coordinator's server certificate and agent identities), PEM. */
+  coordinatorCa: Type.String(),
+});
+export type EnrollResponse = Static<typeof EnrollResponse>;
+
+/** GET /v1/agent/desired?after=GEN: 200 with this when a newer generation exists, 204 after the wait. */
+export const DesiredResponse = NodeDesired;
+
+/** POST /v1/agent/csr: sign a CSR for one certificate slot of the node's desired state, or (slot "identity") renew the agent identity. */
+export const CsrRequest = Type.Object({ slot: Type.String(), csr: Type.String() }, { additionalProperties: false });
+export type CsrRequest = Static<typeof CsrRequest>;
+export const CsrResponse = Type.Object({ certificate: Type.String(), serial: Type.String(), notAfter: Type.String() });
+export type CsrResponse = Static<typeof CsrResponse>;
+
+export const StatusRequest = AgentStatus;
+
+// --- admin calls --------------------------------------------------------------------------
+
+export const ClusterResponse = Type.Object({ generation: Type.Integer(), spec: ClusterSpec, warnings: Type.Array(Type.String()) });
+export type ClusterResponse = Static<typeof ClusterResponse>;
+
+export const PlanNode = Type.Object({
+  node: Type.String(),
+  /** Rendered pg_hba.conf block, pg_ident.conf block and settings include the node would get. */
+  hba: Type.String(),
+  ident: Type.String(),
+  settings: Type.Record(Type.String(), Type.String()),
+  roles: Type.Array(Type.String()),
+  certificates: Type.Array(Type.String()),
+  files: Type.Array(Type.String()),
+  /** Human-readable differences from the current generation. */
+  changes: Type.Array(Type.String()),
+});
+export const PlanResponse = Type.Object({ cluster: Type.String(), generation: Type.Integer(), nodes: Type.Array(PlanNode), warnings: Type.Array(Type.String()) });
+export type PlanResponse = Static<typeof PlanResponse>;
+
+export const NodeStatusView = Type.Object({
+  node: Type.String(),
+  desiredGeneration: Type.Integer(),
+  appliedGeneration: Type.Integer(),
+  phase: Phase,
+  enrolled: Type.Boolean(),
+  lastContact: Type.Union([Type.String(), Type.Null()]),
+  stale: Type.Boolean(),
+  errors: Type.Array(Type.Object({ code: Type.String(), message: Type.String() })),
+  servedCertificate: Type.Union([CertReport, Type.Null()]),
+  certificates: Type.Array(CertReport),
+  probes: Type.Array(ProbeResult),
+  pendingRestart: Type.Array(Type.String()),
+});
+export type NodeStatusView = Static<typeof NodeStatusView>;
+
+export const ClusterStatusResponse = Type.Object({
+  cluster: Type.String(),
+  generation: Type.Integer(),
+  auth: Type.String(),
+  sslmode: Type.String(),
+  insecure: Type.Boolean(),
+  converged: Type.Boolean(),
+  nodes: Type.Array(NodeStatusView),
+});
+export type ClusterStatusResponse = Static<typeof ClusterStatusResponse>;
+
+export const TokenResponse = Type.Object({ token: Type.String(), expiresAt: Type.String() });
+
+export const CertificateView = Type.Object({
+  serial: Type.String(),
+  node: Type.String(),
+  slot: Type.String(),
+  commonName: Type.String(),
+  notBefore: Type.String(),
+  notAfter: Type.String(),
+  daysLeft: Type.Number(),
+  revoked: Type.Boolean(),
+});
+export const CertificateListResponse = Type.Object({ cluster: Type.String(), certificates: Type.Array(CertificateView) });

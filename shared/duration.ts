@@ -1,0 +1,21 @@
+// Durations as operators write them: 90d, 12h, 2m, 1y, 1h30m.
+const UNIT_SECONDS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400, w: 7 * 86400, y: 365 * 86400 };
+
+/** Seconds in a duration string, or null when it is not one. */
+export function parseDuration(text: string): number | null {
+  if (!/^(\d+[smhdwy])+$/.test(text)) return null;
+  let total = 0;
+  for (const [, n, unit] of text.matchAll(/(\d+)([smhdwy])/g)) total += Number(n) * UNIT_SECONDS[unit!]!;
+  return Number.isSafeInteger(total) ? total : null;
+}
+
+export function formatDuration(seconds: number): string {
+  const parts: string[] = [];
+  for (const [unit, size] of [['d', 86400], ['h', 3600], ['m', 60], ['s', 1]] as const) {
+    if (seconds >= size || (unit === 's' && parts.length === 0)) {
+      parts.push(`${Math.floor(seconds / size)}${unit}`);
+      seconds %= size;
+    }
+  }
+  return parts.join('');
+}

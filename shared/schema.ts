@@ -1,0 +1,276 @@
+// The single source of the types shared by coordinator and agent. Every TypeBox schema here is
+// both a JSON Schema (validation, fastify response serialisation, OpenAPI) and a TypeScript type.
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+
+const Nullable = <T extends TSchema>(t: T) => Type.Union([t, Type.Null()]);
+
+// ---------------------------------------------------------------------------------------------
+// Cluster spec: what `pgaccord apply -f FILE` takes and what PUT /v1/clusters/{name} carries.
+
+export const NAME_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$';
+/** Role names: lower-case SQL identifiers, so they need no quoting anywhere and cannot be keywords. */
+export const ROLE_PATTERN = '^[a-z_][a-z0-9_]{0,62}$';
+
+export const ProfileName = Type.Union([
+  Type.Literal('streaming'),
+  Type.Literal('pgd'),
+  Type.Literal('pg-auto-failover'),
+  Type.Literal('timescaledb-multinode'),
+]);
+export type ProfileName = Static<typeof ProfileName>;
+
+export const AuthModel = Type.Union([Type.Literal('trust'), Type.Literal('scram-sha-256'), Type.Literal('cert')]);
+export type AuthModel = Static<typeof AuthModel>;
+
+export const SslMode = Type.Union([
+  Type.Literal('disable'),
+  Type.Literal('require'),
+  Type.Literal('verify-ca'),
+  Type.Literal('verify-full'),
+]);
+export type SslMode = Static<typeof SslMode>;
+
+export const HbaType = Type.Union([
+  Type.Literal('local'),
+  Type.Literal('host'),
+  Type.Literal('hostssl'),
+  Type.Literal('hostnossl'),
+]);
+export type HbaType = Static<typeof HbaType>;
+
+export const HbaMethod = Type.Union([
+  Type.Literal('trust'),
+  Type.Literal('reject'),
+  Type.Literal('scram-sha-256'),
+  Type.Literal('md5'),
+  Type.Literal('cert'),
+  Type.Literal('peer'),
+]);
+export type HbaMethod = Static<typeof HbaMethod>;
+
+export const NodeSpec = Type.Object(
+  {
+    name: Type.String({ pattern: NAME_PATTERN }),
+    host: Type.String({ minLength: 1, maxLength: 253 }),
+    address: Type.Optional(Type.String({ minLength: 1 })),
+    port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
+    kind: Type.String({ minLength: 1 }),
+  },
+  { additionalProperties: false },
+);
+export type NodeSpec = Static<typeof NodeSpec>;
+
+export const RoleSpec = Type.Object(
+  { name: Type.String({ pattern: ROLE_PATTERN }) },
+  { additionalProperties: false },
+);
+
+const HbaNameList = Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })]);
+
+export const HbaRuleSpec = Type.Object(
+  {
+    type: HbaType,
+    database: HbaNameList,
+    user: HbaNameList,
+    address: Type.Optional(Type.String({ minLength: 1 })),
+    method: HbaMethod,
+  },
+  { additionalProperties: false },
+);
+export type HbaRuleSpec = Static<typeof HbaRuleSpec>;
+
+export const ClusterSpec = Type.Object(
+  {
+    name: Type.String({ pattern: NAME_PATTERN }),
+    profile: ProfileName,
+    auth: AuthModel,
+    tls: Type.Object(
+      {
+        sslmode: SslMode,
+        certLifetime: Type.Optional(Type.String({ minLength: 2 })),
+      },
+      { additionalProperties: false },
+    ),
+    nodes: Type.Array(NodeSpec, { minItems: 1, maxItems: 1000 }),
+    roles: Type.Optional(Type.Array(RoleSpec, { maxItems: 1000 })),
+    hba: Type.Optional(Type.Array(HbaRuleSpec, { maxItems: 1000 })),
+  },
+  { additionalProperties: false },
+);
+export type ClusterSpec = Static<typeof ClusterSpec>;
+
+// ---------------------------------------------------------------------------------------------
+// Desired state of one node: what the compiler produces and the agent applies.
+
+/** A pg_hba.conf database/user entry: a keyword, or a name that can only mean itself. */
+export const HbaToken = Type.Union([
+  Type.Object({ keyword: Type.Union([Type.Literal('all'), Type.Literal('replication'), Type.Literal('sameuser'), Type.Literal('samerole')]) }, { additionalProperties: false }),
+  Type.Object({ name: Type.String() }, { additionalProperties: false }),
+]);
+export type HbaToken = Static<typeof HbaToken>;
+
+export const HbaRule = Type.Object(
+  {
+    type: HbaType,
+    databases: Type.Array(HbaToken, { minItems: 1 }),
+    users: Type.Array(HbaToken, { minItems: 1 }),
+    /** CIDR; absent for `local`. */
+    address: Type.Optional(Type.String()),
+    method: HbaMethod,
+    /** e.g. map=pgautofailover, clientcert=verify-full */
+    options: Type.Optional(Type.Record(Type.String(), Type.String())),
+    /** Why the rule exists, written as a comment above it. */
+    comment: Type.Optional(Type.String()),
+  },
+  { additionalProperties: false },
+);
+export type HbaRule = Static<typeof HbaRule>;
+
+export const IdentLine = Type.Object(
+  { map: Type.String(), systemUser: Type.String(), databaseUser: Type.String() },
+  { additionalProperties: false },
+);
+export type IdentLine = Static<typeof IdentLine>;
+
+export const RoleDesired = Type.Object(
+  {
+    name: Type.String(),
+    login: Type.Boolean(),
+    replication: Type.Boolean(),
+    /** Roles to join, only where they exist (e.g. bdr_superuser). */
+    inRoles: Type.Array(Type.String()),
+    /** SCRAM-SHA-256 verifier; null when the auth model needs no password. Never plaintext. */
+    verifier: Nullable(Type.String()),
+  },
+  { additionalProperties: false },
+);
+export type RoleDesired = Static<typeof RoleDesired>;
+
+export const CertUsage = Type.Union([Type.Literal('server'), Type.Literal('client')]);
+export type CertUsage = Static<typeof CertUsage>;
+
+/** A certificate the node must hold. The coordinator signs exactly this, whatever a CSR asks. */
+export const CertificateSlot = Type.Object(
+  {
+    /** 'server', or 'client-<role>' */
+    id: Type.String(),
+    usage: CertUsage,
+    commonName: Type.String(),
+    dnsNames: Type.Array(Type.String()),
+    ipAddresses: Type.Array(Type.String()),
+  },
+  { additionalProperties: false },
+);
+export type CertificateSlot = Static<typeof CertificateSlot>;
+
+/** An outgoing inter-node connection this node makes, as the profile's client would. */
+export const Edge = Type.Object(
+  {
+    to: Type.String(),
+    role: Type.String(),
+    host: Type.String(),
+    port: Type.Integer(),
+    dbname: Type.String(),
+    /** True for physical replication connections (replication=true in libpq terms). */
+    replication: Type.Boolean(),
+    sslmode: SslMode,
+    /** id of the client CertificateSlot used, when auth is cert. */
+    clientCertificate: Nullable(Type.String()),
+    usesPassfile: Type.Boolean(),
+  },
+  { additionalProperties: false },
+);
+export type Edge = Static<typeof Edge>;
+
+/** Plaintext passwords go to the connecting side only, into a 0600 passfile. */
+export const ClientSecret = Type.Object(
+  { role: Type.String(), password: Type.String() },
+  { additionalProperties: false },
+);
+export type ClientSecret = Static<typeof ClientSecret>;
+
+export const NodeDesired = Type.Object(
+  {
+    apiVersion: Type.Literal(1),
+    cluster: Type.String(),
+    node: Type.String(),
+    kind: Type.String(),
+    generation: Type.Integer({ minimum: 1 }),
+    profile: ProfileName,
+    auth: AuthModel,
+    sslmode: SslMode,
+    /** true when the server must have ssl=on (every TLS mode except disable) */
+    tls: Type.Boolean(),
+    certLifetimeSeconds: Type.Integer({ minimum: 60 }),
+    hba: Type.Array(HbaRule),
+    ident: Type.Array(IdentLine),
+    /** Settings other than file paths; the agent adds ssl_*_file from its own layout. */
+    settings: Type.Record(Type.String(), Type.String()),
+    roles: Type.Array(RoleDesired),
+    certificates: Type.Array(CertificateSlot),
+    clientSecrets: Type.Array(ClientSecret),
+    edges: Type.Array(Edge),
+    /** PEM bundle of the cluster CA(s) this node trusts. */
+    caBundle: Type.String(),
+    crl: Nullable(Type.String()),
+  },
+  { additionalProperties: false },
+);
+export type NodeDesired = Static<typeof NodeDesired>;
+
+// ---------------------------------------------------------------------------------------------
+// Agent status, reported to the coordinator.
+
+export const Phase = Type.Union([
+  Type.Literal('converged'),
+  Type.Literal('applying'),
+  Type.Literal('failed'),
+  Type.Literal('pending-restart'),
+  Type.Literal('stale'),
+  Type.Literal('unknown'),
+]);
+export type Phase = Static<typeof Phase>;
+
+export const FileReport = Type.Object(
+  { path: Type.String(), sha256: Type.String(), owner: Type.String(), mode: Type.String() },
+  { additionalProperties: false },
+);
+
+export const ProbeResult = Type.Object(
+  {
+    to: Type.String(),
+    role: Type.String(),
+    ok: Type.Boolean(),
+    /** The connection string used, never with a password. */
+    conninfo: Type.String(),
+    tlsVersion: Nullable(Type.String()),
+    cipher: Nullable(Type.String()),
+    error: Nullable(Type.String()),
+    at: Type.String(),
+  },
+  { additionalProperties: false },
+);
+export type ProbeResult = Static<typeof ProbeResult>;
+
+export const CertReport = Type.Object(
+  { id: Type.String(), serial: Type.String(), notAfter: Type.String() },
+  { additionalProperties: false },
+);
+export type CertReport = Static<typeof CertReport>;
+
+export const AgentStatus = Type.Object(
+  {
+    generation: Type.Integer({ minimum: 0 }),
+    phase: Phase,
+    errors: Type.Array(Type.Object({ code: Type.String(), message: Type.String() }, { additionalProperties: false })),
+    files: Type.Array(FileReport),
+    servedCertificate: Nullable(CertReport),
+    certificates: Type.Array(CertReport),
+    probes: Type.Array(ProbeResult),
+    pendingRestart: Type.Array(Type.String()),
+    coordinatorReachable: Type.Boolean(),
+    versions: Type.Object({ agent: Type.String(), postgres: Type.String() }, { additionalProperties: false }),
+  },
+  { additionalProperties: false },
+);
+export type AgentStatus = Static<typeof AgentStatus>;
