@@ -1,0 +1,112 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { compileCluster, rolesNeedingPasswords } from '../../shared/compile.ts';
+import { validateSpec } from '../../shared/spec.ts';
+import { renderHbaBlock, renderIdentBlock, renderPassfile, renderSettings, splitManagedBlock, withManagedBlock, BLOCK_BEGIN, BLOCK_END } from '../../shared/render.ts';
+import { isScramVerifier, scramVerifier } from '../../shared/scram.ts';
+import type { ClusterSpec } from '../../shared/schema.ts';
+
+const streaming: ClusterSpec = {
+  name: 'prod', profile: 'streaming', auth: 'scram-sha-256', tls: { sslmode: 'verify-full' },
+  nodes: [
+    { name: 'p', host: 'p.example', address: '10.0.0.1', kind: 'primary' },
+    { name: 's1', host: 's1.example', address: '10.0.0.2', kind: 'standby' },
+    { name: 's2', host: '10.0.0.3', kind: 'standby' },
+  ],
+};
+
+function credentials(spec: ClusterSpec) {
+  return Object.fromEntries(rolesNeedingPasswords(spec).map((r) => [r, { password: `pw-${r}`, verifier: scramVerifier(`pw-${r}`, Buffer.alloc(16, 1)) }]));
+}
+
+test('streaming: the primary admits each standby by its own address, standbys get the passfile secret', () => {
+  assert.equal(validateSpec(streaming).ok, true);
+  const out = compileCluster({ spec: streaming, generation: 3, credentials: credentials(streaming), caBundle: 'CA', crl: null });
+  const p = out.get('p')!;
+  assert.deepEqual(p.hba.map((r) => [r.type, r.address, r.method, r.users]), [
+    ['hostssl', '10.0.0.2/32', 'scram-sha-256', [{ name: 'replicator' }]],
+    ['hostssl', '10.0.0.3/32', 'scram-sha-256', [{ name: 'replicator' }]],
+  ]);
+  assert.deepEqual(p.hba[0]!.databases, [{ keyword: 'replication' }, { name: 'postgres' }]);
+  assert.equal(p.clientSecrets.length, 0, 'the server side never gets plaintext');
+  assert.ok(isScramVerifier(p.roles[0]!.verifier!));
+  const s2 = out.get('s2')!;
+  assert.deepEqual(s2.clientSecrets, [{ role: 'replicator', password: 'pw-replicator' }]);
+  assert.equal(s2.edges[0]!.to, 'p');
+  assert.equal(s2.hba.length, 0);
+  assert.deepEqual(s2.certificates.find((c) => c.id === 'server')!.ipAddresses, ['10.0.0.3']);
+  assert.equal(p.settings.password_encryption, 'scram-sha-256');
+  assert.equal(p.generation, 3);
+});
+
+test('pgd cert: every peer admits every other, client certificate per role, no secrets', () => {
+  const spec: ClusterSpec = { ...streaming, profile: 'pgd', auth: 'cert', nodes: streaming.nodes.map((n) => ({ ...n, kind: 'peer' })) };
+  const out = compileCluster({ spec, generation: 1, credentials: {}, caBundle: 'CA', crl: null });
+  for (const d of out.values()) {
+    assert.equal(d.hba.length, 2);
+    assert.ok(d.hba.every((r) => r.method === 'cert' && r.type === 'hostssl'));
+    assert.deepEqual(d.certificates.map((c) => c.id), ['server', 'client-pgd_replication']);
+    assert.equal(d.clientSecrets.length, 0);
+    assert.equal(d.edges.length, 2);
+    assert.ok(d.roles.every((r) => r.verifier === null));
+  }
+});
+
+test('compile is deterministic', () => {
+  const a = compileCluster({ spec: streaming, generation: 1, credentials: credentials(streaming), caBundle: 'CA', crl: null });
+  const b = compileCluster({ spec: structuredClone(streaming), generation: 1, credentials: credentials(streaming), caBundle: 'CA', crl: null });
+  assert.equal(JSON.stringify([...a]), JSON.stringify([...b]));
+});
+
+test('the managed block goes on top, operator lines are kept byte for byte, and it is replaced not appended', () => {
+  const operator = '# operator\nlocal all all peer\nhost  all all 10.9.0.0/16  scram-sha-256   \n';
+  const block1 = renderHbaBlock({ cluster: 'c', localRole: 'postgres', rules: [], managedRoles: ['replicator'] });
+  const once = withManagedBlock(operator, block1);
+  assert.ok(once.startsWith(BLOCK_BEGIN));
+  assert.ok(once.endsWith(operator));
+  const block2 = renderHbaBlock({ cluster: 'c', localRole: 'postgres', rules: [], managedRoles: ['replicator', 'x'] });
+  const twice = withManagedBlock(once, block2);
+  assert.equal(twice, block2 + operator);
+  assert.equal(splitManagedBlock(twice).rest, operator);
+  assert.throws(() => splitManagedBlock(`${BLOCK_BEGIN}\nlocal all all trust\n`), /no end marker/);
+  assert.throws(() => splitManagedBlock(`x\n${BLOCK_END}\n`), /without its begin/);
+});
+
+test('the HBA block: anti-lockout first, reject lines for managed roles last', () => {
+  const block = renderHbaBlock({ cluster: 'c', localRole: 'postgres', managedRoles: ['replicator'], rules: [
+    { type: 'hostssl', databases: [{ keyword: 'replication' }], users: [{ name: 'replicator' }], address: '10.0.0.2/32', method: 'cert' },
+  ] });
+  const lines = block.split('\n').filter((l) => l && !l.startsWith('#'));
+  assert.deepEqual(lines, [
+    'local all "postgres" peer map=pgaccord_local',
+    'hostssl replication "replicator" 10.0.0.2/32 cert',
+    'host all,replication "replicator" all reject',
+  ]);
+  assert.throws(() => renderHbaBlock({ cluster: 'c', localRole: 'postgres', managedRoles: [], rules: [
+    { type: 'host', databases: [{ keyword: 'all' }], users: [{ keyword: 'all' }], address: '10.0.0.0 255.0.0.0', method: 'trust' },
+  ] }), /not a CIDR/);
+});
+
+test('ident block maps the agent and server OS users to the local role', () => {
+  const block = renderIdentBlock({ cluster: 'c', localRole: 'postgres', localOsUsers: ['root', 'postgres', 'root'], lines: [{ map: 'pgautofailover', systemUser: 'postgres', databaseUser: 'autoctl_node' }] });
+  assert.deepEqual(block.split('\n').filter((l) => l && !l.startsWith('#')), [
+    'pgaccord_local "postgres" "postgres"',
+    'pgaccord_local "root" "postgres"',
+    'pgautofailover "postgres" "autoctl_node"',
+  ]);
+});
+
+test('settings and passfile render stably and escaped', () => {
+  const s = renderSettings({ ssl: 'on', ssl_cert_file: "/var/lib/pgaccord/it's.crt" }, 'abc');
+  assert.equal(s, "# Managed by the pgaccord agent: do not edit, it is rewritten on every change.\nssl = 'on'\nssl_cert_file = '/var/lib/pgaccord/it''s.crt'\npgaccord.config_hash = 'abc'\n");
+  assert.equal(renderPassfile([{ host: '::1', port: 5432, database: '*', user: 'r', password: 'a:b\\c' }]), '\\:\\:1:5432:*:r:a\\:b\\\\c\n');
+});
+
+test('SCRAM verifiers: well-formed ones pass, anything else is refused', () => {
+  const v = scramVerifier('secret', Buffer.from('0123456789abcdef'));
+  assert.ok(isScramVerifier(v));
+  assert.equal(v, scramVerifier('secret', Buffer.from('0123456789abcdef')));
+  for (const bad of ['secret', 'md5abc', v.replace('SCRAM-SHA-256', 'SCRAM-SHA-1'), v.slice(0, -4), `${v}x`, v.replace('$4096:', '$0:'), v.replace(':', '::')]) {
+    assert.equal(isScramVerifier(bad), false, bad);
+  }
+});
