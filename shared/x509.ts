@@ -1,14 +1,11 @@
 // X.509 helpers shared by coordinator and agent. node-forge builds and parses the ASN.1
 // structures; keys are generated and every signature is computed and verified with node:crypto
 // (forge's pure-JavaScript RSA is about 60 times slower than OpenSSL's).
-import { constants, createPrivateKey, createPublicKey, generateKeyPair, privateEncrypt, verify as cryptoVerify, X509Certificate, type KeyObject } from 'node:crypto';
+import { constants, createPrivateKey, createPublicKey, generateKeyPair, sign as cryptoSign, verify as cryptoVerify, X509Certificate, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
 import forge from 'node-forge';
 
 const { pki, asn1 } = forge;
-
-/** DER prefix of the DigestInfo for SHA-256 (RFC 8017, section 9.2, note 1). */
-const SHA256_DIGEST_INFO = Buffer.from('3031300d060960864801650304020105000420', 'hex');
 
 export class X509Error extends Error {
   readonly code = 'E_X509';
@@ -25,19 +22,26 @@ export async function generateRsaKey(bits = 2048): Promise<{ privateKeyPem: stri
 }
 
 /**
- * An object with forge's signer interface (`sign(md)`) that computes an RSASSA-PKCS1-v1_5
- * SHA-256 signature with node:crypto. forge has already hashed the TBS bytes into `md`.
+ * Sign a forge certificate or CSR with node:crypto. forge's sign(key, md) feeds the TBS DER to
+ * `md.update` and calls `key.sign(md)`; this message digest only collects those bytes, and the
+ * signer computes RSASSA-PKCS1-v1_5 with SHA-256 over them natively (hash included).
  */
-export function nativeSigner(privateKey: KeyObject | string): { sign(md: forge.md.MessageDigest): string } {
+export function nativeSign(target: { sign(key: forge.pki.rsa.PrivateKey, md?: forge.md.MessageDigest): void }, privateKey: KeyObject | string): void {
   const key = typeof privateKey === 'string' ? createPrivateKey(privateKey) : privateKey;
-  return {
-    sign(md: forge.md.MessageDigest): string {
-      if (md.algorithm !== 'sha256') throw new X509Error(`unsupported digest ${md.algorithm}`);
-      const digest = Buffer.from(md.digest().getBytes(), 'binary');
-      const sig = privateEncrypt({ key, padding: constants.RSA_PKCS1_PADDING }, Buffer.concat([SHA256_DIGEST_INFO, digest]));
-      return sig.toString('binary');
+  const chunks: string[] = [];
+  const md = {
+    algorithm: 'sha256',
+    update(bytes: string) {
+      chunks.push(bytes);
+      return md;
     },
   };
+  const signer = {
+    sign(): string {
+      return cryptoSign('sha256', Buffer.from(chunks.join(''), 'binary'), { key, padding: constants.RSA_PKCS1_PADDING }).toString('binary');
+    },
+  };
+  target.sign(signer as unknown as forge.pki.rsa.PrivateKey, md as unknown as forge.md.MessageDigest);
 }
 
 /** forge public key object from any PEM node:crypto understands (private or public). */
@@ -55,7 +59,7 @@ export function createCsr(privateKeyPem: string, commonName: string): string {
   const csr = pki.createCertificationRequest();
   csr.publicKey = forgePublicKeyFromPem(privateKeyPem);
   csr.setSubject([{ name: 'commonName', value: commonName, valueTagClass: asn1.Type.UTF8 as unknown as forge.asn1.Class }]);
-  csr.sign(nativeSigner(privateKeyPem) as unknown as forge.pki.rsa.PrivateKey, forge.md.sha256.create());
+  nativeSign(csr, privateKeyPem);
   return pki.certificationRequestToPem(csr);
 }
 
@@ -81,6 +85,12 @@ export interface CsrInfo {
  * public key should be trusted by a CA; the subject is returned for information.
  */
 export function readCsr(pem: string): CsrInfo {
+  const { publicKeyPem, commonName } = readCsrKey(pem);
+  return { publicKeyPem, commonName };
+}
+
+/** readCsr, also returning forge's key object (what a CA built on forge needs). */
+export function readCsrKey(pem: string): CsrInfo & { publicKey: forge.pki.rsa.PublicKey } {
   if (typeof pem !== 'string' || pem.length > 64 * 1024) throw new X509Error('CSR is not a PEM string of reasonable size');
   let der: Buffer;
   let csr: forge.pki.CertificateSigningRequest;
@@ -95,13 +105,30 @@ export function readCsr(pem: string): CsrInfo {
   const alg = SIG_ALGS[sigOid];
   if (!alg) throw new X509Error('CSR signature algorithm is not RSA with SHA-2');
   if (!csr.publicKey) throw new X509Error('CSR has no RSA public key');
-  const publicKeyPem = pki.publicKeyToPem(csr.publicKey);
+  const publicKey = csr.publicKey as forge.pki.rsa.PublicKey;
   const signature = Buffer.from((csr as unknown as { signature: string }).signature, 'binary');
   const tbs = Buffer.from(asn1.toDer(cri).getBytes(), 'binary');
-  const ok = cryptoVerify(alg, tbs, { key: publicKeyPem, padding: constants.RSA_PKCS1_PADDING }, signature);
+  // From the modulus and exponent as JWK: OpenSSL 3's PEM decoder costs 10x the verification.
+  const key = createPublicKey({ key: { kty: 'RSA', n: bigIntegerB64u(publicKey.n), e: bigIntegerB64u(publicKey.e) }, format: 'jwk' });
+  const ok = cryptoVerify(alg, tbs, { key, padding: constants.RSA_PKCS1_PADDING }, signature);
   if (!ok) throw new X509Error('CSR signature does not verify: the request was not signed by the key it carries');
   const cn = csr.subject.getField('CN') as { value: string } | null;
-  return { publicKeyPem, commonName: cn ? String(cn.value) : null };
+  let pemCache: string | undefined;
+  return {
+    publicKey,
+    // Computed on demand: a CA issuing from the CSR needs only forge's key object.
+    get publicKeyPem() {
+      pemCache ??= pki.publicKeyToPem(publicKey);
+      return pemCache;
+    },
+    commonName: cn ? String(cn.value) : null,
+  };
+}
+
+function bigIntegerB64u(n: forge.jsbn.BigInteger): string {
+  let hex = n.toString(16);
+  if (hex.length % 2) hex = `0${hex}`;
+  return Buffer.from(hex, 'hex').toString('base64url');
 }
 
 export interface CertInfo {

@@ -1,0 +1,109 @@
+// Certificate authorities: the per-cluster CAs and the coordinator's own CA (its server
+// certificate and agent identities). forge builds the X.509 structures; OpenSSL, through
+// node:crypto, makes the keys and computes the signatures.
+import { createPrivateKey, randomBytes, type KeyObject } from 'node:crypto';
+import forge from 'node-forge';
+import { forgePublicKeyFromPem, generateRsaKey, nativeSign } from '../shared/x509.ts';
+
+const { pki, asn1 } = forge;
+
+export const CA_LIFETIME_S = 10 * 365 * 86400;
+export const BACKDATE_S = 5 * 60;
+const UTF8 = asn1.Type.UTF8 as unknown as forge.asn1.Class;
+
+/** Positive 16-byte serial: first byte in 0x01..0x7f, so DER keeps all 16 bytes and the sign is +. */
+export function randomSerial(random: (n: number) => Buffer = randomBytes): string {
+  const b = random(16);
+  b[0] = (b[0]! & 0x7f) || 0x01;
+  return b.toString('hex');
+}
+
+export interface LeafRequest {
+  /** The subject's public key, from a verified CSR. Nothing else from the CSR is used. */
+  publicKey: forge.pki.rsa.PublicKey;
+  commonName: string;
+  dnsNames?: string[];
+  ipAddresses?: string[];
+  uris?: string[];
+  usage: 'server' | 'client';
+  lifetimeSeconds: number;
+  now: Date;
+}
+
+export interface IssuedCertificate {
+  pem: string;
+  serial: string;
+  notBefore: Date;
+  notAfter: Date;
+}
+
+export class CertificateAuthority {
+  readonly certPem: string;
+  readonly notAfter: Date;
+  readonly #cert: forge.pki.Certificate;
+  readonly #key: KeyObject;
+  readonly #ski: string;
+
+  constructor(certPem: string, keyPem: string) {
+    this.certPem = certPem;
+    this.#cert = pki.certificateFromPem(certPem);
+    this.#key = createPrivateKey(keyPem);
+    this.notAfter = this.#cert.validity.notAfter;
+    this.#ski = this.#cert.generateSubjectKeyIdentifier().getBytes();
+  }
+
+  /** Create a self-signed CA (RSA 2048, 10 years unless told otherwise). */
+  static async create(commonName: string, now: Date, lifetimeSeconds = CA_LIFETIME_S): Promise<{ ca: CertificateAuthority; keyPem: string }> {
+    const { privateKeyPem } = await generateRsaKey();
+    const cert = pki.createCertificate();
+    cert.publicKey = forgePublicKeyFromPem(privateKeyPem);
+    cert.serialNumber = randomSerial();
+    cert.validity.notBefore = new Date(now.getTime() - BACKDATE_S * 1000);
+    cert.validity.notAfter = new Date(now.getTime() + lifetimeSeconds * 1000);
+    const subject = [{ name: 'commonName', value: commonName, valueTagClass: UTF8 }];
+    cert.setSubject(subject);
+    cert.setIssuer(subject);
+    cert.setExtensions([
+      { name: 'basicConstraints', cA: true, critical: true },
+      { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
+      { name: 'subjectKeyIdentifier' },
+    ]);
+    nativeSign(cert, privateKeyPem);
+    const certPem = pki.certificateToPem(cert);
+    return { ca: new CertificateAuthority(certPem, privateKeyPem), keyPem: privateKeyPem };
+  }
+
+  /**
+   * Issue a leaf. Subject, SANs, key usage and lifetime come from the caller's records, never
+   * from a CSR. No leaf outlives its CA.
+   */
+  issue(req: LeafRequest): IssuedCertificate {
+    const cert = pki.createCertificate();
+    cert.publicKey = req.publicKey;
+    const serial = randomSerial();
+    cert.serialNumber = serial;
+    const notBefore = new Date(Math.floor(req.now.getTime() / 1000) * 1000 - BACKDATE_S * 1000);
+    const wanted = Math.floor(req.now.getTime() / 1000) * 1000 + req.lifetimeSeconds * 1000;
+    const notAfter = new Date(Math.min(wanted, this.notAfter.getTime()));
+    if (notAfter.getTime() <= req.now.getTime()) throw new Error('the CA has expired: it cannot issue');
+    cert.validity.notBefore = notBefore;
+    cert.validity.notAfter = notAfter;
+    cert.setSubject([{ name: 'commonName', value: req.commonName, valueTagClass: UTF8 }]);
+    cert.setIssuer(this.#cert.subject.attributes);
+    const altNames = [
+      ...(req.dnsNames ?? []).map((value) => ({ type: 2, value })),
+      ...(req.ipAddresses ?? []).map((ip) => ({ type: 7, ip })),
+      ...(req.uris ?? []).map((value) => ({ type: 6, value })),
+    ];
+    cert.setExtensions([
+      { name: 'basicConstraints', cA: false, critical: true },
+      { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
+      { name: 'extKeyUsage', serverAuth: req.usage === 'server', clientAuth: req.usage === 'client' },
+      ...(altNames.length > 0 ? [{ name: 'subjectAltName', altNames }] : []),
+      { name: 'subjectKeyIdentifier' },
+      { name: 'authorityKeyIdentifier', keyIdentifier: this.#ski },
+    ]);
+    nativeSign(cert, this.#key);
+    return { pem: pki.certificateToPem(cert), serial, notBefore, notAfter };
+  }
+}
