@@ -1,0 +1,221 @@
+// The certificate manager: for every certificate slot of the desired state, make sure a valid
+// key and certificate pair is on disk under versioned names (<stateDir>/tls/<slot>-<serial>.key
+// and .crt), the key generated here (0600, owned by the PGDATA owner) and never sent anywhere.
+// New pairs are requested with a CSR when a slot has none, when its names changed, or when the
+// renewal schedule says so. Old versions stay until the apply engine has proved the new ones.
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { CsrRequest, CsrResponse } from '../shared/api.ts';
+import type { CertReport, CertificateSlot, NodeDesired } from '../shared/schema.ts';
+import { certInfo, certMatchesKey, createCsr, generateRsaKey, normaliseIp, verifiesAgainst, type CertInfo } from '../shared/x509.ts';
+import { RenewalSchedule, type Clock } from './backoff.ts';
+import { ensureDir, fsyncDir, readIfExists, removeIfExists, writeFileAtomic, type Owner } from './statefile.ts';
+import type { InstalledCertificate } from './types.ts';
+import { rename } from 'node:fs/promises';
+
+export const tlsDir = (stateDir: string): string => join(stateDir, 'tls');
+const SLOT_ID = /^[a-z0-9][a-z0-9_-]{0,80}$/;
+const VERSIONED = /^(.+)-([0-9a-f]+)\.(crt|key)$/;
+
+export interface CertIssue {
+  code: string;
+  message: string;
+}
+
+/**
+ * Why a pair cannot be used for a slot, or null when it can: the certificate matches the key,
+ * chains to the cluster CA bundle, is within its validity now, and names this node as the slot
+ * says (CN, every DNS name and IP address, and the right extended key usage when it has one).
+ */
+export function checkPair(args: { certPem: string; keyPem: string; slot: CertificateSlot; caBundle: string; now: number }): string | null {
+  const { certPem, keyPem, slot, caBundle, now } = args;
+  let info: CertInfo;
+  try {
+    info = certInfo(certPem);
+  } catch (e) {
+    return `not a certificate: ${(e as Error).message}`;
+  }
+  if (!certMatchesKey(certPem, keyPem)) return 'the certificate does not match its key';
+  if (!verifiesAgainst(certPem, caBundle)) return 'the certificate does not chain to the cluster CA bundle';
+  if (now < info.notBefore.getTime()) return `the certificate is not valid before ${info.notBefore.toISOString()}`;
+  if (now >= info.notAfter.getTime()) return `the certificate expired at ${info.notAfter.toISOString()}`;
+  if (info.commonName !== slot.commonName) return `the certificate names CN=${JSON.stringify(info.commonName)}, the slot wants ${JSON.stringify(slot.commonName)}`;
+  const dns = new Set(info.dnsNames.map((d) => d.toLowerCase()));
+  const missingDns = slot.dnsNames.filter((d) => !dns.has(d.toLowerCase()));
+  if (missingDns.length > 0) return `the certificate lacks DNS name(s) ${missingDns.join(', ')}`;
+  const ips = new Set(info.ipAddresses);
+  const missingIp = slot.ipAddresses.filter((ip) => !ips.has(normaliseIp(ip)));
+  if (missingIp.length > 0) return `the certificate lacks IP address(es) ${missingIp.join(', ')}`;
+  const want = slot.usage === 'server' ? 'serverAuth' : 'clientAuth';
+  if (info.extKeyUsage.length > 0 && !info.extKeyUsage.includes(want)) return `the certificate is not for ${want}`;
+  return null;
+}
+
+export interface CertManagerDeps {
+  stateDir: string;
+  /** Owner of PGDATA: keys and certificates belong to it (the server and its clients read them). */
+  owner: Owner;
+  /** Ask the coordinator to sign a CSR for a slot. */
+  requestCertificate: (req: CsrRequest) => Promise<CsrResponse>;
+  now: Clock;
+  schedule: RenewalSchedule;
+  log: Logger;
+  /** Key generator (tests may inject a faster one). */
+  generateKey?: () => Promise<string>;
+}
+
+export interface EnsureResult {
+  installed: InstalledCertificate[];
+  /** Slots without a usable pair, or whose renewal failed (the old pair is still installed). */
+  errors: CertIssue[];
+  /** Slots that got a new pair in this call. */
+  issued: string[];
+}
+
+interface Candidate {
+  serial: string;
+  certPath: string;
+  keyPath: string;
+  info: CertInfo;
+}
+
+export class CertificateManager {
+  constructor(private readonly deps: CertManagerDeps) {}
+
+  private get dir(): string {
+    return tlsDir(this.deps.stateDir);
+  }
+
+  /**
+   * Make sure every slot of `desired` has a usable pair. `online` false means the coordinator
+   * is unreachable: existing pairs are used (even past their renewal time), nothing is requested.
+   */
+  async ensure(desired: NodeDesired, opts: { online: boolean }): Promise<EnsureResult> {
+    await ensureDir(this.dir, 0o700, this.deps.owner);
+    const result: EnsureResult = { installed: [], errors: [], issued: [] };
+    const now = this.deps.now();
+    for (const slot of desired.certificates) {
+      if (!SLOT_ID.test(slot.id)) {
+        result.errors.push({ code: 'E_CERT_SLOT', message: `certificate slot id ${JSON.stringify(slot.id)} is not a safe file name; refused` });
+        continue;
+      }
+      const { best, rejected } = await this.bestPair(slot, desired.caBundle, now);
+      let use = best;
+      let reason: string | null = null;
+      if (!best) {
+        reason = rejected.length > 0 ? `no usable pair (${rejected.join('; ')})` : 'no pair yet';
+      } else {
+        const d = this.deps.schedule.decide(best.serial, best.info, now);
+        if (d.renew) reason = `renewal ${d.reason} (scheduled ${d.at.toISOString()})`;
+      }
+      if (reason !== null && opts.online) {
+        try {
+          this.deps.log.info({ slot: slot.id, reason }, 'requesting a certificate');
+          const fresh = await this.issue(slot, desired.caBundle);
+          result.issued.push(slot.id);
+          use = fresh;
+        } catch (e) {
+          const message = `certificate ${slot.id}: ${reason}; request failed: ${(e as Error).message}`;
+          result.errors.push({ code: best ? 'E_CERT_RENEWAL' : 'E_CERT_MISSING', message });
+          this.deps.log.warn({ slot: slot.id, err: (e as Error).message }, best ? 'renewal failed; keeping the current pair' : 'no usable certificate');
+        }
+      } else if (reason !== null && !best) {
+        result.errors.push({ code: 'E_CERT_MISSING', message: `certificate ${slot.id}: ${reason}; coordinator unreachable, cannot request one` });
+      }
+      if (use) {
+        result.installed.push({ slot: slot.id, certPath: use.certPath, keyPath: use.keyPath, serial: use.serial, notAfter: use.info.notAfter.toISOString() });
+      }
+    }
+    return result;
+  }
+
+  /** Every version of a slot on disk, checked; the usable one with the latest notAfter wins. */
+  private async bestPair(slot: CertificateSlot, caBundle: string, now: number): Promise<{ best: Candidate | null; rejected: string[] }> {
+    let best: Candidate | null = null;
+    const rejected: string[] = [];
+    for (const serial of await this.versions(slot.id)) {
+      const certPath = join(this.dir, `${slot.id}-${serial}.crt`);
+      const keyPath = join(this.dir, `${slot.id}-${serial}.key`);
+      const certPem = await readIfExists(certPath);
+      const keyPem = await readIfExists(keyPath);
+      if (certPem === null || keyPem === null) continue;
+      const problem = checkPair({ certPem, keyPem, slot, caBundle, now });
+      if (problem) {
+        rejected.push(`${serial}: ${problem}`);
+        continue;
+      }
+      const info = certInfo(certPem);
+      if (!best || info.notAfter > best.info.notAfter) best = { serial, certPath, keyPath, info };
+    }
+    return { best, rejected };
+  }
+
+  private async versions(slotId: string): Promise<string[]> {
+    const out = new Set<string>();
+    for (const name of await readdir(this.dir)) {
+      const m = VERSIONED.exec(name);
+      if (m && m[1] === slotId && m[3] === 'crt') out.add(m[2]!);
+    }
+    return [...out].sort();
+  }
+
+  /** New key here (0600 from creation, owned by the PGDATA owner), CSR out, certificate back. */
+  private async issue(slot: CertificateSlot, caBundle: string): Promise<Candidate> {
+    const pendingPath = join(this.dir, `${slot.id}.pending.key`);
+    const keyPem = this.deps.generateKey ? await this.deps.generateKey() : (await generateRsaKey()).privateKeyPem;
+    await writeFileAtomic(pendingPath, keyPem, { mode: 0o600, owner: this.deps.owner });
+    const resp = await this.deps.requestCertificate({ slot: slot.id, csr: createCsr(keyPem, slot.commonName) });
+    const problem = checkPair({ certPem: resp.certificate, keyPem, slot, caBundle, now: this.deps.now() });
+    if (problem) {
+      await removeIfExists(pendingPath);
+      throw new Error(`the coordinator's certificate is refused: ${problem}`);
+    }
+    const info = certInfo(resp.certificate);
+    const certPath = join(this.dir, `${slot.id}-${info.serial}.crt`);
+    const keyPath = join(this.dir, `${slot.id}-${info.serial}.key`);
+    // Certificate first, then the key moves into place: a version is only seen once both exist.
+    await writeFileAtomic(certPath, resp.certificate, { mode: 0o644, owner: this.deps.owner });
+    await rename(pendingPath, keyPath);
+    await fsyncDir(this.dir);
+    this.deps.log.info({ slot: slot.id, serial: info.serial, notAfter: info.notAfter.toISOString() }, 'certificate installed');
+    return { serial: info.serial, certPath, keyPath, info };
+  }
+
+  /**
+   * After the apply engine has proved `applied`, remove every other version of the managed slots
+   * (and slots no longer desired), and leftover pending keys.
+   */
+  async prune(applied: InstalledCertificate[], desiredSlots: string[]): Promise<string[]> {
+    const keep = new Set(applied.map((c) => `${c.slot}-${c.serial}`));
+    const managed = new Set([...desiredSlots, ...applied.map((c) => c.slot)]);
+    const removed: string[] = [];
+    let names: string[];
+    try {
+      names = await readdir(this.dir);
+    } catch {
+      return removed;
+    }
+    for (const name of names) {
+      const m = VERSIONED.exec(name);
+      const pending = /^(.+)\.pending\.key$/.exec(name);
+      if (pending) {
+        await removeIfExists(join(this.dir, name));
+        continue;
+      }
+      if (!m) continue;
+      const slot = m[1]!;
+      const isManagedName = managed.has(slot) || slot === 'server' || slot.startsWith('client-');
+      if (!isManagedName || keep.has(`${slot}-${m[2]}`)) continue;
+      await removeIfExists(join(this.dir, name));
+      removed.push(name);
+    }
+    if (removed.length > 0) this.deps.log.info({ removed }, 'old certificate versions removed');
+    this.deps.schedule.retain(applied.map((c) => c.serial));
+    return removed;
+  }
+}
+
+export function certReports(installed: InstalledCertificate[]): CertReport[] {
+  return installed.map((c) => ({ id: c.slot, serial: c.serial, notAfter: c.notAfter }));
+}

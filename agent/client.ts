@@ -1,0 +1,368 @@
+// The agent's HTTPS client to the coordinator, and the agent identity kept in the state
+// directory. Trust is bootstrapped from the join token: the coordinator CA is fetched once
+// without verification, accepted only if its sha256 matches the fingerprint the token carries,
+// and pinned for every later call. Every agent call after enrolment uses mTLS with the identity
+// key, which is generated on the node and never leaves it.
+import { createHash } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Value } from '@sinclair/typebox/value';
+import type { TSchema, Static } from '@sinclair/typebox';
+import { Agent, request, type Dispatcher } from 'undici';
+import { CsrResponse, EnrollResponse, JoinTokenPayload, type CsrRequest, type EnrollRequest } from '../shared/api.ts';
+import { AgentStatus, NodeDesired } from '../shared/schema.ts';
+import { certInfo, certMatchesKey, createCsr, generateRsaKey, splitPemBundle, verifiesAgainst, type CertInfo } from '../shared/x509.ts';
+import { ensureDir, readIfExists, removeIfExists, writeFileAtomic } from './statefile.ts';
+
+/** A coded error: what went wrong with the coordinator, and the HTTP status when there was one. */
+export class CoordinatorError extends Error {
+  constructor(
+    readonly code:
+      | 'E_TOKEN' // join token malformed or for another node
+      | 'E_PIN' // coordinator CA does not match the token's fingerprint
+      | 'E_UNREACHABLE' // network / TLS failure
+      | 'E_HTTP' // the coordinator answered with an error status
+      | 'E_RESPONSE' // the answer does not match its schema
+      | 'E_NODE_REMOVED' // 410: the node is no longer in the cluster
+      | 'E_IDENTITY', // no usable identity and no join token
+    message: string,
+    readonly status?: number,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export const TOKEN_PREFIX = 'pga1.';
+
+/** Decode and check a join token ("pga1." + base64url JSON). Never echoes the token. */
+export function decodeJoinToken(token: string): JoinTokenPayload {
+  if (typeof token !== 'string' || !token.startsWith(TOKEN_PREFIX)) {
+    throw new CoordinatorError('E_TOKEN', `join token must start with "${TOKEN_PREFIX}"`);
+  }
+  const body = token.slice(TOKEN_PREFIX.length);
+  if (!/^[A-Za-z0-9_-]+$/.test(body)) throw new CoordinatorError('E_TOKEN', 'join token is not base64url after its prefix');
+  let payload: unknown;
+  try {
+    payload = JSON.parse(Buffer.from(body, 'base64url').toString('utf8'));
+  } catch {
+    throw new CoordinatorError('E_TOKEN', 'join token does not decode to JSON');
+  }
+  if (!Value.Check(JoinTokenPayload, payload)) {
+    const first = [...Value.Errors(JoinTokenPayload, payload)][0];
+    throw new CoordinatorError('E_TOKEN', `join token payload is invalid${first ? ` at ${first.path || '/'}: ${first.message}` : ''}`);
+  }
+  if (!/^[0-9a-f]{64}$/i.test(normaliseFingerprint(payload.caFingerprint))) {
+    throw new CoordinatorError('E_TOKEN', 'join token caFingerprint is not a sha256 hex digest');
+  }
+  return payload;
+}
+
+export function normaliseFingerprint(fp: string): string {
+  return fp.replace(/:/g, '').toLowerCase();
+}
+
+/** sha256 of the DER of the first certificate in a PEM text, hex lower case. */
+export function pemFingerprint(pem: string): string {
+  const first = splitPemBundle(pem)[0];
+  if (!first) throw new CoordinatorError('E_PIN', 'the coordinator CA answer holds no PEM certificate');
+  const b64 = first.replace(/-----(BEGIN|END) CERTIFICATE-----/g, '').replace(/\s+/g, '');
+  return createHash('sha256').update(Buffer.from(b64, 'base64')).digest('hex');
+}
+
+/**
+ * Accept a fetched coordinator CA only if it is exactly one certificate whose fingerprint is the
+ * pinned one. Returns the PEM to pin.
+ */
+export function checkPinnedCa(pem: string, expectedFingerprint: string): string {
+  const certs = splitPemBundle(pem);
+  if (certs.length !== 1) throw new CoordinatorError('E_PIN', `expected one coordinator CA certificate, got ${certs.length}`);
+  const got = pemFingerprint(certs[0]!);
+  const want = normaliseFingerprint(expectedFingerprint);
+  if (got !== want) {
+    throw new CoordinatorError('E_PIN', `coordinator CA fingerprint ${got} does not match the join token's ${want}: refusing to trust this coordinator`);
+  }
+  return certs[0]!;
+}
+
+export interface Identity {
+  keyPem: string;
+  certPem: string;
+  info: CertInfo;
+}
+
+export interface HttpOptions {
+  baseUrl: string;
+  /** Pinned coordinator CA, PEM. */
+  caPem: string;
+  identity?: Identity;
+  /** Long-poll answers may take this long before headers arrive. */
+  longPollTimeoutMs?: number;
+}
+
+interface Answer {
+  status: number;
+  body: unknown;
+}
+
+export class CoordinatorClient {
+  private dispatcher: Agent;
+  private identity: Identity | undefined;
+
+  constructor(private readonly opts: HttpOptions) {
+    this.identity = opts.identity;
+    this.dispatcher = this.makeDispatcher();
+  }
+
+  private makeDispatcher(): Agent {
+    return new Agent({
+      connect: {
+        ca: this.opts.caPem,
+        rejectUnauthorized: true,
+        ...(this.identity ? { key: this.identity.keyPem, cert: this.identity.certPem } : {}),
+      },
+      headersTimeout: this.opts.longPollTimeoutMs ?? 120_000,
+      bodyTimeout: 60_000,
+      connectTimeout: 10_000,
+    });
+  }
+
+  get currentIdentity(): Identity | undefined {
+    return this.identity;
+  }
+
+  /** Switch to a new identity (after renewal): later calls present it. */
+  async setIdentity(identity: Identity): Promise<void> {
+    const old = this.dispatcher;
+    this.identity = identity;
+    this.dispatcher = this.makeDispatcher();
+    await old.close().catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher.destroy().catch(() => undefined);
+  }
+
+  private async call(method: 'GET' | 'POST', path: string, body?: unknown, signal?: AbortSignal): Promise<Answer> {
+    const url = new URL(path, this.opts.baseUrl).toString();
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(url, {
+        method,
+        dispatcher: this.dispatcher,
+        ...(body !== undefined ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } } : {}),
+        ...(signal ? { signal } : {}),
+      });
+    } catch (e) {
+      if (signal?.aborted) throw e;
+      throw new CoordinatorError('E_UNREACHABLE', `${method} ${path}: ${describeNetworkError(e)}`, undefined, { cause: e });
+    }
+    const text = await res.body.text();
+    let parsed: unknown = null;
+    if (text.length > 0) {
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = text;
+      }
+    }
+    return { status: res.statusCode, body: parsed };
+  }
+
+  private expect<T extends TSchema>(method: string, path: string, answer: Answer, schema: T, ok = 200): Static<T> {
+    if (answer.status !== ok) throw httpError(method, path, answer);
+    if (!Value.Check(schema, answer.body)) {
+      const first = [...Value.Errors(schema, answer.body)][0];
+      throw new CoordinatorError('E_RESPONSE', `${method} ${path}: answer does not match its schema${first ? ` at ${first.path || '/'}: ${first.message}` : ''}`, answer.status);
+    }
+    return answer.body as Static<T>;
+  }
+
+  async enroll(req: EnrollRequest): Promise<EnrollResponse> {
+    const a = await this.call('POST', '/v1/agent/enroll', req);
+    return this.expect('POST', '/v1/agent/enroll', a, EnrollResponse);
+  }
+
+  async csr(req: CsrRequest): Promise<CsrResponse> {
+    const a = await this.call('POST', '/v1/agent/csr', req);
+    return this.expect('POST', '/v1/agent/csr', a, CsrResponse);
+  }
+
+  async status(status: AgentStatus): Promise<void> {
+    const a = await this.call('POST', '/v1/agent/status', status);
+    if (a.status < 200 || a.status >= 300) throw httpError('POST', '/v1/agent/status', a);
+  }
+
+  /**
+   * Long-poll for a generation newer than `after`. The body of a 200 is returned unvalidated
+   * (`unknown`): the reconcile loop decides whether to accept it, so that a garbled answer is
+   * reported as a refused desired state rather than as a transport error.
+   */
+  async desired(after: number, signal?: AbortSignal): Promise<{ kind: 'newer'; body: unknown } | { kind: 'unchanged' } | { kind: 'removed' }> {
+    const path = `/v1/agent/desired?after=${after}`;
+    const a = await this.call('GET', path, undefined, signal);
+    if (a.status === 200) return { kind: 'newer', body: a.body };
+    if (a.status === 204) return { kind: 'unchanged' };
+    if (a.status === 410) return { kind: 'removed' };
+    throw httpError('GET', path, a);
+  }
+}
+
+function httpError(method: string, path: string, a: Answer): CoordinatorError {
+  const b = a.body as { code?: unknown; message?: unknown } | null;
+  const detail = b && typeof b === 'object' && typeof b.message === 'string' ? `${typeof b.code === 'string' ? `${b.code}: ` : ''}${b.message}` : `HTTP ${a.status}`;
+  return new CoordinatorError(a.status === 410 ? 'E_NODE_REMOVED' : 'E_HTTP', `${method} ${path}: ${detail}`, a.status);
+}
+
+function describeNetworkError(e: unknown): string {
+  const err = e as { code?: string; message?: string; cause?: { code?: string; message?: string } };
+  const code = err.cause?.code ?? err.code;
+  const msg = err.cause?.message ?? err.message ?? String(e);
+  return code ? `${code}: ${msg}` : msg;
+}
+
+/**
+ * GET the coordinator CA once without verifying the server (there is nothing to verify it with
+ * yet), and accept it only if it matches the fingerprint pinned by the join token.
+ */
+export async function fetchPinnedCa(baseUrl: string, expectedFingerprint: string): Promise<string> {
+  const dispatcher = new Agent({ connect: { rejectUnauthorized: false }, connectTimeout: 10_000, headersTimeout: 30_000, bodyTimeout: 30_000 });
+  try {
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(new URL('/v1/coordinator-ca.crt', baseUrl).toString(), { method: 'GET', dispatcher });
+    } catch (e) {
+      throw new CoordinatorError('E_UNREACHABLE', `GET /v1/coordinator-ca.crt: ${describeNetworkError(e)}`, undefined, { cause: e });
+    }
+    const text = await res.body.text();
+    if (res.statusCode !== 200) throw new CoordinatorError('E_HTTP', `GET /v1/coordinator-ca.crt: HTTP ${res.statusCode}`, res.statusCode);
+    return checkPinnedCa(text, expectedFingerprint);
+  } finally {
+    await dispatcher.destroy().catch(() => undefined);
+  }
+}
+
+// --- identity in the state directory -----------------------------------------------------------
+
+export interface Enrollment {
+  cluster: string;
+  node: string;
+  coordinatorUrl: string;
+}
+
+export const identityDir = (stateDir: string): string => join(stateDir, 'identity');
+const CA_FILE = 'coordinator-ca.crt';
+const ENROLLMENT_FILE = 'enrollment.json';
+const PENDING_KEY = 'pending.key';
+
+export interface StoredIdentity {
+  enrollment: Enrollment;
+  caPem: string;
+  identity: Identity;
+}
+
+/**
+ * The identity stored by an earlier enrolment, or null when there is none. The newest pair whose
+ * key matches and which chains to the pinned coordinator CA wins; an expired one is returned too
+ * (the caller reports it), since only the coordinator can say whether it still works.
+ */
+export async function loadIdentity(stateDir: string): Promise<StoredIdentity | null> {
+  const dir = identityDir(stateDir);
+  const enrollmentText = await readIfExists(join(dir, ENROLLMENT_FILE));
+  const caPem = await readIfExists(join(dir, CA_FILE));
+  if (enrollmentText === null || caPem === null) return null;
+  const enrollment = JSON.parse(enrollmentText) as Enrollment;
+  let best: Identity | null = null;
+  for (const name of await readdir(dir)) {
+    const m = /^identity-([0-9a-f]+)\.crt$/.exec(name);
+    if (!m) continue;
+    const certPem = await readIfExists(join(dir, name));
+    const keyPem = await readIfExists(join(dir, `identity-${m[1]}.key`));
+    if (!certPem || !keyPem || !certMatchesKey(certPem, keyPem) || !verifiesAgainst(certPem, caPem)) continue;
+    const info = certInfo(certPem);
+    if (!best || info.notAfter > best.info.notAfter) best = { keyPem, certPem, info };
+  }
+  return best ? { enrollment, caPem, identity: best } : null;
+}
+
+/** Generate a key in the identity directory, 0600 from the instant it exists. */
+async function newPendingKey(stateDir: string): Promise<string> {
+  const { privateKeyPem } = await generateRsaKey();
+  await writeFileAtomic(join(identityDir(stateDir), PENDING_KEY), privateKeyPem, { mode: 0o600 });
+  return privateKeyPem;
+}
+
+/** Store a signed identity under its serial: certificate first, then the key moves into place. */
+async function storeIdentity(stateDir: string, keyPem: string, certPem: string): Promise<Identity> {
+  const dir = identityDir(stateDir);
+  const info = certInfo(certPem);
+  await writeFileAtomic(join(dir, `identity-${info.serial}.crt`), certPem, { mode: 0o644 });
+  await writeFileAtomic(join(dir, `identity-${info.serial}.key`), keyPem, { mode: 0o600 });
+  await removeIfExists(join(dir, PENDING_KEY));
+  return { keyPem, certPem, info };
+}
+
+/** Remove every stored identity version except `keepSerial`. */
+export async function pruneIdentities(stateDir: string, keepSerial: string): Promise<void> {
+  const dir = identityDir(stateDir);
+  for (const name of await readdir(dir)) {
+    const m = /^identity-([0-9a-f]+)\.(crt|key)$/.exec(name);
+    if (m && m[1] !== keepSerial) await removeIfExists(join(dir, name));
+  }
+}
+
+function checkIssued(certPem: string, keyPem: string, caPem: string, now: number): void {
+  if (!certMatchesKey(certPem, keyPem)) throw new CoordinatorError('E_RESPONSE', 'the identity certificate does not match the key this node generated');
+  if (!verifiesAgainst(certPem, caPem)) throw new CoordinatorError('E_RESPONSE', 'the identity certificate does not chain to the pinned coordinator CA');
+  const info = certInfo(certPem);
+  if (now < info.notBefore.getTime() - 5 * 60_000 || now >= info.notAfter.getTime()) {
+    throw new CoordinatorError('E_RESPONSE', `the identity certificate is not valid now (${info.notBefore.toISOString()} .. ${info.notAfter.toISOString()})`);
+  }
+}
+
+export interface EnrollOptions {
+  stateDir: string;
+  coordinatorUrl: string;
+  cluster: string;
+  node: string;
+  joinToken: string;
+  now: () => number;
+}
+
+/** Enrol with a join token: pin the CA, make the identity key here, send only a CSR. */
+export async function enroll(opts: EnrollOptions): Promise<StoredIdentity> {
+  const payload = decodeJoinToken(opts.joinToken);
+  if (payload.cluster !== opts.cluster || payload.node !== opts.node) {
+    throw new CoordinatorError('E_TOKEN', `the join token is for ${payload.cluster}/${payload.node}, not ${opts.cluster}/${opts.node}`);
+  }
+  const caPem = await fetchPinnedCa(opts.coordinatorUrl, payload.caFingerprint);
+  await ensureDir(identityDir(opts.stateDir), 0o700);
+  const keyPem = await newPendingKey(opts.stateDir);
+  const client = new CoordinatorClient({ baseUrl: opts.coordinatorUrl, caPem });
+  let resp: EnrollResponse;
+  try {
+    resp = await client.enroll({ token: opts.joinToken, csr: createCsr(keyPem, `${opts.cluster}/${opts.node}`) });
+  } finally {
+    await client.close();
+  }
+  if (pemFingerprint(resp.coordinatorCa) !== normaliseFingerprint(payload.caFingerprint)) {
+    throw new CoordinatorError('E_PIN', 'the enrolment answer names a coordinator CA other than the pinned one');
+  }
+  checkIssued(resp.certificate, keyPem, caPem, opts.now());
+  const dir = identityDir(opts.stateDir);
+  await writeFileAtomic(join(dir, CA_FILE), caPem, { mode: 0o644 });
+  const identity = await storeIdentity(opts.stateDir, keyPem, resp.certificate);
+  const enrollment: Enrollment = { cluster: opts.cluster, node: opts.node, coordinatorUrl: opts.coordinatorUrl };
+  await writeFileAtomic(join(dir, ENROLLMENT_FILE), `${JSON.stringify(enrollment, null, 2)}\n`, { mode: 0o644 });
+  return { enrollment, caPem, identity };
+}
+
+/** Renew the agent identity over mTLS with the current one; the caller switches the client. */
+export async function renewIdentity(stateDir: string, client: CoordinatorClient, caPem: string, subject: string, now: () => number): Promise<Identity> {
+  const keyPem = await newPendingKey(stateDir);
+  const resp = await client.csr({ slot: 'identity', csr: createCsr(keyPem, subject) });
+  checkIssued(resp.certificate, keyPem, caPem, now());
+  return storeIdentity(stateDir, keyPem, resp.certificate);
+}
+
+export { AgentStatus, NodeDesired };

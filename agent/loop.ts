@@ -1,0 +1,343 @@
+// The reconcile loop: long-poll the coordinator for the node's desired state, and, level-
+// triggered, make the node match the last good desired state on every cycle, on drift, and on a
+// timer, by handing it (with the certificate pairs) to the apply engine. A desired state that is
+// empty, shrunken, garbled, foreign or older than the last good one is refused: the node keeps
+// its last good state. When the coordinator cannot be reached, the node keeps serving and being
+// reconciled locally, and its status says 'stale'.
+import { join } from 'node:path';
+import { Value } from '@sinclair/typebox/value';
+import type { Logger } from 'pino';
+import { NodeDesired, type ProbeResult } from '../shared/schema.ts';
+import { backoffDelay, DEFAULT_BACKOFF, sleep, type BackoffPolicy, type Clock, type Random } from './backoff.ts';
+import { CertificateManager, certReports } from './certs.ts';
+import { CoordinatorError, type CoordinatorClient } from './client.ts';
+import { probeAll, type ProbeOptions } from './probes.ts';
+import { buildStatus, writeLocalStatus } from './status.ts';
+import { readIfExists, writeFileAtomic, type Owner } from './statefile.ts';
+import type { AgentStatus } from '../shared/schema.ts';
+import type { ApplyInput, ApplyResult, NodeContext } from './types.ts';
+
+export type ApplyFn = (ctx: NodeContext, input: ApplyInput) => Promise<ApplyResult>;
+
+export interface RuntimeError {
+  code: string;
+  message: string;
+}
+
+// --- judging an answer -------------------------------------------------------------------------
+
+export type Judgement = { ok: true; desired: NodeDesired } | { ok: false; error: RuntimeError };
+
+/**
+ * Whether a desired-state answer may replace the last good one. Pure. Refuses: an empty answer;
+ * one that fails the NodeDesired schema; one for another cluster or node; one whose generation is
+ * not newer; one that would wipe what the node has (every HBA rule, every role, the certificates
+ * or CA bundle while TLS is on, the passwords its connections need).
+ */
+export function judgeDesired(answer: unknown, lastGood: NodeDesired | null, expect: { cluster: string; node: string }): Judgement {
+  const refuse = (code: string, message: string): Judgement => ({ ok: false, error: { code, message: `refused desired state: ${message}; keeping the last good state${lastGood ? ` (generation ${lastGood.generation})` : ''}` } });
+  if (answer === null || answer === undefined || answer === '' || (typeof answer === 'object' && !Array.isArray(answer) && Object.keys(answer).length === 0)) {
+    return refuse('E_DESIRED_EMPTY', 'the answer is empty');
+  }
+  if (!Value.Check(NodeDesired, answer)) {
+    const first = [...Value.Errors(NodeDesired, answer)][0];
+    return refuse('E_DESIRED_GARBLED', `the answer does not match the NodeDesired schema${first ? ` (${first.path || '/'}: ${first.message})` : ''}`);
+  }
+  const d = answer;
+  if (d.cluster !== expect.cluster || d.node !== expect.node) {
+    return refuse('E_DESIRED_FOREIGN', `the answer is for ${d.cluster}/${d.node}, this node is ${expect.cluster}/${expect.node}`);
+  }
+  if (d.tls && d.caBundle.trim() === '') return refuse('E_DESIRED_SHRUNK', 'TLS is on but the CA bundle is empty');
+  if (d.tls && d.certificates.every((c) => c.usage !== 'server')) return refuse('E_DESIRED_SHRUNK', 'TLS is on but there is no server certificate slot');
+  const passfileRoles = new Set(d.edges.filter((e) => e.usesPassfile).map((e) => e.role));
+  const secrets = new Set(d.clientSecrets.map((s) => s.role));
+  const missing = [...passfileRoles].filter((r) => !secrets.has(r));
+  if (missing.length > 0) return refuse('E_DESIRED_SHRUNK', `connections use a passfile but there is no password for ${missing.join(', ')}`);
+  if (lastGood) {
+    if (d.generation < lastGood.generation) return refuse('E_DESIRED_OLDER', `generation ${d.generation} is older than the applied ${lastGood.generation} (no rollback)`);
+    if (d.generation === lastGood.generation) return refuse('E_DESIRED_OLDER', `generation ${d.generation} is not newer than the last good one`);
+    if (lastGood.hba.length > 0 && d.hba.length === 0) return refuse('E_DESIRED_SHRUNK', `it has no HBA rules where the node has ${lastGood.hba.length}`);
+    if (lastGood.roles.length > 0 && d.roles.length === 0) return refuse('E_DESIRED_SHRUNK', `it has no roles where the node has ${lastGood.roles.length}`);
+  }
+  return { ok: true, desired: d };
+}
+
+// --- the last good state on disk ---------------------------------------------------------------
+
+export const desiredFile = (stateDir: string): string => join(stateDir, 'desired.json');
+
+/** The last good desired state, or null. A file that no longer validates is ignored (and reported). */
+export async function loadLastGood(stateDir: string, expect: { cluster: string; node: string }): Promise<{ desired: NodeDesired | null; error: RuntimeError | null }> {
+  const text = await readIfExists(desiredFile(stateDir));
+  if (text === null) return { desired: null, error: null };
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return { desired: null, error: { code: 'E_STATE_CORRUPT', message: `${desiredFile(stateDir)} is not JSON; ignoring it` } };
+  }
+  const j = judgeDesired(parsed, null, expect);
+  return j.ok ? { desired: j.desired, error: null } : { desired: null, error: { code: 'E_STATE_CORRUPT', message: `${desiredFile(stateDir)}: ${j.error.message}` } };
+}
+
+/** Persist atomically, 0600: it holds client passwords. */
+export async function saveLastGood(stateDir: string, desired: NodeDesired, owner?: Owner): Promise<void> {
+  await writeFileAtomic(desiredFile(stateDir), `${JSON.stringify(desired)}\n`, { mode: 0o600, ...(owner ? { owner } : {}) });
+}
+
+// --- the loop ----------------------------------------------------------------------------------
+
+/** Watches the managed files and calls back on a hand edit, chmod or removal. */
+export interface DriftHook {
+  watch(paths: string[], onDrift: (path: string) => void): void;
+  close(): Promise<void>;
+}
+
+export type CoordinatorApi = Pick<CoordinatorClient, 'desired' | 'status'>;
+
+export interface LoopDeps {
+  ctx: NodeContext;
+  cluster: string;
+  node: string;
+  client: CoordinatorApi;
+  apply: ApplyFn;
+  certs: CertificateManager;
+  probe: ProbeOptions;
+  /** Who owns the state files the server's user must read (PGDATA owner). */
+  owner?: Owner;
+  now: Clock;
+  random: Random;
+  backoff?: BackoffPolicy;
+  /** Reconcile at least this often even when nothing happens, ms. */
+  resyncMs?: number;
+  /** A long-poll cycle never repeats faster than this, ms (guards against a coordinator that does not wait). */
+  minCycleMs?: number;
+  log: Logger;
+  drift?: DriftHook;
+  /** Called before each poll: e.g. renew the agent identity when due. Errors are logged. */
+  maintain?: () => Promise<void>;
+  /** Called after successful contact with the coordinator (e.g. prune old identity versions). */
+  onContact?: () => Promise<void>;
+  postgresVersion: () => Promise<string>;
+  onReady?: () => void;
+}
+
+export type LoopExit = 'stopped' | 'removed';
+
+export class ReconcileLoop {
+  private lastGood: NodeDesired | null = null;
+  private appliedGeneration = 0;
+  private reachable = true;
+  private refusal: RuntimeError | null = null;
+  private contactError: RuntimeError | null = null;
+  private stateError: RuntimeError | null = null;
+  private lastApply: ApplyResult | null = null;
+  private ready = false;
+  private running: Promise<void> = Promise.resolve();
+  private queued = false;
+  private readonly stopController = new AbortController();
+  private timer: NodeJS.Timeout | undefined;
+  private failures = 0;
+  /** The status last built (for tests and for the local mirror). */
+  lastStatus: AgentStatus | null = null;
+
+  constructor(private deps: LoopDeps) {}
+
+  get signal(): AbortSignal {
+    return this.stopController.signal;
+  }
+
+  /** Replace the node context (after SIGHUP re-read the configuration) and reconcile. */
+  updateContext(ctx: NodeContext): void {
+    this.deps = { ...this.deps, ctx };
+    this.kick('configuration reloaded');
+  }
+
+  stop(): void {
+    this.stopController.abort();
+  }
+
+  /** Queue a reconcile; several requests while one runs collapse into one more run. */
+  kick(reason: string): Promise<void> {
+    if (this.queued) return this.running;
+    this.queued = true;
+    this.running = this.running.then(async () => {
+      this.queued = false;
+      if (this.signal.aborted) return;
+      try {
+        await this.reconcileOnce(reason);
+      } catch (e) {
+        this.deps.log.error({ err: errMessage(e) }, 'reconcile failed unexpectedly');
+      }
+    });
+    return this.running;
+  }
+
+  async run(): Promise<LoopExit> {
+    const { log } = this.deps;
+    const loaded = await loadLastGood(this.deps.ctx.stateDir, this.deps);
+    this.lastGood = loaded.desired;
+    this.stateError = loaded.error;
+    if (loaded.error) log.error({ code: loaded.error.code }, loaded.error.message);
+    if (this.lastGood) {
+      log.info({ generation: this.lastGood.generation }, 'starting from the last good desired state');
+      await this.kick('startup');
+    }
+    this.timer = setInterval(() => void this.kick('periodic resync'), this.deps.resyncMs ?? 60_000);
+    this.timer.unref();
+    try {
+      while (!this.signal.aborted) {
+        const started = this.deps.now();
+        if (this.deps.maintain) await this.deps.maintain().catch((e) => log.warn({ err: errMessage(e) }, 'maintenance failed'));
+        let outcome: 'ok' | 'error' | 'removed';
+        try {
+          outcome = await this.pollOnce();
+        } catch (e) {
+          if (this.signal.aborted) break;
+          outcome = 'error';
+          this.onContactFailure(e);
+          await this.kick('coordinator unreachable: reconciling the last good state locally');
+        }
+        if (outcome === 'removed') return 'removed';
+        if (this.signal.aborted) break;
+        if (outcome === 'error' || this.refusal) {
+          const delay = backoffDelay(Math.min(this.failures, 30), this.deps.random, this.deps.backoff ?? DEFAULT_BACKOFF);
+          this.failures += 1;
+          log.info({ retryInMs: delay, attempt: this.failures }, 'retrying the coordinator after a delay');
+          await sleep(delay, this.signal);
+        } else {
+          this.failures = 0;
+          const elapsed = this.deps.now() - started;
+          const min = this.deps.minCycleMs ?? 1000;
+          if (elapsed < min) await sleep(min - elapsed, this.signal);
+        }
+      }
+      return 'stopped';
+    } finally {
+      clearInterval(this.timer);
+      await this.running;
+      await this.deps.drift?.close().catch(() => undefined);
+    }
+  }
+
+  private async pollOnce(): Promise<'ok' | 'error' | 'removed'> {
+    const { log } = this.deps;
+    const answer = await this.deps.client.desired(this.lastGood?.generation ?? 0, this.signal);
+    this.onContactSuccess();
+    if (answer.kind === 'removed') {
+      log.error('the coordinator says this node was removed from its cluster (410); keeping the files as they are and stopping');
+      return 'removed';
+    }
+    if (answer.kind === 'newer') {
+      const j = judgeDesired(answer.body, this.lastGood, this.deps);
+      if (!j.ok) {
+        this.refusal = j.error;
+        log.error({ code: j.error.code }, j.error.message);
+        await this.kick('desired state refused');
+        return 'error';
+      }
+      this.refusal = null;
+      await saveLastGood(this.deps.ctx.stateDir, j.desired, this.deps.owner);
+      this.stateError = null;
+      log.info({ generation: j.desired.generation, previous: this.lastGood?.generation ?? 0 }, 'new desired state accepted');
+      this.lastGood = j.desired;
+      await this.kick(`generation ${j.desired.generation}`);
+      return 'ok';
+    }
+    // Unchanged: still reconcile (level-triggered) and report, which is also the heartbeat.
+    await this.kick('long-poll cycle');
+    return 'ok';
+  }
+
+  private onContactSuccess(): void {
+    if (!this.reachable) this.deps.log.info('coordinator reachable again');
+    this.reachable = true;
+    this.contactError = null;
+    if (this.deps.onContact) void this.deps.onContact().catch((e) => this.deps.log.warn({ err: errMessage(e) }, 'post-contact maintenance failed'));
+  }
+
+  private onContactFailure(e: unknown): void {
+    const message = errMessage(e);
+    const code = e instanceof CoordinatorError ? e.code : 'E_UNREACHABLE';
+    if (this.reachable) {
+      this.deps.log.warn({ code, err: message, servingGeneration: this.lastGood?.generation ?? null }, 'coordinator unreachable: serving the last good state (stale)');
+    }
+    this.reachable = false;
+    this.contactError = { code: code === 'E_HTTP' ? 'E_COORDINATOR' : 'E_COORDINATOR_UNREACHABLE', message };
+  }
+
+  private runtimeErrors(extra: RuntimeError[]): RuntimeError[] {
+    return [this.stateError, this.refusal, this.contactError, ...extra].filter((e): e is RuntimeError => e !== null);
+  }
+
+  /** One level-triggered pass: certificates, apply, prune, probes, status. */
+  private async reconcileOnce(reason: string): Promise<void> {
+    const { log, ctx } = this.deps;
+    const desired = this.lastGood;
+    let certErrors: RuntimeError[] = [];
+    let probes: ProbeResult[] = [];
+    let installed: Awaited<ReturnType<CertificateManager['ensure']>>['installed'] = [];
+    if (desired) {
+      log.debug({ reason, generation: desired.generation }, 'reconciling');
+      const certs = await this.deps.certs.ensure(desired, { online: this.reachable }).catch((e): Awaited<ReturnType<CertificateManager['ensure']>> => ({
+        installed: [],
+        issued: [],
+        errors: [{ code: 'E_CERT', message: errMessage(e) }],
+      }));
+      certErrors = certs.errors;
+      installed = certs.installed;
+      let result: ApplyResult;
+      try {
+        result = await this.deps.apply(ctx, { desired, certificates: certs.installed });
+      } catch (e) {
+        result = { phase: 'failed', changed: false, errors: [{ code: 'E_APPLY', message: errMessage(e) }], files: this.lastApply?.files ?? [], pendingRestart: [], servedCertificate: null, clientConnections: [] };
+      }
+      this.lastApply = result;
+      const proved = result.phase === 'converged' || result.phase === 'pending-restart';
+      if (proved) {
+        if (this.appliedGeneration !== desired.generation) log.info({ generation: desired.generation, phase: result.phase, changed: result.changed }, 'generation applied and proved');
+        this.appliedGeneration = desired.generation;
+        await this.deps.certs.prune(certs.installed, desired.certificates.map((c) => c.id)).catch((e) => log.warn({ err: errMessage(e) }, 'pruning old certificate versions failed'));
+        if (!this.ready) {
+          this.ready = true;
+          log.info({ generation: desired.generation, phase: result.phase }, 'agent ready: first reconcile succeeded');
+          this.deps.onReady?.();
+        }
+      } else {
+        log.error({ generation: desired.generation, phase: result.phase, errors: result.errors }, 'apply did not converge');
+      }
+      if (result.changed) log.info({ files: result.files.length }, 'node changed');
+      this.deps.drift?.watch(result.files.map((f) => f.path), (path) => {
+        log.warn({ path }, 'drift detected in a managed file: reconciling');
+        void this.kick(`drift in ${path}`);
+      });
+      probes = await probeAll(result.clientConnections, this.deps.probe);
+      for (const p of probes.filter((p) => !p.ok)) log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
+    }
+    const status = buildStatus({
+      appliedGeneration: this.appliedGeneration,
+      apply: desired ? this.lastApply : null,
+      runtimeErrors: this.runtimeErrors(certErrors),
+      certificates: certReports(installed),
+      probes,
+      coordinatorReachable: this.reachable,
+      postgresVersion: await this.deps.postgresVersion(),
+    });
+    this.lastStatus = status;
+    let reported = false;
+    if (this.reachable) {
+      try {
+        await this.deps.client.status(status);
+        reported = true;
+      } catch (e) {
+        log.warn({ err: errMessage(e) }, 'status report failed');
+        if (e instanceof CoordinatorError && e.code === 'E_UNREACHABLE') this.onContactFailure(e);
+      }
+    }
+    await writeLocalStatus(ctx.stateDir, status, { at: new Date(this.deps.now()).toISOString(), reported }, this.deps.owner).catch((e) => log.warn({ err: errMessage(e) }, 'writing the local status failed'));
+  }
+}
+
+function errMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

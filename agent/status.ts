@@ -1,0 +1,73 @@
+// Status: what the agent reports to the coordinator (POST /v1/agent/status), and mirrors into
+// <stateDir>/status.json so an operator (and the tests) can see it while the coordinator is down.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import pg from 'pg';
+import type { AgentStatus, CertReport, Phase, ProbeResult } from '../shared/schema.ts';
+import type { ApplyResult } from './types.ts';
+import { writeFileAtomic, type Owner } from './statefile.ts';
+
+export const AGENT_VERSION: string = (() => {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+})();
+
+export interface StatusInput {
+  /** The generation last applied and proved (0 before the first). */
+  appliedGeneration: number;
+  apply: ApplyResult | null;
+  /** Errors of the runtime itself: refused desired states, certificate requests, enrolment... */
+  runtimeErrors: { code: string; message: string }[];
+  certificates: CertReport[];
+  probes: ProbeResult[];
+  coordinatorReachable: boolean;
+  postgresVersion: string;
+}
+
+/**
+ * The status document. The phase is the apply engine's, except: 'stale' when the coordinator
+ * cannot be reached (the node serves its last good state), 'failed' when the runtime itself could
+ * not do its part, 'unknown' before anything was applied.
+ */
+export function buildStatus(s: StatusInput): AgentStatus {
+  let phase: Phase = s.apply?.phase ?? 'unknown';
+  if (phase === 'converged' && s.runtimeErrors.some((e) => e.code !== 'E_CERT_RENEWAL')) phase = 'failed';
+  if (!s.coordinatorReachable) phase = 'stale';
+  return {
+    generation: s.appliedGeneration,
+    phase,
+    errors: [...s.runtimeErrors, ...(s.apply?.errors ?? [])].map((e) => ({ code: e.code, message: e.message })),
+    files: s.apply?.files ?? [],
+    servedCertificate: s.apply?.servedCertificate ?? null,
+    certificates: s.certificates,
+    probes: s.probes,
+    pendingRestart: s.apply?.pendingRestart ?? [],
+    coordinatorReachable: s.coordinatorReachable,
+    versions: { agent: AGENT_VERSION, postgres: s.postgresVersion },
+  };
+}
+
+/** `server_version` of the local server over its socket, or 'unknown'. */
+export async function postgresVersion(conn: { host: string; port: number; user: string }): Promise<string> {
+  const client = new pg.Client({ host: conn.host, port: conn.port, user: conn.user, database: 'postgres', connectionTimeoutMillis: 5000, application_name: 'pgaccord-agent' });
+  try {
+    await client.connect();
+    const r = await client.query<{ server_version: string }>('SHOW server_version');
+    return r.rows[0]?.server_version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+export const statusFile = (stateDir: string): string => join(stateDir, 'status.json');
+
+/** Local mirror of the last status, with when it was made and whether it reached the coordinator. */
+export async function writeLocalStatus(stateDir: string, status: AgentStatus, meta: { at: string; reported: boolean }, owner?: Owner): Promise<void> {
+  await writeFileAtomic(statusFile(stateDir), `${JSON.stringify({ ...meta, status }, null, 2)}\n`, { mode: 0o644, ...(owner ? { owner } : {}) });
+}
