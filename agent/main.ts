@@ -1,0 +1,383 @@
+// `pgaccord agent`: configuration (flags and/or a YAML file), enrolment or the stored identity,
+// then the reconcile loop until SIGTERM/SIGINT. SIGHUP re-reads the configuration file.
+import { randomInt } from 'node:crypto';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { userInfo } from 'node:os';
+import { isAbsolute, join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import pino, { type Logger } from 'pino';
+import YAML from 'yaml';
+import { parseCommand, UsageError } from '../shared/cli.ts';
+import { NAME_PATTERN } from '../shared/schema.ts';
+import type { OsUser } from '../shared/pgserver.ts';
+import { RenewalSchedule, type Random } from './backoff.ts';
+import { CertificateManager } from './certs.ts';
+import { CoordinatorClient, CoordinatorError, decodeJoinToken, enroll, loadIdentity, pruneIdentities, renewIdentity, type StoredIdentity } from './client.ts';
+import { ReconcileLoop, type ApplyFn, type DriftHook } from './loop.ts';
+import { postgresVersion } from './status.ts';
+import { ensureDir } from './statefile.ts';
+import type { AgentConfig, NodeContext } from './types.ts';
+
+const execFileAsync = promisify(execFile);
+
+export const DEFAULT_STATE_DIR = '/var/lib/pgaccord';
+export const DEFAULT_SOCKET_DIR = '/var/run/postgresql';
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+const OPTIONS = {
+  coordinator: { type: 'string' },
+  node: { type: 'string' },
+  pgdata: { type: 'string' },
+  'join-token': { type: 'string' },
+  'join-token-file': { type: 'string' },
+  'pg-host': { type: 'string' },
+  'pg-port': { type: 'string' },
+  'pg-user': { type: 'string' },
+  'state-dir': { type: 'string' },
+  config: { type: 'string' },
+  'log-level': { type: 'string' },
+} as const;
+
+type Key = Exclude<keyof typeof OPTIONS, 'config'>;
+const KEYS = Object.keys(OPTIONS).filter((k) => k !== 'config') as Key[];
+const camel = (k: string): string => k.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+
+const COMMAND = {
+  usage: 'pgaccord agent --coordinator URL --node CLUSTER/NODE --pgdata DIR [--join-token T] [options]',
+  summary:
+    'Runs the node agent: enrols once with a join token, then keeps this PostgreSQL node matching its\n' +
+    'desired state (pg_hba.conf, pg_ident.conf, settings, certificates, roles, passfile), proves\n' +
+    'every change with PostgreSQL, probes the inter-node connections and reports to the coordinator.',
+  details: `
+options:
+  --coordinator URL      coordinator base URL, https:// (default: the URL in the join token)
+  --node CLUSTER/NODE    which node this is, e.g. sales/node-1
+  --pgdata DIR           the PostgreSQL data directory; its owner owns every managed file
+  --join-token T         single-use join token (pga1....), needed for the first start only;
+                         once enrolled the stored identity is used and the token is ignored
+  --join-token-file F    read the join token from a file instead (keeps it out of ps)
+  --pg-host H            local server's Unix socket directory (or host)
+                         (default: the socket directory in PGDATA/postmaster.pid, else ${DEFAULT_SOCKET_DIR})
+  --pg-port P            local server's port (default: the port in PGDATA/postmaster.pid, else 5432)
+  --pg-user U            database role the agent uses over the socket (default: postgres)
+  --state-dir DIR        identity, keys, certificates, passfile, last good state (default: ${DEFAULT_STATE_DIR})
+  --config FILE          YAML file with any of the keys below; flags given on the command line win
+  --log-level L          ${LOG_LEVELS.join(', ')} (default: info)
+
+config file (YAML): the same keys as the flags, in camelCase or kebab-case, e.g.
+  coordinator: https://coord.example.com:7432
+  node: sales/node-1
+  pgdata: /var/lib/postgresql/15/main
+  joinTokenFile: /etc/pgaccord/join.token
+  stateDir: /var/lib/pgaccord
+  logLevel: info
+
+signals: SIGTERM/SIGINT stop cleanly (exit 0); SIGHUP re-reads the config file (log level and
+local connection settings take effect at once; other keys need a restart).
+files: <state-dir>/status.json mirrors the last status (also while the coordinator is down).
+`,
+  options: OPTIONS,
+};
+
+export type RawConfig = Partial<Record<Key, string>>;
+
+/** Read a YAML config file into flag-named keys; unknown keys are errors that name the key. */
+export async function readConfigFile(path: string): Promise<RawConfig> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    throw new UsageError(`cannot read config file ${path}: ${(e as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = YAML.parse(text);
+  } catch (e) {
+    throw new UsageError(`config file ${path} is not valid YAML: ${(e as Error).message.split('\n')[0]}`);
+  }
+  if (doc === null || doc === undefined) return {};
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new UsageError(`config file ${path} must be a YAML mapping of option: value`);
+  const out: RawConfig = {};
+  for (const [k, v] of Object.entries(doc as Record<string, unknown>)) {
+    const key = KEYS.find((flag) => flag === k || camel(flag) === k);
+    if (!key) throw new UsageError(`config file ${path}: unknown key "${k}" (known: ${KEYS.map(camel).join(', ')})`);
+    if (typeof v !== 'string' && typeof v !== 'number') throw new UsageError(`config file ${path}: "${k}" must be a string or number`);
+    out[key] = String(v);
+  }
+  return out;
+}
+
+export interface ResolvedConfig extends AgentConfig {
+  logLevel: string;
+  configFile?: string;
+}
+
+/** postmaster.pid line 4 is the port, line 5 the first socket directory (when the server runs). */
+export function readPostmasterPid(pgdata: string): { port?: number; socketDir?: string } {
+  try {
+    const lines = readFileSync(join(pgdata, 'postmaster.pid'), 'utf8').split('\n');
+    const port = Number(lines[3]);
+    const socketDir = lines[4]?.trim();
+    return { ...(Number.isInteger(port) && port > 0 ? { port } : {}), ...(socketDir ? { socketDir } : {}) };
+  } catch {
+    return {};
+  }
+}
+
+/** Merge flags over the config file over defaults, and check everything. */
+export function resolveConfig(flags: RawConfig, file: RawConfig, configFile?: string): ResolvedConfig {
+  const get = (k: Key): string | undefined => flags[k] ?? file[k];
+  let joinToken = get('join-token');
+  const tokenFile = get('join-token-file');
+  if (joinToken === undefined && tokenFile !== undefined) {
+    try {
+      joinToken = readFileSync(tokenFile, 'utf8').trim();
+    } catch (e) {
+      throw new UsageError(`cannot read --join-token-file ${tokenFile}: ${(e as Error).message}`);
+    }
+  }
+  let tokenUrl: string | undefined;
+  if (joinToken !== undefined) {
+    try {
+      tokenUrl = decodeJoinToken(joinToken).url;
+    } catch (e) {
+      throw new UsageError(`--join-token: ${(e as Error).message}`);
+    }
+  }
+  const coordinatorUrl = get('coordinator') ?? tokenUrl;
+  if (!coordinatorUrl) throw new UsageError('--coordinator URL is required (or a join token that carries it)');
+  let url: URL;
+  try {
+    url = new URL(coordinatorUrl);
+  } catch {
+    throw new UsageError(`--coordinator: "${coordinatorUrl}" is not a URL`);
+  }
+  if (url.protocol !== 'https:') throw new UsageError(`--coordinator: must be https://, got ${url.protocol}//`);
+  const nodeArg = get('node');
+  if (!nodeArg) throw new UsageError('--node CLUSTER/NODE is required');
+  const parts = nodeArg.split('/');
+  const nameRe = new RegExp(NAME_PATTERN);
+  if (parts.length !== 2 || !nameRe.test(parts[0]!) || !nameRe.test(parts[1]!)) {
+    throw new UsageError(`--node: "${nodeArg}" is not CLUSTER/NODE (each 1-63 of [a-z0-9-], not starting or ending with -)`);
+  }
+  const pgdataArg = get('pgdata');
+  if (!pgdataArg) throw new UsageError('--pgdata DIR is required');
+  const pgdata = resolve(pgdataArg);
+  if (!existsSync(pgdata) || !statSync(pgdata).isDirectory()) throw new UsageError(`--pgdata: ${pgdata} is not a directory`);
+  if (!existsSync(join(pgdata, 'PG_VERSION'))) throw new UsageError(`--pgdata: ${pgdata} is not a PostgreSQL data directory (no PG_VERSION)`);
+  const pid = readPostmasterPid(pgdata);
+  const portText = get('pg-port');
+  let pgPort = pid.port ?? 5432;
+  if (portText !== undefined) {
+    if (!/^\d+$/.test(portText) || Number(portText) < 1 || Number(portText) > 65535) throw new UsageError(`--pg-port: "${portText}" is not a port number (1-65535)`);
+    pgPort = Number(portText);
+  }
+  const logLevel = get('log-level') ?? 'info';
+  if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`--log-level: "${logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
+  const stateDir = resolve(get('state-dir') ?? DEFAULT_STATE_DIR);
+  const pgHost = get('pg-host') ?? pid.socketDir ?? DEFAULT_SOCKET_DIR;
+  if (pgHost.startsWith('/') && !isAbsolute(pgHost)) throw new UsageError(`--pg-host: ${pgHost} is not an absolute path`);
+  return {
+    coordinatorUrl: url.toString().replace(/\/$/, ''),
+    cluster: parts[0]!,
+    node: parts[1]!,
+    pgdata,
+    pgHost,
+    pgPort,
+    pgUser: get('pg-user') ?? 'postgres',
+    stateDir,
+    ...(joinToken !== undefined ? { joinToken } : {}),
+    logLevel,
+    ...(configFile ? { configFile } : {}),
+  };
+}
+
+/** Never log a token, key, password or CSR. */
+export const REDACT_PATHS = [
+  'token', 'joinToken', 'password', 'secret', 'key', 'keyPem', 'privateKey', 'privateKeyPem', 'csr', 'clientSecrets',
+  '*.token', '*.joinToken', '*.password', '*.secret', '*.key', '*.keyPem', '*.privateKey', '*.privateKeyPem', '*.csr', '*.clientSecrets',
+  'config.joinToken', 'desired.clientSecrets',
+];
+
+export function makeLogger(level: string, destination?: pino.DestinationStream): Logger {
+  return pino({ level, base: { service: 'pgaccord-agent' }, redact: { paths: REDACT_PATHS, censor: '[redacted]' } }, destination ?? pino.destination(1));
+}
+
+/** The OS user that owns a directory (by uid). */
+export async function ownerOf(path: string): Promise<OsUser> {
+  const st = statSync(path);
+  try {
+    const { stdout } = await execFileAsync('getent', ['passwd', String(st.uid)]);
+    const [name, , uid, gid, , home] = stdout.trim().split(':');
+    return { name: name!, uid: Number(uid), gid: Number(gid), home: home ?? '/' };
+  } catch {
+    return { name: String(st.uid), uid: st.uid, gid: st.gid, home: '/' };
+  }
+}
+
+function nodeContext(cfg: ResolvedConfig, owner: OsUser, log: Logger): NodeContext {
+  return { pgdata: cfg.pgdata, pgHost: cfg.pgHost, pgPort: cfg.pgPort, pgUser: cfg.pgUser, stateDir: cfg.stateDir, serverOsUser: owner, agentOsUser: userInfo().username, log };
+}
+
+/** Stored identity when there is one for this node; otherwise enrol with the join token. */
+export async function obtainIdentity(cfg: ResolvedConfig, log: Logger, now: () => number): Promise<StoredIdentity> {
+  const stored = await loadIdentity(cfg.stateDir);
+  if (stored) {
+    if (stored.enrollment.cluster !== cfg.cluster || stored.enrollment.node !== cfg.node) {
+      throw new CoordinatorError('E_IDENTITY', `${cfg.stateDir} holds the identity of ${stored.enrollment.cluster}/${stored.enrollment.node}, not ${cfg.cluster}/${cfg.node}: use another --state-dir`);
+    }
+    if (cfg.joinToken) log.info('already enrolled: using the stored identity, the join token is not needed any more');
+    log.info({ serial: stored.identity.info.serial, notAfter: stored.identity.info.notAfter.toISOString() }, 'using the stored agent identity');
+    return stored;
+  }
+  if (!cfg.joinToken) {
+    throw new CoordinatorError('E_IDENTITY', `not enrolled yet (no identity in ${cfg.stateDir}): start once with --join-token (from \`pgaccord token create ${cfg.cluster} ${cfg.node}\`)`);
+  }
+  log.info({ coordinator: cfg.coordinatorUrl }, 'enrolling with the join token');
+  const identity = await enroll({ stateDir: cfg.stateDir, coordinatorUrl: cfg.coordinatorUrl, cluster: cfg.cluster, node: cfg.node, joinToken: cfg.joinToken, now });
+  log.info({ serial: identity.identity.info.serial, notAfter: identity.identity.info.notAfter.toISOString() }, 'enrolled: identity stored');
+  return identity;
+}
+
+// The apply engine and the drift watcher are another module's; loaded when the agent starts.
+const APPLY_MODULE = './apply.ts';
+async function loadApply(): Promise<ApplyFn> {
+  const mod = (await import(APPLY_MODULE)) as { applyDesired?: ApplyFn };
+  if (typeof mod.applyDesired !== 'function') throw new Error('agent/apply.ts does not export applyDesired');
+  return mod.applyDesired;
+}
+
+async function loadDrift(_ctx: NodeContext): Promise<DriftHook | undefined> {
+  return undefined;
+}
+
+export interface RunHooks {
+  /** Tests: a logger destination, the clock and the randomness. */
+  logDestination?: pino.DestinationStream;
+  now?: () => number;
+  random?: Random;
+  resyncMs?: number;
+  minCycleMs?: number;
+  backoff?: { baseMs: number; capMs: number };
+  /** Abort to stop the agent (as SIGTERM does). */
+  signal?: AbortSignal;
+  installSignalHandlers?: boolean;
+}
+
+export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<number> {
+  const parsed = parseCommand(COMMAND, argv);
+  if (!parsed) return 0;
+  const flags = parsed.values as Record<string, string | undefined>;
+  const configFile = flags.config;
+  const fileValues = configFile ? await readConfigFile(configFile) : {};
+  const cliValues: RawConfig = {};
+  for (const k of KEYS) if (flags[k] !== undefined) cliValues[k] = flags[k];
+  let cfg = resolveConfig(cliValues, fileValues, configFile);
+
+  const log = makeLogger(cfg.logLevel, hooks.logDestination).child({ cluster: cfg.cluster, node: cfg.node });
+  const now = hooks.now ?? Date.now;
+  const random: Random = hooks.random ?? (() => randomInt(0, 2 ** 32) / 2 ** 32);
+  const owner = await ownerOf(cfg.pgdata);
+  // The state directory belongs to the PGDATA owner: the server reads its certificates there.
+  await ensureDir(cfg.stateDir, 0o700, owner);
+
+  const stored = await obtainIdentity(cfg, log, now);
+  const client = new CoordinatorClient({ baseUrl: cfg.coordinatorUrl, caPem: stored.caPem, identity: stored.identity });
+  const schedule = new RenewalSchedule(random);
+  const identitySchedule = new RenewalSchedule(random);
+  let pruneIdentityTo: string | null = null;
+
+  const certs = new CertificateManager({ stateDir: cfg.stateDir, owner, requestCertificate: (req) => client.csr(req), now, schedule, log });
+  let ctx = nodeContext(cfg, owner, log);
+  const apply = await loadApply();
+  const drift = await loadDrift(ctx).catch((e) => {
+    log.warn({ err: (e as Error).message }, 'drift watcher unavailable; relying on periodic reconcile');
+    return undefined;
+  });
+
+  const loop = new ReconcileLoop({
+    ctx,
+    cluster: cfg.cluster,
+    node: cfg.node,
+    client,
+    apply,
+    certs,
+    probe: { osUser: owner },
+    owner,
+    now,
+    random,
+    ...(hooks.backoff ? { backoff: hooks.backoff } : {}),
+    resyncMs: hooks.resyncMs ?? 60_000,
+    minCycleMs: hooks.minCycleMs ?? 1000,
+    log,
+    ...(drift ? { drift } : {}),
+    postgresVersion: () => postgresVersion({ host: ctx.pgHost, port: ctx.pgPort, user: ctx.pgUser }),
+    maintain: async () => {
+      const current = client.currentIdentity!;
+      const d = identitySchedule.decide(current.info.serial, current.info, now());
+      if (!d.renew) return;
+      log.info({ reason: d.reason, serial: current.info.serial }, 'renewing the agent identity');
+      const fresh = await renewIdentity(cfg.stateDir, client, stored.caPem, `${cfg.cluster}/${cfg.node}`, now);
+      await client.setIdentity(fresh);
+      pruneIdentityTo = fresh.info.serial;
+      log.info({ serial: fresh.info.serial, notAfter: fresh.info.notAfter.toISOString() }, 'agent identity renewed');
+    },
+    onContact: async () => {
+      if (pruneIdentityTo === null) return;
+      const keep = pruneIdentityTo;
+      pruneIdentityTo = null;
+      await pruneIdentities(cfg.stateDir, keep);
+    },
+  });
+
+  const onStop = (sig: string) => () => {
+    log.info({ signal: sig }, 'stopping');
+    loop.stop();
+  };
+  const onHup = () => {
+    void (async () => {
+      if (!cfg.configFile) {
+        log.info('SIGHUP: no config file to re-read; reconciling');
+        void loop.kick('SIGHUP');
+        return;
+      }
+      try {
+        const next = resolveConfig(cliValues, await readConfigFile(cfg.configFile), cfg.configFile);
+        const restartKeys = (['coordinatorUrl', 'cluster', 'node', 'pgdata', 'stateDir'] as const).filter((k) => next[k] !== cfg[k]);
+        if (restartKeys.length > 0) log.warn({ keys: restartKeys }, 'SIGHUP: these settings change only on restart; keeping the running values');
+        log.level = next.logLevel;
+        cfg = { ...next, coordinatorUrl: cfg.coordinatorUrl, cluster: cfg.cluster, node: cfg.node, pgdata: cfg.pgdata, stateDir: cfg.stateDir };
+        ctx = nodeContext(cfg, owner, log);
+        log.info({ logLevel: cfg.logLevel, pgHost: cfg.pgHost, pgPort: cfg.pgPort, pgUser: cfg.pgUser }, 'SIGHUP: configuration re-read');
+        loop.updateContext(ctx);
+      } catch (e) {
+        log.error({ err: (e as Error).message }, 'SIGHUP: configuration not reloaded; keeping the running one');
+      }
+    })();
+  };
+  const handlers = hooks.installSignalHandlers ?? true;
+  const term = onStop('SIGTERM');
+  const int = onStop('SIGINT');
+  if (handlers) {
+    process.on('SIGTERM', term);
+    process.on('SIGINT', int);
+    process.on('SIGHUP', onHup);
+  }
+  hooks.signal?.addEventListener('abort', () => loop.stop(), { once: true });
+  log.info({ coordinator: cfg.coordinatorUrl, pgdata: cfg.pgdata, pgHost: cfg.pgHost, pgPort: cfg.pgPort, stateDir: cfg.stateDir }, 'agent starting');
+  try {
+    const exit = await loop.run();
+    log.info({ exit }, 'agent stopped');
+    return 0;
+  } finally {
+    if (handlers) {
+      process.off('SIGTERM', term);
+      process.off('SIGINT', int);
+      process.off('SIGHUP', onHup);
+    }
+    await client.close();
+    await new Promise<void>((r) => log.flush(() => r()));
+  }
+}
