@@ -1,0 +1,324 @@
+// The apply engine: make the local PostgreSQL match one NodeDesired, and prove it.
+//
+//   render (pure) -> check inputs -> snapshot -> install (atomic, in dependency order)
+//   -> validate with PostgreSQL's views -> roles -> ONE pg_reload_conf() -> prove
+//   (new session sees the new config hash; the TLS handshake serves the certificate on disk)
+//   -> clean up files nothing references any more.
+//
+// Any failure before the proof puts every file back byte for byte (owner and mode too) and
+// reports PostgreSQL's own message; a failed proof also reloads the restored files. Nothing
+// here restarts PostgreSQL: settings that need it are reported as pending.
+import { createHash } from 'node:crypto';
+import { chmod, chown, lstat, mkdir, readdir, readFile, realpath } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type pg from 'pg';
+import { certInfo } from '../shared/x509.ts';
+import type { CertReport, FileReport } from '../shared/schema.ts';
+import type { Static } from '@sinclair/typebox';
+import { installFile, isRoot, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from './install.ts';
+import { OWN_TLS_FILE, layoutFor, type Layout } from './layout.ts';
+import { fileSettings, hbaFileRules, openSession, identFileMappings, pendingRestart, reloadConf, serverInfo, servedCertificate, tcpHostFor, waitForConfigHash, type ServerInfo } from './pgconf.ts';
+import { planNode, PlanError, type Plan } from './plan.ts';
+import { applyRoles, checkVerifiers, RoleError } from './roles.ts';
+import { checkCertificates, checkCrl, checkFileSettings, checkHbaRows, checkIdentRows, keyModeProblem, type Problem } from './verify.ts';
+import type { ApplyInput, ApplyResult, InstalledCertificate, NodeContext } from './types.ts';
+
+export interface ApplyOptions {
+  /** The clock (certificate and CRL validity). */
+  now?: () => Date;
+  /** How long to wait for a new session to see the new configuration hash. */
+  proofTimeoutMs?: number;
+}
+
+/** Raised inside a step to end the apply as failed with these problems. */
+class StepFailure extends Error {
+  constructor(
+    readonly problems: Problem[],
+    /** The failing state had been loaded: restoring the files needs another reload. */
+    readonly reloaded = false,
+  ) {
+    super(problems.map((p) => p.message).join('; '));
+  }
+}
+
+const asProblem = (e: unknown, fallback: string): Problem => ({
+  code: typeof (e as { code?: unknown }).code === 'string' && String((e as { code: string }).code).startsWith('E_') ? (e as { code: string }).code : fallback,
+  message: (e as Error).message ?? String(e),
+});
+
+// One apply at a time per process: the temp-file sweep and the snapshots assume it.
+let queue: Promise<unknown> = Promise.resolve();
+
+export function applyDesired(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions = {}): Promise<ApplyResult> {
+  const run = queue.then(() => applyOnce(ctx, input, opts));
+  queue = run.catch(() => undefined);
+  return run;
+}
+
+function failed(problems: Problem[], extra: Partial<ApplyResult> = {}): ApplyResult {
+  return { phase: 'failed', changed: false, errors: problems, files: [], pendingRestart: [], servedCertificate: null, clientConnections: [], ...extra };
+}
+
+async function applyOnce(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions): Promise<ApplyResult> {
+  const now = opts.now ?? (() => new Date());
+  const log = ctx.log.child({ generation: input.desired.generation });
+  let session: pg.Client | null = null;
+  try {
+    session = await openSession(ctx);
+  } catch (e) {
+    return failed([{ code: 'E_PG_CONNECT', message: `cannot connect to the local PostgreSQL at ${ctx.pgHost}:${ctx.pgPort} as ${ctx.pgUser}: ${(e as Error).message}` }]);
+  }
+  try {
+    return await applyWith(ctx, input, { ...opts, now }, session, log);
+  } finally {
+    await session.end().catch(() => undefined);
+  }
+}
+
+interface Run {
+  ctx: NodeContext;
+  input: ApplyInput;
+  session: pg.Client;
+  info: ServerInfo;
+  layout: Layout;
+  plan: Plan;
+  snapshots: Map<string, FileSnapshot>;
+  changed: string[];
+  log: NodeContext['log'];
+  now: () => Date;
+  proofTimeoutMs: number;
+  /** Settings pg_file_settings says need a restart. */
+  pendingFromFiles: string[];
+}
+
+async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions & { now: () => Date }, session: pg.Client, log: NodeContext['log']): Promise<ApplyResult> {
+  const info = await serverInfo(session);
+  const layout = layoutFor(ctx.stateDir, {
+    hbaFile: await realpath(info.hbaFile),
+    identFile: await realpath(info.identFile),
+    configFile: await realpath(info.configFile),
+  });
+  await ensureStateDirs(ctx, layout);
+  for (const dir of new Set([dirname(layout.hbaFile), dirname(layout.identFile), dirname(layout.includeFile), layout.tlsDir, layout.clientDir])) {
+    const removed = await removeStaleTemps(dir);
+    if (removed.length > 0) log.warn({ removed }, 'removed temporary files left by an interrupted apply');
+  }
+
+  // Render (pure) from the files as they are now.
+  const existing = {
+    hba: await readFile(layout.hbaFile, 'utf8'),
+    ident: await readFile(layout.identFile, 'utf8').catch(() => ''),
+    config: await readFile(layout.configFile, 'utf8'),
+  };
+  let plan: Plan;
+  try {
+    plan = planNode({
+      desired: input.desired,
+      certificates: input.certificates,
+      layout,
+      localRole: ctx.pgUser,
+      localOsUsers: [ctx.agentOsUser, ctx.serverOsUser.name],
+      existing,
+    });
+  } catch (e) {
+    return failed([asProblem(e, e instanceof PlanError ? e.code : 'E_RENDER')]);
+  }
+
+  // Inputs PostgreSQL would reject (or hash as plaintext) are refused before anything is written.
+  const prechecks = await checkInputs(ctx, input, plan, opts.now());
+  if (prechecks.length > 0) {
+    log.error({ errors: prechecks }, 'desired state refused before writing anything');
+    return failed(prechecks, { clientConnections: plan.clientConnections });
+  }
+
+  const run: Run = { ctx, input, session, info, layout, plan, snapshots: new Map(), changed: [], log, now: opts.now, proofTimeoutMs: opts.proofTimeoutMs ?? 5000, pendingFromFiles: [] };
+  for (const f of plan.files) run.snapshots.set(f.path, await snapshotFile(f.path));
+
+  try {
+    await installAll(run);
+    await validate(run);
+    const roles = info.inRecovery ? { changed: false, actions: [] as string[] } : await applyRoles(session, input.desired);
+    if (roles.actions.length > 0) log.info({ actions: roles.actions }, 'roles changed');
+    const reloaded = await reloadIfNeeded(run);
+    const served = await prove(run);
+    const pending = [...new Set([...(await pendingRestart(session)), ...run.pendingFromFiles])].sort();
+    await cleanup(run);
+    const changed = run.changed.length > 0 || roles.changed || reloaded;
+    const phase = pending.length > 0 ? 'pending-restart' : 'converged';
+    log.info({ changed, reloaded, files: run.changed, phase, pendingRestart: pending }, 'desired state applied and proved');
+    return {
+      phase,
+      changed,
+      errors: [],
+      files: await fileReports(run),
+      pendingRestart: pending,
+      servedCertificate: served,
+      clientConnections: plan.clientConnections,
+    };
+  } catch (e) {
+    const problems = e instanceof StepFailure ? e.problems : [asProblem(e, e instanceof RoleError ? e.code : 'E_APPLY')];
+    const restoreProblems = await restoreAll(run, e instanceof StepFailure && e.reloaded);
+    log.error({ errors: problems, restored: run.changed }, 'apply failed; files restored');
+    return failed([...problems, ...restoreProblems], { files: await fileReports(run).catch(() => []), clientConnections: plan.clientConnections, changed: false });
+  }
+}
+
+/** The state directory must let the server's OS user reach the TLS files and the passfile. */
+async function ensureStateDirs(ctx: NodeContext, layout: Layout): Promise<void> {
+  const { uid, gid } = ctx.serverOsUser;
+  await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 });
+  const st = await lstat(ctx.stateDir);
+  if (st.uid !== uid && (st.mode & 0o001) === 0 && isRoot()) await chmod(ctx.stateDir, (st.mode & 0o7777) | 0o001);
+  for (const dir of [layout.tlsDir, layout.clientDir]) {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const d = await lstat(dir);
+    if (isRoot() && (d.uid !== uid || d.gid !== gid)) await chown(dir, uid, gid);
+    if ((d.mode & 0o077) !== 0) await chmod(dir, 0o700);
+  }
+}
+
+function neededSlots(input: ApplyInput): string[] {
+  const slots = input.desired.tls ? ['server'] : [];
+  for (const e of input.desired.edges) if (e.clientCertificate !== null) slots.push(e.clientCertificate);
+  return [...new Set(slots)];
+}
+
+async function checkInputs(ctx: NodeContext, input: ApplyInput, plan: Plan, now: Date): Promise<Problem[]> {
+  const problems = checkVerifiers(input.desired.roles);
+  problems.push(...(await checkCertificates({ certificates: input.certificates, neededSlots: neededSlots(input), caBundle: input.desired.caBundle, ownerUid: ctx.serverOsUser.uid, now })));
+  if (plan.crlFile !== null && input.desired.crl !== null) problems.push(...checkCrl(input.desired.crl, now));
+  return problems;
+}
+
+async function installAll(run: Run): Promise<void> {
+  const { uid, gid } = run.ctx.serverOsUser;
+  for (const f of run.plan.files) {
+    const snap = run.snapshots.get(f.path)!;
+    // postgresql.conf keeps its own owner and mode: we only append one line to it.
+    const owner = f.key === 'config' && snap.exists ? { uid: snap.uid, gid: snap.gid, mode: snap.mode } : { uid, gid, mode: f.mode };
+    const wrote = await installFile({ path: f.path, content: Buffer.from(f.content, 'utf8'), ...owner });
+    if (wrote) run.changed.push(f.path);
+  }
+  if (run.changed.length > 0) run.log.info({ files: run.changed }, 'installed');
+}
+
+async function validate(run: Run): Promise<void> {
+  const { session, plan, layout } = run;
+  const sslTurningOn = plan.settings.ssl === 'on' && !run.info.ssl;
+  const problems: Problem[] = [];
+  problems.push(...checkHbaRows(await hbaFileRules(session), plan.hbaBlock, { sslTurningOn, file: layout.hbaFile }));
+  problems.push(...checkIdentRows(await identFileMappings(session), plan.identBlock, layout.identFile));
+  const settings = checkFileSettings(await fileSettings(session), layout.includeFile, [...Object.keys(plan.settings), 'pgaccord.config_hash']);
+  problems.push(...settings.problems);
+  run.pendingFromFiles = settings.needRestart;
+  if (problems.length > 0) throw new StepFailure(problems);
+}
+
+/** Reload once when something changed, or when the server has not loaded what is on disk. */
+async function reloadIfNeeded(run: Run): Promise<boolean> {
+  if (run.changed.length === 0) {
+    const proof = await proofProblems(run, 0);
+    if (proof.problems.length === 0) return false;
+    run.log.warn({ errors: proof.problems }, 'files are current but not loaded: reloading');
+  }
+  await reloadConf(run.session);
+  return true;
+}
+
+async function servedFor(run: Run): Promise<{ served: Awaited<ReturnType<typeof servedCertificate>>; problem: Problem | null }> {
+  const host = tcpHostFor(run.info.listenAddresses);
+  if (host === null) return { served: null, problem: { code: 'E_TLS_NOT_PROVED', message: 'listen_addresses is empty: no TCP address to prove the served certificate on' } };
+  try {
+    return { served: await servedCertificate(host, run.ctx.pgPort), problem: null };
+  } catch (e) {
+    return { served: null, problem: { code: 'E_TLS_NOT_PROVED', message: `TLS handshake with ${host}:${run.ctx.pgPort} failed: ${(e as Error).message}` } };
+  }
+}
+
+async function proofProblems(run: Run, timeoutMs: number): Promise<{ problems: Problem[]; served: CertReport | null }> {
+  const problems: Problem[] = [];
+  const hash = await waitForConfigHash(run.ctx, run.plan.hash, timeoutMs);
+  if (!hash.ok) {
+    problems.push({ code: 'E_RELOAD_NOT_PROVED', message: `a new session sees configuration hash ${hash.seen ?? '(none)'} instead of ${run.plan.hash}: PostgreSQL did not load the new configuration` });
+  }
+  const cert = run.plan.serverCertificate;
+  if (cert === null) return { problems, served: null };
+  const expected = certInfo(await readFile(cert.certPath, 'utf8'));
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { served, problem } = await servedFor(run);
+    if (problem === null && served !== null && served.fingerprint256 === expected.fingerprint256) {
+      return { problems, served: { id: 'server', serial: served.serial, notAfter: served.notAfter } };
+    }
+    if (Date.now() >= deadline) {
+      if (problem) problems.push(problem);
+      else if (served === null) problems.push({ code: 'E_TLS_NOT_PROVED', message: 'the server answers the SSLRequest with N: ssl is not on' });
+      else {
+        const keyHint = keyModeProblem(cert.keyPath, await lstat(cert.keyPath), run.ctx.serverOsUser.uid);
+        problems.push({
+          code: 'E_TLS_NOT_PROVED',
+          message: `the server still presents certificate serial ${served.serial} instead of ${expected.serial} (${cert.certPath}): PostgreSQL did not load the new SSL configuration ("SSL configuration was not reloaded" in its log)${keyHint ? `; ${keyHint.message}` : ''}`,
+        });
+      }
+      return { problems, served: served ? { id: 'server', serial: served.serial, notAfter: served.notAfter } : null };
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function prove(run: Run): Promise<CertReport | null> {
+  const { problems, served } = await proofProblems(run, run.proofTimeoutMs);
+  if (problems.length > 0) {
+    throw new StepFailure(problems, true);
+  }
+  return served;
+}
+
+/** Put every file we changed back as it was; reload again when the failed state had been loaded. */
+async function restoreAll(run: Run, reloaded: boolean): Promise<Problem[]> {
+  const problems: Problem[] = [];
+  // Reverse order: the files that name others go back first.
+  for (const path of [...run.changed].reverse()) {
+    try {
+      await restoreFile(run.snapshots.get(path)!);
+    } catch (e) {
+      problems.push({ code: 'E_ROLLBACK', message: `could not restore ${path}: ${(e as Error).message}` });
+    }
+  }
+  if (reloaded && run.changed.length > 0) {
+    await reloadConf(run.session).catch((e: unknown) => problems.push({ code: 'E_ROLLBACK', message: `reload after restoring failed: ${(e as Error).message}` }));
+  }
+  return problems;
+}
+
+/** After the proof: our content-addressed TLS files and a passfile nothing references any more. */
+async function cleanup(run: Run): Promise<void> {
+  const keep = new Set(run.plan.files.map((f) => f.path));
+  const removed: string[] = [];
+  for (const name of await readdir(run.layout.tlsDir).catch(() => [] as string[])) {
+    const path = join(run.layout.tlsDir, name);
+    if (OWN_TLS_FILE.test(name) && !keep.has(path) && (await removeFile(path))) removed.push(path);
+  }
+  if (!keep.has(run.layout.passfile) && (await removeFile(run.layout.passfile))) removed.push(run.layout.passfile);
+  if (removed.length > 0) run.log.info({ removed }, 'removed files no longer referenced');
+}
+
+async function describe(path: string, ctx: NodeContext): Promise<Static<typeof FileReport> | null> {
+  try {
+    const st = await lstat(path);
+    const content = await readFile(path);
+    const owner = st.uid === ctx.serverOsUser.uid ? ctx.serverOsUser.name : st.uid === 0 ? 'root' : String(st.uid);
+    return { path, sha256: createHash('sha256').update(content).digest('hex'), owner, mode: (st.mode & 0o7777).toString(8).padStart(4, '0') };
+  } catch {
+    return null;
+  }
+}
+
+/** Every managed file, plus the key/certificate pairs the configuration names. */
+async function fileReports(run: Run): Promise<Static<typeof FileReport>[]> {
+  const paths = run.plan.files.map((f) => f.path);
+  const used = new Set(neededSlots(run.input));
+  for (const c of run.input.certificates.filter((x: InstalledCertificate) => used.has(x.slot))) paths.push(c.certPath, c.keyPath);
+  const reports = await Promise.all([...new Set(paths)].map((p) => describe(p, run.ctx)));
+  return reports.filter((r): r is Static<typeof FileReport> => r !== null);
+}

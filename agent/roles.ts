@@ -1,0 +1,114 @@
+// Roles, with SQL, on a server that is not in recovery. Identifiers and literals go through the
+// one escaper; passwords reach the server only as SCRAM verifiers, each checked well-formed
+// before ALTER ROLE (a malformed one would be silently hashed as a plaintext password) and
+// compared with pg_authid afterwards, inside the same transaction.
+import type pg from 'pg';
+import { sqlIdentifier, sqlLiteral } from '../shared/escape.ts';
+import { isScramVerifier } from '../shared/scram.ts';
+import type { HbaRule, NodeDesired, RoleDesired } from '../shared/schema.ts';
+import type { Problem } from './verify.ts';
+
+/** Pure, before any SQL: every verifier must be one PostgreSQL stores as a verifier. */
+export function checkVerifiers(roles: RoleDesired[]): Problem[] {
+  return roles
+    .filter((r) => r.verifier !== null && !isScramVerifier(r.verifier))
+    .map((r) => ({ code: 'E_BAD_VERIFIER', message: `role ${r.name}: the password is not a well-formed SCRAM-SHA-256 verifier; refusing to send it (PostgreSQL would hash it as a plaintext password)` }));
+}
+
+const PASSWORD_METHODS: HbaRule['method'][] = ['scram-sha-256', 'md5'];
+
+/**
+ * A role with no verifier keeps an existing password only when some desired rule still lets it
+ * in with a password (an operator's scram rule); otherwise (say scram switched to cert) the old
+ * password is removed so it cannot be used anywhere.
+ */
+export function keepsPassword(role: string, hba: HbaRule[]): boolean {
+  return hba.some((r) => PASSWORD_METHODS.includes(r.method) && r.users.some((u) => ('keyword' in u ? u.keyword === 'all' : u.name === role)));
+}
+
+interface AuthRow {
+  rolname: string;
+  rolcanlogin: boolean;
+  rolreplication: boolean;
+  rolpassword: string | null;
+}
+
+export class RoleError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+export interface RolesOutcome {
+  changed: boolean;
+  /** What was done, without any secret (for the log). */
+  actions: string[];
+}
+
+async function memberships(c: pg.Client, role: string): Promise<Set<string>> {
+  const { rows } = await c.query<{ rolname: string }>(
+    'SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1',
+    [role],
+  );
+  return new Set(rows.map((r) => r.rolname));
+}
+
+async function ensureRole(c: pg.Client, role: RoleDesired, keep: boolean, actions: string[]): Promise<void> {
+  const id = sqlIdentifier(role.name);
+  const attrs = `${role.login ? 'LOGIN' : 'NOLOGIN'} ${role.replication ? 'REPLICATION' : 'NOREPLICATION'}`;
+  const existing = await c.query<{ rolname: string }>('SELECT rolname FROM pg_roles WHERE rolname = ANY($1::text[])', [role.inRoles]);
+  const joinable = existing.rows.map((r) => r.rolname).sort();
+  const { rows } = await c.query<AuthRow>('SELECT rolname, rolcanlogin, rolreplication, rolpassword FROM pg_authid WHERE rolname = $1', [role.name]);
+  const cur = rows[0];
+  if (!cur) {
+    const inRole = joinable.length > 0 ? ` IN ROLE ${joinable.map(sqlIdentifier).join(', ')}` : '';
+    const password = role.verifier !== null ? ` PASSWORD ${sqlLiteral(role.verifier)}` : '';
+    await c.query(`CREATE ROLE ${id} WITH ${attrs}${password}${inRole}`);
+    actions.push(`create role ${role.name}${joinable.length ? ` in ${joinable.join(',')}` : ''}`);
+  } else {
+    if (cur.rolcanlogin !== role.login || cur.rolreplication !== role.replication) {
+      await c.query(`ALTER ROLE ${id} WITH ${attrs}`);
+      actions.push(`alter role ${role.name} ${attrs}`);
+    }
+    if (role.verifier !== null && cur.rolpassword !== role.verifier) {
+      await c.query(`ALTER ROLE ${id} WITH PASSWORD ${sqlLiteral(role.verifier)}`);
+      actions.push(`set verifier of ${role.name}`);
+    } else if (role.verifier === null && cur.rolpassword !== null && !keep) {
+      await c.query(`ALTER ROLE ${id} WITH PASSWORD NULL`);
+      actions.push(`remove password of ${role.name}`);
+    }
+    const member = await memberships(c, role.name);
+    for (const g of joinable.filter((x) => !member.has(x))) {
+      await c.query(`GRANT ${sqlIdentifier(g)} TO ${id}`);
+      actions.push(`grant ${g} to ${role.name}`);
+    }
+  }
+  if (role.verifier !== null) {
+    const after = await c.query<{ rolpassword: string | null }>('SELECT rolpassword FROM pg_authid WHERE rolname = $1', [role.name]);
+    if (after.rows[0]?.rolpassword !== role.verifier) {
+      throw new RoleError('E_VERIFIER_MISMATCH', `role ${role.name}: pg_authid does not hold the verifier that was sent (PostgreSQL hashed it as a plaintext password?); rolled back`);
+    }
+  }
+}
+
+/**
+ * Make the desired roles exist with their attributes, memberships and verifiers, in one
+ * transaction (all or nothing). Roles not in the desired state are never dropped.
+ */
+export async function applyRoles(c: pg.Client, desired: NodeDesired): Promise<RolesOutcome> {
+  const bad = checkVerifiers(desired.roles);
+  if (bad.length > 0) throw new RoleError(bad[0]!.code, bad.map((p) => p.message).join('; '));
+  const actions: string[] = [];
+  await c.query('BEGIN');
+  try {
+    for (const role of desired.roles) await ensureRole(c, role, keepsPassword(role.name, desired.hba), actions);
+    await c.query('COMMIT');
+  } catch (e) {
+    await c.query('ROLLBACK').catch(() => undefined);
+    if (e instanceof RoleError) throw e;
+    throw new RoleError('E_ROLE', `roles: ${(e as Error).message}`);
+  }
+  return { changed: actions.length > 0, actions };
+}
