@@ -164,3 +164,24 @@ export async function createPgInstance(opts: PgInstanceOptions = {}): Promise<Pg
   await instance.start();
   return instance;
 }
+
+/**
+ * A long-lived instance at a fixed directory (the coordinator's embedded store): initdb on first
+ * use, otherwise start what is there. `listen: ''` keeps it on its private Unix socket only.
+ */
+export async function openOrCreatePgInstance(baseDir: string, opts: Omit<PgInstanceOptions, 'baseDir'> = {}): Promise<PgInstance> {
+  const dataDir = join(baseDir, 'data');
+  if (!existsSync(join(dataDir, 'PG_VERSION'))) {
+    if (existsSync(dataDir)) await rm(dataDir, { recursive: true, force: true }); // a half-done initdb
+    return createPgInstance({ ...opts, baseDir });
+  }
+  const user = await serverOsUser();
+  const socketDir = join(baseDir, 'sock');
+  await ownedDir(socketDir, user);
+  const listen = opts.listen ?? '127.0.0.1';
+  const port = opts.port ?? 5432;
+  const instance = new PgInstance(baseDir, dataDir, socketDir, listen, port, user, false);
+  const running = await runPg('pg_ctl', ['status', '-D', dataDir], user).then(() => true, () => false);
+  if (!running) await instance.start();
+  return instance;
+}

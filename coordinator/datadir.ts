@@ -1,0 +1,121 @@
+// The coordinator's data directory. First start creates its CA, its server certificate, the
+// master key that seals secrets at rest and the admin token. Every secret file is created with
+// mode 0600 and O_EXCL from its first instant: never written first and chmod-ed after.
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chmod, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import { join } from 'node:path';
+import { CertificateAuthority } from './ca.ts';
+import { certInfo, createCsr, generateRsaKey, readCsrKey } from '../shared/x509.ts';
+
+export const DEFAULT_DATA_DIR = '/var/lib/pgaccord-coordinator';
+export const SERVER_CERT_LIFETIME_S = 365 * 86400;
+
+export const FILES = {
+  caCert: 'ca.crt',
+  caKey: 'coordinator-ca.key',
+  serverCert: 'server.crt',
+  serverKey: 'server.key',
+  masterKey: 'master.key',
+  adminToken: 'admin.token',
+  pg: 'pg',
+} as const;
+
+export interface DataDir {
+  dir: string;
+  ca: CertificateAuthority;
+  caPem: string;
+  serverCertPem: string;
+  serverKeyPem: string;
+  masterKey: Buffer;
+  adminToken: string;
+}
+
+/** Write a new file atomically: exclusive temp file with its final mode, fsync, rename. */
+export async function writeFileAtomic(path: string, data: string | Buffer, mode: number): Promise<void> {
+  const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
+  const fh = await open(tmp, 'wx', mode);
+  try {
+    await fh.chmod(mode); // umask cannot widen, but can narrow a public file: set it exactly
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  try {
+    await rename(tmp, path);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+async function readOrCreate(path: string, mode: number, make: () => Promise<string | Buffer>): Promise<Buffer> {
+  if (!existsSync(path)) await writeFileAtomic(path, await make(), mode);
+  const st = await stat(path);
+  if (mode === 0o600 && (st.mode & 0o077) !== 0) {
+    throw new Error(`${path} is readable by others (mode ${(st.mode & 0o777).toString(8)}): it holds a secret; chmod 600 it`);
+  }
+  return readFile(path);
+}
+
+function needsNewServerCert(pem: string, hosts: string[], now: Date, ca: CertificateAuthority): boolean {
+  try {
+    const info = certInfo(pem);
+    const covered = hosts.every((h) => (isIP(h) ? info.ipAddresses.includes(h) : info.dnsNames.includes(h)));
+    const renewAt = info.notAfter.getTime() - 30 * 86400 * 1000;
+    return !covered || now.getTime() > renewAt || info.issuerCommonName !== certInfo(ca.certPem).commonName;
+  } catch {
+    return true;
+  }
+}
+
+/**
+ * Open the data directory, creating whatever is missing. `hosts` are the names clients use to
+ * reach this coordinator; the server certificate covers them plus localhost/127.0.0.1/::1.
+ */
+export async function openDataDir(dir: string, hosts: string[], now: Date): Promise<DataDir> {
+  // 0711: an embedded PostgreSQL (another OS user) must traverse it; every secret inside is 0600.
+  await mkdir(dir, { recursive: true, mode: 0o711 });
+  await chmod(dir, 0o711);
+  const p = (name: string) => join(dir, name);
+
+  let ca: CertificateAuthority;
+  if (!existsSync(p(FILES.caKey)) || !existsSync(p(FILES.caCert))) {
+    const created = await CertificateAuthority.create('pgaccord coordinator CA', now);
+    await rm(p(FILES.caCert), { force: true });
+    await rm(p(FILES.caKey), { force: true });
+    await writeFileAtomic(p(FILES.caKey), created.keyPem, 0o600);
+    await writeFileAtomic(p(FILES.caCert), created.ca.certPem, 0o644);
+    ca = created.ca;
+  } else {
+    const keyPem = (await readOrCreate(p(FILES.caKey), 0o600, async () => '')).toString();
+    ca = new CertificateAuthority((await readFile(p(FILES.caCert))).toString(), keyPem);
+  }
+
+  const serverKeyPem = (await readOrCreate(p(FILES.serverKey), 0o600, async () => (await generateRsaKey()).privateKeyPem)).toString();
+  const allHosts = [...new Set(['localhost', '127.0.0.1', '::1', ...hosts.filter((h) => h && h !== '0.0.0.0' && h !== '::')])];
+  let serverCertPem = existsSync(p(FILES.serverCert)) ? (await readFile(p(FILES.serverCert))).toString() : '';
+  if (needsNewServerCert(serverCertPem, allHosts, now, ca)) {
+    const { publicKey } = readCsrKey(createCsr(serverKeyPem, 'pgaccord-coordinator'));
+    const issued = ca.issue({
+      publicKey,
+      commonName: 'pgaccord-coordinator',
+      dnsNames: allHosts.filter((h) => !isIP(h)),
+      ipAddresses: allHosts.filter((h) => isIP(h)),
+      usage: 'server',
+      lifetimeSeconds: SERVER_CERT_LIFETIME_S,
+      now,
+    });
+    serverCertPem = issued.pem;
+    await writeFileAtomic(p(FILES.serverCert), serverCertPem, 0o644);
+  }
+
+  const masterKey = await readOrCreate(p(FILES.masterKey), 0o600, async () => randomBytes(32));
+  if (masterKey.length !== 32) throw new Error(`${p(FILES.masterKey)} must hold exactly 32 bytes`);
+  const adminToken = (await readOrCreate(p(FILES.adminToken), 0o600, async () => `pga-admin.${randomBytes(32).toString('base64url')}\n`)).toString().trim();
+  if (adminToken.length < 32) throw new Error(`${p(FILES.adminToken)} is too short to be an admin token`);
+
+  return { dir, ca, caPem: ca.certPem, serverCertPem, serverKeyPem, masterKey, adminToken };
+}

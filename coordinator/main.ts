@@ -1,0 +1,188 @@
+// `pgaccord coordinator`: open (or initialise) the data directory, open the store (embedded
+// PostgreSQL in DIR/pg, or --database-url), migrate, and serve HTTPS until SIGTERM/SIGINT.
+import { isIP } from 'node:net';
+import { join } from 'node:path';
+import pg from 'pg';
+import type { Logger } from 'pino';
+import type pino from 'pino';
+import { parseCommand } from '../shared/cli.ts';
+import { openOrCreatePgInstance, type PgInstance } from '../shared/pgserver.ts';
+import { DEFAULT_DATA_DIR, FILES, openDataDir, type DataDir } from './datadir.ts';
+import { createLogger } from './log.ts';
+import { SecretBox } from './secrets.ts';
+import { buildServer } from './server.ts';
+import { CoordinatorService } from './service.ts';
+import { Store } from './store.ts';
+
+export const DEFAULT_LISTEN = '127.0.0.1:7432';
+export const EMBEDDED_DB = 'pgaccord';
+
+export interface CoordinatorOptions {
+  dataDir: string;
+  /** HOST:PORT; port 0 picks a free one. */
+  listen?: string;
+  /** External store; without it, PostgreSQL of our own in DIR/pg. */
+  databaseUrl?: string;
+  /** URL written into join tokens (default: https://<listen>). */
+  publicUrl?: string;
+  now?: () => Date;
+  longPollMs?: number;
+  logLevel?: string;
+  logDestination?: pino.DestinationStream;
+}
+
+export interface RunningCoordinator {
+  url: string;
+  port: number;
+  host: string;
+  dataDir: DataDir;
+  service: CoordinatorService;
+  store: Store;
+  /** The embedded PostgreSQL, when there is one. */
+  pg: PgInstance | null;
+  log: Logger;
+  close(): Promise<void>;
+}
+
+export function parseListen(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
+  const host = m?.[1] ?? m?.[2];
+  const port = Number(m?.[3]);
+  if (!m || !host || port > 65535 || (m[1] !== undefined && isIP(m[1]) !== 6)) throw new Error(`--listen: "${text}" is not HOST:PORT (e.g. 127.0.0.1:7432, [::1]:7432)`);
+  return { host, port };
+}
+
+const urlHost = (host: string) => (isIP(host) === 6 ? `[${host}]` : host === '0.0.0.0' || host === '::' ? 'localhost' : host);
+
+async function embeddedStore(dir: string, log: Logger): Promise<{ instance: PgInstance; connection: pg.ClientConfig }> {
+  // Unix socket only, in a private directory; PostgreSQL runs as `postgres` when we are root.
+  const instance = await openOrCreatePgInstance(join(dir, FILES.pg), { listen: '', port: 5432 });
+  const admin = new pg.Client(instance.socketConfig('postgres'));
+  await admin.connect();
+  try {
+    const exists = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [EMBEDDED_DB]);
+    if (exists.rowCount === 0) {
+      await admin.query(`CREATE DATABASE ${EMBEDDED_DB}`);
+      log.info({ dir: join(dir, FILES.pg) }, 'embedded store created');
+    }
+  } finally {
+    await admin.end();
+  }
+  return { instance, connection: instance.socketConfig(EMBEDDED_DB) };
+}
+
+export async function startCoordinator(opts: CoordinatorOptions): Promise<RunningCoordinator> {
+  const log = createLogger({ level: opts.logLevel, destination: opts.logDestination });
+  const now = opts.now ?? (() => new Date());
+  const { host, port } = parseListen(opts.listen ?? DEFAULT_LISTEN);
+  const dataDir = await openDataDir(opts.dataDir, [host], now());
+
+  let instance: PgInstance | null = null;
+  let connection: pg.ClientConfig;
+  if (opts.databaseUrl) {
+    connection = { connectionString: opts.databaseUrl };
+  } else {
+    const embedded = await embeddedStore(opts.dataDir, log);
+    instance = embedded.instance;
+    connection = embedded.connection;
+  }
+  let store: Store | null = null;
+  try {
+    store = await Store.open(connection, log);
+    const publicUrl = opts.publicUrl ?? `https://${urlHost(host)}:${port}`;
+    const service = new CoordinatorService({ store, box: new SecretBox(dataDir.masterKey), coordinatorCa: dataDir.ca, publicUrl, log, now, longPollMs: opts.longPollMs });
+    await service.checkMasterKey();
+    const { app } = await buildServer({ service, adminToken: dataDir.adminToken, tls: { key: dataDir.serverKeyPem, cert: dataDir.serverCertPem, ca: dataDir.caPem }, log });
+    await app.listen({ host, port });
+    const actual = (app.server.address() as { port: number }).port;
+    const url = `https://${urlHost(host)}:${actual}`;
+    // Tokens name the port actually bound (listen port 0 picks one).
+    if (opts.publicUrl === undefined) service.publicUrl = url;
+    log.info({ url, dataDir: opts.dataDir, store: opts.databaseUrl ? 'external' : 'embedded' }, 'coordinator listening');
+    const openStore = store;
+    let closed = false;
+    return {
+      url,
+      port: actual,
+      host,
+      dataDir,
+      service,
+      store: openStore,
+      pg: instance,
+      log,
+      async close() {
+        if (closed) return;
+        closed = true;
+        await app.close();
+        await openStore.close();
+        if (instance) await instance.stop('fast');
+        log.info('coordinator stopped');
+        log.flush?.();
+      },
+    };
+  } catch (e) {
+    await store?.close().catch(() => undefined);
+    if (instance) await instance.stop('fast').catch(() => undefined);
+    throw e;
+  }
+}
+
+const COMMAND = {
+  usage: 'pgaccord coordinator [--data-dir DIR] [--listen HOST:PORT] [--database-url URL] [--public-url URL] [--log-level LEVEL]',
+  summary: 'Run the coordinator: the REST API (HTTPS only), the per-cluster CAs and the state store.',
+  details: `
+options:
+  --data-dir DIR        state directory (default ${DEFAULT_DATA_DIR}). The first start creates in it:
+                          ca.crt              coordinator CA (admin CLIs verify the server with it)
+                          coordinator-ca.key  its key (0600)
+                          server.crt/.key     the HTTPS certificate (localhost, 127.0.0.1, ::1, the listen host)
+                          master.key          32 random bytes (0600) sealing CA keys and passwords at rest
+                          admin.token         bearer token for admin calls (0600)
+                          pg/                 the embedded PostgreSQL store (without --database-url)
+  --listen HOST:PORT    address to serve on (default ${DEFAULT_LISTEN})
+  --database-url URL    keep state in this PostgreSQL database instead of the embedded one;
+                        several coordinators may share it if they share master.key, the
+                        coordinator CA files and admin.token (copy the data directory)
+  --public-url URL      coordinator URL written into join tokens (default https://<listen>)
+  --log-level LEVEL     trace, debug, info (default), warn, error
+  --long-poll SECONDS   how long agents' desired-state polls are held (default 30)
+
+Logs are JSON lines on stdout; secrets are never logged. SIGTERM or SIGINT stops it cleanly
+(and the embedded PostgreSQL with it).`,
+  options: {
+    'data-dir': { type: 'string' },
+    listen: { type: 'string' },
+    'database-url': { type: 'string' },
+    'public-url': { type: 'string' },
+    'log-level': { type: 'string' },
+    'long-poll': { type: 'string' },
+  },
+} as const;
+
+export async function runCoordinator(argv: string[]): Promise<number> {
+  const parsed = parseCommand(COMMAND, argv);
+  if (!parsed) return 0;
+  const v = parsed.values;
+  const longPoll = v['long-poll'] !== undefined ? Number(v['long-poll']) : undefined;
+  if (longPoll !== undefined && !(longPoll > 0 && longPoll <= 300)) throw new Error('--long-poll must be 1..300 seconds');
+  const running = await startCoordinator({
+    dataDir: v['data-dir'] ?? DEFAULT_DATA_DIR,
+    listen: v.listen,
+    databaseUrl: v['database-url'] ?? process.env.PGACCORD_DATABASE_URL,
+    publicUrl: v['public-url'],
+    logLevel: v['log-level'],
+    longPollMs: longPoll !== undefined ? longPoll * 1000 : undefined,
+  });
+  process.stderr.write(`pgaccord coordinator listening on ${running.url} (admin token in ${join(running.dataDir.dir, FILES.adminToken)})\n`);
+  return new Promise<number>((resolve) => {
+    const stop = (signal: string) => {
+      running.log.info({ signal }, 'stopping');
+      running.close().then(() => resolve(0), (e) => {
+        running.log.error({ err: e }, 'stop failed');
+        resolve(1);
+      });
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+}

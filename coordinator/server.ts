@@ -1,0 +1,255 @@
+// The coordinator's HTTPS server: admin routes (bearer token), agent routes (mTLS with an
+// identity certificate from the coordinator CA), and a few public ones. Every route declares
+// its response schemas: fastify serialises only declared fields, so nothing else can leak.
+import { timingSafeEqual, createHash } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
+import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
+import { Type, type TSchema } from '@sinclair/typebox';
+import type { Logger } from 'pino';
+import {
+  CertificateListResponse,
+  ClusterResponse,
+  ClusterStatusResponse,
+  CsrRequest,
+  CsrResponse,
+  DesiredResponse,
+  EnrollRequest,
+  EnrollResponse,
+  ErrorBody,
+  PlanResponse,
+  StatusRequest,
+  TokenResponse,
+} from '../shared/api.ts';
+import { parseDuration } from '../shared/duration.ts';
+import { ClusterSpec, NAME_PATTERN } from '../shared/schema.ts';
+import { certInfo } from '../shared/x509.ts';
+import { ApiError, badRequest, notImplemented, unauthorized } from './errors.ts';
+import { AGENT_CN, parseIdentityUri, type AgentPrincipal, type CoordinatorService } from './service.ts';
+
+type Auth = 'none' | 'admin' | 'agent';
+
+interface RouteDef {
+  method: 'GET' | 'PUT' | 'POST' | 'DELETE';
+  url: string;
+  auth: Auth;
+  summary: string;
+  params?: TSchema;
+  querystring?: TSchema;
+  /** Validated by fastify. */
+  body?: TSchema;
+  /** Documented only: the handler validates it itself (cluster specs, for field-named errors). */
+  docBody?: TSchema;
+  response: Record<number, TSchema>;
+  /** Content type of a non-JSON 200 answer. */
+  produces?: string;
+  handler: (req: FastifyRequest, reply: FastifyReply) => Promise<unknown>;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    agent: AgentPrincipal | null;
+  }
+}
+
+const Name = Type.String({ pattern: NAME_PATTERN });
+const ClusterParams = Type.Object({ cluster: Name });
+const NodeParams = Type.Object({ cluster: Name, node: Name });
+const SerialParams = Type.Object({ cluster: Name, serial: Type.String({ pattern: '^[0-9a-f]{1,64}$' }) });
+const Health = Type.Object({ ok: Type.Boolean() });
+const ClusterList = Type.Object({ clusters: Type.Array(Type.Object({ name: Type.String(), generation: Type.Integer() })) });
+const TokenRequest = Type.Object({ ttl: Type.Optional(Type.String()) }, { additionalProperties: false });
+const Pem = Type.String({ description: 'PEM' });
+const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 410: ErrorBody, 500: ErrorBody, 501: ErrorBody, 503: ErrorBody };
+
+export interface ServerOptions {
+  service: CoordinatorService;
+  adminToken: string;
+  tls: { key: string; cert: string; ca: string };
+  log: Logger;
+}
+
+function bearerMatches(header: string | undefined, expected: string): boolean {
+  if (!header || !header.startsWith('Bearer ')) return false;
+  // Compare fixed-length digests in constant time: neither content nor length leaks.
+  const a = createHash('sha256').update(header.slice(7).trim()).digest();
+  const b = createHash('sha256').update(expected).digest();
+  return timingSafeEqual(a, b);
+}
+
+function agentIdentity(req: FastifyRequest): { cluster: string; node: string; serial: string } {
+  const sock = req.raw.socket as TLSSocket;
+  if (typeof sock.getPeerX509Certificate !== 'function') throw unauthorized('agent calls need TLS');
+  const peer = sock.getPeerX509Certificate();
+  if (!peer) throw unauthorized('agent calls need a client certificate (mTLS)');
+  if (!sock.authorized) throw unauthorized('the client certificate is not valid for this coordinator');
+  const info = certInfo(peer.toString());
+  const ids = info.uris.map(parseIdentityUri).filter((x) => x !== null);
+  if (info.commonName !== AGENT_CN || ids.length !== 1 || info.uris.length !== 1 || !info.extKeyUsage.includes('clientAuth')) {
+    throw unauthorized('the client certificate is not a pgaccord agent identity');
+  }
+  return { ...ids[0]!, serial: info.serial };
+}
+
+export async function buildServer(opts: ServerOptions) {
+  const { service, adminToken } = opts;
+  const app = Fastify({
+    loggerInstance: opts.log,
+    https: { key: opts.tls.key, cert: opts.tls.cert, ca: [opts.tls.ca], requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2' },
+    bodyLimit: 2 * 1024 * 1024,
+    requestTimeout: 0,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
+  });
+  app.decorateRequest('agent', null);
+
+  const routes: RouteDef[] = [];
+  const add = (def: RouteDef) => {
+    routes.push(def);
+    app.route({
+      method: def.method,
+      url: def.url,
+      config: { auth: def.auth },
+      schema: {
+        ...(def.params ? { params: def.params } : {}),
+        ...(def.querystring ? { querystring: def.querystring } : {}),
+        ...(def.body ? { body: def.body } : {}),
+        response: def.response,
+      },
+      handler: async (req, reply) => {
+        const out = await def.handler(req, reply);
+        if (def.produces && typeof out === 'string') reply.type(def.produces);
+        return out;
+      },
+    });
+  };
+
+  app.addHook('onRequest', async (req) => {
+    const auth = (req.routeOptions.config as { auth?: Auth }).auth ?? 'none';
+    if (auth === 'admin') {
+      if (!bearerMatches(req.headers.authorization, adminToken)) throw unauthorized('admin calls need "Authorization: Bearer <admin token>"');
+    } else if (auth === 'agent') {
+      const id = agentIdentity(req);
+      req.agent = await service.authenticateAgent(id, id.serial);
+    }
+  });
+
+  app.setErrorHandler((err: unknown, req, reply) => {
+    if (err instanceof ApiError) {
+      if (err.status >= 500) req.log.error({ err }, err.message);
+      return reply.code(err.status).send({ code: err.code, message: err.message, ...(err.errors ? { errors: err.errors } : {}) });
+    }
+    const e = err as { validation?: { instancePath?: string; message?: string; params?: Record<string, unknown> }[]; validationContext?: string; statusCode?: number; code?: string; message: string };
+    if (e.validation) {
+      const fieldErrors = e.validation.map((v) => ({
+        field: `${e.validationContext ?? 'body'}${(v.instancePath ?? '').replace(/\//g, '.')}${v.params?.additionalProperty ? `.${String(v.params.additionalProperty)}` : ''}`,
+        message: v.message ?? 'is invalid',
+      }));
+      return reply.code(400).send({ code: 'E_VALIDATION', message: fieldErrors.map((f) => `${f.field}: ${f.message}`).join('; '), errors: fieldErrors });
+    }
+    if (e.statusCode && e.statusCode >= 400 && e.statusCode < 500) {
+      return reply.code(e.statusCode).send({ code: e.code ?? 'E_BAD_REQUEST', message: e.message });
+    }
+    req.log.error({ err }, 'request failed');
+    return reply.code(500).send({ code: 'E_INTERNAL', message: 'internal error (see the coordinator log)' });
+  });
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({ code: 'E_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` }));
+
+  // --- public ------------------------------------------------------------------------------
+  add({ method: 'GET', url: '/healthz', auth: 'none', summary: 'liveness and store reachability', response: { 200: Health, 503: ErrorBody }, handler: async () => {
+    await service.store.query('SELECT 1');
+    return { ok: true };
+  } });
+  add({ method: 'GET', url: '/v1/coordinator-ca.crt', auth: 'none', summary: 'the coordinator CA certificate (agents check it against the fingerprint in their join token)', response: { 200: Pem }, produces: 'application/x-pem-file', handler: async () => service.coordinatorCaPem });
+  add({ method: 'GET', url: '/openapi.json', auth: 'none', summary: 'this document', response: { 200: Type.Object({}, { additionalProperties: true }) }, handler: async () => openapi() });
+
+  // --- agent -------------------------------------------------------------------------------
+  add({ method: 'POST', url: '/v1/agent/enroll', auth: 'none', summary: 'exchange a join token and a CSR for the agent identity certificate', body: EnrollRequest, response: { 200: EnrollResponse, ...errors }, handler: async (req) => {
+    const body = req.body as { token: string; csr: string };
+    return service.enroll(body.token, body.csr);
+  } });
+  add({ method: 'GET', url: '/v1/agent/desired', auth: 'agent', summary: 'long-poll the node desired state newer than ?after=GEN (204 when none appears in time, 410 when the node is gone)', querystring: Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })), wait: Type.Optional(Type.Integer({ minimum: 0, maximum: 300 })) }), response: { 200: DesiredResponse, 204: Type.Null(), ...errors }, handler: async (req, reply) => {
+    const q = req.query as { after?: number; wait?: number };
+    const abort = new AbortController();
+    reply.raw.once('close', () => abort.abort());
+    const waitMs = q.wait !== undefined ? Math.min(q.wait * 1000, service.longPollMs) : service.longPollMs;
+    const desired = await service.desired(req.agent!, q.after ?? 0, abort.signal, waitMs);
+    if (!desired) return reply.code(204).send();
+    return desired;
+  } });
+  add({ method: 'POST', url: '/v1/agent/csr', auth: 'agent', summary: 'sign a CSR for one certificate slot of this node (or "identity" to renew the agent identity)', body: CsrRequest, response: { 200: CsrResponse, ...errors }, handler: async (req) => {
+    const body = req.body as { slot: string; csr: string };
+    return service.signCsr(req.agent!, body.slot, body.csr);
+  } });
+  add({ method: 'POST', url: '/v1/agent/status', auth: 'agent', summary: 'report this node\'s applied generation, phase, certificates and probes', body: StatusRequest, response: { 204: Type.Null(), ...errors }, handler: async (req, reply) => {
+    await service.reportStatus(req.agent!, req.body as never);
+    return reply.code(204).send();
+  } });
+
+  // --- admin -------------------------------------------------------------------------------
+  add({ method: 'GET', url: '/v1/clusters', auth: 'admin', summary: 'list clusters', response: { 200: ClusterList, ...errors }, handler: async () => ({ clusters: await service.listClusters() }) });
+  add({ method: 'PUT', url: '/v1/clusters/:cluster', auth: 'admin', summary: 'create or update a cluster spec (refused whole with field-named errors when invalid)', params: ClusterParams, docBody: ClusterSpec, response: { 200: ClusterResponse, ...errors }, handler: async (req) => {
+    const { cluster } = req.params as { cluster: string };
+    const r = await service.putCluster(cluster, req.body);
+    return { generation: r.generation, spec: r.spec, warnings: r.warnings };
+  } });
+  add({ method: 'GET', url: '/v1/clusters/:cluster', auth: 'admin', summary: 'the stored cluster spec and its generation', params: ClusterParams, response: { 200: ClusterResponse, ...errors }, handler: async (req) => service.getCluster((req.params as { cluster: string }).cluster) });
+  add({ method: 'DELETE', url: '/v1/clusters/:cluster', auth: 'admin', summary: 'delete a cluster (its agents are told their node is gone)', params: ClusterParams, response: { 204: Type.Null(), ...errors }, handler: async (req, reply) => {
+    await service.deleteCluster((req.params as { cluster: string }).cluster);
+    return reply.code(204).send();
+  } });
+  add({ method: 'POST', url: '/v1/clusters/:cluster/plan', auth: 'admin', summary: 'dry run: what each node would get and what would change; stores nothing', params: ClusterParams, docBody: ClusterSpec, response: { 200: PlanResponse, ...errors }, handler: async (req) => service.plan((req.params as { cluster: string }).cluster, req.body) });
+  add({ method: 'GET', url: '/v1/clusters/:cluster/status', auth: 'admin', summary: 'per-node generations, phase, certificates, probes', params: ClusterParams, response: { 200: ClusterStatusResponse, ...errors }, handler: async (req) => service.status((req.params as { cluster: string }).cluster) });
+  add({ method: 'POST', url: '/v1/clusters/:cluster/nodes/:node/tokens', auth: 'admin', summary: 'a single-use join token bound to one node (body: {"ttl": "1h"})', params: NodeParams, body: Type.Optional(TokenRequest), response: { 200: TokenResponse, ...errors }, handler: async (req) => {
+    const { cluster, node } = req.params as { cluster: string; node: string };
+    const ttlText = (req.body as { ttl?: string } | undefined)?.ttl;
+    const ttl = ttlText === undefined ? undefined : parseDuration(ttlText);
+    if (ttl === null) throw badRequest('E_TTL', `ttl: "${ttlText}" is not a duration (examples: 1h, 30m)`, [{ field: 'ttl', message: 'not a duration' }]);
+    return service.createToken(cluster, node, ttl);
+  } });
+  add({ method: 'GET', url: '/v1/clusters/:cluster/certificates', auth: 'admin', summary: 'every certificate issued for the cluster, with days left', params: ClusterParams, response: { 200: CertificateListResponse, ...errors }, handler: async (req) => service.listCertificates((req.params as { cluster: string }).cluster) });
+  add({ method: 'POST', url: '/v1/clusters/:cluster/certificates/:serial/revoke', auth: 'admin', summary: 'revoke a certificate (not implemented yet)', params: SerialParams, response: { ...errors }, handler: async () => {
+    throw notImplemented('certificate revocation');
+  } });
+  add({ method: 'POST', url: '/v1/clusters/:cluster/renew', auth: 'admin', summary: 'force renewal of the cluster certificates (not implemented yet)', params: ClusterParams, response: { ...errors }, handler: async () => {
+    throw notImplemented('forced renewal');
+  } });
+  add({ method: 'GET', url: '/v1/clusters/:cluster/ca.crt', auth: 'admin', summary: 'the cluster CA bundle', params: ClusterParams, response: { 200: Pem, ...errors }, produces: 'application/x-pem-file', handler: async (req) => service.clusterCaPem((req.params as { cluster: string }).cluster) });
+  add({ method: 'GET', url: '/v1/clusters/:cluster/crl', auth: 'admin', summary: 'the cluster CRL (not implemented yet)', params: ClusterParams, response: { 200: Pem, ...errors }, produces: 'application/pkix-crl', handler: async () => {
+    throw notImplemented('the CRL');
+  } });
+
+  const plain = (s: TSchema) => JSON.parse(JSON.stringify(s)) as unknown;
+  let doc: unknown = null;
+  function openapi(): unknown {
+    if (doc) return doc;
+    const paths: Record<string, Record<string, unknown>> = {};
+    for (const r of routes) {
+      const path = r.url.replace(/:(\w+)/g, '{$1}');
+      const params = r.params ? Object.keys((plain(r.params) as { properties: object }).properties) : [];
+      const query = r.querystring ? Object.entries((plain(r.querystring) as { properties: Record<string, unknown> }).properties) : [];
+      const body = r.body ?? r.docBody;
+      paths[path] ??= {};
+      paths[path]![r.method.toLowerCase()] = {
+        summary: r.summary,
+        security: r.auth === 'admin' ? [{ adminToken: [] }] : r.auth === 'agent' ? [{ agentCertificate: [] }] : [],
+        parameters: [
+          ...params.map((name) => ({ name, in: 'path', required: true, schema: (plain(r.params!) as { properties: Record<string, unknown> }).properties[name] })),
+          ...query.map(([name, schema]) => ({ name, in: 'query', required: false, schema })),
+        ],
+        ...(body ? { requestBody: { required: true, content: { 'application/json': { schema: plain(body) } } } } : {}),
+        responses: Object.fromEntries(Object.entries(r.response).map(([code, schema]) => [code, {
+          description: code === '200' ? 'OK' : code === '204' ? 'no content' : 'error',
+          ...(code === '204' ? {} : { content: { [code === '200' && r.produces ? r.produces : 'application/json']: { schema: plain(schema) } } }),
+        }])),
+      };
+    }
+    doc = {
+      openapi: '3.1.0',
+      info: { title: 'pgaccord coordinator', version: '1' },
+      paths,
+      components: { securitySchemes: { adminToken: { type: 'http', scheme: 'bearer' }, agentCertificate: { type: 'mutualTLS', description: 'agent identity certificate issued by the coordinator CA at enrollment' } } },
+    };
+    return doc;
+  }
+
+  return { app, openapi };
+}

@@ -1,0 +1,615 @@
+// The coordinator's logic, independent of HTTP: cluster specs and generations, per-cluster CAs,
+// role credentials, join tokens and enrollment, agent identities, desired state, status.
+// The clock is a parameter (`now`), so token expiry and staleness can be tested.
+import { createHash, randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { ClusterStatusResponse, CsrResponse, EnrollResponse, JoinTokenPayload, NodeStatusView, PlanResponse } from '../shared/api.ts';
+import { certLifetimeSeconds, compileCluster, rolesNeedingPasswords, type RoleCredential } from '../shared/compile.ts';
+import { EscapeError } from '../shared/escape.ts';
+import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from '../shared/render.ts';
+import type { AgentStatus, ClusterSpec, NodeDesired } from '../shared/schema.ts';
+import { scramVerifier } from '../shared/scram.ts';
+import { validateSpec } from '../shared/spec.ts';
+import { fingerprint256, readCsrKey } from '../shared/x509.ts';
+import { CertificateAuthority } from './ca.ts';
+import { badRequest, gone, notFound, unauthorized } from './errors.ts';
+import type { SecretBox } from './secrets.ts';
+import type { Queryable, Store } from './store.ts';
+
+export const TOKEN_PREFIX = 'pga1.';
+export const DEFAULT_TOKEN_TTL_S = 3600;
+export const IDENTITY_LIFETIME_S = 30 * 86400;
+export const AGENT_CN = 'pgaccord-agent';
+export const IDENTITY_URI_PREFIX = 'pgaccord://agent/';
+
+export interface ServiceOptions {
+  store: Store;
+  box: SecretBox;
+  coordinatorCa: CertificateAuthority;
+  /** URL put into join tokens. */
+  publicUrl: string;
+  log: Logger;
+  now?: () => Date;
+  /** How long GET /v1/agent/desired holds a request when nothing is newer (ms). */
+  longPollMs?: number;
+}
+
+export interface AgentPrincipal {
+  cluster: string;
+  node: string;
+  serial: string;
+}
+
+interface ClusterRow {
+  name: string;
+  spec: ClusterSpec;
+  spec_canonical: string;
+  generation: number;
+}
+
+/** JSON with object keys sorted: equal specs give equal text. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value && typeof value === 'object') {
+    const obj = value as Record<string, unknown>;
+    return `{${Object.keys(obj).filter((k) => obj[k] !== undefined).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson(obj[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+const sha256 = (s: string) => createHash('sha256').update(s).digest();
+
+export function encodeJoinToken(payload: JoinTokenPayload): string {
+  return TOKEN_PREFIX + Buffer.from(JSON.stringify(payload)).toString('base64url');
+}
+
+export function decodeJoinToken(token: string): JoinTokenPayload | null {
+  if (typeof token !== 'string' || !token.startsWith(TOKEN_PREFIX) || token.length > 4096) return null;
+  try {
+    const p = JSON.parse(Buffer.from(token.slice(TOKEN_PREFIX.length), 'base64url').toString('utf8')) as JoinTokenPayload;
+    const strings = ['url', 'cluster', 'node', 'id', 'secret', 'caFingerprint'] as const;
+    if (p?.v !== 1 || strings.some((k) => typeof p[k] !== 'string')) return null;
+    return p;
+  } catch {
+    return null;
+  }
+}
+
+export function identityUri(cluster: string, node: string): string {
+  return `${IDENTITY_URI_PREFIX}${cluster}/${node}`;
+}
+
+/** cluster/node from an identity URI SAN, or null when it is not exactly one. */
+export function parseIdentityUri(uri: string): { cluster: string; node: string } | null {
+  const m = /^pgaccord:\/\/agent\/([a-z0-9-]{1,63})\/([a-z0-9-]{1,63})$/.exec(uri);
+  return m ? { cluster: m[1]!, node: m[2]! } : null;
+}
+
+function insecureWarnings(spec: ClusterSpec): string[] {
+  const w: string[] = [];
+  if (spec.auth === 'trust') w.push('INSECURE: auth "trust" lets any peer address in without a password or certificate');
+  if (spec.tls.sslmode === 'disable') w.push('TLS is disabled: inter-node traffic and SCRAM exchanges are not encrypted');
+  else if (spec.tls.sslmode === 'require') w.push('sslmode "require" does not verify the server certificate (use verify-full)');
+  return w;
+}
+
+export class CoordinatorService {
+  readonly store: Store;
+  readonly now: () => Date;
+  readonly longPollMs: number;
+  readonly #box: SecretBox;
+  readonly #coordinatorCa: CertificateAuthority;
+  readonly #caFingerprint: string;
+  /** URL written into join tokens. */
+  publicUrl: string;
+  readonly #log: Logger;
+  readonly #cas = new Map<string, { certPem: string; ca: CertificateAuthority }>();
+
+  constructor(opts: ServiceOptions) {
+    this.store = opts.store;
+    this.#box = opts.box;
+    this.#coordinatorCa = opts.coordinatorCa;
+    this.#caFingerprint = fingerprint256(opts.coordinatorCa.certPem);
+    this.publicUrl = opts.publicUrl;
+    this.#log = opts.log;
+    this.now = opts.now ?? (() => new Date());
+    this.longPollMs = opts.longPollMs ?? 30_000;
+  }
+
+  get coordinatorCaPem(): string {
+    return this.#coordinatorCa.certPem;
+  }
+
+  get coordinatorCaFingerprint(): string {
+    return this.#caFingerprint;
+  }
+
+  /** Refuse to run with a master key other than the one that sealed this store's secrets. */
+  async checkMasterKey(): Promise<void> {
+    const probe = 'pgaccord master key check';
+    const rows = await this.store.query<{ value: string }>(`SELECT value FROM meta WHERE key = 'master_key_check'`);
+    if (rows.length === 0) {
+      await this.store.query(`INSERT INTO meta (key, value) VALUES ('master_key_check', $1) ON CONFLICT (key) DO NOTHING`, [this.#box.seal(probe, 'meta:master_key_check')]);
+      return this.checkMasterKey();
+    }
+    try {
+      if (this.#box.open(rows[0]!.value, 'meta:master_key_check') === probe) return;
+    } catch {
+      // fall through
+    }
+    throw new Error('master.key does not match the one this database was initialised with: coordinators sharing a database need copies of the same master.key');
+  }
+
+  // --- clusters -------------------------------------------------------------------------------
+
+  #validate(name: string, body: unknown): ClusterSpec {
+    const result = validateSpec(body);
+    if (!result.ok) {
+      throw badRequest('E_SPEC_INVALID', `the cluster spec is invalid: ${result.errors.map((e) => `${e.field}: ${e.message}`).join('; ')}`, result.errors);
+    }
+    if (result.spec.name !== name) {
+      throw badRequest('E_SPEC_INVALID', `name: "${result.spec.name}" does not match the cluster in the URL ("${name}")`, [{ field: 'name', message: `does not match the cluster in the URL ("${name}")` }]);
+    }
+    // Everything the spec would produce must be renderable by the one escaper.
+    try {
+      this.#renderCheck(result.spec);
+    } catch (e) {
+      if (e instanceof EscapeError) throw badRequest('E_SPEC_INVALID', e.message, [{ field: 'hba', message: e.message }]);
+      throw e;
+    }
+    return result.spec;
+  }
+
+  #renderCheck(spec: ClusterSpec): void {
+    const placeholder: Record<string, RoleCredential> = {};
+    for (const r of rolesNeedingPasswords(spec)) placeholder[r] = { password: 'x', verifier: 'x' };
+    for (const d of compileCluster({ spec, generation: 1, credentials: placeholder, caBundle: '', crl: null }).values()) {
+      d.hba.forEach(renderHbaLine);
+      d.ident.forEach(renderIdentLine);
+    }
+  }
+
+  async putCluster(name: string, body: unknown): Promise<{ generation: number; spec: ClusterSpec; warnings: string[]; changed: boolean }> {
+    const spec = this.#validate(name, body);
+    const canonical = canonicalJson(spec);
+    const now = this.now();
+    const existingCa = await this.store.query(`SELECT 1 FROM cluster_cas WHERE cluster = $1`, [name]);
+    // Keys are made outside the transaction (tens of ms); an unused one is simply dropped.
+    const newCa = existingCa.length === 0 ? await CertificateAuthority.create(`pgaccord ${name} CA`, now) : null;
+    const result = await this.store.tx(async (c) => {
+      const inserted = await c.query(
+        `INSERT INTO clusters (name, spec, spec_canonical, generation, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (name) DO NOTHING`,
+        [name, JSON.stringify(spec), canonical, now],
+      );
+      const row = (await c.query<ClusterRow>(`SELECT name, spec, spec_canonical, generation FROM clusters WHERE name = $1 FOR UPDATE`, [name])).rows[0]!;
+      let generation = row.generation;
+      const changed = inserted.rowCount === 1 || row.spec_canonical !== canonical;
+      if (changed && inserted.rowCount !== 1) {
+        generation += 1;
+        await c.query(`UPDATE clusters SET spec = $2, spec_canonical = $3, generation = $4, updated_at = $5 WHERE name = $1`, [name, JSON.stringify(spec), canonical, generation, now]);
+      }
+      if (newCa) {
+        await c.query(`INSERT INTO cluster_cas (cluster, cert_pem, key_sealed, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (cluster) DO NOTHING`, [
+          name,
+          newCa.ca.certPem,
+          this.#box.seal(newCa.keyPem, `cluster-ca:${name}`),
+          now,
+        ]);
+      }
+      await this.#ensureCredentials(c, spec, now);
+      if (changed) await this.store.notify(c, name);
+      return { generation, changed };
+    });
+    this.store.events.emit('cluster', name);
+    this.#log.info({ cluster: name, generation: result.generation, changed: result.changed }, 'cluster spec stored');
+    return { generation: result.generation, spec, warnings: insecureWarnings(spec), changed: result.changed };
+  }
+
+  async #ensureCredentials(c: Queryable, spec: ClusterSpec, now: Date): Promise<void> {
+    for (const role of rolesNeedingPasswords(spec)) {
+      const password = randomBytes(24).toString('base64url'); // 32 url-safe characters
+      const verifier = scramVerifier(password, randomBytes(16));
+      await c.query(
+        `INSERT INTO role_credentials (cluster, role, password_sealed, verifier, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (cluster, role) DO NOTHING`,
+        [spec.name, role, this.#box.seal(password, `role-password:${spec.name}/${role}`), verifier, now],
+      );
+    }
+  }
+
+  async #cluster(name: string, c: Queryable = this.store.pool): Promise<ClusterRow | null> {
+    return (await c.query<ClusterRow>(`SELECT name, spec, spec_canonical, generation FROM clusters WHERE name = $1`, [name])).rows[0] ?? null;
+  }
+
+  async #requireCluster(name: string): Promise<ClusterRow> {
+    const row = await this.#cluster(name);
+    if (!row) throw notFound(`no cluster "${name}"`);
+    return row;
+  }
+
+  async getCluster(name: string): Promise<{ generation: number; spec: ClusterSpec; warnings: string[] }> {
+    const row = await this.#requireCluster(name);
+    return { generation: row.generation, spec: row.spec, warnings: insecureWarnings(row.spec) };
+  }
+
+  async listClusters(): Promise<{ name: string; generation: number }[]> {
+    return this.store.query<{ name: string; generation: number }>(`SELECT name, generation FROM clusters ORDER BY name`);
+  }
+
+  async deleteCluster(name: string): Promise<void> {
+    await this.store.tx(async (c) => {
+      const r = await c.query(`DELETE FROM clusters WHERE name = $1`, [name]);
+      if (r.rowCount === 0) throw notFound(`no cluster "${name}"`);
+      await this.store.notify(c, name);
+    });
+    this.#cas.delete(name);
+    this.store.events.emit('cluster', name);
+    this.#log.info({ cluster: name }, 'cluster deleted');
+  }
+
+  async #clusterCa(name: string): Promise<CertificateAuthority> {
+    const row = (await this.store.query<{ cert_pem: string; key_sealed: string }>(`SELECT cert_pem, key_sealed FROM cluster_cas WHERE cluster = $1`, [name]))[0];
+    if (!row) throw notFound(`cluster "${name}" has no CA`);
+    const cached = this.#cas.get(name);
+    if (cached && cached.certPem === row.cert_pem) return cached.ca;
+    const ca = new CertificateAuthority(row.cert_pem, this.#box.open(row.key_sealed, `cluster-ca:${name}`));
+    this.#cas.set(name, { certPem: row.cert_pem, ca });
+    return ca;
+  }
+
+  async clusterCaPem(name: string): Promise<string> {
+    await this.#requireCluster(name);
+    const row = (await this.store.query<{ cert_pem: string }>(`SELECT cert_pem FROM cluster_cas WHERE cluster = $1`, [name]))[0];
+    if (!row) throw notFound(`cluster "${name}" has no CA`);
+    return row.cert_pem;
+  }
+
+  async #credentials(cluster: string): Promise<Record<string, RoleCredential>> {
+    const rows = await this.store.query<{ role: string; password_sealed: string; verifier: string }>(
+      `SELECT role, password_sealed, verifier FROM role_credentials WHERE cluster = $1`,
+      [cluster],
+    );
+    const out: Record<string, RoleCredential> = {};
+    for (const r of rows) out[r.role] = { password: this.#box.open(r.password_sealed, `role-password:${cluster}/${r.role}`), verifier: r.verifier };
+    return out;
+  }
+
+  async #compile(row: ClusterRow): Promise<Map<string, NodeDesired>> {
+    const [credentials, caPem] = await Promise.all([this.#credentials(row.name), this.clusterCaPem(row.name)]);
+    return compileCluster({ spec: row.spec, generation: row.generation, credentials, caBundle: caPem, crl: null });
+  }
+
+  async plan(name: string, body: unknown): Promise<PlanResponse> {
+    const spec = this.#validate(name, body);
+    const current = await this.#cluster(name);
+    const changed = !current || current.spec_canonical !== canonicalJson(spec);
+    const generation = current ? current.generation + (changed ? 1 : 0) : 1;
+    const credentials: Record<string, RoleCredential> = current ? await this.#credentials(name) : {};
+    for (const r of rolesNeedingPasswords(spec)) credentials[r] ??= { password: '(new)', verifier: '(new)' };
+    const caBundle = current ? await this.clusterCaPem(name) : '';
+    const proposed = compileCluster({ spec, generation, credentials, caBundle, crl: null });
+    const before = current ? await this.#compile(current) : new Map<string, NodeDesired>();
+    const nodes = [...proposed.values()].map((d) => {
+      const rendered = renderNode(d);
+      const old = before.get(d.node);
+      return {
+        node: d.node,
+        hba: rendered.hba,
+        ident: rendered.ident,
+        settings: d.settings,
+        roles: d.roles.map((r) => r.name),
+        certificates: d.certificates.map((c) => `${c.id}: CN=${c.commonName}${[...c.dnsNames, ...c.ipAddresses].length ? ` SAN=${[...c.dnsNames, ...c.ipAddresses].join(',')}` : ''} (${c.usage})`),
+        files: nodeFiles(d),
+        changes: old ? diffNodes(old, d) : ['new node: every file will be written'],
+      };
+    });
+    const warnings = insecureWarnings(spec);
+    for (const gone of before.keys()) if (!proposed.has(gone)) warnings.push(`node "${gone}" is removed from the cluster: its agent will be told it is gone`);
+    return { cluster: name, generation, nodes, warnings };
+  }
+
+  // --- join tokens and enrollment -------------------------------------------------------------
+
+  async createToken(cluster: string, node: string, ttlSeconds = DEFAULT_TOKEN_TTL_S): Promise<{ token: string; expiresAt: string }> {
+    const row = await this.#requireCluster(cluster);
+    if (!row.spec.nodes.some((n) => n.name === node)) throw notFound(`cluster "${cluster}" has no node "${node}"`);
+    if (!Number.isFinite(ttlSeconds) || ttlSeconds < 60 || ttlSeconds > 30 * 86400) throw badRequest('E_TTL', 'ttl must be between 1m and 30d');
+    const id = randomBytes(12).toString('base64url');
+    const secret = randomBytes(32).toString('base64url');
+    const now = this.now();
+    const expiresAt = new Date(now.getTime() + ttlSeconds * 1000);
+    await this.store.query(
+      `INSERT INTO join_tokens (id, cluster, node, secret_sha256, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)`,
+      [id, cluster, node, sha256(secret), now, expiresAt],
+    );
+    this.#log.info({ cluster, node, tokenId: id, expiresAt }, 'join token created');
+    const token = encodeJoinToken({ v: 1, url: this.publicUrl, cluster, node, id, secret, caFingerprint: this.#caFingerprint });
+    return { token, expiresAt: expiresAt.toISOString() };
+  }
+
+  /** Join token + CSR → agent identity certificate. The token is consumed atomically, once. */
+  async enroll(token: string, csrPem: string): Promise<EnrollResponse> {
+    const payload = decodeJoinToken(token);
+    if (!payload) throw unauthorized('not a pgaccord join token');
+    let publicKey;
+    try {
+      publicKey = readCsrKey(csrPem).publicKey;
+    } catch (e) {
+      throw badRequest('E_CSR_INVALID', (e as Error).message);
+    }
+    const now = this.now();
+    const result = await this.store.tx(async (c) => {
+      const used = await c.query<{ cluster: string; node: string }>(
+        `UPDATE join_tokens SET used_at = $5
+          WHERE id = $1 AND secret_sha256 = $2 AND cluster = $3 AND node = $4 AND used_at IS NULL AND expires_at > $5
+          RETURNING cluster, node`,
+        [payload.id, sha256(payload.secret), payload.cluster, payload.node, now],
+      );
+      if (used.rowCount !== 1) return null;
+      const row = await this.#cluster(payload.cluster, c);
+      if (!row || !row.spec.nodes.some((n) => n.name === payload.node)) throw gone(`node "${payload.cluster}/${payload.node}" no longer exists`);
+      const issued = this.#coordinatorCa.issue({
+        publicKey,
+        commonName: AGENT_CN,
+        uris: [identityUri(payload.cluster, payload.node)],
+        usage: 'client',
+        lifetimeSeconds: IDENTITY_LIFETIME_S,
+        now,
+      });
+      await this.#recordCert(c, { cluster: payload.cluster, node: payload.node, slot: 'identity', issuer: 'coordinator', commonName: AGENT_CN, ...issued });
+      await c.query(
+        `INSERT INTO agents (cluster, node, identity_serial, previous_serial, enrolled_at) VALUES ($1, $2, $3, NULL, $4)
+         ON CONFLICT (cluster, node) DO UPDATE SET identity_serial = EXCLUDED.identity_serial, previous_serial = NULL, enrolled_at = EXCLUDED.enrolled_at`,
+        [payload.cluster, payload.node, issued.serial, now],
+      );
+      return issued;
+    });
+    if (!result) {
+      const reason = await this.#tokenRefusal(payload, now);
+      this.#log.warn({ tokenId: payload.id, cluster: payload.cluster, node: payload.node, reason }, 'enrollment refused');
+      throw unauthorized(`join token refused: ${reason}`);
+    }
+    this.#log.info({ cluster: payload.cluster, node: payload.node, serial: result.serial }, 'agent enrolled');
+    return { cluster: payload.cluster, node: payload.node, certificate: result.pem, coordinatorCa: this.#coordinatorCa.certPem };
+  }
+
+  async #tokenRefusal(p: JoinTokenPayload, now: Date): Promise<string> {
+    const row = (await this.store.query<{ cluster: string; node: string; secret_sha256: Buffer; expires_at: Date; used_at: Date | null }>(
+      `SELECT cluster, node, secret_sha256, expires_at, used_at FROM join_tokens WHERE id = $1`,
+      [p.id],
+    ))[0];
+    // Say why only to someone who holds the real secret; otherwise nothing about the token.
+    if (!row || !row.secret_sha256.equals(sha256(p.secret))) return 'unknown token';
+    if (row.cluster !== p.cluster || row.node !== p.node) return 'the token is bound to another node';
+    if (row.used_at) return 'the token has already been used';
+    if (row.expires_at.getTime() <= now.getTime()) return 'the token has expired';
+    return 'the token cannot be used';
+  }
+
+  async #recordCert(c: Queryable, r: { cluster: string; node: string; slot: string; issuer: 'cluster' | 'coordinator'; commonName: string; serial: string; notBefore: Date; notAfter: Date; pem: string }): Promise<void> {
+    await c.query(
+      `INSERT INTO certificates (serial, cluster, node, slot, issuer, common_name, not_before, not_after, pem) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+      [r.serial, r.cluster, r.node, r.slot, r.issuer, r.commonName, r.notBefore, r.notAfter, r.pem],
+    );
+  }
+
+  /**
+   * The agent behind a verified client certificate: the identity it names must be the node's
+   * current (or immediately previous, during a renewal) identity and not revoked.
+   */
+  async authenticateAgent(identity: { cluster: string; node: string }, serial: string): Promise<AgentPrincipal> {
+    const rows = await this.store.query<{ ok: boolean }>(
+      `SELECT true AS ok FROM agents a JOIN certificates c ON c.serial = $3 AND c.cluster = a.cluster AND c.node = a.node AND c.slot = 'identity'
+        WHERE a.cluster = $1 AND a.node = $2 AND (a.identity_serial = $3 OR a.previous_serial = $3) AND c.revoked_at IS NULL`,
+      [identity.cluster, identity.node, serial],
+    );
+    if (rows.length === 0) throw unauthorized('this agent identity is not (or no longer) valid: enroll again with a new join token');
+    await this.store.query(
+      `INSERT INTO node_status (cluster, node, last_contact) VALUES ($1, $2, $3) ON CONFLICT (cluster, node) DO UPDATE SET last_contact = EXCLUDED.last_contact`,
+      [identity.cluster, identity.node, this.now()],
+    );
+    return { ...identity, serial };
+  }
+
+  // --- agent API -------------------------------------------------------------------------------
+
+  async #nodeDesired(agent: AgentPrincipal): Promise<{ row: ClusterRow; desired: NodeDesired }> {
+    const row = await this.#cluster(agent.cluster);
+    if (!row) throw gone(`cluster "${agent.cluster}" no longer exists`);
+    if (!row.spec.nodes.some((n) => n.name === agent.node)) throw gone(`node "${agent.node}" is no longer part of cluster "${agent.cluster}"`);
+    const desired = (await this.#compile(row)).get(agent.node)!;
+    return { row, desired };
+  }
+
+  /**
+   * Long-poll: the node's desired state as soon as its generation exceeds `after`; null when
+   * nothing newer appears within the wait. Wakes on a change by this coordinator or (through
+   * NOTIFY) another one sharing the database.
+   */
+  async desired(agent: AgentPrincipal, after: number, signal?: AbortSignal, waitMs = this.longPollMs): Promise<NodeDesired | null> {
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      let woke = false;
+      const onEvent = (cluster: string) => {
+        if (cluster === agent.cluster || cluster === '*') woke = true;
+      };
+      // Subscribe before reading, so a change between the read and the wait is not missed.
+      this.store.events.on('cluster', onEvent);
+      try {
+        const row = await this.#cluster(agent.cluster);
+        if (!row) throw gone(`cluster "${agent.cluster}" no longer exists`);
+        if (!row.spec.nodes.some((n) => n.name === agent.node)) throw gone(`node "${agent.node}" is no longer part of cluster "${agent.cluster}"`);
+        if (row.generation > after) return (await this.#compile(row)).get(agent.node)!;
+        const remaining = deadline - Date.now();
+        if (remaining <= 0 || signal?.aborted) return null;
+        if (!woke) await waitFor(this.store.events, agent.cluster, remaining, signal);
+      } finally {
+        this.store.events.off('cluster', onEvent);
+      }
+    }
+  }
+
+  async signCsr(agent: AgentPrincipal, slot: string, csrPem: string): Promise<CsrResponse> {
+    let publicKey;
+    try {
+      publicKey = readCsrKey(csrPem).publicKey;
+    } catch (e) {
+      throw badRequest('E_CSR_INVALID', (e as Error).message);
+    }
+    const now = this.now();
+    if (slot === 'identity') {
+      await this.#nodeDesired(agent); // the node must still exist
+      const issued = await this.store.tx(async (c) => {
+        const issued = this.#coordinatorCa.issue({ publicKey, commonName: AGENT_CN, uris: [identityUri(agent.cluster, agent.node)], usage: 'client', lifetimeSeconds: IDENTITY_LIFETIME_S, now });
+        await this.#recordCert(c, { cluster: agent.cluster, node: agent.node, slot: 'identity', issuer: 'coordinator', commonName: AGENT_CN, ...issued });
+        // The identity used for this call stays valid until the new one is used (or renewed again).
+        await c.query(`UPDATE agents SET previous_serial = $3, identity_serial = $4 WHERE cluster = $1 AND node = $2`, [agent.cluster, agent.node, agent.serial, issued.serial]);
+        return issued;
+      });
+      this.#log.info({ cluster: agent.cluster, node: agent.node, serial: issued.serial }, 'agent identity renewed');
+      return { certificate: issued.pem, serial: issued.serial, notAfter: issued.notAfter.toISOString() };
+    }
+    const { row, desired } = await this.#nodeDesired(agent);
+    const s = desired.certificates.find((c) => c.id === slot);
+    if (!s) throw badRequest('E_SLOT', `node "${agent.node}" has no certificate slot "${slot}" in generation ${row.generation} (slots: ${desired.certificates.map((c) => c.id).join(', ') || 'none'})`);
+    const ca = await this.#clusterCa(agent.cluster);
+    const issued = ca.issue({ publicKey, commonName: s.commonName, dnsNames: s.dnsNames, ipAddresses: s.ipAddresses, usage: s.usage, lifetimeSeconds: certLifetimeSeconds(row.spec), now });
+    await this.#recordCert(this.store.pool, { cluster: agent.cluster, node: agent.node, slot, issuer: 'cluster', commonName: s.commonName, ...issued });
+    this.#log.info({ cluster: agent.cluster, node: agent.node, slot, serial: issued.serial, notAfter: issued.notAfter }, 'certificate issued');
+    return { certificate: issued.pem, serial: issued.serial, notAfter: issued.notAfter.toISOString() };
+  }
+
+  async reportStatus(agent: AgentPrincipal, report: AgentStatus): Promise<void> {
+    await this.#nodeDesired(agent);
+    const now = this.now();
+    await this.store.query(
+      `INSERT INTO node_status (cluster, node, report, reported_at, last_contact) VALUES ($1, $2, $3, $4, $4)
+       ON CONFLICT (cluster, node) DO UPDATE SET report = EXCLUDED.report, reported_at = EXCLUDED.reported_at, last_contact = EXCLUDED.last_contact`,
+      [agent.cluster, agent.node, JSON.stringify(report), now],
+    );
+  }
+
+  // --- admin views -----------------------------------------------------------------------------
+
+  async status(name: string): Promise<ClusterStatusResponse> {
+    const row = await this.#requireCluster(name);
+    const statuses = await this.store.query<{ node: string; report: AgentStatus | null; last_contact: Date }>(
+      `SELECT node, report, last_contact FROM node_status WHERE cluster = $1`,
+      [name],
+    );
+    const enrolled = new Set((await this.store.query<{ node: string }>(`SELECT node FROM agents WHERE cluster = $1`, [name])).map((r) => r.node));
+    const byNode = new Map(statuses.map((s) => [s.node, s]));
+    const now = this.now().getTime();
+    const staleAfterMs = 3 * this.longPollMs;
+    const nodes: NodeStatusView[] = row.spec.nodes.map((n) => {
+      const s = byNode.get(n.name);
+      const report = s?.report ?? null;
+      const phase = report?.phase ?? 'unknown';
+      return {
+        node: n.name,
+        desiredGeneration: row.generation,
+        appliedGeneration: report?.generation ?? 0,
+        phase,
+        enrolled: enrolled.has(n.name),
+        lastContact: s ? s.last_contact.toISOString() : null,
+        stale: phase === 'stale' || (s !== undefined && now - s.last_contact.getTime() > staleAfterMs),
+        errors: report?.errors ?? [],
+        servedCertificate: report?.servedCertificate ?? null,
+        certificates: report?.certificates ?? [],
+        probes: report?.probes ?? [],
+        pendingRestart: report?.pendingRestart ?? [],
+      };
+    });
+    return {
+      cluster: name,
+      generation: row.generation,
+      auth: row.spec.auth,
+      sslmode: row.spec.tls.sslmode,
+      insecure: row.spec.auth === 'trust',
+      converged: nodes.every((n) => n.appliedGeneration === row.generation && n.phase === 'converged' && !n.stale),
+      nodes,
+    };
+  }
+
+  async listCertificates(name: string) {
+    await this.#requireCluster(name);
+    const rows = await this.store.query<{ serial: string; node: string; slot: string; common_name: string; not_before: Date; not_after: Date; revoked_at: Date | null }>(
+      `SELECT serial, node, slot, common_name, not_before, not_after, revoked_at FROM certificates WHERE cluster = $1 ORDER BY node, slot, not_before`,
+      [name],
+    );
+    const now = this.now().getTime();
+    return {
+      cluster: name,
+      certificates: rows.map((r) => ({
+        serial: r.serial,
+        node: r.node,
+        slot: r.slot,
+        commonName: r.common_name,
+        notBefore: r.not_before.toISOString(),
+        notAfter: r.not_after.toISOString(),
+        daysLeft: Math.round(((r.not_after.getTime() - now) / 86400_000) * 10) / 10,
+        revoked: r.revoked_at !== null,
+      })),
+    };
+  }
+}
+
+function waitFor(events: NodeJS.EventEmitter, cluster: string, ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      events.off('cluster', onEvent);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const onEvent = (c: string) => {
+      if (c === cluster || c === '*') done();
+    };
+    const timer = setTimeout(done, ms);
+    events.on('cluster', onEvent);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+export function renderNode(d: NodeDesired): { hba: string; ident: string } {
+  const managedRoles = d.roles.map((r) => r.name);
+  return {
+    hba: renderHbaBlock({ cluster: d.cluster, localRole: 'postgres', rules: d.hba, managedRoles }),
+    ident: renderIdentBlock({ cluster: d.cluster, localRole: 'postgres', localOsUsers: ['postgres'], lines: d.ident }),
+  };
+}
+
+function nodeFiles(d: NodeDesired): string[] {
+  const files = ['pg_hba.conf (managed block)', 'pg_ident.conf (managed block)', 'pgaccord.conf (settings include)'];
+  if (d.tls) files.push('tls/ca.crt');
+  for (const c of d.certificates) files.push(`tls/${c.id}.crt`, `tls/${c.id}.key (made on the node, 0600)`);
+  if (d.clientSecrets.length > 0) files.push('passfile (0600)');
+  return files;
+}
+
+function diffNodes(old: NodeDesired, next: NodeDesired): string[] {
+  const changes: string[] = [];
+  const lines = (d: NodeDesired) => d.hba.map(renderHbaLine);
+  const a = new Set(lines(old));
+  const b = new Set(lines(next));
+  for (const l of b) if (!a.has(l)) changes.push(`+ hba: ${l}`);
+  for (const l of a) if (!b.has(l)) changes.push(`- hba: ${l}`);
+  const ia = new Set(old.ident.map(renderIdentLine));
+  const ib = new Set(next.ident.map(renderIdentLine));
+  for (const l of ib) if (!ia.has(l)) changes.push(`+ ident: ${l}`);
+  for (const l of ia) if (!ib.has(l)) changes.push(`- ident: ${l}`);
+  for (const k of new Set([...Object.keys(old.settings), ...Object.keys(next.settings)])) {
+    if (old.settings[k] !== next.settings[k]) changes.push(`~ setting ${k}: ${old.settings[k] ?? '(unset)'} -> ${next.settings[k] ?? '(unset)'}`);
+  }
+  const ra = new Set(old.roles.map((r) => r.name));
+  const rb = new Set(next.roles.map((r) => r.name));
+  for (const r of rb) if (!ra.has(r)) changes.push(`+ role ${r}`);
+  for (const r of ra) if (!rb.has(r)) changes.push(`- role ${r} (no longer managed; not dropped)`);
+  const ca = new Map(old.certificates.map((c) => [c.id, canonicalJson(c)]));
+  const cb = new Map(next.certificates.map((c) => [c.id, canonicalJson(c)]));
+  for (const [id, v] of cb) if (ca.get(id) !== v) changes.push(`${ca.has(id) ? '~' : '+'} certificate ${id} (new certificate will be issued)`);
+  for (const id of ca.keys()) if (!cb.has(id)) changes.push(`- certificate ${id}`);
+  if (old.auth !== next.auth) changes.push(`~ auth: ${old.auth} -> ${next.auth}`);
+  if (old.sslmode !== next.sslmode) changes.push(`~ sslmode: ${old.sslmode} -> ${next.sslmode}`);
+  if (old.certLifetimeSeconds !== next.certLifetimeSeconds) changes.push(`~ certificate lifetime: ${old.certLifetimeSeconds}s -> ${next.certLifetimeSeconds}s`);
+  return changes.length > 0 ? changes : ['no change'];
+}

@@ -1,0 +1,181 @@
+// The coordinator's state in PostgreSQL: a pool, versioned migrations (applied once, in a
+// transaction, under an advisory lock so that several coordinators can share one database), and
+// LISTEN/NOTIFY so a write by one coordinator wakes the long-polls held by another.
+import { EventEmitter } from 'node:events';
+import pg from 'pg';
+import type { Logger } from 'pino';
+
+export const NOTIFY_CHANNEL = 'pgaccord_generation';
+const MIGRATION_LOCK = 0x70676163636f7264n; // "pgaccord"
+
+interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+export const MIGRATIONS: Migration[] = [
+  {
+    version: 1,
+    name: 'clusters, CAs, credentials, tokens, agents, certificates, status',
+    sql: `
+      CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
+      CREATE TABLE clusters (
+        name text PRIMARY KEY,
+        spec jsonb NOT NULL,
+        spec_canonical text NOT NULL,
+        generation integer NOT NULL CHECK (generation >= 1),
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL
+      );
+      -- The cluster CA's private key is sealed with the master key (AES-256-GCM).
+      CREATE TABLE cluster_cas (
+        cluster text PRIMARY KEY REFERENCES clusters(name) ON DELETE CASCADE,
+        cert_pem text NOT NULL,
+        key_sealed text NOT NULL,
+        created_at timestamptz NOT NULL
+      );
+      -- Role passwords sealed with the master key; the verifier is public by design.
+      CREATE TABLE role_credentials (
+        cluster text NOT NULL REFERENCES clusters(name) ON DELETE CASCADE,
+        role text NOT NULL,
+        password_sealed text NOT NULL,
+        verifier text NOT NULL,
+        created_at timestamptz NOT NULL,
+        PRIMARY KEY (cluster, role)
+      );
+      -- Join tokens: only sha256(secret) is kept.
+      CREATE TABLE join_tokens (
+        id text PRIMARY KEY,
+        cluster text NOT NULL REFERENCES clusters(name) ON DELETE CASCADE,
+        node text NOT NULL,
+        secret_sha256 bytea NOT NULL,
+        created_at timestamptz NOT NULL,
+        expires_at timestamptz NOT NULL,
+        used_at timestamptz
+      );
+      CREATE TABLE agents (
+        cluster text NOT NULL REFERENCES clusters(name) ON DELETE CASCADE,
+        node text NOT NULL,
+        identity_serial text NOT NULL,
+        previous_serial text,
+        enrolled_at timestamptz NOT NULL,
+        PRIMARY KEY (cluster, node)
+      );
+      CREATE TABLE certificates (
+        serial text PRIMARY KEY,
+        cluster text NOT NULL REFERENCES clusters(name) ON DELETE CASCADE,
+        node text NOT NULL,
+        slot text NOT NULL,
+        issuer text NOT NULL CHECK (issuer IN ('cluster', 'coordinator')),
+        common_name text NOT NULL,
+        not_before timestamptz NOT NULL,
+        not_after timestamptz NOT NULL,
+        revoked_at timestamptz,
+        pem text NOT NULL
+      );
+      CREATE INDEX certificates_cluster ON certificates (cluster, node);
+      CREATE TABLE node_status (
+        cluster text NOT NULL REFERENCES clusters(name) ON DELETE CASCADE,
+        node text NOT NULL,
+        report jsonb,
+        reported_at timestamptz,
+        last_contact timestamptz NOT NULL,
+        PRIMARY KEY (cluster, node)
+      );
+    `,
+  },
+];
+
+export type Queryable = Pick<pg.PoolClient, 'query'>;
+
+export class Store {
+  readonly events = new EventEmitter();
+  #listener: pg.Client | null = null;
+  #closed = false;
+
+  constructor(
+    readonly pool: pg.Pool,
+    private readonly connection: pg.ClientConfig,
+    private readonly log: Logger,
+  ) {
+    this.events.setMaxListeners(0);
+    pool.on('error', (e) => log.error({ err: e }, 'idle database connection failed'));
+  }
+
+  static async open(connection: pg.ClientConfig, log: Logger): Promise<Store> {
+    const pool = new pg.Pool({ ...connection, max: 10 });
+    const store = new Store(pool, connection, log);
+    await store.migrate();
+    await store.listen();
+    return store;
+  }
+
+  async migrate(): Promise<number[]> {
+    return this.tx(async (c) => {
+      await c.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK.toString()]);
+      await c.query(`CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
+      const done = new Set((await c.query<{ version: number }>('SELECT version FROM schema_migrations')).rows.map((r) => r.version));
+      const applied: number[] = [];
+      for (const m of MIGRATIONS) {
+        if (done.has(m.version)) continue;
+        await c.query(m.sql);
+        await c.query('INSERT INTO schema_migrations (version, name) VALUES ($1, $2)', [m.version, m.name]);
+        applied.push(m.version);
+        this.log.info({ version: m.version, name: m.name }, 'applied store migration');
+      }
+      return applied;
+    });
+  }
+
+  async tx<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    const c = await this.pool.connect();
+    try {
+      await c.query('BEGIN');
+      const result = await fn(c);
+      await c.query('COMMIT');
+      return result;
+    } catch (e) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      throw e;
+    } finally {
+      c.release();
+    }
+  }
+
+  async query<R extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<R[]> {
+    return (await this.pool.query<R>(sql, params)).rows;
+  }
+
+  /** Tell every coordinator on this database (ourselves included) that a cluster changed. */
+  async notify(c: Queryable, cluster: string): Promise<void> {
+    await c.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, cluster]);
+  }
+
+  private async listen(): Promise<void> {
+    if (this.#closed) return;
+    const client = new pg.Client(this.connection);
+    client.on('notification', (msg) => {
+      if (msg.channel === NOTIFY_CHANNEL && msg.payload) this.events.emit('cluster', msg.payload);
+    });
+    client.on('error', (e) => {
+      this.log.warn({ err: e }, 'LISTEN connection lost; reconnecting');
+      this.#listener = null;
+      void client.end().catch(() => undefined);
+      // Wake every waiter so none sleeps through a change made while we were deaf.
+      this.events.emit('cluster', '*');
+      setTimeout(() => void this.listen().catch((err) => this.log.error({ err }, 'LISTEN reconnect failed')), 1000).unref();
+    });
+    await client.connect();
+    await client.query(`LISTEN ${NOTIFY_CHANNEL}`);
+    this.#listener = client;
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    const l = this.#listener;
+    this.#listener = null;
+    if (l) await l.end().catch(() => undefined);
+    await this.pool.end();
+  }
+}
