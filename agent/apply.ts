@@ -244,7 +244,9 @@ async function proofProblems(run: Run, timeoutMs: number): Promise<{ problems: P
   const cert = run.plan.serverCertificate;
   if (cert === null) return { problems, served: null };
   const expected = certInfo(await readFile(cert.certPath, 'utf8'));
-  const deadline = Date.now() + timeoutMs;
+  // The SSL context is rebuilt in the same SIGHUP as the settings: once the new hash is seen, an
+  // old certificate is final (PostgreSQL refused the new SSL files); allow a short grace only.
+  const deadline = Date.now() + (hash.ok ? Math.min(timeoutMs, 1000) : timeoutMs);
   for (;;) {
     const { served, problem } = await servedFor(run);
     if (problem === null && served !== null && served.fingerprint256 === expected.fingerprint256) {

@@ -42,7 +42,7 @@ export interface LeafOptions {
   /** Where the versioned pair goes (the runtime's tls directory). */
   dir: string;
   owner: OsUser;
-  /** Days of validity; negative: already expired. */
+  /** Days of validity. */
   days?: number;
 }
 
@@ -64,8 +64,7 @@ export async function issueLeaf(ca: TestCa, o: LeafOptions): Promise<InstalledCe
       `extendedKeyUsage=${o.usage === 'server' ? 'serverAuth' : 'clientAuth'}`,
       ...(san.length ? [`subjectAltName=${san.join(',')}`] : []),
     ].join('\n'));
-    const days = o.days ?? 1;
-    const validity = days > 0 ? ['-days', String(days)] : ['-not_before', '20200101000000Z', '-not_after', '20200102000000Z'];
+    const validity = ['-days', String(o.days ?? 1)];
     await openssl(['x509', '-req', '-in', csr, '-CA', ca.certPath, '-CAkey', ca.keyPath, '-set_serial', `0x${serial}`, '-extfile', ext, ...validity, '-out', join(work, 'leaf.crt')]);
     // Key first (0600 from the start), then the certificate.
     await writeFile(keyPath, await readFile(join(work, 'leaf.key')), { mode: 0o600 });
@@ -82,8 +81,8 @@ export async function issueLeaf(ca: TestCa, o: LeafOptions): Promise<InstalledCe
   }
 }
 
-/** A CRL signed by the CA (no revocations), valid for `days` (negative: nextUpdate already past). */
-export async function makeCrl(ca: TestCa, days = 1): Promise<string> {
+/** A CRL signed by the CA (no revocations), nextUpdate `hours` from now. */
+export async function makeCrl(ca: TestCa, hours = 24): Promise<string> {
   const work = await mkdtemp('/tmp/pgaccord-test-crl-');
   try {
     await writeFile(join(work, 'index.txt'), '');
@@ -91,13 +90,10 @@ export async function makeCrl(ca: TestCa, days = 1): Promise<string> {
     const conf = join(work, 'ca.cnf');
     await writeFile(conf, [
       '[ca]', 'default_ca = test', '[test]', `database = ${join(work, 'index.txt')}`, `crlnumber = ${join(work, 'crlnumber')}`,
-      `certificate = ${ca.certPath}`, `private_key = ${ca.keyPath}`, 'default_md = sha256', `default_crl_days = ${Math.max(days, 1)}`,
+      `certificate = ${ca.certPath}`, `private_key = ${ca.keyPath}`, 'default_md = sha256',
     ].join('\n'));
     const out = join(work, 'crl.pem');
-    const args = ['ca', '-config', conf, '-gencrl', '-out', out];
-    if (days <= 0) args.push('-crlsec', '1');
-    await openssl(args);
-    if (days <= 0) await new Promise((r) => setTimeout(r, 1500));
+    await openssl(['ca', '-config', conf, '-gencrl', '-crlhours', String(hours), '-out', out]);
     return await readFile(out, 'utf8');
   } finally {
     await rm(work, { recursive: true, force: true });

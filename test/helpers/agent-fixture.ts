@@ -51,7 +51,7 @@ export function credentialFor(password: string, salt = Buffer.alloc(16, 7)): Rol
 export async function agentFixture(): Promise<AgentFixture> {
   const pg = await throwawayPg();
   const ca = await makeCa();
-  after(() => ca.destroy());
+  after(() => ca.destroy()); // call agentFixture() at the top level of a test file, not in a hook
   const stateDir = join(pg.baseDir, 'state');
   const tlsDir = join(stateDir, 'tls');
   const ctx: NodeContext = {
@@ -87,7 +87,7 @@ export async function agentFixture(): Promise<AgentFixture> {
       return [server, client];
     },
     desired(o) {
-      const credentials = o.auth === 'scram-sha-256' ? { [ROLE]: credentialFor(o.password ?? 'correct horse battery staple') } : {};
+      const credentials: Record<string, RoleCredential> = o.auth === 'scram-sha-256' ? { [ROLE]: credentialFor(o.password ?? 'correct horse battery staple') } : {};
       const nodes = compileCluster({ spec: spec(o), generation: o.generation ?? 1, credentials, caBundle: ca.certPem, crl: o.crl ?? null });
       return nodes.get('node-1')!;
     },
