@@ -1,0 +1,328 @@
+// Admin commands: apply, status, token, cert. They talk to the coordinator over HTTPS with the
+// coordinator CA pinned and the admin bearer token; on the coordinator's own host both default
+// to the files in its data directory.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Agent, request } from 'undici';
+import type { CertificateListResponse, ClusterStatusResponse, ErrorBody, NodeStatusView, PlanResponse } from '../shared/api.ts';
+import type { Static } from '@sinclair/typebox';
+import { parseCommand, UsageError } from '../shared/cli.ts';
+import { parseDuration } from '../shared/duration.ts';
+import { parseSpecText, validateSpec } from '../shared/spec.ts';
+import { DEFAULT_DATA_DIR, FILES } from './datadir.ts';
+
+const CONNECTION_OPTIONS = {
+  coordinator: { type: 'string' },
+  'token-file': { type: 'string' },
+  ca: { type: 'string' },
+  'data-dir': { type: 'string' },
+} as const;
+
+const CONNECTION_HELP = `
+connection (every admin command):
+  --coordinator URL   coordinator URL (or PGACCORD_URL; default https://127.0.0.1:7432)
+  --token-file FILE   file holding the admin token (or PGACCORD_TOKEN with the token itself;
+                      default DATA_DIR/admin.token)
+  --ca FILE           CA certificate that signed the coordinator's HTTPS certificate
+                      (or PGACCORD_CA; default DATA_DIR/ca.crt)
+  --data-dir DIR      the coordinator's data directory, for the defaults above
+                      (default ${DEFAULT_DATA_DIR})`;
+
+interface Conn {
+  url: string;
+  token: string;
+  dispatcher: Agent;
+}
+
+type ConnValues = { coordinator?: string; 'token-file'?: string; ca?: string; 'data-dir'?: string };
+
+async function connect(v: ConnValues): Promise<Conn> {
+  const dir = v['data-dir'] ?? DEFAULT_DATA_DIR;
+  const url = (v.coordinator ?? process.env.PGACCORD_URL ?? 'https://127.0.0.1:7432').replace(/\/+$/, '');
+  if (!url.startsWith('https://')) throw new UsageError(`--coordinator must be an https:// URL, got "${url}"`);
+  let token: string;
+  const tokenFile = v['token-file'] ?? (process.env.PGACCORD_TOKEN ? undefined : join(dir, FILES.adminToken));
+  if (tokenFile) {
+    token = (await readFile(tokenFile, 'utf8').catch((e: NodeJS.ErrnoException) => {
+      throw new Error(`cannot read the admin token from ${tokenFile} (${e.code ?? e.message}); use --token-file or PGACCORD_TOKEN`);
+    })).trim();
+  } else {
+    token = process.env.PGACCORD_TOKEN!.trim();
+  }
+  const caFile = v.ca ?? process.env.PGACCORD_CA ?? join(dir, FILES.caCert);
+  const ca = await readFile(caFile, 'utf8').catch((e: NodeJS.ErrnoException) => {
+    throw new Error(`cannot read the coordinator CA from ${caFile} (${e.code ?? e.message}); use --ca or PGACCORD_CA`);
+  });
+  return { url, token, dispatcher: new Agent({ connect: { ca, rejectUnauthorized: true }, bodyTimeout: 0, headersTimeout: 0 }) };
+}
+
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly body: ErrorBody | null,
+  ) {
+    super(body?.message ?? `HTTP ${status}`);
+  }
+}
+
+async function call<T>(conn: Conn, method: string, path: string, body?: unknown): Promise<T> {
+  let res;
+  try {
+    res = await request(`${conn.url}${path}`, {
+      method: method as 'GET',
+      dispatcher: conn.dispatcher,
+      headers: { authorization: `Bearer ${conn.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+    });
+  } catch (e) {
+    const err = e as Error & { code?: string; cause?: { code?: string; message?: string } };
+    throw new Error(`cannot reach the coordinator at ${conn.url}: ${err.cause?.message ?? err.code ?? err.message}`);
+  }
+  const text = await res.body.text();
+  if (res.statusCode >= 400) {
+    let parsed: ErrorBody | null = null;
+    try {
+      parsed = JSON.parse(text) as ErrorBody;
+    } catch {
+      // not JSON
+    }
+    throw new HttpError(res.statusCode, parsed);
+  }
+  if (res.statusCode === 204 || text === '') return undefined as T;
+  return (res.headers['content-type'] ?? '').toString().includes('json') ? (JSON.parse(text) as T) : (text as T);
+}
+
+async function withConn(v: ConnValues, fn: (conn: Conn) => Promise<number>): Promise<number> {
+  const conn = await connect(v);
+  try {
+    return await fn(conn);
+  } catch (e) {
+    if (e instanceof HttpError) {
+      process.stderr.write(`error: ${e.message}${e.body?.code ? ` (${e.body.code}, HTTP ${e.status})` : ` (HTTP ${e.status})`}\n`);
+      for (const fe of e.body?.errors ?? []) process.stderr.write(`  ${fe.field}: ${fe.message}\n`);
+      return 1;
+    }
+    throw e;
+  } finally {
+    await conn.dispatcher.close();
+  }
+}
+
+// --- apply --------------------------------------------------------------------------------
+
+const APPLY = {
+  usage: 'pgaccord apply -f FILE [--dry-run] [--json] [connection options]',
+  summary: 'Create or update a cluster from a spec file (YAML or JSON). An invalid spec is refused whole, each problem named by its field.',
+  details: `
+options:
+  -f, --file FILE     the cluster spec ("-" for standard input)
+  --dry-run           print what each node would get and what would change; change nothing
+  --json              print the coordinator's answer as JSON
+${CONNECTION_HELP}`,
+  options: { file: { type: 'string', short: 'f' }, 'dry-run': { type: 'boolean' }, json: { type: 'boolean' }, ...CONNECTION_OPTIONS },
+} as const;
+
+export async function runApply(argv: string[]): Promise<number> {
+  const parsed = parseCommand(APPLY, argv);
+  if (!parsed) return 0;
+  const v = parsed.values;
+  if (!v.file) throw new UsageError(`-f FILE is required\nusage: ${APPLY.usage}`);
+  const text = v.file === '-' ? await readStdin() : await readFile(v.file, 'utf8');
+  const doc = parseSpecText(text);
+  const checked = doc.ok ? validateSpec(doc.value) : doc;
+  if (!checked.ok) {
+    process.stderr.write(`error: ${v.file}: the cluster spec is invalid\n`);
+    for (const e of checked.errors) process.stderr.write(`  ${e.field}: ${e.message}\n`);
+    return 1;
+  }
+  const spec = checked.spec;
+  return withConn(v, async (conn) => {
+    if (v['dry-run']) {
+      const plan = await call<Static<typeof PlanResponse>>(conn, 'POST', `/v1/clusters/${spec.name}/plan`, spec);
+      if (v.json) process.stdout.write(`${JSON.stringify(plan, null, 2)}\n`);
+      else process.stdout.write(formatPlan(plan));
+      return 0;
+    }
+    const res = await call<{ generation: number; warnings: string[] }>(conn, 'PUT', `/v1/clusters/${spec.name}`, spec);
+    if (v.json) process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
+    else process.stdout.write(`cluster ${spec.name}: generation ${res.generation}\n`);
+    for (const w of res.warnings) process.stderr.write(`warning: ${w}\n`);
+    return 0;
+  });
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+export function formatPlan(plan: Static<typeof PlanResponse>): string {
+  const out: string[] = [`cluster ${plan.cluster}: would be generation ${plan.generation} (dry run: nothing changed)`];
+  for (const w of plan.warnings) out.push(`warning: ${w}`);
+  for (const n of plan.nodes) {
+    out.push('', `== node ${n.node}`, 'changes:', ...n.changes.map((c) => `  ${c}`));
+    out.push('pg_hba.conf managed block:', ...n.hba.trimEnd().split('\n').map((l) => `  ${l}`));
+    out.push('pg_ident.conf managed block:', ...n.ident.trimEnd().split('\n').map((l) => `  ${l}`));
+    out.push('settings:', ...Object.entries(n.settings).map(([k, val]) => `  ${k} = ${val}`));
+    out.push(`roles: ${n.roles.join(', ') || '(none)'}`);
+    out.push('certificates:', ...(n.certificates.length ? n.certificates.map((c) => `  ${c}`) : ['  (none)']));
+    out.push('files:', ...n.files.map((f) => `  ${f}`));
+  }
+  return `${out.join('\n')}\n`;
+}
+
+// --- status -------------------------------------------------------------------------------
+
+const STATUS = {
+  usage: 'pgaccord status [CLUSTER] [--json] [--wait] [--timeout SECONDS] [connection options]',
+  summary: 'Per node: desired and applied generation, phase, certificate expiry, last contact, inter-node probes, errors. Without CLUSTER: every cluster.',
+  details: `
+options:
+  --json              print ClusterStatusResponse documents (an array without CLUSTER)
+  --wait              wait until every node has applied and proved the current generation
+                      (exit 0), or exit 1 at the timeout
+  --timeout SECONDS   how long --wait waits (default 300)
+${CONNECTION_HELP}`,
+  options: { json: { type: 'boolean' }, wait: { type: 'boolean' }, timeout: { type: 'string' }, ...CONNECTION_OPTIONS },
+  positionals: { min: 0, max: 1 },
+} as const;
+
+type ClusterStatus = Static<typeof ClusterStatusResponse>;
+
+export async function runStatus(argv: string[]): Promise<number> {
+  const parsed = parseCommand(STATUS, argv);
+  if (!parsed) return 0;
+  const v = parsed.values;
+  const timeoutS = v.timeout !== undefined ? Number(v.timeout) : 300;
+  if (!(timeoutS >= 0)) throw new UsageError('--timeout must be a number of seconds');
+  const only = parsed.positionals[0];
+  return withConn(v, async (conn) => {
+    const deadline = Date.now() + timeoutS * 1000;
+    for (;;) {
+      const names = only ? [only] : (await call<{ clusters: { name: string }[] }>(conn, 'GET', '/v1/clusters')).clusters.map((c) => c.name);
+      const statuses = await Promise.all(names.map((n) => call<ClusterStatus>(conn, 'GET', `/v1/clusters/${encodeURIComponent(n)}/status`)));
+      const converged = statuses.every((s) => s.converged);
+      if (!v.wait || converged || Date.now() >= deadline) {
+        if (v.json) process.stdout.write(`${JSON.stringify(only ? statuses[0] : statuses, null, 2)}\n`);
+        else process.stdout.write(statuses.length ? statuses.map(formatStatus).join('\n') : 'no clusters\n');
+        if (v.wait && !converged) {
+          process.stderr.write(`not converged after ${timeoutS}s\n`);
+          return 1;
+        }
+        return 0;
+      }
+      await new Promise((r) => setTimeout(r, Math.min(1000, Math.max(0, deadline - Date.now()))));
+    }
+  });
+}
+
+function ago(iso: string | null): string {
+  if (!iso) return 'never';
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  return s < 120 ? `${s}s ago` : s < 7200 ? `${Math.round(s / 60)}m ago` : `${Math.round(s / 3600)}h ago`;
+}
+
+function certExpiry(n: NodeStatusView): string {
+  const c = n.servedCertificate ?? n.certificates[0];
+  if (!c) return '-';
+  const days = (Date.parse(c.notAfter) - Date.now()) / 86400_000;
+  return days < 0 ? 'EXPIRED' : `${days.toFixed(days < 10 ? 1 : 0)}d`;
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd()).join('\n');
+}
+
+export function formatStatus(s: ClusterStatus): string {
+  const head = `cluster ${s.cluster}  generation ${s.generation}  auth ${s.auth}${s.insecure ? ' (INSECURE: trust)' : ''}  sslmode ${s.sslmode}  ${s.converged ? 'CONVERGED' : 'NOT CONVERGED'}`;
+  const rows = [['NODE', 'DESIRED', 'APPLIED', 'PHASE', 'CERT', 'CONTACT', 'PROBES', 'ERRORS']];
+  for (const n of s.nodes) {
+    const ok = n.probes.filter((p) => p.ok).length;
+    rows.push([
+      n.node,
+      String(n.desiredGeneration),
+      String(n.appliedGeneration),
+      `${n.phase}${n.stale ? ' (stale)' : ''}${n.enrolled ? '' : ' (not enrolled)'}`,
+      certExpiry(n),
+      ago(n.lastContact),
+      n.probes.length ? `${ok}/${n.probes.length} ok` : '-',
+      n.errors.length ? n.errors.map((e) => `${e.code}: ${e.message}`).join('; ') : '-',
+    ]);
+  }
+  const failed = s.nodes.flatMap((n) => n.probes.filter((p) => !p.ok).map((p) => `  probe ${n.node} -> ${p.to} as ${p.role}: ${p.error ?? 'failed'}`));
+  return `${head}\n${table(rows)}\n${failed.length ? `${failed.join('\n')}\n` : ''}`;
+}
+
+// --- token --------------------------------------------------------------------------------
+
+const TOKEN = {
+  usage: 'pgaccord token create CLUSTER NODE [--ttl DURATION] [connection options]',
+  summary: 'Print a single-use join token bound to one node. It carries the coordinator CA fingerprint for the agent to pin.',
+  details: `
+options:
+  --ttl DURATION      lifetime of the token (default 1h; e.g. 30m, 2h, 1d; at most 30d)
+${CONNECTION_HELP}
+
+The token is printed alone on standard output; its expiry goes to standard error.`,
+  options: { ttl: { type: 'string' }, ...CONNECTION_OPTIONS },
+  positionals: { min: 3, max: 3 },
+} as const;
+
+export async function runToken(argv: string[]): Promise<number> {
+  if (argv[0] !== 'create' && !argv.includes('--help') && !argv.includes('-h')) throw new UsageError(`unknown or missing subcommand${argv[0] ? ` "${argv[0]}"` : ''}\nusage: ${TOKEN.usage}`);
+  const parsed = parseCommand(TOKEN, argv);
+  if (!parsed) return 0;
+  const [, cluster, node] = parsed.positionals as [string, string, string];
+  const v = parsed.values;
+  if (v.ttl !== undefined && parseDuration(v.ttl) === null) throw new UsageError(`--ttl: "${v.ttl}" is not a duration (e.g. 30m, 1h, 1d)`);
+  return withConn(v, async (conn) => {
+    const res = await call<{ token: string; expiresAt: string }>(conn, 'POST', `/v1/clusters/${encodeURIComponent(cluster)}/nodes/${encodeURIComponent(node)}/tokens`, v.ttl ? { ttl: v.ttl } : {});
+    process.stdout.write(`${res.token}\n`);
+    process.stderr.write(`single-use join token for ${cluster}/${node}, expires ${res.expiresAt}\n`);
+    return 0;
+  });
+}
+
+// --- cert ---------------------------------------------------------------------------------
+
+const CERT = {
+  usage: 'pgaccord cert list CLUSTER [--json] [connection options] | cert renew|revoke ...',
+  summary: 'List a cluster\'s certificates with their days left (renew and revoke come later).',
+  details: `
+subcommands:
+  list CLUSTER        every certificate issued for the cluster: serial, node, slot, CN, days left
+  renew, revoke       not implemented yet (exit 2)
+options:
+  --json              print CertificateListResponse as JSON
+${CONNECTION_HELP}`,
+  options: { json: { type: 'boolean' }, ...CONNECTION_OPTIONS },
+  positionals: { min: 2, max: 3 },
+} as const;
+
+export async function runCert(argv: string[]): Promise<number> {
+  const sub = argv[0];
+  if (sub === 'renew' || sub === 'revoke') {
+    process.stderr.write(`pgaccord cert ${sub}: not implemented yet\n`);
+    return 2;
+  }
+  if (sub !== 'list' && !argv.includes('--help') && !argv.includes('-h')) throw new UsageError(`unknown or missing subcommand${sub ? ` "${sub}"` : ''}\nusage: ${CERT.usage}`);
+  const parsed = parseCommand(CERT, argv);
+  if (!parsed) return 0;
+  const cluster = parsed.positionals[1]!;
+  const v = parsed.values;
+  return withConn(v, async (conn) => {
+    const res = await call<Static<typeof CertificateListResponse>>(conn, 'GET', `/v1/clusters/${encodeURIComponent(cluster)}/certificates`);
+    if (v.json) {
+      process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
+      return 0;
+    }
+    const rows = [['SERIAL', 'NODE', 'SLOT', 'CN', 'NOT AFTER', 'DAYS LEFT', 'STATE']];
+    for (const c of res.certificates) {
+      rows.push([c.serial, c.node, c.slot, c.commonName, c.notAfter, c.daysLeft.toFixed(1), c.revoked ? 'revoked' : c.daysLeft < 0 ? 'expired' : 'valid']);
+    }
+    process.stdout.write(`${res.certificates.length ? table(rows) : `cluster ${cluster}: no certificates issued yet`}\n`);
+    return 0;
+  });
+}
