@@ -8,13 +8,13 @@
 // Any failure before the proof puts every file back byte for byte (owner and mode too) and
 // reports PostgreSQL's own message; a failed proof also reloads the restored files. Nothing
 // here restarts PostgreSQL: settings that need it are reported as pending.
-import { createHash } from 'node:crypto';
 import { chmod, chown, lstat, mkdir, readdir, readFile, realpath } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type pg from 'pg';
 import { certInfo } from '../shared/x509.ts';
 import type { CertReport, FileReport } from '../shared/schema.ts';
 import type { Static } from '@sinclair/typebox';
+import { observeFile } from './drift.ts';
 import { installFile, isRoot, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from './install.ts';
 import { OWN_TLS_FILE, layoutFor, type Layout } from './layout.ts';
 import { fileSettings, hbaFileRules, openSession, identFileMappings, pendingRestart, reloadConf, serverInfo, servedCertificate, tcpHostFor, waitForConfigHash, type ServerInfo } from './pgconf.ts';
@@ -305,12 +305,14 @@ async function cleanup(run: Run): Promise<void> {
   if (removed.length > 0) run.log.info({ removed }, 'removed files no longer referenced');
 }
 
+/** The owner name FileReport (and the drift watcher) use for a uid. */
+export function ownerNamer(ctx: Pick<NodeContext, 'serverOsUser'>): (uid: number) => string {
+  return (uid) => (uid === ctx.serverOsUser.uid ? ctx.serverOsUser.name : uid === 0 ? 'root' : String(uid));
+}
+
 async function describe(path: string, ctx: NodeContext): Promise<Static<typeof FileReport> | null> {
   try {
-    const st = await lstat(path);
-    const content = await readFile(path);
-    const owner = st.uid === ctx.serverOsUser.uid ? ctx.serverOsUser.name : st.uid === 0 ? 'root' : String(st.uid);
-    return { path, sha256: createHash('sha256').update(content).digest('hex'), owner, mode: (st.mode & 0o7777).toString(8).padStart(4, '0') };
+    return await observeFile(path, ownerNamer(ctx));
   } catch {
     return null;
   }
