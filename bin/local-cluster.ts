@@ -103,7 +103,8 @@ export class LocalCluster {
 
   /** A PostgreSQL node listening on its own loopback address. */
   async addNode(name: string, host: string): Promise<LocalNode> {
-    const pg = await createPgInstance({ baseDir: join(this.dir, name), listen: host });
+    // Also on ::1, so that tests can connect from an address no HBA rule admits.
+    const pg = await createPgInstance({ baseDir: join(this.dir, name), listen: `${host},::1`, port: await freePort(host) });
     const node: LocalNode = { name, host, pg, stateDir: join(this.dir, `${name}-agent`), agent: null };
     this.nodes.set(name, node);
     return node;

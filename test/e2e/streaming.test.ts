@@ -1,0 +1,60 @@
+// End to end, streaming profile: a standby cloned with pg_basebackup through the credentials the
+// agent installed streams from the primary over TLS with certificate auth (seed 004's own
+// check), and its agent re-applies the node's own state over what the clone copied.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { appendFile, mkdtemp, rm } from 'node:fs/promises';
+import { LocalCluster } from '../../bin/local-cluster.ts';
+import type { ClusterSpec } from '../../shared/schema.ts';
+import { runPg } from '../../shared/pgserver.ts';
+import { query } from '../helpers/pg.ts';
+import { editConninfo } from '../helpers/libpq.ts';
+
+test('a standby built with pg_basebackup through the managed credentials streams over TLS', async () => {
+  const cluster = await LocalCluster.create({ dir: await mkdtemp('/tmp/pgaccord-e2e-streaming-') });
+  after(() => cluster.close());
+  await cluster.startCoordinator();
+  const primary = await cluster.addNode('primary', '127.0.0.21');
+  const standby = await cluster.addNode('standby', '127.0.0.22');
+  const spec: ClusterSpec = {
+    name: 'repl', profile: 'streaming', auth: 'cert', tls: { sslmode: 'verify-full', certLifetime: '30d' },
+    nodes: [
+      { name: 'primary', host: primary.host, address: '127.0.0.1', port: primary.pg.port, kind: 'primary' },
+      { name: 'standby', host: standby.host, address: '127.0.0.1', port: standby.pg.port, kind: 'standby' },
+    ],
+  };
+  assert.equal((await cluster.apply(spec)).code, 0);
+  await cluster.startAgent('repl', 'primary');
+  await cluster.startAgent('repl', 'standby');
+  let status = await cluster.waitConverged('repl', 120_000);
+  const probe = status.nodes.find((n) => n.node === 'standby')!.probes.find((p) => p.to === 'primary');
+  assert.ok(probe?.ok, `standby -> primary probe: ${probe?.error}`);
+  assert.match(probe!.conninfo, /sslmode=verify-full/);
+
+  // Rebuild the standby from the primary with exactly the connection string the agent reports.
+  await cluster.stopAgent('standby');
+  await standby.pg.stop();
+  await rm(standby.pg.dataDir, { recursive: true, force: true });
+  await runPg('pg_basebackup', ['-d', editConninfo(probe!.conninfo, { replication: null }), '-D', standby.pg.dataDir, '-R', '-X', 'stream', '-c', 'fast'], standby.pg.osUser);
+  // The clone carries the primary's own instance settings; give the standby back its own.
+  await appendFile(standby.pg.dataDir + '/postgresql.conf', `\nlisten_addresses = '${standby.pg.listen}'\nport = ${standby.pg.port}\nunix_socket_directories = '${standby.pg.socketDir}'\n`);
+  await standby.pg.start();
+  await cluster.startAgent('repl', 'standby');
+  status = await cluster.waitConverged('repl', 120_000);
+
+  const [inRecovery] = await query<{ r: boolean }>(standby.pg, 'SELECT pg_is_in_recovery() AS r');
+  assert.equal(inRecovery!.r, true, 'the clone is a standby');
+  let rows: { ssl: boolean; usename: string }[] = [];
+  for (let i = 0; i < 60 && rows.length === 0; i++) {
+    rows = await query(primary.pg, 'SELECT ssl, usename FROM pg_stat_ssl JOIN pg_stat_replication USING (pid)');
+    if (rows.length === 0) await new Promise((r) => setTimeout(r, 500));
+  }
+  assert.deepEqual(rows, [{ ssl: true, usename: 'replicator' }], 'walreceiver streams over TLS as the managed role');
+  const hba = await query<{ type: string; database: string[]; user_name: string[]; auth_method: string }>(primary.pg,
+    "SELECT type, database, user_name, auth_method FROM pg_hba_file_rules WHERE auth_method IN ('cert', 'scram-sha-256')");
+  assert.deepEqual(hba, [{ type: 'hostssl', database: ['replication', 'postgres'], user_name: ['replicator'], auth_method: 'cert' }]);
+  // The standby serves its own certificate again, not the one the clone copied from the primary.
+  const served = status.nodes.find((n) => n.node === 'standby')!.servedCertificate;
+  const primaryServed = status.nodes.find((n) => n.node === 'primary')!.servedCertificate;
+  assert.ok(served && primaryServed && served.serial !== primaryServed.serial);
+});
