@@ -242,11 +242,9 @@ export async function obtainIdentity(cfg: ResolvedConfig, log: Logger, now: () =
 }
 
 // The apply engine and the drift watcher are another module's; loaded when the agent starts.
-const APPLY_MODULE = './apply.ts';
 async function loadApply(): Promise<ApplyFn> {
-  const mod = (await import(APPLY_MODULE)) as { applyDesired?: ApplyFn };
-  if (typeof mod.applyDesired !== 'function') throw new Error('agent/apply.ts does not export applyDesired');
-  return mod.applyDesired;
+  const { applyDesired } = await import('./apply.ts');
+  return (ctx, input) => applyDesired(ctx, input);
 }
 
 async function loadDrift(_ctx: NodeContext): Promise<DriftHook | undefined> {
