@@ -7,6 +7,9 @@ import { forgePublicKeyFromPem, generateRsaKey, nativeSign } from '../shared/x50
 
 const { pki, asn1 } = forge;
 
+/** forge writes PEM with CRLF line ends; files on Unix hosts get LF, like OpenSSL's. */
+const lf = (pem: string) => pem.replace(/\r\n/g, '\n');
+
 export const CA_LIFETIME_S = 10 * 365 * 86400;
 export const BACKDATE_S = 5 * 60;
 const UTF8 = asn1.Type.UTF8 as unknown as forge.asn1.Class;
@@ -69,7 +72,7 @@ export class CertificateAuthority {
       { name: 'subjectKeyIdentifier' },
     ]);
     nativeSign(cert, privateKeyPem);
-    const certPem = pki.certificateToPem(cert);
+    const certPem = lf(pki.certificateToPem(cert));
     return { ca: new CertificateAuthority(certPem, privateKeyPem), keyPem: privateKeyPem };
   }
 
@@ -104,6 +107,6 @@ export class CertificateAuthority {
       { name: 'authorityKeyIdentifier', keyIdentifier: this.#ski },
     ]);
     nativeSign(cert, this.#key);
-    return { pem: pki.certificateToPem(cert), serial, notBefore, notAfter };
+    return { pem: lf(pki.certificateToPem(cert)), serial, notBefore, notAfter };
   }
 }

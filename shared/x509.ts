@@ -60,7 +60,7 @@ export function createCsr(privateKeyPem: string, commonName: string): string {
   csr.publicKey = forgePublicKeyFromPem(privateKeyPem);
   csr.setSubject([{ name: 'commonName', value: commonName, valueTagClass: asn1.Type.UTF8 as unknown as forge.asn1.Class }]);
   nativeSign(csr, privateKeyPem);
-  return pki.certificationRequestToPem(csr);
+  return pki.certificationRequestToPem(csr).replace(/\r\n/g, '\n');
 }
 
 function pemBody(pem: string, label: string): Buffer {

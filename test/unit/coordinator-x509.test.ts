@@ -1,0 +1,129 @@
+// X.509 helpers (shared/x509.ts), the CA built on them, secrets at rest and join token text.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CertificateAuthority, randomSerial } from '../../coordinator/ca.ts';
+import { SecretBox } from '../../coordinator/secrets.ts';
+import { canonicalJson, decodeJoinToken, encodeJoinToken, parseIdentityUri } from '../../coordinator/service.ts';
+import { certInfo, certMatchesKey, createCsr, generateRsaKey, normaliseIp, readCsr, splitPemBundle, verifiesAgainst } from '../../shared/x509.ts';
+
+const now = new Date('2030-01-01T00:00:00Z');
+const caP = CertificateAuthority.create('unit CA', new Date());
+const otherP = CertificateAuthority.create('unit CA', new Date()); // same name, another key
+
+function openssl(args: string[], files: Record<string, string>): string {
+  const dir = mkdtempSync(join(tmpdir(), 'pgaccord-x509-'));
+  try {
+    for (const [name, content] of Object.entries(files)) writeFileSync(join(dir, name), content);
+    return execFileSync('openssl', args, { cwd: dir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('createCsr makes a CSR openssl verifies; readCsr returns its key and CN', async () => {
+  const { privateKeyPem } = await generateRsaKey();
+  assert.match(privateKeyPem, /^-----BEGIN PRIVATE KEY-----/);
+  const csr = createCsr(privateKeyPem, 'node_1, "quoted"');
+  openssl(['req', '-in', 'r.csr', '-verify', '-noout'], { 'r.csr': csr }); // throws if openssl refuses it
+  const info = readCsr(csr);
+  assert.equal(info.commonName, 'node_1, "quoted"');
+  assert.match(info.publicKeyPem, /^-----BEGIN PUBLIC KEY-----/);
+  assert.throws(() => readCsr('not a csr'), /CSR cannot be parsed/);
+  assert.doesNotMatch(csr, /\r/);
+  const der = Buffer.from(csr.replace(/-----[^-]+-----|\s/g, ''), 'base64');
+  der[der.length - 1]! ^= 0x01; // one bit of the signature
+  const tampered = `-----BEGIN CERTIFICATE REQUEST-----\n${der.toString('base64')}\n-----END CERTIFICATE REQUEST-----\n`;
+  assert.throws(() => readCsr(tampered), /does not verify/);
+});
+
+test('the CA issues what its caller decides; openssl agrees; certInfo reads it back', async () => {
+  const { ca } = await caP;
+  const { privateKeyPem } = await generateRsaKey();
+  const csr = readCsr(createCsr(privateKeyPem, 'evil'));
+  const { publicKey } = await import('../../shared/x509.ts').then((m) => m.readCsrKey(createCsr(privateKeyPem, 'evil')));
+  assert.ok(csr.publicKeyPem);
+  const issued = ca.issue({ publicKey, commonName: 'db1.example.com', dnsNames: ['db1.example.com'], ipAddresses: ['10.0.0.1', '::1'], usage: 'server', lifetimeSeconds: 90 * 86400, now: new Date() });
+  const text = openssl(['x509', '-in', 'c.crt', '-noout', '-text'], { 'c.crt': issued.pem });
+  assert.match(text, /DNS:db1\.example\.com, IP Address:10\.0\.0\.1, IP Address:0:0:0:0:0:0:0:1/);
+  assert.match(text, /X509v3 Authority Key Identifier/);
+  assert.match(text, /X509v3 Subject Key Identifier/);
+  const verified = openssl(['verify', '-CAfile', 'ca.crt', '-purpose', 'sslserver', 'c.crt'], { 'ca.crt': ca.certPem, 'c.crt': issued.pem });
+  assert.match(verified, /c\.crt: OK/);
+  const info = certInfo(issued.pem);
+  assert.equal(info.commonName, 'db1.example.com');
+  assert.deepEqual(info.dnsNames, ['db1.example.com']);
+  assert.deepEqual(info.ipAddresses, ['10.0.0.1', '::1']);
+  assert.equal(info.issuerCommonName, 'unit CA');
+  assert.equal(info.serial, issued.serial);
+  assert.deepEqual(info.extKeyUsage, ['serverAuth']);
+  assert.equal(info.isCa, false);
+  assert.match(info.fingerprint256, /^[0-9a-f]{64}$/);
+  assert.ok(certMatchesKey(issued.pem, privateKeyPem));
+  assert.ok(!certMatchesKey(issued.pem, (await generateRsaKey()).privateKeyPem));
+  assert.ok(verifiesAgainst(issued.pem, ca.certPem));
+  const { ca: other } = await otherP;
+  assert.ok(!verifiesAgainst(issued.pem, other.certPem), 'same CA name, another key');
+  assert.ok(verifiesAgainst(issued.pem, other.certPem + ca.certPem), 'found in a bundle');
+  assert.deepEqual(splitPemBundle(other.certPem + '\n' + ca.certPem), [other.certPem, ca.certPem]);
+});
+
+test('no leaf outlives its CA; notBefore is backdated five minutes; serials are positive 16 bytes', async () => {
+  const { privateKeyPem } = await generateRsaKey();
+  const { readCsrKey } = await import('../../shared/x509.ts');
+  const { publicKey } = readCsrKey(createCsr(privateKeyPem, 'x'));
+  const short = await CertificateAuthority.create('short CA', now, 86400);
+  const leaf = short.ca.issue({ publicKey, commonName: 'pgd_replication', usage: 'client', lifetimeSeconds: 90 * 86400, now });
+  assert.equal(leaf.notAfter.getTime(), short.ca.notAfter.getTime());
+  assert.equal(leaf.notBefore.getTime(), now.getTime() - 300_000);
+  assert.deepEqual(certInfo(leaf.pem).extKeyUsage, ['clientAuth']);
+  assert.throws(() => short.ca.issue({ publicKey, commonName: 'x', usage: 'client', lifetimeSeconds: 60, now: new Date(now.getTime() + 2 * 86400_000) }), /expired/);
+  for (let i = 0; i < 200; i++) {
+    const s = randomSerial();
+    assert.match(s, /^[0-9a-f]{32}$/);
+    const first = Number.parseInt(s.slice(0, 2), 16);
+    assert.ok(first >= 1 && first < 0x80);
+  }
+  assert.equal(randomSerial(() => Buffer.alloc(16)).slice(0, 2), '01');
+  assert.equal(randomSerial(() => Buffer.alloc(16, 0xff)).slice(0, 2), '7f');
+});
+
+test('normaliseIp gives one text per address', () => {
+  assert.equal(normaliseIp('0:0:0:0:0:0:0:1'), '::1');
+  assert.equal(normaliseIp('FE80:0:0:0:0:0:0:1'), 'fe80::1');
+  assert.equal(normaliseIp('10.1.2.3'), '10.1.2.3');
+});
+
+test('SecretBox: round trip, bound to its context, refuses another key or a tampered text', () => {
+  const key = Buffer.alloc(32, 7);
+  const box = new SecretBox(key);
+  const sealed = box.seal('hunter2', 'role-password:sales/app');
+  assert.ok(!sealed.includes('hunter2'));
+  assert.notEqual(box.seal('hunter2', 'x'), box.seal('hunter2', 'x'), 'random IV');
+  assert.equal(box.open(sealed, 'role-password:sales/app'), 'hunter2');
+  assert.throws(() => box.open(sealed, 'role-password:other/app'), /does not decrypt/);
+  assert.throws(() => new SecretBox(Buffer.alloc(32, 8)).open(sealed, 'role-password:sales/app'), /does not decrypt/);
+  const raw = Buffer.from(sealed.slice(3), 'base64');
+  raw[raw.length - 1]! ^= 1;
+  assert.throws(() => box.open(`v1:${raw.toString('base64')}`, 'role-password:sales/app'), /does not decrypt/);
+  assert.throws(() => new SecretBox(Buffer.alloc(16)), /32 bytes/);
+  assert.equal(JSON.stringify({ box }), '{"box":"[SecretBox]"}');
+});
+
+test('join token text and identity URIs parse back exactly; junk does not', () => {
+  const payload = { v: 1 as const, url: 'https://c:7432', cluster: 'sales', node: 'node-1', id: 'abc', secret: 's3cret', caFingerprint: 'ff'.repeat(32) };
+  const token = encodeJoinToken(payload);
+  assert.match(token, /^pga1\.[A-Za-z0-9_-]+$/);
+  assert.deepEqual(decodeJoinToken(token), payload);
+  for (const junk of ['', 'pga1.', 'pga1.e30', 'xxx', `pga1.${Buffer.from('{"v":2}').toString('base64url')}`, `pga1.${Buffer.from(JSON.stringify({ ...payload, node: 5 })).toString('base64url')}`]) {
+    assert.equal(decodeJoinToken(junk), null, junk);
+  }
+  assert.deepEqual(parseIdentityUri('pgaccord://agent/sales/node-1'), { cluster: 'sales', node: 'node-1' });
+  for (const bad of ['pgaccord://agent/sales/node-1/x', 'pgaccord://agent/sales', 'pgaccord://agent/Sales/n', 'https://agent/sales/n', 'pgaccord://agent/a,b/n']) {
+    assert.equal(parseIdentityUri(bad), null, bad);
+  }
+  assert.equal(canonicalJson({ b: 1, a: [{ d: 2, c: undefined }] }), '{"a":[{"d":2}],"b":1}');
+});
