@@ -72,7 +72,9 @@ export function renderHbaBlock(input: HbaBlockInput): string {
   lines.push('# anti-lockout: the agent itself, over the local socket');
   lines.push(renderHbaLine({ type: 'local', databases: [{ keyword: 'all' }], users: [{ name: input.localRole }], method: 'peer', options: { map: LOCAL_MAP } }));
   for (const rule of input.rules) {
-    if (rule.comment) lines.push(`# ${rule.comment.replace(/[\r\n]/g, ' ')}`);
+    // PostgreSQL 15 joins a line ending in a backslash with the next one: a comment ending in
+    // a backslash would swallow the rule below it (pg_hba_file_rules then simply has no row for it).
+    if (rule.comment) lines.push(`# ${rule.comment.replace(/[\r\n\0]/g, ' ').replace(/\\+$/, '')}`);
     lines.push(renderHbaLine(rule));
   }
   if (input.managedRoles.length > 0) {
