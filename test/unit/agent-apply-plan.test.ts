@@ -129,3 +129,11 @@ test('without TLS: no ssl_* settings, no CA file', () => {
   assert.doesNotMatch(p.files.find((f) => f.key === 'settings')!.content, /ssl/);
   assert.match(p.files.find((f) => f.key === 'hba')!.content, /^host replication,"postgres" "replicator" 10\.0\.0\.12\/32 scram-sha-256$/m);
 });
+
+test('a rule comment ending in a backslash cannot swallow the rule below it (PostgreSQL 15 line continuation)', () => {
+  const i = input('pg-a', 'scram-sha-256', 'verify-full');
+  i.desired.hba.push({ type: 'hostssl', databases: [{ keyword: 'all' }], users: [{ name: 'app' }], address: '10.1.0.0/16', method: 'scram-sha-256', comment: 'ends with \\\\' });
+  const hba = planNode(i).files.find((f) => f.key === 'hba')!.content;
+  assert.ok(hba.split('\n').every((l) => !l.endsWith('\\')), 'no line ends in a backslash');
+  assert.match(hba, /^# ends with \nhostssl all "app" 10\.1\.0\.0\/16 scram-sha-256$/m);
+});
