@@ -7,7 +7,10 @@
 import { join } from 'node:path';
 import { Value } from '@sinclair/typebox/value';
 import type { Logger } from 'pino';
-import { NodeDesired, type ProbeResult } from '../shared/schema.ts';
+import { NodeDesired, type FileReport, type ProbeResult } from '../shared/schema.ts';
+import type { Static } from '@sinclair/typebox';
+
+type FileReportT = Static<typeof FileReport>;
 import { backoffDelay, DEFAULT_BACKOFF, sleep, type BackoffPolicy, type Clock, type Random } from './backoff.ts';
 import { CertificateManager, certReports } from './certs.ts';
 import { CoordinatorError, type CoordinatorClient } from './client.ts';
@@ -87,9 +90,19 @@ export async function saveLastGood(stateDir: string, desired: NodeDesired, owner
 
 // --- the loop ----------------------------------------------------------------------------------
 
-/** Watches the managed files and calls back on a hand edit, chmod or removal. */
+/** What a drift watcher saw: a managed file edited, chmod'ed, chown'ed or removed by hand. */
+export interface DriftNotice {
+  path: string;
+  kinds: string[];
+}
+
+/**
+ * Watches the managed files. Paused while a reconcile writes (so our own writes are not drift),
+ * resumed with the files the last proved apply reported.
+ */
 export interface DriftHook {
-  watch(paths: string[], onDrift: (path: string) => void): void;
+  pause(): void;
+  resume(files: FileReportT[], onDrift: (notice: DriftNotice) => void): void;
   close(): Promise<void>;
 }
 
@@ -138,6 +151,10 @@ export class ReconcileLoop {
   private readonly stopController = new AbortController();
   private timer: NodeJS.Timeout | undefined;
   private failures = 0;
+  /** Files the last proved apply reported: the drift baseline. */
+  private baseline: FileReportT[] | null = null;
+  /** Drift seen since the last status, reported once. */
+  private driftNotes: RuntimeError[] = [];
   /** The status last built (for tests and for the local mirror). */
   lastStatus: AgentStatus | null = null;
 
@@ -279,6 +296,7 @@ export class ReconcileLoop {
     let installed: Awaited<ReturnType<CertificateManager['ensure']>>['installed'] = [];
     if (desired) {
       log.debug({ reason, generation: desired.generation }, 'reconciling');
+      this.deps.drift?.pause();
       const certs = await this.deps.certs.ensure(desired, { online: this.reachable }).catch((e): Awaited<ReturnType<CertificateManager['ensure']>> => ({
         installed: [],
         issued: [],
@@ -307,17 +325,22 @@ export class ReconcileLoop {
         log.error({ generation: desired.generation, phase: result.phase, errors: result.errors }, 'apply did not converge');
       }
       if (result.changed) log.info({ files: result.files.length }, 'node changed');
-      this.deps.drift?.watch(result.files.map((f) => f.path), (path) => {
-        log.warn({ path }, 'drift detected in a managed file: reconciling');
-        void this.kick(`drift in ${path}`);
-      });
+      if (proved) this.baseline = result.files;
+      if (this.baseline) {
+        this.deps.drift?.resume(this.baseline, (d) => {
+          log.warn({ path: d.path, kinds: d.kinds }, 'drift in a managed file: repairing');
+          this.driftNotes.push({ code: 'DRIFT_REPAIRED', message: `${d.path}: ${d.kinds.join(', ')} changed outside pgaccord; restored` });
+          void this.kick(`drift in ${d.path}`);
+        });
+      }
       probes = await probeAll(result.clientConnections, this.deps.probe);
       for (const p of probes.filter((p) => !p.ok)) log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
     }
+    const notes = this.driftNotes.splice(0);
     const status = buildStatus({
       appliedGeneration: this.appliedGeneration,
       apply: desired ? this.lastApply : null,
-      runtimeErrors: this.runtimeErrors(certErrors),
+      runtimeErrors: [...this.runtimeErrors(certErrors), ...notes],
       certificates: certReports(installed),
       probes,
       coordinatorReachable: this.reachable,

@@ -247,8 +247,24 @@ async function loadApply(): Promise<ApplyFn> {
   return (ctx, input) => applyDesired(ctx, input);
 }
 
-async function loadDrift(_ctx: NodeContext): Promise<DriftHook | undefined> {
-  return undefined;
+/** The drift watcher (agent/drift.ts), created on the first proved apply. */
+async function loadDrift(ctx: NodeContext, log: Logger): Promise<DriftHook> {
+  const { watchManagedFiles } = await import('./drift.ts');
+  const { ownerNamer } = await import('./apply.ts');
+  let watcher: ReturnType<typeof watchManagedFiles> | null = null;
+  return {
+    pause: () => watcher?.pause(),
+    resume(files, onDrift) {
+      if (watcher) return watcher.setExpected(files);
+      watcher = watchManagedFiles(files, (e) => onDrift({ path: e.path, kinds: e.kinds }), {
+        ownerName: ownerNamer(ctx),
+        onError: (err) => log.warn({ err: (err as Error).message }, 'drift watcher error'),
+      });
+    },
+    close: async () => {
+      await watcher?.close();
+    },
+  };
 }
 
 export interface RunHooks {
@@ -290,7 +306,7 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
   const certs = new CertificateManager({ stateDir: cfg.stateDir, owner, requestCertificate: (req) => client.csr(req), now, schedule, log });
   let ctx = nodeContext(cfg, owner, log);
   const apply = await loadApply();
-  const drift = await loadDrift(ctx).catch((e) => {
+  const drift = await loadDrift(ctx, log).catch((e) => {
     log.warn({ err: (e as Error).message }, 'drift watcher unavailable; relying on periodic reconcile');
     return undefined;
   });

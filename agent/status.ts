@@ -35,7 +35,9 @@ export interface StatusInput {
  */
 export function buildStatus(s: StatusInput): AgentStatus {
   let phase: Phase = s.apply?.phase ?? 'unknown';
-  if (phase === 'converged' && s.runtimeErrors.some((e) => e.code !== 'E_CERT_RENEWAL')) phase = 'failed';
+  // Runtime errors (codes E_*) mean the node is not where it should be; notes (e.g.
+  // DRIFT_REPAIRED) and a renewal that can wait are reported without changing the phase.
+  if (phase === 'converged' && s.runtimeErrors.some((e) => e.code.startsWith('E_') && e.code !== 'E_CERT_RENEWAL')) phase = 'failed';
   if (!s.coordinatorReachable) phase = 'stale';
   return {
     generation: s.appliedGeneration,

@@ -167,6 +167,21 @@ test('restarted after the token is spent: the stored identity carries on; the sp
   assert.match(thief.lines.join('\n'), /pgaccord agent: POST \/v1\/agent\/enroll: /);
 });
 
+test('drift: a hand edit of the managed block is seen and repaired within seconds, and reported', async () => {
+  const hbaFile = (await query<{ hba_file: string }>(pg1, 'SHOW hba_file'))[0]!.hba_file;
+  const good = await readFile(hbaFile, 'utf8');
+  const { writeFile, chmod } = await import('node:fs/promises');
+  const seen = agents['node-1']!.lines.length;
+  // Inside the managed block: a broad trust rule slipped in by hand.
+  await writeFile(hbaFile, good.replace(/(# BEGIN pgaccord[^\n]*\n)/, '$1host all all 0.0.0.0/0 trust\n'));
+  await chmod(hbaFile, 0o644);
+  await waitFor('pg_hba.conf repaired', async () => (await readFile(hbaFile, 'utf8')) === good && ((await stat(hbaFile)).mode & 0o777) === 0o600, 20_000, 200);
+  assert.ok(agents['node-1']!.records().slice(0).some((r) => r.msg === 'drift in a managed file: repairing' && r.path === hbaFile));
+  assert.ok(agents['node-1']!.lines.length > seen);
+  const trust = await query(pg1, "SELECT 1 FROM pg_hba_file_rules WHERE auth_method = 'trust' AND type = 'host'");
+  assert.equal(trust.length, 0);
+});
+
 test('coordinator stopped: the node keeps serving, status goes stale; it converges when the coordinator returns', async () => {
   const hbaBefore = await readFile((await query<{ hba_file: string }>(pg1, 'SHOW hba_file'))[0]!.hba_file, 'utf8');
   const probeConninfo = (await localStatus('node-2')).status.probes[0]!.conninfo;
