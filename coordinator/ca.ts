@@ -7,8 +7,15 @@ import { forgePublicKeyFromPem, generateRsaKey, nativeSign } from '../shared/x50
 
 const { pki, asn1 } = forge;
 
-/** forge writes PEM with CRLF line ends; files on Unix hosts get LF, like OpenSSL's. */
-const lf = (pem: string) => pem.replace(/\r\n/g, '\n');
+/**
+ * PEM of a signed forge certificate, encoded with Buffer (forge's base64 is slow) and with LF
+ * line ends like OpenSSL's (forge writes CRLF).
+ */
+function certPem(cert: forge.pki.Certificate): string {
+  const der = Buffer.from(asn1.toDer(pki.certificateToAsn1(cert)).getBytes(), 'binary');
+  const b64 = der.toString('base64').replace(/.{64}/g, '$&\n');
+  return `-----BEGIN CERTIFICATE-----\n${b64}${b64.endsWith('\n') ? '' : '\n'}-----END CERTIFICATE-----\n`;
+}
 
 export const CA_LIFETIME_S = 10 * 365 * 86400;
 export const BACKDATE_S = 5 * 60;
@@ -72,8 +79,8 @@ export class CertificateAuthority {
       { name: 'subjectKeyIdentifier' },
     ]);
     nativeSign(cert, privateKeyPem);
-    const certPem = lf(pki.certificateToPem(cert));
-    return { ca: new CertificateAuthority(certPem, privateKeyPem), keyPem: privateKeyPem };
+    const pem = certPem(cert);
+    return { ca: new CertificateAuthority(pem, privateKeyPem), keyPem: privateKeyPem };
   }
 
   /**
@@ -107,6 +114,6 @@ export class CertificateAuthority {
       { name: 'authorityKeyIdentifier', keyIdentifier: this.#ski },
     ]);
     nativeSign(cert, this.#key);
-    return { pem: lf(pki.certificateToPem(cert)), serial, notBefore, notAfter };
+    return { pem: certPem(cert), serial, notBefore, notAfter };
   }
 }
