@@ -5,7 +5,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -151,12 +151,24 @@ test('restarted after the token is spent: the stored identity carries on; the sp
   assert.equal(await a.stop('SIGTERM'), 0, 'SIGTERM exits 0');
   assert.ok(Date.now() - t0 < 15_000, 'and promptly');
   assert.ok(a.records().some((r) => r.msg === 'agent stopped'));
-  // Same flags as before, spent token included (as a systemd unit would restart it).
-  const again = startAgent(agentArgs('node-1', pg1, tokens['node-1']));
+  // The same settings, spent token included, now from a YAML config file (as the systemd unit
+  // runs it; camelCase and kebab-case keys both work).
+  const configFile = join(stateDirs['node-1']!, '..', `pgaccord-agent-test-${process.pid}.yaml`);
+  cleanup.push(configFile);
+  const yaml = (level: string) => `coordinator: ${coord.url}\nnode: sales/node-1\npgdata: ${pg1.dataDir}\nstateDir: ${stateDirs['node-1']}\njoin-token: ${tokens['node-1']}\nlogLevel: ${level}\n`;
+  await writeFile(configFile, yaml('info'), { mode: 0o600 });
+  const again = startAgent(['--config', configFile]);
   agents['node-1'] = again;
   await waitFor('the restarted agent to be ready', () => again.records().some((r) => r.msg === 'agent ready: first reconcile succeeded'), 60_000);
   assert.ok(again.records().some((r) => r.msg === 'already enrolled: using the stored identity, the join token is not needed any more'));
   assert.ok(!again.records().some((r) => r.msg === 'enrolling with the join token'));
+  assert.ok(!again.records().some((r) => r.level === 20), 'no debug lines at info');
+  // SIGHUP re-reads the file: debug logging starts without a restart.
+  await writeFile(configFile, yaml('debug'));
+  again.proc.kill('SIGHUP');
+  await waitFor('SIGHUP re-read', () => again.records().some((r) => r.msg === 'SIGHUP: configuration re-read' && r.logLevel === 'debug'), 10_000, 100);
+  await waitFor('debug lines after SIGHUP', () => again.records().some((r) => r.level === 20), 15_000, 200);
+  assert.equal(again.proc.exitCode, null, 'still running');
   const before = (await clusterStatus()).nodes.find((n) => n.node === 'node-1')!.lastContact!;
   await waitFor('a new status report from node-1', async () => (await clusterStatus()).nodes.find((n) => n.node === 'node-1')!.lastContact! > before, 20_000);
   // The spent token does not enrol a second agent.
@@ -170,7 +182,7 @@ test('restarted after the token is spent: the stored identity carries on; the sp
 test('drift: a hand edit of the managed block is seen and repaired within seconds, and reported', async () => {
   const hbaFile = (await query<{ hba_file: string }>(pg1, 'SHOW hba_file'))[0]!.hba_file;
   const good = await readFile(hbaFile, 'utf8');
-  const { writeFile, chmod } = await import('node:fs/promises');
+  const { chmod } = await import('node:fs/promises');
   const seen = agents['node-1']!.lines.length;
   // Inside the managed block: a broad trust rule slipped in by hand.
   await writeFile(hbaFile, good.replace(/(# BEGIN pgaccord[^\n]*\n)/, '$1host all all 0.0.0.0/0 trust\n'));
