@@ -12,7 +12,8 @@ import { certInfo, certMatchesKey, createCsr, generateRsaKey, normaliseIp, verif
 import { RenewalSchedule, type Clock } from './backoff.ts';
 import { ensureDir, fsyncDir, readIfExists, removeIfExists, writeFileAtomic, type Owner } from './statefile.ts';
 import type { InstalledCertificate } from './types.ts';
-import { rename } from 'node:fs/promises';
+import { rename, stat } from 'node:fs/promises';
+import { newer } from './client.ts';
 
 export const tlsDir = (stateDir: string): string => join(stateDir, 'tls');
 const SLOT_ID = /^[a-z0-9][a-z0-9_-]{0,80}$/;
@@ -74,6 +75,7 @@ export interface EnsureResult {
 }
 
 interface Candidate {
+  mtime: number;
   serial: string;
   certPath: string;
   keyPath: string;
@@ -146,7 +148,8 @@ export class CertificateManager {
         continue;
       }
       const info = certInfo(certPem);
-      if (!best || info.notAfter > best.info.notAfter) best = { serial, certPath, keyPath, info };
+      const mtime = (await stat(certPath)).mtimeMs;
+      if (!best || newer(info, mtime, best.info, best.mtime)) best = { serial, certPath, keyPath, info, mtime };
     }
     return { best, rejected };
   }
@@ -179,7 +182,7 @@ export class CertificateManager {
     await rename(pendingPath, keyPath);
     await fsyncDir(this.dir);
     this.deps.log.info({ slot: slot.id, serial: info.serial, notAfter: info.notAfter.toISOString() }, 'certificate installed');
-    return { serial: info.serial, certPath, keyPath, info };
+    return { serial: info.serial, certPath, keyPath, info, mtime: Date.now() };
   }
 
   /**

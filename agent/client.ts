@@ -4,7 +4,7 @@
 // and pinned for every later call. Every agent call after enrolment uses mTLS with the identity
 // key, which is generated on the node and never leaves it.
 import { createHash } from 'node:crypto';
-import { readdir } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Value } from '@sinclair/typebox/value';
 import type { TSchema, Static } from '@sinclair/typebox';
@@ -273,6 +273,7 @@ export async function loadIdentity(stateDir: string): Promise<StoredIdentity | n
   if (enrollmentText === null || caPem === null) return null;
   const enrollment = JSON.parse(enrollmentText) as Enrollment;
   let best: Identity | null = null;
+  let bestMtime = 0;
   for (const name of await readdir(dir)) {
     const m = /^identity-([0-9a-f]+)\.crt$/.exec(name);
     if (!m) continue;
@@ -280,9 +281,21 @@ export async function loadIdentity(stateDir: string): Promise<StoredIdentity | n
     const keyPem = await readIfExists(join(dir, `identity-${m[1]}.key`));
     if (!certPem || !keyPem || !certMatchesKey(certPem, keyPem) || !verifiesAgainst(certPem, caPem)) continue;
     const info = certInfo(certPem);
-    if (!best || info.notAfter > best.info.notAfter) best = { keyPem, certPem, info };
+    const mtime = (await stat(join(dir, name))).mtimeMs;
+    // Newest notAfter wins; on a tie (same second), the pair written last.
+    if (!best || newer(info, mtime, best.info, bestMtime)) {
+      best = { keyPem, certPem, info };
+      bestMtime = mtime;
+    }
   }
   return best ? { enrollment, caPem, identity: best } : null;
+}
+
+/** Whether a certificate should be preferred over another: later notAfter, then later notBefore, then written later. */
+export function newer(a: { notAfter: Date; notBefore: Date }, aMtime: number, b: { notAfter: Date; notBefore: Date }, bMtime: number): boolean {
+  if (a.notAfter.getTime() !== b.notAfter.getTime()) return a.notAfter > b.notAfter;
+  if (a.notBefore.getTime() !== b.notBefore.getTime()) return a.notBefore > b.notBefore;
+  return aMtime > bMtime;
 }
 
 /** Generate a key in the identity directory, 0600 from the instant it exists. */

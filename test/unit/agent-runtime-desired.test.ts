@@ -170,3 +170,13 @@ test('loop: coordinator unreachable → keeps reconciling the last good state lo
   assert.equal(last.coordinatorReachable, true);
   assert.deepEqual(last.errors, []);
 });
+
+test('loop: 410 (node removed) stops the loop and leaves the node as it is', async () => {
+  const stateDir = await mkdtemp(join(tmpdir(), 'pgaccord-agent-unit-'));
+  dirs.push(stateDir);
+  const g1 = desiredAt(1);
+  const h = harness(stateDir, [{ kind: 'newer', body: g1 }, { kind: 'removed' }, { kind: 'newer', body: desiredAt(2) }]);
+  assert.equal(await h.loop.run(), 'removed');
+  assert.deepEqual(JSON.parse(await readFile(desiredFile(stateDir), 'utf8')), g1);
+  assert.ok(h.applied.every((a) => a.desired.generation === 1));
+});

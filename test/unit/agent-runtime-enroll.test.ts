@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import forge from 'node-forge';
 import { CertificateAuthority } from '../../coordinator/ca.ts';
-import { checkPinnedCa, CoordinatorError, decodeJoinToken, enroll, fetchPinnedCa, loadIdentity, pemFingerprint } from '../../agent/client.ts';
+import { checkPinnedCa, CoordinatorClient, CoordinatorError, decodeJoinToken, enroll, fetchPinnedCa, loadIdentity, pemFingerprint, pruneIdentities, renewIdentity } from '../../agent/client.ts';
 import { fingerprint256, generateRsaKey, readCsr } from '../../shared/x509.ts';
 
 const encode = (payload: unknown) => `pga1.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
@@ -32,13 +32,18 @@ async function coordinatorCa() {
 /** A tiny HTTPS endpoint that plays the coordinator's enrolment routes. */
 async function fakeCoordinator(opts: { servedCa: string; serverKey: string; serverCert: string; sign?: (csrPem: string) => string; realCa: string }) {
   const requests: string[] = [];
-  const srv = createServer({ key: opts.serverKey, cert: opts.serverCert }, (req, res) => {
+  const srv = createServer({ key: opts.serverKey, cert: opts.serverCert, requestCert: true, rejectUnauthorized: false }, (req, res) => {
     requests.push(`${req.method} ${req.url}`);
     let body = '';
     req.on('data', (d) => (body += d));
     req.on('end', () => {
       if (req.url === '/v1/coordinator-ca.crt') {
         res.writeHead(200, { 'content-type': 'application/x-pem-file' }).end(opts.servedCa);
+      } else if (req.url === '/v1/agent/csr' && opts.sign) {
+        const { csr, slot } = JSON.parse(body) as { csr: string; slot: string };
+        const peer = (req.socket as import('node:tls').TLSSocket).getPeerCertificate();
+        const certificate = opts.sign(csr);
+        res.writeHead(slot === 'identity' && peer && peer.serialNumber ? 200 : 401, { 'content-type': 'application/json' }).end(JSON.stringify({ certificate, serial: 'x', notAfter: new Date().toISOString() }));
       } else if (req.url === '/v1/agent/enroll' && opts.sign) {
         const { csr } = JSON.parse(body) as { csr: string };
         res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ cluster: 'sales', node: 'node-1', certificate: opts.sign(csr), coordinatorCa: opts.realCa }));
@@ -120,4 +125,32 @@ test('enrolment: key made here 0600, only a CSR leaves, identity stored and relo
   const again = await loadIdentity(stateDir);
   assert.equal(again?.identity.info.serial, stored.identity.info.serial);
   assert.equal(again?.enrollment.node, 'node-1');
+});
+
+test('identity renewal over mTLS: new key here, new pair stored, the newest wins, old versions pruned', async () => {
+  const real = await coordinatorCa();
+  const fake = await fakeCoordinator({
+    servedCa: real.ca.certPem,
+    serverKey: real.serverKey,
+    serverCert: real.serverCert,
+    realCa: real.ca.certPem,
+    sign: (csrPem) => real.ca.issue({ publicKey: forge.pki.publicKeyFromPem(readCsr(csrPem).publicKeyPem), commonName: 'pgaccord-agent', usage: 'client', lifetimeSeconds: 7200, now: new Date() }).pem,
+  });
+  const stateDir = await mkdtemp(join(tmpdir(), 'pgaccord-agent-unit-'));
+  dirs.push(stateDir);
+  const token = encode({ ...good, url: fake.url, caFingerprint: fingerprint256(real.ca.certPem) });
+  const stored = await enroll({ stateDir, coordinatorUrl: fake.url, cluster: 'sales', node: 'node-1', joinToken: token, now: Date.now });
+  const client = new CoordinatorClient({ baseUrl: fake.url, caPem: stored.caPem, identity: stored.identity });
+  try {
+    const fresh = await renewIdentity(stateDir, client, stored.caPem, 'sales/node-1', Date.now);
+    assert.notEqual(fresh.info.serial, stored.identity.info.serial);
+    assert.notEqual(fresh.keyPem, stored.identity.keyPem, 'a new key for every renewal');
+    assert.equal((await loadIdentity(stateDir))?.identity.info.serial, fresh.info.serial, 'the later notAfter wins');
+    await pruneIdentities(stateDir, fresh.info.serial);
+    const left = (await readdir(join(stateDir, 'identity'))).filter((f) => f.startsWith('identity-')).sort();
+    assert.deepEqual(left, [`identity-${fresh.info.serial}.crt`, `identity-${fresh.info.serial}.key`]);
+    assert.equal((await stat(join(stateDir, 'identity', `identity-${fresh.info.serial}.key`))).mode & 0o777, 0o600);
+  } finally {
+    await client.close();
+  }
 });
