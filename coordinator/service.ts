@@ -525,7 +525,9 @@ export class CoordinatorService {
       auth: row.spec.auth,
       sslmode: row.spec.tls.sslmode,
       insecure: row.spec.auth === 'trust',
-      converged: nodes.every((n) => n.appliedGeneration === row.generation && n.phase === 'converged' && !n.stale),
+      // Converged means proved end to end: every node applied this generation and every
+      // inter-node connection it makes works with the credentials it was given.
+      converged: nodes.every((n) => n.appliedGeneration === row.generation && n.phase === 'converged' && !n.stale && n.probes.every((p) => p.ok)),
       nodes,
     };
   }
