@@ -16,7 +16,7 @@ import type { CertReport, FileReport } from '../shared/schema.ts';
 import type { Static } from '@sinclair/typebox';
 import { observeFile } from './drift.ts';
 import { installFile, isRoot, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from './install.ts';
-import { OWN_TLS_FILE, layoutFor, type Layout } from './layout.ts';
+import { OWN_TLS_FILE, clientPaths, layoutFor, stableServerPaths, type Layout } from './layout.ts';
 import { fileSettings, hbaFileRules, openSession, identFileMappings, pendingRestart, reloadConf, serverInfo, servedCertificate, tcpHostFor, waitForConfigHash, type ServerInfo } from './pgconf.ts';
 import { planNode, PlanError, type Plan } from './plan.ts';
 import { applyRoles, checkVerifiers, RoleError } from './roles.ts';
@@ -97,7 +97,7 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
     hbaFile: await realpath(info.hbaFile),
     identFile: await realpath(info.identFile),
     configFile: await realpath(info.configFile),
-  });
+  }, ctx.serverOsUser.home);
   await ensureStateDirs(ctx, layout);
   for (const dir of new Set([dirname(layout.hbaFile), dirname(layout.identFile), dirname(layout.includeFile), layout.tlsDir, layout.clientDir])) {
     const removed = await removeStaleTemps(dir);
@@ -112,7 +112,9 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   };
   let plan: Plan;
   try {
+    const pems = await readPems(input);
     plan = planNode({
+      pems,
       desired: input.desired,
       certificates: input.certificates,
       layout,
@@ -122,6 +124,11 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
     });
   } catch (e) {
     return failed([asProblem(e, e instanceof PlanError ? e.code : 'E_RENDER')]);
+  }
+  await ensurePlanDirs(ctx, plan.dirs);
+  for (const dir of plan.dirs) {
+    const removed = await removeStaleTemps(dir);
+    if (removed.length > 0) log.warn({ removed }, 'removed temporary files left by an interrupted apply');
   }
 
   // Inputs PostgreSQL would reject (or hash as plaintext) are refused before anything is written.
@@ -145,7 +152,8 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
     await cleanup(run);
     const changed = run.changed.length > 0 || roles.changed || reloaded;
     const phase = pending.length > 0 ? 'pending-restart' : 'converged';
-    log.info({ changed, reloaded, files: run.changed, phase, pendingRestart: pending }, 'desired state applied and proved');
+    // Level-triggered: most passes change nothing, and say so only at debug level.
+    log[changed || reloaded || phase !== 'converged' ? 'info' : 'debug']({ changed, reloaded, files: run.changed, phase, pendingRestart: pending }, 'desired state applied and proved');
     return {
       phase,
       changed,
@@ -175,6 +183,33 @@ async function ensureStateDirs(ctx: NodeContext, layout: Layout): Promise<void> 
     if (isRoot() && (d.uid !== uid || d.gid !== gid)) await chown(dir, uid, gid);
     if ((d.mode & 0o077) !== 0) await chmod(dir, 0o700);
   }
+}
+
+/**
+ * Directories of files the desired state puts under fixed names (stable server files, the
+ * profile's client layout, e.g. ~/.postgresql): 0700, owned by the server's OS user.
+ */
+async function ensurePlanDirs(ctx: NodeContext, dirs: string[]): Promise<void> {
+  const { uid, gid } = ctx.serverOsUser;
+  for (const dir of dirs) {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const d = await lstat(dir);
+    if (!d.isDirectory()) throw new Error(`${dir} is not a directory`);
+    if (isRoot() && (d.uid !== uid || d.gid !== gid)) await chown(dir, uid, gid);
+    if ((d.mode & 0o077) !== 0) await chmod(dir, 0o700);
+  }
+}
+
+/** PEM contents of the pairs that must be copied under fixed names (only when the desired state wants copies). */
+async function readPems(input: ApplyInput): Promise<Record<string, { cert: string; key: string }>> {
+  const d = input.desired;
+  if (d.stableServerFiles !== true && d.clientLayout === undefined) return {};
+  const out: Record<string, { cert: string; key: string }> = {};
+  const used = new Set(neededSlots(input));
+  for (const c of input.certificates.filter((x) => used.has(x.slot))) {
+    out[c.slot] = { cert: await readFile(c.certPath, 'utf8'), key: await readFile(c.keyPath, 'utf8') };
+  }
+  return out;
 }
 
 function neededSlots(input: ApplyInput): string[] {
@@ -302,6 +337,20 @@ async function cleanup(run: Run): Promise<void> {
     if (OWN_TLS_FILE.test(name) && !keep.has(path) && (await removeFile(path))) removed.push(path);
   }
   if (!keep.has(run.layout.passfile) && (await removeFile(run.layout.passfile))) removed.push(run.layout.passfile);
+  // Files under fixed names in the state directory that this desired state no longer writes
+  // (say cert switched to scram: the client key goes). Files in a home directory are left alone.
+  const owned: string[] = [];
+  const stable = stableServerPaths(run.layout);
+  owned.push(stable.pem, stable.ca, stable.crl);
+  const cl = run.input.desired.clientLayout;
+  if (cl !== undefined && cl.base === 'state-dir') {
+    const roles = new Set([...run.input.desired.roles.map((r) => r.name), ...run.input.desired.edges.map((e) => e.role)]);
+    for (const role of roles) {
+      const p = clientPaths(run.layout, cl, role);
+      owned.push(...[p.cert, p.key, p.ca, p.crl, p.passfile].filter((x): x is string => x !== null));
+    }
+  }
+  for (const path of new Set(owned)) if (!keep.has(path) && (await removeFile(path))) removed.push(path);
   if (removed.length > 0) run.log.info({ removed }, 'removed files no longer referenced');
 }
 

@@ -121,6 +121,8 @@ export interface LoopDeps {
   now: Clock;
   random: Random;
   backoff?: BackoffPolicy;
+  /** After a failed probe, reconcile and probe again this soon, ms. */
+  reprobeMs?: number;
   /** Reconcile at least this often even when nothing happens, ms. */
   resyncMs?: number;
   /** A long-poll cycle never repeats faster than this, ms (guards against a coordinator that does not wait). */
@@ -172,6 +174,18 @@ export class ReconcileLoop {
 
   stop(): void {
     this.stopController.abort();
+    clearTimeout(this.reprobeTimer);
+  }
+
+  private reprobeTimer: NodeJS.Timeout | undefined;
+
+  private scheduleReprobe(): void {
+    if (this.reprobeTimer || this.signal.aborted) return;
+    this.reprobeTimer = setTimeout(() => {
+      this.reprobeTimer = undefined;
+      void this.kick('probing again after a failed probe');
+    }, this.deps.reprobeMs ?? 2000);
+    this.reprobeTimer.unref();
   }
 
   /** Queue a reconcile; several requests while one runs collapse into one more run. */
@@ -335,6 +349,9 @@ export class ReconcileLoop {
       }
       probes = await probeAll(result.clientConnections, this.deps.probe);
       for (const p of probes.filter((p) => !p.ok)) log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
+      // A peer may simply not have caught up yet: probe again soon rather than at the next
+      // long-poll cycle, so the cluster is seen converged as soon as it really is.
+      if (probes.some((p) => !p.ok)) this.scheduleReprobe();
     }
     const notes = this.driftNotes.splice(0);
     const status = buildStatus({

@@ -37,7 +37,7 @@ test('auth matrix over a live three-node cluster, switching models without a res
   const rows: Row[] = [];
   const check = async (model: string, sslmode: string, name: string, expected: Row['expected'], conninfo: string, env: Record<string, string> = {}, refusal?: RegExp) => {
     const r = await psql(conninfo, WHO, env);
-    const seen = r.ok ? `connects (${r.stdout})` : `refused: ${r.error.split('\n').at(-1)}`;
+    const seen = r.ok ? `connects (${r.stdout})` : `refused: ${r.error.split('\n').at(-1)!.replace(/^.*? failed: /, '')}`;
     rows.push({ model, sslmode, case: name, expected, seen });
     if (expected === 'connects') assert.ok(r.ok, `${model}/${sslmode} ${name}: ${r.error}`);
     else {
@@ -71,7 +71,7 @@ test('auth matrix over a live three-node cluster, switching models without a res
     await check(auth, sslmode, 'the role from an address it is not allowed (::1)', 'refused', editConninfo(edge, { host: '::1', sslmode: 'require' }), {}, /pg_hba\.conf/);
     if (auth === 'scram-sha-256') {
       await check(auth, sslmode, 'wrong password', 'refused', editConninfo(edge, { passfile: null }), { PGPASSWORD: 'not-the-password' }, /password authentication failed/);
-      await check(auth, sslmode, 'no password at all', 'refused', editConninfo(edge, { passfile: null }), {}, /password|authentication/);
+      await check(auth, sslmode, 'no password at all', 'refused', editConninfo(edge, { passfile: null }), {}, /no password supplied/);
     }
     if (auth === 'cert') {
       await check(auth, sslmode, 'no client certificate', 'refused', editConninfo(edge, { sslcert: '/nonexistent.crt', sslkey: '/nonexistent.key' }), {}, /certificate/);

@@ -20,7 +20,7 @@ export async function psql(conninfo: string, sql: string, env: Record<string, st
   const user = await serverOsUser();
   const asOther = process.getuid?.() === 0 && user.uid !== 0;
   try {
-    const { stdout } = await execFileAsync('psql', [`${conninfo} connect_timeout=10`, '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-c', sql], {
+    const { stdout } = await execFileAsync('psql', [`${conninfo} connect_timeout=10`, '-X', '-w', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-c', sql], {
       ...(asOther ? { uid: user.uid, gid: user.gid } : {}),
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: user.home, PGPASSFILE: '/nonexistent', PGCONNECT_TIMEOUT: '10', ...env },
       cwd: '/',
