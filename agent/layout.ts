@@ -3,6 +3,7 @@
 // directory, outside PGDATA, because pg_basebackup and pg_rewind copy PGDATA.
 import { createHash } from 'node:crypto';
 import { dirname, join } from 'node:path';
+import type { ClientLayout } from '../shared/schema.ts';
 
 /** The settings include file, next to postgresql.conf. */
 export const INCLUDE_FILE = 'pgaccord.conf';
@@ -16,6 +17,9 @@ export interface ServerPaths {
 }
 
 export interface Layout {
+  stateDir: string;
+  /** Home of the OS user that runs the profile's client (the PGDATA owner), for `home` client layouts. */
+  home: string | null;
   hbaFile: string;
   identFile: string;
   configFile: string;
@@ -27,8 +31,10 @@ export interface Layout {
   passfile: string;
 }
 
-export function layoutFor(stateDir: string, server: ServerPaths): Layout {
+export function layoutFor(stateDir: string, server: ServerPaths, home: string | null = null): Layout {
   return {
+    stateDir,
+    home,
     hbaFile: server.hbaFile,
     identFile: server.identFile,
     configFile: server.configFile,
@@ -50,3 +56,53 @@ export const crlPath = (layout: Layout, pem: string): string => join(layout.tlsD
 
 /** Names of our own content-addressed files in tlsDir (for cleanup of unreferenced ones). */
 export const OWN_TLS_FILE = /^(ca|crl)-[0-9a-f]{16}\.(crt|pem)$/;
+
+/** The server's TLS files under fixed names (NodeDesired.stableServerFiles). */
+export interface StableServerPaths {
+  dir: string;
+  /** Certificate chain followed by the key, one 0600 file: ssl_cert_file and ssl_key_file both. */
+  pem: string;
+  ca: string;
+  crl: string;
+}
+
+export const stableServerPaths = (layout: Layout): StableServerPaths => {
+  const dir = join(layout.stateDir, 'server');
+  return { dir, pem: join(dir, 'server.pem'), ca: join(dir, 'root.crt'), crl: join(dir, 'root.crl') };
+};
+
+export const md5Hex = (text: string): string => createHash('md5').update(text, 'utf8').digest('hex');
+
+/** Where a client layout's files are for one role (`{md5}` = md5 hex of the role name, as TimescaleDB names them). */
+export interface ClientPaths {
+  base: string;
+  dir: string;
+  cert: string | null;
+  key: string | null;
+  ca: string | null;
+  crl: string | null;
+  passfile: string;
+}
+
+export class LayoutError extends Error {
+  readonly code = 'E_LAYOUT';
+}
+
+export function clientPaths(layout: Layout, cl: ClientLayout, role: string): ClientPaths {
+  const base = cl.base === 'home' ? layout.home : layout.stateDir;
+  if (base === null || base === '' || base === '/') throw new LayoutError(`the client layout needs the home directory of the client's OS user, and it has none (${JSON.stringify(base)})`);
+  const dir = join(base, cl.dir);
+  const name = (pattern: string | null): string | null => (pattern === null ? null : join(dir, pattern.replace(/\{md5\}/g, md5Hex(role))));
+  return { base, dir, cert: name(cl.cert), key: name(cl.key), ca: name(cl.ca), crl: name(cl.crl), passfile: join(base, cl.passfile) };
+}
+
+/** Every directory between base and `path`'s directory (parents first), which the agent creates 0700. */
+export function dirsBetween(base: string, path: string): string[] {
+  const out: string[] = [];
+  let d = dirname(path);
+  while (d.startsWith(`${base}/`) && d !== base) {
+    out.unshift(d);
+    d = dirname(d);
+  }
+  return out;
+}

@@ -30,6 +30,7 @@ interface AuthRow {
   rolname: string;
   rolcanlogin: boolean;
   rolreplication: boolean;
+  rolsuper: boolean;
   rolpassword: string | null;
 }
 
@@ -57,18 +58,29 @@ async function memberships(c: pg.Client, role: string): Promise<Set<string>> {
 
 async function ensureRole(c: pg.Client, role: RoleDesired, keep: boolean, actions: string[]): Promise<void> {
   const id = sqlIdentifier(role.name);
-  const attrs = `${role.login ? 'LOGIN' : 'NOLOGIN'} ${role.replication ? 'REPLICATION' : 'NOREPLICATION'}`;
+  // SUPERUSER is named only for roles that say so (pg_auto_failover's replicator): others keep
+  // what they have (NOSUPERUSER when we create them).
+  const superAttr = role.superuser === undefined ? '' : role.superuser ? ' SUPERUSER' : ' NOSUPERUSER';
+  const attrs = `${role.login ? 'LOGIN' : 'NOLOGIN'} ${role.replication ? 'REPLICATION' : 'NOREPLICATION'}${superAttr}`;
   const existing = await c.query<{ rolname: string }>('SELECT rolname FROM pg_roles WHERE rolname = ANY($1::text[])', [role.inRoles]);
   const joinable = existing.rows.map((r) => r.rolname).sort();
-  const { rows } = await c.query<AuthRow>('SELECT rolname, rolcanlogin, rolreplication, rolpassword FROM pg_authid WHERE rolname = $1', [role.name]);
+  const { rows } = await c.query<AuthRow>('SELECT rolname, rolcanlogin, rolreplication, rolsuper, rolpassword FROM pg_authid WHERE rolname = $1', [role.name]);
   const cur = rows[0];
-  if (!cur) {
+  if (role.external === true) {
+    // The system's own role (pg_autoctl's, initdb's postgres): only its verifier, if we hold one.
+    if (cur && role.verifier !== null && cur.rolpassword !== role.verifier) {
+      await c.query(`ALTER ROLE ${id} WITH PASSWORD ${sqlLiteral(role.verifier)}`);
+      actions.push(`set verifier of ${role.name}`);
+    }
+    if (!cur || role.verifier === null) return;
+  } else if (!cur) {
     const inRole = joinable.length > 0 ? ` IN ROLE ${joinable.map(sqlIdentifier).join(', ')}` : '';
     const password = role.verifier !== null ? ` PASSWORD ${sqlLiteral(role.verifier)}` : '';
-    await c.query(`CREATE ROLE ${id} WITH ${attrs}${password}${inRole}`);
-    actions.push(`create role ${role.name}${joinable.length ? ` in ${joinable.join(',')}` : ''}`);
+    const limit = role.connectionLimit !== undefined ? ` CONNECTION LIMIT ${Math.trunc(role.connectionLimit)}` : '';
+    await c.query(`CREATE ROLE ${id} WITH ${attrs}${limit}${password}${inRole}`);
+    actions.push(`create role ${role.name}${superAttr ? ` ${superAttr.trim()}` : ''}${joinable.length ? ` in ${joinable.join(',')}` : ''}`);
   } else {
-    if (cur.rolcanlogin !== role.login || cur.rolreplication !== role.replication) {
+    if (cur.rolcanlogin !== role.login || cur.rolreplication !== role.replication || (role.superuser !== undefined && cur.rolsuper !== role.superuser)) {
       await c.query(`ALTER ROLE ${id} WITH ${attrs}`);
       actions.push(`alter role ${role.name} ${attrs}`);
     }

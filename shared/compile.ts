@@ -30,6 +30,8 @@ export interface Connection {
   databases: HbaRule['databases'];
   dbname: string;
   replication: boolean;
+  /** The client's own sslmode when it differs from the spec's (TimescaleDB: require). */
+  sslmode?: 'require';
 }
 
 export const nodeAddress = (n: NodeSpec): string => n.address ?? n.host;
@@ -41,9 +43,9 @@ export function connections(spec: ClusterSpec): Connection[] {
   for (const link of PROFILES[spec.profile].links) {
     const roles = link.roles(spec);
     for (const server of spec.nodes.filter((n) => n.kind === link.to)) {
-      for (const client of spec.nodes.filter((n) => n.kind === link.from && n.name !== server.name)) {
+      for (const client of spec.nodes.filter((n) => n.kind === link.from && (link.includeSelf === true || n.name !== server.name))) {
         for (const role of roles) {
-          out.push({ client, server, role, databases: link.databases, dbname: link.dbname, replication: link.replication });
+          out.push({ client, server, role, databases: link.databases, dbname: link.dbname(spec), replication: link.replication, sslmode: link.sslmode });
         }
       }
     }
@@ -51,13 +53,36 @@ export function connections(spec: ClusterSpec): Connection[] {
   return out;
 }
 
-/** Every role the cluster creates, profile roles first. */
-export function clusterRoles(spec: ClusterSpec): { name: string; replication: boolean; inRoles: string[] }[] {
+export interface ClusterRole {
+  name: string;
+  replication: boolean;
+  inRoles: string[];
+  kinds?: string[];
+  superuser?: boolean;
+  connectionLimit?: number;
+  external?: boolean;
+  password?: boolean;
+  knownPassword?: string;
+}
+
+/** Every role the cluster manages on some node, profile roles first. */
+export function clusterRoles(spec: ClusterSpec): ClusterRole[] {
   return [...PROFILES[spec.profile].roles, ...(spec.roles ?? []).map((r) => ({ name: r.name, replication: false, inRoles: [] }))];
 }
 
+/** The roles managed on nodes of one kind. */
+export function nodeRoles(spec: ClusterSpec, kind: string): ClusterRole[] {
+  return clusterRoles(spec).filter((r) => r.kinds === undefined || r.kinds.includes(kind));
+}
+
 export function rolesNeedingPasswords(spec: ClusterSpec): string[] {
-  return spec.auth === 'scram-sha-256' ? clusterRoles(spec).map((r) => r.name) : [];
+  return spec.auth === 'scram-sha-256' ? clusterRoles(spec).filter((r) => r.password !== false).map((r) => r.name) : [];
+}
+
+/** The id and CN of the client certificate a role connects with under cert auth. */
+export function clientIdentity(spec: ClusterSpec, role: string): { id: string; commonName: string } {
+  const shared = PROFILES[spec.profile].certIdentity;
+  return shared ? { id: clientCertId(shared.commonName), commonName: shared.commonName } : { id: clientCertId(role), commonName: role };
 }
 
 export function certLifetimeSeconds(spec: ClusterSpec): number {
@@ -78,14 +103,27 @@ function compileNode(input: CompileInput, node: NodeSpec, all: Connection[]): No
   const incoming = all.filter((c) => c.server.name === node.name);
   const outgoing = all.filter((c) => c.client.name === node.name);
 
-  const hba: HbaRule[] = incoming.map((c) => ({
-    type: tls ? 'hostssl' : 'host',
-    databases: c.databases,
-    users: [{ name: c.role }],
-    address: hostCidr(nodeAddress(c.client)),
-    method: spec.auth,
-    comment: `${c.client.name} -> ${node.name} as ${c.role}`,
-  }));
+  const profile = PROFILES[spec.profile];
+  const certMap = spec.auth === 'cert' ? profile.certIdentity : undefined;
+  // One rule per (client address, databases, role): a node that connects to itself and a peer at
+  // the same address need only one line.
+  const hba: HbaRule[] = [];
+  const seenRules = new Set<string>();
+  for (const c of incoming) {
+    const address = hostCidr(nodeAddress(c.client));
+    const key = JSON.stringify([address, c.databases, c.role]);
+    if (seenRules.has(key)) continue;
+    seenRules.add(key);
+    hba.push({
+      type: tls ? 'hostssl' : 'host',
+      databases: c.databases,
+      users: [{ name: c.role }],
+      address,
+      method: spec.auth,
+      ...(certMap ? { options: { map: certMap.map } } : {}),
+      comment: `${c.client.name} -> ${node.name} as ${c.role}`,
+    });
+  }
   for (const rule of spec.hba ?? []) {
     const tokens = (v: string | string[], keywords: string[]) =>
       (Array.isArray(v) ? v : [v]).map((name) => (keywords.includes(name) ? { keyword: name as 'all' } : { name }));
@@ -99,13 +137,19 @@ function compileNode(input: CompileInput, node: NodeSpec, all: Connection[]): No
     });
   }
 
-  const ident: IdentLine[] = [];
-  const roles: RoleDesired[] = clusterRoles(spec).map((r) => ({
+  // The certificate's CN mapped to each role it connects to this node as (seed 003).
+  const ident: IdentLine[] = certMap
+    ? [...new Set(incoming.map((c) => c.role))].sort().map((role) => ({ map: certMap.map, systemUser: certMap.commonName, databaseUser: role }))
+    : [];
+  const roles: RoleDesired[] = nodeRoles(spec, node.kind).map((r) => ({
     name: r.name,
     login: true,
     replication: r.replication,
     inRoles: r.inRoles,
-    verifier: spec.auth === 'scram-sha-256' ? requireCredential(credentials, r.name).verifier : null,
+    verifier: spec.auth === 'scram-sha-256' && r.password !== false ? requireCredential(credentials, r.name).verifier : null,
+    ...(r.superuser !== undefined ? { superuser: r.superuser } : {}),
+    ...(r.connectionLimit !== undefined ? { connectionLimit: r.connectionLimit } : {}),
+    ...(r.external ? { external: true } : {}),
   }));
 
   const certificates: CertificateSlot[] = [];
@@ -121,10 +165,15 @@ function compileNode(input: CompileInput, node: NodeSpec, all: Connection[]): No
   }
   const outgoingRoles = [...new Set(outgoing.map((c) => c.role))].sort();
   if (spec.auth === 'cert') {
+    const seenIds = new Set<string>();
     for (const role of outgoingRoles) {
-      certificates.push({ id: clientCertId(role), usage: 'client', commonName: role, dnsNames: [], ipAddresses: [] });
+      const { id, commonName } = clientIdentity(spec, role);
+      if (seenIds.has(id)) continue;
+      seenIds.add(id);
+      certificates.push({ id, usage: 'client', commonName, dnsNames: [], ipAddresses: [] });
     }
   }
+  const knownPasswords = new Map(clusterRoles(spec).filter((r) => r.knownPassword !== undefined).map((r) => [r.name, r.knownPassword!]));
 
   const edges: Edge[] = outgoing.map((c) => ({
     to: c.server.name,
@@ -133,12 +182,12 @@ function compileNode(input: CompileInput, node: NodeSpec, all: Connection[]): No
     port: nodePort(c.server),
     dbname: c.dbname,
     replication: c.replication,
-    sslmode: spec.tls.sslmode,
-    clientCertificate: spec.auth === 'cert' ? clientCertId(c.role) : null,
+    sslmode: spec.tls.sslmode !== 'disable' && c.sslmode !== undefined ? c.sslmode : spec.tls.sslmode,
+    clientCertificate: spec.auth === 'cert' ? clientIdentity(spec, c.role).id : null,
     usesPassfile: spec.auth === 'scram-sha-256',
   }));
 
-  const settings: Record<string, string> = { ...PROFILES[spec.profile].settings };
+  const settings: Record<string, string> = { ...profile.settings };
   if (tls) {
     settings.ssl = 'on';
     settings.ssl_min_protocol_version = 'TLSv1.2';
@@ -162,11 +211,13 @@ function compileNode(input: CompileInput, node: NodeSpec, all: Connection[]): No
     roles,
     certificates,
     clientSecrets: spec.auth === 'scram-sha-256'
-      ? outgoingRoles.map((role) => ({ role, password: requireCredential(credentials, role).password }))
+      ? outgoingRoles.map((role) => ({ role, password: knownPasswords.get(role) ?? requireCredential(credentials, role).password }))
       : [],
     edges,
     caBundle: input.caBundle,
     crl: input.crl,
+    ...(profile.clientLayout ? { clientLayout: profile.clientLayout } : {}),
+    ...(profile.stableServerFiles ? { stableServerFiles: true } : {}),
   };
 }
 

@@ -1,13 +1,27 @@
 // A profile is the conventions of one clustering system, written as data: which node kinds it
-// has, which roles it needs, and which kind connects to which as what role. Adding a profile is
-// adding one entry to PROFILES.
-import type { ClusterSpec, HbaToken, ProfileName } from './schema.ts';
+// has, which roles it needs on which kind, which kind connects to which as what role, and where
+// its client keeps its credentials. Adding a profile is adding one entry to PROFILES.
+import type { ClientLayout, ClusterSpec, HbaToken, ProfileName } from './schema.ts';
 
 export interface ProfileRole {
   name: string;
   replication: boolean;
   /** Joined only when the role exists on the server (e.g. PGD's bdr_superuser). */
   inRoles: string[];
+  /** Node kinds the role is managed on; absent: every kind. */
+  kinds?: string[];
+  /** SUPERUSER (pg_auto_failover's replicator: pg_rewind needs it). */
+  superuser?: boolean;
+  connectionLimit?: number;
+  /**
+   * Owned by the system (pg_autoctl, initdb): never created or altered by pgaccord, only given
+   * a verifier under scram when `password` is not false.
+   */
+  external?: boolean;
+  /** false: pgaccord never manages its password (pg_autoctl's health-check user has a fixed one). */
+  password?: boolean;
+  /** A password the system itself hard-codes in its client (given to the client's passfile). */
+  knownPassword?: string;
 }
 
 /** One kind of inter-node connection: every node of kind `from` connects to every node of kind `to`. */
@@ -19,9 +33,16 @@ export interface ProfileLink {
   /** The pg_hba.conf database column on the server side. */
   databases: HbaToken[];
   /** The dbname the client puts in its connection string. */
-  dbname: string;
+  dbname: (spec: ClusterSpec) => string;
   /** A physical replication connection (walreceiver, pg_basebackup). */
   replication: boolean;
+  /**
+   * A node connects to itself too (pg_auto_failover: pg_basebackup and pg_rewind copy
+   * pg_hba.conf between postgres nodes, so every postgres node carries the rules of all).
+   */
+  includeSelf?: boolean;
+  /** The sslmode the client really uses when TLS is on (TimescaleDB always uses require). */
+  sslmode?: 'require';
 }
 
 export interface Profile {
@@ -33,11 +54,26 @@ export interface Profile {
   links: ProfileLink[];
   /** Extra settings the profile needs on every node. */
   settings: Record<string, string>;
+  /**
+   * Certificate auth with one client certificate for every role: its CN, and the ident map
+   * that maps it to each role (pg_auto_failover: CN postgres, map pgautofailover). Absent: one
+   * certificate per role with CN = role, no map.
+   */
+  certIdentity?: { commonName: string; map: string };
+  /** Where the client keeps its credentials; absent: the agent's own layout. */
+  clientLayout?: ClientLayout;
+  /** Server TLS files under fixed names (see NodeDesired.stableServerFiles). */
+  stableServerFiles?: boolean;
 }
 
 const kw = (keyword: 'all' | 'replication'): HbaToken => ({ keyword });
 const db = (name: string): HbaToken => ({ name });
 const fixed = (role: string) => () => [role];
+const constant = (name: string) => () => name;
+const specDatabase = (spec: ClusterSpec): string => spec.database ?? 'postgres';
+
+/** pg_autoctl's health-check user and the password its monitor always sends (defaults.h). */
+export const PGAF_HEALTH_USER = 'pgautofailover_monitor';
 
 export const PROFILES: Record<ProfileName, Profile> = {
   streaming: {
@@ -47,7 +83,7 @@ export const PROFILES: Record<ProfileName, Profile> = {
     roles: [{ name: 'replicator', replication: true, inRoles: [] }],
     links: [
       // walreceiver and pg_basebackup, then pg_rewind's connection to the postgres database
-      { from: 'standby', to: 'primary', roles: fixed('replicator'), databases: [kw('replication'), db('postgres')], dbname: 'postgres', replication: true },
+      { from: 'standby', to: 'primary', roles: fixed('replicator'), databases: [kw('replication'), db('postgres')], dbname: constant('postgres'), replication: true },
     ],
     settings: {},
   },
@@ -57,34 +93,64 @@ export const PROFILES: Record<ProfileName, Profile> = {
     kindCounts: { peer: [1, 999] },
     roles: [{ name: 'pgd_replication', replication: true, inRoles: ['bdr_superuser'] }],
     links: [
-      { from: 'peer', to: 'peer', roles: fixed('pgd_replication'), databases: [kw('all'), kw('replication')], dbname: 'postgres', replication: false },
+      // dbname: the BDR database (`database` in the spec), as bdr.alter_node_interface() needs it
+      { from: 'peer', to: 'peer', roles: fixed('pgd_replication'), databases: [kw('all'), kw('replication')], dbname: specDatabase, replication: false },
     ],
     settings: {},
+    // seed 004: bdr_client.crt, bdr_client.key, root.crt, named in the interface connection string
+    clientLayout: {
+      base: 'state-dir', dir: 'client', cert: 'bdr_client.crt', key: 'bdr_client.key', ca: 'root.crt', crl: 'root.crl', chain: false,
+      passfile: 'client/passfile', passfileLines: 'host', conninfo: 'names-files', settings: {},
+    },
   },
   'pg-auto-failover': {
     name: 'pg-auto-failover',
     kinds: ['monitor', 'postgres'],
     kindCounts: { monitor: [1, 1], postgres: [1, 999] },
     roles: [
-      { name: 'autoctl_node', replication: false, inRoles: [] },
-      { name: 'pgautofailover_monitor', replication: false, inRoles: [] },
-      { name: 'pgautofailover_replicator', replication: true, inRoles: [] },
+      // created by the pgautofailover extension too (if not exists): same attributes
+      { name: 'autoctl_node', replication: false, inRoles: [], kinds: ['monitor'] },
+      // pg_autoctl creates it on the primary as LOGIN SUPERUSER REPLICATION and skips it when it
+      // exists: pgaccord creates it exactly so, never NOSUPERUSER (pg_rewind needs it)
+      { name: 'pgautofailover_replicator', replication: true, superuser: true, inRoles: [], kinds: ['postgres'] },
+      // pg_autoctl's own, with the fixed password its monitor always sends: left to pg_autoctl
+      { name: PGAF_HEALTH_USER, replication: false, inRoles: [], kinds: ['postgres'], external: true, password: false, knownPassword: PGAF_HEALTH_USER },
     ],
     links: [
-      { from: 'postgres', to: 'monitor', roles: fixed('autoctl_node'), databases: [db('pg_auto_failover')], dbname: 'pg_auto_failover', replication: false },
-      { from: 'monitor', to: 'postgres', roles: fixed('pgautofailover_monitor'), databases: [db('postgres')], dbname: 'postgres', replication: false },
-      { from: 'postgres', to: 'postgres', roles: fixed('pgautofailover_replicator'), databases: [kw('replication'), db('postgres')], dbname: 'postgres', replication: true },
+      { from: 'postgres', to: 'monitor', roles: fixed('autoctl_node'), databases: [db('pg_auto_failover')], dbname: constant('pg_auto_failover'), replication: false },
+      { from: 'monitor', to: 'postgres', roles: fixed(PGAF_HEALTH_USER), databases: [db('postgres')], dbname: constant('postgres'), replication: false },
+      { from: 'postgres', to: 'postgres', roles: fixed('pgautofailover_replicator'), databases: [kw('replication'), db('postgres')], dbname: constant('postgres'), replication: true, includeSelf: true },
     ],
     settings: {},
+    certIdentity: { commonName: 'postgres', map: 'pgautofailover' },
+    // seed 003: ~/.postgresql/{postgresql.crt,postgresql.key,root.crt,root.crl} and ~/.pgpass of
+    // the OS user that runs pg_autoctl; pg_autoctl never names a client certificate
+    clientLayout: {
+      base: 'home', dir: '.postgresql', cert: 'postgresql.crt', key: 'postgresql.key', ca: 'root.crt', crl: 'root.crl', chain: false,
+      passfile: '.pgpass', passfileLines: 'host', conninfo: 'libpq-defaults', settings: {},
+    },
+    stableServerFiles: true,
   },
   'timescaledb-multinode': {
     name: 'timescaledb-multinode',
     kinds: ['access', 'data'],
     kindCounts: { access: [1, 999], data: [1, 999] },
-    roles: [],
+    // add_data_node and distributed_exec run as postgres: the seed gives it the first line and certificate
+    roles: [{ name: 'postgres', replication: false, inRoles: [], kinds: ['data'], external: true }],
     links: [
-      { from: 'access', to: 'data', roles: (spec) => (spec.roles ?? []).map((r) => r.name), databases: [kw('all')], dbname: 'postgres', replication: false },
+      {
+        from: 'access', to: 'data',
+        roles: (spec) => [...new Set(['postgres', ...(spec.roles ?? []).map((r) => r.name)])],
+        databases: [kw('all')], dbname: specDatabase, replication: false, sslmode: 'require',
+      },
     ],
     settings: {},
+    // seed 000: <timescaledb.ssl_dir>/<md5(role)>.crt (leaf + chain) and .key, and the passfile
+    // named by timescaledb.passfile, one *:*:*:role:password line per role
+    clientLayout: {
+      base: 'state-dir', dir: 'timescaledb/certs', cert: '{md5}.crt', key: '{md5}.key', ca: null, crl: null, chain: true,
+      passfile: 'timescaledb/passfile', passfileLines: 'any', conninfo: 'names-files',
+      settings: { 'timescaledb.passfile': 'passfile', 'timescaledb.ssl_dir': 'dir' },
+    },
   },
 };

@@ -94,6 +94,11 @@ export const ClusterSpec = Type.Object(
     nodes: Type.Array(NodeSpec, { minItems: 1, maxItems: 1000 }),
     roles: Type.Optional(Type.Array(RoleSpec, { maxItems: 1000 })),
     hba: Type.Optional(Type.Array(HbaRuleSpec, { maxItems: 1000 })),
+    /**
+     * The database the profile's client names in its connection strings: pgd's BDR database
+     * (the seed's `pgddb`), timescaledb-multinode's distributed database. Default `postgres`.
+     */
+    database: Type.Optional(Type.String({ pattern: ROLE_PATTERN })),
   },
   { additionalProperties: false },
 );
@@ -141,6 +146,16 @@ export const RoleDesired = Type.Object(
     inRoles: Type.Array(Type.String()),
     /** SCRAM-SHA-256 verifier; null when the auth model needs no password. Never plaintext. */
     verifier: Nullable(Type.String()),
+    /** SUPERUSER (pg_auto_failover's replicator: pg_rewind needs it). Absent: the attribute is left alone. */
+    superuser: Type.Optional(Type.Boolean()),
+    /** CONNECTION LIMIT when the role is created. */
+    connectionLimit: Type.Optional(Type.Integer({ minimum: -1 })),
+    /**
+     * Owned by the clustering system (or the bootstrap superuser): never created, altered or
+     * joined to groups by pgaccord, left out of the reject lines; only a verifier, when given,
+     * is set. Absent means false.
+     */
+    external: Type.Optional(Type.Boolean()),
   },
   { additionalProperties: false },
 );
@@ -182,6 +197,40 @@ export const Edge = Type.Object(
 );
 export type Edge = Static<typeof Edge>;
 
+/**
+ * Where the profile's client looks for its credentials (SPEC "On each node"). Absent: the
+ * agent's own layout (versioned pairs and <state>/client/passfile, named in the connection string).
+ */
+export const ClientLayout = Type.Object(
+  {
+    /** What `dir` and `passfile` are relative to: the agent's state directory, or the home of the client's OS user. */
+    base: Type.Union([Type.Literal('state-dir'), Type.Literal('home')]),
+    /** Directory of the certificate files, relative to base (e.g. `.postgresql`, `timescaledb/certs`). */
+    dir: Type.String(),
+    /** File names in dir; `{md5}` stands for the md5 hex of the role name (TimescaleDB). null: not written. */
+    cert: Nullable(Type.String()),
+    key: Nullable(Type.String()),
+    ca: Nullable(Type.String()),
+    crl: Nullable(Type.String()),
+    /** The certificate file holds the leaf followed by the CA bundle (TimescaleDB's chain). */
+    chain: Type.Boolean(),
+    /** The passfile, relative to base. */
+    passfile: Type.String(),
+    /** `host`: one line per server (host:port:*:role:pw); `any`: *:*:*:role:pw (TimescaleDB). */
+    passfileLines: Type.Union([Type.Literal('host'), Type.Literal('any')]),
+    /**
+     * `names-files`: connection strings name sslcert/sslkey/sslrootcert/passfile (PGD, TimescaleDB);
+     * `libpq-defaults`: they name none of the client files, libpq finds them in ~/.postgresql and
+     * ~/.pgpass (pg_autoctl; it names only sslrootcert/sslcrl, its --ssl-ca-file/--ssl-crl-file).
+     */
+    conninfo: Type.Union([Type.Literal('names-files'), Type.Literal('libpq-defaults')]),
+    /** Settings written into this node's include file that point at the client files. */
+    settings: Type.Record(Type.String(), Type.Union([Type.Literal('passfile'), Type.Literal('dir')])),
+  },
+  { additionalProperties: false },
+);
+export type ClientLayout = Static<typeof ClientLayout>;
+
 /** Plaintext passwords go to the connecting side only, into a 0600 passfile. */
 export const ClientSecret = Type.Object(
   { role: Type.String(), password: Type.String() },
@@ -213,6 +262,15 @@ export const NodeDesired = Type.Object(
     /** PEM bundle of the cluster CA(s) this node trusts. */
     caBundle: Type.String(),
     crl: Nullable(Type.String()),
+    /** Where the client credentials go; absent: the agent's own layout. */
+    clientLayout: Type.Optional(ClientLayout),
+    /**
+     * The server's TLS files under fixed names in <state>/server/ (server.pem = certificate chain
+     * + key in one 0600 file, root.crt, root.crl), so that a PGDATA copied by pg_basebackup or
+     * pg_rewind names files that exist on every node, and tools that store the paths
+     * (pg_autoctl --server-cert/--ssl-ca-file) keep following renewals. Absent: versioned names.
+     */
+    stableServerFiles: Type.Optional(Type.Boolean()),
   },
   { additionalProperties: false },
 );

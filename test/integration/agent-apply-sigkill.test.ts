@@ -3,6 +3,7 @@
 // CRL). After every kill, each managed file is wholly one of the two rendered versions with its
 // owner and mode, and PostgreSQL finds no error in pg_hba.conf; restarts work; a final apply
 // converges and leaves no temporary file behind.
+import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -28,7 +29,8 @@ interface Expected {
 }
 
 function expectedFrom(states: ApplyInput[], existing: { hba: string; ident: string; config: string }, layout: ReturnType<typeof layoutFor>): Expected {
-  const plans = states.map((s) => planNode({ desired: s.desired, certificates: s.certificates, layout, localRole: f.ctx.pgUser, localOsUsers: [f.ctx.agentOsUser, f.ctx.serverOsUser.name], existing }));
+  const pemsOf = (s: ApplyInput) => Object.fromEntries(s.certificates.map((c) => [c.slot, { cert: readFileSync(c.certPath, 'utf8'), key: readFileSync(c.keyPath, 'utf8') }]));
+  const plans = states.map((s) => planNode({ desired: s.desired, certificates: s.certificates, layout, pems: pemsOf(s), localRole: f.ctx.pgUser, localOsUsers: [f.ctx.agentOsUser, f.ctx.serverOsUser.name], existing }));
   const contents = new Map<string, (string | null)[]>();
   const modes = new Map<string, number>();
   const all = new Set(plans.flatMap((p) => p.files.map((x: PlannedFile) => x.path)));

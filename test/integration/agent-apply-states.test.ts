@@ -163,7 +163,8 @@ describe('apply engine on a real server', () => {
     assert.equal(await rolpassword(), null, 'no password left for a role that now logs in by certificate');
     await assert.rejects(lstat(`${f.ctx.stateDir}/client/passfile`), /ENOENT/);
     const conn = r.clientConnections[0]!.conninfo;
-    assert.match(conn, /sslcert=\S+client-pgd_replication-\w+\.crt sslkey=\S+\.key/);
+    // pgd: the seed's file names (bdr_client.crt/.key, root.crt) in the state directory
+    assert.match(conn, /sslrootcert=\S+\/client\/root\.crt sslcert=\S+\/client\/bdr_client\.crt sslkey=\S+\/client\/bdr_client\.key/);
     assert.doesNotMatch(conn, /passfile/);
     assert.equal(await psqlAs(f.pg, conn, 'SELECT current_user || \' \' || client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()'), `${ROLE} /CN=${ROLE}`);
     for (const c of certCerts) {
@@ -238,7 +239,7 @@ describe('apply engine on a real server', () => {
     const r3 = await apply(f.desired({ auth: 'cert', sslmode: 'verify-full', generation: 9, crl }), certCerts);
     assertConverged(r3);
     const conn = r3.clientConnections[0]!.conninfo;
-    assert.match(conn, /sslcrl=\S+\/crl-[0-9a-f]{16}\.pem/);
+    assert.match(conn, /sslcrl=\S+\/client\/root\.crl/);
     const [crlFile] = await query<{ v: string }>(f.pg, 'SELECT current_setting(\'ssl_crl_file\') AS v');
     assert.match(crlFile!.v, /crl-[0-9a-f]{16}\.pem$/);
     assert.equal(await psqlAs(f.pg, conn), ROLE);
