@@ -124,7 +124,8 @@ test('empty, garbled, shrunken and older answers change no file and are reported
   // A good answer afterwards is taken: the refusal is cleared.
   const seen = statuses.length;
   script = [{ status: 200, body: JSON.stringify(desiredAt(3)) }];
-  const ok = await waitFor('generation 3 converged', () => statuses.slice(seen).find((x) => x.generation === 3 && x.phase === 'converged'), 30_000, 100);
+  // After six refusals the backoff may have reached its 60 s cap (30-60 s with jitter).
+  const ok = await waitFor('generation 3 converged', () => statuses.slice(seen).find((x) => x.generation === 3 && x.phase === 'converged'), 90_000, 100);
   assert.deepEqual(ok.errors, []);
   assert.ok(agent.records().some((r) => r.code === 'E_DESIRED_GARBLED' && typeof r.msg === 'string' && r.msg.startsWith('refused desired state')));
 });
