@@ -66,7 +66,12 @@ async function applyOnce(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   try {
     session = await openSession(ctx);
   } catch (e) {
-    return failed([{ code: 'E_PG_CONNECT', message: `cannot connect to the local PostgreSQL at ${ctx.pgHost}:${ctx.pgPort} as ${ctx.pgUser}: ${(e as Error).message}` }]);
+    // PostgreSQL is not there yet (pg_autoctl create has not run, or it is stopped): still put
+    // the TLS material and client credentials under their fixed names, so that a tool that must
+    // find them at create time (pg_autoctl --server-cert, ~/.postgresql) can.
+    const material = await installMaterial(ctx, input).catch((err: unknown) => ({ written: [] as string[], errors: [asProblem(err, 'E_INSTALL')] }));
+    if (material.written.length > 0) log.info({ files: material.written }, 'PostgreSQL unreachable: TLS material and client credentials installed');
+    return failed([{ code: 'E_PG_CONNECT', message: `cannot connect to the local PostgreSQL at ${ctx.pgHost}:${ctx.pgPort} as ${ctx.pgUser}: ${(e as Error).message}` }, ...material.errors]);
   }
   try {
     return await applyWith(ctx, input, { ...opts, now }, session, log);
@@ -169,6 +174,36 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
     log.error({ errors: problems, restored: run.changed }, 'apply failed; files restored');
     return failed([...problems, ...restoreProblems], { files: await fileReports(run).catch(() => []), clientConnections: plan.clientConnections, changed: false });
   }
+}
+
+/** Files of a plan that PostgreSQL's own files do not name and that need no server: copies under fixed names. */
+const MATERIAL_KEYS = new Set(['server-pem', 'server-ca', 'server-crl', 'client-cert', 'client-key', 'client-ca', 'client-crl', 'passfile']);
+
+/**
+ * Install only the TLS material and client credentials the desired state puts under fixed
+ * names (stable server files, the profile's client layout, the passfile), through the one
+ * atomic writer, without PostgreSQL. Used before the server exists: pg_autoctl create refuses
+ * --server-cert/--ssl-ca-file paths that do not exist, and connects to the monitor with
+ * ~/.postgresql/postgresql.crt. Certificates are checked first, exactly as for a full apply.
+ */
+export async function installMaterial(ctx: NodeContext, input: ApplyInput, opts: { now?: () => Date } = {}): Promise<{ written: string[]; errors: Problem[] }> {
+  const layout = layoutFor(ctx.stateDir, { hbaFile: join(ctx.pgdata, 'pg_hba.conf'), identFile: join(ctx.pgdata, 'pg_ident.conf'), configFile: join(ctx.pgdata, 'postgresql.conf') }, ctx.serverOsUser.home);
+  let plan: Plan;
+  try {
+    plan = planNode({ desired: input.desired, certificates: input.certificates, layout, localRole: ctx.pgUser, localOsUsers: [ctx.agentOsUser], existing: { hba: '', ident: '', config: '' }, pems: await readPems(input) });
+  } catch (e) {
+    return { written: [], errors: [asProblem(e, e instanceof PlanError ? e.code : 'E_RENDER')] };
+  }
+  const problems = await checkCertificates({ certificates: input.certificates, neededSlots: neededSlots(input), caBundle: input.desired.caBundle, ownerUid: ctx.serverOsUser.uid, now: (opts.now ?? (() => new Date()))() });
+  if (problems.length > 0) return { written: [], errors: problems };
+  await ensureStateDirs(ctx, layout);
+  await ensurePlanDirs(ctx, plan.dirs);
+  const { uid, gid } = ctx.serverOsUser;
+  const written: string[] = [];
+  for (const f of plan.files.filter((x) => MATERIAL_KEYS.has(x.key))) {
+    if (await installFile({ path: f.path, content: Buffer.from(f.content, 'utf8'), uid, gid, mode: f.mode })) written.push(f.path);
+  }
+  return { written, errors: [] };
 }
 
 /** The state directory must let the server's OS user reach the TLS files and the passfile. */

@@ -154,6 +154,13 @@ export function checkFileSettings(rows: FileSettingRow[], includeFile: string, o
       needRestart.push(r.name);
       continue;
     }
+    // A postmaster setting changed on disk (pg_autoctl rewrites recovery_target_timeline while it
+    // restarts a standby): pending a restart, not an invalid file.
+    const restart = /^parameter "([^"]+)" cannot be changed without restarting the server$/.exec(r.error);
+    if (restart) {
+      needRestart.push(restart[1]!);
+      continue;
+    }
     problems.push({ code: 'E_SETTINGS_INVALID', message: `${r.sourcefile ?? 'configuration'}${r.sourceline !== null ? ` line ${r.sourceline}` : ''}: ${r.error}${r.name ? ` (${r.name})` : ''}` });
   }
   for (const name of ourNames) {
