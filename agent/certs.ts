@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import type { CsrRequest, CsrResponse } from '../shared/api.ts';
 import type { CertReport, CertificateSlot, NodeDesired } from '../shared/schema.ts';
 import { certInfo, certMatchesKey, createCsr, generateRsaKey, normaliseIp, verifiesAgainst, type CertInfo } from '../shared/x509.ts';
+import { normaliseSerial, revokedSerials } from '../shared/crl.ts';
 import { RenewalSchedule, type Clock } from './backoff.ts';
 import { ensureDir, fsyncDir, readIfExists, removeIfExists, writeFileAtomic, type Owner } from './statefile.ts';
 import type { InstalledCertificate } from './types.ts';
@@ -83,6 +84,11 @@ interface Candidate {
 }
 
 export class CertificateManager {
+  /** Earliest scheduled renewal among the pairs in use after the last ensure (ms), or null. */
+  nextRenewalAt: number | null = null;
+  /** Earliest notAfter among the pairs in use after the last ensure (ms), or null. */
+  earliestExpiry: number | null = null;
+
   constructor(private readonly deps: CertManagerDeps) {}
 
   private get dir(): string {
@@ -97,16 +103,28 @@ export class CertificateManager {
     await ensureDir(this.dir, 0o700, this.deps.owner);
     const result: EnsureResult = { installed: [], errors: [], issued: [] };
     const now = this.deps.now();
+    // A revoked pair is never used again; one the operator asked to renew is replaced early.
+    let revoked = new Set<string>();
+    try {
+      revoked = revokedSerials(desired.crl);
+    } catch (e) {
+      result.errors.push({ code: 'E_CRL_INVALID', message: `the desired CRL cannot be read: ${(e as Error).message}` });
+    }
+    const renewRequested = new Set((desired.renewSerials ?? []).map(normaliseSerial));
+    let nextRenewal: number | null = null;
+    let earliest: number | null = null;
     for (const slot of desired.certificates) {
       if (!SLOT_ID.test(slot.id)) {
         result.errors.push({ code: 'E_CERT_SLOT', message: `certificate slot id ${JSON.stringify(slot.id)} is not a safe file name; refused` });
         continue;
       }
-      const { best, rejected } = await this.bestPair(slot, desired.caBundle, now);
-      let use = best;
+      const { best, rejected, revokedBest } = await this.bestPair(slot, desired.caBundle, now, revoked);
+      let use = best ?? revokedBest;
       let reason: string | null = null;
       if (!best) {
-        reason = rejected.length > 0 ? `no usable pair (${rejected.join('; ')})` : 'no pair yet';
+        reason = revokedBest ? `the certificate in use (serial ${revokedBest.serial}) is revoked` : rejected.length > 0 ? `no usable pair (${rejected.join('; ')})` : 'no pair yet';
+      } else if (renewRequested.has(best.serial)) {
+        reason = `renewal requested by the operator (serial ${best.serial})`;
       } else {
         const d = this.deps.schedule.decide(best.serial, best.info, now);
         if (d.renew) reason = `renewal ${d.reason} (scheduled ${d.at.toISOString()})`;
@@ -127,14 +145,20 @@ export class CertificateManager {
       }
       if (use) {
         result.installed.push({ slot: slot.id, certPath: use.certPath, keyPath: use.keyPath, serial: use.serial, notAfter: use.info.notAfter.toISOString() });
+        const at = this.deps.schedule.renewAt(use.serial, use.info).getTime();
+        nextRenewal = nextRenewal === null ? at : Math.min(nextRenewal, at);
+        earliest = earliest === null ? use.info.notAfter.getTime() : Math.min(earliest, use.info.notAfter.getTime());
       }
     }
+    this.nextRenewalAt = nextRenewal;
+    this.earliestExpiry = earliest;
     return result;
   }
 
   /** Every version of a slot on disk, checked; the usable one with the latest notAfter wins. */
-  private async bestPair(slot: CertificateSlot, caBundle: string, now: number): Promise<{ best: Candidate | null; rejected: string[] }> {
+  private async bestPair(slot: CertificateSlot, caBundle: string, now: number, revoked: Set<string> = new Set()): Promise<{ best: Candidate | null; rejected: string[]; revokedBest: Candidate | null }> {
     let best: Candidate | null = null;
+    let revokedBest: Candidate | null = null;
     const rejected: string[] = [];
     for (const serial of await this.versions(slot.id)) {
       const certPath = join(this.dir, `${slot.id}-${serial}.crt`);
@@ -149,9 +173,15 @@ export class CertificateManager {
       }
       const info = certInfo(certPem);
       const mtime = (await stat(certPath)).mtimeMs;
+      if (revoked.has(info.serial)) {
+        // Kept only as a last resort while no other pair can be had (the CRL refuses it anyway).
+        if (!revokedBest || newer(info, mtime, revokedBest.info, revokedBest.mtime)) revokedBest = { serial, certPath, keyPath, info, mtime };
+        rejected.push(`${serial}: revoked`);
+        continue;
+      }
       if (!best || newer(info, mtime, best.info, best.mtime)) best = { serial, certPath, keyPath, info, mtime };
     }
-    return { best, rejected };
+    return { best, rejected, revokedBest };
   }
 
   private async versions(slotId: string): Promise<string[]> {

@@ -15,6 +15,9 @@ import { backoffDelay, DEFAULT_BACKOFF, sleep, type BackoffPolicy, type Clock, t
 import { CertificateManager, certReports } from './certs.ts';
 import { CoordinatorError, type CoordinatorClient } from './client.ts';
 import { probeAll, type ProbeOptions } from './probes.ts';
+import { withSession } from './pgconf.ts';
+import { terminateRevokedSessions } from './revocation.ts';
+import { crlInfo } from '../shared/crl.ts';
 import { buildStatus, writeLocalStatus } from './status.ts';
 import { readIfExists, writeFileAtomic, type Owner } from './statefile.ts';
 import type { AgentStatus } from '../shared/schema.ts';
@@ -133,6 +136,12 @@ export interface LoopDeps {
   maintain?: () => Promise<void>;
   /** Called after successful contact with the coordinator (e.g. prune old identity versions). */
   onContact?: () => Promise<void>;
+  /** When `maintain` has work next (ms since the epoch; e.g. the identity's renewal time), or null. */
+  nextMaintenanceAt?: () => number | null;
+  /** notAfter of the agent identity (ms), for survivesUntil. */
+  identityNotAfter?: () => number | null;
+  /** End the sessions that authenticated with a revoked certificate (default: over the local socket). */
+  terminateRevoked?: (ctx: NodeContext, crl: string) => Promise<{ pid: number; serial: string }[]>;
   postgresVersion: () => Promise<string>;
   onReady?: () => void;
 }
@@ -152,6 +161,11 @@ export class ReconcileLoop {
   private queued = false;
   private readonly stopController = new AbortController();
   private timer: NodeJS.Timeout | undefined;
+  /** Wakes the loop when a certificate or the identity is due for renewal. */
+  private renewalTimer: NodeJS.Timeout | undefined;
+  private renewalTimerAt: number | null = null;
+  /** Aborts the long-poll in flight (so that maintenance runs now), without stopping the loop. */
+  private pollAbort: AbortController | null = null;
   private failures = 0;
   /** Files the last proved apply reported: the drift baseline. */
   private baseline: FileReportT[] | null = null;
@@ -175,6 +189,46 @@ export class ReconcileLoop {
   stop(): void {
     this.stopController.abort();
     clearTimeout(this.reprobeTimer);
+    clearTimeout(this.renewalTimer);
+  }
+
+  /**
+   * Wake up at the next renewal instant (a certificate pair or the agent identity) even when
+   * nothing else happens: the resync timer is far too slow for short lifetimes. The long-poll in
+   * flight is cut short so that the identity maintenance runs, and a reconcile renews the pairs.
+   */
+  private scheduleRenewalWake(): void {
+    if (this.signal.aborted) return;
+    const candidates = [this.deps.certs.nextRenewalAt, this.deps.nextMaintenanceAt?.() ?? null].filter((x): x is number => x !== null);
+    if (candidates.length === 0) return;
+    // A little after the instant, so that the schedule says "due" when we look.
+    const at = Math.min(...candidates) + 250;
+    if (this.renewalTimerAt === at && this.renewalTimer) return;
+    clearTimeout(this.renewalTimer);
+    const delay = Math.min(Math.max(at - this.deps.now(), 1000), 24 * 3600_000);
+    this.renewalTimerAt = at;
+    this.renewalTimer = setTimeout(() => {
+      this.renewalTimer = undefined;
+      this.renewalTimerAt = null;
+      this.deps.log.debug('renewal time: waking up');
+      this.pollAbort?.abort();
+      void this.kick('certificate renewal due');
+    }, delay);
+    this.renewalTimer.unref();
+  }
+
+  /**
+   * The retry delay after a failure, shortened when a certificate is past its renewal time and
+   * heading for expiry: retry at least every tenth of the time left (but not faster than 1 s),
+   * so that a returning coordinator is used before anything expires.
+   */
+  private retryDelay(): number {
+    let delay = backoffDelay(Math.min(this.failures, 30), this.deps.random, this.deps.backoff ?? DEFAULT_BACKOFF);
+    const now = this.deps.now();
+    const due = [this.deps.certs.nextRenewalAt, this.deps.nextMaintenanceAt?.() ?? null].some((t) => t !== null && t <= now);
+    const ends = [this.deps.certs.earliestExpiry, this.deps.identityNotAfter?.() ?? null].filter((x): x is number => x !== null);
+    if (due && ends.length > 0) delay = Math.min(delay, Math.max(1000, (Math.min(...ends) - now) / 10));
+    return Math.floor(delay);
   }
 
   private reprobeTimer: NodeJS.Timeout | undefined;
@@ -221,18 +275,26 @@ export class ReconcileLoop {
         const started = this.deps.now();
         if (this.deps.maintain) await this.deps.maintain().catch((e) => log.warn({ err: errMessage(e) }, 'maintenance failed'));
         let outcome: 'ok' | 'error' | 'removed';
+        const pollAbort = new AbortController();
+        this.pollAbort = pollAbort;
         try {
-          outcome = await this.pollOnce();
+          outcome = await this.pollOnce(AbortSignal.any([this.signal, pollAbort.signal]));
         } catch (e) {
           if (this.signal.aborted) break;
-          outcome = 'error';
-          this.onContactFailure(e);
-          await this.kick('coordinator unreachable: reconciling the last good state locally');
+          if (pollAbort.signal.aborted) {
+            outcome = 'ok'; // woken for a renewal: maintain, then poll again
+          } else {
+            outcome = 'error';
+            this.onContactFailure(e);
+            await this.kick('coordinator unreachable: reconciling the last good state locally');
+          }
+        } finally {
+          this.pollAbort = null;
         }
         if (outcome === 'removed') return 'removed';
         if (this.signal.aborted) break;
         if (outcome === 'error' || this.refusal) {
-          const delay = backoffDelay(Math.min(this.failures, 30), this.deps.random, this.deps.backoff ?? DEFAULT_BACKOFF);
+          const delay = this.retryDelay();
           this.failures += 1;
           log.info({ retryInMs: delay, attempt: this.failures }, 'retrying the coordinator after a delay');
           await sleep(delay, this.signal);
@@ -251,9 +313,9 @@ export class ReconcileLoop {
     }
   }
 
-  private async pollOnce(): Promise<'ok' | 'error' | 'removed'> {
+  private async pollOnce(signal: AbortSignal): Promise<'ok' | 'error' | 'removed'> {
     const { log } = this.deps;
-    const answer = await this.deps.client.desired(this.lastGood?.generation ?? 0, this.signal);
+    const answer = await this.deps.client.desired(this.lastGood?.generation ?? 0, signal);
     this.onContactSuccess();
     if (answer.kind === 'removed') {
       log.error('the coordinator says this node was removed from its cluster (410); keeping the files as they are and stopping');
@@ -297,6 +359,20 @@ export class ReconcileLoop {
     this.contactError = { code: code === 'E_HTTP' ? 'E_COORDINATOR' : 'E_COORDINATOR_UNREACHABLE', message };
   }
 
+  /** The earliest of the certificates' notAfter (identity included) and the CRL's nextUpdate. */
+  private survivesUntil(desired: NodeDesired | null): string | null {
+    const ends = [this.deps.certs.earliestExpiry, this.deps.identityNotAfter?.() ?? null].filter((x): x is number => x !== null);
+    if (desired?.crl) {
+      try {
+        const next = crlInfo(desired.crl).nextUpdate;
+        if (next) ends.push(next.getTime());
+      } catch {
+        // reported by the certificate manager
+      }
+    }
+    return ends.length > 0 ? new Date(Math.min(...ends)).toISOString() : null;
+  }
+
   private runtimeErrors(extra: RuntimeError[]): RuntimeError[] {
     return [this.stateError, this.refusal, this.contactError, ...extra].filter((e): e is RuntimeError => e !== null);
   }
@@ -330,6 +406,16 @@ export class ReconcileLoop {
         if (this.appliedGeneration !== desired.generation) log.info({ generation: desired.generation, phase: result.phase, changed: result.changed }, 'generation applied and proved');
         this.appliedGeneration = desired.generation;
         await this.deps.certs.prune(certs.installed, desired.certificates.map((c) => c.id)).catch((e) => log.warn({ err: errMessage(e) }, 'pruning old certificate versions failed'));
+        if (desired.crl !== null) {
+          // The new CRL is loaded (proved): end the live sessions of revoked certificates.
+          const terminate = this.deps.terminateRevoked ?? ((c: NodeContext, crl: string) => withSession(c, (s) => terminateRevokedSessions(s, crl)));
+          try {
+            const ended = await terminate(ctx, desired.crl);
+            if (ended.length > 0) log.warn({ sessions: ended }, 'ended sessions that authenticated with a revoked certificate');
+          } catch (e) {
+            certErrors = [...certErrors, { code: 'E_REVOKED_SESSIONS', message: `could not end the sessions of revoked certificates: ${errMessage(e)}` }];
+          }
+        }
         if (!this.ready) {
           this.ready = true;
           log.info({ generation: desired.generation, phase: result.phase }, 'agent ready: first reconcile succeeded');
@@ -354,7 +440,9 @@ export class ReconcileLoop {
       if (probes.some((p) => !p.ok)) this.scheduleReprobe();
     }
     const notes = this.driftNotes.splice(0);
+    this.scheduleRenewalWake();
     const status = buildStatus({
+      survivesUntil: this.survivesUntil(desired),
       appliedGeneration: this.appliedGeneration,
       apply: desired ? this.lastApply : null,
       runtimeErrors: [...this.runtimeErrors(certErrors), ...notes],

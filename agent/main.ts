@@ -338,6 +338,11 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
       pruneIdentityTo = fresh.info.serial;
       log.info({ serial: fresh.info.serial, notAfter: fresh.info.notAfter.toISOString() }, 'agent identity renewed');
     },
+    nextMaintenanceAt: () => {
+      const current = client.currentIdentity;
+      return current ? identitySchedule.renewAt(current.info.serial, current.info).getTime() : null;
+    },
+    identityNotAfter: () => client.currentIdentity?.info.notAfter.getTime() ?? null,
     onContact: async () => {
       if (pruneIdentityTo === null) return;
       const keep = pruneIdentityTo;

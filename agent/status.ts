@@ -26,6 +26,8 @@ export interface StatusInput {
   probes: ProbeResult[];
   coordinatorReachable: boolean;
   postgresVersion: string;
+  /** The earliest instant something of this node expires without the coordinator. */
+  survivesUntil?: string | null;
 }
 
 /**
@@ -49,6 +51,7 @@ export function buildStatus(s: StatusInput): AgentStatus {
     probes: s.probes,
     pendingRestart: s.apply?.pendingRestart ?? [],
     coordinatorReachable: s.coordinatorReachable,
+    ...(s.survivesUntil !== undefined ? { survivesUntil: s.survivesUntil } : {}),
     versions: { agent: AGENT_VERSION, postgres: s.postgresVersion },
   };
 }

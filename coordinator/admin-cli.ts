@@ -288,39 +288,74 @@ export async function runToken(argv: string[]): Promise<number> {
 // --- cert ---------------------------------------------------------------------------------
 
 const CERT = {
-  usage: 'pgaccord cert list CLUSTER [--json] [connection options] | cert renew|revoke ...',
-  summary: 'List a cluster\'s certificates with their days left (renew and revoke come later).',
+  usage: 'pgaccord cert list CLUSTER | revoke CLUSTER SERIAL | renew CLUSTER [SERIAL] [--node NODE] | crl CLUSTER  [--json] [connection options]',
+  summary: 'List a cluster\'s certificates with their days left and expiry level; revoke one; force early renewal; print the CRL.',
   details: `
 subcommands:
-  list CLUSTER        every certificate issued for the cluster: serial, node, slot, CN, days left
-  renew, revoke       not implemented yet (exit 2)
+  list CLUSTER           every certificate issued for the cluster: serial, node, slot, CN, not after,
+                         days left, level, state (current, superseded, revoked, expired)
+  revoke CLUSTER SERIAL  revoke a certificate. A cluster certificate goes into the cluster CRL with a
+                         new generation: every node installs it, refuses the certificate from then on
+                         and ends the sessions that authenticated with it; the node that held it gets
+                         a new key and certificate. An agent identity stops authenticating at once.
+  renew CLUSTER [SERIAL] re-issue before time, with new keys: one certificate (SERIAL), every live
+                         certificate of a node (--node NODE), or of the whole cluster (neither)
+  crl CLUSTER            print the cluster CRL (PEM)
+levels (days left against lifetime):
+  warning   less than 1/3 of the lifetime left (renewal, due at about 2/3, is overdue)
+  critical  less than 1/10 of the lifetime left
+  expired   past notAfter
 options:
-  --json              print CertificateListResponse as JSON
+  --node NODE            (renew) every live certificate of this node
+  --json                 print the API answer as JSON
 ${CONNECTION_HELP}`,
-  options: { json: { type: 'boolean' }, ...CONNECTION_OPTIONS },
+  options: { json: { type: 'boolean' }, node: { type: 'string' }, ...CONNECTION_OPTIONS },
   positionals: { min: 2, max: 3 },
 } as const;
 
 export async function runCert(argv: string[]): Promise<number> {
   const sub = argv[0];
-  if (sub === 'renew' || sub === 'revoke') {
-    process.stderr.write(`pgaccord cert ${sub}: not implemented yet\n`);
-    return 2;
-  }
-  if (sub !== 'list' && !argv.includes('--help') && !argv.includes('-h')) throw new UsageError(`unknown or missing subcommand${sub ? ` "${sub}"` : ''}\nusage: ${CERT.usage}`);
+  if (!['list', 'revoke', 'renew', 'crl'].includes(sub ?? '') && !argv.includes('--help') && !argv.includes('-h')) throw new UsageError(`unknown or missing subcommand${sub ? ` "${sub}"` : ''}\nusage: ${CERT.usage}`);
   const parsed = parseCommand(CERT, argv);
   if (!parsed) return 0;
   const cluster = parsed.positionals[1]!;
+  const arg = parsed.positionals[2];
   const v = parsed.values;
+  const base = `/v1/clusters/${encodeURIComponent(cluster)}`;
+  const print = (res: unknown, text: string) => process.stdout.write(v.json ? `${JSON.stringify(res, null, 2)}\n` : text);
+  if (sub === 'revoke') {
+    if (!arg) throw new UsageError(`cert revoke needs CLUSTER SERIAL\nusage: ${CERT.usage}`);
+    return withConn(v, async (conn) => {
+      const res = await call<{ serial: string; revokedAt: string; generation: number; alreadyRevoked: boolean }>(conn, 'POST', `${base}/certificates/${encodeURIComponent(arg.toLowerCase().replace(/:/g, ''))}/revoke`, {});
+      print(res, `${res.alreadyRevoked ? 'already revoked' : 'revoked'}: ${res.serial} at ${res.revokedAt} (cluster ${cluster}, generation ${res.generation})\n`);
+      return 0;
+    });
+  }
+  if (sub === 'renew') {
+    return withConn(v, async (conn) => {
+      const body = { ...(arg ? { serial: arg } : {}), ...(v.node ? { node: v.node } : {}) };
+      const res = await call<{ generation: number; serials: string[] }>(conn, 'POST', `${base}/renew`, body);
+      print(res, `renewal requested for ${res.serials.length} certificate(s) (generation ${res.generation}):\n${res.serials.map((x) => `  ${x}`).join('\n')}\n`);
+      return 0;
+    });
+  }
+  if (sub === 'crl') {
+    return withConn(v, async (conn) => {
+      const pem = await call<string>(conn, 'GET', `${base}/crl`);
+      process.stdout.write(typeof pem === 'string' ? pem : JSON.stringify(pem));
+      return 0;
+    });
+  }
   return withConn(v, async (conn) => {
-    const res = await call<Static<typeof CertificateListResponse>>(conn, 'GET', `/v1/clusters/${encodeURIComponent(cluster)}/certificates`);
+    const res = await call<Static<typeof CertificateListResponse>>(conn, 'GET', `${base}/certificates`);
     if (v.json) {
       process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
       return 0;
     }
-    const rows = [['SERIAL', 'NODE', 'SLOT', 'CN', 'NOT AFTER', 'DAYS LEFT', 'STATE']];
+    const rows = [['SERIAL', 'NODE', 'SLOT', 'CN', 'NOT AFTER', 'DAYS LEFT', 'LEVEL', 'STATE']];
     for (const c of res.certificates) {
-      rows.push([c.serial, c.node, c.slot, c.commonName, c.notAfter, c.daysLeft.toFixed(1), c.revoked ? 'revoked' : c.daysLeft < 0 ? 'expired' : 'valid']);
+      const state = c.revoked ? 'revoked' : c.daysLeft < 0 ? 'expired' : c.current === false ? 'superseded' : c.renewRequested ? 'current (renewal requested)' : 'current';
+      rows.push([c.serial, c.node, c.slot, c.commonName, c.notAfter, c.daysLeft.toFixed(c.daysLeft < 1 ? 3 : 1), c.revoked ? '-' : (c.level ?? '-'), state]);
     }
     process.stdout.write(`${res.certificates.length ? table(rows) : `cluster ${cluster}: no certificates issued yet`}\n`);
     return 0;

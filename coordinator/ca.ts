@@ -1,7 +1,7 @@
 // Certificate authorities: the per-cluster CAs and the coordinator's own CA (its server
 // certificate and agent identities). forge builds the X.509 structures; OpenSSL, through
 // node:crypto, makes the keys and computes the signatures.
-import { createPrivateKey, randomBytes, type KeyObject } from 'node:crypto';
+import { createPrivateKey, randomBytes, sign as cryptoSign, type KeyObject } from 'node:crypto';
 import forge from 'node-forge';
 import { forgePublicKeyFromPem, generateRsaKey, nativeSign } from '../shared/x509.ts';
 
@@ -40,6 +40,15 @@ export interface LeafRequest {
   now: Date;
 }
 
+export interface CrlRequest {
+  /** Serials (hex) and when they were revoked. */
+  revoked: { serial: string; revokedAt: Date }[];
+  /** Monotonic CRL number (RFC 5280 5.2.3). */
+  number: number;
+  thisUpdate: Date;
+  nextUpdate: Date;
+}
+
 export interface IssuedCertificate {
   pem: string;
   serial: string;
@@ -53,6 +62,11 @@ export class CertificateAuthority {
   readonly #cert: forge.pki.Certificate;
   readonly #key: KeyObject;
   readonly #ski: string;
+
+  /** The CA's notBefore (its lifetime is notAfter - notBefore). */
+  get notBefore(): Date {
+    return this.#cert.validity.notBefore;
+  }
 
   constructor(certPem: string, keyPem: string) {
     this.certPem = certPem;
@@ -115,5 +129,55 @@ export class CertificateAuthority {
     ]);
     nativeSign(cert, this.#key);
     return { pem: certPem(cert), serial, notBefore, notAfter };
+  }
+
+  /**
+   * A v2 CRL signed by this CA. forge has no CRL builder: the TBSCertList is assembled with its
+   * ASN.1 tools (RFC 5280 5.1) and its DER signed with node:crypto (sha256WithRSAEncryption).
+   * Issuer = this CA's subject, byte for byte from its certificate; extensions: CRL number and
+   * authority key identifier. Revoked serials are listed with their revocation date.
+   */
+  issueCrl(req: CrlRequest): string {
+    const { Class, Type } = asn1;
+    const seq = (value: forge.asn1.Asn1[]) => asn1.create(Class.UNIVERSAL, Type.SEQUENCE, true, value);
+    const int = (hex: string) => {
+      let h = hex.length % 2 ? `0${hex}` : hex;
+      h = h.replace(/^(00)+(?=[0-9a-f]{2})/, '');
+      if (parseInt(h.slice(0, 2), 16) & 0x80) h = `00${h}`;
+      return asn1.create(Class.UNIVERSAL, Type.INTEGER, false, forge.util.hexToBytes(h));
+    };
+    const time = (d: Date) => d.getUTCFullYear() < 2050
+      ? asn1.create(Class.UNIVERSAL, Type.UTCTIME, false, asn1.dateToUtcTime(d))
+      : asn1.create(Class.UNIVERSAL, Type.GENERALIZEDTIME, false, asn1.dateToGeneralizedTime(d));
+    const oid = (o: string) => asn1.create(Class.UNIVERSAL, Type.OID, false, asn1.oidToDer(o).getBytes());
+    const octets = (bytes: string) => asn1.create(Class.UNIVERSAL, Type.OCTETSTRING, false, bytes);
+    const der = (a: forge.asn1.Asn1) => asn1.toDer(a).getBytes();
+    const sigAlg = seq([oid(pki.oids.sha256WithRSAEncryption!), asn1.create(Class.UNIVERSAL, Type.NULL, false, '')]);
+    // tbsCertificate: [0] version, serial, signature, issuer, validity, subject, ...
+    const tbsCert = (pki.certificateToAsn1(this.#cert).value as forge.asn1.Asn1[])[0]!;
+    const subject = (tbsCert.value as forge.asn1.Asn1[])[5]!;
+    const number = int(req.number.toString(16));
+    const aki = seq([asn1.create(Class.CONTEXT_SPECIFIC, 0, false, this.#ski)]);
+    const extensions = asn1.create(Class.CONTEXT_SPECIFIC, 0, true, [seq([
+      seq([oid('2.5.29.20'), octets(der(number))]),
+      seq([oid('2.5.29.35'), octets(der(aki))]),
+    ])]);
+    const revoked = [...req.revoked]
+      .sort((a, b) => a.serial.localeCompare(b.serial))
+      .map((r) => seq([int(r.serial), time(r.revokedAt)]));
+    const tbs = seq([
+      asn1.create(Class.UNIVERSAL, Type.INTEGER, false, String.fromCharCode(1)), // v2
+      sigAlg,
+      subject,
+      time(req.thisUpdate),
+      time(req.nextUpdate),
+      ...(revoked.length > 0 ? [seq(revoked)] : []),
+      extensions,
+    ]);
+    const tbsDer = Buffer.from(der(tbs), 'binary');
+    const signature = cryptoSign('sha256', tbsDer, this.#key);
+    const list = seq([tbs, sigAlg, asn1.create(Class.UNIVERSAL, Type.BITSTRING, false, String.fromCharCode(0) + signature.toString('binary'))]);
+    const b64 = Buffer.from(der(list), 'binary').toString('base64').replace(/.{64}/g, '$&\n');
+    return `-----BEGIN X509 CRL-----\n${b64}${b64.endsWith('\n') ? '' : '\n'}-----END X509 CRL-----\n`;
   }
 }

@@ -1,5 +1,6 @@
 // `pgaccord coordinator`: open (or initialise) the data directory, open the store (embedded
 // PostgreSQL in DIR/pg, or --database-url), migrate, and serve HTTPS until SIGTERM/SIGINT.
+import { parseDuration } from '../shared/duration.ts';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -27,6 +28,10 @@ export interface CoordinatorOptions {
   publicUrl?: string;
   now?: () => Date;
   longPollMs?: number;
+  /** Lifetime of agent identity certificates, seconds (default 30 days). */
+  identityLifetimeSeconds?: number;
+  /** How long a CRL is valid (nextUpdate - thisUpdate), seconds (default 7 days). */
+  crlLifetimeSeconds?: number;
   logLevel?: string;
   logDestination?: pino.DestinationStream;
 }
@@ -90,7 +95,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
   try {
     store = await Store.open(connection, log);
     const publicUrl = opts.publicUrl ?? `https://${urlHost(host)}:${port}`;
-    const service = new CoordinatorService({ store, box: new SecretBox(dataDir.masterKey), coordinatorCa: dataDir.ca, publicUrl, log, now, longPollMs: opts.longPollMs });
+    const service = new CoordinatorService({ store, box: new SecretBox(dataDir.masterKey), coordinatorCa: dataDir.ca, publicUrl, log, now, longPollMs: opts.longPollMs, identityLifetimeSeconds: opts.identityLifetimeSeconds, crlLifetimeSeconds: opts.crlLifetimeSeconds });
     await service.checkMasterKey();
     const { app } = await buildServer({ service, adminToken: dataDir.adminToken, tls: { key: dataDir.serverKeyPem, cert: dataDir.serverCertPem, ca: dataDir.caPem }, log });
     await app.listen({ host, port });
@@ -101,6 +106,10 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
     log.info({ url, dataDir: opts.dataDir, store: opts.databaseUrl ? 'external' : 'embedded' }, 'coordinator listening');
     const openStore = store;
     let closed = false;
+    // CRLs are re-issued well before their nextUpdate even when no agent asks (they also are on
+    // every desired-state poll): check often relative to their lifetime, at least every minute.
+    const crlTimer = setInterval(() => void service.refreshAllCrls().catch((e) => log.error({ err: e }, 'CRL refresh failed')), Math.min(60_000, (service.crlLifetimeSeconds * 1000) / 20));
+    crlTimer.unref();
     return {
       url,
       port: actual,
@@ -113,6 +122,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
       async close() {
         if (closed) return;
         closed = true;
+        clearInterval(crlTimer);
         await app.close();
         await openStore.close();
         if (instance) await instance.stop('fast');
@@ -146,6 +156,10 @@ options:
   --public-url URL      coordinator URL written into join tokens (default https://<listen>)
   --log-level LEVEL     trace, debug, info (default), warn, error
   --long-poll SECONDS   how long agents' desired-state polls are held (default 30)
+  --identity-lifetime D lifetime of agent identity certificates (default 30d; env
+                        PGACCORD_IDENTITY_LIFETIME; from 1m, for tests)
+  --crl-lifetime D      validity of each issued CRL (default 7d; env PGACCORD_CRL_LIFETIME);
+                        re-issued when less than half of it remains
 
 Logs are JSON lines on stdout; secrets are never logged. SIGTERM or SIGINT stops it cleanly
 (and the embedded PostgreSQL with it).`,
@@ -156,6 +170,8 @@ Logs are JSON lines on stdout; secrets are never logged. SIGTERM or SIGINT stops
     'public-url': { type: 'string' },
     'log-level': { type: 'string' },
     'long-poll': { type: 'string' },
+    'identity-lifetime': { type: 'string' },
+    'crl-lifetime': { type: 'string' },
   },
 } as const;
 
@@ -165,7 +181,17 @@ export async function runCoordinator(argv: string[]): Promise<number> {
   const v = parsed.values;
   const longPoll = v['long-poll'] !== undefined ? Number(v['long-poll']) : undefined;
   if (longPoll !== undefined && !(longPoll > 0 && longPoll <= 300)) throw new Error('--long-poll must be 1..300 seconds');
+  const duration = (flag: string, text: string | undefined): number | undefined => {
+    if (text === undefined || text === '') return undefined;
+    const s = parseDuration(text);
+    if (s === null || s < 60) throw new Error(`--${flag}: "${text}" is not a duration of at least 1m (examples: 30d, 2m)`);
+    return s;
+  };
+  const identityLifetimeSeconds = duration('identity-lifetime', v['identity-lifetime'] ?? process.env.PGACCORD_IDENTITY_LIFETIME);
+  const crlLifetimeSeconds = duration('crl-lifetime', v['crl-lifetime'] ?? process.env.PGACCORD_CRL_LIFETIME);
   const running = await startCoordinator({
+    identityLifetimeSeconds,
+    crlLifetimeSeconds,
     dataDir: v['data-dir'] ?? DEFAULT_DATA_DIR,
     listen: v.listen,
     databaseUrl: v['database-url'] ?? process.env.PGACCORD_DATABASE_URL,

@@ -5,6 +5,7 @@ import { timingSafeEqual, createHash } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import { Type, type TSchema } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
 import type { Logger } from 'pino';
 import {
   CertificateListResponse,
@@ -17,13 +18,16 @@ import {
   EnrollResponse,
   ErrorBody,
   PlanResponse,
+  RenewRequest,
+  RenewResponse,
+  RevokeResponse,
   StatusRequest,
   TokenResponse,
 } from '../shared/api.ts';
 import { parseDuration } from '../shared/duration.ts';
 import { ClusterSpec, NAME_PATTERN } from '../shared/schema.ts';
 import { certInfo } from '../shared/x509.ts';
-import { ApiError, badRequest, notImplemented, unauthorized } from './errors.ts';
+import { ApiError, badRequest, unauthorized } from './errors.ts';
 import { AGENT_CN, parseIdentityUri, type AgentPrincipal, type CoordinatorService } from './service.ts';
 
 type Auth = 'none' | 'admin' | 'agent';
@@ -206,16 +210,21 @@ export async function buildServer(opts: ServerOptions) {
     return service.createToken(cluster, node, ttl);
   } });
   add({ method: 'GET', url: '/v1/clusters/:cluster/certificates', auth: 'admin', summary: 'every certificate issued for the cluster, with days left', params: ClusterParams, response: { 200: CertificateListResponse, ...errors }, handler: async (req) => service.listCertificates((req.params as { cluster: string }).cluster) });
-  add({ method: 'POST', url: '/v1/clusters/:cluster/certificates/:serial/revoke', auth: 'admin', summary: 'revoke a certificate (not implemented yet)', params: SerialParams, response: { ...errors }, handler: async () => {
-    throw notImplemented('certificate revocation');
+  add({ method: 'POST', url: '/v1/clusters/:cluster/certificates/:serial/revoke', auth: 'admin', summary: 'revoke a certificate: a cluster certificate goes into a new CRL (new generation: every node installs it and ends its sessions); an agent identity stops authenticating', params: SerialParams, response: { 200: RevokeResponse, ...errors }, handler: async (req) => {
+    const { cluster, serial } = req.params as { cluster: string; serial: string };
+    return service.revoke(cluster, serial);
   } });
-  add({ method: 'POST', url: '/v1/clusters/:cluster/renew', auth: 'admin', summary: 'force renewal of the cluster certificates (not implemented yet)', params: ClusterParams, response: { ...errors }, handler: async () => {
-    throw notImplemented('forced renewal');
+  add({ method: 'POST', url: '/v1/clusters/:cluster/renew', auth: 'admin', summary: 'force early renewal (new key) of one certificate ({"serial": ...}), of a node\'s ({"node": ...}) or of every live cluster certificate ({})', params: ClusterParams, docBody: RenewRequest, response: { 200: RenewResponse, ...errors }, handler: async (req) => {
+    const { cluster } = req.params as { cluster: string };
+    const body = (req.body ?? {}) as { serial?: string; node?: string };
+    if (!Value.Check(RenewRequest, body)) {
+      const first = [...Value.Errors(RenewRequest, body)][0];
+      throw badRequest('E_VALIDATION', `body${first?.path.replace(/\//g, '.') ?? ''}: ${first?.message ?? 'is invalid'} (expected {"serial": HEX} or {"node": NAME} or {})`);
+    }
+    return service.requestRenewal(cluster, body);
   } });
   add({ method: 'GET', url: '/v1/clusters/:cluster/ca.crt', auth: 'admin', summary: 'the cluster CA bundle', params: ClusterParams, response: { 200: Pem, ...errors }, produces: 'application/x-pem-file', handler: async (req) => service.clusterCaPem((req.params as { cluster: string }).cluster) });
-  add({ method: 'GET', url: '/v1/clusters/:cluster/crl', auth: 'admin', summary: 'the cluster CRL (not implemented yet)', params: ClusterParams, response: { 200: Pem, ...errors }, produces: 'application/pkix-crl', handler: async () => {
-    throw notImplemented('the CRL');
-  } });
+  add({ method: 'GET', url: '/v1/clusters/:cluster/crl', auth: 'admin', summary: 'the cluster CRL (PEM): what the nodes install once the cluster has revoked a certificate', params: ClusterParams, response: { 200: Pem, ...errors }, produces: 'application/pkix-crl', handler: async (req) => service.crlPem((req.params as { cluster: string }).cluster) });
 
   const plain = (s: TSchema) => JSON.parse(JSON.stringify(s)) as unknown;
   let doc: unknown = null;

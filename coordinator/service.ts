@@ -3,14 +3,16 @@
 // The clock is a parameter (`now`), so token expiry and staleness can be tested.
 import { createHash, randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { ClusterStatusResponse, CsrResponse, EnrollResponse, JoinTokenPayload, NodeStatusView, PlanResponse } from '../shared/api.ts';
+import type { CertExpiry, ClusterStatusResponse, CsrResponse, EnrollResponse, JoinTokenPayload, NodeStatusView, PlanResponse } from '../shared/api.ts';
+import { normaliseSerial } from '../shared/crl.ts';
+import { caLevel, daysLeft, expiryLevel } from '../shared/lifecycle.ts';
 import { certLifetimeSeconds, compileCluster, rolesNeedingPasswords, type RoleCredential } from '../shared/compile.ts';
 import { EscapeError } from '../shared/escape.ts';
 import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from '../shared/render.ts';
 import type { AgentStatus, ClusterSpec, NodeDesired } from '../shared/schema.ts';
 import { scramVerifier } from '../shared/scram.ts';
 import { validateSpec } from '../shared/spec.ts';
-import { fingerprint256, readCsrKey } from '../shared/x509.ts';
+import { certInfo, fingerprint256, readCsrKey } from '../shared/x509.ts';
 import { CertificateAuthority } from './ca.ts';
 import { badRequest, gone, notFound, unauthorized } from './errors.ts';
 import type { SecretBox } from './secrets.ts';
@@ -19,6 +21,8 @@ import type { Queryable, Store } from './store.ts';
 export const TOKEN_PREFIX = 'pga1.';
 export const DEFAULT_TOKEN_TTL_S = 3600;
 export const IDENTITY_LIFETIME_S = 30 * 86400;
+/** Validity of an issued CRL; it is re-issued once less than half of it is left. */
+export const CRL_LIFETIME_S = 7 * 86400;
 export const AGENT_CN = 'pgaccord-agent';
 export const IDENTITY_URI_PREFIX = 'pgaccord://agent/';
 
@@ -32,6 +36,10 @@ export interface ServiceOptions {
   now?: () => Date;
   /** How long GET /v1/agent/desired holds a request when nothing is newer (ms). */
   longPollMs?: number;
+  /** Lifetime of agent identity certificates (s); default 30 days. */
+  identityLifetimeSeconds?: number;
+  /** Validity of each CRL (s); default 7 days. */
+  crlLifetimeSeconds?: number;
 }
 
 export interface AgentPrincipal {
@@ -97,6 +105,8 @@ export class CoordinatorService {
   readonly store: Store;
   readonly now: () => Date;
   readonly longPollMs: number;
+  readonly identityLifetimeSeconds: number;
+  readonly crlLifetimeSeconds: number;
   readonly #box: SecretBox;
   readonly #coordinatorCa: CertificateAuthority;
   readonly #caFingerprint: string;
@@ -114,6 +124,8 @@ export class CoordinatorService {
     this.#log = opts.log;
     this.now = opts.now ?? (() => new Date());
     this.longPollMs = opts.longPollMs ?? 30_000;
+    this.identityLifetimeSeconds = opts.identityLifetimeSeconds ?? IDENTITY_LIFETIME_S;
+    this.crlLifetimeSeconds = opts.crlLifetimeSeconds ?? CRL_LIFETIME_S;
   }
 
   get coordinatorCaPem(): string {
@@ -186,6 +198,9 @@ export class CoordinatorService {
       const changed = inserted.rowCount === 1 || row.spec_canonical !== canonical;
       if (changed && inserted.rowCount !== 1) {
         generation += 1;
+        const kept = new Set(spec.nodes.map((n) => n.name));
+        const removed = row.spec.nodes.map((n) => n.name).filter((n) => !kept.has(n));
+        if (removed.length > 0) await this.#revokeNodes(c, name, removed, now);
         await c.query(`UPDATE clusters SET spec = $2, spec_canonical = $3, generation = $4, updated_at = $5 WHERE name = $1`, [name, JSON.stringify(spec), canonical, generation, now]);
       }
       if (newCa) {
@@ -274,8 +289,168 @@ export class CoordinatorService {
   }
 
   async #compile(row: ClusterRow): Promise<Map<string, NodeDesired>> {
-    const [credentials, caPem] = await Promise.all([this.#credentials(row.name), this.clusterCaPem(row.name)]);
-    return compileCluster({ spec: row.spec, generation: row.generation, credentials, caBundle: caPem, crl: null });
+    const [credentials, caPem, crl, renew] = await Promise.all([
+      this.#credentials(row.name),
+      this.clusterCaPem(row.name),
+      this.store.query<{ pem: string }>(`SELECT pem FROM cluster_crls WHERE cluster = $1`, [row.name]),
+      this.store.query<{ node: string; serial: string }>(
+        // Requested and not yet replaced (no newer certificate for the same node and slot since).
+        `SELECT node, serial FROM certificates c WHERE cluster = $1 AND renew_requested_at IS NOT NULL AND revoked_at IS NULL AND not_after > $2
+           AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.cluster = c.cluster AND n.node = c.node AND n.slot = c.slot AND n.serial <> c.serial
+                             AND n.not_before >= date_trunc('second', c.renew_requested_at) - interval '${5 * 60} seconds')
+         ORDER BY serial`,
+        [row.name, this.now()],
+      ),
+    ]);
+    const nodes = compileCluster({ spec: row.spec, generation: row.generation, credentials, caBundle: caPem, crl: crl[0]?.pem ?? null });
+    for (const d of nodes.values()) {
+      const serials = renew.filter((r) => r.node === d.node).map((r) => r.serial);
+      if (serials.length > 0) d.renewSerials = serials;
+    }
+    return nodes;
+  }
+
+  // --- revocation, CRL, forced renewal ----------------------------------------------------------
+
+  /** Revoke every live certificate of removed nodes (cluster leaves and agent identities). */
+  async #revokeNodes(c: Queryable, cluster: string, nodes: string[], now: Date): Promise<void> {
+    const r = await c.query<{ serial: string; issuer: string }>(
+      `UPDATE certificates SET revoked_at = $3 WHERE cluster = $1 AND node = ANY($2) AND revoked_at IS NULL AND not_after > $3 RETURNING serial, issuer`,
+      [cluster, nodes, now],
+    );
+    this.#log.info({ cluster, nodes, revoked: r.rows.map((x) => x.serial) }, 'certificates of removed nodes revoked');
+    if (r.rows.some((x) => x.issuer === 'cluster')) await this.#issueCrl(c, cluster, now);
+  }
+
+  /**
+   * Build and store a new CRL for the cluster: every revoked cluster certificate not yet expired,
+   * a CRL number one above the last, nextUpdate = now + the CRL lifetime.
+   */
+  async #issueCrl(c: Queryable, cluster: string, now: Date): Promise<string> {
+    const ca = await this.#clusterCa(cluster);
+    const revoked = (await c.query<{ serial: string; revoked_at: Date }>(
+      `SELECT serial, revoked_at FROM certificates WHERE cluster = $1 AND issuer = 'cluster' AND revoked_at IS NOT NULL AND not_after > $2 ORDER BY serial`,
+      [cluster, now],
+    )).rows;
+    const prev = (await c.query<{ number: string }>(`SELECT number FROM cluster_crls WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0];
+    const number = prev ? Number(prev.number) + 1 : 1;
+    // thisUpdate a little in the past: a node whose clock lags must not see a CRL from the future.
+    const thisUpdate = new Date(Math.floor(now.getTime() / 1000) * 1000 - 60_000);
+    const nextUpdate = new Date(Math.floor(now.getTime() / 1000) * 1000 + this.crlLifetimeSeconds * 1000);
+    const pem = ca.issueCrl({ revoked: revoked.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at })), number, thisUpdate, nextUpdate });
+    await c.query(
+      `INSERT INTO cluster_crls (cluster, pem, number, this_update, next_update) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (cluster) DO UPDATE SET pem = EXCLUDED.pem, number = EXCLUDED.number, this_update = EXCLUDED.this_update, next_update = EXCLUDED.next_update`,
+      [cluster, pem, number, thisUpdate, nextUpdate],
+    );
+    this.#log.info({ cluster, number, revoked: revoked.length, nextUpdate }, 'CRL issued');
+    return pem;
+  }
+
+  /** A new generation without a spec change (new CRL, renewal request): wakes every agent. */
+  async #bump(c: Queryable, cluster: string, now: Date): Promise<number> {
+    const r = await c.query<{ generation: number }>(`UPDATE clusters SET generation = generation + 1, updated_at = $2 WHERE name = $1 RETURNING generation`, [cluster, now]);
+    await this.store.notify(c, cluster);
+    return r.rows[0]!.generation;
+  }
+
+  /**
+   * Re-issue the cluster's CRL when less than half of its validity is left (and bump the
+   * generation so that every node installs it). Called on every desired-state poll and by the
+   * maintenance timer; cheap when nothing is due. Returns true when it re-issued.
+   */
+  async refreshCrl(cluster: string): Promise<boolean> {
+    const now = this.now();
+    const due = await this.store.query<{ cluster: string }>(
+      `SELECT cluster FROM cluster_crls WHERE cluster = $1 AND next_update - $2::timestamptz < (next_update - this_update) / 2`,
+      [cluster, now],
+    );
+    if (due.length === 0) return false;
+    await this.store.tx(async (c) => {
+      const still = await c.query(`SELECT 1 FROM cluster_crls WHERE cluster = $1 AND next_update - $2::timestamptz < (next_update - this_update) / 2 FOR UPDATE`, [cluster, now]);
+      if (still.rowCount === 0) return; // another coordinator did it
+      await this.#issueCrl(c, cluster, now);
+      await this.#bump(c, cluster, now);
+    });
+    this.store.events.emit('cluster', cluster);
+    return true;
+  }
+
+  /** Refresh every cluster's CRL that is due (the coordinator runs this on a timer). */
+  async refreshAllCrls(): Promise<void> {
+    for (const r of await this.store.query<{ cluster: string }>(`SELECT cluster FROM cluster_crls`)) {
+      await this.refreshCrl(r.cluster).catch((e) => this.#log.error({ cluster: r.cluster, err: e }, 'CRL refresh failed'));
+    }
+  }
+
+  /** The cluster CRL (PEM); one is issued on first request when the cluster has none yet. */
+  async crlPem(cluster: string): Promise<string> {
+    await this.#requireCluster(cluster);
+    await this.refreshCrl(cluster);
+    const row = (await this.store.query<{ pem: string }>(`SELECT pem FROM cluster_crls WHERE cluster = $1`, [cluster]))[0];
+    if (row) return row.pem;
+    // Not published to the nodes until the first revocation: issued only for the caller.
+    const ca = await this.#clusterCa(cluster);
+    const now = this.now();
+    return ca.issueCrl({ revoked: [], number: 0, thisUpdate: new Date(now.getTime() - 60_000), nextUpdate: new Date(now.getTime() + this.crlLifetimeSeconds * 1000) });
+  }
+
+  /**
+   * Revoke one certificate. A cluster certificate goes into a new CRL and the generation moves
+   * on, so every node installs it at once; the node that held it gets a new pair (its agent
+   * stops using a revoked one) and every agent ends the sessions it authenticated. An agent
+   * identity stops authenticating at once.
+   */
+  async revoke(cluster: string, serialText: string): Promise<{ cluster: string; serial: string; revokedAt: string; generation: number; alreadyRevoked: boolean }> {
+    await this.#requireCluster(cluster);
+    const serial = normaliseSerial(serialText);
+    const now = this.now();
+    const out = await this.store.tx(async (c) => {
+      const row = (await c.query<{ issuer: string; revoked_at: Date | null }>(`SELECT issuer, revoked_at FROM certificates WHERE cluster = $1 AND serial = $2 FOR UPDATE`, [cluster, serial])).rows[0];
+      if (!row) throw notFound(`cluster "${cluster}" has no certificate with serial ${serial}`);
+      const gen = (await c.query<{ generation: number }>(`SELECT generation FROM clusters WHERE name = $1 FOR UPDATE`, [cluster])).rows[0]!.generation;
+      if (row.revoked_at) return { revokedAt: row.revoked_at, generation: gen, alreadyRevoked: true };
+      await c.query(`UPDATE certificates SET revoked_at = $3 WHERE cluster = $1 AND serial = $2`, [cluster, serial, now]);
+      let generation = gen;
+      if (row.issuer === 'cluster') {
+        await this.#issueCrl(c, cluster, now);
+        generation = await this.#bump(c, cluster, now);
+      }
+      return { revokedAt: now, generation, alreadyRevoked: false };
+    });
+    this.store.events.emit('cluster', cluster);
+    this.#log.warn({ cluster, serial, generation: out.generation }, 'certificate revoked');
+    return { cluster, serial, revokedAt: out.revokedAt.toISOString(), generation: out.generation, alreadyRevoked: out.alreadyRevoked };
+  }
+
+  /**
+   * Ask for new certificates before their time: one serial, or every live cluster certificate of
+   * a node (or of the cluster). The serials go into the nodes' desired state (renewSerials) with
+   * a new generation; the agent re-keys and replaces those pairs, the old ones stay valid.
+   */
+  async requestRenewal(cluster: string, target: { serial?: string; node?: string }): Promise<{ cluster: string; generation: number; serials: string[] }> {
+    const row = await this.#requireCluster(cluster);
+    if (target.node !== undefined && !row.spec.nodes.some((n) => n.name === target.node)) throw notFound(`cluster "${cluster}" has no node "${target.node}"`);
+    const now = this.now();
+    const out = await this.store.tx(async (c) => {
+      const params: unknown[] = [cluster, now];
+      let where = `cluster = $1 AND issuer = 'cluster' AND revoked_at IS NULL AND not_after > $2`;
+      if (target.serial !== undefined) {
+        params.push(normaliseSerial(target.serial));
+        where += ` AND serial = $${params.length}`;
+      }
+      if (target.node !== undefined) {
+        params.push(target.node);
+        where += ` AND node = $${params.length}`;
+      }
+      const r = await c.query<{ serial: string }>(`UPDATE certificates SET renew_requested_at = $2 WHERE ${where} RETURNING serial`, params);
+      if (r.rowCount === 0) throw notFound(`no live cluster certificate matches${target.serial ? ` serial ${target.serial}` : ''}${target.node ? ` on node ${target.node}` : ''}`);
+      const generation = await this.#bump(c, cluster, now);
+      return { generation, serials: r.rows.map((x) => x.serial).sort() };
+    });
+    this.store.events.emit('cluster', cluster);
+    this.#log.info({ cluster, ...out }, 'renewal requested');
+    return { cluster, ...out };
   }
 
   async plan(name: string, body: unknown): Promise<PlanResponse> {
@@ -352,7 +527,7 @@ export class CoordinatorService {
         commonName: AGENT_CN,
         uris: [identityUri(payload.cluster, payload.node)],
         usage: 'client',
-        lifetimeSeconds: IDENTITY_LIFETIME_S,
+        lifetimeSeconds: this.identityLifetimeSeconds,
         now,
       });
       await this.#recordCert(c, { cluster: payload.cluster, node: payload.node, slot: 'identity', issuer: 'coordinator', commonName: AGENT_CN, ...issued });
@@ -402,7 +577,14 @@ export class CoordinatorService {
         WHERE a.cluster = $1 AND a.node = $2 AND (a.identity_serial = $3 OR a.previous_serial = $3) AND c.revoked_at IS NULL`,
       [identity.cluster, identity.node, serial],
     );
-    if (rows.length === 0) throw unauthorized('this agent identity is not (or no longer) valid: enroll again with a new join token');
+    if (rows.length === 0) {
+      // Removing a node revokes its identity; its agent must still learn that the node is gone
+      // (410, it stops) rather than retry forever with an identity it cannot renew.
+      const row = await this.#cluster(identity.cluster);
+      const known = await this.store.query(`SELECT 1 FROM certificates WHERE serial = $1 AND cluster = $2 AND node = $3 AND slot = 'identity'`, [serial, identity.cluster, identity.node]);
+      if (known.length > 0 && (!row || !row.spec.nodes.some((n) => n.name === identity.node))) throw gone(`node "${identity.node}" is no longer part of cluster "${identity.cluster}"`);
+      throw unauthorized('this agent identity is not (or no longer) valid: enroll again with a new join token');
+    }
     await this.store.query(
       `INSERT INTO node_status (cluster, node, last_contact) VALUES ($1, $2, $3) ON CONFLICT (cluster, node) DO UPDATE SET last_contact = EXCLUDED.last_contact`,
       [identity.cluster, identity.node, this.now()],
@@ -438,6 +620,7 @@ export class CoordinatorService {
         const row = await this.#cluster(agent.cluster);
         if (!row) throw gone(`cluster "${agent.cluster}" no longer exists`);
         if (!row.spec.nodes.some((n) => n.name === agent.node)) throw gone(`node "${agent.node}" is no longer part of cluster "${agent.cluster}"`);
+        if (await this.refreshCrl(agent.cluster)) continue;
         if (row.generation > after) return (await this.#compile(row)).get(agent.node)!;
         const remaining = deadline - Date.now();
         if (remaining <= 0 || signal?.aborted) return null;
@@ -459,7 +642,7 @@ export class CoordinatorService {
     if (slot === 'identity') {
       await this.#nodeDesired(agent); // the node must still exist
       const issued = await this.store.tx(async (c) => {
-        const issued = this.#coordinatorCa.issue({ publicKey, commonName: AGENT_CN, uris: [identityUri(agent.cluster, agent.node)], usage: 'client', lifetimeSeconds: IDENTITY_LIFETIME_S, now });
+        const issued = this.#coordinatorCa.issue({ publicKey, commonName: AGENT_CN, uris: [identityUri(agent.cluster, agent.node)], usage: 'client', lifetimeSeconds: this.identityLifetimeSeconds, now });
         await this.#recordCert(c, { cluster: agent.cluster, node: agent.node, slot: 'identity', issuer: 'coordinator', commonName: AGENT_CN, ...issued });
         // The identity used for this call stays valid until the new one is used (or renewed again).
         await c.query(`UPDATE agents SET previous_serial = $3, identity_serial = $4 WHERE cluster = $1 AND node = $2`, [agent.cluster, agent.node, agent.serial, issued.serial]);
@@ -499,12 +682,44 @@ export class CoordinatorService {
     const enrolled = new Set((await this.store.query<{ node: string }>(`SELECT node FROM agents WHERE cluster = $1`, [name])).map((r) => r.node));
     const byNode = new Map(statuses.map((s) => [s.node, s]));
     const now = this.now().getTime();
+    const known = new Map((await this.store.query<{ serial: string; not_before: Date; not_after: Date }>(
+      `SELECT serial, not_before, not_after FROM certificates WHERE cluster = $1 AND not_after > $2`,
+      [name, new Date(now - 86400_000)],
+    )).map((r) => [r.serial, r]));
+    const identities = new Map((await this.store.query<{ node: string; serial: string; not_before: Date; not_after: Date }>(
+      `SELECT a.node, c.serial, c.not_before, c.not_after FROM agents a JOIN certificates c ON c.serial = a.identity_serial WHERE a.cluster = $1`,
+      [name],
+    )).map((r) => [r.node, r]));
+    const crl = (await this.store.query<{ next_update: Date }>(`SELECT next_update FROM cluster_crls WHERE cluster = $1`, [name]))[0];
+    const warnings: string[] = [];
+    const expiryOf = (id: string, serial: string, notAfterText: string, source: CertExpiry['source']): CertExpiry => {
+      const notAfter = new Date(notAfterText);
+      const k = known.get(serial);
+      // Lifetime from the coordinator's records; a certificate it does not know counts as 90 days.
+      const notBefore = k ? k.not_before : new Date(notAfter.getTime() - 90 * 86400_000);
+      return { id, serial, notAfter: notAfter.toISOString(), daysLeft: daysLeft(notAfter, now), level: expiryLevel({ notBefore, notAfter }, now), source };
+    };
     const staleAfterMs = 3 * this.longPollMs;
     const nodes: NodeStatusView[] = row.spec.nodes.map((n) => {
       const s = byNode.get(n.name);
       const report = s?.report ?? null;
       const phase = report?.phase ?? 'unknown';
+      const expiry: CertExpiry[] = [];
+      if (report?.servedCertificate) expiry.push(expiryOf('server', report.servedCertificate.serial, report.servedCertificate.notAfter, 'served'));
+      for (const c of report?.certificates ?? []) expiry.push(expiryOf(c.id, c.serial, c.notAfter, 'installed'));
+      const ident = identities.get(n.name);
+      if (ident) expiry.push(expiryOf('identity', ident.serial, ident.not_after.toISOString(), 'identity'));
+      for (const e of expiry) if (e.level !== 'ok') warnings.push(`${n.name}: ${e.source} certificate ${e.id} (serial ${e.serial}) is ${e.level}: ${e.daysLeft} days left`);
+      // What the agent says; without it, what the coordinator knows (certificates, CRL).
+      let survivesUntil: string | null = report?.survivesUntil ?? null;
+      if (!survivesUntil && expiry.length > 0) {
+        const ends = expiry.map((e) => new Date(e.notAfter).getTime());
+        if (crl) ends.push(crl.next_update.getTime());
+        survivesUntil = new Date(Math.min(...ends)).toISOString();
+      }
       return {
+        expiry,
+        survivesUntil,
         node: n.name,
         desiredGeneration: row.generation,
         appliedGeneration: report?.generation ?? 0,
@@ -519,7 +734,16 @@ export class CoordinatorService {
         pendingRestart: report?.pendingRestart ?? [],
       };
     });
+    const caPem = await this.clusterCaPem(name);
+    const ca = [caPem].map((pem) => {
+      const info = certInfo(pem);
+      const level = caLevel(info, certLifetimeSeconds(row.spec), now);
+      if (level !== 'ok') warnings.unshift(`the cluster CA (serial ${info.serial}) ends ${info.notAfter.toISOString()}: ${level}; rotate it (pgaccord cert rotate-ca)`);
+      return { serial: info.serial, notAfter: info.notAfter.toISOString(), daysLeft: daysLeft(info.notAfter, now), level };
+    });
     return {
+      ca,
+      warnings,
       cluster: name,
       generation: row.generation,
       auth: row.spec.auth,
@@ -534,11 +758,14 @@ export class CoordinatorService {
 
   async listCertificates(name: string) {
     await this.#requireCluster(name);
-    const rows = await this.store.query<{ serial: string; node: string; slot: string; common_name: string; not_before: Date; not_after: Date; revoked_at: Date | null }>(
-      `SELECT serial, node, slot, common_name, not_before, not_after, revoked_at FROM certificates WHERE cluster = $1 ORDER BY node, slot, not_before`,
+    const rows = await this.store.query<{ serial: string; node: string; slot: string; common_name: string; not_before: Date; not_after: Date; revoked_at: Date | null; renew_requested_at: Date | null }>(
+      `SELECT serial, node, slot, common_name, not_before, not_after, revoked_at, renew_requested_at FROM certificates WHERE cluster = $1 ORDER BY node, slot, not_before, not_after`,
       [name],
     );
     const now = this.now().getTime();
+    // The current certificate of a node and slot: the last issued one that is neither revoked nor expired.
+    const current = new Map<string, string>();
+    for (const r of rows) if (!r.revoked_at && r.not_after.getTime() > now) current.set(`${r.node}/${r.slot}`, r.serial);
     return {
       cluster: name,
       certificates: rows.map((r) => ({
@@ -548,8 +775,11 @@ export class CoordinatorService {
         commonName: r.common_name,
         notBefore: r.not_before.toISOString(),
         notAfter: r.not_after.toISOString(),
-        daysLeft: Math.round(((r.not_after.getTime() - now) / 86400_000) * 10) / 10,
+        daysLeft: daysLeft(r.not_after, now),
         revoked: r.revoked_at !== null,
+        level: expiryLevel({ notBefore: r.not_before, notAfter: r.not_after }, now),
+        current: current.get(`${r.node}/${r.slot}`) === r.serial,
+        renewRequested: r.renew_requested_at !== null,
       })),
     };
   }

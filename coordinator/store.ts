@@ -85,6 +85,21 @@ export const MIGRATIONS: Migration[] = [
       );
     `,
   },
+  {
+    version: 2,
+    name: 'certificate lifecycle: CRLs, forced renewals',
+    sql: `
+      -- The cluster's CRL, once it has one (first revocation); then refreshed for good.
+      CREATE TABLE cluster_crls (
+        cluster text PRIMARY KEY REFERENCES clusters(name) ON DELETE CASCADE,
+        pem text NOT NULL,
+        number bigint NOT NULL,
+        this_update timestamptz NOT NULL,
+        next_update timestamptz NOT NULL
+      );
+      ALTER TABLE certificates ADD COLUMN renew_requested_at timestamptz;
+    `,
+  },
 ];
 
 export type Queryable = Pick<pg.PoolClient, 'query'>;

@@ -75,6 +75,26 @@ export const PlanNode = Type.Object({
 export const PlanResponse = Type.Object({ cluster: Type.String(), generation: Type.Integer(), nodes: Type.Array(PlanNode), warnings: Type.Array(Type.String()) });
 export type PlanResponse = Static<typeof PlanResponse>;
 
+/**
+ * Expiry level of a certificate (or CA): `warning` when less than a third of its lifetime is left
+ * (its renewal, due at about two thirds, is overdue), `critical` when less than a tenth is left,
+ * `expired` past notAfter. For a CA, also `warning` below twice the leaf lifetime and `critical`
+ * below one leaf lifetime (leaves are then cut short to the CA's end).
+ */
+export const ExpiryLevel = Type.Union([Type.Literal('ok'), Type.Literal('warning'), Type.Literal('critical'), Type.Literal('expired')]);
+export type ExpiryLevel = Static<typeof ExpiryLevel>;
+
+export const CertExpiry = Type.Object({
+  id: Type.String(),
+  serial: Type.String(),
+  notAfter: Type.String(),
+  daysLeft: Type.Number(),
+  level: ExpiryLevel,
+  /** served: seen in a TLS handshake with the server; installed: a pair on disk; identity: the agent's coordinator identity. */
+  source: Type.Union([Type.Literal('served'), Type.Literal('installed'), Type.Literal('identity')]),
+});
+export type CertExpiry = Static<typeof CertExpiry>;
+
 export const NodeStatusView = Type.Object({
   node: Type.String(),
   desiredGeneration: Type.Integer(),
@@ -88,6 +108,10 @@ export const NodeStatusView = Type.Object({
   certificates: Type.Array(CertReport),
   probes: Type.Array(ProbeResult),
   pendingRestart: Type.Array(Type.String()),
+  /** Days left of every certificate the node uses: the served one (from a real handshake), the installed pairs, the agent identity. */
+  expiry: Type.Optional(Type.Array(CertExpiry)),
+  /** The earliest instant something of this node expires if the coordinator stays away (certificates, CRL). */
+  survivesUntil: Type.Optional(Type.Union([Type.String(), Type.Null()])),
 });
 export type NodeStatusView = Static<typeof NodeStatusView>;
 
@@ -99,6 +123,10 @@ export const ClusterStatusResponse = Type.Object({
   insecure: Type.Boolean(),
   converged: Type.Boolean(),
   nodes: Type.Array(NodeStatusView),
+  /** The cluster CA(s): the current one first, during a rotation the other. */
+  ca: Type.Optional(Type.Array(Type.Object({ serial: Type.String(), notAfter: Type.String(), daysLeft: Type.Number(), level: ExpiryLevel }))),
+  /** Lifecycle warnings: a CA nearing its end, certificates past their renewal time. */
+  warnings: Type.Optional(Type.Array(Type.String())),
 });
 export type ClusterStatusResponse = Static<typeof ClusterStatusResponse>;
 
@@ -113,5 +141,13 @@ export const CertificateView = Type.Object({
   notAfter: Type.String(),
   daysLeft: Type.Number(),
   revoked: Type.Boolean(),
+  level: Type.Optional(ExpiryLevel),
+  /** Still in use: the newest of its node and slot, neither revoked nor expired. */
+  current: Type.Optional(Type.Boolean()),
+  renewRequested: Type.Optional(Type.Boolean()),
 });
 export const CertificateListResponse = Type.Object({ cluster: Type.String(), certificates: Type.Array(CertificateView) });
+
+export const RevokeResponse = Type.Object({ cluster: Type.String(), serial: Type.String(), revokedAt: Type.String(), generation: Type.Integer(), alreadyRevoked: Type.Boolean() });
+export const RenewRequest = Type.Object({ serial: Type.Optional(Type.String({ pattern: '^[0-9a-fA-F:]{1,95}$' })), node: Type.Optional(Type.String()) }, { additionalProperties: false });
+export const RenewResponse = Type.Object({ cluster: Type.String(), generation: Type.Integer(), serials: Type.Array(Type.String()) });

@@ -262,6 +262,8 @@ export const NodeDesired = Type.Object(
     /** PEM bundle of the cluster CA(s) this node trusts. */
     caBundle: Type.String(),
     crl: Nullable(Type.String()),
+    /** Serials (hex) the operator asked to re-issue (`pgaccord cert renew`): the agent renews a pair with one of them. */
+    renewSerials: Type.Optional(Type.Array(Type.String())),
     /** Where the client credentials go; absent: the agent's own layout. */
     clientLayout: Type.Optional(ClientLayout),
     /**
@@ -327,6 +329,11 @@ export const AgentStatus = Type.Object(
     probes: Type.Array(ProbeResult),
     pendingRestart: Type.Array(Type.String()),
     coordinatorReachable: Type.Boolean(),
+    /**
+     * How long the node lasts without the coordinator: the earliest of its certificates' notAfter
+     * (identity included) and its CRL's nextUpdate. Absent from older agents.
+     */
+    survivesUntil: Type.Optional(Nullable(Type.String())),
     versions: Type.Object({ agent: Type.String(), postgres: Type.String() }, { additionalProperties: false }),
   },
   { additionalProperties: false },

@@ -25,7 +25,7 @@ test('the store is the embedded PostgreSQL in the data directory, on a Unix sock
   const [row] = await h.coord.store.query<{ listen_addresses: string }>('SHOW listen_addresses');
   assert.equal(row!.listen_addresses, '');
   const versions = await h.coord.store.query<{ version: number }>('SELECT version FROM schema_migrations');
-  assert.deepEqual(versions.map((v) => v.version), [1]);
+  assert.deepEqual(versions.map((v) => v.version), [1, 2]);
   // Migrating again is a no-op.
   assert.deepEqual(await h.coord.store.migrate(), []);
 });
@@ -252,7 +252,9 @@ test('admin CLI: apply (bad, dry run, real), status, token create, cert list, ov
   const help = await cli(['apply', '--help']);
   assert.equal(help.code, 0);
   assert.match(help.stdout, /--dry-run/);
-  assert.equal((await cli(['cert', 'revoke', 'cli', 'x'])).code, 2);
+  const unknownSerial = await cli(['cert', 'revoke', 'cli', '0a', '--data-dir', h.dir]);
+  assert.equal(unknownSerial.code, 1, 'revoking a serial the cluster never issued is refused');
+  assert.match(unknownSerial.stderr, /E_NOT_FOUND/);
 });
 
 test('DELETE removes the cluster', async () => {
