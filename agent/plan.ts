@@ -274,3 +274,50 @@ export function planNode(input: PlanInput): Plan {
     dirs,
   };
 }
+
+/** Where a node keeps its files by default (the agent's --state-dir and the postgres OS user's home). */
+export interface PreviewPaths {
+  stateDir: string;
+  home: string;
+  dataDir: string;
+}
+
+export const DEFAULT_PREVIEW_PATHS: PreviewPaths = { stateDir: '/var/lib/pgaccord', home: '/var/lib/postgresql', dataDir: '<PGDATA>' };
+
+const FILE_WHAT: Record<FileKey, string> = {
+  ca: 'CA bundle', crl: 'CRL',
+  'server-pem': 'server certificate chain + key (one file: ssl_cert_file and ssl_key_file)', 'server-ca': 'CA bundle (ssl_ca_file)', 'server-crl': 'CRL (ssl_crl_file)',
+  'client-cert': 'client certificate', 'client-key': 'client key', 'client-ca': 'CA bundle for the client', 'client-crl': 'CRL for the client',
+  passfile: 'passfile', ident: 'pg_ident.conf (managed block on top)', hba: 'pg_hba.conf (managed block on top)', settings: 'settings include file', config: 'postgresql.conf (one include line appended)',
+};
+
+/**
+ * What the agent would write on a node with the default paths, without a node: for
+ * `pgaccord apply --dry-run` and the plan endpoint, so that an operator who provisions
+ * pg_hba.conf themselves sees every setting and file. Certificates are shown under their
+ * versioned names (`<slot>-<serial>`), made on the node.
+ */
+export function previewNode(input: NodeDesired, paths: PreviewPaths = DEFAULT_PREVIEW_PATHS): { settings: Record<string, string>; files: string[] } {
+  const desired: NodeDesired = { ...input, caBundle: input.caBundle.trim() === '' ? '<cluster CA>' : input.caBundle };
+  const layout = { ...layoutForPreview(paths) };
+  const certificates: InstalledCertificate[] = desired.certificates.map((c) => ({ slot: c.id, certPath: `${layout.tlsDir}/${c.id}-<serial>.crt`, keyPath: `${layout.tlsDir}/${c.id}-<serial>.key`, serial: '<serial>', notAfter: '' }));
+  const pems = Object.fromEntries(desired.certificates.map((c) => [c.id, { cert: '', key: '' }]));
+  const plan = planNode({ desired, certificates, layout, localRole: 'postgres', localOsUsers: ['postgres'], existing: { hba: '', ident: '', config: '' }, pems });
+  const files = plan.files.map((f) => `${f.path} (${f.mode.toString(8).padStart(4, '0')}${f.secret ? ', secret' : ''}): ${FILE_WHAT[f.key]}`);
+  for (const c of certificates) files.push(`${c.keyPath} (0600, made on the node), ${c.certPath} (0644): ${c.slot} key pair`);
+  return { settings: { ...plan.settings, [CONFIG_HASH_SETTING]: '<hash of the managed files>' }, files };
+}
+
+function layoutForPreview(p: PreviewPaths): Layout {
+  return {
+    stateDir: p.stateDir,
+    home: p.home,
+    hbaFile: `${p.dataDir}/pg_hba.conf`,
+    identFile: `${p.dataDir}/pg_ident.conf`,
+    configFile: `${p.dataDir}/postgresql.conf`,
+    includeFile: `${p.dataDir}/${INCLUDE_FILE}`,
+    tlsDir: `${p.stateDir}/tls`,
+    clientDir: `${p.stateDir}/client`,
+    passfile: `${p.stateDir}/client/passfile`,
+  };
+}

@@ -8,6 +8,7 @@ import { normaliseSerial } from '../shared/crl.ts';
 import { caLevel, daysLeft, expiryLevel } from '../shared/lifecycle.ts';
 import { certLifetimeSeconds, compileCluster, rolesNeedingPasswords, type RoleCredential } from '../shared/compile.ts';
 import { EscapeError } from '../shared/escape.ts';
+import { previewNode } from '../agent/plan.ts';
 import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from '../shared/render.ts';
 import type { AgentStatus, ClusterSpec, NodeDesired } from '../shared/schema.ts';
 import { scramVerifier } from '../shared/scram.ts';
@@ -466,14 +467,15 @@ export class CoordinatorService {
     const nodes = [...proposed.values()].map((d) => {
       const rendered = renderNode(d);
       const old = before.get(d.node);
+      const preview = previewNode(d);
       return {
         node: d.node,
         hba: rendered.hba,
         ident: rendered.ident,
-        settings: d.settings,
+        settings: preview.settings,
         roles: d.roles.map((r) => r.name),
         certificates: d.certificates.map((c) => `${c.id}: CN=${c.commonName}${[...c.dnsNames, ...c.ipAddresses].length ? ` SAN=${[...c.dnsNames, ...c.ipAddresses].join(',')}` : ''} (${c.usage})`),
-        files: nodeFiles(d),
+        files: preview.files,
         changes: old ? diffNodes(old, d) : ['new node: every file will be written'],
       };
     });
@@ -803,19 +805,11 @@ function waitFor(events: NodeJS.EventEmitter, cluster: string, ms: number, signa
 }
 
 export function renderNode(d: NodeDesired): { hba: string; ident: string } {
-  const managedRoles = d.roles.map((r) => r.name);
+  const managedRoles = d.roles.filter((r) => r.external !== true).map((r) => r.name);
   return {
     hba: renderHbaBlock({ cluster: d.cluster, localRole: 'postgres', rules: d.hba, managedRoles }),
     ident: renderIdentBlock({ cluster: d.cluster, localRole: 'postgres', localOsUsers: ['postgres'], lines: d.ident }),
   };
-}
-
-function nodeFiles(d: NodeDesired): string[] {
-  const files = ['pg_hba.conf (managed block)', 'pg_ident.conf (managed block)', 'pgaccord.conf (settings include)'];
-  if (d.tls) files.push('tls/ca.crt');
-  for (const c of d.certificates) files.push(`tls/${c.id}.crt`, `tls/${c.id}.key (made on the node, 0600)`);
-  if (d.clientSecrets.length > 0) files.push('passfile (0600)');
-  return files;
 }
 
 function diffNodes(old: NodeDesired, next: NodeDesired): string[] {
