@@ -20,7 +20,7 @@ import { OWN_TLS_FILE, clientPaths, layoutFor, stableServerPaths, type Layout } 
 import { fileSettings, hbaFileRules, openSession, identFileMappings, pendingRestart, reloadConf, serverInfo, servedCertificate, tcpHostFor, waitForConfigHash, type ServerInfo } from './pgconf.ts';
 import { planNode, PlanError, type Plan } from './plan.ts';
 import { applyRoles, checkVerifiers, RoleError } from './roles.ts';
-import { checkCertificates, checkCrl, checkFileSettings, checkHbaRows, checkIdentRows, keyModeProblem, type Problem } from './verify.ts';
+import { runSeedChecks, checkCertificates, checkCrl, checkFileSettings, checkHbaRows, checkIdentRows, keyModeProblem, type Problem } from './verify.ts';
 import type { ApplyInput, ApplyResult, InstalledCertificate, NodeContext } from './types.ts';
 
 export interface ApplyOptions {
@@ -155,6 +155,7 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
     const served = await prove(run);
     const pending = [...new Set([...(await pendingRestart(session)), ...run.pendingFromFiles])].sort();
     await cleanup(run);
+    const checks = input.desired.profile === 'pgd' ? await runSeedChecks(session) : undefined;
     const changed = run.changed.length > 0 || roles.changed || reloaded;
     const phase = pending.length > 0 ? 'pending-restart' : 'converged';
     // Level-triggered: most passes change nothing, and say so only at debug level.
@@ -167,6 +168,7 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
       pendingRestart: pending,
       servedCertificate: served,
       clientConnections: plan.clientConnections,
+      ...(checks ? { checks } : {}),
     };
   } catch (e) {
     const problems = e instanceof StepFailure ? e.problems : [asProblem(e, e instanceof RoleError ? e.code : 'E_APPLY')];

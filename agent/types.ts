@@ -71,6 +71,8 @@ export interface ApplyResult {
   servedCertificate: CertReport | null;
   /** One per outgoing edge, for the probes and for status. */
   clientConnections: ClientConnection[];
+  /** The seed's verification queries and their results (pgd), for status. */
+  checks?: import('./verify.ts').SeedCheck[];
 }
 
 export type { NodeDesired };

@@ -267,3 +267,40 @@ export function checkCrl(pem: string, now: Date): Problem[] {
     return [{ code: 'E_CRL_INVALID', message: `CRL: ${(e as Error).message}` }];
   }
 }
+
+/** One of the seed's verification queries, run by the agent, with its rows or why it could not run. */
+export interface SeedCheck {
+  name: string;
+  query: string;
+  ok: boolean;
+  rows: Record<string, unknown>[];
+  /** e.g. "bdr not installed" */
+  note: string | null;
+}
+
+/** Seed 004's three verification queries, verbatim; the BDR one only where bdr.node_summary exists. */
+export const PGD_CHECKS: { name: string; query: string; needs?: string }[] = [
+  { name: 'replication over SSL', query: 'SELECT pid, ssl, version, cipher, bits\nFROM pg_stat_ssl\nJOIN pg_stat_replication USING (pid);' },
+  { name: 'authentication methods in pg_hba.conf', query: "SELECT type, database, user_name, address, auth_method\nFROM pg_hba_file_rules\nWHERE auth_method IN ('cert', 'scram-sha-256');" },
+  { name: 'BDR node states', query: 'SELECT node_name, peer_state_name, peer_target_state_name\nFROM bdr.node_summary;', needs: 'bdr.node_summary' },
+];
+
+export async function runSeedChecks(session: { query: (q: string, v?: unknown[]) => Promise<{ rows: Record<string, unknown>[] }> }, checks = PGD_CHECKS): Promise<SeedCheck[]> {
+  const out: SeedCheck[] = [];
+  for (const c of checks) {
+    if (c.needs !== undefined) {
+      const { rows } = await session.query('SELECT to_regclass($1) IS NOT NULL AS present', [c.needs]);
+      if (rows[0]?.present !== true) {
+        out.push({ name: c.name, query: c.query, ok: true, rows: [], note: 'bdr not installed' });
+        continue;
+      }
+    }
+    try {
+      const { rows } = await session.query(c.query);
+      out.push({ name: c.name, query: c.query, ok: true, rows, note: null });
+    } catch (e) {
+      out.push({ name: c.name, query: c.query, ok: false, rows: [], note: (e as Error).message });
+    }
+  }
+  return out;
+}

@@ -183,6 +183,11 @@ test('pgd: every peer reaches every peer as pgd_replication with the interface c
       ],
     };
     const applied = await applyAll(spec, [p1, p2], ++generation, passwords);
+    // the seed's three verification queries, run by the agent after the apply
+    const checks = applied.get(p1.name)!.result.checks!;
+    assert.deepEqual(checks.map((c) => [c.name, c.ok, c.note]), [['replication over SSL', true, null], ['authentication methods in pg_hba.conf', true, null], ['BDR node states', true, 'bdr not installed']]);
+    const methods = checks[1]!.rows.map((r) => `${r.type} ${(r.database as string[]).join()} ${(r.user_name as string[]).join()} ${r.address} ${r.auth_method}`).sort();
+    assert.deepEqual(methods, auth === 'trust' ? [] : [`hostssl all,replication pgd_replication 127.0.0.1 ${auth}`]);
     for (const [from, to] of [[p1, p2], [p2, p1]] as const) {
       const { result } = applied.get(from.name)!;
       const [c] = result.clientConnections.filter((x) => x.to === to.name);
