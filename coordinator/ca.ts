@@ -106,7 +106,11 @@ export class CertificateAuthority {
     cert.publicKey = req.publicKey;
     const serial = randomSerial();
     cert.serialNumber = serial;
-    const notBefore = new Date(Math.floor(req.now.getTime() / 1000) * 1000 - BACKDATE_S * 1000);
+    // Backdated for clock skew, but never by more than a twentieth of the lifetime: the renewal
+    // schedule (2/3 of notAfter - notBefore) must stay ahead of the issue time for short lifetimes
+    // (a 2-minute certificate backdated 5 minutes would be due for renewal the moment it is issued).
+    const backdateMs = Math.min(BACKDATE_S * 1000, Math.floor((req.lifetimeSeconds * 1000) / 20 / 1000) * 1000);
+    const notBefore = new Date(Math.floor(req.now.getTime() / 1000) * 1000 - backdateMs);
     const wanted = Math.floor(req.now.getTime() / 1000) * 1000 + req.lifetimeSeconds * 1000;
     const notAfter = new Date(Math.min(wanted, this.notAfter.getTime()));
     if (notAfter.getTime() <= req.now.getTime()) throw new Error('the CA has expired: it cannot issue');

@@ -83,9 +83,9 @@ test('certs: first pass issues every slot under versioned names, keys 0600 made 
 test('certs: renewal when due (2/3 of lifetime minus jitter), old pair kept until pruned', async () => {
   const t = await setup({ slots: [server] });
   const first = (await t.manager.ensure(t.desired, { online: true })).installed[0]!;
-  t.advance(30 * 60_000); // half-way (notBefore is back-dated 5 min): not due yet
+  t.advance(30 * 60_000); // half-way (notBefore is back-dated 3 min, 1/20 of the hour): not due yet
   assert.equal((await t.manager.ensure(t.desired, { online: true })).issued.length, 0);
-  t.advance(15 * 60_000); // ~2/3 of the 65-min validity window has passed
+  t.advance(15 * 60_000); // past 2/3 of the 63-min validity window
   const renewed = await t.manager.ensure(t.desired, { online: true });
   assert.deepEqual(renewed.issued, ['server']);
   const second = renewed.installed[0]!;

@@ -155,3 +155,20 @@ test('certificate manager: a revoked pair and a pair the operator asked to renew
   const key3 = await readFile(third.installed[0]!.keyPath, 'utf8');
   assert.ok(key3.includes('PRIVATE KEY'));
 });
+
+test('short lifetimes: a 2-minute certificate is back-dated 6 s, not 5 min, so its renewal falls after its issue', async () => {
+  const { ca } = await CertificateAuthority.create('short CA', new Date(T0 - 3600_000));
+  const { generateRsaKey } = await import('../../shared/x509.ts');
+  const key = (await generateRsaKey()).privateKeyPem;
+  const issued = ca.issue({ publicKey: pub(key), commonName: 'x', usage: 'client', lifetimeSeconds: 120, now: new Date(T0) });
+  assert.equal(issued.notBefore.getTime(), T0 - 6000);
+  assert.equal(issued.notAfter.getTime(), T0 + 120_000);
+  const schedule = new RenewalSchedule(seededRandom(1));
+  const at = schedule.renewAt(issued.serial, issued).getTime();
+  assert.ok(at > T0 + 60_000 && at < T0 + 80_000, `renewal ${(at - T0) / 1000}s after issue`);
+  const long = ca.issue({ publicKey: pub(key), commonName: 'x', usage: 'client', lifetimeSeconds: 90 * 86400, now: new Date(T0) });
+  assert.equal(long.notBefore.getTime(), T0 - 300_000, 'long lifetimes keep the 5-minute back-dating');
+  // No leaf outlives its CA.
+  const { ca: old } = await CertificateAuthority.create('old CA', new Date(T0 - 3600_000), 7200);
+  assert.equal(old.issue({ publicKey: pub(key), commonName: 'x', usage: 'client', lifetimeSeconds: 86400, now: new Date(T0) }).notAfter.getTime(), old.notAfter.getTime());
+});
