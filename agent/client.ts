@@ -198,8 +198,9 @@ export class CoordinatorClient {
    * (`unknown`): the reconcile loop decides whether to accept it, so that a garbled answer is
    * reported as a refused desired state rather than as a transport error.
    */
-  async desired(after: number, signal?: AbortSignal): Promise<{ kind: 'newer'; body: unknown } | { kind: 'unchanged' } | { kind: 'removed' }> {
-    const path = `/v1/agent/desired?after=${after}`;
+  async desired(after: number, signal?: AbortSignal, waitSeconds?: number): Promise<{ kind: 'newer'; body: unknown } | { kind: 'unchanged' } | { kind: 'removed' }> {
+    // waitSeconds: hold at most this long (0: answer at once, e.g. the first poll after an outage).
+    const path = `/v1/agent/desired?after=${after}${waitSeconds !== undefined ? `&wait=${Math.max(0, Math.floor(waitSeconds))}` : ''}`;
     const a = await this.call('GET', path, undefined, signal);
     if (a.status === 200) return { kind: 'newer', body: a.body };
     if (a.status === 204) return { kind: 'unchanged' };

@@ -205,7 +205,11 @@ export class ReconcileLoop {
     const at = Math.min(...candidates) + 250;
     if (this.renewalTimerAt === at && this.renewalTimer) return;
     clearTimeout(this.renewalTimer);
-    const delay = Math.min(Math.max(at - this.deps.now(), 1000), 24 * 3600_000);
+    const now = this.deps.now();
+    // Already due: renewal happens on the next contact; while the coordinator is away the retry
+    // loop (its delay capped near expiry) brings it, and a failing CSR is retried every 10 s.
+    if (at <= now && !this.reachable) return;
+    const delay = at <= now ? 10_000 : Math.min(Math.max(at - now, 1000), 24 * 3600_000);
     this.renewalTimerAt = at;
     this.renewalTimer = setTimeout(() => {
       this.renewalTimer = undefined;
@@ -278,7 +282,9 @@ export class ReconcileLoop {
         const pollAbort = new AbortController();
         this.pollAbort = pollAbort;
         try {
-          outcome = await this.pollOnce(AbortSignal.any([this.signal, pollAbort.signal]));
+          // After a failure, ask for an immediate answer: contact (and a due renewal) must not
+          // wait for a long-poll to run its course.
+          outcome = await this.pollOnce(AbortSignal.any([this.signal, pollAbort.signal]), this.reachable && this.failures === 0 ? undefined : 0);
         } catch (e) {
           if (this.signal.aborted) break;
           if (pollAbort.signal.aborted) {
@@ -297,7 +303,11 @@ export class ReconcileLoop {
           const delay = this.retryDelay();
           this.failures += 1;
           log.info({ retryInMs: delay, attempt: this.failures }, 'retrying the coordinator after a delay');
-          await sleep(delay, this.signal);
+          // The renewal timer cuts the wait short (pollAbort), so a due renewal is tried at once.
+          const wake = new AbortController();
+          this.pollAbort = wake;
+          await sleep(delay, AbortSignal.any([this.signal, wake.signal]));
+          this.pollAbort = null;
         } else {
           this.failures = 0;
           const elapsed = this.deps.now() - started;
@@ -313,9 +323,9 @@ export class ReconcileLoop {
     }
   }
 
-  private async pollOnce(signal: AbortSignal): Promise<'ok' | 'error' | 'removed'> {
+  private async pollOnce(signal: AbortSignal, waitSeconds?: number): Promise<'ok' | 'error' | 'removed'> {
     const { log } = this.deps;
-    const answer = await this.deps.client.desired(this.lastGood?.generation ?? 0, signal);
+    const answer = await this.deps.client.desired(this.lastGood?.generation ?? 0, signal, waitSeconds);
     this.onContactSuccess();
     if (answer.kind === 'removed') {
       log.error('the coordinator says this node was removed from its cluster (410); keeping the files as they are and stopping');
