@@ -166,7 +166,6 @@ export function resolveConfig(flags: RawConfig, file: RawConfig, configFile?: st
   if (!pgdataArg) throw new UsageError('--pgdata DIR is required');
   const pgdata = resolve(pgdataArg);
   if (!existsSync(pgdata) || !statSync(pgdata).isDirectory()) throw new UsageError(`--pgdata: ${pgdata} is not a directory`);
-  if (!existsSync(join(pgdata, 'PG_VERSION'))) throw new UsageError(`--pgdata: ${pgdata} is not a PostgreSQL data directory (no PG_VERSION)`);
   const pid = readPostmasterPid(pgdata);
   const portText = get('pg-port');
   let pgPort = pid.port ?? 5432;
@@ -294,6 +293,10 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
   const now = hooks.now ?? Date.now;
   const random: Random = hooks.random ?? (() => randomInt(0, 2 ** 32) / 2 ** 32);
   const owner = await ownerOf(cfg.pgdata);
+  // An empty PGDATA is allowed: tools like pg_autoctl create the server themselves and need the
+  // TLS material first. Until the server runs, the agent installs that material and reports
+  // E_PG_CONNECT.
+  if (!existsSync(join(cfg.pgdata, 'PG_VERSION'))) log.warn({ pgdata: cfg.pgdata }, 'PGDATA is not initialised yet: installing TLS material and client credentials only, until PostgreSQL runs there');
   // The state directory belongs to the PGDATA owner: the server reads its certificates there.
   await ensureDir(cfg.stateDir, 0o700, owner);
 

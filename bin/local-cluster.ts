@@ -163,7 +163,7 @@ export class LocalCluster {
       }
       await new Promise((r) => setTimeout(r, 500));
     }
-    throw new Error(`cluster ${cluster} did not converge in ${timeoutMs / 1000} s: ${JSON.stringify(last?.nodes.map((n) => ({ node: n.node, phase: n.phase, applied: n.appliedGeneration, errors: n.errors })))}`);
+    throw new Error(`cluster ${cluster} did not converge in ${timeoutMs / 1000} s: ${JSON.stringify(last?.nodes.map((n) => ({ node: n.node, phase: n.phase, applied: n.appliedGeneration, stale: n.stale, errors: n.errors, failedProbes: n.probes.filter((p) => !p.ok) })))}`);
   }
 
   /** Stop every process and server; remove the working directory unless kept. */

@@ -64,12 +64,13 @@ test('config: bad input is refused with a message naming the option', async () =
     [{ ...base, node: 'sales' }, /--node: "sales" is not CLUSTER\/NODE/],
     [{ ...base, node: 'Sales/Node_1' }, /--node/],
     [{ ...base, pgdata: '/nonexistent/x' }, /--pgdata: \/nonexistent\/x is not a directory/],
-    [{ ...base, pgdata: tmpdir() }, /not a PostgreSQL data directory/],
     [{ ...base, 'pg-port': '70000' }, /--pg-port: "70000" is not a port number/],
     [{ ...base, 'log-level': 'loud' }, /--log-level: "loud" is not one of/],
     [{ ...base, 'join-token': 'pga1.!!' }, /--join-token: join token is not base64url/],
   ];
   for (const [flags, msg] of cases) assert.throws(() => resolveConfig(flags, {}), msg);
+  // An existing but uninitialised PGDATA is accepted: pg_autoctl and others initialise it later.
+  assert.equal(resolveConfig({ ...base, pgdata: tmpdir() }, {}).pgdata, tmpdir());
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-agent-cfg-'));
   dirs.push(dir);
   await writeFile(join(dir, 'a.yaml'), 'coordinator: https://c\nnodes: a/b\n');
