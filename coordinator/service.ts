@@ -507,12 +507,7 @@ export class CoordinatorService {
   async enroll(token: string, csrPem: string): Promise<EnrollResponse> {
     const payload = decodeJoinToken(token);
     if (!payload) throw unauthorized('not a pgaccord join token');
-    let publicKey;
-    try {
-      publicKey = readCsrKey(csrPem).publicKey;
-    } catch (e) {
-      throw badRequest('E_CSR_INVALID', (e as Error).message);
-    }
+    const publicKey = csrPublicKey(csrPem);
     const now = this.now();
     const result = await this.store.tx(async (c) => {
       const used = await c.query<{ cluster: string; node: string }>(
@@ -634,12 +629,7 @@ export class CoordinatorService {
   }
 
   async signCsr(agent: AgentPrincipal, slot: string, csrPem: string): Promise<CsrResponse> {
-    let publicKey;
-    try {
-      publicKey = readCsrKey(csrPem).publicKey;
-    } catch (e) {
-      throw badRequest('E_CSR_INVALID', (e as Error).message);
-    }
+    const publicKey = csrPublicKey(csrPem);
     const now = this.now();
     if (slot === 'identity') {
       await this.#nodeDesired(agent); // the node must still exist
@@ -838,4 +828,13 @@ function diffNodes(old: NodeDesired, next: NodeDesired): string[] {
   if (old.sslmode !== next.sslmode) changes.push(`~ sslmode: ${old.sslmode} -> ${next.sslmode}`);
   if (old.certLifetimeSeconds !== next.certLifetimeSeconds) changes.push(`~ certificate lifetime: ${old.certLifetimeSeconds}s -> ${next.certLifetimeSeconds}s`);
   return changes.length > 0 ? changes : ['no change'];
+}
+
+/** The public key of a CSR whose signature verifies; anything else is the client's error. */
+function csrPublicKey(csrPem: string): ReturnType<typeof readCsrKey>['publicKey'] {
+  try {
+    return readCsrKey(csrPem).publicKey;
+  } catch (e) {
+    throw badRequest('E_CSR_INVALID', (e as Error).message);
+  }
 }

@@ -3,7 +3,7 @@
 import type { CertificateSlot, ClusterSpec, Edge, HbaRule, IdentLine, NodeDesired, NodeSpec, RoleDesired } from './schema.ts';
 import { parseDuration } from './duration.ts';
 import { hostCidr, isIP } from './net.ts';
-import { PROFILES } from './profiles.ts';
+import { PROFILES, type ProfileRole } from './profiles.ts';
 import { DEFAULT_CERT_LIFETIME } from './spec.ts';
 
 export interface RoleCredential {
@@ -53,17 +53,8 @@ export function connections(spec: ClusterSpec): Connection[] {
   return out;
 }
 
-export interface ClusterRole {
-  name: string;
-  replication: boolean;
-  inRoles: string[];
-  kinds?: string[];
-  superuser?: boolean;
-  connectionLimit?: number;
-  external?: boolean;
-  password?: boolean;
-  knownPassword?: string;
-}
+/** A role as the cluster manages it: the profile's own, or one from the spec. */
+export type ClusterRole = ProfileRole;
 
 /** Every role the cluster manages on some node, profile roles first. */
 export function clusterRoles(spec: ClusterSpec): ClusterRole[] {
