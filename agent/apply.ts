@@ -15,7 +15,7 @@ import { certInfo } from '../shared/x509.ts';
 import type { CertReport, FileReport } from '../shared/schema.ts';
 import type { Static } from '@sinclair/typebox';
 import { observeFile } from './drift.ts';
-import { installFile, isRoot, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from './install.ts';
+import { installFiles, isRoot, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from './install.ts';
 import { OWN_TLS_FILE, clientPaths, layoutFor, stableServerPaths, type Layout } from './layout.ts';
 import { fileSettings, hbaFileRules, openSession, identFileMappings, pendingRestart, reloadConf, serverInfo, servedCertificate, tcpHostFor, waitForConfigHash, type ServerInfo } from './pgconf.ts';
 import { planNode, PlanError, type Plan } from './plan.ts';
@@ -202,8 +202,9 @@ export async function installMaterial(ctx: NodeContext, input: ApplyInput, opts:
   await ensurePlanDirs(ctx, plan.dirs);
   const { uid, gid } = ctx.serverOsUser;
   const written: string[] = [];
-  for (const f of plan.files.filter((x) => MATERIAL_KEYS.has(x.key))) {
-    if (await installFile({ path: f.path, content: Buffer.from(f.content, 'utf8'), uid, gid, mode: f.mode })) written.push(f.path);
+  for (const group of installGroups(plan.files.filter((x) => MATERIAL_KEYS.has(x.key)))) {
+    const wrote = await installFiles(group.map((f) => ({ path: f.path, content: Buffer.from(f.content, 'utf8'), uid, gid, mode: f.mode })));
+    group.forEach((f, i) => wrote[i] && written.push(f.path));
   }
   return { written, errors: [] };
 }
@@ -262,14 +263,28 @@ async function checkInputs(ctx: NodeContext, input: ApplyInput, plan: Plan, now:
   return problems;
 }
 
+/** Consecutive files of one group (a client certificate and its key) go to installFiles together; every other file alone. */
+function installGroups<F extends { group?: string }>(files: F[]): F[][] {
+  const out: F[][] = [];
+  for (const f of files) {
+    const last = out[out.length - 1];
+    if (f.group !== undefined && last !== undefined && last[0]!.group === f.group) last.push(f);
+    else out.push([f]);
+  }
+  return out;
+}
+
 async function installAll(run: Run): Promise<void> {
   const { uid, gid } = run.ctx.serverOsUser;
-  for (const f of run.plan.files) {
-    const snap = run.snapshots.get(f.path)!;
-    // postgresql.conf keeps its own owner and mode: we only append one line to it.
-    const owner = f.key === 'config' && snap.exists ? { uid: snap.uid, gid: snap.gid, mode: snap.mode } : { uid, gid, mode: f.mode };
-    const wrote = await installFile({ path: f.path, content: Buffer.from(f.content, 'utf8'), ...owner });
-    if (wrote) run.changed.push(f.path);
+  for (const group of installGroups(run.plan.files)) {
+    const specs = group.map((f) => {
+      const snap = run.snapshots.get(f.path)!;
+      // postgresql.conf keeps its own owner and mode: we only append one line to it.
+      const owner = f.key === 'config' && snap.exists ? { uid: snap.uid, gid: snap.gid, mode: snap.mode } : { uid, gid, mode: f.mode };
+      return { path: f.path, content: Buffer.from(f.content, 'utf8'), ...owner };
+    });
+    const wrote = await installFiles(specs);
+    group.forEach((f, i) => wrote[i] && run.changed.push(f.path));
   }
   if (run.changed.length > 0) run.log.info({ files: run.changed }, 'installed');
 }

@@ -4,8 +4,8 @@
 // rename over the target, fsync of the directory. A reader (PostgreSQL, a restart, a crash
 // recovery) sees the whole old file or the whole new one, never a prefix of either.
 import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import { lstat, open, readdir, readFile, rename, unlink } from 'node:fs/promises';
+import { constants, renameSync } from 'node:fs';
+import { lstat, open, readdir, readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 /** Prefix of every temp file we create: stale ones (from a SIGKILL) are removed by name. */
@@ -73,42 +73,82 @@ function checkOwnership(spec: FileSpec): void {
   }
 }
 
-/**
- * Make `spec.path` hold exactly `spec.content` with its owner and mode. Returns false (and
- * writes nothing) when it already does. Any failure, including one to set owner or mode, is an
- * error: the target is then untouched.
- */
-export async function installFile(spec: FileSpec): Promise<boolean> {
+/** A temp file fully written, synced, owned and moded, waiting for its rename. */
+interface Staged {
+  spec: FileSpec;
+  tmp: string;
+}
+
+async function stage(spec: FileSpec): Promise<Staged | null> {
   if ((spec.mode & ~0o7777) !== 0) throw new InstallError('E_MODE', `bad mode ${spec.mode.toString(8)} for ${spec.path}`);
   const before = await snapshotFile(spec.path);
-  if (matches(before, spec)) return false;
+  if (matches(before, spec)) return null;
   checkOwnership(spec);
   const dir = dirname(spec.path);
   const tmp = join(dir, `${TEMP_PREFIX}${basename(spec.path)}.${process.pid}.${randomBytes(6).toString('hex')}`);
   const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600).catch((e: unknown) => {
     throw new InstallError('E_INSTALL', `cannot create a temporary file in ${dir}: ${(e as Error).message}`, { cause: e });
   });
-  let renamed = false;
   try {
     await fh.writeFile(spec.content);
     await fh.sync();
     if (isRoot()) await fh.chown(spec.uid, spec.gid);
     await fh.chmod(spec.mode);
     await fh.close();
-    await rename(tmp, spec.path);
-    renamed = true;
-    await fsyncDir(dir);
-    return true;
+    return { spec, tmp };
   } catch (e) {
-    if (e instanceof InstallError) throw e;
-    throw new InstallError(
-      (e as NodeJS.ErrnoException).code === 'EPERM' || (e as NodeJS.ErrnoException).code === 'EACCES' ? 'E_PERMISSION' : 'E_INSTALL',
-      `cannot install ${spec.path}: ${(e as Error).message}`,
-      { cause: e },
-    );
-  } finally {
     await fh.close().catch(() => undefined);
-    if (!renamed) await unlink(tmp).catch(() => undefined);
+    await unlink(tmp).catch(() => undefined);
+    throw asInstallError(e, spec.path);
+  }
+}
+
+function asInstallError(e: unknown, path: string): InstallError {
+  if (e instanceof InstallError) return e;
+  const code = (e as NodeJS.ErrnoException).code;
+  return new InstallError(code === 'EPERM' || code === 'EACCES' ? 'E_PERMISSION' : 'E_INSTALL', `cannot install ${path}: ${(e as Error).message}`, { cause: e });
+}
+
+/**
+ * Make `spec.path` hold exactly `spec.content` with its owner and mode. Returns false (and
+ * writes nothing) when it already does. Any failure, including one to set owner or mode, is an
+ * error: the target is then untouched.
+ */
+export async function installFile(spec: FileSpec): Promise<boolean> {
+  const [changed] = await installFiles([spec]);
+  return changed!;
+}
+
+/**
+ * installFile for files a reader opens one after the other and that must match (a client
+ * certificate and its key under fixed names): every temp file is written, synced, owned and
+ * moded first, then the renames follow back to back (in the given order, no I/O between them),
+ * then each directory is synced once. Two renames are never one atomic step; this only shrinks
+ * the window in which a reader can see one new file and one old one from the time it takes to
+ * write and sync a file to the time between two rename() calls (see docs/profiles.md). If a
+ * rename fails, the files already renamed stay new (the next apply, or the caller's restore,
+ * settles them). Returns, per spec, whether it was written.
+ */
+export async function installFiles(specs: FileSpec[]): Promise<boolean[]> {
+  const staged: (Staged | null)[] = [];
+  try {
+    for (const spec of specs) staged.push(await stage(spec));
+  } catch (e) {
+    for (const s of staged) if (s !== null) await unlink(s.tmp).catch(() => undefined);
+    throw e;
+  }
+  let i = 0;
+  try {
+    for (; i < staged.length; i++) {
+      const s = staged[i];
+      // synchronous on purpose: no trip through the event loop and the thread pool between two renames
+      if (s !== null) renameSync(s.tmp, s.spec.path);
+    }
+    for (const dir of new Set(staged.filter((s): s is Staged => s !== null).map((s) => dirname(s.spec.path)))) await fsyncDir(dir);
+    return staged.map((s) => s !== null);
+  } catch (e) {
+    for (const s of staged.slice(i)) if (s !== null) await unlink(s.tmp).catch(() => undefined);
+    throw asInstallError(e, staged[Math.min(i, staged.length - 1)]?.spec.path ?? '');
   }
 }
 

@@ -31,6 +31,11 @@ export interface PlannedFile {
   mode: number;
   /** Holds a secret: never logged, and a failure to set its mode is fatal. */
   secret: boolean;
+  /**
+   * Files with the same group are installed together (installFiles: all staged, then renamed
+   * back to back, in plan order): a client certificate and its key under fixed names.
+   */
+  group?: string;
 }
 
 export interface PlanInput {
@@ -228,8 +233,9 @@ export function planNode(input: PlanInput): Plan {
         if (written.has(paths.cert) && files.find((f) => f.path === paths.cert)?.content.startsWith(withNewline(pem.cert)) !== true) {
           throw new PlanError('E_RENDER', `client layout: two client certificates would be written to ${paths.cert}`);
         }
-        add({ key: 'client-cert', path: paths.cert, content: withNewline(pem.cert) + (cl.chain ? withNewline(desired.caBundle) : ''), mode: 0o644, secret: false });
-        add({ key: 'client-key', path: paths.key, content: withNewline(pem.key), mode: 0o600, secret: true });
+        // certificate first, then its key, renamed back to back: libpq reads sslcert, then sslkey
+        add({ key: 'client-cert', path: paths.cert, content: withNewline(pem.cert) + (cl.chain ? withNewline(desired.caBundle) : ''), mode: 0o644, secret: false, group: paths.cert });
+        add({ key: 'client-key', path: paths.key, content: withNewline(pem.key), mode: 0o600, secret: true, group: paths.cert });
       }
     }
     if (needsCa && any.ca !== null) add({ key: 'client-ca', path: any.ca, content: desired.caBundle, mode: 0o644, secret: false });
