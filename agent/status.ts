@@ -52,6 +52,7 @@ export function buildStatus(s: StatusInput): AgentStatus {
     pendingRestart: s.apply?.pendingRestart ?? [],
     coordinatorReachable: s.coordinatorReachable,
     ...(s.survivesUntil !== undefined ? { survivesUntil: s.survivesUntil } : {}),
+    ...(s.apply?.checks !== undefined ? { checks: s.apply.checks.map((c) => ({ name: c.name, query: c.query, ok: c.ok, rows: c.rows, note: c.note })) } : {}),
     versions: { agent: AGENT_VERSION, postgres: s.postgresVersion },
   };
 }

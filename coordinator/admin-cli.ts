@@ -251,7 +251,11 @@ export function formatStatus(s: ClusterStatus): string {
       n.errors.length ? n.errors.map((e) => `${e.code}: ${e.message}`).join('; ') : '-',
     ]);
   }
-  const failed = s.nodes.flatMap((n) => n.probes.filter((p) => !p.ok).map((p) => `  probe ${n.node} -> ${p.to} as ${p.role}: ${p.error ?? 'failed'}`));
+  const failed = s.nodes.flatMap((n) => [
+    ...n.probes.filter((p) => !p.ok).map((p) => `  probe ${n.node} -> ${p.to} as ${p.role}: ${p.error ?? 'failed'}`),
+    // the profile's verification queries: the failed ones, and the ones with a note (pgd without bdr: "bdr not installed")
+    ...(n.checks ?? []).filter((c) => !c.ok || c.note !== null).map((c) => `  check ${n.node} ${c.name}: ${c.ok ? 'ok' : 'FAILED'}${c.note ? ` (${c.note})` : ''}`),
+  ]);
   return `${head}\n${table(rows)}\n${failed.length ? `${failed.join('\n')}\n` : ''}`;
 }
 

@@ -724,6 +724,7 @@ export class CoordinatorService {
         certificates: report?.certificates ?? [],
         probes: report?.probes ?? [],
         pendingRestart: report?.pendingRestart ?? [],
+        ...(report?.checks !== undefined ? { checks: report.checks } : {}),
       };
     });
     const caPem = await this.clusterCaPem(name);

@@ -2,7 +2,7 @@
 // schemas live here, so both sides validate against the same definitions, and every route
 // declares what it may return (fastify serialises only the declared fields).
 import { Type, type Static } from '@sinclair/typebox';
-import { AgentStatus, ClusterSpec, NodeDesired, Phase, ProbeResult, CertReport } from './schema.ts';
+import { AgentStatus, ClusterSpec, NodeDesired, Phase, ProbeResult, CertReport, SeedCheckReport } from './schema.ts';
 
 export const API_PREFIX = '/v1';
 
@@ -112,6 +112,8 @@ export const NodeStatusView = Type.Object({
   expiry: Type.Optional(Type.Array(CertExpiry)),
   /** The earliest instant something of this node expires if the coordinator stays away (certificates, CRL). */
   survivesUntil: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+  /** The profile's verification queries after the node's last apply (pgd), as the agent reported them. */
+  checks: Type.Optional(Type.Array(SeedCheckReport)),
 });
 export type NodeStatusView = Static<typeof NodeStatusView>;
 

@@ -318,6 +318,20 @@ export const CertReport = Type.Object(
 );
 export type CertReport = Static<typeof CertReport>;
 
+/** One of a profile's own verification queries (pgd: seed 004's three), run after each apply. */
+export const SeedCheckReport = Type.Object(
+  {
+    name: Type.String(),
+    query: Type.String(),
+    ok: Type.Boolean(),
+    rows: Type.Array(Type.Record(Type.String(), Type.Unknown())),
+    /** e.g. "bdr not installed" */
+    note: Nullable(Type.String()),
+  },
+  { additionalProperties: false },
+);
+export type SeedCheckReport = Static<typeof SeedCheckReport>;
+
 export const AgentStatus = Type.Object(
   {
     generation: Type.Integer({ minimum: 0 }),
@@ -334,6 +348,8 @@ export const AgentStatus = Type.Object(
      * (identity included) and its CRL's nextUpdate. Absent from older agents.
      */
     survivesUntil: Type.Optional(Nullable(Type.String())),
+    /** The profile's verification queries after the last apply (pgd). Absent from older agents and other profiles. */
+    checks: Type.Optional(Type.Array(SeedCheckReport)),
     versions: Type.Object({ agent: Type.String(), postgres: Type.String() }, { additionalProperties: false }),
   },
   { additionalProperties: false },
