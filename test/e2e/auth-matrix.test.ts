@@ -58,6 +58,20 @@ test('auth matrix over a live three-node cluster, switching models without a res
     const status = await cluster.waitConverged('matrix', 120_000);
     assert.equal(status.auth, auth);
     assert.equal(status.insecure, auth === 'trust', 'trust is flagged insecure');
+    // seed 004's three verification queries, run by each agent after its apply, reach `pgaccord status --json`
+    for (const n of status.nodes) {
+      const checks = new Map((n.checks ?? []).map((c) => [c.name, c]));
+      assert.deepEqual([...checks.keys()], ['replication over SSL', 'authentication methods in pg_hba.conf', 'BDR node states'], `${n.node} reports the seed's checks`);
+      assert.deepEqual(checks.get('BDR node states'), { ...checks.get('BDR node states')!, ok: true, rows: [], note: 'bdr not installed' });
+      const methods = checks.get('authentication methods in pg_hba.conf')!;
+      assert.equal(methods.ok, true);
+      if (auth !== 'trust') assert.ok(methods.rows.some((r) => (r.user_name as string[]).includes('pgd_replication') && r.auth_method === auth), `${n.node}: the ${auth} rule of pgd_replication is among the rows: ${JSON.stringify(methods.rows)}`);
+    }
+    if (auth === 'cert') {
+      const text = await cluster.cli(['status', 'matrix']);
+      assert.equal(text.code, 0, text.stderr);
+      for (const name of Object.keys(ports)) assert.match(text.stdout, new RegExp(`check ${name} BDR node states: ok \\(bdr not installed\\)`));
+    }
     const probes = status.nodes.flatMap((n) => n.probes.map((p) => ({ from: n.node, ...p })));
     assert.equal(probes.length, 6, 'three nodes, each probing its two peers');
     for (const p of probes) {
