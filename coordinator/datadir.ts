@@ -51,13 +51,19 @@ export async function writeFileAtomic(path: string, data: string | Buffer, mode:
   }
 }
 
-async function readOrCreate(path: string, mode: number, make: () => Promise<string | Buffer>): Promise<Buffer> {
-  if (!existsSync(path)) await writeFileAtomic(path, await make(), mode);
+/** A secret file, refused when others can read it. */
+async function readSecret(path: string): Promise<Buffer> {
   const st = await stat(path);
-  if (mode === 0o600 && (st.mode & 0o077) !== 0) {
+  if ((st.mode & 0o077) !== 0) {
     throw new Error(`${path} is readable by others (mode ${(st.mode & 0o777).toString(8)}): it holds a secret; chmod 600 it`);
   }
   return readFile(path);
+}
+
+/** Read a secret file, creating it (0600 from the start) when it does not exist yet. */
+async function readOrCreateSecret(path: string, make: () => Promise<string | Buffer>): Promise<Buffer> {
+  if (!existsSync(path)) await writeFileAtomic(path, await make(), 0o600);
+  return readSecret(path);
 }
 
 function needsNewServerCert(pem: string, hosts: string[], now: Date, ca: CertificateAuthority): boolean {
@@ -82,19 +88,23 @@ export async function openDataDir(dir: string, hosts: string[], now: Date): Prom
   const p = (name: string) => join(dir, name);
 
   let ca: CertificateAuthority;
-  if (!existsSync(p(FILES.caKey)) || !existsSync(p(FILES.caCert))) {
+  const hasKey = existsSync(p(FILES.caKey));
+  const hasCert = existsSync(p(FILES.caCert));
+  if (hasKey !== hasCert) {
+    // Never replace half a trust root: every enrolled agent and every join token pins this CA.
+    throw new Error(`${dir} has ${hasKey ? FILES.caKey : FILES.caCert} but not ${hasKey ? FILES.caCert : FILES.caKey}: restore the missing file from a backup (a new CA would cut off every enrolled agent)`);
+  }
+  if (!hasKey) {
     const created = await CertificateAuthority.create('pgaccord coordinator CA', now);
-    await rm(p(FILES.caCert), { force: true });
-    await rm(p(FILES.caKey), { force: true });
     await writeFileAtomic(p(FILES.caKey), created.keyPem, 0o600);
     await writeFileAtomic(p(FILES.caCert), created.ca.certPem, 0o644);
     ca = created.ca;
   } else {
-    const keyPem = (await readOrCreate(p(FILES.caKey), 0o600, async () => '')).toString();
+    const keyPem = (await readSecret(p(FILES.caKey))).toString();
     ca = new CertificateAuthority((await readFile(p(FILES.caCert))).toString(), keyPem);
   }
 
-  const serverKeyPem = (await readOrCreate(p(FILES.serverKey), 0o600, async () => (await generateRsaKey()).privateKeyPem)).toString();
+  const serverKeyPem = (await readOrCreateSecret(p(FILES.serverKey), async () => (await generateRsaKey()).privateKeyPem)).toString();
   const allHosts = [...new Set(['localhost', '127.0.0.1', '::1', ...hosts.filter((h) => h && h !== '0.0.0.0' && h !== '::')])];
   let serverCertPem = existsSync(p(FILES.serverCert)) ? (await readFile(p(FILES.serverCert))).toString() : '';
   if (needsNewServerCert(serverCertPem, allHosts, now, ca)) {
@@ -112,9 +122,9 @@ export async function openDataDir(dir: string, hosts: string[], now: Date): Prom
     await writeFileAtomic(p(FILES.serverCert), serverCertPem, 0o644);
   }
 
-  const masterKey = await readOrCreate(p(FILES.masterKey), 0o600, async () => randomBytes(32));
+  const masterKey = await readOrCreateSecret(p(FILES.masterKey), async () => randomBytes(32));
   if (masterKey.length !== 32) throw new Error(`${p(FILES.masterKey)} must hold exactly 32 bytes`);
-  const adminToken = (await readOrCreate(p(FILES.adminToken), 0o600, async () => `pga-admin.${randomBytes(32).toString('base64url')}\n`)).toString().trim();
+  const adminToken = (await readOrCreateSecret(p(FILES.adminToken), async () => `pga-admin.${randomBytes(32).toString('base64url')}\n`)).toString().trim();
   if (adminToken.length < 32) throw new Error(`${p(FILES.adminToken)} is too short to be an admin token`);
 
   return { dir, ca, caPem: ca.certPem, serverCertPem, serverKeyPem, masterKey, adminToken };
