@@ -19,7 +19,7 @@ import { installFiles, isRoot, removeFile, removeStaleTemps, restoreFile, snapsh
 import { OWN_TLS_FILE, clientPaths, layoutFor, stableServerPaths, type Layout } from './layout.ts';
 import { fileSettings, hbaFileRules, openSession, identFileMappings, pendingRestart, reloadConf, serverInfo, servedCertificate, tcpHostFor, waitForConfigHash, type ServerInfo } from './pgconf.ts';
 import { planNode, PlanError, type Plan } from './plan.ts';
-import { applyRoles, checkVerifiers, RoleError } from './roles.ts';
+import { checkVerifiers, NO_ROLE_CHANGES, RoleError, stageRoles, type StagedRoles } from './roles.ts';
 import { runSeedChecks, checkCertificates, checkCrl, checkFileSettings, checkHbaRows, checkIdentRows, keyModeProblem, type Problem } from './verify.ts';
 import type { ApplyInput, ApplyResult, InstalledCertificate, NodeContext } from './types.ts';
 
@@ -146,36 +146,45 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   const run: Run = { ctx, input, session, info, layout, plan, snapshots: new Map(), changed: [], log, now: opts.now, proofTimeoutMs: opts.proofTimeoutMs ?? 5000, pendingFromFiles: [] };
   for (const f of plan.files) run.snapshots.set(f.path, await snapshotFile(f.path));
 
+  let roles: StagedRoles = NO_ROLE_CHANGES;
+  let served;
+  let reloaded;
   try {
     await installAll(run);
     await validate(run);
-    const roles = info.inRecovery ? { changed: false, actions: [] as string[] } : await applyRoles(session, input.desired);
+    roles = info.inRecovery ? NO_ROLE_CHANGES : await stageRoles(session, input.desired);
+    reloaded = await reloadIfNeeded(run);
+    served = await prove(run);
+    await roles.commit();
     if (roles.actions.length > 0) log.info({ actions: roles.actions }, 'roles changed');
-    const reloaded = await reloadIfNeeded(run);
-    const served = await prove(run);
-    const pending = [...new Set([...(await pendingRestart(session)), ...run.pendingFromFiles])].sort();
-    await cleanup(run);
-    const checks = input.desired.profile === 'pgd' ? await runSeedChecks(session) : undefined;
-    const changed = run.changed.length > 0 || roles.changed || reloaded;
-    const phase = pending.length > 0 ? 'pending-restart' : 'converged';
-    // Level-triggered: most passes change nothing, and say so only at debug level.
-    log[changed || reloaded || phase !== 'converged' ? 'info' : 'debug']({ changed, reloaded, files: run.changed, phase, pendingRestart: pending }, 'desired state applied and proved');
-    return {
-      phase,
-      changed,
-      errors: [],
-      files: await fileReports(run),
-      pendingRestart: pending,
-      servedCertificate: served,
-      clientConnections: plan.clientConnections,
-      ...(checks ? { checks } : {}),
-    };
   } catch (e) {
+    await roles.rollback();
     const problems = e instanceof StepFailure ? e.problems : [asProblem(e, e instanceof RoleError ? e.code : 'E_APPLY')];
     const restoreProblems = await restoreAll(run, e instanceof StepFailure && e.reloaded);
-    log.error({ errors: problems, restored: run.changed }, 'apply failed; files restored');
+    log.error({ errors: problems, restored: run.changed }, 'apply failed; files and roles restored');
     return failed([...problems, ...restoreProblems], { files: await fileReports(run).catch(() => []), clientConnections: plan.clientConnections, changed: false });
   }
+
+  // The new state is proved and committed. What follows only reports or tidies up: its
+  // failures are reported, and never roll back a state PostgreSQL is already running.
+  const problems: Problem[] = [];
+  const pending = [...new Set([...(await pendingRestart(session).catch((e) => (problems.push(asProblem(e, 'E_PENDING_RESTART')), []))), ...run.pendingFromFiles])].sort();
+  await cleanup(run).catch((e) => problems.push(asProblem(e, 'E_CLEANUP')));
+  const checks = input.desired.profile === 'pgd' ? await runSeedChecks(session).catch((e) => (problems.push(asProblem(e, 'E_SEED_CHECKS')), undefined)) : undefined;
+  const changed = run.changed.length > 0 || roles.changed || reloaded;
+  const phase = pending.length > 0 ? 'pending-restart' : 'converged';
+  // Level-triggered: most passes change nothing, and say so only at debug level.
+  log[changed || phase !== 'converged' || problems.length > 0 ? 'info' : 'debug']({ changed, reloaded, files: run.changed, phase, pendingRestart: pending, problems }, 'desired state applied and proved');
+  return {
+    phase,
+    changed,
+    errors: problems,
+    files: await fileReports(run),
+    pendingRestart: pending,
+    servedCertificate: served,
+    clientConnections: plan.clientConnections,
+    ...(checks ? { checks } : {}),
+  };
 }
 
 /** Files of a plan that PostgreSQL's own files do not name and that need no server: copies under fixed names. */

@@ -105,22 +105,44 @@ async function ensureRole(c: pg.Client, role: RoleDesired, keep: boolean, action
   }
 }
 
+export interface StagedRoles extends RolesOutcome {
+  /** Make the role changes permanent: only once the new configuration is proved. */
+  commit(): Promise<void>;
+  /** Undo them, with the files, when the apply fails after this point. */
+  rollback(): Promise<void>;
+}
+
 /**
  * Make the desired roles exist with their attributes, memberships and verifiers, in one
- * transaction (all or nothing). Roles not in the desired state are never dropped.
+ * transaction that is left open: the caller commits it only after the reload is proved, so a
+ * failed apply rolls roles back together with the files (a scram -> cert switch must not leave
+ * a role without its password when the cert state is rolled back). Roles not in the desired
+ * state are never dropped.
  */
-export async function applyRoles(c: pg.Client, desired: NodeDesired): Promise<RolesOutcome> {
+export async function stageRoles(c: pg.Client, desired: NodeDesired): Promise<StagedRoles> {
   const bad = checkVerifiers(desired.roles);
   if (bad.length > 0) throw new RoleError(bad[0]!.code, bad.map((p) => p.message).join('; '));
   const actions: string[] = [];
+  const rollback = async () => {
+    await c.query('ROLLBACK').catch(() => undefined);
+  };
   await c.query('BEGIN');
   try {
     for (const role of desired.roles) await ensureRole(c, role, keepsPassword(role.name, desired.hba), actions);
-    await c.query('COMMIT');
   } catch (e) {
-    await c.query('ROLLBACK').catch(() => undefined);
+    await rollback();
     if (e instanceof RoleError) throw e;
     throw new RoleError('E_ROLE', `roles: ${(e as Error).message}`);
   }
-  return { changed: actions.length > 0, actions };
+  return {
+    changed: actions.length > 0,
+    actions,
+    commit: async () => {
+      await c.query('COMMIT');
+    },
+    rollback,
+  };
 }
+
+/** No role changes (a standby: roles replicate from the primary). */
+export const NO_ROLE_CHANGES: StagedRoles = { changed: false, actions: [], commit: async () => undefined, rollback: async () => undefined };

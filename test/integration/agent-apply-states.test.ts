@@ -149,6 +149,18 @@ describe('apply engine on a real server', () => {
     assert.equal(await psqlAs(f.pg, fixed.clientConnections[0]!.conninfo), ROLE);
   });
 
+  test('a failed proof while switching scram -> cert rolls roles back with the files: the role keeps its password', async () => {
+    const withPassword = await rolpassword();
+    assert.match(withPassword ?? '', /^SCRAM-SHA-256\$/);
+    const next = await f.issue('cert');
+    // A key the server cannot read: the reload is silently refused and the proof fails.
+    await chown(next[0]!.keyPath, 0, 0);
+    const r = await apply(f.desired({ auth: 'cert', sslmode: 'verify-full', generation: 4 }), next);
+    assert.equal(r.phase, 'failed');
+    assert.ok(r.errors.some((e) => e.code === 'E_TLS_NOT_PROVED'), JSON.stringify(r.errors));
+    assert.equal(await rolpassword(), withPassword, 'the password removal was rolled back with the files');
+  });
+
   let certCerts: InstalledCertificate[];
   let certResult: ApplyResult;
 
