@@ -8,6 +8,7 @@ import { createServer } from 'node:net';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { confName, confString } from './escape.ts';
 
 const execFileAsync = promisify(execFile);
 
@@ -72,8 +73,8 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
 
 /** Make a directory owned by the server's OS user (mode 0700 unless told otherwise). */
 export async function ownedDir(path: string, user: OsUser, mode = 0o700): Promise<void> {
-  await mkdir(path, { recursive: true });
-  await chmod(path, mode);
+  await mkdir(path, { recursive: true, mode }); // never wider than asked, not even for an instant
+  await chmod(path, mode); // an existing directory, or the umask's narrowing: exactly this mode
   if (process.getuid?.() === 0) await chown(path, user.uid, user.gid);
 }
 
@@ -158,7 +159,7 @@ export async function createPgInstance(opts: PgInstanceOptions = {}): Promise<Pg
     shared_buffers: '16MB',
     ...opts.settings,
   };
-  const lines = Object.entries(conf).map(([k, v]) => `${k} = '${v.replace(/'/g, "''")}'`);
+  const lines = Object.entries(conf).map(([k, v]) => `${confName(k)} = ${confString(v)}`);
   await writeFile(join(dataDir, 'postgresql.conf'), `\n# instance settings\n${lines.join('\n')}\n`, { flag: 'a' });
   const instance = new PgInstance(baseDir, dataDir, socketDir, listen, port, user, ownsBaseDir);
   await instance.start();
