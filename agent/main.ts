@@ -10,6 +10,7 @@ import { promisify } from 'node:util';
 import pino, { type Logger } from 'pino';
 import YAML from 'yaml';
 import { parseCommand, UsageError } from '../shared/cli.ts';
+import { createLogger } from '../shared/log.ts';
 import { NAME_PATTERN } from '../shared/schema.ts';
 import type { OsUser } from '../shared/pgserver.ts';
 import { RenewalSchedule, type Random } from './backoff.ts';
@@ -193,17 +194,6 @@ export function resolveConfig(flags: RawConfig, file: RawConfig, configFile?: st
   };
 }
 
-/** Never log a token, key, password or CSR. */
-export const REDACT_PATHS = [
-  'token', 'joinToken', 'password', 'secret', 'key', 'keyPem', 'privateKey', 'privateKeyPem', 'csr', 'clientSecrets',
-  '*.token', '*.joinToken', '*.password', '*.secret', '*.key', '*.keyPem', '*.privateKey', '*.privateKeyPem', '*.csr', '*.clientSecrets',
-  'config.joinToken', 'desired.clientSecrets',
-];
-
-export function makeLogger(level: string, destination?: pino.DestinationStream): Logger {
-  return pino({ level, base: { service: 'pgaccord-agent' }, redact: { paths: REDACT_PATHS, censor: '[redacted]' } }, destination ?? pino.destination(1));
-}
-
 /** The OS user that owns a directory (by uid). */
 export async function ownerOf(path: string): Promise<OsUser> {
   const st = statSync(path);
@@ -289,7 +279,7 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
   for (const k of KEYS) if (flags[k] !== undefined) cliValues[k] = flags[k];
   let cfg = resolveConfig(cliValues, fileValues, configFile);
 
-  const log = makeLogger(cfg.logLevel, hooks.logDestination).child({ cluster: cfg.cluster, node: cfg.node });
+  const log = createLogger({ service: 'pgaccord-agent', level: cfg.logLevel, ...(hooks.logDestination ? { destination: hooks.logDestination } : {}) }).child({ cluster: cfg.cluster, node: cfg.node });
   const now = hooks.now ?? Date.now;
   const random: Random = hooks.random ?? (() => randomInt(0, 2 ** 32) / 2 ** 32);
   const owner = await ownerOf(cfg.pgdata);

@@ -9,7 +9,7 @@ import type pino from 'pino';
 import { parseCommand } from '../shared/cli.ts';
 import { openOrCreatePgInstance, type PgInstance } from '../shared/pgserver.ts';
 import { DEFAULT_DATA_DIR, FILES, openDataDir, type DataDir } from './datadir.ts';
-import { createLogger } from './log.ts';
+import { createLogger } from '../shared/log.ts';
 import { SecretBox } from './secrets.ts';
 import { buildServer } from './server.ts';
 import { CoordinatorService } from './service.ts';
@@ -77,7 +77,7 @@ async function embeddedStore(dir: string, log: Logger): Promise<{ instance: PgIn
 }
 
 export async function startCoordinator(opts: CoordinatorOptions): Promise<RunningCoordinator> {
-  const log = createLogger({ level: opts.logLevel, destination: opts.logDestination });
+  const log = createLogger({ service: 'pgaccord-coordinator', ...(opts.logLevel ? { level: opts.logLevel } : {}), ...(opts.logDestination ? { destination: opts.logDestination } : {}) });
   const now = opts.now ?? (() => new Date());
   const { host, port } = parseListen(opts.listen ?? DEFAULT_LISTEN);
   const dataDir = await openDataDir(opts.dataDir, [host], now());

@@ -6,7 +6,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { makeLogger, readConfigFile, resolveConfig, DEFAULT_STATE_DIR, DEFAULT_SOCKET_DIR } from '../../agent/main.ts';
+import { createLogger } from '../../shared/log.ts';
+import { readConfigFile, resolveConfig, DEFAULT_STATE_DIR, DEFAULT_SOCKET_DIR } from '../../agent/main.ts';
 import { parseSslLine, scrubSecrets } from '../../agent/probes.ts';
 import { buildStatus } from '../../agent/status.ts';
 
@@ -85,7 +86,7 @@ test('config: bad input is refused with a message naming the option', async () =
 test('logs: tokens, keys, passwords and client secrets are redacted', async () => {
   let out = '';
   const sink = new Writable({ write(chunk, _enc, cb) { out += chunk.toString(); cb(); } });
-  const log = makeLogger('info', sink);
+  const log = createLogger({ service: 'pgaccord-agent', level: 'info', destination: sink });
   log.info({ joinToken: 'pga1.SECRET1', token: 'SECRET2', config: { joinToken: 'SECRET3' }, desired: { clientSecrets: [{ role: 'r', password: 'SECRET4' }] }, keyPem: '-----BEGIN PRIVATE KEY----- SECRET5' }, 'hello');
   await new Promise((r) => setImmediate(r));
   assert.match(out, /hello/);
