@@ -93,7 +93,12 @@ export function clientPaths(layout: Layout, cl: ClientLayout, role: string): Cli
   if (base === null || base === '' || base === '/') throw new LayoutError(`the client layout needs the home directory of the client's OS user, and it has none (${JSON.stringify(base)})`);
   const dir = join(base, cl.dir);
   const name = (pattern: string | null): string | null => (pattern === null ? null : join(dir, pattern.replace(/\{md5\}/g, md5Hex(role))));
-  return { base, dir, cert: name(cl.cert), key: name(cl.key), ca: name(cl.ca), crl: name(cl.crl), passfile: join(base, cl.passfile) };
+  const paths = { base, dir, cert: name(cl.cert), key: name(cl.key), ca: name(cl.ca), crl: name(cl.crl), passfile: join(base, cl.passfile) };
+  // The schema already refuses '..' and absolute paths; a desired state must never reach outside its base.
+  for (const p of [paths.dir, paths.cert, paths.key, paths.ca, paths.crl, paths.passfile]) {
+    if (p !== null && p !== base && !p.startsWith(`${base}/`)) throw new LayoutError(`client layout path ${p} is outside ${base}`);
+  }
+  return paths;
 }
 
 /** Every directory between base and `path`'s directory (parents first), which the agent creates 0700. */

@@ -201,21 +201,27 @@ export type Edge = Static<typeof Edge>;
  * Where the profile's client looks for its credentials (SPEC "On each node"). Absent: the
  * agent's own layout (versioned pairs and <state>/client/passfile, named in the connection string).
  */
+/** A path relative to a base directory: no leading slash, no `.` or `..` segment (no way out of the base). */
+const RELATIVE_PATH = '^\\.?[A-Za-z0-9_{}-][A-Za-z0-9._{}-]*(/\\.?[A-Za-z0-9_{}-][A-Za-z0-9._{}-]*)*$';
+const FILE_NAME = '^\\.?[A-Za-z0-9_{}-][A-Za-z0-9._{}-]*$';
+const RelativePath = Type.String({ pattern: RELATIVE_PATH });
+const FileName = Type.String({ pattern: FILE_NAME });
+
 export const ClientLayout = Type.Object(
   {
     /** What `dir` and `passfile` are relative to: the agent's state directory, or the home of the client's OS user. */
     base: Type.Union([Type.Literal('state-dir'), Type.Literal('home')]),
     /** Directory of the certificate files, relative to base (e.g. `.postgresql`, `timescaledb/certs`). */
-    dir: Type.String(),
+    dir: RelativePath,
     /** File names in dir; `{md5}` stands for the md5 hex of the role name (TimescaleDB). null: not written. */
-    cert: Nullable(Type.String()),
-    key: Nullable(Type.String()),
-    ca: Nullable(Type.String()),
-    crl: Nullable(Type.String()),
+    cert: Nullable(FileName),
+    key: Nullable(FileName),
+    ca: Nullable(FileName),
+    crl: Nullable(FileName),
     /** The certificate file holds the leaf followed by the CA bundle (TimescaleDB's chain). */
     chain: Type.Boolean(),
     /** The passfile, relative to base. */
-    passfile: Type.String(),
+    passfile: RelativePath,
     /** `host`: one line per server (host:port:*:role:pw); `any`: *:*:*:role:pw (TimescaleDB). */
     passfileLines: Type.Union([Type.Literal('host'), Type.Literal('any')]),
     /**

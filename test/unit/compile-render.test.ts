@@ -110,3 +110,15 @@ test('SCRAM verifiers: well-formed ones pass, anything else is refused', () => {
     assert.equal(isScramVerifier(bad), false, bad);
   }
 });
+
+test('a desired state whose client layout points outside its base directory is not a valid desired state', async () => {
+  const { Value } = await import('@sinclair/typebox/value');
+  const { NodeDesired } = await import('../../shared/schema.ts');
+  const spec: ClusterSpec = { ...streaming, profile: 'pgd', auth: 'cert', nodes: streaming.nodes.map((n) => ({ ...n, kind: 'peer' })) };
+  const d = compileCluster({ spec, generation: 1, credentials: {}, caBundle: 'CA', crl: null }).get('p')!;
+  assert.ok(Value.Check(NodeDesired, d), JSON.stringify([...Value.Errors(NodeDesired, d)].slice(0, 3)));
+  assert.ok(d.clientLayout, 'pgd names a client layout');
+  for (const bad of [{ dir: '../../etc' }, { dir: '/etc' }, { passfile: '../x' }, { cert: '../../x.crt' }, { key: 'a/b.key' }]) {
+    assert.equal(Value.Check(NodeDesired, { ...d, clientLayout: { ...d.clientLayout!, ...bad } }), false, JSON.stringify(bad));
+  }
+});
