@@ -8,14 +8,3 @@ export function parseDuration(text: string): number | null {
   for (const [, n, unit] of text.matchAll(/(\d+)([smhdwy])/g)) total += Number(n) * UNIT_SECONDS[unit!]!;
   return Number.isSafeInteger(total) ? total : null;
 }
-
-export function formatDuration(seconds: number): string {
-  const parts: string[] = [];
-  for (const [unit, size] of [['d', 86400], ['h', 3600], ['m', 60], ['s', 1]] as const) {
-    if (seconds >= size || (unit === 's' && parts.length === 0)) {
-      parts.push(`${Math.floor(seconds / size)}${unit}`);
-      seconds %= size;
-    }
-  }
-  return parts.join('');
-}

@@ -37,10 +37,6 @@ export function hbaName(name: string): string {
   return `"${name.replace(/"/g, '""')}"`;
 }
 
-/** Keywords that pg_hba.conf understands in the database or user column, written unquoted. */
-export type HbaKeyword = 'all' | 'replication' | 'sameuser' | 'samerole';
-export const HBA_KEYWORDS: readonly HbaKeyword[] = ['all', 'replication', 'sameuser', 'samerole'];
-
 /**
  * The system-user column of pg_ident.conf. A leading slash would make it a regular expression
  * (PostgreSQL 15 decides that before looking at quotes), so it is refused.
