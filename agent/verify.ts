@@ -235,6 +235,16 @@ export async function checkCertificates(input: CertCheckInput): Promise<Problem[
 
 /** thisUpdate/nextUpdate of a PEM CRL (pure ASN.1; the signature is PostgreSQL's to check). */
 export function crlTimes(pem: string): { thisUpdate: Date; nextUpdate: Date | null } {
+  // One CRL per CA during a CA rotation: the file is as good as its worst CRL.
+  const blocks = [...pem.matchAll(/-----BEGIN X509 CRL-----[\s\S]+?-----END X509 CRL-----/g)].map((b) => b[0]);
+  if (blocks.length > 1) {
+    const all = blocks.map(crlTimes);
+    const nexts = all.map((x) => x.nextUpdate).filter((x): x is Date => x !== null);
+    return {
+      thisUpdate: new Date(Math.max(...all.map((x) => x.thisUpdate.getTime()))),
+      nextUpdate: nexts.length > 0 ? new Date(Math.min(...nexts.map((x) => x.getTime()))) : null,
+    };
+  }
   const m = /-----BEGIN X509 CRL-----([A-Za-z0-9+/=\s]+)-----END X509 CRL-----/.exec(pem);
   if (!m) throw new Error('not a PEM X509 CRL');
   const der = forge.util.decode64(m[1]!.replace(/\s+/g, ''));

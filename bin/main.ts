@@ -9,7 +9,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Runner> }>
   apply: { summary: 'create or update a cluster from a spec file (--dry-run to preview)', load: async () => (await import('../coordinator/admin-cli.ts')).runApply },
   status: { summary: 'show per-node generation, state, certificates and probes', load: async () => (await import('../coordinator/admin-cli.ts')).runStatus },
   token: { summary: 'create a single-use join token for a node', load: async () => (await import('../coordinator/admin-cli.ts')).runToken },
-  cert: { summary: 'list, renew or revoke certificates', load: async () => (await import('../coordinator/admin-cli.ts')).runCert },
+  cert: { summary: 'list, renew or revoke certificates; rotate the cluster CA', load: async () => (await import('../coordinator/admin-cli.ts')).runCert },
   demo: { summary: 'run the whole system on this machine (coordinator, 3 nodes, 3 agents)', load: async () => (await import('./demo.ts')).runDemo },
 };
 

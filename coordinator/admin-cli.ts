@@ -4,7 +4,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
-import type { CertificateListResponse, ClusterStatusResponse, ErrorBody, NodeStatusView, PlanResponse } from '../shared/api.ts';
+import type { CaRotationStatus, CertificateListResponse, ClusterStatusResponse, ErrorBody, NodeStatusView, PlanResponse } from '../shared/api.ts';
 import type { Static } from '@sinclair/typebox';
 import { parseCommand, UsageError } from '../shared/cli.ts';
 import { parseDuration } from '../shared/duration.ts';
@@ -292,7 +292,7 @@ export async function runToken(argv: string[]): Promise<number> {
 // --- cert ---------------------------------------------------------------------------------
 
 const CERT = {
-  usage: 'pgaccord cert list CLUSTER | revoke CLUSTER SERIAL | renew CLUSTER [SERIAL] [--node NODE] | crl CLUSTER  [--json] [connection options]',
+  usage: 'pgaccord cert list CLUSTER | revoke CLUSTER SERIAL | renew CLUSTER [SERIAL] [--node NODE] | crl CLUSTER | rotate-ca CLUSTER --start|--status|--finish  [--json] [connection options]',
   summary: 'List a cluster\'s certificates with their days left and expiry level; revoke one; force early renewal; print the CRL.',
   details: `
 subcommands:
@@ -304,7 +304,19 @@ subcommands:
                          a new key and certificate. An agent identity stops authenticating at once.
   renew CLUSTER [SERIAL] re-issue before time, with new keys: one certificate (SERIAL), every live
                          certificate of a node (--node NODE), or of the whole cluster (neither)
-  crl CLUSTER            print the cluster CRL (PEM)
+  crl CLUSTER            print the cluster CRL (PEM; one CRL per CA during a CA rotation)
+  rotate-ca CLUSTER --start | --status | --finish
+                         rotate the cluster CA in phases, without a failed connection:
+                         --start   a new CA joins every node's trust bundle (and its CRL the CRL
+                                   file, when the cluster has one); the old CA still issues.
+                                   When every node has proved the two-CA bundle (applied,
+                                   converged, probes ok) the coordinator by itself lets the new CA
+                                   issue and has every old leaf re-issued (new keys).
+                         --status  the phase (trust, reissue), both CAs, what each node waits for
+                         --finish  the old CA leaves every bundle. Refused (exit 1, HTTP 409,
+                                   nothing changed) until every node has applied the re-issue
+                                   generation, converged with every probe ok, and serves and holds
+                                   only leaves from the new CA.
 levels (days left against lifetime):
   warning   less than 1/3 of the lifetime left (renewal, due at about 2/3, is overdue)
   critical  less than 1/10 of the lifetime left
@@ -313,13 +325,13 @@ options:
   --node NODE            (renew) every live certificate of this node
   --json                 print the API answer as JSON
 ${CONNECTION_HELP}`,
-  options: { json: { type: 'boolean' }, node: { type: 'string' }, ...CONNECTION_OPTIONS },
+  options: { json: { type: 'boolean' }, node: { type: 'string' }, start: { type: 'boolean' }, finish: { type: 'boolean' }, status: { type: 'boolean' }, ...CONNECTION_OPTIONS },
   positionals: { min: 2, max: 3 },
 } as const;
 
 export async function runCert(argv: string[]): Promise<number> {
   const sub = argv[0];
-  if (!['list', 'revoke', 'renew', 'crl'].includes(sub ?? '') && !argv.includes('--help') && !argv.includes('-h')) throw new UsageError(`unknown or missing subcommand${sub ? ` "${sub}"` : ''}\nusage: ${CERT.usage}`);
+  if (!['list', 'revoke', 'renew', 'crl', 'rotate-ca'].includes(sub ?? '') && !argv.includes('--help') && !argv.includes('-h')) throw new UsageError(`unknown or missing subcommand${sub ? ` "${sub}"` : ''}\nusage: ${CERT.usage}`);
   const parsed = parseCommand(CERT, argv);
   if (!parsed) return 0;
   const cluster = parsed.positionals[1]!;
@@ -340,6 +352,23 @@ export async function runCert(argv: string[]): Promise<number> {
       const body = { ...(arg ? { serial: arg } : {}), ...(v.node ? { node: v.node } : {}) };
       const res = await call<{ generation: number; serials: string[] }>(conn, 'POST', `${base}/renew`, body);
       print(res, `renewal requested for ${res.serials.length} certificate(s) (generation ${res.generation}):\n${res.serials.map((x) => `  ${x}`).join('\n')}\n`);
+      return 0;
+    });
+  }
+  if (sub === 'rotate-ca') {
+    const modes = (['start', 'finish', 'status'] as const).filter((m) => v[m]);
+    if (modes.length > 1) throw new UsageError(`cert rotate-ca takes one of --start, --status, --finish\nusage: ${CERT.usage}`);
+    const mode = modes[0] ?? 'status';
+    return withConn(v, async (conn) => {
+      const res = mode === 'status'
+        ? await call<CaRotationStatus>(conn, 'GET', `${base}/ca-rotation`)
+        : await call<CaRotationStatus>(conn, 'POST', `${base}/ca-rotation/${mode}`, {});
+      const lines = [`cluster ${cluster}: CA rotation phase ${res.phase} (generation ${res.generation})`];
+      for (const ca of res.cas) lines.push(`  ${ca.role.padEnd(7)} CA ${ca.serial}  ${ca.commonName}  until ${ca.notAfter}`);
+      for (const n of res.nodes) lines.push(`  ${n.node}: ${n.waiting.length === 0 ? 'ready' : `waiting: ${n.waiting.join('; ')}`}`);
+      if (res.phase === 'reissue') lines.push(res.canFinish ? `every node proved leaves from the new CA: pgaccord cert rotate-ca ${cluster} --finish` : 'old leaves are still being replaced; --finish is refused until every node is ready');
+      if (res.phase === 'trust') lines.push('waiting for every node to prove the two-CA bundle; the new CA then issues by itself');
+      print(res, `${lines.join('\n')}\n`);
       return 0;
     });
   }

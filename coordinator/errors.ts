@@ -21,5 +21,6 @@ export const badRequest = (code: string, message: string, errors?: FieldProblem[
 export const unauthorized = (message = 'authentication required') => new ApiError(401, 'E_UNAUTHENTICATED', message);
 export const forbidden = (message: string) => new ApiError(403, 'E_FORBIDDEN', message);
 export const notFound = (message: string) => new ApiError(404, 'E_NOT_FOUND', message);
+export const conflict = (code: string, message: string) => new ApiError(409, code, message);
 export const gone = (message: string) => new ApiError(410, 'E_GONE', message);
 export const notImplemented = (what: string) => new ApiError(501, 'E_NOT_IMPLEMENTED', `${what} is not implemented yet`);

@@ -18,6 +18,7 @@ import {
   EnrollResponse,
   ErrorBody,
   PlanResponse,
+  CaRotationStatus,
   RenewRequest,
   RenewResponse,
   RevokeResponse,
@@ -63,7 +64,7 @@ const Health = Type.Object({ ok: Type.Boolean() });
 const ClusterList = Type.Object({ clusters: Type.Array(Type.Object({ name: Type.String(), generation: Type.Integer() })) });
 const TokenRequest = Type.Object({ ttl: Type.Optional(Type.String()) }, { additionalProperties: false });
 const Pem = Type.String({ description: 'PEM' });
-const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 410: ErrorBody, 500: ErrorBody, 501: ErrorBody, 503: ErrorBody };
+const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 410: ErrorBody, 500: ErrorBody, 501: ErrorBody, 503: ErrorBody };
 
 export interface ServerOptions {
   service: CoordinatorService;
@@ -223,6 +224,9 @@ export async function buildServer(opts: ServerOptions) {
     }
     return service.requestRenewal(cluster, body);
   } });
+  add({ method: 'GET', url: '/v1/clusters/:cluster/ca-rotation', auth: 'admin', summary: 'where a CA rotation stands: phase (none, trust, reissue), both CAs, what each node still waits for, whether finish would be accepted', params: ClusterParams, response: { 200: CaRotationStatus, ...errors }, handler: async (req) => service.caRotationStatus((req.params as { cluster: string }).cluster) });
+  add({ method: 'POST', url: '/v1/clusters/:cluster/ca-rotation/start', auth: 'admin', summary: 'start a CA rotation: a new CA joins every bundle (new generation); it issues once every node has proved the bundle, and every old leaf is then re-issued', params: ClusterParams, response: { 200: CaRotationStatus, ...errors }, handler: async (req) => service.startCaRotation((req.params as { cluster: string }).cluster) });
+  add({ method: 'POST', url: '/v1/clusters/:cluster/ca-rotation/finish', auth: 'admin', summary: 'finish a CA rotation: the old CA leaves every bundle; 409 (nothing changed) until every node has proved leaves from the new CA', params: ClusterParams, response: { 200: CaRotationStatus, ...errors }, handler: async (req) => service.finishCaRotation((req.params as { cluster: string }).cluster) });
   add({ method: 'GET', url: '/v1/clusters/:cluster/ca.crt', auth: 'admin', summary: 'the cluster CA bundle', params: ClusterParams, response: { 200: Pem, ...errors }, produces: 'application/x-pem-file', handler: async (req) => service.clusterCaPem((req.params as { cluster: string }).cluster) });
   add({ method: 'GET', url: '/v1/clusters/:cluster/crl', auth: 'admin', summary: 'the cluster CRL (PEM): what the nodes install once the cluster has revoked a certificate', params: ClusterParams, response: { 200: Pem, ...errors }, produces: 'application/pkix-crl', handler: async (req) => service.crlPem((req.params as { cluster: string }).cluster) });
 

@@ -3,7 +3,7 @@
 // The clock is a parameter (`now`), so token expiry and staleness can be tested.
 import { createHash, randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { CertExpiry, ClusterStatusResponse, CsrResponse, EnrollResponse, JoinTokenPayload, NodeStatusView, PlanResponse } from '../shared/api.ts';
+import type { CaRotationStatus, CertExpiry, ClusterStatusResponse, CsrResponse, EnrollResponse, JoinTokenPayload, NodeStatusView, PlanResponse } from '../shared/api.ts';
 import { normaliseSerial } from '../shared/crl.ts';
 import { caLevel, daysLeft, expiryLevel } from '../shared/lifecycle.ts';
 import { certLifetimeSeconds, compileCluster, rolesNeedingPasswords, type RoleCredential } from '../shared/compile.ts';
@@ -13,9 +13,10 @@ import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from
 import type { AgentStatus, ClusterSpec, NodeDesired } from '../shared/schema.ts';
 import { scramVerifier } from '../shared/scram.ts';
 import { validateSpec } from '../shared/spec.ts';
-import { certInfo, fingerprint256, readCsrKey } from '../shared/x509.ts';
+import { certInfo, fingerprint256, readCsrKey, splitPemBundle, verifiesAgainst } from '../shared/x509.ts';
 import { CertificateAuthority } from './ca.ts';
-import { badRequest, gone, notFound, unauthorized } from './errors.ts';
+import { badRequest, conflict, gone, notFound, unauthorized } from './errors.ts';
+import { notProved, notReissued, type NodeEvidence } from './rotation.ts';
 import type { SecretBox } from './secrets.ts';
 import type { Queryable, Store } from './store.ts';
 
@@ -262,8 +263,8 @@ export class CoordinatorService {
     this.#log.info({ cluster: name }, 'cluster deleted');
   }
 
-  async #clusterCa(name: string): Promise<CertificateAuthority> {
-    const row = (await this.store.query<{ cert_pem: string; key_sealed: string }>(`SELECT cert_pem, key_sealed FROM cluster_cas WHERE cluster = $1`, [name]))[0];
+  async #clusterCa(name: string, c: Queryable = this.store.pool): Promise<CertificateAuthority> {
+    const row = (await c.query<{ cert_pem: string; key_sealed: string }>(`SELECT cert_pem, key_sealed FROM cluster_cas WHERE cluster = $1`, [name])).rows[0];
     if (!row) throw notFound(`cluster "${name}" has no CA`);
     const cached = this.#cas.get(name);
     if (cached && cached.certPem === row.cert_pem) return cached.ca;
@@ -272,11 +273,28 @@ export class CoordinatorService {
     return ca;
   }
 
-  async clusterCaPem(name: string): Promise<string> {
-    await this.#requireCluster(name);
-    const row = (await this.store.query<{ cert_pem: string }>(`SELECT cert_pem FROM cluster_cas WHERE cluster = $1`, [name]))[0];
+  /**
+   * The cluster's CA bundle: the issuing CA, and during a rotation the other one (the new CA in
+   * phase 'trust', the old one in phase 'reissue') after it.
+   */
+  async clusterCaPem(name: string, c: Queryable = this.store.pool): Promise<string> {
+    if (!(await this.#cluster(name, c))) throw notFound(`no cluster "${name}"`);
+    const row = (await c.query<{ cert_pem: string; other: string | null }>(
+      `SELECT a.cert_pem, r.other_cert_pem AS other FROM cluster_cas a LEFT JOIN ca_rotations r USING (cluster) WHERE a.cluster = $1`,
+      [name],
+    )).rows[0];
     if (!row) throw notFound(`cluster "${name}" has no CA`);
-    return row.cert_pem;
+    return row.other ? `${row.cert_pem.trimEnd()}\n${row.other.trimEnd()}\n` : row.cert_pem;
+  }
+
+  /** The CA that is not issuing during a rotation (its key signs its own CRL), or null. */
+  async #otherCa(name: string, c: Queryable): Promise<{ ca: CertificateAuthority; phase: 'trust' | 'reissue' } | null> {
+    const row = (await c.query<{ other_cert_pem: string; other_key_sealed: string; phase: 'trust' | 'reissue' }>(
+      `SELECT other_cert_pem, other_key_sealed, phase FROM ca_rotations WHERE cluster = $1`,
+      [name],
+    )).rows[0];
+    if (!row) return null;
+    return { ca: new CertificateAuthority(row.other_cert_pem, this.#box.open(row.other_key_sealed, `cluster-ca:${name}`)), phase: row.phase };
   }
 
   async #credentials(cluster: string): Promise<Record<string, RoleCredential>> {
@@ -304,8 +322,9 @@ export class CoordinatorService {
       ),
     ]);
     const nodes = compileCluster({ spec: row.spec, generation: row.generation, credentials, caBundle: caPem, crl: crl[0]?.pem ?? null });
+    const reissue = await this.#oldCaLeaves(row.name);
     for (const d of nodes.values()) {
-      const serials = renew.filter((r) => r.node === d.node).map((r) => r.serial);
+      const serials = [...new Set([...renew, ...reissue].filter((r) => r.node === d.node).map((r) => r.serial))].sort();
       if (serials.length > 0) d.renewSerials = serials;
     }
     return nodes;
@@ -328,17 +347,24 @@ export class CoordinatorService {
    * a CRL number one above the last, nextUpdate = now + the CRL lifetime.
    */
   async #issueCrl(c: Queryable, cluster: string, now: Date): Promise<string> {
-    const ca = await this.#clusterCa(cluster);
-    const revoked = (await c.query<{ serial: string; revoked_at: Date }>(
-      `SELECT serial, revoked_at FROM certificates WHERE cluster = $1 AND issuer = 'cluster' AND revoked_at IS NOT NULL AND not_after > $2 ORDER BY serial`,
+    const ca = await this.#clusterCa(cluster, c);
+    const other = await this.#otherCa(cluster, c);
+    const revokedRows = (await c.query<{ serial: string; revoked_at: Date; pem: string }>(
+      `SELECT serial, revoked_at, pem FROM certificates WHERE cluster = $1 AND issuer = 'cluster' AND revoked_at IS NOT NULL AND not_after > $2 ORDER BY serial`,
       [cluster, now],
     )).rows;
+    // Each CA signs its own CRL, listing what it issued. During a rotation both are published in
+    // one PEM file: with CRL checking on, OpenSSL (the server's ssl_crl_file, libpq's sslcrl)
+    // refuses a certificate whose issuer has no CRL, so the new CA needs one from the start.
+    const revoked = other ? revokedRows.filter((r) => !verifiesAgainst(r.pem, other.ca.certPem)) : revokedRows;
+    const otherRevoked = other ? revokedRows.filter((r) => verifiesAgainst(r.pem, other.ca.certPem)) : [];
     const prev = (await c.query<{ number: string }>(`SELECT number FROM cluster_crls WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0];
     const number = prev ? Number(prev.number) + 1 : 1;
     // thisUpdate a little in the past: a node whose clock lags must not see a CRL from the future.
     const thisUpdate = new Date(Math.floor(now.getTime() / 1000) * 1000 - 60_000);
     const nextUpdate = new Date(Math.floor(now.getTime() / 1000) * 1000 + this.crlLifetimeSeconds * 1000);
-    const pem = ca.issueCrl({ revoked: revoked.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at })), number, thisUpdate, nextUpdate });
+    let pem = ca.issueCrl({ revoked: revoked.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at })), number, thisUpdate, nextUpdate });
+    if (other) pem = `${pem.trimEnd()}\n${other.ca.issueCrl({ revoked: otherRevoked.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at })), number, thisUpdate, nextUpdate }).trimEnd()}\n`;
     await c.query(
       `INSERT INTO cluster_crls (cluster, pem, number, this_update, next_update) VALUES ($1, $2, $3, $4, $5)
        ON CONFLICT (cluster) DO UPDATE SET pem = EXCLUDED.pem, number = EXCLUDED.number, this_update = EXCLUDED.this_update, next_update = EXCLUDED.next_update`,
@@ -452,6 +478,177 @@ export class CoordinatorService {
     this.store.events.emit('cluster', cluster);
     this.#log.info({ cluster, ...out }, 'renewal requested');
     return { cluster, ...out };
+  }
+
+  // --- CA rotation -------------------------------------------------------------------------------
+
+  /**
+   * In phase 'reissue': every live, unrevoked cluster leaf not issued by the (new) issuing CA,
+   * named for renewal in its node's desired state until it expires. Level-triggered: a leaf
+   * leaves the list by being replaced (the agent stops using it) or by expiring.
+   */
+  async #oldCaLeaves(cluster: string): Promise<{ node: string; serial: string }[]> {
+    const rot = (await this.store.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = $1`, [cluster]))[0];
+    if (rot?.phase !== 'reissue') return [];
+    const issuing = (await this.#clusterCa(cluster)).certPem;
+    const rows = await this.store.query<{ node: string; serial: string; pem: string }>(
+      `SELECT node, serial, pem FROM certificates WHERE cluster = $1 AND issuer = 'cluster' AND revoked_at IS NULL AND not_after > $2`,
+      [cluster, this.now()],
+    );
+    return rows.filter((r) => !verifiesAgainst(r.pem, issuing)).map((r) => ({ node: r.node, serial: r.serial }));
+  }
+
+  async #rotationRow(cluster: string, c: Queryable = this.store.pool) {
+    return (await c.query<{ phase: 'trust' | 'reissue'; other_cert_pem: string; started_at: Date; trust_generation: number; reissue_generation: number | null }>(
+      `SELECT phase, other_cert_pem, started_at, trust_generation, reissue_generation FROM ca_rotations WHERE cluster = $1`,
+      [cluster],
+    )).rows[0] ?? null;
+  }
+
+  /** What each node of the spec last reported, and whether that report is stale. */
+  async #evidence(row: ClusterRow): Promise<NodeEvidence[]> {
+    const statuses = await this.store.query<{ node: string; report: AgentStatus | null; last_contact: Date }>(
+      `SELECT node, report, last_contact FROM node_status WHERE cluster = $1`,
+      [row.name],
+    );
+    const byNode = new Map(statuses.map((x) => [x.node, x]));
+    const now = this.now().getTime();
+    return row.spec.nodes.map((n) => {
+      const st = byNode.get(n.name);
+      const report = st?.report ?? null;
+      return { node: n.name, report, stale: report?.phase === 'stale' || (st !== undefined && now - st.last_contact.getTime() > 3 * this.longPollMs) };
+    });
+  }
+
+  /** Serials the (new) issuing CA issued for this cluster. */
+  async #issuedByCurrent(cluster: string): Promise<Set<string>> {
+    const issuing = (await this.#clusterCa(cluster)).certPem;
+    const rows = await this.store.query<{ serial: string; pem: string }>(`SELECT serial, pem FROM certificates WHERE cluster = $1 AND issuer = 'cluster' AND not_after > $2`, [cluster, this.now()]);
+    return new Set(rows.filter((r) => verifiesAgainst(r.pem, issuing)).map((r) => r.serial));
+  }
+
+  /**
+   * Phase 1: a new CA joins every node's bundle (and its CRL the published CRLs, when the cluster
+   * has one), with a new generation. The old CA keeps issuing until every node has proved the
+   * bundle; then the coordinator moves on by itself (#advanceRotation).
+   */
+  async startCaRotation(cluster: string): Promise<CaRotationStatus> {
+    await this.#requireCluster(cluster);
+    const now = this.now();
+    // Distinct subject: two CAs with one name would make OpenSSL's issuer and CRL lookups guess.
+    const fresh = await CertificateAuthority.create(`pgaccord ${cluster} CA ${now.toISOString().replace(/\.\d+Z$/, 'Z')}`, now);
+    await this.store.tx(async (c) => {
+      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
+      const existing = await this.#rotationRow(cluster, c);
+      if (existing) throw conflict('E_ROTATION_IN_PROGRESS', `cluster "${cluster}" is already rotating its CA (phase ${existing.phase}, started ${existing.started_at.toISOString()}); finish it first`);
+      const generation = await this.#bump(c, cluster, now);
+      await c.query(
+        `INSERT INTO ca_rotations (cluster, phase, other_cert_pem, other_key_sealed, started_at, trust_generation) VALUES ($1, 'trust', $2, $3, $4, $5)`,
+        [cluster, fresh.ca.certPem, this.#box.seal(fresh.keyPem, `cluster-ca:${cluster}`), now, generation],
+      );
+      const hasCrl = await c.query(`SELECT 1 FROM cluster_crls WHERE cluster = $1`, [cluster]);
+      if (hasCrl.rowCount) await this.#issueCrl(c, cluster, now);
+    });
+    this.store.events.emit('cluster', cluster);
+    this.#log.warn({ cluster, newCa: certInfo(fresh.ca.certPem).serial }, 'CA rotation started: both CAs trusted');
+    return this.caRotationStatus(cluster);
+  }
+
+  /**
+   * Phase 2, taken by the coordinator as soon as every node has proved the two-CA bundle: the new
+   * CA issues from now on and every leaf of the old one is named for renewal (renewSerials).
+   * No leaf of the new CA exists before that moment, so no node can be shown one it cannot check.
+   */
+  async #advanceRotation(cluster: string): Promise<void> {
+    const row = await this.#cluster(cluster);
+    const rot = row ? await this.#rotationRow(cluster) : null;
+    if (!row || !rot || rot.phase !== 'trust') return;
+    if ((await this.#evidence(row)).some((n) => notProved(n, rot.trust_generation).length > 0)) return;
+    const now = this.now();
+    const generation = await this.store.tx(async (c) => {
+      const locked = (await c.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0];
+      if (locked?.phase !== 'trust') return null; // another report or coordinator did it
+      // Swap: the new CA becomes the issuing one (cluster_cas), the old one is kept as "other".
+      const old = (await c.query<{ cert_pem: string; key_sealed: string }>(`SELECT cert_pem, key_sealed FROM cluster_cas WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0]!;
+      const fresh = (await c.query<{ other_cert_pem: string; other_key_sealed: string }>(`SELECT other_cert_pem, other_key_sealed FROM ca_rotations WHERE cluster = $1`, [cluster])).rows[0]!;
+      await c.query(`UPDATE cluster_cas SET cert_pem = $2, key_sealed = $3 WHERE cluster = $1`, [cluster, fresh.other_cert_pem, fresh.other_key_sealed]);
+      await c.query(`UPDATE ca_rotations SET phase = 'reissue', other_cert_pem = $2, other_key_sealed = $3, reissued_at = $4 WHERE cluster = $1`, [cluster, old.cert_pem, old.key_sealed, now]);
+      const hasCrl = await c.query(`SELECT 1 FROM cluster_crls WHERE cluster = $1`, [cluster]);
+      this.#cas.delete(cluster);
+      if (hasCrl.rowCount) await this.#issueCrl(c, cluster, now);
+      const g = await this.#bump(c, cluster, now);
+      await c.query(`UPDATE ca_rotations SET reissue_generation = $2 WHERE cluster = $1`, [cluster, g]);
+      return g;
+    });
+    if (generation === null) return;
+    this.#cas.delete(cluster);
+    this.store.events.emit('cluster', cluster);
+    this.#log.warn({ cluster, generation }, 'CA rotation: every node proved the two-CA bundle; the new CA issues, old leaves are being replaced');
+  }
+
+  /** Where the rotation stands and what each node still waits for. */
+  async caRotationStatus(cluster: string): Promise<CaRotationStatus> {
+    await this.#advanceRotation(cluster);
+    const row = await this.#requireCluster(cluster);
+    const rot = await this.#rotationRow(cluster);
+    const issuingPem = (await this.#clusterCa(cluster)).certPem;
+    const describe = (pem: string, role: 'issuing' | 'old' | 'new') => {
+      const i = certInfo(pem);
+      return { role, serial: i.serial, commonName: i.commonName ?? '', notAfter: i.notAfter.toISOString() };
+    };
+    const cas = [describe(issuingPem, 'issuing')];
+    if (rot) cas.push(describe(rot.other_cert_pem, rot.phase === 'trust' ? 'new' : 'old'));
+    let nodes: CaRotationStatus['nodes'] = [];
+    let canFinish = false;
+    if (rot) {
+      const evidence = await this.#evidence(row);
+      if (rot.phase === 'trust') {
+        nodes = evidence.map((n) => ({ node: n.node, waiting: notProved(n, rot.trust_generation).map((w) => `bundle with both CAs not proved: ${w}`) }));
+      } else {
+        const fromNew = await this.#issuedByCurrent(cluster);
+        nodes = evidence.map((n) => ({ node: n.node, waiting: notReissued(n, rot.reissue_generation!, (serial) => fromNew.has(serial)) }));
+        canFinish = nodes.every((n) => n.waiting.length === 0);
+      }
+    }
+    return {
+      cluster,
+      phase: rot?.phase ?? 'none',
+      generation: row.generation,
+      startedAt: rot ? rot.started_at.toISOString() : null,
+      trustGeneration: rot?.trust_generation ?? null,
+      reissueGeneration: rot?.reissue_generation ?? null,
+      cas,
+      nodes,
+      canFinish,
+    };
+  }
+
+  /**
+   * Phase 3: the old CA leaves every bundle (and its CRL the published CRLs). Refused (409,
+   * nothing changed) unless every node has proved leaves from the new CA only: applied the
+   * generation that started the re-issue, converged, every probe ok, and its served certificate
+   * and every installed one issued by the new CA.
+   */
+  async finishCaRotation(cluster: string): Promise<CaRotationStatus> {
+    const st = await this.caRotationStatus(cluster);
+    if (st.phase === 'none') throw conflict('E_NO_ROTATION', `cluster "${cluster}" has no CA rotation in progress (start one with pgaccord cert rotate-ca ${cluster} --start)`);
+    if (!st.canFinish) {
+      const why = st.nodes.filter((n) => n.waiting.length > 0).map((n) => `${n.node}: ${n.waiting.join('; ')}`).join(' | ');
+      const phase = st.phase === 'trust' ? 'the new CA is not issuing yet (not every node has proved the two-CA bundle)' : 'not every node has proved leaves from the new CA';
+      throw conflict('E_ROTATION_NOT_READY', `refusing to drop the old CA of cluster "${cluster}": ${phase}. Waiting for: ${why}`);
+    }
+    const now = this.now();
+    await this.store.tx(async (c) => {
+      const locked = (await c.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0];
+      if (locked?.phase !== 'reissue') throw conflict('E_ROTATION_NOT_READY', `cluster "${cluster}": the rotation changed meanwhile; look again`);
+      await c.query(`DELETE FROM ca_rotations WHERE cluster = $1`, [cluster]);
+      const hasCrl = await c.query(`SELECT 1 FROM cluster_crls WHERE cluster = $1`, [cluster]);
+      if (hasCrl.rowCount) await this.#issueCrl(c, cluster, now);
+      await this.#bump(c, cluster, now);
+    });
+    this.store.events.emit('cluster', cluster);
+    this.#log.warn({ cluster }, 'CA rotation finished: the old CA left every bundle');
+    return this.caRotationStatus(cluster);
   }
 
   async plan(name: string, body: unknown): Promise<PlanResponse> {
@@ -661,6 +858,7 @@ export class CoordinatorService {
        ON CONFLICT (cluster, node) DO UPDATE SET report = EXCLUDED.report, reported_at = EXCLUDED.reported_at, last_contact = EXCLUDED.last_contact`,
       [agent.cluster, agent.node, JSON.stringify(report), now],
     );
+    await this.#advanceRotation(agent.cluster).catch((e) => this.#log.error({ cluster: agent.cluster, err: e }, 'CA rotation step failed'));
   }
 
   // --- admin views -----------------------------------------------------------------------------
@@ -728,7 +926,7 @@ export class CoordinatorService {
       };
     });
     const caPem = await this.clusterCaPem(name);
-    const ca = [caPem].map((pem) => {
+    const ca = splitPemBundle(caPem).map((pem) => {
       const info = certInfo(pem);
       const level = caLevel(info, certLifetimeSeconds(row.spec), now);
       if (level !== 'ok') warnings.unshift(`the cluster CA (serial ${info.serial}) ends ${info.notAfter.toISOString()}: ${level}; rotate it (pgaccord cert rotate-ca)`);

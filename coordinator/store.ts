@@ -100,6 +100,24 @@ export const MIGRATIONS: Migration[] = [
       ALTER TABLE certificates ADD COLUMN renew_requested_at timestamptz;
     `,
   },
+  {
+    version: 3,
+    name: 'CA rotation',
+    sql: `
+      -- A CA rotation in progress: the cluster's other CA (the new one in phase 'trust', the old
+      -- one in phase 'reissue'), key sealed like cluster_cas. cluster_cas holds the issuing CA.
+      CREATE TABLE ca_rotations (
+        cluster text PRIMARY KEY REFERENCES clusters(name) ON DELETE CASCADE,
+        phase text NOT NULL CHECK (phase IN ('trust', 'reissue')),
+        other_cert_pem text NOT NULL,
+        other_key_sealed text NOT NULL,
+        started_at timestamptz NOT NULL,
+        trust_generation integer NOT NULL,
+        reissued_at timestamptz,
+        reissue_generation integer
+      );
+    `,
+  },
 ];
 
 export type Queryable = Pick<pg.PoolClient, 'query'>;

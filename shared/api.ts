@@ -153,3 +153,21 @@ export const CertificateListResponse = Type.Object({ cluster: Type.String(), cer
 export const RevokeResponse = Type.Object({ cluster: Type.String(), serial: Type.String(), revokedAt: Type.String(), generation: Type.Integer(), alreadyRevoked: Type.Boolean() });
 export const RenewRequest = Type.Object({ serial: Type.Optional(Type.String({ pattern: '^[0-9a-fA-F:]{1,95}$' })), node: Type.Optional(Type.String()) }, { additionalProperties: false });
 export const RenewResponse = Type.Object({ cluster: Type.String(), generation: Type.Integer(), serials: Type.Array(Type.String()) });
+
+/** GET/POST /v1/clusters/{c}/ca-rotation[/start|/finish]: where a CA rotation stands. */
+export const CaRotationStatus = Type.Object({
+  cluster: Type.String(),
+  /** none: no rotation; trust: both CAs trusted, the old one issues; reissue: the new one issues, old leaves being replaced. */
+  phase: Type.Union([Type.Literal('none'), Type.Literal('trust'), Type.Literal('reissue')]),
+  generation: Type.Integer(),
+  startedAt: Type.Union([Type.String(), Type.Null()]),
+  trustGeneration: Type.Union([Type.Integer(), Type.Null()]),
+  reissueGeneration: Type.Union([Type.Integer(), Type.Null()]),
+  /** The CAs in the bundle: the issuing one first. */
+  cas: Type.Array(Type.Object({ role: Type.Union([Type.Literal('issuing'), Type.Literal('old'), Type.Literal('new')]), serial: Type.String(), commonName: Type.String(), notAfter: Type.String() })),
+  /** Per node, what the next step still waits for (empty: this node is ready). */
+  nodes: Type.Array(Type.Object({ node: Type.String(), waiting: Type.Array(Type.String()) })),
+  /** True when --finish would be accepted now. */
+  canFinish: Type.Boolean(),
+});
+export type CaRotationStatus = Static<typeof CaRotationStatus>;

@@ -63,7 +63,35 @@ function parse(pem: string): { list: forge.asn1.Asn1[]; tbs: forge.asn1.Asn1[]; 
   return { list, tbs: list[0]!.value as forge.asn1.Asn1[], der: bytes };
 }
 
+/**
+ * The CRLs of a PEM file, each as its own block. During a CA rotation the cluster publishes one
+ * CRL per CA in one file (OpenSSL's X509_STORE_load_locations, used by the server's ssl_crl_file
+ * and libpq's sslcrl, loads every CRL of a file).
+ */
+export function splitCrls(pem: string): string[] {
+  return [...pem.matchAll(/-----BEGIN X509 CRL-----[\s\S]+?-----END X509 CRL-----/g)].map((m) => `${m[0]}\n`);
+}
+
+/**
+ * What a CRL file says. Several CRLs (one per CA, during a rotation) are read as one: the latest
+ * thisUpdate, the earliest nextUpdate (the file is unusable once any of them expires), the
+ * highest number and every revoked serial.
+ */
 export function crlInfo(pem: string): CrlInfo {
+  const blocks = splitCrls(pem);
+  if (blocks.length <= 1) return oneCrlInfo(pem);
+  const all = blocks.map(oneCrlInfo);
+  const nexts = all.map((x) => x.nextUpdate).filter((x): x is Date => x !== null);
+  const numbers = all.map((x) => x.number).filter((x): x is bigint => x !== null);
+  return {
+    thisUpdate: new Date(Math.max(...all.map((x) => x.thisUpdate.getTime()))),
+    nextUpdate: nexts.length > 0 ? new Date(Math.min(...nexts.map((x) => x.getTime()))) : null,
+    number: numbers.length > 0 ? numbers.reduce((a, b) => (a > b ? a : b)) : null,
+    revoked: all.flatMap((x) => x.revoked),
+  };
+}
+
+function oneCrlInfo(pem: string): CrlInfo {
   const { tbs } = parse(pem);
   let i = 0;
   if (tbs[i]?.type === asn1.Type.INTEGER && tbs[i]?.tagClass === asn1.Class.UNIVERSAL) i++; // version
@@ -94,8 +122,10 @@ export function crlInfo(pem: string): CrlInfo {
   return { thisUpdate: toDate(thisUpdate), nextUpdate, number, revoked };
 }
 
-/** True when one CA certificate of the bundle signed this CRL (RSA, SHA-256). */
+/** True when one CA certificate of the bundle signed this CRL (RSA, SHA-256); for a file of several CRLs, each of them. */
 export function crlSignedBy(pem: string, caBundlePem: string): boolean {
+  const blocks = splitCrls(pem);
+  if (blocks.length > 1) return blocks.every((b) => crlSignedBy(b, caBundlePem));
   let parsed;
   try {
     parsed = parse(pem);
