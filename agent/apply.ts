@@ -15,7 +15,7 @@ import { certInfo } from '../shared/x509.ts';
 import type { CertReport, FileReport } from '../shared/schema.ts';
 import type { Static } from '@sinclair/typebox';
 import { observeFile } from './drift.ts';
-import { installFiles, isRoot, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from './install.ts';
+import { installFiles, isRoot, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from '../shared/atomic-file.ts';
 import { OWN_TLS_FILE, clientPaths, layoutFor, stableServerPaths, type Layout } from './layout.ts';
 import { fileSettings, hbaFileRules, openSession, identFileMappings, pendingRestart, reloadConf, serverInfo, servedCertificate, tcpHostFor, waitForConfigHash, type ServerInfo } from './pgconf.ts';
 import { planNode, PlanError, type Plan } from './plan.ts';

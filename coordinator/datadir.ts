@@ -3,11 +3,12 @@
 // mode 0600 and O_EXCL from its first instant: never written first and chmod-ed after.
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, readFile, stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { CertificateAuthority } from './ca.ts';
 import { certInfo, createCsr, generateRsaKey, readCsrKey } from '../shared/x509.ts';
+import { installFile } from '../shared/atomic-file.ts';
 
 export const DEFAULT_DATA_DIR = '/var/lib/pgaccord-coordinator';
 export const SERVER_CERT_LIFETIME_S = 365 * 86400;
@@ -32,23 +33,9 @@ export interface DataDir {
   adminToken: string;
 }
 
-/** Write a new file atomically: exclusive temp file with its final mode, fsync, rename. */
-export async function writeFileAtomic(path: string, data: string | Buffer, mode: number): Promise<void> {
-  const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
-  const fh = await open(tmp, 'wx', mode);
-  try {
-    await fh.chmod(mode); // umask cannot widen, but can narrow a public file: set it exactly
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, path);
-  } catch (e) {
-    await rm(tmp, { force: true });
-    throw e;
-  }
+/** Through the one atomic writer: final mode from the first instant, fsync, rename, fsync of the directory. */
+async function writeFileAtomic(path: string, data: string | Buffer, mode: number): Promise<void> {
+  await installFile({ path, content: Buffer.isBuffer(data) ? data : Buffer.from(data, 'utf8'), mode, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 });
 }
 
 /** A secret file, refused when others can read it. */

@@ -1,4 +1,4 @@
-// The one atomic writer of the apply engine. Every managed file reaches the disk through
+// The one atomic writer, for the agent and the coordinator alike. Every managed file reaches the disk through
 // installFile: exclusive temp file in the target directory (created 0600, so nothing is ever
 // wider than asked, not even for an instant), write, fsync, owner and mode set on the open file,
 // rename over the target, fsync of the directory. A reader (PostgreSQL, a restart, a crash
@@ -57,7 +57,7 @@ export function matches(snap: FileSnapshot, spec: FileSpec): boolean {
   return snap.exists && snap.mode === spec.mode && snap.uid === spec.uid && snap.gid === spec.gid && snap.content.equals(spec.content);
 }
 
-async function fsyncDir(dir: string): Promise<void> {
+export async function fsyncDir(dir: string): Promise<void> {
   const fh = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
     await fh.sync();

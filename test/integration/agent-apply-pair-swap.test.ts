@@ -20,7 +20,7 @@ import { chmod, mkdtemp, readFile, rm, writeFile, chown } from 'node:fs/promises
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { applyDesired } from '../../agent/apply.ts';
-import { installFile, installFiles, type FileSpec } from '../../agent/install.ts';
+import { installFile, installFiles, type FileSpec } from '../../shared/atomic-file.ts';
 import type { InstalledCertificate } from '../../agent/types.ts';
 import { agentFixture, psqlAs, ROLE } from '../helpers/agent-fixture.ts';
 import { editConninfo } from '../helpers/libpq.ts';

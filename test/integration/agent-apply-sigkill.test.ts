@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { lstat, readdir, readFile, realpath, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { applyDesired } from '../../agent/apply.ts';
-import { TEMP_PREFIX } from '../../agent/install.ts';
+import { TEMP_PREFIX } from '../../shared/atomic-file.ts';
 import { layoutFor } from '../../agent/layout.ts';
 import { planNode, type PlannedFile } from '../../agent/plan.ts';
 import type { ApplyInput } from '../../agent/types.ts';

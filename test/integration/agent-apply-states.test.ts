@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { chmod, chown, lstat, readFile, writeFile } from 'node:fs/promises';
 import { applyDesired } from '../../agent/apply.ts';
 import type { ApplyResult, InstalledCertificate } from '../../agent/types.ts';
-import { snapshotFile, type FileSnapshot } from '../../agent/install.ts';
+import { snapshotFile, type FileSnapshot } from '../../shared/atomic-file.ts';
 import { splitManagedBlock } from '../../shared/render.ts';
 import type { NodeDesired } from '../../shared/schema.ts';
 import { agentFixture, psqlAs, ROLE, type AgentFixture } from '../helpers/agent-fixture.ts';

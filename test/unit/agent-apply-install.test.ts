@@ -4,7 +4,7 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmod, lstat, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { installFile, removeStaleTemps, restoreFile, snapshotFile, TEMP_PREFIX } from '../../agent/install.ts';
+import { installFile, removeStaleTemps, restoreFile, snapshotFile, TEMP_PREFIX } from '../../shared/atomic-file.ts';
 
 const me = { uid: process.getuid!(), gid: process.getgid!() };
 
