@@ -292,7 +292,7 @@ export async function runToken(argv: string[]): Promise<number> {
 // --- cert ---------------------------------------------------------------------------------
 
 const CERT = {
-  usage: 'pgaccord cert list CLUSTER | revoke CLUSTER SERIAL | renew CLUSTER [SERIAL] [--node NODE] | crl CLUSTER | rotate-ca CLUSTER --start|--status|--finish  [--json] [connection options]',
+  usage: 'pgaccord cert list CLUSTER | revoke CLUSTER SERIAL | renew CLUSTER [SERIAL] [--node NODE] | crl CLUSTER | rotate-ca CLUSTER --start|--status|--finish | rotate-passwords CLUSTER [--role ROLE]  [--json] [connection options]',
   summary: 'List a cluster\'s certificates with their days left and expiry level; revoke one; force early renewal; print the CRL.',
   details: `
 subcommands:
@@ -305,6 +305,13 @@ subcommands:
   renew CLUSTER [SERIAL] re-issue before time, with new keys: one certificate (SERIAL), every live
                          certificate of a node (--node NODE), or of the whole cluster (neither)
   crl CLUSTER            print the cluster CRL (PEM; one CRL per CA during a CA rotation)
+  rotate-passwords CLUSTER [--role ROLE]
+                         new random passwords and SCRAM verifiers for every role that logs in with
+                         a password (or ROLE), in one generation: every agent wakes at once and
+                         writes the passfile line and the role's verifier in the same apply.
+                         PostgreSQL keeps one password per role, so new connections can fail for
+                         the short time between one node's apply and another's (measured: see
+                         docs/lifecycle.md); sessions already open are not affected.
   rotate-ca CLUSTER --start | --status | --finish
                          rotate the cluster CA in phases, without a failed connection:
                          --start   a new CA joins every node's trust bundle (and its CRL the CRL
@@ -325,13 +332,13 @@ options:
   --node NODE            (renew) every live certificate of this node
   --json                 print the API answer as JSON
 ${CONNECTION_HELP}`,
-  options: { json: { type: 'boolean' }, node: { type: 'string' }, start: { type: 'boolean' }, finish: { type: 'boolean' }, status: { type: 'boolean' }, ...CONNECTION_OPTIONS },
+  options: { json: { type: 'boolean' }, node: { type: 'string' }, start: { type: 'boolean' }, role: { type: 'string' }, finish: { type: 'boolean' }, status: { type: 'boolean' }, ...CONNECTION_OPTIONS },
   positionals: { min: 2, max: 3 },
 } as const;
 
 export async function runCert(argv: string[]): Promise<number> {
   const sub = argv[0];
-  if (!['list', 'revoke', 'renew', 'crl', 'rotate-ca'].includes(sub ?? '') && !argv.includes('--help') && !argv.includes('-h')) throw new UsageError(`unknown or missing subcommand${sub ? ` "${sub}"` : ''}\nusage: ${CERT.usage}`);
+  if (!['list', 'revoke', 'renew', 'crl', 'rotate-ca', 'rotate-passwords'].includes(sub ?? '') && !argv.includes('--help') && !argv.includes('-h')) throw new UsageError(`unknown or missing subcommand${sub ? ` "${sub}"` : ''}\nusage: ${CERT.usage}`);
   const parsed = parseCommand(CERT, argv);
   if (!parsed) return 0;
   const cluster = parsed.positionals[1]!;
@@ -352,6 +359,13 @@ export async function runCert(argv: string[]): Promise<number> {
       const body = { ...(arg ? { serial: arg } : {}), ...(v.node ? { node: v.node } : {}) };
       const res = await call<{ generation: number; serials: string[] }>(conn, 'POST', `${base}/renew`, body);
       print(res, `renewal requested for ${res.serials.length} certificate(s) (generation ${res.generation}):\n${res.serials.map((x) => `  ${x}`).join('\n')}\n`);
+      return 0;
+    });
+  }
+  if (sub === 'rotate-passwords') {
+    return withConn(v, async (conn) => {
+      const res = await call<{ generation: number; roles: string[] }>(conn, 'POST', `${base}/rotate-passwords`, v.role ? { role: v.role } : {});
+      print(res, `new passwords for ${res.roles.join(', ')} (generation ${res.generation})\n`);
       return 0;
     });
   }

@@ -19,6 +19,8 @@ import {
   ErrorBody,
   PlanResponse,
   CaRotationStatus,
+  RotatePasswordsRequest,
+  RotatePasswordsResponse,
   RenewRequest,
   RenewResponse,
   RevokeResponse,
@@ -227,6 +229,11 @@ export async function buildServer(opts: ServerOptions) {
   add({ method: 'GET', url: '/v1/clusters/:cluster/ca-rotation', auth: 'admin', summary: 'where a CA rotation stands: phase (none, trust, reissue), both CAs, what each node still waits for, whether finish would be accepted', params: ClusterParams, response: { 200: CaRotationStatus, ...errors }, handler: async (req) => service.caRotationStatus((req.params as { cluster: string }).cluster) });
   add({ method: 'POST', url: '/v1/clusters/:cluster/ca-rotation/start', auth: 'admin', summary: 'start a CA rotation: a new CA joins every bundle (new generation); it issues once every node has proved the bundle, and every old leaf is then re-issued', params: ClusterParams, response: { 200: CaRotationStatus, ...errors }, handler: async (req) => service.startCaRotation((req.params as { cluster: string }).cluster) });
   add({ method: 'POST', url: '/v1/clusters/:cluster/ca-rotation/finish', auth: 'admin', summary: 'finish a CA rotation: the old CA leaves every bundle; 409 (nothing changed) until every node has proved leaves from the new CA', params: ClusterParams, response: { 200: CaRotationStatus, ...errors }, handler: async (req) => service.finishCaRotation((req.params as { cluster: string }).cluster) });
+  add({ method: 'POST', url: '/v1/clusters/:cluster/rotate-passwords', auth: 'admin', summary: 'new passwords and SCRAM verifiers for every password role ({}) or one ({"role": ...}), in one new generation (servers get the verifier and clients the passfile line in the same apply)', params: ClusterParams, docBody: RotatePasswordsRequest, response: { 200: RotatePasswordsResponse, ...errors }, handler: async (req) => {
+    const body = (req.body ?? {}) as { role?: string };
+    if (!Value.Check(RotatePasswordsRequest, body)) throw badRequest('E_VALIDATION', 'expected {"role": NAME} or {}');
+    return service.rotatePasswords((req.params as { cluster: string }).cluster, body.role);
+  } });
   add({ method: 'GET', url: '/v1/clusters/:cluster/ca.crt', auth: 'admin', summary: 'the cluster CA bundle', params: ClusterParams, response: { 200: Pem, ...errors }, produces: 'application/x-pem-file', handler: async (req) => service.clusterCaPem((req.params as { cluster: string }).cluster) });
   add({ method: 'GET', url: '/v1/clusters/:cluster/crl', auth: 'admin', summary: 'the cluster CRL (PEM): what the nodes install once the cluster has revoked a certificate', params: ClusterParams, response: { 200: Pem, ...errors }, produces: 'application/pkix-crl', handler: async (req) => service.crlPem((req.params as { cluster: string }).cluster) });
 

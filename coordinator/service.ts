@@ -480,6 +480,35 @@ export class CoordinatorService {
     return { cluster, ...out };
   }
 
+  // --- password rotation -----------------------------------------------------------------------
+
+  /**
+   * New passwords (and SCRAM verifiers) for the cluster's roles, or one role, in ONE new
+   * generation: every agent's long-poll answers at once, and each agent writes the passfile and
+   * alters the role (verifier) in the same apply. PostgreSQL keeps one password per role and libpq
+   * reads only the first matching passfile line, so a short window is unavoidable: a client whose
+   * passfile is updated before (or after) the server's ALTER ROLE fails until the other side has
+   * applied too (measured in test/e2e/password-rotation.test.ts, docs/lifecycle.md).
+   */
+  async rotatePasswords(cluster: string, role?: string): Promise<{ cluster: string; generation: number; roles: string[] }> {
+    const row = await this.#requireCluster(cluster);
+    const all = rolesNeedingPasswords(row.spec);
+    const roles = role === undefined ? all : all.filter((r) => r === role);
+    if (roles.length === 0) throw notFound(role === undefined ? `cluster "${cluster}" has no role with a password (auth ${row.spec.auth})` : `cluster "${cluster}" has no role "${role}" with a password (roles: ${all.join(', ') || 'none'})`);
+    const now = this.now();
+    const generation = await this.store.tx(async (c) => {
+      for (const r of roles) {
+        const password = randomBytes(24).toString('base64url');
+        const verifier = scramVerifier(password, randomBytes(16));
+        await c.query(`UPDATE role_credentials SET password_sealed = $3, verifier = $4 WHERE cluster = $1 AND role = $2`, [cluster, r, this.#box.seal(password, `role-password:${cluster}/${r}`), verifier]);
+      }
+      return this.#bump(c, cluster, now);
+    });
+    this.store.events.emit('cluster', cluster);
+    this.#log.warn({ cluster, roles, generation }, 'role passwords rotated');
+    return { cluster, generation, roles };
+  }
+
   // --- CA rotation -------------------------------------------------------------------------------
 
   /**

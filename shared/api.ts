@@ -171,3 +171,6 @@ export const CaRotationStatus = Type.Object({
   canFinish: Type.Boolean(),
 });
 export type CaRotationStatus = Static<typeof CaRotationStatus>;
+
+export const RotatePasswordsRequest = Type.Object({ role: Type.Optional(Type.String({ minLength: 1 })) }, { additionalProperties: false });
+export const RotatePasswordsResponse = Type.Object({ cluster: Type.String(), generation: Type.Integer(), roles: Type.Array(Type.String()) });
