@@ -268,7 +268,7 @@ function neededSlots(input: ApplyInput): string[] {
 async function checkInputs(ctx: NodeContext, input: ApplyInput, plan: Plan, now: Date): Promise<Problem[]> {
   const problems = checkVerifiers(input.desired.roles);
   problems.push(...(await checkCertificates({ certificates: input.certificates, neededSlots: neededSlots(input), caBundle: input.desired.caBundle, ownerUid: ctx.serverOsUser.uid, now })));
-  if (plan.crlFile !== null && input.desired.crl !== null) problems.push(...checkCrl(input.desired.crl, now));
+  if (plan.crlFile !== null && input.desired.crl !== null) problems.push(...checkCrl(input.desired.crl, input.desired.caBundle, now));
   return problems;
 }
 

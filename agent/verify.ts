@@ -2,12 +2,12 @@
 // with what was rendered (pure functions over their rows), and the TLS material (key matches
 // certificate, chain, validity, the key's owner and mode as PostgreSQL and libpq demand them).
 import { lstat, readFile } from 'node:fs/promises';
-import forge from 'node-forge';
 import { certInfo, certMatchesKey, verifiesAgainst } from '../shared/x509.ts';
 import { parseCidr } from '../shared/net.ts';
 import { normaliseIp } from '../shared/x509.ts';
 import type { FileSettingRow, HbaRow, IdentRow } from './pgconf.ts';
 import type { InstalledCertificate } from './types.ts';
+import { crlInfo, crlSignedBy } from '../shared/crl.ts';
 
 export interface Problem {
   code: string;
@@ -233,41 +233,15 @@ export async function checkCertificates(input: CertCheckInput): Promise<Problem[
   return problems;
 }
 
-/** thisUpdate/nextUpdate of a PEM CRL (pure ASN.1; the signature is PostgreSQL's to check). */
-export function crlTimes(pem: string): { thisUpdate: Date; nextUpdate: Date | null } {
-  // One CRL per CA during a CA rotation: the file is as good as its worst CRL.
-  const blocks = [...pem.matchAll(/-----BEGIN X509 CRL-----[\s\S]+?-----END X509 CRL-----/g)].map((b) => b[0]);
-  if (blocks.length > 1) {
-    const all = blocks.map(crlTimes);
-    const nexts = all.map((x) => x.nextUpdate).filter((x): x is Date => x !== null);
-    return {
-      thisUpdate: new Date(Math.max(...all.map((x) => x.thisUpdate.getTime()))),
-      nextUpdate: nexts.length > 0 ? new Date(Math.min(...nexts.map((x) => x.getTime()))) : null,
-    };
-  }
-  const m = /-----BEGIN X509 CRL-----([A-Za-z0-9+/=\s]+)-----END X509 CRL-----/.exec(pem);
-  if (!m) throw new Error('not a PEM X509 CRL');
-  const der = forge.util.decode64(m[1]!.replace(/\s+/g, ''));
-  const list = forge.asn1.fromDer(der);
-  const tbs = (list.value as forge.asn1.Asn1[])[0]!;
-  const fields = tbs.value as forge.asn1.Asn1[];
-  let i = fields[0]!.type === forge.asn1.Type.INTEGER ? 1 : 0;
-  i += 2; // signature algorithm, issuer
-  const time = (n: forge.asn1.Asn1 | undefined): Date | null => {
-    if (!n) return null;
-    if (n.type === forge.asn1.Type.UTCTIME) return forge.asn1.utcTimeToDate(n.value as string);
-    if (n.type === forge.asn1.Type.GENERALIZEDTIME) return forge.asn1.generalizedTimeToDate(n.value as string);
-    return null;
-  };
-  const thisUpdate = time(fields[i]);
-  if (thisUpdate === null) throw new Error('CRL has no thisUpdate');
-  return { thisUpdate, nextUpdate: time(fields[i + 1]) };
-}
-
-/** An expired CRL breaks every client-certificate login: never install one. */
-export function checkCrl(pem: string, now: Date): Problem[] {
+/**
+ * A CRL is installed only when it is signed by a CA of the bundle, current, and not from the
+ * future: an expired or foreign CRL breaks every client-certificate login, and the handshake
+ * proof (which presents no client certificate) would not notice.
+ */
+export function checkCrl(pem: string, caBundle: string, now: Date): Problem[] {
   try {
-    const { thisUpdate, nextUpdate } = crlTimes(pem);
+    const { thisUpdate, nextUpdate } = crlInfo(pem);
+    if (!crlSignedBy(pem, caBundle)) return [{ code: 'E_CRL_SIGNATURE', message: 'the CRL is not signed by a CA of the cluster bundle: PostgreSQL would refuse every client certificate' }];
     if (nextUpdate !== null && nextUpdate.getTime() <= now.getTime()) {
       return [{ code: 'E_CRL_EXPIRED', message: `the CRL's nextUpdate ${nextUpdate.toISOString()} is past: PostgreSQL would refuse every client certificate` }];
     }

@@ -122,6 +122,22 @@ function oneCrlInfo(pem: string): CrlInfo {
   return { thisUpdate: toDate(thisUpdate), nextUpdate, number, revoked };
 }
 
+/** One DER element at `start`: where its content begins and where it ends. */
+function derElement(der: Buffer, start: number): { start: number; contentStart: number; end: number } {
+  let i = start + 1;
+  const first = der[i++];
+  if (first === undefined) throw new CrlError('truncated DER');
+  let length = first;
+  if (first & 0x80) {
+    const n = first & 0x7f;
+    if (n === 0 || n > 4) throw new CrlError('unsupported DER length');
+    length = 0;
+    for (let k = 0; k < n; k++) length = length * 256 + (der[i++] ?? 0);
+  }
+  if (i + length > der.length) throw new CrlError('truncated DER');
+  return { start, contentStart: i, end: i + length };
+}
+
 /** True when one CA certificate of the bundle signed this CRL (RSA, SHA-256); for a file of several CRLs, each of them. */
 export function crlSignedBy(pem: string, caBundlePem: string): boolean {
   const blocks = splitCrls(pem);
@@ -132,8 +148,14 @@ export function crlSignedBy(pem: string, caBundlePem: string): boolean {
   } catch {
     return false;
   }
-  const tbsDer = Buffer.from(asn1.toDer(parsed.list[0]!).getBytes(), 'binary');
-  const sig = Buffer.from((parsed.list[2]!.value as string).slice(1), 'binary');
+  // The signed bytes exactly as they are in the file: a parse-and-re-encode round trip need not
+  // reproduce another issuer's DER (openssl's, say) byte for byte.
+  const outer = derElement(parsed.der, 0);
+  const tbs = derElement(parsed.der, outer.contentStart);
+  const algorithm = derElement(parsed.der, tbs.end);
+  const signature = derElement(parsed.der, algorithm.end);
+  const tbsDer = parsed.der.subarray(tbs.start, tbs.end);
+  const sig = parsed.der.subarray(signature.contentStart + 1, signature.end); // BIT STRING: skip the unused-bits byte
   for (const caPem of splitPemBundle(caBundlePem)) {
     try {
       const ca = new X509Certificate(caPem);

@@ -117,9 +117,16 @@ test('CRLs: nextUpdate in the past is refused (it would break every client-certi
   const ca = await makeCa();
   try {
     const crl = await makeCrl(ca, 1);
-    assert.deepEqual(checkCrl(crl, new Date()), []);
-    assert.deepEqual(checkCrl(crl, new Date(Date.now() + 2 * 3600_000)).map((p) => p.code), ['E_CRL_EXPIRED']);
-    assert.deepEqual(checkCrl('garbage', new Date()).map((p) => p.code), ['E_CRL_INVALID']);
+    assert.deepEqual(checkCrl(crl, ca.certPem, new Date()), []);
+    assert.deepEqual(checkCrl(crl, ca.certPem, new Date(Date.now() + 2 * 3600_000)).map((p) => p.code), ['E_CRL_EXPIRED']);
+    assert.deepEqual(checkCrl('garbage', ca.certPem, new Date()).map((p) => p.code), ['E_CRL_INVALID']);
+    // A CRL signed by another CA would break every certificate login just the same: refused.
+    const stranger = await makeCa('stranger');
+    try {
+      assert.deepEqual(checkCrl(crl, stranger.certPem, new Date()).map((p) => p.code), ['E_CRL_SIGNATURE']);
+    } finally {
+      await stranger.destroy();
+    }
   } finally {
     await ca.destroy();
   }

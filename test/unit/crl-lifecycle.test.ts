@@ -77,13 +77,13 @@ test('CRL: v2, sha256WithRSA, issuer = CA subject, CRL number and AKI; OpenSSL v
 test('an expired CRL is refused by the agent (injected clock), a fresh one is accepted', async () => {
   const { ca } = await CertificateAuthority.create('pgaccord crl CA', new Date(T0 - 86400_000));
   const pem = ca.issueCrl({ revoked: [], number: 3, thisUpdate: new Date(T0), nextUpdate: new Date(T0 + 7 * 86400_000) });
-  assert.deepEqual(checkCrl(pem, new Date(T0 + 86400_000)), []);
-  assert.deepEqual(checkCrl(pem, new Date(T0 + 7 * 86400_000 - 1000)), []);
-  const late = checkCrl(pem, new Date(T0 + 7 * 86400_000 + 1000));
+  assert.deepEqual(checkCrl(pem, ca.certPem, new Date(T0 + 86400_000)), []);
+  assert.deepEqual(checkCrl(pem, ca.certPem, new Date(T0 + 7 * 86400_000 - 1000)), []);
+  const late = checkCrl(pem, ca.certPem, new Date(T0 + 7 * 86400_000 + 1000));
   assert.deepEqual(late.map((p) => p.code), ['E_CRL_EXPIRED']);
   assert.match(late[0]!.message, /nextUpdate/);
   // A CRL from the future (clock skew beyond 5 minutes) is not installed either.
-  assert.deepEqual(checkCrl(pem, new Date(T0 - 3600_000)).map((p) => p.code), ['E_CRL_NOT_YET_VALID']);
+  assert.deepEqual(checkCrl(pem, ca.certPem, new Date(T0 - 3600_000)).map((p) => p.code), ['E_CRL_NOT_YET_VALID']);
 });
 
 test('serials: pg_stat_ssl decimal to hex, hex normalised', () => {
