@@ -3,7 +3,6 @@
 // without verification, accepted only if its sha256 matches the fingerprint the token carries,
 // and pinned for every later call. Every agent call after enrolment uses mTLS with the identity
 // key, which is generated on the node and never leaves it.
-import { createHash } from 'node:crypto';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Value } from '@sinclair/typebox/value';
@@ -11,7 +10,7 @@ import type { TSchema, Static } from '@sinclair/typebox';
 import { Agent, request, type Dispatcher } from 'undici';
 import { CsrResponse, EnrollResponse, JoinTokenPayload, type CsrRequest, type EnrollRequest } from '../shared/api.ts';
 import { AgentStatus, NodeDesired } from '../shared/schema.ts';
-import { certInfo, certMatchesKey, createCsr, generateRsaKey, splitPemBundle, verifiesAgainst, type CertInfo } from '../shared/x509.ts';
+import { certInfo, certMatchesKey, createCsr, fingerprint256, generateRsaKey, splitPemBundle, verifiesAgainst, type CertInfo } from '../shared/x509.ts';
 import { ensureDir, readIfExists, removeIfExists, writeFileAtomic } from './statefile.ts';
 
 /** A coded error: what went wrong with the coordinator, and the HTTP status when there was one. */
@@ -62,14 +61,6 @@ export function normaliseFingerprint(fp: string): string {
   return fp.replace(/:/g, '').toLowerCase();
 }
 
-/** sha256 of the DER of the first certificate in a PEM text, hex lower case. */
-export function pemFingerprint(pem: string): string {
-  const first = splitPemBundle(pem)[0];
-  if (!first) throw new CoordinatorError('E_PIN', 'the coordinator CA answer holds no PEM certificate');
-  const b64 = first.replace(/-----(BEGIN|END) CERTIFICATE-----/g, '').replace(/\s+/g, '');
-  return createHash('sha256').update(Buffer.from(b64, 'base64')).digest('hex');
-}
-
 /**
  * Accept a fetched coordinator CA only if it is exactly one certificate whose fingerprint is the
  * pinned one. Returns the PEM to pin.
@@ -77,7 +68,7 @@ export function pemFingerprint(pem: string): string {
 export function checkPinnedCa(pem: string, expectedFingerprint: string): string {
   const certs = splitPemBundle(pem);
   if (certs.length !== 1) throw new CoordinatorError('E_PIN', `expected one coordinator CA certificate, got ${certs.length}`);
-  const got = pemFingerprint(certs[0]!);
+  const got = fingerprint256(certs[0]!);
   const want = normaliseFingerprint(expectedFingerprint);
   if (got !== want) {
     throw new CoordinatorError('E_PIN', `coordinator CA fingerprint ${got} does not match the join token's ${want}: refusing to trust this coordinator`);
@@ -359,7 +350,8 @@ export async function enroll(opts: EnrollOptions): Promise<StoredIdentity> {
   } finally {
     await client.close();
   }
-  if (pemFingerprint(resp.coordinatorCa) !== normaliseFingerprint(payload.caFingerprint)) {
+  const answered = splitPemBundle(resp.coordinatorCa)[0];
+  if (answered === undefined || fingerprint256(answered) !== normaliseFingerprint(payload.caFingerprint)) {
     throw new CoordinatorError('E_PIN', 'the enrolment answer names a coordinator CA other than the pinned one');
   }
   checkIssued(resp.certificate, keyPem, caPem, opts.now());

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import forge from 'node-forge';
 import { CertificateAuthority } from '../../coordinator/ca.ts';
-import { checkPinnedCa, CoordinatorClient, CoordinatorError, decodeJoinToken, enroll, fetchPinnedCa, loadIdentity, pemFingerprint, pruneIdentities, renewIdentity } from '../../agent/client.ts';
+import { checkPinnedCa, CoordinatorClient, CoordinatorError, decodeJoinToken, enroll, fetchPinnedCa, loadIdentity, pruneIdentities, renewIdentity } from '../../agent/client.ts';
 import { fingerprint256, generateRsaKey, readCsr } from '../../shared/x509.ts';
 
 const encode = (payload: unknown) => `pga1.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
@@ -73,8 +73,8 @@ test('join token: decodes the pga1 format and refuses anything else without echo
 test('pinning: the CA is accepted only with the fingerprint from the token', async () => {
   const { ca } = await coordinatorCa();
   const fp = fingerprint256(ca.certPem);
-  assert.equal(pemFingerprint(ca.certPem), fp);
-  assert.equal(pemFingerprint(checkPinnedCa(ca.certPem, fp.toUpperCase().match(/../g)!.join(':'))), fp);
+  assert.equal(fingerprint256(ca.certPem), fp);
+  assert.equal(fingerprint256(checkPinnedCa(ca.certPem, fp.toUpperCase().match(/../g)!.join(':'))), fp);
   assert.throws(() => checkPinnedCa(ca.certPem, 'cd'.repeat(32)), (e: unknown) => e instanceof CoordinatorError && e.code === 'E_PIN' && /refusing/.test(e.message));
   assert.throws(() => checkPinnedCa(ca.certPem + ca.certPem, fp), /expected one coordinator CA certificate, got 2/);
   assert.throws(() => checkPinnedCa('garbage', fp), /got 0/);
