@@ -5,7 +5,7 @@ import { conninfo, passfileField } from '../shared/escape.ts';
 import { CONFIG_HASH_SETTING, configHash, renderHbaBlock, renderIdentBlock, renderPassfile, renderSettings, withManagedBlock, type PassfileEntry } from '../shared/render.ts';
 import type { NodeDesired } from '../shared/schema.ts';
 import type { ClientConnection, InstalledCertificate } from './types.ts';
-import { INCLUDE_FILE, INCLUDE_LINE, caBundlePath, clientPaths, crlPath, dirsBetween, stableServerPaths, type ClientPaths, type Layout } from './layout.ts';
+import { INCLUDE_FILE, INCLUDE_LINE, caBundlePath, layoutFor, clientPaths, crlPath, dirsBetween, stableServerPaths, type ClientPaths, type Layout } from './layout.ts';
 
 export class PlanError extends Error {
   readonly code: string;
@@ -305,25 +305,11 @@ const FILE_WHAT: Record<FileKey, string> = {
  */
 export function previewNode(input: NodeDesired, paths: PreviewPaths = DEFAULT_PREVIEW_PATHS): { settings: Record<string, string>; files: string[] } {
   const desired: NodeDesired = { ...input, caBundle: input.caBundle.trim() === '' ? '<cluster CA>' : input.caBundle };
-  const layout = { ...layoutForPreview(paths) };
+  const layout = layoutFor(paths.stateDir, { hbaFile: `${paths.dataDir}/pg_hba.conf`, identFile: `${paths.dataDir}/pg_ident.conf`, configFile: `${paths.dataDir}/postgresql.conf` }, paths.home);
   const certificates: InstalledCertificate[] = desired.certificates.map((c) => ({ slot: c.id, certPath: `${layout.tlsDir}/${c.id}-<serial>.crt`, keyPath: `${layout.tlsDir}/${c.id}-<serial>.key`, serial: '<serial>', notAfter: '' }));
   const pems = Object.fromEntries(desired.certificates.map((c) => [c.id, { cert: '', key: '' }]));
   const plan = planNode({ desired, certificates, layout, localRole: 'postgres', localOsUsers: ['postgres'], existing: { hba: '', ident: '', config: '' }, pems });
   const files = plan.files.map((f) => `${f.path} (${f.mode.toString(8).padStart(4, '0')}${f.secret ? ', secret' : ''}): ${FILE_WHAT[f.key]}`);
   for (const c of certificates) files.push(`${c.keyPath} (0600, made on the node), ${c.certPath} (0644): ${c.slot} key pair`);
   return { settings: { ...plan.settings, [CONFIG_HASH_SETTING]: '<hash of the managed files>' }, files };
-}
-
-function layoutForPreview(p: PreviewPaths): Layout {
-  return {
-    stateDir: p.stateDir,
-    home: p.home,
-    hbaFile: `${p.dataDir}/pg_hba.conf`,
-    identFile: `${p.dataDir}/pg_ident.conf`,
-    configFile: `${p.dataDir}/postgresql.conf`,
-    includeFile: `${p.dataDir}/${INCLUDE_FILE}`,
-    tlsDir: `${p.stateDir}/tls`,
-    clientDir: `${p.stateDir}/client`,
-    passfile: `${p.stateDir}/client/passfile`,
-  };
 }
