@@ -50,7 +50,7 @@ test('the store is the external database; no embedded instance', async () => {
   const rows = await query(db, 'SELECT version FROM schema_migrations', []).catch(() => null);
   assert.equal(rows, null, 'migrations are in the coord database, not postgres');
   const [row] = await h.coord.store.query<{ db: string; n: string }>('SELECT current_database() AS db, (SELECT count(*) FROM schema_migrations) AS n');
-  assert.deepEqual(row, { db: 'coord', n: '2' });
+  assert.deepEqual(row, { db: 'coord', n: '3' });
 });
 
 test('join token: carries the coordinator CA fingerprint; enrollment gives a pinned mTLS identity', async () => {
