@@ -12,6 +12,7 @@ import { CsrResponse, EnrollResponse, JoinTokenPayload, type CsrRequest, type En
 import { AgentStatus, NodeDesired } from '../shared/schema.ts';
 import { certInfo, certMatchesKey, createCsr, fingerprint256, generateRsaKey, splitPemBundle, verifiesAgainst, type CertInfo } from '../shared/x509.ts';
 import { ensureDir, readIfExists, removeIfExists, writeFileAtomic } from './statefile.ts';
+import { normaliseFingerprint, parseJoinToken } from '../shared/join-token.ts';
 
 /** A coded error: what went wrong with the coordinator, and the HTTP status when there was one. */
 export class CoordinatorError extends Error {
@@ -32,33 +33,11 @@ export class CoordinatorError extends Error {
   }
 }
 
-export const TOKEN_PREFIX = 'pga1.';
-
-/** Decode and check a join token ("pga1." + base64url JSON). Never echoes the token. */
+/** Decode and check a join token; a malformed one is an E_TOKEN error that never echoes it. */
 export function decodeJoinToken(token: string): JoinTokenPayload {
-  if (typeof token !== 'string' || !token.startsWith(TOKEN_PREFIX)) {
-    throw new CoordinatorError('E_TOKEN', `join token must start with "${TOKEN_PREFIX}"`);
-  }
-  const body = token.slice(TOKEN_PREFIX.length);
-  if (!/^[A-Za-z0-9_-]+$/.test(body)) throw new CoordinatorError('E_TOKEN', 'join token is not base64url after its prefix');
-  let payload: unknown;
-  try {
-    payload = JSON.parse(Buffer.from(body, 'base64url').toString('utf8'));
-  } catch {
-    throw new CoordinatorError('E_TOKEN', 'join token does not decode to JSON');
-  }
-  if (!Value.Check(JoinTokenPayload, payload)) {
-    const first = [...Value.Errors(JoinTokenPayload, payload)][0];
-    throw new CoordinatorError('E_TOKEN', `join token payload is invalid${first ? ` at ${first.path || '/'}: ${first.message}` : ''}`);
-  }
-  if (!/^[0-9a-f]{64}$/i.test(normaliseFingerprint(payload.caFingerprint))) {
-    throw new CoordinatorError('E_TOKEN', 'join token caFingerprint is not a sha256 hex digest');
-  }
-  return payload;
-}
-
-export function normaliseFingerprint(fp: string): string {
-  return fp.replace(/:/g, '').toLowerCase();
+  const parsed = parseJoinToken(token);
+  if (!parsed.ok) throw new CoordinatorError('E_TOKEN', parsed.reason);
+  return parsed.payload;
 }
 
 /**

@@ -19,8 +19,8 @@ import { badRequest, conflict, gone, notFound, unauthorized } from './errors.ts'
 import { notProved, notReissued, type NodeEvidence } from './rotation.ts';
 import type { SecretBox } from './secrets.ts';
 import type { Queryable, Store } from './store.ts';
+import { encodeJoinToken, parseJoinToken } from '../shared/join-token.ts';
 
-export const TOKEN_PREFIX = 'pga1.';
 export const DEFAULT_TOKEN_TTL_S = 3600;
 export const IDENTITY_LIFETIME_S = 30 * 86400;
 /** Validity of an issued CRL; it is re-issued once less than half of it is left. */
@@ -68,22 +68,6 @@ export function canonicalJson(value: unknown): string {
 }
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest();
-
-export function encodeJoinToken(payload: JoinTokenPayload): string {
-  return TOKEN_PREFIX + Buffer.from(JSON.stringify(payload)).toString('base64url');
-}
-
-export function decodeJoinToken(token: string): JoinTokenPayload | null {
-  if (typeof token !== 'string' || !token.startsWith(TOKEN_PREFIX) || token.length > 4096) return null;
-  try {
-    const p = JSON.parse(Buffer.from(token.slice(TOKEN_PREFIX.length), 'base64url').toString('utf8')) as JoinTokenPayload;
-    const strings = ['url', 'cluster', 'node', 'id', 'secret', 'caFingerprint'] as const;
-    if (p?.v !== 1 || strings.some((k) => typeof p[k] !== 'string')) return null;
-    return p;
-  } catch {
-    return null;
-  }
-}
 
 export function identityUri(cluster: string, node: string): string {
   return `${IDENTITY_URI_PREFIX}${cluster}/${node}`;
@@ -731,8 +715,9 @@ export class CoordinatorService {
 
   /** Join token + CSR → agent identity certificate. The token is consumed atomically, once. */
   async enroll(token: string, csrPem: string): Promise<EnrollResponse> {
-    const payload = decodeJoinToken(token);
-    if (!payload) throw unauthorized('not a pgaccord join token');
+    const parsed = parseJoinToken(token);
+    if (!parsed.ok) throw unauthorized('not a pgaccord join token');
+    const { payload } = parsed;
     const publicKey = csrPublicKey(csrPem);
     const now = this.now();
     const result = await this.store.tx(async (c) => {

@@ -11,7 +11,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CertificateAuthority } from '../../coordinator/ca.ts';
-import { decodeJoinToken, encodeJoinToken } from '../../coordinator/service.ts';
+import { encodeJoinToken, parseJoinToken } from '../../shared/join-token.ts';
+
+const decodeJoinToken = (t: string) => { const r = parseJoinToken(t); return r.ok ? r.payload : null; };
 import type { AgentStatus, NodeDesired } from '../../shared/schema.ts';
 import { certInfo, createCsr, generateRsaKey, readCsrKey, verifiesAgainst } from '../../shared/x509.ts';
 import { throwawayPg, query } from '../helpers/pg.ts';

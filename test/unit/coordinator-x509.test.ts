@@ -7,7 +7,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CertificateAuthority, randomSerial } from '../../coordinator/ca.ts';
 import { SecretBox } from '../../coordinator/secrets.ts';
-import { canonicalJson, decodeJoinToken, encodeJoinToken, parseIdentityUri } from '../../coordinator/service.ts';
+import { canonicalJson, parseIdentityUri } from '../../coordinator/service.ts';
+import { encodeJoinToken, parseJoinToken } from '../../shared/join-token.ts';
+
+const decodeJoinToken = (t: string) => { const r = parseJoinToken(t); return r.ok ? r.payload : null; };
 import { certInfo, certMatchesKey, createCsr, generateRsaKey, normaliseIp, readCsr, splitPemBundle, verifiesAgainst } from '../../shared/x509.ts';
 
 const now = new Date('2030-01-01T00:00:00Z');
