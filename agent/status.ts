@@ -1,20 +1,13 @@
 // Status: what the agent reports to the coordinator (POST /v1/agent/status), and mirrors into
 // <stateDir>/status.json so an operator (and the tests) can see it while the coordinator is down.
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import type { AgentStatus, CertReport, Phase, ProbeResult } from '../shared/schema.ts';
 import type { ApplyResult } from './types.ts';
 import { writeFileAtomic, type Owner } from './statefile.ts';
+import { PGACCORD_VERSION } from '../shared/version.ts';
 
-export const AGENT_VERSION: string = (() => {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: string };
-    return pkg.version ?? 'unknown';
-  } catch {
-    return 'unknown';
-  }
-})();
+export const AGENT_VERSION = PGACCORD_VERSION;
 
 export interface StatusInput {
   /** The generation last applied and proved (0 before the first). */

@@ -1,5 +1,6 @@
 // pgaccord: one executable, one subcommand per job. Each command module is loaded only when used.
 import { UsageError } from '../shared/cli.ts';
+import { PGACCORD_VERSION } from '../shared/version.ts';
 
 type Runner = (argv: string[]) => Promise<number>;
 
@@ -34,7 +35,7 @@ export async function main(argv: string[]): Promise<number> {
     return name === undefined ? 2 : 0;
   }
   if (name === '--version') {
-    console.log('pgaccord 0.1.0');
+    console.log(`pgaccord ${PGACCORD_VERSION}`);
     return 0;
   }
   const command = COMMANDS[name];
