@@ -3,20 +3,15 @@ import { after } from 'node:test';
 import pg from 'pg';
 import { createPgInstance, type PgInstance, type PgInstanceOptions } from '../../shared/pgserver.ts';
 
-const live = new Set<PgInstance>();
-let hooked = false;
-
-/** A fresh server, destroyed when the test file finishes (even when a test fails). */
+/**
+ * A fresh server, destroyed when the test that asked for it ends (or the test file, when asked
+ * at the top level), even when it fails. The hook is registered per server: node:test binds
+ * `after` to the test that is running, so one hook for the whole file would miss servers made
+ * in later tests.
+ */
 export async function throwawayPg(opts: PgInstanceOptions = {}): Promise<PgInstance> {
-  if (!hooked) {
-    hooked = true;
-    after(async () => {
-      await Promise.all([...live].map((i) => i.destroy()));
-      live.clear();
-    });
-  }
   const instance = await createPgInstance(opts);
-  live.add(instance);
+  after(() => instance.destroy());
   return instance;
 }
 
