@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { copyFile, chown, lstat, readFile, writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { applyDesired } from '../../agent/apply.ts';
 import { probe } from '../../agent/probes.ts';
 import type { InstalledCertificate, NodeContext } from '../../agent/types.ts';
@@ -25,6 +25,7 @@ import { editConninfo, psql } from '../helpers/libpq.ts';
 import { query, throwawayPg } from '../helpers/pg.ts';
 
 const ca = await makeCa('pgaccord profiles test CA');
+after(() => ca.destroy());
 const md5 = (s: string): string => createHash('md5').update(s).digest('hex');
 const WHO = "SELECT current_user || ' ssl=' || ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
 const MODELS: AuthModel[] = ['trust', 'scram-sha-256', 'cert'];
