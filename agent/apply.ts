@@ -168,7 +168,12 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   // The new state is proved and committed. What follows only reports or tidies up: its
   // failures are reported, and never roll back a state PostgreSQL is already running.
   const problems: Problem[] = [];
-  const pending = [...new Set([...(await pendingRestart(session).catch((e) => (problems.push(asProblem(e, 'E_PENDING_RESTART')), []))), ...run.pendingFromFiles])].sort();
+  // Only settings pgaccord writes can hold its state back: pg_autoctl, for one, leaves its own
+  // `port` and `recovery_target_timeline` pending a restart after every promotion.
+  const serverPending = await pendingRestart(session).catch((e) => (problems.push(asProblem(e, 'E_PENDING_RESTART')), [] as string[]));
+  const others = serverPending.filter((name) => !(name in run.plan.settings));
+  if (others.length > 0) log.debug({ settings: others }, 'settings pgaccord does not manage are pending a restart; not ours to wait for');
+  const pending = [...new Set([...serverPending.filter((name) => name in run.plan.settings), ...run.pendingFromFiles])].sort();
   await cleanup(run).catch((e) => problems.push(asProblem(e, 'E_CLEANUP')));
   const checks = input.desired.profile === 'pgd' ? await runSeedChecks(session).catch((e) => (problems.push(asProblem(e, 'E_SEED_CHECKS')), undefined)) : undefined;
   const changed = run.changed.length > 0 || roles.changed || reloaded;

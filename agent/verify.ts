@@ -142,7 +142,7 @@ export function checkIdentRows(rows: IdentRow[], block: string, file: string): P
 
 /**
  * pg_file_settings: every error is a problem, except "could not be applied" for a parameter
- * that needs a restart (that is a pending restart, reported as such); each of our settings must
+ * that needs a restart (a pending restart, reported when it is one of ours); each of our settings must
  * be the one that wins (not overridden by a later line or by ALTER SYSTEM).
  */
 export function checkFileSettings(rows: FileSettingRow[], includeFile: string, ourNames: string[]): { problems: Problem[]; needRestart: string[] } {
@@ -150,15 +150,11 @@ export function checkFileSettings(rows: FileSettingRow[], includeFile: string, o
   const needRestart: string[] = [];
   for (const r of rows) {
     if (r.error === null) continue;
-    if (r.error === 'setting could not be applied' && r.context === 'postmaster' && r.name !== null) {
-      needRestart.push(r.name);
-      continue;
-    }
-    // A postmaster setting changed on disk (pg_autoctl rewrites recovery_target_timeline while it
-    // restarts a standby): pending a restart, not an invalid file.
-    const restart = /^parameter "([^"]+)" cannot be changed without restarting the server$/.exec(r.error);
+    // A postmaster setting changed on disk is pending a restart, not an invalid file; only ours
+    // hold the node back (pg_autoctl rewrites its recovery_target_timeline and port in its own file).
+    const restart = r.error === 'setting could not be applied' && r.context === 'postmaster' ? r.name : /^parameter "([^"]+)" cannot be changed without restarting the server$/.exec(r.error)?.[1];
     if (restart) {
-      needRestart.push(restart[1]!);
+      if (ourNames.includes(restart)) needRestart.push(restart);
       continue;
     }
     problems.push({ code: 'E_SETTINGS_INVALID', message: `${r.sourcefile ?? 'configuration'}${r.sourceline !== null ? ` line ${r.sourceline}` : ''}: ${r.error}${r.name ? ` (${r.name})` : ''}` });

@@ -275,4 +275,20 @@ describe('apply engine on a real server', () => {
     assertConverged(after);
     assert.equal(after.changed, false);
   });
+
+  test("a restart pending for a setting pgaccord does not write (pg_autoctl's port after a promotion) does not hold the node back", async () => {
+    const desired = f.desired({ auth: 'cert', sslmode: 'verify-full', generation: 11 });
+    await query(f.pg, "ALTER SYSTEM SET max_wal_senders = '7'");
+    await query(f.pg, 'SELECT pg_reload_conf()');
+    try {
+      const pendingOnServer = await query<{ name: string }>(f.pg, 'SELECT name FROM pg_settings WHERE pending_restart');
+      assert.deepEqual(pendingOnServer.map((r) => r.name), ['max_wal_senders'], 'the server does have a restart pending');
+      const r = await apply(desired, certCerts);
+      assertConverged(r);
+      assert.deepEqual(r.pendingRestart, []);
+    } finally {
+      await query(f.pg, 'ALTER SYSTEM RESET max_wal_senders');
+      await query(f.pg, 'SELECT pg_reload_conf()');
+    }
+  });
 });

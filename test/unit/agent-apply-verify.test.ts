@@ -81,6 +81,9 @@ test('pg_file_settings: restart-only changes are pending, errors are errors, our
   assert.deepEqual(ok, { problems: [], needRestart: [] });
   const pending = checkFileSettings([row({}), row({ name: 'pgaccord.config_hash' }), row({ name: 'max_connections', applied: false, error: 'setting could not be applied', context: 'postmaster' })], inc, ['ssl', 'pgaccord.config_hash', 'max_connections']);
   assert.deepEqual(pending, { problems: [], needRestart: ['max_connections'] });
+  // pg_autoctl's own postmaster settings, changed in its own file: neither a problem nor ours to wait for
+  const theirs = checkFileSettings([row({}), row({ name: 'pgaccord.config_hash' }), row({ sourcefile: '/d/postgresql-auto-failover.conf', name: 'port', applied: false, error: 'parameter "port" cannot be changed without restarting the server', context: 'postmaster' }), row({ sourcefile: '/d/postgresql.auto.conf', name: 'recovery_target_timeline', applied: false, error: 'setting could not be applied', context: 'postmaster' })], inc, ['ssl', 'pgaccord.config_hash']);
+  assert.deepEqual(theirs, { problems: [], needRestart: [] });
   const overridden = checkFileSettings([row({ applied: false }), row({ name: 'pgaccord.config_hash' }), row({ sourcefile: '/d/postgresql.auto.conf', sourceline: 3, seqno: 9, setting: 'off' })], inc, ['ssl', 'pgaccord.config_hash']);
   assert.deepEqual(overridden.problems.map((p) => p.code), ['E_SETTING_OVERRIDDEN']);
   assert.match(overridden.problems[0]!.message, /ssl from \/d\/pgaccord\.conf is overridden by \/d\/postgresql\.auto\.conf line 3/);
