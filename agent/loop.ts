@@ -134,6 +134,8 @@ export interface LoopDeps {
   drift?: DriftHook;
   /** Called before each poll: e.g. renew the agent identity when due. Errors are logged. */
   maintain?: () => Promise<void>;
+  /** Called before each pass: the context to use now (the local server may have moved). */
+  refreshContext?: (ctx: NodeContext) => NodeContext;
   /** Called after successful contact with the coordinator (e.g. prune old identity versions). */
   onContact?: () => Promise<void>;
   /** When `maintain` has work next (ms since the epoch; e.g. the identity's renewal time), or null. */
@@ -389,6 +391,7 @@ export class ReconcileLoop {
 
   /** One level-triggered pass: certificates, apply, prune, probes, status. */
   private async reconcileOnce(reason: string): Promise<void> {
+    if (this.deps.refreshContext) this.deps = { ...this.deps, ctx: this.deps.refreshContext(this.deps.ctx) };
     const { log, ctx } = this.deps;
     const desired = this.lastGood;
     let certErrors: RuntimeError[] = [];

@@ -113,6 +113,8 @@ export async function readConfigFile(path: string): Promise<RawConfig> {
 export interface ResolvedConfig extends AgentConfig {
   logLevel: string;
   configFile?: string;
+  /** Port and socket directory not given: follow PGDATA/postmaster.pid, which changes when the server is (re)created. */
+  followPostmasterPid: { port: boolean; socketDir: boolean };
 }
 
 /** postmaster.pid line 4 is the port, line 5 the first socket directory (when the server runs). */
@@ -190,6 +192,7 @@ export function resolveConfig(flags: RawConfig, file: RawConfig, configFile?: st
     stateDir,
     ...(joinToken !== undefined ? { joinToken } : {}),
     logLevel,
+    followPostmasterPid: { port: portText === undefined, socketDir: get('pg-host') === undefined },
     ...(configFile ? { configFile } : {}),
   };
 }
@@ -204,6 +207,21 @@ export async function ownerOf(path: string): Promise<OsUser> {
   } catch {
     return { name: String(st.uid), uid: st.uid, gid: st.gid, home: '/' };
   }
+}
+
+/**
+ * The context with the port and socket directory PostgreSQL now runs on, where they were not
+ * given: an agent started before its server (pg_autoctl create --pgport P) learns the port
+ * when the server appears, without a restart.
+ */
+export function followPostmaster(ctx: NodeContext, follow: ResolvedConfig['followPostmasterPid']): NodeContext {
+  if (!follow.port && !follow.socketDir) return ctx;
+  const pid = readPostmasterPid(ctx.pgdata);
+  const pgPort = follow.port && pid.port !== undefined ? pid.port : ctx.pgPort;
+  const pgHost = follow.socketDir && pid.socketDir !== undefined ? pid.socketDir : ctx.pgHost;
+  if (pgPort === ctx.pgPort && pgHost === ctx.pgHost) return ctx;
+  ctx.log.info({ pgHost, pgPort, was: { pgHost: ctx.pgHost, pgPort: ctx.pgPort } }, 'local server found at a new address (postmaster.pid)');
+  return { ...ctx, pgHost, pgPort };
 }
 
 function nodeContext(cfg: ResolvedConfig, owner: OsUser, log: Logger): NodeContext {
@@ -320,6 +338,7 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
     minCycleMs: hooks.minCycleMs ?? 1000,
     log,
     ...(drift ? { drift } : {}),
+    refreshContext: (current) => (ctx = followPostmaster(current, cfg.followPostmasterPid)),
     postgresVersion: () => postgresVersion({ host: ctx.pgHost, port: ctx.pgPort, user: ctx.pgUser }),
     maintain: async () => {
       const current = client.currentIdentity!;

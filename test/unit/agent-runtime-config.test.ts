@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { createLogger } from '../../shared/log.ts';
-import { readConfigFile, resolveConfig, DEFAULT_STATE_DIR, DEFAULT_SOCKET_DIR } from '../../agent/main.ts';
+import { followPostmaster, readConfigFile, resolveConfig, DEFAULT_STATE_DIR, DEFAULT_SOCKET_DIR } from '../../agent/main.ts';
+import type { NodeContext } from '../../agent/types.ts';
 import { parseSslLine, scrubSecrets } from '../../agent/probes.ts';
 import { buildStatus } from '../../agent/status.ts';
 
@@ -53,6 +54,21 @@ test('config: the local server is found through postmaster.pid', async () => {
   const cfg = resolveConfig({ coordinator: 'https://c', node: 'a/b', pgdata }, {});
   assert.equal(cfg.pgHost, '/run/pg-sock');
   assert.equal(cfg.pgPort, 5544);
+});
+
+test('config: an agent started before its server follows postmaster.pid when it appears, unless told the port', async () => {
+  const pgdata = await fakePgdata();
+  const cfg = resolveConfig({ coordinator: 'https://c', node: 'a/b', pgdata }, {});
+  assert.deepEqual(cfg.followPostmasterPid, { port: true, socketDir: true });
+  const ctx = { pgdata, pgHost: cfg.pgHost, pgPort: cfg.pgPort, log: createLogger({ service: 'pgaccord-agent', level: 'silent' }) } as unknown as NodeContext;
+  assert.equal(followPostmaster(ctx, cfg.followPostmasterPid), ctx, 'no server yet: unchanged');
+  await writeFile(join(pgdata, 'postmaster.pid'), '12345\n/x\n1700000000\n6543\n/run/sock-b\n127.0.0.1\n');
+  const moved = followPostmaster(ctx, cfg.followPostmasterPid);
+  assert.deepEqual([moved.pgPort, moved.pgHost], [6543, '/run/sock-b']);
+  const pinned = resolveConfig({ coordinator: 'https://c', node: 'a/b', pgdata, 'pg-port': '5999', 'pg-host': '/tmp' }, {});
+  assert.deepEqual(pinned.followPostmasterPid, { port: false, socketDir: false });
+  const pinnedCtx = { ...ctx, pgPort: 5999, pgHost: '/tmp' } as NodeContext;
+  assert.equal(followPostmaster(pinnedCtx, pinned.followPostmasterPid), pinnedCtx, '--pg-port and --pg-host win over postmaster.pid');
 });
 
 test('config: bad input is refused with a message naming the option', async () => {
