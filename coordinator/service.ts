@@ -198,6 +198,9 @@ export class CoordinatorService {
         ]);
       }
       await this.#ensureCredentials(c, spec, now);
+      // A cluster has a CRL from its first generation: pg_autoctl create refuses an
+      // --ssl-crl-file that does not exist yet, and a server should check revocation from day one.
+      if (inserted.rowCount === 1) await this.#issueCrl(c, name, now);
       if (changed) await this.store.notify(c, name);
       return { generation, changed };
     });
@@ -372,14 +375,14 @@ export class CoordinatorService {
    */
   async refreshCrl(cluster: string): Promise<boolean> {
     const now = this.now();
-    const due = await this.store.query<{ cluster: string }>(
-      `SELECT cluster FROM cluster_crls WHERE cluster = $1 AND next_update - $2::timestamptz < (next_update - this_update) / 2`,
-      [cluster, now],
-    );
-    if (due.length === 0) return false;
+    // Due: less than half its validity left, or no CRL at all (a cluster stored by a coordinator
+    // older than CRLs-from-creation).
+    const dueSql = `SELECT 1 FROM clusters k LEFT JOIN cluster_crls r ON r.cluster = k.name
+                     WHERE k.name = $1 AND (r.cluster IS NULL OR r.next_update - $2::timestamptz < (r.next_update - r.this_update) / 2)`;
+    if ((await this.store.query(dueSql, [cluster, now])).length === 0) return false;
     await this.store.tx(async (c) => {
-      const still = await c.query(`SELECT 1 FROM cluster_crls WHERE cluster = $1 AND next_update - $2::timestamptz < (next_update - this_update) / 2 FOR UPDATE`, [cluster, now]);
-      if (still.rowCount === 0) return; // another coordinator did it
+      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
+      if ((await c.query(dueSql, [cluster, now])).rowCount === 0) return; // another coordinator did it
       await this.#issueCrl(c, cluster, now);
       await this.#bump(c, cluster, now);
     });
@@ -389,21 +392,16 @@ export class CoordinatorService {
 
   /** Refresh every cluster's CRL that is due (the coordinator runs this on a timer). */
   async refreshAllCrls(): Promise<void> {
-    for (const r of await this.store.query<{ cluster: string }>(`SELECT cluster FROM cluster_crls`)) {
+    for (const r of await this.store.query<{ cluster: string }>(`SELECT name AS cluster FROM clusters`)) {
       await this.refreshCrl(r.cluster).catch((e) => this.#log.error({ cluster: r.cluster, err: e }, 'CRL refresh failed'));
     }
   }
 
-  /** The cluster CRL (PEM); one is issued on first request when the cluster has none yet. */
+  /** The cluster CRL (PEM), issued with the cluster and kept fresh. */
   async crlPem(cluster: string): Promise<string> {
     await this.#requireCluster(cluster);
     await this.refreshCrl(cluster);
-    const row = (await this.store.query<{ pem: string }>(`SELECT pem FROM cluster_crls WHERE cluster = $1`, [cluster]))[0];
-    if (row) return row.pem;
-    // Not published to the nodes until the first revocation: issued only for the caller.
-    const ca = await this.#clusterCa(cluster);
-    const now = this.now();
-    return ca.issueCrl({ revoked: [], number: 0, thisUpdate: new Date(now.getTime() - 60_000), nextUpdate: new Date(now.getTime() + this.crlLifetimeSeconds * 1000) });
+    return (await this.store.query<{ pem: string }>(`SELECT pem FROM cluster_crls WHERE cluster = $1`, [cluster]))[0]!.pem;
   }
 
   /**
@@ -559,8 +557,7 @@ export class CoordinatorService {
         `INSERT INTO ca_rotations (cluster, phase, other_cert_pem, other_key_sealed, started_at, trust_generation) VALUES ($1, 'trust', $2, $3, $4, $5)`,
         [cluster, fresh.ca.certPem, this.#box.seal(fresh.keyPem, `cluster-ca:${cluster}`), now, generation],
       );
-      const hasCrl = await c.query(`SELECT 1 FROM cluster_crls WHERE cluster = $1`, [cluster]);
-      if (hasCrl.rowCount) await this.#issueCrl(c, cluster, now);
+      await this.#issueCrl(c, cluster, now);
     });
     this.store.events.emit('cluster', cluster);
     this.#log.warn({ cluster, newCa: certInfo(fresh.ca.certPem).serial }, 'CA rotation started: both CAs trusted');
@@ -586,9 +583,8 @@ export class CoordinatorService {
       const fresh = (await c.query<{ other_cert_pem: string; other_key_sealed: string }>(`SELECT other_cert_pem, other_key_sealed FROM ca_rotations WHERE cluster = $1`, [cluster])).rows[0]!;
       await c.query(`UPDATE cluster_cas SET cert_pem = $2, key_sealed = $3 WHERE cluster = $1`, [cluster, fresh.other_cert_pem, fresh.other_key_sealed]);
       await c.query(`UPDATE ca_rotations SET phase = 'reissue', other_cert_pem = $2, other_key_sealed = $3, reissued_at = $4 WHERE cluster = $1`, [cluster, old.cert_pem, old.key_sealed, now]);
-      const hasCrl = await c.query(`SELECT 1 FROM cluster_crls WHERE cluster = $1`, [cluster]);
       this.#cas.delete(cluster);
-      if (hasCrl.rowCount) await this.#issueCrl(c, cluster, now);
+      await this.#issueCrl(c, cluster, now);
       const g = await this.#bump(c, cluster, now);
       await c.query(`UPDATE ca_rotations SET reissue_generation = $2 WHERE cluster = $1`, [cluster, g]);
       return g;
@@ -655,8 +651,7 @@ export class CoordinatorService {
       const locked = (await c.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0];
       if (locked?.phase !== 'reissue') throw conflict('E_ROTATION_NOT_READY', `cluster "${cluster}": the rotation changed meanwhile; look again`);
       await c.query(`DELETE FROM ca_rotations WHERE cluster = $1`, [cluster]);
-      const hasCrl = await c.query(`SELECT 1 FROM cluster_crls WHERE cluster = $1`, [cluster]);
-      if (hasCrl.rowCount) await this.#issueCrl(c, cluster, now);
+      await this.#issueCrl(c, cluster, now);
       await this.#bump(c, cluster, now);
     });
     this.store.events.emit('cluster', cluster);
