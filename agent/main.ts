@@ -37,6 +37,7 @@ const OPTIONS = {
   'pg-port': { type: 'string' },
   'pg-user': { type: 'string' },
   'state-dir': { type: 'string' },
+  'client-home': { type: 'string' },
   config: { type: 'string' },
   'log-level': { type: 'string' },
 } as const;
@@ -64,6 +65,10 @@ options:
   --pg-port P            local server's port (default: the port in PGDATA/postmaster.pid, else 5432)
   --pg-user U            database role the agent uses over the socket (default: postgres)
   --state-dir DIR        identity, keys, certificates, passfile, last good state (default: ${DEFAULT_STATE_DIR})
+  --client-home DIR      the home directory whose ~/.postgresql and ~/.pgpass the profile's client
+                         reads (pg-auto-failover); default: the PGDATA owner's home in passwd.
+                         Give it when that client runs with another HOME (libpq reads $HOME first),
+                         e.g. several nodes of one OS user on one machine
   --config FILE          YAML file with any of the keys below; flags given on the command line win
   --log-level L          ${LOG_LEVELS.join(', ')} (default: info)
 
@@ -179,6 +184,8 @@ export function resolveConfig(flags: RawConfig, file: RawConfig, configFile?: st
   const logLevel = get('log-level') ?? 'info';
   if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`--log-level: "${logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
   const stateDir = resolve(get('state-dir') ?? DEFAULT_STATE_DIR);
+  const clientHomeArg = get('client-home');
+  if (clientHomeArg !== undefined && (clientHomeArg === '' || resolve(clientHomeArg) === '/')) throw new UsageError(`--client-home: "${clientHomeArg}" is not a home directory`);
   const pgHost = get('pg-host') ?? pid.socketDir ?? DEFAULT_SOCKET_DIR;
   if (pgHost.startsWith('/') && !isAbsolute(pgHost)) throw new UsageError(`--pg-host: ${pgHost} is not an absolute path`);
   return {
@@ -190,6 +197,7 @@ export function resolveConfig(flags: RawConfig, file: RawConfig, configFile?: st
     pgPort,
     pgUser: get('pg-user') ?? 'postgres',
     stateDir,
+    ...(clientHomeArg !== undefined ? { clientHome: resolve(clientHomeArg) } : {}),
     ...(joinToken !== undefined ? { joinToken } : {}),
     logLevel,
     followPostmasterPid: { port: portText === undefined, socketDir: get('pg-host') === undefined },
@@ -300,7 +308,8 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
   const log = createLogger({ service: 'pgaccord-agent', level: cfg.logLevel, ...(hooks.logDestination ? { destination: hooks.logDestination } : {}) }).child({ cluster: cfg.cluster, node: cfg.node });
   const now = hooks.now ?? Date.now;
   const random: Random = hooks.random ?? (() => randomInt(0, 2 ** 32) / 2 ** 32);
-  const owner = await ownerOf(cfg.pgdata);
+  const pgdataOwner = await ownerOf(cfg.pgdata);
+  const owner = cfg.clientHome ? { ...pgdataOwner, home: cfg.clientHome } : pgdataOwner;
   // An empty PGDATA is allowed: tools like pg_autoctl create the server themselves and need the
   // TLS material first. Until the server runs, the agent installs that material and reports
   // E_PG_CONNECT.
@@ -376,10 +385,10 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
       }
       try {
         const next = resolveConfig(cliValues, await readConfigFile(cfg.configFile), cfg.configFile);
-        const restartKeys = (['coordinatorUrl', 'cluster', 'node', 'pgdata', 'stateDir'] as const).filter((k) => next[k] !== cfg[k]);
+        const restartKeys = (['coordinatorUrl', 'cluster', 'node', 'pgdata', 'stateDir', 'clientHome'] as const).filter((k) => next[k] !== cfg[k]);
         if (restartKeys.length > 0) log.warn({ keys: restartKeys }, 'SIGHUP: these settings change only on restart; keeping the running values');
         log.level = next.logLevel;
-        cfg = { ...next, coordinatorUrl: cfg.coordinatorUrl, cluster: cfg.cluster, node: cfg.node, pgdata: cfg.pgdata, stateDir: cfg.stateDir };
+        cfg = { ...next, coordinatorUrl: cfg.coordinatorUrl, cluster: cfg.cluster, node: cfg.node, pgdata: cfg.pgdata, stateDir: cfg.stateDir, ...(cfg.clientHome ? { clientHome: cfg.clientHome } : {}) };
         ctx = nodeContext(cfg, owner, log);
         log.info({ logLevel: cfg.logLevel, pgHost: cfg.pgHost, pgPort: cfg.pgPort, pgUser: cfg.pgUser }, 'SIGHUP: configuration re-read');
         loop.updateContext(ctx);

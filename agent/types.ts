@@ -18,6 +18,8 @@ export interface AgentConfig {
   pgUser: string;
   /** Where keys, certificates, passfiles and the last good desired state live (0700). */
   stateDir: string;
+  /** Home directory of the profile's client when not the PGDATA owner's passwd home. */
+  clientHome?: string;
   joinToken?: string;
 }
 

@@ -84,10 +84,13 @@ test('config: bad input is refused with a message naming the option', async () =
     [{ ...base, 'pg-port': '70000' }, /--pg-port: "70000" is not a port number/],
     [{ ...base, 'log-level': 'loud' }, /--log-level: "loud" is not one of/],
     [{ ...base, 'join-token': 'pga1.!!' }, /--join-token: join token is not base64url/],
+    [{ ...base, 'client-home': '/' }, /--client-home: "\/" is not a home directory/],
   ];
   for (const [flags, msg] of cases) assert.throws(() => resolveConfig(flags, {}), msg);
   // An existing but uninitialised PGDATA is accepted: pg_autoctl and others initialise it later.
   assert.equal(resolveConfig({ ...base, pgdata: tmpdir() }, {}).pgdata, tmpdir());
+  assert.equal(resolveConfig(base, { 'client-home': '/srv/n1/../n1/home' }).clientHome, '/srv/n1/home');
+  assert.equal(resolveConfig(base, {}).clientHome, undefined, 'default: the passwd home, looked up at start');
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-agent-cfg-'));
   dirs.push(dir);
   await writeFile(join(dir, 'a.yaml'), 'coordinator: https://c\nnodes: a/b\n');
