@@ -17,7 +17,7 @@ import type { Static } from '@sinclair/typebox';
 import { observeFile } from './drift.ts';
 import { installFiles, isRoot, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from '../shared/atomic-file.ts';
 import { OWN_TLS_FILE, clientPaths, layoutFor, stableServerPaths, type Layout } from './layout.ts';
-import { fileSettings, hbaFileRules, openSession, identFileMappings, pendingRestart, reloadConf, serverInfo, servedCertificate, tcpHostFor, waitForConfigHash, type ServerInfo } from './pgconf.ts';
+import { fileSettings, hbaFileRules, openSession, identFileMappings, pendingRestart, reloadConf, serverDataDirectory, serverInfo, servedCertificate, tcpHostFor, waitForConfigHash, type ServerInfo } from './pgconf.ts';
 import { planNode, PlanError, type Plan } from './plan.ts';
 import { checkVerifiers, NO_ROLE_CHANGES, RoleError, stageRoles, type StagedRoles } from './roles.ts';
 import { runSeedChecks, checkCertificates, checkCrl, checkFileSettings, checkHbaRows, checkIdentRows, keyModeProblem, type Problem } from './verify.ts';
@@ -63,21 +63,27 @@ async function applyOnce(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   const now = opts.now ?? (() => new Date());
   const log = ctx.log.child({ generation: input.desired.generation });
   let session: pg.Client | null = null;
+  let notOurs: Problem;
   try {
     session = await openSession(ctx);
+    // The server on that socket must be the one in PGDATA: an agent started before its server
+    // falls back to port 5432, where another cluster's server may run. Never touch that one.
+    const dataDirectory = await serverDataDirectory(session);
+    const [theirs, ours] = await Promise.all([realpath(dataDirectory).catch(() => dataDirectory), realpath(ctx.pgdata).catch(() => ctx.pgdata)]);
+    if (theirs === ours) return await applyWith(ctx, input, { ...opts, now }, session, log);
+    notOurs = { code: 'E_WRONG_SERVER', message: `the server at ${ctx.pgHost}:${ctx.pgPort} runs ${theirs}, not --pgdata ${ours}: nothing applied to it (give --pg-port/--pg-host, or start this node's server)` };
   } catch (e) {
-    // PostgreSQL is not there yet (pg_autoctl create has not run, or it is stopped): still put
-    // the TLS material and client credentials under their fixed names, so that a tool that must
-    // find them at create time (pg_autoctl --server-cert, ~/.postgresql) can.
-    const material = await installMaterial(ctx, input).catch((err: unknown) => ({ written: [] as string[], errors: [asProblem(err, 'E_INSTALL')] }));
-    if (material.written.length > 0) log.info({ files: material.written }, 'PostgreSQL unreachable: TLS material and client credentials installed');
-    return failed([{ code: 'E_PG_CONNECT', message: `cannot connect to the local PostgreSQL at ${ctx.pgHost}:${ctx.pgPort} as ${ctx.pgUser}: ${(e as Error).message}` }, ...material.errors]);
-  }
-  try {
-    return await applyWith(ctx, input, { ...opts, now }, session, log);
+    if (session === null) notOurs = { code: 'E_PG_CONNECT', message: `cannot connect to the local PostgreSQL at ${ctx.pgHost}:${ctx.pgPort} as ${ctx.pgUser}: ${(e as Error).message}` };
+    else throw e;
   } finally {
-    await session.end().catch(() => undefined);
+    await session?.end().catch(() => undefined);
   }
+  // PostgreSQL is not there yet (pg_autoctl create has not run, or it is stopped): still put
+  // the TLS material and client credentials under their fixed names, so that a tool that must
+  // find them at create time (pg_autoctl --server-cert, ~/.postgresql) can.
+  const material = await installMaterial(ctx, input).catch((err: unknown) => ({ written: [] as string[], errors: [asProblem(err, 'E_INSTALL')] }));
+  if (material.written.length > 0) log.info({ files: material.written }, 'PostgreSQL not running in PGDATA: TLS material and client credentials installed');
+  return failed([notOurs, ...material.errors]);
 }
 
 interface Run {

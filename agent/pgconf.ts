@@ -109,6 +109,10 @@ export async function fileSettings(c: pg.Client): Promise<FileSettingRow[]> {
   ).rows;
 }
 
+export async function serverDataDirectory(c: pg.Client): Promise<string> {
+  return (await c.query<{ d: string }>(`SELECT current_setting('data_directory') AS d`)).rows[0]!.d;
+}
+
 export async function pendingRestart(c: pg.Client): Promise<string[]> {
   return (await c.query<{ name: string }>('SELECT name FROM pg_settings WHERE pending_restart ORDER BY name')).rows.map((r) => r.name);
 }

@@ -259,6 +259,24 @@ describe('apply engine on a real server', () => {
     assert.equal(await psqlAs(f.pg, conn), ROLE);
   });
 
+  test('a server on the socket that is not the one in PGDATA (another cluster on 5432) is never touched', async () => {
+    const desired = f.desired({ auth: 'cert', sslmode: 'verify-full', generation: 12 });
+    const { mkdtemp, rm } = await import('node:fs/promises');
+    const elsewhere = await mkdtemp('/tmp/pgaccord-other-pgdata-');
+    try {
+      const hbaBefore = await snapshotFile(`${f.pg.dataDir}/pg_hba.conf`);
+      const loadedBefore = await loadTime();
+      const r = await applyDesired({ ...f.ctx, pgdata: elsewhere }, { desired, certificates: certCerts });
+      assert.equal(r.phase, 'failed');
+      assert.deepEqual(r.errors.map((e) => e.code), ['E_WRONG_SERVER']);
+      assert.match(r.errors[0]!.message, new RegExp(`runs ${f.pg.dataDir}, not --pgdata ${elsewhere}`));
+      assert.deepEqual(await snapshotFile(`${f.pg.dataDir}/pg_hba.conf`), hbaBefore, 'its pg_hba.conf is untouched');
+      assert.equal(await loadTime(), loadedBefore, 'and it was not reloaded');
+    } finally {
+      await rm(elsewhere, { recursive: true, force: true });
+    }
+  });
+
   test('a setting that needs a restart is reported pending, never applied by surprise', async () => {
     const desired = f.desired({ auth: 'cert', sslmode: 'verify-full', generation: 10 });
     desired.settings.max_connections = '45';
