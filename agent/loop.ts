@@ -23,6 +23,9 @@ import { readIfExists, writeFileAtomic, type Owner } from './statefile.ts';
 import type { AgentStatus } from '../shared/schema.ts';
 import type { ApplyInput, ApplyResult, NodeContext } from './types.ts';
 
+/** Retry delays after an apply that did not converge: 0.5-1 s, doubling up to 7.5-15 s. */
+const APPLY_RETRY: BackoffPolicy = { baseMs: 1000, capMs: 15_000 };
+
 export type ApplyFn = (ctx: NodeContext, input: ApplyInput) => Promise<ApplyResult>;
 
 export interface RuntimeError {
@@ -238,13 +241,16 @@ export class ReconcileLoop {
   }
 
   private reprobeTimer: NodeJS.Timeout | undefined;
+  /** Consecutive applies that did not converge (the local server absent, a rule refused...). */
+  private applyFailures = 0;
 
-  private scheduleReprobe(): void {
+  /** Reconcile again soon: after a failed probe, or a failed apply (with backoff up to 15 s). */
+  private scheduleRetry(delayMs: number, reason: string): void {
     if (this.reprobeTimer || this.signal.aborted) return;
     this.reprobeTimer = setTimeout(() => {
       this.reprobeTimer = undefined;
-      void this.kick('probing again after a failed probe');
-    }, this.deps.reprobeMs ?? 2000);
+      void this.kick(reason);
+    }, delayMs);
     this.reprobeTimer.unref();
   }
 
@@ -439,6 +445,10 @@ export class ReconcileLoop {
       }
       if (result.changed) log.info({ files: result.files.length }, 'node changed');
       if (proved) this.baseline = result.files;
+      // Not converged: try again soon rather than at the next resync, e.g. an agent started
+      // before its server (pg_autoctl create) applies within seconds of the server appearing.
+      this.applyFailures = proved ? 0 : this.applyFailures + 1;
+      if (!proved) this.scheduleRetry(backoffDelay(Math.min(this.applyFailures - 1, 30), this.deps.random, APPLY_RETRY), 'applying again after a failed apply');
       if (this.baseline) {
         this.deps.drift?.resume(this.baseline, (d) => {
           log.warn({ path: d.path, kinds: d.kinds }, 'drift in a managed file: repairing');
@@ -450,7 +460,7 @@ export class ReconcileLoop {
       for (const p of probes.filter((p) => !p.ok)) log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
       // A peer may simply not have caught up yet: probe again soon rather than at the next
       // long-poll cycle, so the cluster is seen converged as soon as it really is.
-      if (probes.some((p) => !p.ok)) this.scheduleReprobe();
+      if (probes.some((p) => !p.ok)) this.scheduleRetry(this.deps.reprobeMs ?? 2000, 'probing again after a failed probe');
     }
     const notes = this.driftNotes.splice(0);
     this.scheduleRenewalWake();
