@@ -4,12 +4,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ClusterStatusResponse } from '../shared/api.ts';
 import type { ClusterSpec } from '../shared/schema.ts';
-import { createPgInstance, freePort, ownedDir, serverOsUser, type PgInstance } from '../shared/pgserver.ts';
+import { createPgInstance, freePort, ownedDir, serverOsUser, type OsUser, type PgInstance } from '../shared/pgserver.ts';
 
 const PGACCORD = join(dirname(fileURLToPath(import.meta.url)), 'pgaccord.mjs');
 
@@ -47,6 +47,8 @@ async function run(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResu
 
 export class LocalCluster {
   readonly nodes = new Map<string, LocalNode>();
+  /** Every running agent process, by node name. */
+  private readonly agents = new Map<string, ChildProcess>();
   private coordinator: ChildProcess | null = null;
   coordinatorUrl = '';
 
@@ -124,25 +126,39 @@ export class LocalCluster {
   async startAgent(cluster: string, name: string): Promise<void> {
     const node = this.nodes.get(name);
     if (!node) throw new Error(`no node ${name}`);
-    const args = ['agent', '--coordinator', this.coordinatorUrl, '--node', `${cluster}/${name}`, '--pgdata', node.pg.dataDir,
-      '--pg-host', node.pg.socketDir, '--pg-port', String(node.pg.port), '--state-dir', node.stateDir];
-    if (!existsSync(join(node.stateDir, 'identity.crt'))) {
+    node.agent = await this.spawnAgent(cluster, name, {
+      stateDir: node.stateDir,
+      args: ['--pgdata', node.pg.dataDir, '--pg-host', node.pg.socketDir, '--pg-port', String(node.pg.port)],
+    });
+  }
+
+  /**
+   * An agent process for any node, including one whose server this class does not start
+   * (pg_autoctl creates it): `args` carry --pgdata and the rest; the join token goes in a file
+   * readable only by `user` (the agent runs as that OS user when given, as pgaccord's unit does).
+   */
+  async spawnAgent(cluster: string, name: string, opts: { stateDir: string; args: string[]; user?: OsUser; env?: NodeJS.ProcessEnv }): Promise<ChildProcess> {
+    const args = ['agent', '--coordinator', this.coordinatorUrl, '--node', `${cluster}/${name}`, '--state-dir', opts.stateDir, ...opts.args];
+    if (!existsSync(join(opts.stateDir, 'identity.crt'))) {
       const token = await this.cli(['token', 'create', cluster, name]);
       if (token.code !== 0) throw new Error(`token create failed: ${token.stderr}`);
       const tokenFile = join(this.dir, `${name}.token`);
       await writeFile(tokenFile, token.stdout.trim(), { mode: 0o600 });
+      if (opts.user && process.getuid?.() === 0) await chown(tokenFile, opts.user.uid, opts.user.gid);
       args.push('--join-token-file', tokenFile);
     }
-    const child = spawn(process.execPath, [PGACCORD, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    node.agent = child;
+    const asUser = opts.user && process.getuid?.() === 0 ? { uid: opts.user.uid, gid: opts.user.gid } : {};
+    const child = spawn(process.execPath, [PGACCORD, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...asUser, ...(opts.env ? { env: opts.env } : {}) });
+    this.agents.set(name, child);
     this.pipe(`agent-${name}`, child);
+    return child;
   }
 
   async stopAgent(name: string, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    await stopProcess(this.agents.get(name) ?? null, signal);
+    this.agents.delete(name);
     const node = this.nodes.get(name);
-    if (!node) return;
-    await stopProcess(node.agent, signal);
-    node.agent = null;
+    if (node) node.agent = null;
   }
 
   async status(cluster: string): Promise<ClusterStatusResponse> {
@@ -168,7 +184,7 @@ export class LocalCluster {
 
   /** Stop every process and server; remove the working directory unless kept. */
   async close(opts: { keep?: boolean } = {}): Promise<void> {
-    await Promise.all([...this.nodes.keys()].map((n) => this.stopAgent(n)));
+    await Promise.all([...this.agents.keys()].map((n) => this.stopAgent(n)));
     await this.stopCoordinator();
     await Promise.all([...this.nodes.values()].map((n) => n.pg.stop('fast').catch(() => undefined)));
     if (!opts.keep) await rm(this.dir, { recursive: true, force: true });
