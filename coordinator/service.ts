@@ -667,7 +667,9 @@ export class CoordinatorService {
     const credentials: Record<string, RoleCredential> = current ? await this.#credentials(name) : {};
     for (const r of rolesNeedingPasswords(spec)) credentials[r] ??= { password: '(new)', verifier: '(new)' };
     const caBundle = current ? await this.clusterCaPem(name) : '';
-    const proposed = compileCluster({ spec, generation, credentials, caBundle, crl: null });
+    // A new cluster gets its CRL with its first generation; an existing one keeps its current one.
+    const crl = current ? ((await this.store.query<{ pem: string }>(`SELECT pem FROM cluster_crls WHERE cluster = $1`, [name]))[0]?.pem ?? null) : '(the CRL issued with the cluster)';
+    const proposed = compileCluster({ spec, generation, credentials, caBundle, crl });
     const before = current ? await this.#compile(current) : new Map<string, NodeDesired>();
     const nodes = [...proposed.values()].map((d) => {
       const rendered = renderNode(d);

@@ -228,10 +228,17 @@ test('admin CLI: apply (bad, dry run, real), status, token create, cert list, ov
   assert.equal(dry.code, 0, dry.stderr);
   assert.match(dry.stdout, /would be generation 1/);
   assert.match(dry.stdout, /hostssl replication,"postgres" "replicator" 10\.2\.0\.2\/32 scram-sha-256/);
+  assert.match(dry.stdout, /ssl_crl_file = \/var\/lib\/pgaccord\/tls\/crl-[0-9a-f]+\.pem/, 'a new cluster comes with a CRL');
   assert.equal((await h.admin.call('GET', '/v1/clusters/cli')).status, 404, 'dry run stored nothing');
   const applied = await cli(['apply', '-f', file, '--token-file', join(h.dir, 'admin.token'), '--ca', join(h.dir, 'ca.crt')]);
   assert.equal(applied.code, 0, applied.stderr);
   assert.match(applied.stdout, /cluster cli: generation 1/);
+  // The CRL exists from the first generation (pg_autoctl create --ssl-crl-file needs the file), empty, number 1.
+  const crl = await h.admin.call('GET', '/v1/clusters/cli/crl');
+  assert.equal(crl.status, 200);
+  const { crlInfo } = await import('../../shared/crl.ts');
+  const info = crlInfo(crl.text);
+  assert.deepEqual([info.number, info.revoked.length], [1n, 0]);
   const status = await cli(['status', 'cli', '--json', '--data-dir', h.dir]);
   assert.equal(status.code, 0, status.stderr);
   assert.equal(JSON.parse(status.stdout).cluster, 'cli');
