@@ -3,6 +3,11 @@
 // and .crt), the key generated here (0600, owned by the PGDATA owner) and never sent anywhere.
 // New pairs are requested with a CSR when a slot has none, when its names changed, or when the
 // renewal schedule says so. Old versions stay until the apply engine has proved the new ones.
+//
+// A new key is made for every pair, except on a routine renewal of a client slot that the
+// profile's client finds under fixed names (see fixedNameClientSlots): that one is certified
+// again for the key it already has, so a reader that opens the old certificate and the new key
+// (two files, two renames) still sees a matching pair. See keyReuse for when it re-keys anyway.
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -13,7 +18,7 @@ import { normaliseSerial, revokedSerials } from '../shared/crl.ts';
 import { RenewalSchedule, type Clock } from './backoff.ts';
 import { ensureDir, fsyncDir, readIfExists, removeIfExists, writeFileAtomic, type Owner } from './statefile.ts';
 import type { InstalledCertificate } from './types.ts';
-import { rename, stat } from 'node:fs/promises';
+import { rename, stat, utimes } from 'node:fs/promises';
 import { newer } from './client.ts';
 
 export const tlsDir = (stateDir: string): string => join(stateDir, 'tls');
@@ -75,6 +80,34 @@ export interface EnsureResult {
   issued: string[];
 }
 
+/** A key certified again at most this long after it was made (key file mtime); then a new key. */
+export const KEY_MAX_AGE_MS = 365 * 86400_000;
+
+/**
+ * Client slots whose pair the apply engine also copies under fixed names (the profile's client
+ * layout: bdr_client.{crt,key}, ~/.postgresql/postgresql.{crt,key}, <md5(role)>.{crt,key}),
+ * exactly the slots planNode writes as `client-cert`/`client-key`. A reader of those opens the
+ * certificate and the key one after the other, so their renewals keep the key.
+ */
+export function fixedNameClientSlots(desired: NodeDesired): Set<string> {
+  const cl = desired.clientLayout;
+  if (cl === undefined || cl.cert === null || cl.key === null) return new Set();
+  return new Set((desired.edges ?? []).flatMap((e) => (e.clientCertificate === null ? [] : [e.clientCertificate])));
+}
+
+/**
+ * Whether a routine renewal of a fixed-name client slot may certify its current key again: only
+ * while the key is younger than KEY_MAX_AGE_MS (by its file's mtime, set when the key was made
+ * and carried over to every version that reuses it). Everything else
+ * (a revoked pair, an operator's renewal, which is also how a CA rotation re-issues old leaves,
+ * a missing, expired, mismatched or renamed pair) never reaches here and gets a new key.
+ */
+function keyReuse(keyMtime: number, now: number): { reuse: true } | { reuse: false; why: string } {
+  if (keyMtime > now + 86400_000) return { reuse: false, why: 'the key file is dated in the future; its age is unknown' };
+  if (now - keyMtime >= KEY_MAX_AGE_MS) return { reuse: false, why: `the key is older than ${KEY_MAX_AGE_MS / 86400_000} days` };
+  return { reuse: true };
+}
+
 interface Candidate {
   mtime: number;
   serial: string;
@@ -111,6 +144,7 @@ export class CertificateManager {
       result.errors.push({ code: 'E_CRL_INVALID', message: `the desired CRL cannot be read: ${(e as Error).message}` });
     }
     const renewRequested = new Set((desired.renewSerials ?? []).map(normaliseSerial));
+    const fixedName = fixedNameClientSlots(desired);
     let nextRenewal: number | null = null;
     let earliest: number | null = null;
     for (const slot of desired.certificates) {
@@ -121,18 +155,22 @@ export class CertificateManager {
       const { best, rejected, revokedBest } = await this.bestPair(slot, desired.caBundle, now, revoked);
       let use = best ?? revokedBest;
       let reason: string | null = null;
+      // The pair whose key a routine renewal of a fixed-name client slot certifies again.
+      let sameKeyAs: Candidate | null = null;
       if (!best) {
         reason = revokedBest ? `the certificate in use (serial ${revokedBest.serial}) is revoked` : rejected.length > 0 ? `no usable pair (${rejected.join('; ')})` : 'no pair yet';
       } else if (renewRequested.has(best.serial)) {
         reason = `renewal requested by the operator (serial ${best.serial})`;
       } else {
         const d = this.deps.schedule.decide(best.serial, best.info, now);
-        if (d.renew) reason = `renewal ${d.reason} (scheduled ${d.at.toISOString()})`;
+        if (d.renew) {
+          reason = `renewal ${d.reason} (scheduled ${d.at.toISOString()})`;
+          if (slot.usage === 'client' && fixedName.has(slot.id)) sameKeyAs = best;
+        }
       }
       if (reason !== null && opts.online) {
         try {
-          this.deps.log.info({ slot: slot.id, reason }, 'requesting a certificate');
-          const fresh = await this.issue(slot, desired.caBundle);
+          const fresh = await this.issue(slot, desired.caBundle, reason, sameKeyAs);
           result.issued.push(slot.id);
           use = fresh;
         } catch (e) {
@@ -193,12 +231,54 @@ export class CertificateManager {
     return [...out].sort();
   }
 
-  /** New key here (0600 from creation, owned by the PGDATA owner), CSR out, certificate back. */
-  private async issue(slot: CertificateSlot, caBundle: string): Promise<Candidate> {
+  /**
+   * The key a new pair of `slot` will use: the one of `sameKeyAs` when keyReuse allows it and it
+   * can still be read and still matches its certificate, else a new one made here. Either way it
+   * is written to the slot's pending key (0600 from creation, owned by the PGDATA owner), with
+   * the mtime of the key's making (what keyReuse reads). Never logged, never sent.
+   */
+  private async pendingKey(slot: CertificateSlot, reason: string, sameKeyAs: Candidate | null): Promise<{ keyPem: string; csr: string; pendingPath: string }> {
     const pendingPath = join(this.dir, `${slot.id}.pending.key`);
-    const keyPem = this.deps.generateKey ? await this.deps.generateKey() : (await generateRsaKey()).privateKeyPem;
+    const now = this.deps.now();
+    let keyPem: string | null = null;
+    let csr: string | null = null;
+    let bornAt = now;
+    let newKeyBecause: string | undefined;
+    if (sameKeyAs !== null) {
+      try {
+        const st = await stat(sameKeyAs.keyPath);
+        const r = keyReuse(st.mtimeMs, now);
+        if (!r.reuse) newKeyBecause = r.why;
+        else {
+          const pem = await readIfExists(sameKeyAs.keyPath);
+          const certPem = await readIfExists(sameKeyAs.certPath);
+          if (pem === null || certPem === null || !certMatchesKey(certPem, pem)) newKeyBecause = 'the current key cannot be read or no longer matches its certificate';
+          else {
+            // Only keys a CSR can be made from (ours are RSA); anything else gets a new key.
+            csr = createCsr(pem, slot.commonName);
+            keyPem = pem;
+            bornAt = st.mtimeMs;
+          }
+        }
+      } catch (e) {
+        newKeyBecause = `the current key cannot be used (${(e as Error).message})`;
+      }
+    }
+    const reused = keyPem !== null && csr !== null;
+    if (keyPem === null || csr === null) {
+      keyPem = this.deps.generateKey ? await this.deps.generateKey() : (await generateRsaKey()).privateKeyPem;
+      csr = createCsr(keyPem, slot.commonName);
+    }
+    this.deps.log.info({ slot: slot.id, reason, key: reused ? 'same' : 'new', ...(newKeyBecause ? { newKeyBecause } : {}) }, 'requesting a certificate');
     await writeFileAtomic(pendingPath, keyPem, { mode: 0o600, owner: this.deps.owner });
-    const resp = await this.deps.requestCertificate({ slot: slot.id, csr: createCsr(keyPem, slot.commonName) });
+    await utimes(pendingPath, bornAt / 1000, bornAt / 1000);
+    return { keyPem, csr, pendingPath };
+  }
+
+  /** Key (new, or the current one for a routine fixed-name client renewal), CSR out, certificate back. */
+  private async issue(slot: CertificateSlot, caBundle: string, reason: string, sameKeyAs: Candidate | null = null): Promise<Candidate> {
+    const { keyPem, csr, pendingPath } = await this.pendingKey(slot, reason, sameKeyAs);
+    const resp = await this.deps.requestCertificate({ slot: slot.id, csr });
     const problem = checkPair({ certPem: resp.certificate, keyPem, slot, caBundle, now: this.deps.now() });
     if (problem) {
       await removeIfExists(pendingPath);

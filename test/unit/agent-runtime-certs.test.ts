@@ -1,18 +1,20 @@
 // The certificate manager with a real CA (coordinator/ca.ts) behind a fake CSR endpoint, a real
 // state directory and an injected clock: versioned names, 0600 keys made here, renewal on
-// schedule, refusal of certificates that do not match, chain, name the node or are expired.
+// schedule, refusal of certificates that do not match, chain, name the node or are expired;
+// routine renewals of fixed-name client slots for the same key, re-keys when they must.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createPublicKey } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import forge from 'node-forge';
 import pino from 'pino';
 import { CertificateAuthority } from '../../coordinator/ca.ts';
-import { CertificateManager, checkPair } from '../../agent/certs.ts';
+import { CertificateManager, checkPair, fixedNameClientSlots, KEY_MAX_AGE_MS } from '../../agent/certs.ts';
 import { RenewalSchedule, seededRandom } from '../../agent/backoff.ts';
-import { generateRsaKey, readCsr } from '../../shared/x509.ts';
+import { certInfo, certMatchesKey, generateRsaKey, readCsr } from '../../shared/x509.ts';
+import { PROFILES } from '../../shared/profiles.ts';
 import type { CertificateSlot, NodeDesired } from '../../shared/schema.ts';
 import type { CsrRequest } from '../../shared/api.ts';
 
@@ -26,7 +28,7 @@ const server: CertificateSlot = { id: 'server', usage: 'server', commonName: 'db
 const client: CertificateSlot = { id: 'client-replicator', usage: 'client', commonName: 'replicator', dnsNames: [], ipAddresses: [] };
 const pub = (pem: string) => forge.pki.publicKeyFromPem(createPublicKey(pem).export({ type: 'spki', format: 'pem' }).toString());
 
-async function setup(opts: { slots?: CertificateSlot[]; signWith?: 'other-ca' | 'wrong-name' } = {}) {
+async function setup(opts: { slots?: CertificateSlot[]; signWith?: 'other-ca' | 'wrong-name'; fixedNames?: boolean } = {}) {
   let clock = Date.parse('2030-01-01T00:00:00Z');
   const { ca } = await CertificateAuthority.create('cluster CA', new Date(clock - 3600_000));
   const { ca: other } = await CertificateAuthority.create('other CA', new Date(clock - 3600_000));
@@ -34,7 +36,9 @@ async function setup(opts: { slots?: CertificateSlot[]; signWith?: 'other-ca' | 
   dirs.push(stateDir);
   const requests: CsrRequest[] = [];
   const slots = opts.slots ?? [server, client];
-  const desired = { certificates: slots, caBundle: ca.certPem } as unknown as NodeDesired;
+  // fixedNames: the client slot is also copied under fixed names (pgd's bdr_client.{crt,key}).
+  const fixed = opts.fixedNames ? { clientLayout: PROFILES.pgd.clientLayout, edges: [{ to: 'db2', role: 'replicator', clientCertificate: client.id }] } : {};
+  const desired = { certificates: slots, caBundle: ca.certPem, crl: null, ...fixed } as unknown as NodeDesired;
   const manager = new CertificateManager({
     stateDir,
     owner: { uid: process.getuid!(), gid: process.getgid!() },
@@ -135,4 +139,94 @@ test('checkPair: key mismatch is refused', async () => {
   const c = (await t.manager.ensure(t.desired, { online: true })).installed[0]!;
   const { privateKeyPem } = await generateRsaKey();
   assert.equal(checkPair({ certPem: await readFile(c.certPath, 'utf8'), keyPem: privateKeyPem, slot: server, caBundle: t.ca.certPem, now: t.now() }), 'the certificate does not match its key');
+});
+
+/** The public key (SPKI PEM) a certificate file certifies. */
+const certKey = async (certPath: string) => createPublicKey(await readFile(certPath, 'utf8')).export({ type: 'spki', format: 'pem' }).toString();
+
+test('fixedNameClientSlots: the client slots a profile\'s client layout copies under fixed names, none without one', async () => {
+  const edges = [{ clientCertificate: 'client-a' }, { clientCertificate: null }, { clientCertificate: 'client-b' }];
+  for (const profile of ['pgd', 'pg-auto-failover', 'timescaledb-multinode'] as const) {
+    assert.deepEqual([...fixedNameClientSlots({ edges, clientLayout: PROFILES[profile].clientLayout } as unknown as NodeDesired)].sort(), ['client-a', 'client-b'], profile);
+  }
+  assert.deepEqual([...fixedNameClientSlots({ edges } as unknown as NodeDesired)], [], 'streaming: versioned names in the connection string');
+  const noCert = { ...PROFILES.pgd.clientLayout!, cert: null, key: null };
+  assert.deepEqual([...fixedNameClientSlots({ edges, clientLayout: noCert } as unknown as NodeDesired)], []);
+});
+
+test('certs: routine renewal of a fixed-name client slot keeps its key; the server slot gets a new key', async () => {
+  const t = await setup({ fixedNames: true });
+  const first = (await t.manager.ensure(t.desired, { online: true })).installed;
+  t.advance(45 * 60_000); // past 2/3 of the 63-min validity window: both due
+  const renewed = await t.manager.ensure(t.desired, { online: true });
+  assert.deepEqual(renewed.errors, []);
+  assert.deepEqual(renewed.issued.sort(), ['client-replicator', 'server']);
+  const by = (set: typeof first, slot: string) => set.find((c) => c.slot === slot)!;
+  const [c1, c2, s1, s2] = [by(first, client.id), by(renewed.installed, client.id), by(first, 'server'), by(renewed.installed, 'server')];
+  assert.notEqual(c2.serial, c1.serial, 'a new certificate');
+  assert.equal(await certKey(c2.certPath), await certKey(c1.certPath), 'for the same key');
+  assert.equal(await readFile(c2.keyPath, 'utf8'), await readFile(c1.keyPath, 'utf8'));
+  assert.equal((await stat(c2.keyPath)).mode & 0o777, 0o600);
+  assert.equal((await stat(c2.keyPath)).mtimeMs, (await stat(c1.keyPath)).mtimeMs, 'the key keeps the date it was made');
+  // Any old/new combination a reader of the fixed names can see matches.
+  for (const cert of [c1, c2]) for (const key of [c1, c2]) assert.ok(certMatchesKey(await readFile(cert.certPath, 'utf8'), await readFile(key.keyPath, 'utf8')));
+  for (const req of t.requests) assert.doesNotMatch(req.csr, /PRIVATE KEY/);
+  assert.notEqual(await certKey(s2.certPath), await certKey(s1.certPath), 'server: a new key per renewal, as before');
+  // Pruning the old version leaves the new one whole.
+  await t.manager.prune(renewed.installed, ['server', client.id]);
+  assert.equal(checkPair({ certPem: await readFile(c2.certPath, 'utf8'), keyPem: await readFile(c2.keyPath, 'utf8'), slot: client, caBundle: t.ca.certPem, now: t.now() }), null);
+});
+
+test('certs: without a fixed-name client layout, a client slot still gets a new key per renewal', async () => {
+  const t = await setup({ slots: [client] });
+  const c1 = (await t.manager.ensure(t.desired, { online: true })).installed[0]!;
+  t.advance(45 * 60_000);
+  const c2 = (await t.manager.ensure(t.desired, { online: true })).installed[0]!;
+  assert.notEqual(c2.serial, c1.serial);
+  assert.notEqual(await certKey(c2.certPath), await certKey(c1.certPath));
+});
+
+test('certs: a fixed-name client slot is re-keyed when revoked, when the operator asks, and when its key is a year old', async () => {
+  const t = await setup({ slots: [client], fixedNames: true });
+  const c1 = (await t.manager.ensure(t.desired, { online: true })).installed[0]!;
+  // Revoked: never certified again, a new key.
+  t.advance(1000);
+  const crl = t.ca.issueCrl({ revoked: [{ serial: certInfo(await readFile(c1.certPath, 'utf8')).serial, revokedAt: new Date(t.now()) }], number: 1, thisUpdate: new Date(t.now() - 60_000), nextUpdate: new Date(t.now() + 86400_000) });
+  const revoked = await t.manager.ensure({ ...t.desired, crl }, { online: true });
+  const c2 = revoked.installed[0]!;
+  assert.deepEqual(revoked.issued, [client.id]);
+  assert.notEqual(await certKey(c2.certPath), await certKey(c1.certPath), 'revoked: new key');
+  // The operator's renewal (pgaccord cert renew, and a CA rotation's re-issue): a new key.
+  t.advance(1000);
+  const asked = await t.manager.ensure({ ...t.desired, crl, renewSerials: [c2.serial] }, { online: true });
+  const c3 = asked.installed[0]!;
+  assert.deepEqual(asked.issued, [client.id]);
+  assert.notEqual(await certKey(c3.certPath), await certKey(c2.certPath), 'operator renewal: new key');
+  // Routine renewal: same key.
+  t.advance(45 * 60_000);
+  const c4 = (await t.manager.ensure({ ...t.desired, crl }, { online: true })).installed[0]!;
+  assert.notEqual(c4.serial, c3.serial);
+  assert.equal(await certKey(c4.certPath), await certKey(c3.certPath), 'routine renewal: same key');
+  // The same key made a year ago (by its file's date): a new key at the next routine renewal.
+  const old = (t.now() - KEY_MAX_AGE_MS) / 1000;
+  await utimes(c4.keyPath, old, old);
+  t.advance(45 * 60_000);
+  const c5 = (await t.manager.ensure({ ...t.desired, crl }, { online: true })).installed[0]!;
+  assert.notEqual(c5.serial, c4.serial);
+  assert.notEqual(await certKey(c5.certPath), await certKey(c4.certPath), 'a year-old key: new key');
+  assert.equal((await stat(c5.keyPath)).mtimeMs, t.now(), 'a new key is dated when it is made');
+});
+
+test('certs: a fixed-name client key that no longer matches its certificate is not reused', async () => {
+  const t = await setup({ slots: [client], fixedNames: true });
+  const c1 = (await t.manager.ensure(t.desired, { online: true })).installed[0]!;
+  const before = await certKey(c1.certPath);
+  // A key swapped under the current certificate: the pair is unusable, so the slot gets a new key.
+  const { privateKeyPem } = await generateRsaKey();
+  await writeFile(c1.keyPath, privateKeyPem, { mode: 0o600 });
+  const r = await t.manager.ensure(t.desired, { online: true });
+  assert.deepEqual(r.issued, [client.id]);
+  const c2 = r.installed[0]!;
+  assert.notEqual(await certKey(c2.certPath), before);
+  assert.notEqual(await readFile(c2.keyPath, 'utf8'), privateKeyPem, 'the stray key is not taken either');
 });
