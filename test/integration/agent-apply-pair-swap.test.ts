@@ -10,12 +10,15 @@
 //    certificate sets with different keys (a re-key storm): no failure other than a mismatch,
 //    and the mismatch rate is reported. Zero cannot be asserted: with fixed names a reader that
 //    opens sslcert just before the two renames and sslkey just after them sees a new key with
-//    the old certificate (docs/profiles.md, "Client certificate renewal under fixed names").
+//    the old certificate (docs/profiles.md, "Client certificate renewal under fixed names");
+//  - the same two storms with two certificates for the SAME client key, as the certificate
+//    manager (agent/certs.ts) now renews fixed-name client slots: zero mismatches, asserted.
 // Also pinned: libpq accepts one file holding certificate and key given as both sslcert and
 // sslkey (it still opens it twice, so that alone does not make a swap atomic).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { chmod, mkdtemp, readFile, rm, writeFile, chown } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -57,6 +60,37 @@ test.after(() => rm(work, { recursive: true, force: true }));
 // Two certificate sets, as two renewals would leave them.
 const setA = await f.issue('cert');
 const setB = await f.issue('cert');
+
+/**
+ * A new certificate (new serial) for the same key as `c`, under new versioned names in the tls
+ * directory: what a routine renewal of a fixed-name client slot now leaves (agent/certs.ts).
+ */
+async function recertify(c: InstalledCertificate): Promise<InstalledCertificate> {
+  const serial = `7${randomBytes(8).toString('hex')}`;
+  const tmp = await mkdtemp('/tmp/pgaccord-recert-');
+  try {
+    const csr = join(tmp, 'leaf.csr');
+    const ext = join(tmp, 'ext.cnf');
+    const crt = join(tmp, 'leaf.crt');
+    await execFileAsync('openssl', ['req', '-new', '-key', c.keyPath, '-out', csr, '-subj', `/CN=${ROLE}`]);
+    await writeFile(ext, 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n');
+    await execFileAsync('openssl', ['x509', '-req', '-in', csr, '-CA', f.ca.certPath, '-CAkey', f.ca.keyPath, '-set_serial', `0x${serial}`, '-extfile', ext, '-days', '1', '-out', crt]);
+    const keyPath = join(f.tlsDir, `${c.slot}-${serial}.key`);
+    const certPath = join(f.tlsDir, `${c.slot}-${serial}.crt`);
+    await writeFile(keyPath, await readFile(c.keyPath), { mode: 0o600 });
+    await writeFile(certPath, await readFile(crt), { mode: 0o644 });
+    if (process.getuid?.() === 0) for (const p of [keyPath, certPath]) await chown(p, f.pg.osUser.uid, f.pg.osUser.gid);
+    const { stdout } = await execFileAsync('openssl', ['x509', '-in', certPath, '-noout', '-enddate']);
+    return { slot: c.slot, certPath, keyPath, serial, notAfter: new Date(stdout.trim().replace(/^notAfter=/, '')).toISOString() };
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+}
+
+// A renewal of set A as the agent now makes it: a new server pair (new key, switched atomically
+// under versioned names) and a new client certificate for the same client key.
+const clientA = setA.find((c) => c.slot.startsWith('client-'))!;
+const setA2 = [...(await f.issue('scram-sha-256')), await recertify(clientA)];
 const desired = f.desired({ auth: 'cert', sslmode: 'verify-full' });
 const first = await applyDesired(f.ctx, { desired, certificates: setA });
 assert.equal(first.phase, 'converged', JSON.stringify(first.errors));
@@ -91,9 +125,9 @@ async function pairSpecs(set: InstalledCertificate[]): Promise<[FileSpec, FileSp
   ];
 }
 
-/** Swap the fixed pair A, B, A, ... as fast as the writer can while the hammer connects. */
-async function storm(write: (pair: [FileSpec, FileSpec]) => Promise<void>): Promise<{ counts: Counts; swaps: number }> {
-  const pairs = [await pairSpecs(setA), await pairSpecs(setB)];
+/** Swap the fixed pair A, B, A, ... (or A, A2, ...) as fast as the writer can while the hammer connects. */
+async function storm(write: (pair: [FileSpec, FileSpec]) => Promise<void>, other = setB): Promise<{ counts: Counts; swaps: number }> {
+  const pairs = [await pairSpecs(setA), await pairSpecs(other)];
   let swaps = 0;
   let stop = false;
   const hammering = hammer(conninfo, SECONDS).finally(() => (stop = true));
@@ -125,8 +159,29 @@ test('fixed names: mismatch rate of a reader under a swap storm, two installFile
   await installFiles(await pairSpecs(setA));
 });
 
-test('re-key storm through applyDesired: psql with the client connection string fails only by a rare mismatch', { timeout: 300_000 }, async () => {
-  const rounds = Number(process.env.PGACCORD_SWAP_ROUNDS ?? 30);
+test('same key, two certificates: a swap storm of the fixed pair gives no mismatch at all', { timeout: 120_000 }, async () => {
+  const c = setA2.find((x) => x.slot.startsWith('client-'))!;
+  assert.equal(await readFile(c.keyPath, 'utf8'), await readFile(clientA.keyPath, 'utf8'));
+  assert.notEqual(await readFile(c.certPath, 'utf8'), await readFile(clientA.certPath, 'utf8'));
+  // The worst writer (two separate renames, the widest window) and the agent's own.
+  const separate = await storm(async ([cert, key]) => {
+    await installFile(cert);
+    await installFile(key);
+  }, setA2);
+  const staged = await storm(async (pair) => {
+    await installFiles(pair);
+  }, setA2);
+  console.log(`# same key, separate renames: ${separate.swaps} swaps, mismatches ${rate(separate.counts)}`);
+  console.log(`# same key, installFiles:     ${staged.swaps} swaps, mismatches ${rate(staged.counts)}`);
+  for (const r of [separate, staged]) {
+    assert.ok(r.counts.ok > 50 && r.swaps > 50, `the storm ran (${JSON.stringify(r)})`);
+    assert.deepEqual({ mismatch: r.counts.mismatch, other: r.counts.other }, { mismatch: 0, other: 0 }, 'every old/new combination matches');
+  }
+  await installFiles(await pairSpecs(setA));
+});
+
+/** psql loops with the client connection string while applyDesired alternates `sets`, `rounds` times. */
+async function applyStorm(sets: [InstalledCertificate[], InstalledCertificate[]], rounds: number): Promise<{ connections: number; failures: string[] }> {
   let stop = false;
   const failures: string[] = [];
   let connections = 0;
@@ -143,7 +198,7 @@ test('re-key storm through applyDesired: psql with the client connection string 
   const loops = [loop(), loop()];
   try {
     for (let i = 0; i < rounds; i++) {
-      const r = await applyDesired(f.ctx, { desired, certificates: i % 2 === 0 ? setB : setA });
+      const r = await applyDesired(f.ctx, { desired, certificates: sets[(i + 1) % 2]! });
       assert.equal(r.phase, 'converged', JSON.stringify(r.errors));
       assert.equal(r.clientConnections[0]!.conninfo, conninfo, 'the connection string does not change with a renewal');
     }
@@ -151,8 +206,22 @@ test('re-key storm through applyDesired: psql with the client connection string 
     stop = true;
     await Promise.all(loops);
   }
-  console.log(`# ${rounds} applies alternating two certificate sets: ${connections} psql connections, ${failures.length} failures`);
+  return { connections, failures };
+}
+
+const ROUNDS = Number(process.env.PGACCORD_SWAP_ROUNDS ?? 30);
+
+test('re-key storm through applyDesired: psql with the client connection string fails only by a rare mismatch', { timeout: 300_000 }, async () => {
+  const { connections, failures } = await applyStorm([setA, setB], ROUNDS);
+  console.log(`# ${ROUNDS} applies alternating two certificate sets (re-key): ${connections} psql connections, ${failures.length} failures`);
   assert.deepEqual(failures.filter((m) => !/key values mismatch|does not match private key/.test(m)), [], 'no failure but a key/certificate mismatch');
   assert.ok(failures.length * 20 < connections + failures.length, `mismatches stay rare (${failures.length} of ${connections + failures.length})`);
-  assert.ok(connections > rounds);
+  assert.ok(connections > ROUNDS);
+});
+
+test('renewal storm for the same client key through applyDesired: no failure at all', { timeout: 300_000 }, async () => {
+  const { connections, failures } = await applyStorm([setA, setA2], ROUNDS);
+  console.log(`# ${ROUNDS} applies alternating two certificate sets (same client key): ${connections} psql connections, ${failures.length} failures`);
+  assert.deepEqual(failures, []);
+  assert.ok(connections > ROUNDS);
 });
