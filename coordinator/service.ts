@@ -13,7 +13,7 @@ import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from
 import type { AgentStatus, ClusterSpec, NodeDesired } from '../shared/schema.ts';
 import { scramVerifier } from '../shared/scram.ts';
 import { validateSpec } from '../shared/spec.ts';
-import { certInfo, fingerprint256, readCsrKey, splitPemBundle, verifiesAgainst } from '../shared/x509.ts';
+import { certInfo, fingerprint256, readCsrKey, rsaKeyId, splitPemBundle, verifiesAgainst } from '../shared/x509.ts';
 import { CertificateAuthority } from './ca.ts';
 import { badRequest, conflict, gone, notFound, unauthorized } from './errors.ts';
 import { notProved, notReissued, type NodeEvidence } from './rotation.ts';
@@ -410,26 +410,34 @@ export class CoordinatorService {
    * stops using a revoked one) and every agent ends the sessions it authenticated. An agent
    * identity stops authenticating at once.
    */
-  async revoke(cluster: string, serialText: string): Promise<{ cluster: string; serial: string; revokedAt: string; generation: number; alreadyRevoked: boolean }> {
+  async revoke(cluster: string, serialText: string): Promise<{ cluster: string; serial: string; revokedAt: string; generation: number; alreadyRevoked: boolean; sameKey: string[] }> {
     await this.#requireCluster(cluster);
     const serial = normaliseSerial(serialText);
     const now = this.now();
     const out = await this.store.tx(async (c) => {
-      const row = (await c.query<{ issuer: string; revoked_at: Date | null }>(`SELECT issuer, revoked_at FROM certificates WHERE cluster = $1 AND serial = $2 FOR UPDATE`, [cluster, serial])).rows[0];
+      const row = (await c.query<{ issuer: string; node: string; pem: string; revoked_at: Date | null }>(`SELECT issuer, node, pem, revoked_at FROM certificates WHERE cluster = $1 AND serial = $2 FOR UPDATE`, [cluster, serial])).rows[0];
       if (!row) throw notFound(`cluster "${cluster}" has no certificate with serial ${serial}`);
       const gen = (await c.query<{ generation: number }>(`SELECT generation FROM clusters WHERE name = $1 FOR UPDATE`, [cluster])).rows[0]!.generation;
-      if (row.revoked_at) return { revokedAt: row.revoked_at, generation: gen, alreadyRevoked: true };
-      await c.query(`UPDATE certificates SET revoked_at = $3 WHERE cluster = $1 AND serial = $2`, [cluster, serial, now]);
+      if (row.revoked_at) return { revokedAt: row.revoked_at, generation: gen, alreadyRevoked: true, sameKey: [] };
+      // Agents renew fixed-name client certificates for the same key: revoking one certificate
+      // revokes the key, so every live certificate of that node that carries it goes too.
+      const keyId = rsaKeyId(row.pem);
+      const live = (await c.query<{ serial: string; pem: string }>(
+        `SELECT serial, pem FROM certificates WHERE cluster = $1 AND node = $2 AND issuer = $3 AND serial <> $4 AND revoked_at IS NULL AND not_after > $5`,
+        [cluster, row.node, row.issuer, serial, now],
+      )).rows;
+      const sameKey = live.filter((x) => rsaKeyId(x.pem) === keyId).map((x) => x.serial);
+      await c.query(`UPDATE certificates SET revoked_at = $3 WHERE cluster = $1 AND serial = ANY($2)`, [cluster, [serial, ...sameKey], now]);
       let generation = gen;
       if (row.issuer === 'cluster') {
         await this.#issueCrl(c, cluster, now);
         generation = await this.#bump(c, cluster, now);
       }
-      return { revokedAt: now, generation, alreadyRevoked: false };
+      return { revokedAt: now, generation, alreadyRevoked: false, sameKey };
     });
     this.store.events.emit('cluster', cluster);
-    this.#log.warn({ cluster, serial, generation: out.generation }, 'certificate revoked');
-    return { cluster, serial, revokedAt: out.revokedAt.toISOString(), generation: out.generation, alreadyRevoked: out.alreadyRevoked };
+    this.#log.warn({ cluster, serial, sameKey: out.sameKey, generation: out.generation }, 'certificate revoked');
+    return { cluster, serial, revokedAt: out.revokedAt.toISOString(), generation: out.generation, alreadyRevoked: out.alreadyRevoked, sameKey: out.sameKey };
   }
 
   /**
@@ -854,6 +862,11 @@ export class CoordinatorService {
     const { row, desired } = await this.#nodeDesired(agent);
     const s = desired.certificates.find((c) => c.id === slot);
     if (!s) throw badRequest('E_SLOT', `node "${agent.node}" has no certificate slot "${slot}" in generation ${row.generation} (slots: ${desired.certificates.map((c) => c.id).join(', ') || 'none'})`);
+    // A key whose certificate was revoked stays revoked: it is never certified again.
+    const keyId = rsaKeyId(publicKey);
+    const revoked = await this.store.query<{ serial: string; pem: string }>(`SELECT serial, pem FROM certificates WHERE cluster = $1 AND node = $2 AND issuer = 'cluster' AND revoked_at IS NOT NULL`, [agent.cluster, agent.node]);
+    const hit = revoked.find((r) => rsaKeyId(r.pem) === keyId);
+    if (hit) throw conflict('E_KEY_REVOKED', `the key in this CSR belongs to revoked certificate ${hit.serial}: make a new key`);
     const ca = await this.#clusterCa(agent.cluster);
     const issued = ca.issue({ publicKey, commonName: s.commonName, dnsNames: s.dnsNames, ipAddresses: s.ipAddresses, usage: s.usage, lifetimeSeconds: certLifetimeSeconds(row.spec), now });
     await this.#recordCert(this.store.pool, { cluster: agent.cluster, node: agent.node, slot, issuer: 'cluster', commonName: s.commonName, ...issued });

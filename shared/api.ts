@@ -150,7 +150,15 @@ export const CertificateView = Type.Object({
 });
 export const CertificateListResponse = Type.Object({ cluster: Type.String(), certificates: Type.Array(CertificateView) });
 
-export const RevokeResponse = Type.Object({ cluster: Type.String(), serial: Type.String(), revokedAt: Type.String(), generation: Type.Integer(), alreadyRevoked: Type.Boolean() });
+export const RevokeResponse = Type.Object({
+  cluster: Type.String(),
+  serial: Type.String(),
+  revokedAt: Type.String(),
+  generation: Type.Integer(),
+  alreadyRevoked: Type.Boolean(),
+  /** Live certificates of the same node revoked with it because they carry the same key. */
+  sameKey: Type.Array(Type.String()),
+});
 export const RenewRequest = Type.Object({ serial: Type.Optional(Type.String({ pattern: '^[0-9a-fA-F:]{1,95}$' })), node: Type.Optional(Type.String()) }, { additionalProperties: false });
 export const RenewResponse = Type.Object({ cluster: Type.String(), generation: Type.Integer(), serials: Type.Array(Type.String()) });
 

@@ -1,7 +1,7 @@
 // X.509 helpers shared by coordinator and agent. node-forge builds and parses the ASN.1
 // structures; keys are generated and every signature is computed and verified with node:crypto
 // (forge's pure-JavaScript RSA is about 60 times slower than OpenSSL's).
-import { constants, createPrivateKey, createPublicKey, generateKeyPair, sign as cryptoSign, verify as cryptoVerify, X509Certificate, type KeyObject } from 'node:crypto';
+import { constants, createHash, createPrivateKey, createPublicKey, generateKeyPair, sign as cryptoSign, verify as cryptoVerify, X509Certificate, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
 import forge from 'node-forge';
 
@@ -216,6 +216,15 @@ export function certInfo(pem: string): CertInfo {
 }
 
 /** sha256 fingerprint of a certificate's DER, hex lower case: what a join token pins. */
+/**
+ * An id of an RSA public key (SHA-256 of its JWK modulus and exponent), the same whether the key
+ * comes from a certificate (PEM) or a CSR: certificates that share a key share a fate.
+ */
+export function rsaKeyId(key: forge.pki.rsa.PublicKey | string): string {
+  const { n, e } = typeof key === 'string' ? (new X509Certificate(key).publicKey.export({ format: 'jwk' }) as { n: string; e: string }) : { n: bigIntegerB64u(key.n), e: bigIntegerB64u(key.e) };
+  return createHash('sha256').update(`${n}.${e}`).digest('hex');
+}
+
 export function fingerprint256(pem: string): string {
   return x509(pem).fingerprint256.replace(/:/g, '').toLowerCase();
 }

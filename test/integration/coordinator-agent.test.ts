@@ -5,6 +5,7 @@
 // second coordinator on the same database), status, and what the raw store holds.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { crlInfo } from '../../shared/crl.ts';
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -274,6 +275,28 @@ test('issued certificates pass openssl verify with the CN/SAN/EKU of the slot, w
   assert.ok(row.daysLeft > 89 && row.daysLeft <= 90);
   // The private key matches only its own certificate.
   assert.ok(keyPem.includes('PRIVATE KEY'));
+});
+
+test('revoking a certificate revokes its key: live certificates for the same key go with it, and the key is never certified again', async () => {
+  const n3 = await enroll(h, 'matrix', 'node-3');
+  const { csrPem } = await csr('postgres');
+  // Two certificates for one key, as an agent renewing a fixed-name client pair makes them.
+  const first = await n3.client.call('POST', '/v1/agent/csr', { body: { slot: 'client-pgd_replication', csr: csrPem } });
+  const second = await n3.client.call('POST', '/v1/agent/csr', { body: { slot: 'client-pgd_replication', csr: csrPem } });
+  const other = await n3.client.call('POST', '/v1/agent/csr', { body: { slot: 'client-pgd_replication', csr: (await csr('postgres')).csrPem } });
+  for (const r of [first, second, other]) assert.equal(r.status, 200, r.text);
+  const revoked = await h.admin.call('POST', `/v1/clusters/matrix/certificates/${first.body.serial}/revoke`, { body: {} });
+  assert.equal(revoked.status, 200, revoked.text);
+  assert.deepEqual(revoked.body.sameKey, [second.body.serial], 'the live certificate with the same key is revoked too; the one with another key is not');
+  const list = (await h.admin.call('GET', '/v1/clusters/matrix/certificates')).body.certificates as { serial: string; revoked: boolean }[];
+  assert.deepEqual([first, second, other].map((r) => list.find((c) => c.serial === r.body.serial)!.revoked), [true, true, false]);
+  const crl = crlInfo((await h.admin.call('GET', '/v1/clusters/matrix/crl')).text);
+  for (const r of [first, second]) assert.ok(crl.revoked.some((x) => x.serial === r.body.serial), `${r.body.serial} in the CRL`);
+  const again = await n3.client.call('POST', '/v1/agent/csr', { body: { slot: 'client-pgd_replication', csr: csrPem } });
+  assert.equal(again.status, 409);
+  assert.equal(again.body.code, 'E_KEY_REVOKED');
+  const fresh = await n3.client.call('POST', '/v1/agent/csr', { body: { slot: 'client-pgd_replication', csr: (await csr('postgres')).csrPem } });
+  assert.equal(fresh.status, 200, 'a new key is certified');
 });
 
 test('identity renewal over mTLS: the new identity works, the one before the last is dead', async () => {
