@@ -1,5 +1,5 @@
 // CA rotation in phases, the checks that gate each step (pure: the service feeds them the agents'
-// reports). Phase 'trust': the new CA is in every node's bundle (and, when the cluster has a CRL,
+// reports). Phase 'trust': the new CA is in every node's bundle (and
 // its CRL next to the old one), the old CA still issues. The coordinator moves to 'reissue' only
 // when every node has proved that bundle (applied generation >= the one that introduced it,
 // converged, every probe ok, not stale): only then does the new CA issue, and every leaf from the
