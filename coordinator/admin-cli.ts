@@ -180,8 +180,10 @@ const STATUS = {
   details: `
 options:
   --json              print ClusterStatusResponse documents (an array without CLUSTER)
-  --wait              wait until every node has applied and proved the current generation
-                      (exit 0), or exit 1 at the timeout
+  --wait              wait until every node has applied and proved the current generation,
+                      every probe passed, and every node has reported since the wait began
+                      (so a report from before a failover cannot pass it): exit 0; exit 1 at
+                      the timeout. Agents report at least every long-poll cycle (~30 s).
   --timeout SECONDS   how long --wait waits (default 300)
 ${CONNECTION_HELP}`,
   options: { json: { type: 'boolean' }, wait: { type: 'boolean' }, timeout: { type: 'string' }, ...CONNECTION_OPTIONS },
@@ -199,15 +201,26 @@ export async function runStatus(argv: string[]): Promise<number> {
   const only = parsed.positionals[0];
   return withConn(v, async (conn) => {
     const deadline = Date.now() + timeoutS * 1000;
+    // --wait: each node's report time at the first look; only a later report counts.
+    const firstSeen = new Map<string, string | null>();
+    const stale = (s: ClusterStatus) =>
+      s.nodes.filter((n) => {
+        const key = `${s.cluster}/${n.node}`;
+        if (!firstSeen.has(key)) firstSeen.set(key, n.reportedAt);
+        const before = firstSeen.get(key) ?? null;
+        return n.reportedAt === null || (before !== null && Date.parse(n.reportedAt) <= Date.parse(before));
+      }).map((n) => `${s.cluster}/${n.node}`);
     for (;;) {
       const names = only ? [only] : (await call<{ clusters: { name: string }[] }>(conn, 'GET', '/v1/clusters')).clusters.map((c) => c.name);
       const statuses = await Promise.all(names.map((n) => call<ClusterStatus>(conn, 'GET', `/v1/clusters/${encodeURIComponent(n)}/status`)));
       const converged = statuses.every((s) => s.converged);
-      if (!v.wait || converged || Date.now() >= deadline) {
+      const notReported = v.wait ? statuses.flatMap(stale) : [];
+      const done = converged && notReported.length === 0;
+      if (!v.wait || done || Date.now() >= deadline) {
         if (v.json) process.stdout.write(`${JSON.stringify(only ? statuses[0] : statuses, null, 2)}\n`);
         else process.stdout.write(statuses.length ? statuses.map(formatStatus).join('\n') : 'no clusters\n');
-        if (v.wait && !converged) {
-          process.stderr.write(`not converged after ${timeoutS}s\n`);
+        if (v.wait && !done) {
+          process.stderr.write(converged ? `no report since the wait began from ${notReported.join(', ')} after ${timeoutS}s\n` : `not converged after ${timeoutS}s\n`);
           return 1;
         }
         return 0;

@@ -889,8 +889,8 @@ export class CoordinatorService {
 
   async status(name: string): Promise<ClusterStatusResponse> {
     const row = await this.#requireCluster(name);
-    const statuses = await this.store.query<{ node: string; report: AgentStatus | null; last_contact: Date }>(
-      `SELECT node, report, last_contact FROM node_status WHERE cluster = $1`,
+    const statuses = await this.store.query<{ node: string; report: AgentStatus | null; reported_at: Date | null; last_contact: Date }>(
+      `SELECT node, report, reported_at, last_contact FROM node_status WHERE cluster = $1`,
       [name],
     );
     const enrolled = new Set((await this.store.query<{ node: string }>(`SELECT node FROM agents WHERE cluster = $1`, [name])).map((r) => r.node));
@@ -940,6 +940,7 @@ export class CoordinatorService {
         phase,
         enrolled: enrolled.has(n.name),
         lastContact: s ? s.last_contact.toISOString() : null,
+        reportedAt: s?.reported_at ? s.reported_at.toISOString() : null,
         stale: phase === 'stale' || (s !== undefined && now - s.last_contact.getTime() > staleAfterMs),
         errors: report?.errors ?? [],
         servedCertificate: report?.servedCertificate ?? null,

@@ -102,6 +102,8 @@ export const NodeStatusView = Type.Object({
   phase: Phase,
   enrolled: Type.Boolean(),
   lastContact: Type.Union([Type.String(), Type.Null()]),
+  /** When the agent last sent its status (phase, errors, probes): what the rest of this view says is as of then. */
+  reportedAt: Type.Union([Type.String(), Type.Null()]),
   stale: Type.Boolean(),
   errors: Type.Array(Type.Object({ code: Type.String(), message: Type.String() })),
   servedCertificate: Type.Union([CertReport, Type.Null()]),

@@ -145,6 +145,29 @@ test('change to cert auth: client certificates made on the node, converged and p
   assert.equal(rules[0]!.n, 0);
 });
 
+test('status --wait passes on reports sent after it began, never on the ones before', async () => {
+  const before = await clusterStatus();
+  assert.ok(before.converged && before.nodes.every((n) => n.reportedAt !== null));
+  const { execFile } = await import('node:child_process');
+  const { promisify } = await import('node:util');
+  const cli = join(import.meta.dirname, '..', '..', 'bin', 'pgaccord.mjs');
+  const run = (timeout: string) => promisify(execFile)(process.execPath, [cli, 'status', 'sales', '--wait', '--json', '--timeout', timeout, '--coordinator', coord.url, '--data-dir', coordDir]);
+  // node-2's agent frozen: the cluster still looks converged (not stale yet), but no new report comes.
+  agents['node-2']!.proc.kill('SIGSTOP');
+  try {
+    await assert.rejects(run('3'), (e: { code: number; stderr: string }) => e.code === 1 && /no report since the wait began from sales\/node-2/.test(e.stderr));
+  } finally {
+    agents['node-2']!.proc.kill('SIGCONT');
+  }
+  const r = await run('60');
+  const out = JSON.parse(r.stdout) as Awaited<ReturnType<typeof clusterStatus>>;
+  assert.equal(out.converged, true);
+  for (const n of out.nodes) {
+    const was = before.nodes.find((x) => x.node === n.node)!.reportedAt!;
+    assert.ok(Date.parse(n.reportedAt!) > Date.parse(was), `${n.node}: reported at ${n.reportedAt}, after ${was}`);
+  }
+});
+
 test('restarted after the token is spent: the stored identity carries on; the spent token enrols nobody', async () => {
   const a = agents['node-1']!;
   const t0 = Date.now();
