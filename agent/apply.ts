@@ -10,6 +10,7 @@
 // here restarts PostgreSQL: settings that need it are reported as pending.
 import { chmod, chown, lstat, mkdir, readdir, readFile, realpath } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { existsSync } from 'node:fs';
 import type pg from 'pg';
 import { certInfo } from '../shared/x509.ts';
 import type { CertReport, FileReport } from '../shared/schema.ts';
@@ -73,8 +74,10 @@ async function applyOnce(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
     if (theirs === ours) return await applyWith(ctx, input, { ...opts, now }, session, log);
     notOurs = { code: 'E_WRONG_SERVER', message: `the server at ${ctx.pgHost}:${ctx.pgPort} runs ${theirs}, not --pgdata ${ours}: nothing applied to it (give --pg-port/--pg-host, or start this node's server)` };
   } catch (e) {
-    if (session === null) notOurs = { code: 'E_PG_CONNECT', message: `cannot connect to the local PostgreSQL at ${ctx.pgHost}:${ctx.pgPort} as ${ctx.pgUser}: ${(e as Error).message}` };
-    else throw e;
+    if (session === null) {
+      const why = existsSync(join(ctx.pgdata, 'postmaster.pid')) ? '' : ` (no server runs in ${ctx.pgdata} yet: no postmaster.pid; the agent finds its port there once it starts)`;
+      notOurs = { code: 'E_PG_CONNECT', message: `cannot connect to the local PostgreSQL at ${ctx.pgHost}:${ctx.pgPort} as ${ctx.pgUser}: ${(e as Error).message}${why}` };
+    } else throw e;
   } finally {
     await session?.end().catch(() => undefined);
   }

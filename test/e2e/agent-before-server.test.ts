@@ -32,6 +32,7 @@ test('an agent started on an empty PGDATA installs TLS material first, then conv
     await new Promise((r) => setTimeout(r, 500));
   }
   assert.ok(nodeStatus?.errors.some((e) => e.code === 'E_PG_CONNECT'), JSON.stringify(nodeStatus?.errors));
+  assert.match(nodeStatus!.errors.find((e) => e.code === 'E_PG_CONNECT')!.message, /no server runs in \S+ yet: no postmaster\.pid/, 'says why: the server is not there yet');
   assert.notEqual(nodeStatus?.phase, 'converged');
   const tls = await readdir(join(late.stateDir, 'tls'));
   const key = tls.find((f) => /^server-[0-9a-f]+\.key$/.test(f));
