@@ -229,6 +229,7 @@ export function planNode(input: PlanInput): Plan {
     for (const e of desired.edges) {
       const paths = client.byRole.get(e.role)!;
       if (e.clientCertificate !== null && paths.cert !== null && paths.key !== null) {
+        if (!certs.has(e.clientCertificate)) throw new PlanError('E_NO_CLIENT_CERT', `edge to ${e.to} as ${e.role} needs client certificate ${e.clientCertificate}, which is not installed yet`);
         const pem = pemFor(input, e.clientCertificate);
         if (written.has(paths.cert) && files.find((f) => f.path === paths.cert)?.content.startsWith(withNewline(pem.cert)) !== true) {
           throw new PlanError('E_RENDER', `client layout: two client certificates would be written to ${paths.cert}`);

@@ -86,6 +86,12 @@ export const PROFILES: Record<ProfileName, Profile> = {
       { from: 'standby', to: 'primary', roles: fixed('replicator'), databases: [kw('replication'), db('postgres')], dbname: constant('postgres'), replication: true },
     ],
     settings: {},
+    // The connection string ends up in primary_conninfo (pg_basebackup -R, or by hand): it must
+    // name files that outlive a renewal, a CA rotation and a CRL refresh, so fixed names.
+    clientLayout: {
+      base: 'state-dir', dir: 'client', cert: 'replicator.crt', key: 'replicator.key', ca: 'root.crt', crl: 'root.crl', chain: false,
+      passfile: 'client/passfile', passfileLines: 'host', conninfo: 'names-files', settings: {},
+    },
   },
   pgd: {
     name: 'pgd',

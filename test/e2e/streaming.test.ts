@@ -57,4 +57,27 @@ test('a standby built with pg_basebackup through the managed credentials streams
   const served = status.nodes.find((n) => n.node === 'standby')!.servedCertificate;
   const primaryServed = status.nodes.find((n) => n.node === 'primary')!.servedCertificate;
   assert.ok(served && primaryServed && served.serial !== primaryServed.serial);
+
+  // The connection string is now the standby's primary_conninfo. Renew the standby's client
+  // certificate (new key, the old versioned files pruned) and make the walreceiver reconnect:
+  // primary_conninfo names fixed files, so it reconnects with the new certificate.
+  const before = status.nodes.find((n) => n.node === 'standby')!.certificates.find((c) => c.id === 'client-replicator')!;
+  assert.equal((await cluster.cli(['cert', 'renew', 'repl', before.serial])).code, 0);
+  let renewed = before;
+  for (let i = 0; i < 120 && renewed.serial === before.serial; i++) {
+    await new Promise((r) => setTimeout(r, 500));
+    status = await cluster.status('repl');
+    renewed = status.nodes.find((n) => n.node === 'standby')!.certificates.find((c) => c.id === 'client-replicator') ?? before;
+  }
+  assert.notEqual(renewed.serial, before.serial, 'the standby holds a new client certificate');
+  await cluster.waitConverged('repl', 120_000);
+  await query(primary.pg, 'SELECT pg_terminate_backend(pid) FROM pg_stat_replication');
+  let again: { ssl: boolean; serial: string }[] = [];
+  for (let i = 0; i < 60 && again.length === 0; i++) {
+    await new Promise((r) => setTimeout(r, 500));
+    again = await query(primary.pg, "SELECT ssl, client_serial::text AS serial FROM pg_stat_ssl JOIN pg_stat_replication USING (pid) WHERE state = 'streaming'");
+  }
+  assert.equal(again.length, 1, 'the walreceiver reconnected after the renewal');
+  assert.equal(again[0]!.ssl, true);
+  assert.equal(BigInt(again[0]!.serial), BigInt(`0x${renewed.serial}`), 'with the renewed certificate, through the fixed names in primary_conninfo');
 });

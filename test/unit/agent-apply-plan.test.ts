@@ -38,6 +38,8 @@ function input(node: string, auth: ClusterSpec['auth'], sslmode: ClusterSpec['tl
   return {
     desired,
     certificates: certs('01ab'),
+    // what the fixed-name client copies hold (streaming's replicator.crt/.key)
+    pems: { 'client-replicator': { cert: '-----BEGIN CERTIFICATE-----\nCLIENT\n-----END CERTIFICATE-----', key: 'KEY' } },
     layout,
     localRole: 'postgres',
     localOsUsers: ['postgres', 'root'],
@@ -55,7 +57,7 @@ test('the same input renders the same bytes and hash', () => {
 
 test('install order: what a file names is written before the file naming it; settings then the include line last', () => {
   const p = planNode(input('pg-b', 'scram-sha-256', 'verify-full'));
-  assert.deepEqual(p.files.map((f) => f.key), ['ca', 'passfile', 'ident', 'hba', 'settings', 'config']);
+  assert.deepEqual(p.files.map((f) => f.key), ['ca', 'client-ca', 'passfile', 'ident', 'hba', 'settings', 'config']);
   const settings = p.files.find((f) => f.key === 'settings')!.content;
   assert.match(settings, /^ssl_ca_file = '\/var\/lib\/pgaccord\/tls\/ca-[0-9a-f]{16}\.crt'$/m);
   assert.match(settings, /^ssl_cert_file = '\/var\/lib\/pgaccord\/tls\/server-01ab\.crt'$/m);
@@ -96,13 +98,20 @@ test('connection strings: every libpq field the client needs, replication=true f
   assert.equal(scram.clientConnections.length, 1);
   const c = scram.clientConnections[0]!;
   assert.equal(c.replication, true);
-  assert.equal(c.conninfo, `host=db1.example.com port=5432 dbname=postgres user=replicator replication=true sslmode=verify-full sslrootcert=${scram.caFile} passfile=/var/lib/pgaccord/client/passfile`);
+  // Fixed names: the string goes into primary_conninfo and must outlive renewals, CA rotations and CRL refreshes.
+  assert.equal(c.conninfo, 'host=db1.example.com port=5432 dbname=postgres user=replicator replication=true sslmode=verify-full sslrootcert=/var/lib/pgaccord/client/root.crt passfile=/var/lib/pgaccord/client/passfile');
   assert.doesNotMatch(c.conninfo, /pa:ss|password=/);
   assert.equal(scram.files.find((f) => f.key === 'passfile')!.content, 'db1.example.com:5432:*:replicator:pa\\:ss\\\\word\n');
 
   const cert = planNode(input('pg-b', 'cert', 'verify-ca', { desired: { ...input('pg-b', 'cert', 'verify-ca').desired, crl: '-----BEGIN X509 CRL-----\nAA==\n-----END X509 CRL-----\n' } }));
   const cc = cert.clientConnections[0]!.conninfo;
-  assert.match(cc, /sslmode=verify-ca sslrootcert=\S+ca-[0-9a-f]{16}\.crt sslcert=\/var\/lib\/pgaccord\/tls\/client-replicator-01ab\.crt sslkey=\/var\/lib\/pgaccord\/tls\/client-replicator-01ab\.key sslcrl=\S+crl-[0-9a-f]{16}\.pem$/);
+  assert.match(cc, /sslmode=verify-ca sslrootcert=\/var\/lib\/pgaccord\/client\/root\.crt sslcert=\/var\/lib\/pgaccord\/client\/replicator\.crt sslkey=\/var\/lib\/pgaccord\/client\/replicator\.key sslcrl=\/var\/lib\/pgaccord\/client\/root\.crl$/);
+  assert.deepEqual(cert.files.filter((f) => f.key.startsWith('client-')).map((f) => `${f.key} ${f.path} ${f.mode.toString(8)}`), [
+    'client-cert /var/lib/pgaccord/client/replicator.crt 644',
+    'client-key /var/lib/pgaccord/client/replicator.key 600',
+    'client-ca /var/lib/pgaccord/client/root.crt 644',
+    'client-crl /var/lib/pgaccord/client/root.crl 644',
+  ]);
   assert.equal(cert.files.find((f) => f.key === 'passfile'), undefined);
   assert.match(cert.files.find((f) => f.key === 'settings')!.content, /^ssl_crl_file = '\S+crl-[0-9a-f]{16}\.pem'$/m);
 });

@@ -146,10 +146,10 @@ const certKey = async (certPath: string) => createPublicKey(await readFile(certP
 
 test('fixedNameClientSlots: the client slots a profile\'s client layout copies under fixed names, none without one', async () => {
   const edges = [{ clientCertificate: 'client-a' }, { clientCertificate: null }, { clientCertificate: 'client-b' }];
-  for (const profile of ['pgd', 'pg-auto-failover', 'timescaledb-multinode'] as const) {
+  for (const profile of ['streaming', 'pgd', 'pg-auto-failover', 'timescaledb-multinode'] as const) {
     assert.deepEqual([...fixedNameClientSlots({ edges, clientLayout: PROFILES[profile].clientLayout } as unknown as NodeDesired)].sort(), ['client-a', 'client-b'], profile);
   }
-  assert.deepEqual([...fixedNameClientSlots({ edges } as unknown as NodeDesired)], [], 'streaming: versioned names in the connection string');
+  assert.deepEqual([...fixedNameClientSlots({ edges } as unknown as NodeDesired)], [], 'no client layout: versioned names in the connection string');
   const noCert = { ...PROFILES.pgd.clientLayout!, cert: null, key: null };
   assert.deepEqual([...fixedNameClientSlots({ edges, clientLayout: noCert } as unknown as NodeDesired)], []);
 });
