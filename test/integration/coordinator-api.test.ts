@@ -264,6 +264,30 @@ test('admin CLI: apply (bad, dry run, real), status, token create, cert list, ov
   assert.match(unknownSerial.stderr, /E_NOT_FOUND/);
 });
 
+test('the CRL is re-issued (new number, new generation) once less than half its validity is left, and not before', async () => {
+  const put = await h.admin.call('PUT', '/v1/clusters/crlfresh', { body: { name: 'crlfresh', profile: 'streaming', auth: 'cert', tls: { sslmode: 'verify-full' }, nodes: [{ name: 'p', host: '10.3.0.1', kind: 'primary' }] } });
+  assert.equal(put.status, 200, put.text);
+  const { crlInfo } = await import('../../shared/crl.ts');
+  const crl = async () => crlInfo((await h.admin.call('GET', '/v1/clusters/crlfresh/crl')).text);
+  const generation = async () => (await h.admin.call('GET', '/v1/clusters/crlfresh')).body.generation as number;
+  const first = await crl();
+  const lifetimeMs = first.nextUpdate!.getTime() - first.thisUpdate.getTime();
+  try {
+    // What the coordinator's timer runs.
+    h.setClockOffset(lifetimeMs / 2 - 3_600_000);
+    await h.coord.service.refreshAllCrls();
+    assert.deepEqual([(await crl()).number, await generation()], [1n, put.body.generation], 'more than half left: nothing re-issued');
+    h.setClockOffset(lifetimeMs / 2 + 3_600_000);
+    await h.coord.service.refreshAllCrls();
+    const second = await crl();
+    assert.equal(second.number, 2n);
+    assert.ok(second.nextUpdate!.getTime() > first.nextUpdate!.getTime() + lifetimeMs / 2 - 60_000, 'valid for a whole lifetime from now');
+    assert.equal(await generation(), put.body.generation + 1, 'a new generation carries it to every node');
+  } finally {
+    h.setClockOffset(0);
+  }
+});
+
 test('DELETE removes the cluster', async () => {
   assert.equal((await h.admin.call('DELETE', '/v1/clusters/lab')).status, 204);
   assert.equal((await h.admin.call('GET', '/v1/clusters/lab')).status, 404);
