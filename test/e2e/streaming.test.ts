@@ -80,4 +80,27 @@ test('a standby built with pg_basebackup through the managed credentials streams
   assert.equal(again.length, 1, 'the walreceiver reconnected after the renewal');
   assert.equal(again[0]!.ssl, true);
   assert.equal(BigInt(again[0]!.serial), BigInt(`0x${renewed.serial}`), 'with the renewed certificate, through the fixed names in primary_conninfo');
+
+  // A standby is read-only: roles come to it by replication, never by its agent. With the
+  // primary's agent stopped, a new role reaches only the standby's agent: it must converge
+  // without trying CREATE ROLE (which a hot standby refuses).
+  await cluster.stopAgent('primary');
+  const put = await cluster.apply({ ...spec, roles: [{ name: 'app_reader' }] });
+  assert.equal(put.code, 0, put.stderr);
+  const gen = (await cluster.status('repl')).generation;
+  let standbyRow = status.nodes.find((n) => n.node === 'standby')!;
+  for (let i = 0; i < 120 && !(standbyRow.appliedGeneration === gen && standbyRow.phase === 'converged'); i++) {
+    await new Promise((r) => setTimeout(r, 500));
+    standbyRow = (await cluster.status('repl')).nodes.find((n) => n.node === 'standby')!;
+  }
+  assert.deepEqual([standbyRow.appliedGeneration, standbyRow.phase, standbyRow.errors], [gen, 'converged', []], 'the standby applies the generation without touching roles');
+  assert.deepEqual(await query(standby.pg, "SELECT rolname FROM pg_roles WHERE rolname = 'app_reader'"), [], 'not there until the primary creates it');
+  await cluster.startAgent('repl', 'primary');
+  await cluster.waitConverged('repl', 120_000);
+  let replicated: unknown[] = [];
+  for (let i = 0; i < 60 && replicated.length === 0; i++) {
+    replicated = await query(standby.pg, "SELECT rolname FROM pg_roles WHERE rolname = 'app_reader'");
+    if (replicated.length === 0) await new Promise((r) => setTimeout(r, 500));
+  }
+  assert.equal(replicated.length, 1, 'created on the primary, replicated to the standby');
 });
