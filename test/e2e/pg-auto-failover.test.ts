@@ -37,8 +37,6 @@ interface Node {
 }
 
 const osUser = await serverOsUser();
-const T = await mkdtemp('/tmp/pgaccord-pgaf-');
-await ownedDir(T, osUser, 0o711);
 const procs: ChildProcess[] = [];
 
 function envFor(n: Node): NodeJS.ProcessEnv {
@@ -161,14 +159,20 @@ async function statusWait(cluster: LocalCluster, what: string): Promise<ClusterS
   return cluster.status('pgaf');
 }
 
-test('pg_auto_failover walkthrough: coordinator + agents, monitor + 2 nodes, --skip-pg-hba, cert auth with verify-full on pgaccord files, switchover', { timeout: 900_000 }, async () => {
+for (const auth of ['cert', 'scram-sha-256'] as const) {
+  test(`pg_auto_failover walkthrough (${auth}): coordinator + agents, monitor + 2 nodes, --skip-pg-hba, verify-full on pgaccord files, switchover`, { timeout: 900_000 }, () => walkthrough(auth));
+}
+
+async function walkthrough(auth: 'cert' | 'scram-sha-256'): Promise<void> {
+  const T = await mkdtemp('/tmp/pgaccord-pgaf-');
   const cluster = await LocalCluster.create({ dir: T });
+  const method = auth === 'cert' ? 'cert map=pgautofailover' : 'scram-sha-256';
   const ports = [await freePort(), await freePort(), await freePort()];
   const defs: [string, 'monitor' | 'postgres'][] = [['mon', 'monitor'], ['node1', 'postgres'], ['node2', 'postgres']];
   const spec: ClusterSpec = {
     name: 'pgaf',
     profile: 'pg-auto-failover',
-    auth: 'cert',
+    auth,
     tls: { sslmode: 'verify-full' },
     nodes: defs.map(([name, kind], i) => ({ name, host: '127.0.0.1', address: '127.0.0.1', port: ports[i]!, kind })),
   };
@@ -190,8 +194,8 @@ test('pg_auto_failover walkthrough: coordinator + agents, monitor + 2 nodes, --s
     await writeFile(specFile, JSON.stringify(spec));
     const dry = await cluster.cli(['apply', '-f', specFile, '--dry-run']);
     assert.equal(dry.code, 0, dry.stderr);
-    assert.match(dry.stdout, /hostssl +"?pg_auto_failover"? +"?autoctl_node"? +127\.0\.0\.1\/32 +cert +map=pgautofailover/);
-    assert.match(dry.stdout, /pgautofailover +"postgres" +"pgautofailover_replicator"/);
+    assert.ok(dry.stdout.includes(`hostssl "pg_auto_failover" "autoctl_node" 127.0.0.1/32 ${method}`), dry.stdout);
+    if (auth === 'cert') assert.match(dry.stdout, /pgautofailover +"postgres" +"pgautofailover_replicator"/);
     assert.match(dry.stdout, /ssl_crl_file = \/var\/lib\/pgaccord\/server\/root\.crl/);
     const applied = await cluster.cli(['apply', '-f', specFile]);
     assert.equal(applied.code, 0, applied.stderr);
@@ -205,9 +209,11 @@ test('pg_auto_failover walkthrough: coordinator + agents, monitor + 2 nodes, --s
     const S = (n: Node) => join(n.stateDir, 'server');
     for (const n of nodes) {
       // The CRL is there from the cluster's first generation: --ssl-crl-file can be given at create.
-      await waitFor(`${n.name}: TLS material and ~/.postgresql installed`, async () =>
-        ['server.pem', 'root.crt', 'root.crl'].every((f) => existsSync(join(S(n), f))) && ['postgresql.crt', 'postgresql.key', 'root.crt', 'root.crl'].every((f) => existsSync(join(n.home, '.postgresql', f))) ? true : null, 60_000);
-      assert.equal((await stat(join(n.home, '.postgresql', 'postgresql.key'))).mode & 0o777, 0o600);
+      // cert: the client certificate CN postgres; scram: the passwords in ~/.pgpass, as the seed recommends.
+      const client = auth === 'cert' ? ['.postgresql/postgresql.crt', '.postgresql/postgresql.key'] : ['.pgpass'];
+      await waitFor(`${n.name}: TLS material and client credentials installed`, async () =>
+        ['server.pem', 'root.crt', 'root.crl'].every((f) => existsSync(join(S(n), f))) && [...client, '.postgresql/root.crt', '.postgresql/root.crl'].every((f) => existsSync(join(n.home, f))) ? true : null, 60_000);
+      assert.equal((await stat(join(n.home, client.at(-1)!))).mode & 0o777, 0o600);
       assert.equal((await stat(join(n.home, '.postgresql'))).mode & 0o777, 0o700);
       assert.equal((await stat(join(S(n), 'server.pem'))).mode & 0o777, 0o600);
     }
@@ -245,12 +251,12 @@ test('pg_auto_failover walkthrough: coordinator + agents, monitor + 2 nodes, --s
       const rows = await sql<{ usename: string; ssl: boolean; version: string; client_dn: string }>(primary, 'SELECT usename, ssl, version, client_dn FROM pg_stat_replication JOIN pg_stat_ssl USING (pid)');
       return rows.length > 0 ? rows : null;
     });
-    assert.deepEqual(repl.map((r) => [r.usename, r.ssl, r.client_dn]), [['pgautofailover_replicator', true, '/CN=postgres']]);
+    assert.deepEqual(repl.map((r) => [r.usename, r.ssl, r.client_dn]), [['pgautofailover_replicator', true, auth === 'cert' ? '/CN=postgres' : null]]);
     assert.match(repl[0]!.version, /^TLSv1\.[23]$/);
-    // ...and certificate auth is the only way in over TCP for the replicator: the managed rules
-    // (cert map=pgautofailover) and the reject line; the operator part is local-only.
+    // ...and the managed rule is the only way in over TCP for the replicator: the managed rules
+    // (cert map=pgautofailover, or scram-sha-256) and the reject line; the operator part is local-only.
     const rules = await sql<{ type: string; auth_method: string; options: string[] | null }>(primary, "SELECT type, auth_method, options FROM pg_hba_file_rules WHERE 'pgautofailover_replicator' = ANY(user_name) OR 'all' = ANY(user_name)");
-    assert.deepEqual(rules.filter((r) => r.type !== 'local').map((r) => `${r.type} ${r.auth_method} ${(r.options ?? []).join(',')}`).sort(), ['host reject ', 'hostssl cert map=pgautofailover,clientcert=verify-full']);
+    assert.deepEqual(rules.filter((r) => r.type !== 'local').map((r) => `${r.type} ${r.auth_method} ${(r.options ?? []).join(',')}`).sort(), ['host reject ', auth === 'cert' ? 'hostssl cert map=pgautofailover,clientcert=verify-full' : 'hostssl scram-sha-256 ']);
     // The replicator pg_autoctl found already existing keeps SUPERUSER (pg_rewind needs it).
     const [role] = await sql<{ rolsuper: boolean; rolreplication: boolean }>(primary, "SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = 'pgautofailover_replicator'");
     assert.deepEqual(role, { rolsuper: true, rolreplication: true });
@@ -264,7 +270,7 @@ test('pg_auto_failover walkthrough: coordinator + agents, monitor + 2 nodes, --s
       assert.match(p.conninfo, /sslmode=verify-full/);
       assert.ok(p.ok && p.tlsVersion, `${p.from} -> ${p.to} as ${p.role}: ${p.error} (${p.conninfo})`);
     }
-    // A client without the certificate is refused: no HOME cert, same rule.
+    // A client without the node's credentials (no certificate, no ~/.pgpass) is refused by the same rule.
     const noCert: OsUser = { ...osUser, home: join(T, 'nobody-home') };
     await ownedDir(noCert.home, osUser);
     const refused = await probe({ to: 'mon', role: 'autoctl_node', replication: false, conninfo: `host=127.0.0.1 port=${mon.port} dbname=pg_auto_failover user=autoctl_node sslmode=require` }, { osUser: noCert });
@@ -283,9 +289,9 @@ test('pg_auto_failover walkthrough: coordinator + agents, monitor + 2 nodes, --s
       const rows = await sql<{ ssl: boolean; client_dn: string }>(standby, 'SELECT ssl, client_dn FROM pg_stat_replication JOIN pg_stat_ssl USING (pid)');
       return rows.length > 0 ? rows : null;
     });
-    assert.deepEqual(repl2.map((r) => [r.ssl, r.client_dn]), [[true, '/CN=postgres']]);
+    assert.deepEqual(repl2.map((r) => [r.ssl, r.client_dn]), [[true, auth === 'cert' ? '/CN=postgres' : null]]);
   } finally {
     await stopAll(nodes);
     await cluster.close();
   }
-});
+}
