@@ -162,7 +162,11 @@ export async function buildServer(opts: ServerOptions) {
 
   // --- public ------------------------------------------------------------------------------
   add({ method: 'GET', url: '/healthz', auth: 'none', summary: 'liveness and store reachability', response: { 200: Health, 503: ErrorBody }, handler: async () => {
-    await service.store.query('SELECT 1');
+    try {
+      await service.store.query('SELECT 1');
+    } catch (e) {
+      throw new ApiError(503, 'E_STORE_UNAVAILABLE', `the store does not answer: ${(e as Error).message}`);
+    }
     return { ok: true };
   } });
   add({ method: 'GET', url: '/v1/coordinator-ca.crt', auth: 'none', summary: 'the coordinator CA certificate (agents check it against the fingerprint in their join token)', response: { 200: Pem }, produces: 'application/x-pem-file', handler: async () => service.coordinatorCaPem });

@@ -436,3 +436,21 @@ test('no secret reaches the log', async () => {
   assert.doesNotMatch(log, /PRIVATE KEY|BEGIN CERTIFICATE REQUEST|pga1\./);
   assert.ok(!/"secret":"[A-Za-z0-9_-]{20,}/.test(log));
 });
+
+test('healthz: 503 naming the store while the database is down, 200 again once it is back', async () => {
+  assert.equal((await h.anon.call('GET', '/healthz')).status, 200);
+  await db.stop('fast');
+  try {
+    const down = await h.anon.call('GET', '/healthz');
+    assert.equal(down.status, 503, down.text);
+    assert.equal(down.body.code, 'E_STORE_UNAVAILABLE');
+  } finally {
+    await db.start();
+  }
+  let up = 0;
+  for (let i = 0; i < 20 && up !== 200; i++) {
+    up = (await h.anon.call('GET', '/healthz')).status;
+    if (up !== 200) await sleep(250);
+  }
+  assert.equal(up, 200);
+});
