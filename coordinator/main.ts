@@ -162,7 +162,7 @@ options:
                         re-issued when less than half of it remains
 
 Logs are JSON lines on stdout; secrets are never logged. SIGTERM or SIGINT stops it cleanly
-(and the embedded PostgreSQL with it).`,
+(and the embedded PostgreSQL with it); SIGHUP is logged and changes nothing.`,
   options: {
     'data-dir': { type: 'string' },
     listen: { type: 'string' },
@@ -210,5 +210,8 @@ export async function runCoordinator(argv: string[]): Promise<number> {
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
+    // Node's default for SIGHUP is to exit at once, leaving the embedded store running; nothing
+    // here is re-read on HUP (settings are flags), so say so and keep serving.
+    process.on('SIGHUP', () => running.log.info('SIGHUP: nothing to re-read (settings are flags); still serving'));
   });
 }

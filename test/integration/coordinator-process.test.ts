@@ -59,6 +59,12 @@ test('first start initialises and serves; SIGTERM stops it and its PostgreSQL; r
   assert.equal(put.status, 200, put.text);
   await c1.close();
   assert.ok(existsSync(join(dir, 'pg/data/postmaster.pid')), 'embedded PostgreSQL running');
+  // SIGHUP (logrotate, a habit) does not kill it: Node's default would exit and orphan the store.
+  first.child.kill('SIGHUP');
+  await new Promise((r) => setTimeout(r, 500));
+  const c1b = httpsClient(first.url, ca);
+  assert.deepEqual((await c1b.call('GET', '/healthz')).body, { ok: true }, 'still serving after SIGHUP');
+  await c1b.close();
   first.child.kill('SIGTERM');
   assert.equal(await first.exited, 0);
   assert.ok(!existsSync(join(dir, 'pg/data/postmaster.pid')), 'embedded PostgreSQL stopped with it');
