@@ -196,8 +196,8 @@ export async function runStatus(argv: string[]): Promise<number> {
   const parsed = parseCommand(STATUS, argv);
   if (!parsed) return 0;
   const v = parsed.values;
+  if (v.timeout !== undefined && !/^\d+(\.\d+)?$/.test(v.timeout)) throw new UsageError(`--timeout: "${v.timeout}" is not a number of seconds`);
   const timeoutS = v.timeout !== undefined ? Number(v.timeout) : 300;
-  if (!(timeoutS >= 0)) throw new UsageError('--timeout must be a number of seconds');
   const only = parsed.positionals[0];
   return withConn(v, async (conn) => {
     const deadline = Date.now() + timeoutS * 1000;

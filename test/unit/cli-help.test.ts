@@ -28,4 +28,7 @@ test('unknown commands and options are refused with exit 2 and a message', () =>
   const badTimeout = pgaccord('demo', '--timeout', 'soon');
   assert.equal(badTimeout.status, 2);
   assert.match(badTimeout.stderr, /--timeout must be a positive number/);
+  const emptyTimeout = pgaccord('status', '--wait', '--timeout', '');
+  assert.equal(emptyTimeout.status, 2);
+  assert.match(emptyTimeout.stderr, /--timeout: "" is not a number of seconds/);
 });
