@@ -306,7 +306,15 @@ async function installAll(run: Run): Promise<void> {
       const owner = f.key === 'config' && snap.exists ? { uid: snap.uid, gid: snap.gid, mode: snap.mode } : { uid, gid, mode: f.mode };
       return { path: f.path, content: Buffer.from(f.content, 'utf8'), ...owner };
     });
-    const wrote = await installFiles(specs);
+    let wrote: boolean[];
+    try {
+      wrote = await installFiles(specs);
+    } catch (e) {
+      // A rename failed part way through the group: the ones before it are new. Restoring a
+      // file to its snapshot is harmless when it did not change, so the whole group goes back.
+      for (const f of group) if (!run.changed.includes(f.path)) run.changed.push(f.path);
+      throw e;
+    }
     group.forEach((f, i) => wrote[i] && run.changed.push(f.path));
   }
   if (run.changed.length > 0) run.log.info({ files: run.changed }, 'installed');
