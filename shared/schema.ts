@@ -279,6 +279,11 @@ export const NodeDesired = Type.Object(
      * (pg_autoctl --server-cert/--ssl-ca-file) keep following renewals. Absent: versioned names.
      */
     stableServerFiles: Type.Optional(Type.Boolean()),
+    /**
+     * The cluster's other nodes. With none left (the last standby removed), no HBA rules is the
+     * expected state, not a wiped one. Absent (an older coordinator): treated as "some".
+     */
+    peers: Type.Optional(Type.Array(Type.String())),
   },
   { additionalProperties: false },
 );

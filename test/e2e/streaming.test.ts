@@ -103,4 +103,17 @@ test('a standby built with pg_basebackup through the managed credentials streams
     if (replicated.length === 0) await new Promise((r) => setTimeout(r, 500));
   }
   assert.equal(replicated.length, 1, 'created on the primary, replicated to the standby');
+
+  // Scale down: the last standby leaves the spec. The primary, now alone, takes a state with no
+  // inter-node rule (not refused as a wiped answer) and its replication rule goes.
+  const alone = await cluster.apply({ ...spec, nodes: [spec.nodes[0]!], roles: [{ name: 'app_reader' }] });
+  assert.equal(alone.code, 0, alone.stderr);
+  const aloneGen = (await cluster.status('repl')).generation;
+  let primaryRow = (await cluster.status('repl')).nodes.find((n) => n.node === 'primary')!;
+  for (let i = 0; i < 120 && !(primaryRow.appliedGeneration === aloneGen && primaryRow.phase === 'converged'); i++) {
+    await new Promise((r) => setTimeout(r, 500));
+    primaryRow = (await cluster.status('repl')).nodes.find((n) => n.node === 'primary')!;
+  }
+  assert.deepEqual([primaryRow.appliedGeneration, primaryRow.phase, primaryRow.errors], [aloneGen, 'converged', []]);
+  assert.deepEqual(await query(primary.pg, "SELECT type FROM pg_hba_file_rules WHERE auth_method = 'cert'"), [], 'no replication rule left');
 });
