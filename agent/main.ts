@@ -313,6 +313,12 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
   // An empty PGDATA is allowed: tools like pg_autoctl create the server themselves and need the
   // TLS material first. Until the server runs, the agent installs that material and reports
   // E_PG_CONNECT.
+  // The anti-lockout rule is `local ... peer`: it keeps the agent's Unix-socket session in, not a TCP one.
+  if (!cfg.pgHost.startsWith('/')) log.warn({ pgHost: cfg.pgHost }, '--pg-host is a TCP host: the anti-lockout rule covers only the Unix socket, so an operator rule could lock the agent out; prefer the socket directory');
+  const tokenFile = cliValues['join-token-file'] ?? fileValues['join-token-file'];
+  if (tokenFile !== undefined && existsSync(tokenFile) && (statSync(tokenFile).mode & 0o077) !== 0) {
+    log.warn({ file: tokenFile, mode: (statSync(tokenFile).mode & 0o777).toString(8) }, 'the join token file is readable by others: anyone who reads it before first use can enrol as this node; make it 0600');
+  }
   if (!existsSync(join(cfg.pgdata, 'PG_VERSION'))) log.warn({ pgdata: cfg.pgdata }, 'PGDATA is not initialised yet: installing TLS material and client credentials only, until PostgreSQL runs there');
   // The state directory belongs to the PGDATA owner: the server reads its certificates there.
   await ensureDir(cfg.stateDir, 0o700, owner);

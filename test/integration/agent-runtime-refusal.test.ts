@@ -5,7 +5,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createPublicKey } from 'node:crypto';
 import { createServer } from 'node:https';
-import { lstat, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { lstat, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import forge from 'node-forge';
@@ -76,7 +76,11 @@ const fake = createServer({ key: serverKey, cert: serverCert, requestCert: true,
 await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
 const url = `https://127.0.0.1:${(fake.address() as { port: number }).port}`;
 const token = `pga1.${Buffer.from(JSON.stringify({ v: 1, url, cluster: 'sales', node: 'node-1', id: 'x', secret: 'y', caFingerprint: fingerprint256(coordCa.certPem) })).toString('base64url')}`;
-const agent = startAgent(['--coordinator', url, '--node', 'sales/node-1', '--pgdata', pg.dataDir, '--state-dir', stateDir, '--join-token', token, '--log-level', 'debug']);
+// The token in a file others can read (a common slip): the agent still enrols, and warns.
+const tokenFile = join(stateDir, '..', `pgaccord-refusal-token-${process.pid}`);
+await writeFile(tokenFile, token, { mode: 0o644 });
+cleanup.push(tokenFile);
+const agent = startAgent(['--coordinator', url, '--node', 'sales/node-1', '--pgdata', pg.dataDir, '--state-dir', stateDir, '--join-token-file', tokenFile, '--log-level', 'debug']);
 
 after(async () => {
   await agent.stop('SIGKILL');
@@ -97,6 +101,10 @@ async function snapshot(): Promise<Record<string, string>> {
   }
   return out;
 }
+
+test('a join token file readable by others is used, with a warning naming it', async () => {
+  await waitFor('the warning', () => agent.records().some((r) => String(r.msg).startsWith('the join token file is readable by others') && r.file === tokenFile && r.mode === '644'), 30_000);
+});
 
 test('empty, garbled, shrunken and older answers change no file and are reported', async () => {
   await waitFor('generation 1 converged', () => statuses.some((s) => s.generation === 1 && s.phase === 'converged'), 60_000);
