@@ -56,6 +56,19 @@ test('the store is the external database; no embedded instance', async () => {
   assert.deepEqual(row, { db: 'coord', n: '3' });
 });
 
+test('join token: valid one hour unless told otherwise (SPEC), as asked with --ttl', async () => {
+  const lifetime = async (body: object) => {
+    const t0 = Date.now();
+    const r = await h.admin.call('POST', '/v1/clusters/sales/nodes/node-2/tokens', { body });
+    assert.equal(r.status, 200, r.text);
+    return (Date.parse(r.body.expiresAt) - t0) / 1000;
+  };
+  const dflt = await lifetime({});
+  assert.ok(dflt > 3590 && dflt <= 3601, `default lifetime ${dflt} s`);
+  const ten = await lifetime({ ttl: '10m' });
+  assert.ok(ten > 590 && ten <= 601, `10m lifetime ${ten} s`);
+});
+
 test('join token: carries the coordinator CA fingerprint; enrollment gives a pinned mTLS identity', async () => {
   const token = await tokenFor('sales', 'node-1');
   const payload = decodeJoinToken(token)!;
