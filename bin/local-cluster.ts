@@ -154,6 +154,14 @@ export class LocalCluster {
     return child;
   }
 
+  /** Process ids of the coordinator and of every running agent (for measurements). */
+  pids(): Record<string, number> {
+    const out: Record<string, number> = {};
+    if (this.coordinator?.pid !== undefined) out.coordinator = this.coordinator.pid;
+    for (const [name, child] of this.agents) if (child.pid !== undefined) out[`agent-${name}`] = child.pid;
+    return out;
+  }
+
   async stopAgent(name: string, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     await stopProcess(this.agents.get(name) ?? null, signal);
     this.agents.delete(name);
