@@ -66,8 +66,7 @@ export function judgeDesired(answer: unknown, lastGood: NodeDesired | null, expe
     if (d.generation < lastGood.generation) return refuse('E_DESIRED_OLDER', `generation ${d.generation} is older than the applied ${lastGood.generation} (no rollback)`);
     if (d.generation === lastGood.generation) return refuse('E_DESIRED_OLDER', `generation ${d.generation} is not newer than the last good one`);
     // No rules at all is what a node has once its last peer is gone; with peers left it is a wiped answer.
-    const alone = d.peers !== undefined && d.peers.length === 0;
-    if (lastGood.hba.length > 0 && d.hba.length === 0 && !alone) return refuse('E_DESIRED_SHRUNK', `it has no HBA rules where the node has ${lastGood.hba.length}, and the cluster still has ${d.peers?.length ?? 'other'} node(s)`);
+    if (lastGood.hba.length > 0 && d.hba.length === 0 && d.alone !== true) return refuse('E_DESIRED_SHRUNK', `it has no HBA rules where the node has ${lastGood.hba.length}, and it is not alone in its cluster`);
     if (lastGood.roles.length > 0 && d.roles.length === 0) return refuse('E_DESIRED_SHRUNK', `it has no roles where the node has ${lastGood.roles.length}`);
   }
   return { ok: true, desired: d };

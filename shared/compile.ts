@@ -209,7 +209,7 @@ function compileNode(input: CompileInput, node: NodeSpec, all: Connection[]): No
     crl: input.crl,
     ...(profile.clientLayout ? { clientLayout: profile.clientLayout } : {}),
     ...(profile.stableServerFiles ? { stableServerFiles: true } : {}),
-    peers: spec.nodes.filter((n) => n.name !== node.name).map((n) => n.name),
+    ...(spec.nodes.length === 1 ? { alone: true as const } : {}),
   };
 }
 

@@ -280,10 +280,11 @@ export const NodeDesired = Type.Object(
      */
     stableServerFiles: Type.Optional(Type.Boolean()),
     /**
-     * The cluster's other nodes. With none left (the last standby removed), no HBA rules is the
-     * expected state, not a wiped one. Absent (an older coordinator): treated as "some".
+     * true: the node is the only one in its cluster (the last standby removed), so no HBA rules
+     * is the expected state, not a wiped one. Sent only then: an agent that predates the field
+     * refuses unknown fields, and would refuse that state anyway.
      */
-    peers: Type.Optional(Type.Array(Type.String())),
+    alone: Type.Optional(Type.Literal(true)),
   },
   { additionalProperties: false },
 );

@@ -60,13 +60,11 @@ test('judge: accepts a newer valid state; refuses empty, garbled, foreign, older
   refused(desiredAt(1), g1, 'E_DESIRED_OLDER');
   refused(desiredAt(3), desiredAt(5), 'E_DESIRED_OLDER');
   refused({ ...desiredAt(2), hba: [] }, g1, 'E_DESIRED_SHRUNK');
-  const { peers: _, ...fromOlderCoordinator } = { ...desiredAt(2), hba: [] };
-  refused(fromOlderCoordinator, g1, 'E_DESIRED_SHRUNK');
   // The last standby removed: the primary is alone, and no rules is right.
   const alone = desiredAt(2, { nodes: [spec.nodes[0]!] });
-  assert.deepEqual([alone.hba, alone.peers], [[], []]);
-  assert.equal(judgeDesired(alone, g1, expect).ok, true, 'no rules accepted once the node has no peers');
-  assert.deepEqual(g1.peers, ['node-2']);
+  assert.deepEqual([alone.hba, alone.alone], [[], true]);
+  assert.equal(judgeDesired(alone, g1, expect).ok, true, 'no rules accepted once the node is alone');
+  assert.equal('alone' in g1, false, 'only sent when alone: agents that predate the field refuse unknown fields');
   refused({ ...desiredAt(2), roles: [] }, g1, 'E_DESIRED_SHRUNK');
   refused({ ...desiredAt(2), tls: true, caBundle: '' }, g1, 'E_DESIRED_SHRUNK');
   const scramEdge = { ...desiredAt(2), edges: [{ ...g1.edges[0] ?? { to: 'node-1', role: 'replicator', host: 'h', port: 5432, dbname: 'postgres', replication: true, sslmode: 'disable' as const, clientCertificate: null }, usesPassfile: true }], clientSecrets: [] };
