@@ -362,8 +362,9 @@ export async function runCert(argv: string[]): Promise<number> {
   if (sub === 'revoke') {
     if (!arg) throw new UsageError(`cert revoke needs CLUSTER SERIAL\nusage: ${CERT.usage}`);
     return withConn(v, async (conn) => {
-      const res = await call<{ serial: string; revokedAt: string; generation: number; alreadyRevoked: boolean; sameKey: string[] }>(conn, 'POST', `${base}/certificates/${encodeURIComponent(arg.toLowerCase().replace(/:/g, ''))}/revoke`, {});
-      const also = res.sameKey.length > 0 ? `; also revoked, same key: ${res.sameKey.join(', ')}` : '';
+      const res = await call<{ serial: string; revokedAt: string; generation: number; alreadyRevoked: boolean; sameKey?: string[] }>(conn, 'POST', `${base}/certificates/${encodeURIComponent(arg.toLowerCase().replace(/:/g, ''))}/revoke`, {});
+      const sameKey = res.sameKey ?? []; // absent from a coordinator older than key revocation
+      const also = sameKey.length > 0 ? `; also revoked, same key: ${sameKey.join(', ')}` : '';
       print(res, `${res.alreadyRevoked ? 'already revoked' : 'revoked'}: ${res.serial} at ${res.revokedAt} (cluster ${cluster}, generation ${res.generation})${also}\n`);
       return 0;
     });

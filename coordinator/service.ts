@@ -415,9 +415,11 @@ export class CoordinatorService {
     const serial = normaliseSerial(serialText);
     const now = this.now();
     const out = await this.store.tx(async (c) => {
+      // The cluster row first: it serialises revocations with each other and with signCsr (which
+      // holds it FOR SHARE), so a certificate for this key cannot be issued while it is revoked.
+      const gen = (await c.query<{ generation: number }>(`SELECT generation FROM clusters WHERE name = $1 FOR UPDATE`, [cluster])).rows[0]!.generation;
       const row = (await c.query<{ issuer: string; node: string; pem: string; revoked_at: Date | null }>(`SELECT issuer, node, pem, revoked_at FROM certificates WHERE cluster = $1 AND serial = $2 FOR UPDATE`, [cluster, serial])).rows[0];
       if (!row) throw notFound(`cluster "${cluster}" has no certificate with serial ${serial}`);
-      const gen = (await c.query<{ generation: number }>(`SELECT generation FROM clusters WHERE name = $1 FOR UPDATE`, [cluster])).rows[0]!.generation;
       if (row.revoked_at) return { revokedAt: row.revoked_at, generation: gen, alreadyRevoked: true, sameKey: [] };
       // Agents renew fixed-name client certificates for the same key: revoking one certificate
       // revokes the key, so every live certificate of that node that carries it goes too.
@@ -862,14 +864,19 @@ export class CoordinatorService {
     const { row, desired } = await this.#nodeDesired(agent);
     const s = desired.certificates.find((c) => c.id === slot);
     if (!s) throw badRequest('E_SLOT', `node "${agent.node}" has no certificate slot "${slot}" in generation ${row.generation} (slots: ${desired.certificates.map((c) => c.id).join(', ') || 'none'})`);
-    // A key whose certificate was revoked stays revoked: it is never certified again.
-    const keyId = rsaKeyId(publicKey);
-    const revoked = await this.store.query<{ serial: string; pem: string }>(`SELECT serial, pem FROM certificates WHERE cluster = $1 AND node = $2 AND issuer = 'cluster' AND revoked_at IS NOT NULL`, [agent.cluster, agent.node]);
-    const hit = revoked.find((r) => rsaKeyId(r.pem) === keyId);
-    if (hit) throw conflict('E_KEY_REVOKED', `the key in this CSR belongs to revoked certificate ${hit.serial}: make a new key`);
     const ca = await this.#clusterCa(agent.cluster);
-    const issued = ca.issue({ publicKey, commonName: s.commonName, dnsNames: s.dnsNames, ipAddresses: s.ipAddresses, usage: s.usage, lifetimeSeconds: certLifetimeSeconds(row.spec), now });
-    await this.#recordCert(this.store.pool, { cluster: agent.cluster, node: agent.node, slot, issuer: 'cluster', commonName: s.commonName, ...issued });
+    const keyId = rsaKeyId(publicKey);
+    const issued = await this.store.tx(async (c) => {
+      // Shared lock on the cluster row: a revocation (FOR UPDATE) waits for this issue, or this
+      // issue sees its result. A key whose certificate was revoked is never certified again.
+      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR SHARE`, [agent.cluster]);
+      const revoked = (await c.query<{ serial: string; pem: string }>(`SELECT serial, pem FROM certificates WHERE cluster = $1 AND node = $2 AND issuer = 'cluster' AND revoked_at IS NOT NULL`, [agent.cluster, agent.node])).rows;
+      const hit = revoked.find((r) => rsaKeyId(r.pem) === keyId);
+      if (hit) throw conflict('E_KEY_REVOKED', `the key in this CSR belongs to revoked certificate ${hit.serial}: make a new key`);
+      const cert = ca.issue({ publicKey, commonName: s.commonName, dnsNames: s.dnsNames, ipAddresses: s.ipAddresses, usage: s.usage, lifetimeSeconds: certLifetimeSeconds(row.spec), now });
+      await this.#recordCert(c, { cluster: agent.cluster, node: agent.node, slot, issuer: 'cluster', commonName: s.commonName, ...cert });
+      return cert;
+    });
     this.#log.info({ cluster: agent.cluster, node: agent.node, slot, serial: issued.serial, notAfter: issued.notAfter }, 'certificate issued');
     return { certificate: issued.pem, serial: issued.serial, notAfter: issued.notAfter.toISOString() };
   }
