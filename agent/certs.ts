@@ -19,7 +19,7 @@ import { RenewalSchedule, type Clock } from './backoff.ts';
 import { ensureDir, fsyncDir, readIfExists, removeIfExists, writeFileAtomic, type Owner } from './statefile.ts';
 import type { InstalledCertificate } from './types.ts';
 import { rename, stat, utimes } from 'node:fs/promises';
-import { newer } from './client.ts';
+import { CoordinatorError, newer } from './client.ts';
 
 export const tlsDir = (stateDir: string): string => join(stateDir, 'tls');
 const SLOT_ID = /^[a-z0-9][a-z0-9_-]{0,80}$/;
@@ -170,7 +170,15 @@ export class CertificateManager {
       }
       if (reason !== null && opts.online) {
         try {
-          const fresh = await this.issue(slot, desired.caBundle, reason, sameKeyAs);
+          let fresh: Candidate;
+          try {
+            fresh = await this.issue(slot, desired.caBundle, reason, sameKeyAs);
+          } catch (e) {
+            // The coordinator knows this key as revoked (a CRL we have not seen yet): new key.
+            if (sameKeyAs === null || !(e instanceof CoordinatorError && e.apiCode === 'E_KEY_REVOKED')) throw e;
+            this.deps.log.warn({ slot: slot.id }, 'the coordinator refused the key as revoked; making a new one');
+            fresh = await this.issue(slot, desired.caBundle, `${reason}; the key was revoked`, null);
+          }
           result.issued.push(slot.id);
           use = fresh;
         } catch (e) {

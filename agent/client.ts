@@ -27,10 +27,14 @@ export class CoordinatorError extends Error {
       | 'E_IDENTITY', // no usable identity and no join token
     message: string,
     readonly status?: number,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; apiCode?: string },
   ) {
     super(message, options);
+    this.apiCode = options?.apiCode;
   }
+
+  /** The coordinator's own error code (E_KEY_REVOKED, E_SLOT...), when it answered with one. */
+  readonly apiCode: string | undefined;
 }
 
 /** Decode and check a join token; a malformed one is an E_TOKEN error that never echoes it. */
@@ -182,7 +186,7 @@ export class CoordinatorClient {
 function httpError(method: string, path: string, a: Answer): CoordinatorError {
   const b = a.body as { code?: unknown; message?: unknown } | null;
   const detail = b && typeof b === 'object' && typeof b.message === 'string' ? `${typeof b.code === 'string' ? `${b.code}: ` : ''}${b.message}` : `HTTP ${a.status}`;
-  return new CoordinatorError(a.status === 410 ? 'E_NODE_REMOVED' : 'E_HTTP', `${method} ${path}: ${detail}`, a.status);
+  return new CoordinatorError(a.status === 410 ? 'E_NODE_REMOVED' : 'E_HTTP', `${method} ${path}: ${detail}`, a.status, b && typeof b.code === 'string' ? { apiCode: b.code } : {});
 }
 
 function describeNetworkError(e: unknown): string {

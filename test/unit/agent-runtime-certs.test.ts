@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import forge from 'node-forge';
 import pino from 'pino';
+import { CoordinatorError } from '../../agent/client.ts';
 import { CertificateAuthority } from '../../coordinator/ca.ts';
 import { CertificateManager, checkPair, fixedNameClientSlots, KEY_MAX_AGE_MS } from '../../agent/certs.ts';
 import { RenewalSchedule, seededRandom } from '../../agent/backoff.ts';
@@ -28,7 +29,7 @@ const server: CertificateSlot = { id: 'server', usage: 'server', commonName: 'db
 const client: CertificateSlot = { id: 'client-replicator', usage: 'client', commonName: 'replicator', dnsNames: [], ipAddresses: [] };
 const pub = (pem: string) => forge.pki.publicKeyFromPem(createPublicKey(pem).export({ type: 'spki', format: 'pem' }).toString());
 
-async function setup(opts: { slots?: CertificateSlot[]; signWith?: 'other-ca' | 'wrong-name'; fixedNames?: boolean } = {}) {
+async function setup(opts: { slots?: CertificateSlot[]; signWith?: 'other-ca' | 'wrong-name'; fixedNames?: boolean; revokedKeys?: Set<string> } = {}) {
   let clock = Date.parse('2030-01-01T00:00:00Z');
   const { ca } = await CertificateAuthority.create('cluster CA', new Date(clock - 3600_000));
   const { ca: other } = await CertificateAuthority.create('other CA', new Date(clock - 3600_000));
@@ -47,6 +48,9 @@ async function setup(opts: { slots?: CertificateSlot[]; signWith?: 'other-ca' | 
     log: pino({ level: 'silent' }),
     requestCertificate: async (req) => {
       requests.push(req);
+      if (opts.revokedKeys?.has(readCsr(req.csr).publicKeyPem)) {
+        throw new CoordinatorError('E_HTTP', 'POST /v1/agent/csr: E_KEY_REVOKED: the key in this CSR belongs to a revoked certificate', 409, { apiCode: 'E_KEY_REVOKED' });
+      }
       const slot = desired.certificates.find((s) => s.id === req.slot)!;
       const issuer = opts.signWith === 'other-ca' ? other : ca;
       const issued = issuer.issue({
@@ -175,6 +179,20 @@ test('certs: routine renewal of a fixed-name client slot keeps its key; the serv
   // Pruning the old version leaves the new one whole.
   await t.manager.prune(renewed.installed, ['server', client.id]);
   assert.equal(checkPair({ certPem: await readFile(c2.certPath, 'utf8'), keyPem: await readFile(c2.keyPath, 'utf8'), slot: client, caBundle: t.ca.certPem, now: t.now() }), null);
+});
+
+test('certs: a same-key renewal the coordinator refuses as revoked (E_KEY_REVOKED) is retried at once with a new key', async () => {
+  const revokedKeys = new Set<string>();
+  const t = await setup({ fixedNames: true, revokedKeys });
+  const first = (await t.manager.ensure(t.desired, { online: true })).installed.find((c) => c.slot === client.id)!;
+  revokedKeys.add(readCsr(t.requests.find((r) => r.slot === client.id)!.csr).publicKeyPem);
+  t.advance(45 * 60_000);
+  const renewed = await t.manager.ensure(t.desired, { online: true });
+  assert.deepEqual(renewed.errors, []);
+  const now = renewed.installed.find((c) => c.slot === client.id)!;
+  assert.notEqual(now.serial, first.serial);
+  assert.notEqual(await certKey(now.certPath), await certKey(first.certPath), 'a new key');
+  assert.equal(t.requests.filter((r) => r.slot === client.id).length, 3, 'first issue, the refused same-key CSR, the new-key CSR');
 });
 
 test('certs: without a fixed-name client layout, a client slot still gets a new key per renewal', async () => {
