@@ -25,6 +25,8 @@ import type { ApplyInput, ApplyResult, NodeContext } from './types.ts';
 
 /** Retry delays after an apply that did not converge: 0.5-1 s, doubling up to 7.5-15 s. */
 const APPLY_RETRY: BackoffPolicy = { baseMs: 1000, capMs: 15_000 };
+/** Apply failures that only mean the node's server is not there (yet): retried without limit. */
+const WAITING_FOR_SERVER = new Set(['E_PG_CONNECT', 'E_WRONG_SERVER']);
 
 export type ApplyFn = (ctx: NodeContext, input: ApplyInput) => Promise<ApplyResult>;
 
@@ -448,8 +450,11 @@ export class ReconcileLoop {
       if (proved) this.baseline = result.files;
       // Not converged: try again soon rather than at the next resync, e.g. an agent started
       // before its server (pg_autoctl create) applies within seconds of the server appearing.
+      // Waiting for the server, for as long as it takes; anything else a few times, then the
+      // resync takes over (a refused rule does not go away by retrying every 15 s).
       this.applyFailures = proved ? 0 : this.applyFailures + 1;
-      if (!proved) this.scheduleRetry(backoffDelay(Math.min(this.applyFailures - 1, 30), this.deps.random, APPLY_RETRY), 'applying again after a failed apply');
+      const waitingForServer = result.errors.length > 0 && result.errors.every((e) => WAITING_FOR_SERVER.has(e.code));
+      if (!proved && (waitingForServer || this.applyFailures <= 3)) this.scheduleRetry(backoffDelay(Math.min(this.applyFailures - 1, 30), this.deps.random, APPLY_RETRY), 'applying again after a failed apply');
       if (this.baseline) {
         this.deps.drift?.resume(this.baseline, (d) => {
           log.warn({ path: d.path, kinds: d.kinds }, 'drift in a managed file: repairing');

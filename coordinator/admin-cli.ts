@@ -183,7 +183,8 @@ options:
   --wait              wait until every node has applied and proved the current generation,
                       every probe passed, and every node has reported since the wait began
                       (so a report from before a failover cannot pass it): exit 0; exit 1 at
-                      the timeout. Agents report at least every long-poll cycle (~30 s).
+                      the timeout. Agents report at least every long-poll cycle (~30 s), so
+                      give it more than that; --timeout 0 is one look, on the reports there are.
   --timeout SECONDS   how long --wait waits (default 300)
 ${CONNECTION_HELP}`,
   options: { json: { type: 'boolean' }, wait: { type: 'boolean' }, timeout: { type: 'string' }, ...CONNECTION_OPTIONS },
@@ -214,7 +215,8 @@ export async function runStatus(argv: string[]): Promise<number> {
       const names = only ? [only] : (await call<{ clusters: { name: string }[] }>(conn, 'GET', '/v1/clusters')).clusters.map((c) => c.name);
       const statuses = await Promise.all(names.map((n) => call<ClusterStatus>(conn, 'GET', `/v1/clusters/${encodeURIComponent(n)}/status`)));
       const converged = statuses.every((s) => s.converged);
-      const notReported = v.wait ? statuses.flatMap(stale) : [];
+      // --timeout 0 is one look: converged now, on the reports there are.
+      const notReported = v.wait && timeoutS > 0 ? statuses.flatMap(stale) : [];
       const done = converged && notReported.length === 0;
       if (!v.wait || done || Date.now() >= deadline) {
         if (v.json) process.stdout.write(`${JSON.stringify(only ? statuses[0] : statuses, null, 2)}\n`);
