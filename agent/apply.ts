@@ -16,7 +16,7 @@ import { certInfo } from '../shared/x509.ts';
 import type { CertReport, FileReport } from '../shared/schema.ts';
 import type { Static } from '@sinclair/typebox';
 import { observeFile } from './drift.ts';
-import { installFiles, isRoot, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from '../shared/atomic-file.ts';
+import { InstallError, installFiles, isRoot, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from '../shared/atomic-file.ts';
 import { OWN_TLS_FILE, clientPaths, layoutFor, stableServerPaths, type Layout } from './layout.ts';
 import { fileSettings, hbaFileRules, openSession, identFileMappings, pendingRestart, reloadConf, serverDataDirectory, serverInfo, servedCertificate, tcpHostFor, waitForConfigHash, type ServerInfo } from './pgconf.ts';
 import { planNode, PlanError, type Plan } from './plan.ts';
@@ -310,9 +310,10 @@ async function installAll(run: Run): Promise<void> {
     try {
       wrote = await installFiles(specs);
     } catch (e) {
-      // A rename failed part way through the group: the ones before it are new. Restoring a
-      // file to its snapshot is harmless when it did not change, so the whole group goes back.
-      for (const f of group) if (!run.changed.includes(f.path)) run.changed.push(f.path);
+      // A rename failed part way through the group: the files renamed before it are new and
+      // go back with the rest; the others were not touched (nothing is renamed if staging failed).
+      const renamed = e instanceof InstallError ? e.renamed : group.map((f) => f.path);
+      for (const path of renamed) if (!run.changed.includes(path)) run.changed.push(path);
       throw e;
     }
     group.forEach((f, i) => wrote[i] && run.changed.push(f.path));

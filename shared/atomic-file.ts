@@ -13,6 +13,8 @@ export const TEMP_PREFIX = '.pgaccord-tmp-';
 
 export class InstallError extends Error {
   readonly code: string;
+  /** installFiles: the targets already replaced when a later rename failed (the rest untouched). */
+  renamed: string[] = [];
   constructor(code: string, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.code = code;
@@ -148,7 +150,9 @@ export async function installFiles(specs: FileSpec[]): Promise<boolean[]> {
     return staged.map((s) => s !== null);
   } catch (e) {
     for (const s of staged.slice(i)) if (s !== null) await unlink(s.tmp).catch(() => undefined);
-    throw asInstallError(e, staged[Math.min(i, staged.length - 1)]?.spec.path ?? '');
+    const err = asInstallError(e, staged[Math.min(i, staged.length - 1)]?.spec.path ?? '');
+    err.renamed = staged.slice(0, i).filter((s): s is Staged => s !== null).map((s) => s.spec.path);
+    throw err;
   }
 }
 

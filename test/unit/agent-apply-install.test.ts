@@ -2,9 +2,9 @@
 // restore byte for byte; stale temp files swept; as root and as the postgres user.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, lstat, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { installFile, removeStaleTemps, restoreFile, snapshotFile, TEMP_PREFIX } from '../../shared/atomic-file.ts';
+import { installFile, installFiles, InstallError, removeStaleTemps, restoreFile, snapshotFile, TEMP_PREFIX } from '../../shared/atomic-file.ts';
 
 const me = { uid: process.getuid!(), gid: process.getgid!() };
 
@@ -66,4 +66,21 @@ test('stale temp files of a killed writer are swept, nothing else', async () => 
   await writeFile(join(dir, 'pg_hba.conf'), 'keep');
   assert.equal((await removeStaleTemps(dir)).length, 1);
   assert.deepEqual(await readdir(dir), ['pg_hba.conf']);
+});
+
+test('a group that fails while staging renames nothing and says so; the other file is untouched, no temp file left', async () => {
+  const dir = await tmpdir();
+  const cert = join(dir, 'client.crt');
+  const blocker = join(dir, 'client.key'); // a directory where the key should go
+  await writeFile(cert, 'old cert\n');
+  await mkdir(blocker);
+  await writeFile(join(blocker, 'x'), 'x');
+  const err = await installFiles([
+    { path: cert, content: Buffer.from('new cert\n'), mode: 0o644, ...me },
+    { path: blocker, content: Buffer.from('new key\n'), mode: 0o600, ...me },
+  ]).then(() => null, (e: unknown) => e);
+  assert.ok(err instanceof InstallError, String(err));
+  assert.deepEqual(err.renamed, [], 'so the caller restores nothing that did not change');
+  assert.equal(await readFile(cert, 'utf8'), 'old cert\n');
+  assert.deepEqual((await readdir(dir)).filter((n) => n.startsWith(TEMP_PREFIX)), []);
 });
