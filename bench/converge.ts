@@ -43,10 +43,12 @@ try {
   const firstConverge = await until(cluster, 1, t0);
 
   t0 = Date.now();
-  await cluster.apply({ ...spec, auth: 'scram-sha-256' });
+  const switched = await cluster.apply({ ...spec, auth: 'scram-sha-256' });
+  if (switched.code !== 0) throw new Error(switched.stderr);
   const switchAuth = await until(cluster, (await cluster.status(CLUSTER)).generation, t0);
 
-  await cluster.apply(spec); // back to cert: client certificates to revoke
+  const back = await cluster.apply(spec); // back to cert: client certificates to revoke
+  if (back.code !== 0) throw new Error(back.stderr);
   await until(cluster, (await cluster.status(CLUSTER)).generation, Date.now());
   const victim = (await cluster.status(CLUSTER)).nodes[0]!.certificates.find((c) => c.id.startsWith('client-'))!;
   t0 = Date.now();
