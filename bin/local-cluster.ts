@@ -190,6 +190,18 @@ export class LocalCluster {
     throw new Error(`cluster ${cluster} did not converge in ${timeoutMs / 1000} s: ${JSON.stringify(last?.nodes.map((n) => ({ node: n.node, phase: n.phase, applied: n.appliedGeneration, stale: n.stale, errors: n.errors, failedProbes: n.probes.filter((p) => !p.ok) })))}`);
   }
 
+  /** Wait until one node has applied and proved the cluster's current generation (its probes may still fail). */
+  async waitNodeConverged(cluster: string, node: string, timeoutMs: number): Promise<ClusterStatusResponse['nodes'][number]> {
+    const deadline = Date.now() + timeoutMs;
+    let row: ClusterStatusResponse['nodes'][number] | undefined;
+    while (Date.now() < deadline) {
+      row = (await this.status(cluster).catch(() => null))?.nodes.find((n) => n.node === node) ?? row;
+      if (row && row.phase === 'converged' && row.appliedGeneration === row.desiredGeneration) return row;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    throw new Error(`${cluster}/${node} did not converge in ${timeoutMs / 1000} s: ${JSON.stringify(row && { phase: row.phase, applied: row.appliedGeneration, desired: row.desiredGeneration, errors: row.errors })}`);
+  }
+
   /** Stop every process and server; remove the working directory unless kept. */
   async close(opts: { keep?: boolean } = {}): Promise<void> {
     await Promise.all([...this.agents.keys()].map((n) => this.stopAgent(n)));

@@ -139,19 +139,6 @@ async function waitPrimarySecondary(mon: Node, what: string): Promise<StateRow[]
   }, 180_000);
 }
 
-/** Walkthrough step 4: a node's row in `pgaccord status` shows it applied and proved (its probes may still fail). */
-async function nodeConverged(cluster: LocalCluster, name: string): Promise<void> {
-  let last = '';
-  await waitFor(`${name} converged in pgaccord status`, async () => {
-    const s = await cluster.status('pgaf');
-    const row = s.nodes.find((x) => x.node === name)!;
-    last = JSON.stringify({ phase: row.phase, applied: row.appliedGeneration, desired: row.desiredGeneration, errors: row.errors });
-    return row.phase === 'converged' && row.appliedGeneration === row.desiredGeneration ? true : null;
-  }, 120_000).catch((e: Error) => {
-    throw new Error(`${e.message}; last: ${last}`);
-  });
-}
-
 /** `pgaccord status pgaf --wait`, as a user runs it: every node converged, every probe ok. */
 async function statusWait(cluster: LocalCluster, what: string): Promise<ClusterStatusResponse> {
   const r = await cluster.cli(['status', 'pgaf', '--wait', '--timeout', '180']);
@@ -225,7 +212,7 @@ async function walkthrough(auth: 'cert' | 'scram-sha-256'): Promise<void> {
     await autoctl(mon, ['create', 'monitor', '--pgdata', mon.pgdata, '--pgport', String(mon.port), '--hostname', '127.0.0.1', '--skip-pg-hba', ...ssl(mon)]);
     await localOnlyHba(mon);
     startRun(mon);
-    await nodeConverged(cluster, 'mon');
+    await cluster.waitNodeConverged('pgaf', 'mon', 120_000); // its row in pgaccord status: applied and proved
     const monitorUri = `postgres://autoctl_node@127.0.0.1:${mon.port}/pg_auto_failover?sslmode=verify-full`;
 
     // Step 4: node1 registers with the monitor over TLS with ~/.postgresql/postgresql.crt.
@@ -233,7 +220,7 @@ async function walkthrough(auth: 'cert' | 'scram-sha-256'): Promise<void> {
     await createNode(n1);
     await localOnlyHba(n1);
     startRun(n1);
-    await nodeConverged(cluster, 'node1');
+    await cluster.waitNodeConverged('pgaf', 'node1', 120_000);
 
     // Step 5: node2: pg_basebackup from node1 over TLS as pgautofailover_replicator (cert, CN
     // postgres); its pg_hba.conf, pg_ident.conf and pgaccord.conf are copies of node1's until its

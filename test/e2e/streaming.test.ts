@@ -88,12 +88,8 @@ test('a standby built with pg_basebackup through the managed credentials streams
   const put = await cluster.apply({ ...spec, roles: [{ name: 'app_reader' }] });
   assert.equal(put.code, 0, put.stderr);
   const gen = (await cluster.status('repl')).generation;
-  let standbyRow = status.nodes.find((n) => n.node === 'standby')!;
-  for (let i = 0; i < 120 && !(standbyRow.appliedGeneration === gen && standbyRow.phase === 'converged'); i++) {
-    await new Promise((r) => setTimeout(r, 500));
-    standbyRow = (await cluster.status('repl')).nodes.find((n) => n.node === 'standby')!;
-  }
-  assert.deepEqual([standbyRow.appliedGeneration, standbyRow.phase, standbyRow.errors], [gen, 'converged', []], 'the standby applies the generation without touching roles');
+  const standbyRow = await cluster.waitNodeConverged('repl', 'standby', 60_000);
+  assert.deepEqual([standbyRow.appliedGeneration, standbyRow.errors], [gen, []], 'the standby applies the generation without touching roles');
   assert.deepEqual(await query(standby.pg, "SELECT rolname FROM pg_roles WHERE rolname = 'app_reader'"), [], 'not there until the primary creates it');
   await cluster.startAgent('repl', 'primary');
   await cluster.waitConverged('repl', 120_000);
@@ -109,11 +105,7 @@ test('a standby built with pg_basebackup through the managed credentials streams
   const alone = await cluster.apply({ ...spec, nodes: [spec.nodes[0]!], roles: [{ name: 'app_reader' }] });
   assert.equal(alone.code, 0, alone.stderr);
   const aloneGen = (await cluster.status('repl')).generation;
-  let primaryRow = (await cluster.status('repl')).nodes.find((n) => n.node === 'primary')!;
-  for (let i = 0; i < 120 && !(primaryRow.appliedGeneration === aloneGen && primaryRow.phase === 'converged'); i++) {
-    await new Promise((r) => setTimeout(r, 500));
-    primaryRow = (await cluster.status('repl')).nodes.find((n) => n.node === 'primary')!;
-  }
-  assert.deepEqual([primaryRow.appliedGeneration, primaryRow.phase, primaryRow.errors], [aloneGen, 'converged', []]);
+  const primaryRow = await cluster.waitNodeConverged('repl', 'primary', 60_000);
+  assert.deepEqual([primaryRow.appliedGeneration, primaryRow.errors], [aloneGen, []]);
   assert.deepEqual(await query(primary.pg, "SELECT type FROM pg_hba_file_rules WHERE auth_method = 'cert'"), [], 'no replication rule left');
 });
