@@ -222,12 +222,14 @@ test('coordinator stopped: the node keeps serving, status goes stale; it converg
   const probeConninfo = (await localStatus('node-2')).status.probes[0]!.conninfo;
   await coord.close();
   await waitFor('node-2 to report stale locally', async () => (await localStatus('node-2')).status.phase === 'stale', 60_000);
-  await waitFor('node-1 to report stale locally', async () => (await localStatus('node-1')).status.phase === 'stale', 60_000);
-  const stale = await localStatus('node-1');
+  // The status file and the log line travel separately (a file, a pipe): wait for each.
+  const stale = await waitFor('node-1 to report stale locally, naming the unreachable coordinator', async () => {
+    const local = await localStatus('node-1');
+    return local.status.phase === 'stale' && local.status.errors.some((e) => e.code === 'E_COORDINATOR_UNREACHABLE') ? local : null;
+  }, 60_000);
   assert.equal(stale.reported, false);
   assert.equal(stale.status.coordinatorReachable, false);
-  assert.ok(stale.status.errors.some((e) => e.code === 'E_COORDINATOR_UNREACHABLE'));
-  assert.ok(agents['node-1']!.records().some((r) => r.msg === 'coordinator unreachable: serving the last good state (stale)'));
+  await waitFor('the stale log line', () => agents['node-1']!.records().some((r) => r.msg === 'coordinator unreachable: serving the last good state (stale)'), 10_000);
   // The node keeps serving: nothing was wiped, and node-2's client still gets in with its certificate.
   assert.equal(await readFile((await query<{ hba_file: string }>(pg1, 'SHOW hba_file'))[0]!.hba_file, 'utf8'), hbaBefore);
   const psql = spawnSync('psql', [probeConninfo, '-X', '-A', '-t', '-c', 'IDENTIFY_SYSTEM'], { uid: pg1.osUser.uid, gid: pg1.osUser.gid, env: { PATH: process.env.PATH, HOME: pg1.osUser.home, PGCONNECT_TIMEOUT: '5' }, encoding: 'utf8' });
