@@ -5,6 +5,8 @@ export { isIP };
 
 /** A CIDR (a.b.c.d/n or v6/n) with host bits allowed, or a bare IP. */
 export function parseCidr(text: string): { ip: string; prefix: number; family: 4 | 6 } | null {
+  // isIP accepts IPv6 zone IDs (fe80::1%eth0); an HBA address cannot carry one.
+  if (text.includes('%')) return null;
   const [ip, prefixText, ...rest] = text.split('/');
   if (rest.length > 0 || ip === undefined) return null;
   const family = isIP(ip) as 0 | 4 | 6;

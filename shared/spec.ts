@@ -23,6 +23,16 @@ const RESERVED_ROLES = new Set(['all', 'public', 'none', 'replication', 'sameuse
 const HBA_DATABASE_KEYWORDS = new Set(['all', 'replication', 'sameuser', 'samerole']);
 const HBA_USER_KEYWORDS = new Set(['all']);
 const HBA_NAME = /^[a-zA-Z_][a-zA-Z0-9_]{0,62}$/;
+/**
+ * The bootstrap superuser, which the agent itself connects as: managing it would make the agent
+ * ALTER its own login (NOREPLICATION, PASSWORD NULL under cert). Refused in every profile.
+ */
+const BOOTSTRAP_SUPERUSER = 'postgres';
+/**
+ * An IPv6 zone ID (fe80::1%eth0) is accepted by isIP, but pg_hba.conf and a certificate SAN
+ * cannot carry it: the line and the SAN would name different addresses. Refused everywhere.
+ */
+const ZONE_ID = 'has an IPv6 zone ID (%...): zone IDs cannot be written in pg_hba.conf or a certificate SAN; give the address without it';
 
 function fieldOf(instancePath: string): string {
   const parts = instancePath.split('/').slice(1);
@@ -84,9 +94,11 @@ function semanticErrors(spec: ClusterSpec): FieldError[] {
     names.add(n.name);
     if (!profile.kinds.includes(n.kind)) add(`${at}.kind`, `"${n.kind}" is not a node kind of profile ${spec.profile} (${profile.kinds.join(', ')})`);
     kindCount[n.kind] = (kindCount[n.kind] ?? 0) + 1;
-    if (!isIP(n.host) && !isHostname(n.host)) add(`${at}.host`, `"${n.host}" is neither a hostname nor an IP address`);
-    if (n.address !== undefined && !isIP(n.address)) add(`${at}.address`, `"${n.address}" is not an IP address`);
-    if (n.address === undefined && !isIP(n.host)) add(`${at}.address`, `required when host "${n.host}" is not an IP address`);
+    if (n.host.includes('%')) add(`${at}.host`, `"${n.host}" ${ZONE_ID}`);
+    else if (!isIP(n.host) && !isHostname(n.host)) add(`${at}.host`, `"${n.host}" is neither a hostname nor an IP address`);
+    if (n.address?.includes('%')) add(`${at}.address`, `"${n.address}" ${ZONE_ID}`);
+    else if (n.address !== undefined && !isIP(n.address)) add(`${at}.address`, `"${n.address}" is not an IP address`);
+    if (n.address === undefined && !isIP(n.host) && !n.host.includes('%')) add(`${at}.address`, `required when host "${n.host}" is not an IP address`);
     const endpoint = `${n.host}:${n.port ?? 5432}`;
     if (endpoints.has(endpoint)) add(`${at}.port`, `${endpoint} is used by another node`);
     endpoints.add(endpoint);
@@ -98,7 +110,8 @@ function semanticErrors(spec: ClusterSpec): FieldError[] {
 
   const roleNames = new Set(profile.roles.map((r) => r.name));
   (spec.roles ?? []).forEach((r, i) => {
-    if (RESERVED_ROLES.has(r.name) || r.name.startsWith('pg_')) add(`roles[${i}].name`, `"${r.name}" is reserved by PostgreSQL`);
+    if (r.name === BOOTSTRAP_SUPERUSER) add(`roles[${i}].name`, `"${r.name}" is the bootstrap superuser the agent connects as: pgaccord does not manage it`);
+    else if (RESERVED_ROLES.has(r.name) || r.name.startsWith('pg_')) add(`roles[${i}].name`, `"${r.name}" is reserved by PostgreSQL`);
     else if (roleNames.has(r.name)) add(`roles[${i}].name`, `duplicate or profile-owned role "${r.name}"`);
     roleNames.add(r.name);
   });
@@ -113,6 +126,7 @@ function semanticErrors(spec: ClusterSpec): FieldError[] {
       if (rule.method === 'cert') add(`${at}.method`, 'cert is not possible on a local rule');
     } else {
       if (rule.address === undefined) add(`${at}.address`, `required for type ${rule.type}`);
+      else if (rule.address.includes('%')) add(`${at}.address`, `"${rule.address}" ${ZONE_ID}`);
       else if (parseCidr(rule.address) === null) add(`${at}.address`, `"${rule.address}" is not an IP address or CIDR`);
       if (rule.method === 'cert' && rule.type !== 'hostssl') add(`${at}.method`, 'cert needs type hostssl');
       if (rule.method === 'peer') add(`${at}.method`, 'peer is only for local rules');

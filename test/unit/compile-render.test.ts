@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { compileCluster, rolesNeedingPasswords } from '../../shared/compile.ts';
 import { validateSpec } from '../../shared/spec.ts';
-import { renderHbaBlock, renderIdentBlock, renderPassfile, renderSettings, splitManagedBlock, withManagedBlock, BLOCK_BEGIN, BLOCK_END } from '../../shared/render.ts';
+import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderPassfile, renderSettings, splitManagedBlock, withManagedBlock, BLOCK_BEGIN, BLOCK_END } from '../../shared/render.ts';
 import { isScramVerifier, scramVerifier } from '../../shared/scram.ts';
 import type { ClusterSpec } from '../../shared/schema.ts';
 
@@ -121,4 +121,9 @@ test('a desired state whose client layout points outside its base directory is n
   for (const bad of [{ dir: '../../etc' }, { dir: '/etc' }, { passfile: '../x' }, { cert: '../../x.crt' }, { key: 'a/b.key' }]) {
     assert.equal(Value.Check(NodeDesired, { ...d, clientLayout: { ...d.clientLayout!, ...bad } }), false, JSON.stringify(bad));
   }
+});
+
+test('the renderer refuses an address with an IPv6 zone ID, whatever the validator let through (issue 14 item 9)', () => {
+  assert.throws(() => renderHbaLine({ type: 'hostssl', databases: [{ keyword: 'all' }], users: [{ keyword: 'all' }], address: 'fe80::2%lo/128', method: 'cert' }), /not a CIDR/);
+  assert.equal(renderHbaLine({ type: 'hostssl', databases: [{ keyword: 'all' }], users: [{ keyword: 'all' }], address: 'fe80::2/128', method: 'cert' }), 'hostssl all all fe80::2/128 cert');
 });

@@ -97,3 +97,44 @@ test('durations', () => {
   assert.equal(parseDuration('-1d'), null);
   assert.equal(parseDuration(''), null);
 });
+
+test('roles pgaccord must not manage are refused by name: the bootstrap superuser postgres, pg_* (issue 14 item 7)', () => {
+  for (const name of ['postgres', 'pg_monitor', 'pg_read_all_data', 'pg_']) {
+    const spec = structuredClone(GOOD) as any;
+    spec.roles = [{ name: 'testrole' }, { name }];
+    const r = validateSpec(spec);
+    assert.equal(r.ok, false, `${name} accepted`);
+    if (!r.ok) assert.ok(r.errors.some((e) => e.field === 'roles[1].name' && e.message.includes(`"${name}"`)), `${name}: ${JSON.stringify(r.errors)}`);
+  }
+  // postgres is refused in every profile, before the profile-owned check (timescaledb lists it as external).
+  const ts = { ...structuredClone(GOOD), profile: 'timescaledb-multinode', auth: 'scram-sha-256', tls: { sslmode: 'verify-full' },
+    nodes: [{ name: 'an', host: '10.0.0.1', kind: 'access' }, { name: 'dn', host: '10.0.0.2', kind: 'data' }], roles: [{ name: 'postgres' }], hba: [] } as any;
+  const r = validateSpec(ts);
+  assert.equal(r.ok, false);
+  if (!r.ok) assert.match(r.errors.find((e) => e.field === 'roles[0].name')?.message ?? '', /bootstrap superuser/);
+});
+
+test('IPv6 zone IDs (%) are refused in node hosts, node addresses and operator HBA addresses (issue 14 item 9)', () => {
+  const zoned = (field: string, mutate: (s: any) => void) => {
+    const spec = structuredClone(GOOD) as any;
+    mutate(spec);
+    const r = validateSpec(spec);
+    assert.equal(r.ok, false, `${field} with a zone ID accepted`);
+    if (!r.ok) {
+      const e = r.errors.find((x) => x.field === field);
+      assert.ok(e, `no error naming ${field}: ${JSON.stringify(r.errors)}`);
+      assert.match(e!.message, /zone/);
+    }
+  };
+  zoned('nodes[0].address', (s) => (s.nodes[0].address = 'fe80::1%eth0'));
+  zoned('nodes[0].host', (s) => { s.nodes[0].host = 'fe80::1%eth0'; delete s.nodes[0].address; });
+  zoned('nodes[1].host', (s) => { s.nodes[1].host = 'fe80::2%lo'; s.nodes[1].address = 'fe80::2'; });
+  zoned('hba[0].address', (s) => (s.hba[0].address = 'fe80::2%lo/128'));
+  zoned('hba[0].address', (s) => (s.hba[0].address = 'fe80::2%lo'));
+  zoned('hba[0].address', (s) => (s.hba[0].address = 'fe80::%25eth0/64'));
+  // Without the zone, the same link-local addresses are accepted.
+  const ok = structuredClone(GOOD) as any;
+  ok.nodes[0].address = 'fe80::1';
+  ok.hba[0].address = 'fe80::/64';
+  assert.equal(validateSpec(ok).ok, true, JSON.stringify(validateSpec(ok)));
+});
