@@ -251,7 +251,7 @@ function table(rows: string[][]): string {
 }
 
 export function formatStatus(s: ClusterStatus): string {
-  const head = `cluster ${s.cluster}  generation ${s.generation}  auth ${s.auth}${s.insecure ? ' (INSECURE: trust)' : ''}  sslmode ${s.sslmode}  ${s.converged ? 'CONVERGED' : 'NOT CONVERGED'}`;
+  const head = `cluster ${s.cluster}  generation ${s.generation}  auth ${s.auth}${s.insecure ? ' (INSECURE: trust rules)' : ''}  sslmode ${s.sslmode}  ${s.converged ? 'CONVERGED' : 'NOT CONVERGED'}`;
   const rows = [['NODE', 'DESIRED', 'APPLIED', 'PHASE', 'CERT', 'CONTACT', 'PROBES', 'ERRORS']];
   for (const n of s.nodes) {
     const ok = n.probes.filter((p) => p.ok).length;

@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import type { CaRotationStatus, CertExpiry, ClusterStatusResponse, CsrResponse, EnrollResponse, JoinTokenPayload, NodeStatusView, PlanResponse } from '../shared/api.ts';
 import { normaliseSerial } from '../shared/crl.ts';
 import { caLevel, daysLeft, expiryLevel } from '../shared/lifecycle.ts';
-import { certLifetimeSeconds, compileCluster, rolesNeedingPasswords, type RoleCredential } from '../shared/compile.ts';
+import { certLifetimeSeconds, compileCluster, rolesNeedingPasswords, trustWarnings, type RoleCredential } from '../shared/compile.ts';
 import { EscapeError } from '../shared/escape.ts';
 import { previewNode } from '../agent/plan.ts';
 import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from '../shared/render.ts';
@@ -80,8 +80,8 @@ export function parseIdentityUri(uri: string): { cluster: string; node: string }
 }
 
 function insecureWarnings(spec: ClusterSpec): string[] {
-  const w: string[] = [];
-  if (spec.auth === 'trust') w.push('INSECURE: auth "trust" lets any peer address in without a password or certificate');
+  // Every rendered rule with method trust, operator rules included (issue 14).
+  const w = trustWarnings(spec);
   if (spec.tls.sslmode === 'disable') w.push('TLS is disabled: inter-node traffic and SCRAM exchanges are not encrypted');
   else if (spec.tls.sslmode === 'require') w.push('sslmode "require" does not verify the server certificate (use verify-full)');
   return w;
@@ -971,7 +971,7 @@ export class CoordinatorService {
       generation: row.generation,
       auth: row.spec.auth,
       sslmode: row.spec.tls.sslmode,
-      insecure: row.spec.auth === 'trust',
+      insecure: trustWarnings(row.spec).length > 0,
       // Converged means proved end to end: every node applied this generation and every
       // inter-node connection it makes works with the credentials it was given.
       converged: nodes.every((n) => n.appliedGeneration === row.generation && n.phase === 'converged' && !n.stale && n.probes.every((p) => p.ok)),

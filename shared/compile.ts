@@ -4,6 +4,7 @@ import type { CertificateSlot, ClusterSpec, Edge, HbaRule, IdentLine, NodeDesire
 import { parseDuration } from './duration.ts';
 import { hostCidr, isIP } from './net.ts';
 import { PROFILES, type ProfileRole } from './profiles.ts';
+import { renderHbaLine } from './render.ts';
 import { DEFAULT_CERT_LIFETIME } from './spec.ts';
 
 export interface RoleCredential {
@@ -80,24 +81,13 @@ export function certLifetimeSeconds(spec: ClusterSpec): number {
   return parseDuration(spec.tls.certLifetime ?? DEFAULT_CERT_LIFETIME) ?? 90 * 86400;
 }
 
-export function compileCluster(input: CompileInput): Map<string, NodeDesired> {
-  const { spec } = input;
-  const all = connections(spec);
-  const result = new Map<string, NodeDesired>();
-  for (const node of spec.nodes) result.set(node.name, compileNode(input, node, all));
-  return result;
-}
-
-function compileNode(input: CompileInput, node: NodeSpec, all: Connection[]): NodeDesired {
-  const { spec, credentials } = input;
+/**
+ * The managed rules of one node: one per (client address, databases, role) of its incoming
+ * connections; a node that connects to itself and a peer at the same address need only one line.
+ */
+function managedHbaRules(spec: ClusterSpec, node: NodeSpec, incoming: Connection[]): HbaRule[] {
   const tls = spec.tls.sslmode !== 'disable';
-  const incoming = all.filter((c) => c.server.name === node.name);
-  const outgoing = all.filter((c) => c.client.name === node.name);
-
-  const profile = PROFILES[spec.profile];
-  const certMap = spec.auth === 'cert' ? profile.certIdentity : undefined;
-  // One rule per (client address, databases, role): a node that connects to itself and a peer at
-  // the same address need only one line.
+  const certMap = spec.auth === 'cert' ? PROFILES[spec.profile].certIdentity : undefined;
   const hba: HbaRule[] = [];
   const seenRules = new Set<string>();
   for (const c of incoming) {
@@ -115,18 +105,59 @@ function compileNode(input: CompileInput, node: NodeSpec, all: Connection[]): No
       comment: `${c.client.name} -> ${node.name} as ${c.role}`,
     });
   }
-  for (const rule of spec.hba ?? []) {
-    const tokens = (v: string | string[], keywords: string[]) =>
-      (Array.isArray(v) ? v : [v]).map((name) => (keywords.includes(name) ? { keyword: name as 'all' } : { name }));
-    hba.push({
-      type: rule.type,
-      databases: tokens(rule.database, ['all', 'replication', 'sameuser', 'samerole']),
-      users: tokens(rule.user, ['all']),
-      ...(rule.address !== undefined ? { address: rule.address.includes('/') ? rule.address : hostCidr(rule.address) } : {}),
-      method: rule.method,
-      comment: 'operator rule from the cluster spec',
-    });
-  }
+  return hba;
+}
+
+/** The spec's operator rules as every node renders them, after the managed ones: hba[i] gives the i-th. */
+function operatorHbaRules(spec: ClusterSpec): HbaRule[] {
+  const tokens = (v: string | string[], keywords: string[]) =>
+    (Array.isArray(v) ? v : [v]).map((name) => (keywords.includes(name) ? { keyword: name as 'all' } : { name }));
+  return (spec.hba ?? []).map((rule) => ({
+    type: rule.type,
+    databases: tokens(rule.database, ['all', 'replication', 'sameuser', 'samerole']),
+    users: tokens(rule.user, ['all']),
+    ...(rule.address !== undefined ? { address: rule.address.includes('/') ? rule.address : hostCidr(rule.address) } : {}),
+    method: rule.method,
+    comment: 'operator rule from the cluster spec',
+  }));
+}
+
+/**
+ * INSECURE warnings, one per kind of rendered rule that lets a client in with no credential at
+ * all (method trust): the managed rules under auth "trust" (their method is the auth model,
+ * managedHbaRules; flagged even before a node has a peer to admit, as the next node added gets
+ * them), and each operator rule with method trust, quoted as the pg_hba.conf line every node
+ * renders. Empty: no node renders a trust rule. This is what `insecure` and the INSECURE
+ * warnings of PUT, GET, plan and status say; it compiles no node, so it costs nothing per node.
+ */
+export function trustWarnings(spec: ClusterSpec): string[] {
+  const w: string[] = [];
+  if (spec.auth === 'trust') w.push('INSECURE: auth "trust" lets any peer address in without a password or certificate');
+  operatorHbaRules(spec).forEach((rule, i) => {
+    if (rule.method !== 'trust') return;
+    const who = rule.users.map((u) => ('keyword' in u ? u.keyword : u.name)).join(',');
+    w.push(`INSECURE: operator rule hba[${i}] "${renderHbaLine(rule)}" lets ${rule.type === 'local' ? 'any local OS user' : `any client from ${rule.address}`} in as ${who} without a password or certificate`);
+  });
+  return w;
+}
+
+export function compileCluster(input: CompileInput): Map<string, NodeDesired> {
+  const { spec } = input;
+  const all = connections(spec);
+  const result = new Map<string, NodeDesired>();
+  for (const node of spec.nodes) result.set(node.name, compileNode(input, node, all));
+  return result;
+}
+
+function compileNode(input: CompileInput, node: NodeSpec, all: Connection[]): NodeDesired {
+  const { spec, credentials } = input;
+  const tls = spec.tls.sslmode !== 'disable';
+  const incoming = all.filter((c) => c.server.name === node.name);
+  const outgoing = all.filter((c) => c.client.name === node.name);
+
+  const profile = PROFILES[spec.profile];
+  const certMap = spec.auth === 'cert' ? profile.certIdentity : undefined;
+  const hba = [...managedHbaRules(spec, node, incoming), ...operatorHbaRules(spec)];
 
   // The certificate's CN mapped to each role it connects to this node as (seed 003).
   const ident: IdentLine[] = certMap

@@ -200,6 +200,33 @@ test('plan: what each node would get and what changes; stores nothing', async ()
   assert.ok(unchanged.body.nodes.every((n: { changes: string[] }) => n.changes.length === 1 && n.changes[0] === 'no change'));
 });
 
+test('an operator rule with method trust flags the cluster INSECURE: PUT, GET, plan (apply --dry-run), status and its CLI head line (issue 14 item 11)', async () => {
+  const spec = pgdSpec('opentrust', { hba: [{ type: 'host', database: 'all', user: 'all', address: '0.0.0.0/0', method: 'trust' }] });
+  const flagged = (warnings: string[]) => warnings.some((w) => w.startsWith('INSECURE') && w.includes('host all all 0.0.0.0/0 trust'));
+  const plan = await h.admin.call('POST', '/v1/clusters/opentrust/plan', { body: spec });
+  assert.equal(plan.status, 200, plan.text);
+  assert.ok(flagged(plan.body.warnings), `plan: ${JSON.stringify(plan.body.warnings)}`);
+  const put = await h.admin.call('PUT', '/v1/clusters/opentrust', { body: spec });
+  assert.equal(put.status, 200, put.text);
+  assert.ok(flagged(put.body.warnings), `put: ${JSON.stringify(put.body.warnings)}`);
+  assert.ok(flagged((await h.admin.call('GET', '/v1/clusters/opentrust')).body.warnings));
+  const st = await h.admin.call('GET', '/v1/clusters/opentrust/status');
+  assert.equal(st.body.auth, 'cert');
+  assert.equal(st.body.insecure, true);
+  const file = join(h.dir, 'opentrust.json');
+  await writeFile(file, JSON.stringify(spec));
+  const dry = await cli(['apply', '-f', file, '--dry-run', '--data-dir', h.dir]);
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.match(dry.stdout, /warning: INSECURE.*host all all 0\.0\.0\.0\/0 trust/);
+  const table = await cli(['status', 'opentrust', '--data-dir', h.dir]);
+  assert.match(table.stdout, /^cluster opentrust .*auth cert.*INSECURE/);
+  // The same cluster without the rule is not flagged.
+  const fixed = await h.admin.call('PUT', '/v1/clusters/opentrust', { body: pgdSpec('opentrust') });
+  assert.deepEqual(fixed.body.warnings, []);
+  assert.equal((await h.admin.call('GET', '/v1/clusters/opentrust/status')).body.insecure, false);
+  assert.equal((await h.admin.call('DELETE', '/v1/clusters/opentrust')).status, 204);
+});
+
 test('unknown clusters and nodes: 404 with a coded error', async () => {
   for (const [method, path] of [['GET', '/v1/clusters/nosuch'], ['GET', '/v1/clusters/nosuch/status'], ['DELETE', '/v1/clusters/nosuch'], ['POST', '/v1/clusters/sales/nodes/node-9/tokens'], ['GET', '/v1/nothing-here']] as const) {
     const r = await h.admin.call(method, path, method === 'POST' ? { body: {} } : {});

@@ -127,3 +127,57 @@ test('the renderer refuses an address with an IPv6 zone ID, whatever the validat
   assert.throws(() => renderHbaLine({ type: 'hostssl', databases: [{ keyword: 'all' }], users: [{ keyword: 'all' }], address: 'fe80::2%lo/128', method: 'cert' }), /not a CIDR/);
   assert.equal(renderHbaLine({ type: 'hostssl', databases: [{ keyword: 'all' }], users: [{ keyword: 'all' }], address: 'fe80::2/128', method: 'cert' }), 'hostssl all all fe80::2/128 cert');
 });
+
+test('trust is flagged from the rendered rules: auth trust, and every operator rule with method trust (issue 14 item 11)', async () => {
+  const { trustWarnings } = await import('../../shared/compile.ts');
+  const open: ClusterSpec = { ...streaming, auth: 'cert', hba: [
+    { type: 'host', database: 'all', user: 'all', address: '0.0.0.0/0', method: 'trust' },
+    { type: 'hostssl', database: 'app', user: 'app', address: '10.1.0.0/16', method: 'scram-sha-256' },
+    { type: 'local', database: 'all', user: 'all', method: 'trust' },
+  ] };
+  assert.equal(validateSpec(open).ok, true, 'the spec is valid: trust is allowed, only flagged');
+  const w = trustWarnings(open);
+  assert.equal(w.length, 2, JSON.stringify(w));
+  assert.ok(w.every((x) => x.startsWith('INSECURE')));
+  assert.match(w[0]!, /hba\[0\].*host all all 0\.0\.0\.0\/0 trust/);
+  assert.match(w[1]!, /hba\[2\].*local all all trust/);
+  // The lines quoted are what every node renders.
+  const rendered = [...compileCluster({ spec: open, generation: 1, credentials: {}, caBundle: 'CA', crl: null }).values()].map((d) => d.hba.map(renderHbaLine));
+  for (const lines of rendered) assert.ok(lines.includes('host all all 0.0.0.0/0 trust') && lines.includes('local all all trust'));
+  // auth trust: the managed rules themselves.
+  const t = trustWarnings({ ...streaming, auth: 'trust', tls: { sslmode: 'disable' } });
+  assert.equal(t.length, 1);
+  assert.match(t[0]!, /INSECURE: auth "trust"/);
+  // Nothing trust: nothing flagged (reject and cert rules are not trust).
+  assert.deepEqual(trustWarnings({ ...streaming, hba: [{ type: 'host', database: 'all', user: 'all', address: '0.0.0.0/0', method: 'reject' }] }), []);
+  assert.deepEqual(trustWarnings(streaming), []);
+});
+
+test('property: every rendered trust line is flagged, and nothing else is (issue 14 item 11)', async () => {
+  const fc = (await import('fast-check')).default;
+  const { trustWarnings } = await import('../../shared/compile.ts');
+  const method = fc.constantFrom('trust', 'reject', 'scram-sha-256', 'md5', 'cert', 'peer');
+  const rule = fc.record({ type: fc.constantFrom('local', 'host', 'hostssl', 'hostnossl'), database: fc.constantFrom('all', 'app'), user: fc.constantFrom('all', 'app_user'), address: fc.constantFrom('0.0.0.0/0', '10.1.0.0/16', 'fe80::/64'), method });
+  const spec = fc.record({
+    auth: fc.constantFrom('trust', 'scram-sha-256', 'cert'),
+    standbys: fc.integer({ min: 0, max: 3 }),
+    hba: fc.array(rule, { maxLength: 4 }),
+  }).map(({ auth, standbys, hba }) => ({
+    name: 'p', profile: 'streaming', auth, tls: { sslmode: auth === 'trust' ? 'disable' : 'verify-full' },
+    nodes: [{ name: 'p', host: '10.0.0.1', kind: 'primary' }, ...Array.from({ length: standbys }, (_, i) => ({ name: `s${i}`, host: `10.0.0.${i + 2}`, kind: 'standby' }))],
+    hba: hba.map((r) => (r.type === 'local' ? { type: r.type, database: r.database, user: r.user, method: r.method } : r)),
+  }) as ClusterSpec).filter((s) => validateSpec(s).ok);
+  fc.assert(fc.property(spec, (s) => {
+    const credentials = Object.fromEntries(rolesNeedingPasswords(s).map((r) => [r, { password: 'pw', verifier: 'SCRAM-SHA-256$4096:AAAA$AAAA:AAAA' }]));
+    const rules = [...compileCluster({ spec: s, generation: 1, credentials, caBundle: 'CA', crl: null }).values()].flatMap((d) => d.hba);
+    const trust = rules.filter((r) => r.method === 'trust');
+    const w = trustWarnings(s);
+    for (const r of trust) {
+      // An operator rule is quoted as the line the node renders; a managed one is the auth model's.
+      const covered = r.comment === 'operator rule from the cluster spec' ? w.some((x) => x.includes(`"${renderHbaLine(r)}"`)) : w.some((x) => x.startsWith('INSECURE: auth "trust"'));
+      assert.ok(covered, `${renderHbaLine(r)} not flagged: ${JSON.stringify(w)}`);
+    }
+    // Nothing flagged that no node renders (auth trust alone is flagged before a node has a peer).
+    if (w.length > 0) assert.ok(trust.length > 0 || s.auth === 'trust', JSON.stringify(w));
+  }), { numRuns: 300 });
+});
