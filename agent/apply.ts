@@ -8,19 +8,19 @@
 // Any failure before the proof puts every file back byte for byte (owner and mode too) and
 // reports PostgreSQL's own message; a failed proof also reloads the restored files. Nothing
 // here restarts PostgreSQL: settings that need it are reported as pending.
-import { chmod, chown, lstat, mkdir, readdir, readFile, realpath } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { lstat, readdir, readFile, realpath } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { existsSync } from 'node:fs';
 import type pg from 'pg';
 import { certInfo } from '../shared/x509.ts';
 import type { CertReport, FileReport } from '../shared/schema.ts';
 import type { Static } from '@sinclair/typebox';
 import { observeFile } from './drift.ts';
-import { InstallError, installFiles, isRoot, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from '../shared/atomic-file.ts';
-import { OWN_TLS_FILE, clientPaths, layoutFor, stableServerPaths, type Layout } from './layout.ts';
+import { ensureDirectory, InstallError, installFiles, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from '../shared/atomic-file.ts';
+import { OWN_TLS_FILE, clientPaths, isWithin, layoutFor, stableServerPaths, type Layout, type ServerPaths } from './layout.ts';
 import { fileSettings, hbaFileRules, openSession, identFileMappings, pendingRestart, reloadConf, serverDataDirectory, serverInfo, servedCertificate, tcpHostFor, waitForConfigHash, type ServerInfo } from './pgconf.ts';
 import { planNode, PlanError, type Plan } from './plan.ts';
-import { checkVerifiers, NO_ROLE_CHANGES, RoleError, stageRoles, type StagedRoles } from './roles.ts';
+import { checkVerifiers, NO_ROLE_CHANGES, protectedRoleProblems, RoleError, stageRoles, type StagedRoles } from './roles.ts';
 import { runSeedChecks, checkCertificates, checkCrl, checkFileSettings, checkHbaRows, checkIdentRows, keyModeProblem, type Problem } from './verify.ts';
 import type { ApplyInput, ApplyResult, InstalledCertificate, NodeContext } from './types.ts';
 
@@ -29,6 +29,12 @@ export interface ApplyOptions {
   now?: () => Date;
   /** How long to wait for a new session to see the new configuration hash. */
   proofTimeoutMs?: number;
+  /**
+   * Fault injection for tests only (never set by the agent's runtime, no flag or config reaches
+   * it): skip the validation before the reload, so that a file PostgreSQL refuses gets to the
+   * reload and the proof must catch it.
+   */
+  testOnlySkipValidation?: boolean;
 }
 
 /** Raised inside a step to end the apply as failed with these problems. */
@@ -103,29 +109,36 @@ interface Run {
   proofTimeoutMs: number;
   /** Settings pg_file_settings says need a restart. */
   pendingFromFiles: string[];
+  /** ApplyOptions.testOnlySkipValidation */
+  skipValidation: boolean;
 }
 
 async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions & { now: () => Date }, session: pg.Client, log: NodeContext['log']): Promise<ApplyResult> {
   const info = await serverInfo(session);
-  const layout = layoutFor(ctx.stateDir, {
-    hbaFile: await realpath(info.hbaFile),
-    identFile: await realpath(info.identFile),
-    configFile: await realpath(info.configFile),
-  }, ctx.serverOsUser.home);
-  await ensureStateDirs(ctx, layout);
+  const server = await serverFiles(ctx, info);
+  if ('code' in server) {
+    log.error({ error: server }, 'a file the server names is refused; nothing read or written');
+    return failed([server]);
+  }
+  const layout = layoutFor(ctx.stateDir, server, ctx.serverOsUser.home);
+  try {
+    await ensureStateDirs(ctx, layout);
+  } catch (e) {
+    return failed([asProblem(e, 'E_INSTALL')]);
+  }
   for (const dir of new Set([dirname(layout.hbaFile), dirname(layout.identFile), dirname(layout.includeFile), layout.tlsDir, layout.clientDir])) {
     const removed = await removeStaleTemps(dir);
     if (removed.length > 0) log.warn({ removed }, 'removed temporary files left by an interrupted apply');
   }
 
   // Render (pure) from the files as they are now.
-  const existing = {
-    hba: await readFile(layout.hbaFile, 'utf8'),
-    ident: await readFile(layout.identFile, 'utf8').catch(() => ''),
-    config: await readFile(layout.configFile, 'utf8'),
-  };
   let plan: Plan;
   try {
+    const existing = {
+      hba: await readOperatorFile(layout.hbaFile, true),
+      ident: await readOperatorFile(layout.identFile, true),
+      config: await readOperatorFile(layout.configFile, false),
+    };
     const pems = await readPems(input);
     plan = planNode({
       pems,
@@ -139,20 +152,24 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   } catch (e) {
     return failed([asProblem(e, e instanceof PlanError ? e.code : 'E_RENDER')]);
   }
-  await ensurePlanDirs(ctx, plan.dirs);
+  try {
+    await ensurePlanDirs(ctx, plan.dirs);
+  } catch (e) {
+    return failed([asProblem(e, 'E_INSTALL')], { clientConnections: plan.clientConnections });
+  }
   for (const dir of plan.dirs) {
     const removed = await removeStaleTemps(dir);
     if (removed.length > 0) log.warn({ removed }, 'removed temporary files left by an interrupted apply');
   }
 
   // Inputs PostgreSQL would reject (or hash as plaintext) are refused before anything is written.
-  const prechecks = await checkInputs(ctx, input, plan, opts.now());
+  const prechecks = await checkInputs(ctx, session, input, plan, opts.now());
   if (prechecks.length > 0) {
     log.error({ errors: prechecks }, 'desired state refused before writing anything');
     return failed(prechecks, { clientConnections: plan.clientConnections });
   }
 
-  const run: Run = { ctx, input, session, info, layout, plan, snapshots: new Map(), changed: [], log, now: opts.now, proofTimeoutMs: opts.proofTimeoutMs ?? 5000, pendingFromFiles: [] };
+  const run: Run = { ctx, input, session, info, layout, plan, snapshots: new Map(), changed: [], log, now: opts.now, proofTimeoutMs: opts.proofTimeoutMs ?? 5000, pendingFromFiles: [], skipValidation: opts.testOnlySkipValidation === true };
   for (const f of plan.files) run.snapshots.set(f.path, await snapshotFile(f.path));
 
   let roles: StagedRoles = NO_ROLE_CHANGES;
@@ -201,6 +218,42 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   };
 }
 
+/**
+ * The files the server names (hba_file, ident_file, config_file), resolved. Refused, before
+ * anything is read or written, when one resolves outside PGDATA and the server's configuration
+ * directory (where config_file is, e.g. /etc/postgresql/15/main), is not a regular file, or is
+ * not the PGDATA owner's: a symlink planted there must not make the agent read, rewrite or
+ * report (PostgreSQL quotes a refused line) anyone else's file. A missing file (it is then
+ * created) is judged by its directory.
+ */
+async function serverFiles(ctx: NodeContext, info: ServerInfo): Promise<ServerPaths | Problem> {
+  const refuse = (message: string): Problem => ({ code: 'E_SERVER_FILE', message });
+  const roots = [...new Set(await Promise.all([ctx.pgdata, dirname(info.configFile)].map((d) => realpath(d).catch(() => d))))];
+  const out: Partial<ServerPaths> = {};
+  for (const [key, setting] of [['hbaFile', 'hba_file'], ['identFile', 'ident_file'], ['configFile', 'config_file']] as const) {
+    const named = info[key];
+    let real: string;
+    let exists = true;
+    try {
+      real = await realpath(named);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') return refuse(`${setting} ${named}: cannot be resolved (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); nothing read or written`);
+      const dir = await realpath(dirname(named)).catch(() => null);
+      if (dir === null) return refuse(`${setting} ${named}: its directory does not exist`);
+      real = join(dir, basename(named));
+      exists = false;
+    }
+    if (!roots.some((r) => isWithin(r, real))) return refuse(`${setting} ${named} resolves to ${real}, outside PGDATA and the server's configuration directory (${roots.join(', ')}); nothing read or written`);
+    if (exists) {
+      const st = await lstat(real);
+      if (!st.isFile()) return refuse(`${setting} ${real} is not a regular file; nothing read or written`);
+      if (st.uid !== ctx.serverOsUser.uid) return refuse(`${setting} ${real} is owned by uid ${st.uid}, not by the PGDATA owner ${ctx.serverOsUser.name} (uid ${ctx.serverOsUser.uid}); nothing read or written`);
+    }
+    out[key] = real;
+  }
+  return out as ServerPaths;
+}
+
 /** Files of a plan that PostgreSQL's own files do not name and that need no server: copies under fixed names. */
 const MATERIAL_KEYS = new Set(['server-pem', 'server-ca', 'server-crl', 'client-cert', 'client-key', 'client-ca', 'client-crl', 'passfile']);
 
@@ -232,18 +285,9 @@ export async function installMaterial(ctx: NodeContext, input: ApplyInput, opts:
   return { written, errors: [] };
 }
 
-/** The state directory must let the server's OS user reach the TLS files and the passfile. */
+/** The state directory and its TLS and client directories: the server's OS user's, 0700, never through a symlink. */
 async function ensureStateDirs(ctx: NodeContext, layout: Layout): Promise<void> {
-  const { uid, gid } = ctx.serverOsUser;
-  await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 });
-  const st = await lstat(ctx.stateDir);
-  if (st.uid !== uid && (st.mode & 0o001) === 0 && isRoot()) await chmod(ctx.stateDir, (st.mode & 0o7777) | 0o001);
-  for (const dir of [layout.tlsDir, layout.clientDir]) {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    const d = await lstat(dir);
-    if (isRoot() && (d.uid !== uid || d.gid !== gid)) await chown(dir, uid, gid);
-    if ((d.mode & 0o077) !== 0) await chmod(dir, 0o700);
-  }
+  for (const dir of [ctx.stateDir, layout.tlsDir, layout.clientDir]) await ensureDirectory(dir, 0o700, ctx.serverOsUser);
 }
 
 /**
@@ -251,14 +295,7 @@ async function ensureStateDirs(ctx: NodeContext, layout: Layout): Promise<void> 
  * profile's client layout, e.g. ~/.postgresql): 0700, owned by the server's OS user.
  */
 async function ensurePlanDirs(ctx: NodeContext, dirs: string[]): Promise<void> {
-  const { uid, gid } = ctx.serverOsUser;
-  for (const dir of dirs) {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    const d = await lstat(dir);
-    if (!d.isDirectory()) throw new Error(`${dir} is not a directory`);
-    if (isRoot() && (d.uid !== uid || d.gid !== gid)) await chown(dir, uid, gid);
-    if ((d.mode & 0o077) !== 0) await chmod(dir, 0o700);
-  }
+  for (const dir of dirs) await ensureDirectory(dir, 0o700, ctx.serverOsUser);
 }
 
 /** PEM contents of the pairs that must be copied under fixed names (only when the desired state wants copies). */
@@ -279,8 +316,24 @@ function neededSlots(input: ApplyInput): string[] {
   return [...new Set(slots)];
 }
 
-async function checkInputs(ctx: NodeContext, input: ApplyInput, plan: Plan, now: Date): Promise<Problem[]> {
+/**
+ * A server-named file with operator content (pg_hba.conf, pg_ident.conf, postgresql.conf). Only
+ * "no such file" may read as empty (`missingOk`): taking any other read error for an empty file
+ * would write back the managed block alone, and the operator's lines would be gone.
+ */
+async function readOperatorFile(path: string, missingOk: boolean): Promise<string> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' && missingOk) return '';
+    throw new PlanError('E_FILE_READ', `cannot read ${path} (${code ?? (e as Error).message}): its operator lines would be lost; nothing written`);
+  }
+}
+
+async function checkInputs(ctx: NodeContext, session: pg.Client, input: ApplyInput, plan: Plan, now: Date): Promise<Problem[]> {
   const problems = checkVerifiers(input.desired.roles);
+  problems.push(...(await protectedRoleProblems(session, input.desired, ctx.pgUser)));
   problems.push(...(await checkCertificates({ certificates: input.certificates, neededSlots: neededSlots(input), caBundle: input.desired.caBundle, ownerUid: ctx.serverOsUser.uid, now })));
   if (plan.crlFile !== null && input.desired.crl !== null) problems.push(...checkCrl(input.desired.crl, input.desired.caBundle, now));
   return problems;
@@ -321,7 +374,8 @@ async function installAll(run: Run): Promise<void> {
   if (run.changed.length > 0) run.log.info({ files: run.changed }, 'installed');
 }
 
-async function validate(run: Run): Promise<void> {
+/** What PostgreSQL's validation views say about the files on disk, against what we rendered. */
+async function validationProblems(run: Run): Promise<{ problems: Problem[]; needRestart: string[] }> {
   const { session, plan, layout } = run;
   const sslTurningOn = plan.settings.ssl === 'on' && !run.info.ssl;
   const problems: Problem[] = [];
@@ -329,7 +383,13 @@ async function validate(run: Run): Promise<void> {
   problems.push(...checkIdentRows(await identFileMappings(session), plan.identBlock, layout.identFile));
   const settings = checkFileSettings(await fileSettings(session), layout.includeFile, [...Object.keys(plan.settings), 'pgaccord.config_hash']);
   problems.push(...settings.problems);
-  run.pendingFromFiles = settings.needRestart;
+  return { problems, needRestart: settings.needRestart };
+}
+
+async function validate(run: Run): Promise<void> {
+  if (run.skipValidation) return;
+  const { problems, needRestart } = await validationProblems(run);
+  run.pendingFromFiles = needRestart;
   if (problems.length > 0) throw new StepFailure(problems);
 }
 
@@ -389,6 +449,13 @@ async function proofProblems(run: Run, timeoutMs: number): Promise<{ problems: P
 
 async function prove(run: Run): Promise<CertReport | null> {
   const { problems, served } = await proofProblems(run, run.proofTimeoutMs);
+  // The new hash proves only that the settings were loaded: with one bad line PostgreSQL keeps
+  // its previous pg_hba.conf or pg_ident.conf (pg_reload_conf() still returns true; only its log
+  // says "was not reloaded"). The views parse the files on disk as the postmaster just did, so
+  // any error there is a file it refused; and they say why when the hash is missing too.
+  const refused = await validationProblems(run);
+  run.pendingFromFiles = refused.needRestart;
+  for (const p of refused.problems) problems.push({ code: 'E_RELOAD_NOT_PROVED', message: `PostgreSQL did not load the new configuration and keeps running the previous one: ${p.message}` });
   if (problems.length > 0) {
     throw new StepFailure(problems, true);
   }

@@ -4,6 +4,7 @@
 import { conninfo, passfileField } from '../shared/escape.ts';
 import { CONFIG_HASH_SETTING, configHash, renderHbaBlock, renderIdentBlock, renderPassfile, renderSettings, withManagedBlock, type PassfileEntry } from '../shared/render.ts';
 import type { NodeDesired } from '../shared/schema.ts';
+import { allowedSettings } from '../shared/profiles.ts';
 import type { ClientConnection, InstalledCertificate } from './types.ts';
 import { INCLUDE_FILE, INCLUDE_LINE, caBundlePath, layoutFor, clientPaths, crlPath, dirsBetween, stableServerPaths, type ClientPaths, type Layout } from './layout.ts';
 
@@ -166,8 +167,22 @@ function pemFor(input: PlanInput, slot: string): { cert: string; key: string } {
 
 const withNewline = (pem: string): string => (pem.endsWith('\n') ? pem : `${pem}\n`);
 
+/**
+ * Only settings of the allowlist (shared/profiles.ts) reach the include file, whoever sent the
+ * desired state: archive_command or shared_preload_libraries would run code on this node.
+ */
+export function checkSettings(desired: NodeDesired): void {
+  const allowed = allowedSettings(desired.profile);
+  const names = [...Object.keys(desired.settings), ...Object.keys(desired.clientLayout?.settings ?? {})];
+  const refused = [...new Set(names.filter((name) => !allowed.has(name)))].sort();
+  if (refused.length > 0) {
+    throw new PlanError('E_SETTING_REFUSED', `setting${refused.length > 1 ? 's' : ''} ${refused.join(', ')} ${refused.length > 1 ? 'are' : 'is'} not among those the ${desired.profile} profile may set (${[...allowed].sort().join(', ')}): refused, nothing written`);
+  }
+}
+
 export function planNode(input: PlanInput): Plan {
   const { desired, layout } = input;
+  checkSettings(desired);
   const certs = new Map(input.certificates.map((c) => [c.slot, c]));
   const serverCertificate = desired.tls ? certs.get('server') ?? null : null;
   if (desired.tls && serverCertificate === null) {

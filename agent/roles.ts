@@ -6,6 +6,7 @@ import type pg from 'pg';
 import { sqlIdentifier, sqlLiteral } from '../shared/escape.ts';
 import { isScramVerifier } from '../shared/scram.ts';
 import type { HbaRule, NodeDesired, RoleDesired } from '../shared/schema.ts';
+import { PROFILES, type Profile, type ProfileRole } from '../shared/profiles.ts';
 import type { Problem } from './verify.ts';
 
 /** Pure, before any SQL: every verifier must be one PostgreSQL stores as a verifier. */
@@ -13,6 +14,44 @@ export function checkVerifiers(roles: RoleDesired[]): Problem[] {
   return roles
     .filter((r) => r.verifier !== null && !isScramVerifier(r.verifier))
     .map((r) => ({ code: 'E_BAD_VERIFIER', message: `role ${r.name}: the password is not a well-formed SCRAM-SHA-256 verifier; refusing to send it (PostgreSQL would hash it as a plaintext password)` }));
+}
+
+/**
+ * The profile's own role exactly as this agent's profile table defines it: trusted because the
+ * agent's code says so, not because the desired state does.
+ */
+function profileRole(desired: NodeDesired, role: RoleDesired): ProfileRole | undefined {
+  const own = (PROFILES[desired.profile] as Profile | undefined)?.roles.find((p) => p.name === role.name && (p.kinds === undefined || p.kinds.includes(desired.kind)));
+  const same = own !== undefined && (own.external === true) === (role.external === true) && own.superuser === role.superuser && (own.password !== false || role.verifier === null);
+  return same ? own : undefined;
+}
+
+/**
+ * Pure: roles the agent refuses to create or alter, whoever sent the desired state: postgres,
+ * the role it connects as and every superuser of the node (NOREPLICATION, PASSWORD NULL or a
+ * verifier the coordinator knows would lock the node out or hand it over), and any role made
+ * SUPERUSER. Exempt: a profile's own superuser (pg_auto_failover's replicator, which pg_rewind
+ * needs) and its external roles (TimescaleDB's postgres, which only ever gets a verifier).
+ */
+export function checkProtectedRoles(desired: NodeDesired, agentRole: string, superusers: ReadonlySet<string>): Problem[] {
+  const problems: Problem[] = [];
+  for (const role of desired.roles) {
+    const own = profileRole(desired, role);
+    if (own !== undefined && (own.superuser === true || own.external === true)) continue;
+    const why = role.name === 'postgres' ? 'is the bootstrap superuser'
+      : role.name === agentRole ? 'is the database user the agent connects as'
+      : superusers.has(role.name) ? 'is a superuser on this node'
+      : role.superuser === true ? `would be made SUPERUSER, which the ${desired.profile} profile does not do`
+      : null;
+    if (why !== null) problems.push({ code: 'E_ROLE_PROTECTED', message: `role ${role.name} ${why}: the agent never creates or alters it; refused, nothing changed` });
+  }
+  return problems;
+}
+
+/** checkProtectedRoles with the node's superusers among the desired roles (before anything is written). */
+export async function protectedRoleProblems(c: pg.Client, desired: NodeDesired, agentRole: string): Promise<Problem[]> {
+  const { rows } = await c.query<{ rolname: string }>('SELECT rolname FROM pg_roles WHERE rolsuper AND rolname = ANY($1::text[])', [desired.roles.map((r) => r.name)]);
+  return checkProtectedRoles(desired, agentRole, new Set(rows.map((r) => r.rolname)));
 }
 
 const PASSWORD_METHODS: HbaRule['method'][] = ['scram-sha-256', 'md5'];

@@ -2,6 +2,7 @@
 // has, which roles it needs on which kind, which kind connects to which as what role, and where
 // its client keeps its credentials. Adding a profile is adding one entry to PROFILES.
 import type { ClientLayout, ClusterSpec, HbaToken, ProfileName } from './schema.ts';
+import { CONFIG_HASH_SETTING } from './render.ts';
 
 export interface ProfileRole {
   name: string;
@@ -160,3 +161,24 @@ export const PROFILES: Record<ProfileName, Profile> = {
     },
   },
 };
+
+/**
+ * The settings pgaccord itself writes into its include file, on every profile: the server's TLS
+ * files and protocol floor, the password hashing, and its configuration-hash marker. Named one
+ * by one, never `ssl*`: ssl_passphrase_command runs a command.
+ */
+export const PGACCORD_SETTINGS: readonly string[] = [
+  'ssl', 'ssl_min_protocol_version', 'ssl_cert_file', 'ssl_key_file', 'ssl_ca_file', 'ssl_crl_file',
+  'password_encryption', CONFIG_HASH_SETTING,
+];
+
+/**
+ * Every setting a desired state of this profile may carry, the agent's allowlist: the ones
+ * above and the profile's own (its settings, its client layout's). Whoever can set any other
+ * (archive_command, shared_preload_libraries) runs code on the node, so the agent refuses them
+ * even when its coordinator sends them.
+ */
+export function allowedSettings(profile: ProfileName): ReadonlySet<string> {
+  const p = PROFILES[profile] as Profile | undefined;
+  return new Set([...PGACCORD_SETTINGS, ...Object.keys(p?.settings ?? {}), ...Object.keys(p?.clientLayout?.settings ?? {})]);
+}

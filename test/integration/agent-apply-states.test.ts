@@ -9,6 +9,7 @@ import { applyDesired } from '../../agent/apply.ts';
 import type { ApplyResult, InstalledCertificate } from '../../agent/types.ts';
 import { snapshotFile, type FileSnapshot } from '../../shared/atomic-file.ts';
 import { splitManagedBlock } from '../../shared/render.ts';
+import { PROFILES } from '../../shared/profiles.ts';
 import type { NodeDesired } from '../../shared/schema.ts';
 import { agentFixture, psqlAs, ROLE, type AgentFixture } from '../helpers/agent-fixture.ts';
 import { makeCrl } from '../helpers/agent-certs.ts';
@@ -278,20 +279,27 @@ describe('apply engine on a real server', () => {
   });
 
   test('a setting that needs a restart is reported pending, never applied by surprise', async () => {
-    const desired = f.desired({ auth: 'cert', sslmode: 'verify-full', generation: 10 });
-    desired.settings.max_connections = '45';
-    const started = await query<{ t: string }>(f.pg, 'SELECT pg_postmaster_start_time()::text AS t');
-    const r = await apply(desired, certCerts);
-    assert.deepEqual(r.errors, []);
-    assert.equal(r.phase, 'pending-restart');
-    assert.deepEqual(r.pendingRestart, ['max_connections']);
-    assert.deepEqual(await query(f.pg, 'SELECT pg_postmaster_start_time()::text AS t'), started, 'no restart by the agent');
-    const [mc] = await query<{ v: string }>(f.pg, 'SHOW max_connections');
-    assert.equal(Object.values(mc!)[0], '50');
-    await f.pg.restart();
-    const after = await apply(desired, certCerts);
-    assertConverged(after);
-    assert.equal(after.changed, false);
+    // A profile setting that needs a restart (none of today's profiles has one): the agent's
+    // allowlist is the profile table, so the profile itself must name it.
+    PROFILES.pgd.settings.max_connections = '45';
+    try {
+      const desired = f.desired({ auth: 'cert', sslmode: 'verify-full', generation: 10 });
+      assert.equal(desired.settings.max_connections, '45');
+      const started = await query<{ t: string }>(f.pg, 'SELECT pg_postmaster_start_time()::text AS t');
+      const r = await apply(desired, certCerts);
+      assert.deepEqual(r.errors, []);
+      assert.equal(r.phase, 'pending-restart');
+      assert.deepEqual(r.pendingRestart, ['max_connections']);
+      assert.deepEqual(await query(f.pg, 'SELECT pg_postmaster_start_time()::text AS t'), started, 'no restart by the agent');
+      const [mc] = await query<{ v: string }>(f.pg, 'SHOW max_connections');
+      assert.equal(Object.values(mc!)[0], '50');
+      await f.pg.restart();
+      const after = await apply(desired, certCerts);
+      assertConverged(after);
+      assert.equal(after.changed, false);
+    } finally {
+      delete PROFILES.pgd.settings.max_connections;
+    }
   });
 
   test("a restart pending for a setting pgaccord does not write (pg_autoctl's port after a promotion) does not hold the node back", async () => {
