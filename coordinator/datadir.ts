@@ -21,6 +21,7 @@ export const FILES = {
   masterKey: 'master.key',
   adminToken: 'admin.token',
   pg: 'pg',
+  storePassword: 'store.password',
 } as const;
 
 export interface DataDir {
@@ -62,6 +63,16 @@ function needsNewServerCert(pem: string, hosts: string[], now: Date, ca: Certifi
   } catch {
     return true;
   }
+}
+
+/**
+ * The embedded store's superuser password (0600, the coordinator's own OS user; the store's OS
+ * user cannot read it), made at first use. Only the coordinator connects with it.
+ */
+export async function readOrCreateStorePassword(dir: string): Promise<string> {
+  const password = (await readOrCreateSecret(join(dir, FILES.storePassword), async () => `${randomBytes(32).toString('base64url')}\n`)).toString().trim();
+  if (!/^[A-Za-z0-9_-]{32,}$/.test(password)) throw new Error(`${join(dir, FILES.storePassword)} does not hold a store password (32 or more of [A-Za-z0-9_-]): remove it and a new one is made at the next start`);
+  return password;
 }
 
 /**

@@ -7,13 +7,14 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import type pino from 'pino';
 import { parseCommand } from '../shared/cli.ts';
-import { openOrCreatePgInstance, type PgInstance } from '../shared/pgserver.ts';
-import { DEFAULT_DATA_DIR, FILES, openDataDir, type DataDir } from './datadir.ts';
+import { openOrCreatePgInstance, storeOsUser, type PgInstance } from '../shared/pgserver.ts';
+import { DEFAULT_DATA_DIR, FILES, openDataDir, readOrCreateStorePassword, type DataDir } from './datadir.ts';
 import { createLogger } from '../shared/log.ts';
 import { SecretBox } from './secrets.ts';
+import type { RateLimit } from './rate-limit.ts';
 import { buildServer } from './server.ts';
 import { CoordinatorService } from './service.ts';
-import { Store } from './store.ts';
+import { SPEC_SEAL_MIGRATION, Store } from './store.ts';
 
 export const DEFAULT_LISTEN = '127.0.0.1:7432';
 export const EMBEDDED_DB = 'pgaccord';
@@ -34,6 +35,10 @@ export interface CoordinatorOptions {
   crlLifetimeSeconds?: number;
   logLevel?: string;
   logDestination?: pino.DestinationStream;
+  /** See ServerLimits (tests shorten the request bound). */
+  requestTimeoutMs?: number;
+  maxConnections?: number;
+  agentRateLimit?: RateLimit;
 }
 
 export interface RunningCoordinator {
@@ -60,8 +65,13 @@ export function parseListen(text: string): { host: string; port: number } {
 const urlHost = (host: string) => (isIP(host) === 6 ? `[${host}]` : host === '0.0.0.0' || host === '::' ? 'localhost' : host);
 
 async function embeddedStore(dir: string, log: Logger): Promise<{ instance: PgInstance; connection: pg.ClientConfig }> {
-  // Unix socket only, in a private directory; PostgreSQL runs as `postgres` when we are root.
-  const instance = await openOrCreatePgInstance(join(dir, FILES.pg), { listen: '', port: 5432 });
+  // Unix socket only, in a directory of the store's own OS user (ours, or pgaccord-store when we
+  // are root: never `postgres`, whom the nodes on this host run as), and SCRAM with a password
+  // only we can read: a local user who reaches the socket still cannot log in.
+  const osUser = await storeOsUser();
+  const password = await readOrCreateStorePassword(dir);
+  const instance = await openOrCreatePgInstance(join(dir, FILES.pg), { listen: '', port: 5432, osUser, superuserPassword: password });
+  log.info({ dir: join(dir, FILES.pg), osUser: osUser.name }, 'embedded store running');
   const admin = new pg.Client(instance.socketConfig('postgres'));
   await admin.connect();
   try {
@@ -97,7 +107,8 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
     const publicUrl = opts.publicUrl ?? `https://${urlHost(host)}:${port}`;
     const service = new CoordinatorService({ store, box: new SecretBox(dataDir.masterKey), coordinatorCa: dataDir.ca, publicUrl, log, now, longPollMs: opts.longPollMs, identityLifetimeSeconds: opts.identityLifetimeSeconds, crlLifetimeSeconds: opts.crlLifetimeSeconds });
     await service.checkMasterKey();
-    const { app } = await buildServer({ service, adminToken: dataDir.adminToken, tls: { key: dataDir.serverKeyPem, cert: dataDir.serverCertPem, ca: dataDir.caPem }, log });
+    if (store.applied.includes(SPEC_SEAL_MIGRATION)) await service.sealUnsealedSpecs();
+    const { app } = await buildServer({ service, adminToken: dataDir.adminToken, tls: { key: dataDir.serverKeyPem, cert: dataDir.serverCertPem, ca: dataDir.caPem }, log, limits: { requestTimeoutMs: opts.requestTimeoutMs, maxConnections: opts.maxConnections, agentRateLimit: opts.agentRateLimit } });
     await app.listen({ host, port });
     const actual = (app.server.address() as { port: number }).port;
     const url = `https://${urlHost(host)}:${actual}`;

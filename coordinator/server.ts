@@ -31,6 +31,7 @@ import { parseDuration } from '../shared/duration.ts';
 import { ClusterSpec, NAME_PATTERN } from '../shared/schema.ts';
 import { certInfo } from '../shared/x509.ts';
 import { ApiError, badRequest, unauthorized } from './errors.ts';
+import { AGENT_RATE_LIMIT, RateLimiter, type RateLimit } from './rate-limit.ts';
 import { AGENT_CN, parseIdentityUri, type AgentPrincipal, type CoordinatorService } from './service.ts';
 
 type Auth = 'none' | 'admin' | 'agent';
@@ -66,13 +67,29 @@ const Health = Type.Object({ ok: Type.Boolean() });
 const ClusterList = Type.Object({ clusters: Type.Array(Type.Object({ name: Type.String(), generation: Type.Integer() })) });
 const TokenRequest = Type.Object({ ttl: Type.Optional(Type.String()) }, { additionalProperties: false });
 const Pem = Type.String({ description: 'PEM' });
-const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 410: ErrorBody, 500: ErrorBody, 501: ErrorBody, 503: ErrorBody };
+const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 410: ErrorBody, 429: ErrorBody, 500: ErrorBody, 501: ErrorBody, 503: ErrorBody };
+
+/** What one client may hold: time to send a request, idle time, connections, agent request rate. */
+export interface ServerLimits {
+  /** The whole request, headers and body, must arrive within this (ms; default 30 s). */
+  requestTimeoutMs?: number;
+  /** Open connections at most (default 1000); more are closed at once. */
+  maxConnections?: number;
+  /** Per agent identity (cluster/node) on the agent routes. */
+  agentRateLimit?: RateLimit;
+}
+
+export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+export const DEFAULT_MAX_CONNECTIONS = 1000;
+/** Beyond the long-poll's own maximum, before a silent connection is closed. */
+const IDLE_MARGIN_MS = 30_000;
 
 export interface ServerOptions {
   service: CoordinatorService;
   adminToken: string;
   tls: { key: string; cert: string; ca: string };
   log: Logger;
+  limits?: ServerLimits;
 }
 
 function bearerMatches(header: string | undefined, expected: string): boolean {
@@ -99,14 +116,37 @@ function agentIdentity(req: FastifyRequest): { cluster: string; node: string; se
 
 export async function buildServer(opts: ServerOptions) {
   const { service, adminToken } = opts;
+  // Unauthenticated clients must not hold connections: the whole request arrives within
+  // requestTimeoutMs (checked every quarter of it, at most every second), the TLS handshake
+  // too, and a connection silent for longer than the longest long-poll (which sends nothing
+  // until it answers) plus a margin is closed.
+  const requestTimeoutMs = opts.limits?.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   const app = Fastify({
     loggerInstance: opts.log,
-    https: { key: opts.tls.key, cert: opts.tls.cert, ca: [opts.tls.ca], requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2' },
+    https: {
+      key: opts.tls.key,
+      cert: opts.tls.cert,
+      ca: [opts.tls.ca],
+      requestCert: true,
+      rejectUnauthorized: false,
+      minVersion: 'TLSv1.2',
+      handshakeTimeout: Math.min(requestTimeoutMs, 10_000),
+      headersTimeout: requestTimeoutMs,
+      requestTimeout: requestTimeoutMs,
+      connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(requestTimeoutMs / 4))),
+    },
     bodyLimit: 2 * 1024 * 1024,
-    requestTimeout: 0,
+    requestTimeout: requestTimeoutMs,
+    connectionTimeout: service.longPollMs + IDLE_MARGIN_MS,
+    keepAliveTimeout: 10_000,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
+  app.server.maxConnections = opts.limits?.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   app.decorateRequest('agent', null);
+  // One agent looping on its routes must not take the event loop from the others.
+  const limiter = new RateLimiter(opts.limits?.agentRateLimit ?? AGENT_RATE_LIMIT);
+  // One long-poll per node: a newer one replaces the older, which answers at once.
+  const polls = new Map<string, AbortController>();
 
   const routes: RouteDef[] = [];
   const add = (def: RouteDef) => {
@@ -129,13 +169,19 @@ export async function buildServer(opts: ServerOptions) {
     });
   };
 
-  app.addHook('onRequest', async (req) => {
+  app.addHook('onRequest', async (req, reply) => {
     const auth = (req.routeOptions.config as { auth?: Auth }).auth ?? 'none';
     if (auth === 'admin') {
       if (!bearerMatches(req.headers.authorization, adminToken)) throw unauthorized('admin calls need "Authorization: Bearer <admin token>"');
     } else if (auth === 'agent') {
       const id = agentIdentity(req);
       req.agent = await service.authenticateAgent(id, id.serial);
+      const waitMs = limiter.take(`${id.cluster}/${id.node}`, Date.now());
+      if (waitMs > 0) {
+        const seconds = Math.ceil(waitMs / 1000);
+        reply.header('retry-after', String(seconds));
+        throw new ApiError(429, 'E_RATE_LIMITED', `too many requests from agent ${id.cluster}/${id.node}: retry in ${seconds} s`);
+      }
     }
   });
 
@@ -165,7 +211,9 @@ export async function buildServer(opts: ServerOptions) {
     try {
       await service.store.query('SELECT 1');
     } catch (e) {
-      throw new ApiError(503, 'E_STORE_UNAVAILABLE', `the store does not answer: ${(e as Error).message}`);
+      // A public route: the store's error (paths, server messages) goes to the log only.
+      opts.log.error({ err: e }, 'healthz: the store does not answer');
+      throw new ApiError(503, 'E_STORE_UNAVAILABLE', 'the store does not answer (details in the coordinator log)');
     }
     return { ok: true };
   } });
@@ -181,10 +229,17 @@ export async function buildServer(opts: ServerOptions) {
     const q = req.query as { after?: number; wait?: number };
     const abort = new AbortController();
     reply.raw.once('close', () => abort.abort());
+    const key = `${req.agent!.cluster}/${req.agent!.node}`;
+    polls.get(key)?.abort();
+    polls.set(key, abort);
     const waitMs = q.wait !== undefined ? Math.min(q.wait * 1000, service.longPollMs) : service.longPollMs;
-    const desired = await service.desired(req.agent!, q.after ?? 0, abort.signal, waitMs);
-    if (!desired) return reply.code(204).send();
-    return desired;
+    try {
+      const desired = await service.desired(req.agent!, q.after ?? 0, abort.signal, waitMs);
+      if (!desired) return reply.code(204).send();
+      return desired;
+    } finally {
+      if (polls.get(key) === abort) polls.delete(key);
+    }
   } });
   add({ method: 'POST', url: '/v1/agent/csr', auth: 'agent', summary: 'sign a CSR for one certificate slot of this node (or "identity" to renew the agent identity)', body: CsrRequest, response: { 200: CsrResponse, ...errors }, handler: async (req) => {
     const body = req.body as { slot: string; csr: string };

@@ -15,7 +15,7 @@ import { scramVerifier } from '../shared/scram.ts';
 import { validateSpec } from '../shared/spec.ts';
 import { certInfo, fingerprint256, readCsrKey, rsaKeyId, splitPemBundle, verifiesAgainst } from '../shared/x509.ts';
 import { CertificateAuthority } from './ca.ts';
-import { badRequest, conflict, gone, notFound, unauthorized } from './errors.ts';
+import { ApiError, badRequest, conflict, gone, notFound, unauthorized } from './errors.ts';
 import { notProved, notReissued, type NodeEvidence } from './rotation.ts';
 import type { SecretBox } from './secrets.ts';
 import type { Queryable, Store } from './store.ts';
@@ -55,7 +55,11 @@ interface ClusterRow {
   spec: ClusterSpec;
   spec_canonical: string;
   generation: number;
+  /** sha256 of the canonical spec, sealed with the master key (see #sealSpec). */
+  spec_seal?: string | null;
 }
+
+const CLUSTER_COLUMNS = 'name, spec, spec_canonical, generation, spec_seal';
 
 /** JSON with object keys sorted: equal specs give equal text. */
 export function canonicalJson(value: unknown): string {
@@ -100,6 +104,8 @@ export class CoordinatorService {
   publicUrl: string;
   readonly #log: Logger;
   readonly #cas = new Map<string, { certPem: string; ca: CertificateAuthority }>();
+  /** Per cluster, the canonical spec last found valid when read (validation compiles it). */
+  readonly #validated = new Map<string, string>();
 
   constructor(opts: ServiceOptions) {
     this.store = opts.store;
@@ -176,18 +182,19 @@ export class CoordinatorService {
     const newCa = existingCa.length === 0 ? await CertificateAuthority.create(`pgaccord ${name} CA`, now) : null;
     const result = await this.store.tx(async (c) => {
       const inserted = await c.query(
-        `INSERT INTO clusters (name, spec, spec_canonical, generation, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (name) DO NOTHING`,
-        [name, JSON.stringify(spec), canonical, now],
+        `INSERT INTO clusters (name, spec, spec_canonical, generation, created_at, updated_at, spec_seal) VALUES ($1, $2, $3, 1, $4, $4, $5) ON CONFLICT (name) DO NOTHING`,
+        [name, JSON.stringify(spec), canonical, now, this.#sealSpec(name, canonical)],
       );
-      const row = (await c.query<ClusterRow>(`SELECT name, spec, spec_canonical, generation FROM clusters WHERE name = $1 FOR UPDATE`, [name])).rows[0]!;
+      const row = (await c.query<ClusterRow>(`SELECT ${CLUSTER_COLUMNS} FROM clusters WHERE name = $1 FOR UPDATE`, [name])).rows[0]!;
       let generation = row.generation;
-      const changed = inserted.rowCount === 1 || row.spec_canonical !== canonical;
+      // A row changed behind the API (seal broken) is rewritten by applying the spec again.
+      const changed = inserted.rowCount === 1 || row.spec_canonical !== canonical || !this.#sealHolds(row);
       if (changed && inserted.rowCount !== 1) {
         generation += 1;
         const kept = new Set(spec.nodes.map((n) => n.name));
         const removed = row.spec.nodes.map((n) => n.name).filter((n) => !kept.has(n));
         if (removed.length > 0) await this.#revokeNodes(c, name, removed, now);
-        await c.query(`UPDATE clusters SET spec = $2, spec_canonical = $3, generation = $4, updated_at = $5 WHERE name = $1`, [name, JSON.stringify(spec), canonical, generation, now]);
+        await c.query(`UPDATE clusters SET spec = $2, spec_canonical = $3, generation = $4, updated_at = $5, spec_seal = $6 WHERE name = $1`, [name, JSON.stringify(spec), canonical, generation, now, this.#sealSpec(name, canonical)]);
       }
       if (newCa) {
         await c.query(`INSERT INTO cluster_cas (cluster, cert_pem, key_sealed, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (cluster) DO NOTHING`, [
@@ -220,8 +227,58 @@ export class CoordinatorService {
     }
   }
 
+  /** Every read of a stored spec goes through here: it is checked (#checkStored) before any use. */
   async #cluster(name: string, c: Queryable = this.store.pool): Promise<ClusterRow | null> {
-    return (await c.query<ClusterRow>(`SELECT name, spec, spec_canonical, generation FROM clusters WHERE name = $1`, [name])).rows[0] ?? null;
+    const row = (await c.query<ClusterRow>(`SELECT ${CLUSTER_COLUMNS} FROM clusters WHERE name = $1`, [name])).rows[0] ?? null;
+    return row && this.#checkStored(row);
+  }
+
+  /** The seal of a stored spec: the digest of its canonical text, sealed for this cluster. */
+  #sealSpec(name: string, canonical: string): string {
+    return this.#box.seal(createHash('sha256').update(canonical).digest('hex'), `cluster-spec:${name}`);
+  }
+
+  #sealHolds(row: ClusterRow): boolean {
+    if (!row.spec_seal) return false;
+    try {
+      return this.#box.open(row.spec_seal, `cluster-spec:${row.name}`) === createHash('sha256').update(canonicalJson(row.spec)).digest('hex');
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * A stored spec is used only when the master key's seal holds (whoever reaches the database
+   * cannot write one) and it still validates under this version's rules; anything else is
+   * refused with E_STORED_SPEC_INVALID, never compiled.
+   */
+  #checkStored(row: ClusterRow): ClusterRow {
+    const refuse = (why: string) => new ApiError(500, 'E_STORED_SPEC_INVALID', `the stored spec of cluster "${row.name}" is refused: ${why}; check the spec and apply it again (pgaccord apply -f FILE)`);
+    if (!this.#sealHolds(row)) throw refuse(row.spec_seal ? 'it does not match its seal (changed other than through the API, or sealed with another master key)' : 'it has no seal (written other than through the API)');
+    const canonical = canonicalJson(row.spec);
+    if (this.#validated.get(row.name) === canonical) return row;
+    try {
+      this.#validate(row.name, row.spec);
+    } catch (e) {
+      if (e instanceof ApiError) throw refuse(`it no longer validates: ${e.message}`);
+      throw e;
+    }
+    this.#validated.set(row.name, canonical);
+    return row;
+  }
+
+  /** Right after the migration that added seals (only then): seal the rows older versions wrote, if they validate. */
+  async sealUnsealedSpecs(): Promise<void> {
+    for (const row of await this.store.query<ClusterRow>(`SELECT ${CLUSTER_COLUMNS} FROM clusters WHERE spec_seal IS NULL`)) {
+      try {
+        this.#validate(row.name, row.spec);
+      } catch (e) {
+        this.#log.warn({ cluster: row.name, err: (e as Error).message }, 'stored spec left unsealed: it does not validate; it is refused until applied again');
+        continue;
+      }
+      await this.store.query(`UPDATE clusters SET spec_seal = $2 WHERE name = $1 AND spec_seal IS NULL`, [row.name, this.#sealSpec(row.name, canonicalJson(row.spec))]);
+      this.#log.info({ cluster: row.name }, 'stored spec sealed');
+    }
   }
 
   async #requireCluster(name: string): Promise<ClusterRow> {

@@ -7,6 +7,8 @@ import type { Logger } from 'pino';
 
 export const NOTIFY_CHANNEL = 'pgaccord_generation';
 const MIGRATION_LOCK = 0x70676163636f7264n; // "pgaccord"
+/** The migration that added clusters.spec_seal: the only moment unsealed rows are sealed. */
+export const SPEC_SEAL_MIGRATION = 4;
 
 interface Migration {
   version: number;
@@ -118,12 +120,24 @@ export const MIGRATIONS: Migration[] = [
       );
     `,
   },
+  {
+    version: SPEC_SEAL_MIGRATION,
+    name: 'stored specs sealed under the master key',
+    sql: `
+      -- sha256 of the canonical spec, sealed with the master key (context "cluster-spec:NAME"):
+      -- a row written other than through the API (by whoever reaches the database) does not
+      -- open, and is refused when read. Rows of older versions are sealed once, right after this.
+      ALTER TABLE clusters ADD COLUMN spec_seal text;
+    `,
+  },
 ];
 
 export type Queryable = Pick<pg.PoolClient, 'query'>;
 
 export class Store {
   readonly events = new EventEmitter();
+  /** Migrations this process applied when it opened the store. */
+  applied: number[] = [];
   #listener: pg.Client | null = null;
   #closed = false;
 
@@ -139,7 +153,7 @@ export class Store {
   static async open(connection: pg.ClientConfig, log: Logger): Promise<Store> {
     const pool = new pg.Pool({ ...connection, max: 10 });
     const store = new Store(pool, connection, log);
-    await store.migrate();
+    store.applied = await store.migrate();
     await store.listen();
     return store;
   }

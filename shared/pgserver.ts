@@ -1,14 +1,17 @@
 // Start and stop PostgreSQL servers of our own: the coordinator's embedded store, the demo's
-// nodes and the test harness all use this. When we run as root, PostgreSQL runs as the
-// `postgres` OS user (it refuses to run as root).
+// nodes and the test harness all use this. When we run as root, the nodes run as the
+// `postgres` OS user (PostgreSQL refuses to run as root); the coordinator's store runs as an OS
+// user of its own (storeOsUser) and asks for a password.
 import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, lchown, lstat, mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { confName, confString } from './escape.ts';
+import { scramVerifier } from './scram.ts';
 
 const execFileAsync = promisify(execFile);
 
@@ -26,6 +29,24 @@ export async function serverOsUser(): Promise<OsUser> {
     return { name: me.username, uid: me.uid, gid: me.gid, home: me.homedir };
   }
   return lookupOsUser('postgres');
+}
+
+/** The OS user that runs the coordinator's embedded store as root: never `postgres`, whom every node on the host runs as. */
+export const STORE_OS_USER = 'pgaccord-store';
+
+/**
+ * The OS user the coordinator's store runs as: ourselves, or, as root (PostgreSQL refuses
+ * root), STORE_OS_USER, a system user without a shell or home created on first use.
+ */
+export async function storeOsUser(): Promise<OsUser> {
+  if (process.getuid?.() !== 0) return serverOsUser();
+  const found = await lookupOsUser(STORE_OS_USER).catch(() => null);
+  if (found) return found;
+  await execFileAsync('useradd', ['--system', '--user-group', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', '--comment', 'pgaccord coordinator store', STORE_OS_USER]).catch((e: { stderr?: string; message: string }) => {
+    // Another coordinator (or test) may have created it meanwhile: the look-up below decides.
+    if (!/already exists/.test(e.stderr ?? '')) throw new Error(`cannot create the OS user "${STORE_OS_USER}" for the embedded store: ${(e.stderr || e.message).trim()}`);
+  });
+  return lookupOsUser(STORE_OS_USER);
 }
 
 export async function lookupOsUser(name: string): Promise<OsUser> {
@@ -86,6 +107,13 @@ export interface PgInstanceOptions {
   port?: number;
   /** Extra settings appended to postgresql.conf at creation. */
   settings?: Record<string, string>;
+  /** The OS user the server runs as (default: serverOsUser()). */
+  osUser?: OsUser;
+  /**
+   * Password of the superuser `postgres`: local connections then need it (SCRAM), with no
+   * trust line at all. Without it, local connections are trusted (test and demo nodes).
+   */
+  superuserPassword?: string;
 }
 
 export class PgInstance {
@@ -97,11 +125,12 @@ export class PgInstance {
     readonly port: number,
     readonly osUser: OsUser,
     private readonly ownsBaseDir: boolean,
+    private readonly password?: string,
   ) {}
 
   /** libpq/pg connection settings over the private Unix socket as the bootstrap superuser. */
-  socketConfig(database = 'postgres'): { host: string; port: number; user: string; database: string } {
-    return { host: this.socketDir, port: this.port, user: 'postgres', database };
+  socketConfig(database = 'postgres'): { host: string; port: number; user: string; database: string; password?: string } {
+    return { host: this.socketDir, port: this.port, user: 'postgres', database, ...(this.password !== undefined ? { password: this.password } : {}) };
   }
 
   get logFile(): string {
@@ -132,13 +161,69 @@ export class PgInstance {
   }
 }
 
+/** The whole pg_hba.conf of a server with a superuser password: SCRAM on the socket, nothing else. */
+export const PASSWORD_HBA = 'local all all scram-sha-256\n';
+
+/**
+ * Make a stopped server's superuser need `password`: its SCRAM verifier (computed here: the
+ * password itself reaches no server process, argument or log) is set in single-user mode, which
+ * reads no pg_hba.conf, then pg_hba.conf becomes PASSWORD_HBA. Run at every start, so the
+ * password file in the coordinator's data directory stays the one truth.
+ */
+export async function setSuperuserPassword(dataDir: string, user: OsUser, password: string): Promise<void> {
+  const verifier = scramVerifier(password, randomBytes(16));
+  const asOther = process.getuid?.() === 0 && user.uid !== 0;
+  const out = await new Promise<{ code: number | null; text: string }>((resolve, reject) => {
+    const child = spawn(join(pgBinDir(), 'postgres'), ['--single', '-D', dataDir, '-c', 'log_statement=none', '-c', 'log_min_error_statement=panic', 'postgres'], {
+      ...(asOther ? { uid: user.uid, gid: user.gid } : {}),
+      env: { ...process.env, HOME: user.home, LC_ALL: 'C' },
+      cwd: '/',
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let text = '';
+    child.stdout.on('data', (d) => (text += d));
+    child.stderr.on('data', (d) => (text += d));
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, text }));
+    child.stdin.end(`ALTER ROLE postgres PASSWORD '${verifier}'\n`);
+  });
+  // Only the server's ERROR/FATAL lines: the rest echoes the statement.
+  const problems = out.text.split('\n').filter((l) => /\b(ERROR|FATAL|PANIC):/.test(l)).map((l) => l.replace(/SCRAM-SHA-256\$\S+/g, '<verifier>'));
+  if (out.code !== 0 || problems.length > 0) throw new Error(`setting the store's superuser password failed: ${problems.join('; ') || `postgres --single exited ${out.code}`}`);
+  await installOwned(join(dataDir, 'pg_hba.conf'), PASSWORD_HBA, user);
+}
+
+async function installOwned(path: string, content: string, user: OsUser): Promise<void> {
+  const tmp = `${path}.pgaccord-new`;
+  await rm(tmp, { force: true });
+  await writeFile(tmp, content, { mode: 0o600, flag: 'wx' });
+  if (process.getuid?.() === 0) await chown(tmp, user.uid, user.gid);
+  await rename(tmp, path);
+}
+
+/**
+ * Hand a stopped server's whole directory to `user` (a store made by an older coordinator as
+ * `postgres`). Walks without following links, and refuses a symbolic link or a file with
+ * another hard link: whoever owned the tree could have planted one to a file of root's.
+ */
+export async function takeOwnership(dir: string, user: OsUser): Promise<void> {
+  const walk = async (path: string): Promise<void> => {
+    const st = await lstat(path);
+    if (st.isSymbolicLink()) throw new Error(`${path} is a symbolic link: refusing to hand the store's directory to ${user.name}; remove it or restore the store from a backup`);
+    if (!st.isDirectory() && st.nlink > 1) throw new Error(`${path} has ${st.nlink} hard links: refusing to hand the store's directory to ${user.name}; restore the store from a backup`);
+    if (st.uid !== user.uid || st.gid !== user.gid) await lchown(path, user.uid, user.gid);
+    if (st.isDirectory()) for (const name of await readdir(path)) await walk(join(path, name));
+  };
+  await walk(dir);
+}
+
 /**
  * initdb a fresh cluster: superuser `postgres`, local connections trusted (the socket lives in a
- * 0700 directory, so only the server's OS user and root can reach it), TCP rejected until the
- * agent (or the caller) writes rules.
+ * 0700 directory, so only the server's OS user and root can reach it) or, with a superuser
+ * password, SCRAM only; TCP rejected until the agent (or the caller) writes rules.
  */
 export async function createPgInstance(opts: PgInstanceOptions = {}): Promise<PgInstance> {
-  const user = await serverOsUser();
+  const user = opts.osUser ?? (await serverOsUser());
   const ownsBaseDir = opts.baseDir === undefined;
   const baseDir = opts.baseDir ?? (await mkdtemp('/tmp/pgaccord-pg-'));
   await ownedDir(baseDir, user, 0o711);
@@ -147,7 +232,8 @@ export async function createPgInstance(opts: PgInstanceOptions = {}): Promise<Pg
   await ownedDir(socketDir, user);
   const listen = opts.listen ?? '127.0.0.1';
   const port = opts.port ?? (await freePort(listen || '127.0.0.1'));
-  await runPg('initdb', ['-D', dataDir, '-U', 'postgres', '--auth-local=trust', '--auth-host=reject', '-E', 'UTF8', '--locale=C', '--no-sync'], user);
+  const password = opts.superuserPassword;
+  await runPg('initdb', ['-D', dataDir, '-U', 'postgres', `--auth-local=${password === undefined ? 'trust' : 'reject'}`, '--auth-host=reject', '-E', 'UTF8', '--locale=C', '--no-sync'], user);
   const conf = {
     listen_addresses: listen,
     port: String(port),
@@ -161,7 +247,8 @@ export async function createPgInstance(opts: PgInstanceOptions = {}): Promise<Pg
   };
   const lines = Object.entries(conf).map(([k, v]) => `${confName(k)} = ${confString(v)}`);
   await writeFile(join(dataDir, 'postgresql.conf'), `\n# instance settings\n${lines.join('\n')}\n`, { flag: 'a' });
-  const instance = new PgInstance(baseDir, dataDir, socketDir, listen, port, user, ownsBaseDir);
+  if (password !== undefined) await setSuperuserPassword(dataDir, user, password);
+  const instance = new PgInstance(baseDir, dataDir, socketDir, listen, port, user, ownsBaseDir, password);
   await instance.start();
   return instance;
 }
@@ -169,6 +256,9 @@ export async function createPgInstance(opts: PgInstanceOptions = {}): Promise<Pg
 /**
  * A long-lived instance at a fixed directory (the coordinator's embedded store): initdb on first
  * use, otherwise start what is there. `listen: ''` keeps it on its private Unix socket only.
+ * With a superuser password, every start re-asserts it: a server still running (its coordinator
+ * was killed) is stopped first, a directory of another OS user (`postgres`, older versions) is
+ * handed over, then the password and the SCRAM-only pg_hba.conf are set (no trust, ever).
  */
 export async function openOrCreatePgInstance(baseDir: string, opts: Omit<PgInstanceOptions, 'baseDir'> = {}): Promise<PgInstance> {
   const dataDir = join(baseDir, 'data');
@@ -176,13 +266,26 @@ export async function openOrCreatePgInstance(baseDir: string, opts: Omit<PgInsta
     if (existsSync(dataDir)) await rm(dataDir, { recursive: true, force: true }); // a half-done initdb
     return createPgInstance({ ...opts, baseDir });
   }
-  const user = await serverOsUser();
+  const user = opts.osUser ?? (await serverOsUser());
+  const password = opts.superuserPassword;
   const socketDir = join(baseDir, 'sock');
-  await ownedDir(socketDir, user);
   const listen = opts.listen ?? '127.0.0.1';
   const port = opts.port ?? 5432;
-  const instance = new PgInstance(baseDir, dataDir, socketDir, listen, port, user, false);
-  const running = await runPg('pg_ctl', ['status', '-D', dataDir], user).then(() => true, () => false);
+  if (password !== undefined) {
+    const st = await stat(dataDir);
+    const owner: OsUser = st.uid === user.uid ? user : { name: String(st.uid), uid: st.uid, gid: st.gid, home: '/' };
+    if (await runPg('pg_ctl', ['status', '-D', dataDir], owner).then(() => true, () => false)) {
+      await runPg('pg_ctl', ['stop', '-w', '-t', '60', '-m', 'fast', '-D', dataDir], owner);
+    }
+    if (owner.uid !== user.uid) await takeOwnership(baseDir, user);
+    await ownedDir(baseDir, user, 0o711);
+    await ownedDir(socketDir, user);
+    await setSuperuserPassword(dataDir, user, password);
+  } else {
+    await ownedDir(socketDir, user);
+  }
+  const instance = new PgInstance(baseDir, dataDir, socketDir, listen, port, user, false, password);
+  const running = password === undefined && (await runPg('pg_ctl', ['status', '-D', dataDir], user).then(() => true, () => false));
   if (!running) await instance.start();
   return instance;
 }

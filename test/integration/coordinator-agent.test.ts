@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CertificateAuthority } from '../../coordinator/ca.ts';
+import { MIGRATIONS } from '../../coordinator/store.ts';
 import { encodeJoinToken, parseJoinToken } from '../../shared/join-token.ts';
 
 const decodeJoinToken = (t: string) => { const r = parseJoinToken(t); return r.ok ? r.payload : null; };
@@ -53,7 +54,7 @@ test('the store is the external database; no embedded instance', async () => {
   const rows = await query(db, 'SELECT version FROM schema_migrations', []).catch(() => null);
   assert.equal(rows, null, 'migrations are in the coord database, not postgres');
   const [row] = await h.coord.store.query<{ db: string; n: string }>('SELECT current_database() AS db, (SELECT count(*) FROM schema_migrations) AS n');
-  assert.deepEqual(row, { db: 'coord', n: '3' });
+  assert.deepEqual(row, { db: 'coord', n: String(MIGRATIONS.length) });
 });
 
 test('join token: valid one hour unless told otherwise (SPEC), as asked with --ttl', async () => {
@@ -450,13 +451,18 @@ test('no secret reaches the log', async () => {
   assert.ok(!/"secret":"[A-Za-z0-9_-]{20,}/.test(log));
 });
 
-test('healthz: 503 naming the store while the database is down, 200 again once it is back', async () => {
+test('healthz: 503 naming the store while the database is down (the detail only in the log), 200 again once it is back', async () => {
   assert.equal((await h.anon.call('GET', '/healthz')).status, 200);
   await db.stop('fast');
   try {
     const down = await h.anon.call('GET', '/healthz');
     assert.equal(down.status, 503, down.text);
     assert.equal(down.body.code, 'E_STORE_UNAVAILABLE');
+    // Public route: the store's error (socket path, server message) is logged, not answered.
+    assert.deepEqual(Object.keys(down.body).sort(), ['code', 'message']);
+    assert.doesNotMatch(down.text, /ECONNREFUSED|ENOENT|PGSQL|terminating|administrator|socket|\//);
+    const log = await readFile(h.logFile, 'utf8');
+    assert.match(log.split('\n').filter((l) => l.includes('store does not answer')).join('\n'), /ECONNREFUSED|ENOENT|terminating|PGSQL|Connection terminated/);
   } finally {
     await db.start();
   }

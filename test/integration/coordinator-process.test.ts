@@ -5,7 +5,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../../shared/pgserver.ts';
@@ -18,8 +18,9 @@ after(async () => {
   for (const c of children) c.kill('SIGKILL');
   // A killed coordinator leaves its PostgreSQL running: stop it before removing the directory.
   if (existsSync(join(dir, 'pg/data/postmaster.pid'))) {
-    const { runPg, serverOsUser } = await import('../../shared/pgserver.ts');
-    await runPg('pg_ctl', ['stop', '-m', 'immediate', '-D', join(dir, 'pg/data')], await serverOsUser()).catch(() => undefined);
+    const { runPg } = await import('../../shared/pgserver.ts');
+    const st = await stat(join(dir, 'pg/data')); // the store runs as its own OS user
+    await runPg('pg_ctl', ['stop', '-m', 'immediate', '-D', join(dir, 'pg/data')], { name: String(st.uid), uid: st.uid, gid: st.gid, home: '/' }).catch(() => undefined);
   }
   await rm(dir, { recursive: true, force: true });
 });

@@ -1,0 +1,42 @@
+// Token buckets per key (an agent's cluster/node), in process; pure, the clock is a parameter.
+// An agent calls desired (long-poll, at most about once a second), status after each reconcile,
+// and csr when a certificate is due: a burst of a few tens, then one or two a second at most.
+
+export interface RateLimit {
+  /** Requests allowed at once (the bucket's size). */
+  burst: number;
+  /** Tokens added per second. */
+  perSecond: number;
+}
+
+export const AGENT_RATE_LIMIT: RateLimit = { burst: 60, perSecond: 2 };
+/** Buckets kept before full ones (idle keys) are dropped. */
+const MAX_KEYS = 10_000;
+
+export class RateLimiter {
+  readonly #buckets = new Map<string, { tokens: number; at: number }>();
+
+  constructor(readonly limit: RateLimit) {
+    if (!(limit.burst >= 1 && limit.perSecond > 0)) throw new Error('rate limit: burst must be >= 1 and perSecond > 0');
+  }
+
+  /** Take one token for `key` at `nowMs`: 0 when allowed, else the milliseconds until one is. */
+  take(key: string, nowMs: number): number {
+    const b = this.#buckets.get(key) ?? { tokens: this.limit.burst, at: nowMs };
+    b.tokens = Math.min(this.limit.burst, b.tokens + (Math.max(0, nowMs - b.at) / 1000) * this.limit.perSecond);
+    b.at = nowMs;
+    this.#buckets.set(key, b);
+    if (this.#buckets.size > MAX_KEYS) this.#prune(nowMs);
+    if (b.tokens >= 1) {
+      b.tokens -= 1;
+      return 0;
+    }
+    return Math.ceil(((1 - b.tokens) / this.limit.perSecond) * 1000);
+  }
+
+  #prune(nowMs: number): void {
+    for (const [k, b] of this.#buckets) {
+      if (b.tokens + ((nowMs - b.at) / 1000) * this.limit.perSecond >= this.limit.burst) this.#buckets.delete(k);
+    }
+  }
+}

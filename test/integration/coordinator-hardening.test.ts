@@ -1,0 +1,218 @@
+// Issue 14, coordinator side: the embedded store authenticates (SCRAM, password in the data
+// directory) and does not run as the `postgres` OS user that every PostgreSQL node on the host
+// runs as; a stored spec is checked again when it is read (MAC under the master key, then
+// validation); slow clients are cut off within a bound; one long-poll per node; a per-node
+// rate limit on the agent routes. Real PostgreSQL 15, real HTTPS, run as root.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { chmod, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect } from 'node:tls';
+import { promisify } from 'node:util';
+import { Agent, request } from 'undici';
+import { createPgInstance, lookupOsUser } from '../../shared/pgserver.ts';
+import { enroll, pgdSpec, startHarness, type EnrolledNode, type Harness } from './coordinator-helpers.ts';
+
+const execFileAsync = promisify(execFile);
+const REQUEST_TIMEOUT_MS = 1500;
+let h: Harness;
+
+before(async () => {
+  h = await startHarness({ requestTimeoutMs: REQUEST_TIMEOUT_MS, longPollMs: 30_000, agentRateLimit: { burst: 10, perSecond: 1 } });
+  for (const name of ['hard', 'tamper']) {
+    const put = await h.admin.call('PUT', `/v1/clusters/${name}`, { body: pgdSpec(name) });
+    assert.equal(put.status, 200, put.text);
+  }
+});
+after(() => h?.close());
+
+/** psql as another OS user (never prompting): what that user can do with the store's socket. */
+async function psqlAs(user: string, socketDir: string, port: number, sql: string, password?: string): Promise<{ ok: boolean; out: string }> {
+  const u = await lookupOsUser(user);
+  try {
+    const { stdout } = await execFileAsync('psql', ['-w', '-X', '-At', '-h', socketDir, '-p', String(port), '-U', 'postgres', '-d', 'pgaccord', '-c', sql], {
+      uid: u.uid,
+      gid: u.gid,
+      cwd: '/',
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: u.home, PGCONNECT_TIMEOUT: '5', ...(password ? { PGPASSWORD: password } : {}) },
+    });
+    return { ok: true, out: stdout };
+  } catch (e) {
+    return { ok: false, out: String((e as { stderr?: string }).stderr ?? e) };
+  }
+}
+
+const FORGED_TOKEN = `INSERT INTO join_tokens (id, cluster, node, secret_sha256, created_at, expires_at) VALUES ('forged', 'hard', 'node-1', sha256('known'), now(), now() + interval '1 hour')`;
+
+async function assertStoreLocked(dir: string): Promise<void> {
+  const sock = join(dir, 'pg', 'sock');
+  const port = 5432;
+  const postgresUid = (await lookupOsUser('postgres')).uid;
+  // Neither the store's files nor its socket belong to the OS user of the PostgreSQL nodes.
+  for (const p of [join(dir, 'pg'), join(dir, 'pg', 'data'), sock]) assert.notEqual((await stat(p)).uid, postgresUid, `${p} is not owned by postgres`);
+  const asPostgres = await psqlAs('postgres', sock, port, FORGED_TOKEN);
+  assert.equal(asPostgres.ok, false, `the postgres OS user reached the store: ${asPostgres.out}`);
+  // Root can reach the socket: without the password it is still refused (SCRAM, not trust).
+  const asRoot = await psqlAs('root', sock, port, FORGED_TOKEN);
+  assert.equal(asRoot.ok, false, `no password, yet connected: ${asRoot.out}`);
+  assert.match(asRoot.out, /password/);
+  const pw = await stat(join(dir, 'store.password'));
+  assert.equal(pw.mode & 0o777, 0o600);
+  assert.equal(pw.uid, process.getuid!());
+  const withPassword = await psqlAs('root', sock, port, 'SELECT 1', (await readFile(join(dir, 'store.password'), 'utf8')).trim());
+  assert.equal(withPassword.ok, true, withPassword.out);
+  const hba = (await readFile(join(dir, 'pg', 'data', 'pg_hba.conf'), 'utf8')).split('\n').filter((l) => l.trim() && !l.trim().startsWith('#'));
+  assert.deepEqual(hba.map((l) => l.trim().split(/\s+/)), [['local', 'all', 'all', 'scram-sha-256']]);
+}
+
+test('embedded store: not the postgres OS user, no trust; a forged join token row cannot be inserted', async () => {
+  await assertStoreLocked(h.dir);
+  const rows = await h.coord.store.query(`SELECT 1 FROM join_tokens WHERE id = 'forged'`);
+  assert.equal(rows.length, 0);
+  const log = await readFile(h.logFile, 'utf8');
+  assert.ok(!log.includes((await readFile(join(h.dir, 'store.password'), 'utf8')).trim()), 'the store password is not logged');
+});
+
+test('a stored spec changed behind the API (auth: trust, a bad HBA rule) is refused when read, not compiled', async () => {
+  const n = await enroll(h, 'tamper', 'node-1');
+  const before = await n.client.call('GET', '/v1/agent/desired?after=0');
+  assert.equal(before.status, 200, before.text);
+  const tampers = [
+    `UPDATE clusters SET spec = jsonb_set(spec, '{auth}', '"trust"') WHERE name = 'tamper'`,
+    `UPDATE clusters SET spec = jsonb_set(spec, '{hba}', '[{"type":"host","database":"all","user":"all","address":"0.0.0.0/0","method":"trust\\nhost all all 0.0.0.0/0 trust"}]') WHERE name = 'tamper'`,
+  ];
+  for (const sql of tampers) {
+    await h.coord.store.query(sql);
+    for (const r of [await h.admin.call('GET', '/v1/clusters/tamper/status'), await h.admin.call('GET', '/v1/clusters/tamper'), await n.client.call('GET', '/v1/agent/desired?after=0')]) {
+      assert.equal(r.status, 500, r.text);
+      assert.equal(r.body.code, 'E_STORED_SPEC_INVALID', r.text);
+      assert.match(r.body.message, /tamper/);
+      assert.doesNotMatch(r.text, /trust/);
+    }
+    // Applying the spec again through the API repairs the row.
+    const put = await h.admin.call('PUT', '/v1/clusters/tamper', { body: pgdSpec('tamper') });
+    assert.equal(put.status, 200, put.text);
+    const fixed = await n.client.call('GET', '/v1/agent/desired?after=0');
+    assert.equal(fixed.status, 200, fixed.text);
+    assert.equal(fixed.body.auth ?? 'cert', 'cert');
+  }
+  await n.client.close();
+});
+
+test('slow clients: 50 TLS connections that never finish a request body are closed within the bound', async () => {
+  const [, port] = /:(\d+)$/.exec(h.coord.url)!;
+  const started = Date.now();
+  const closedAfter: number[] = [];
+  await Promise.all(Array.from({ length: 50 }, () => new Promise<void>((resolve, reject) => {
+    const s = connect({ host: '127.0.0.1', port: Number(port), ca: h.caPem, servername: 'localhost' }, () => {
+      s.write('POST /v1/agent/enroll HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{');
+    });
+    s.on('data', () => undefined);
+    s.on('error', () => undefined);
+    s.on('close', () => {
+      closedAfter.push(Date.now() - started);
+      resolve();
+    });
+    // The deadline of the wait, not a sleep: a server that keeps them fails here.
+    setTimeout(() => {
+      s.destroy();
+      reject(new Error(`connection still open after 20 s (closed so far: ${closedAfter.length})`));
+    }, 20_000).unref();
+  })));
+  const worst = Math.max(...closedAfter);
+  console.log(`# 50 slow clients closed by the server after ${Math.min(...closedAfter)}..${worst} ms (request bound ${REQUEST_TIMEOUT_MS} ms)`);
+  assert.ok(worst < REQUEST_TIMEOUT_MS + 5000, `worst ${worst} ms`);
+  // The server still answers.
+  assert.equal((await h.anon.call('GET', '/healthz')).status, 200);
+});
+
+/** GET desired with the identity, keeping the headers (Retry-After). */
+function agentGet(n: EnrolledNode, path: string): { done: Promise<{ status: number; headers: Record<string, unknown>; ms: number }>; close: () => Promise<void> } {
+  const dispatcher = new Agent({ connect: { ca: h.caPem, cert: n.certPem, key: n.keyPem }, headersTimeout: 0, bodyTimeout: 0 });
+  const t0 = Date.now();
+  const done = request(`${h.coord.url}${path}`, { dispatcher }).then(async (res) => {
+    await res.body.text();
+    return { status: res.statusCode, headers: res.headers, ms: Date.now() - t0 };
+  });
+  return { done, close: () => dispatcher.close() };
+}
+
+test('long-poll: held past the request bound; a second one from the same node replaces the first at once', async () => {
+  const n = await enroll(h, 'hard', 'node-1');
+  const gen = (await h.admin.call('GET', '/v1/clusters/hard')).body.generation as number;
+  // A long-poll is a complete request: the request bound does not cut it.
+  const held = agentGet(n, `/v1/agent/desired?after=${gen}&wait=4`);
+  const r = await held.done;
+  assert.equal(r.status, 204);
+  assert.ok(r.ms >= 3500, `held ${r.ms} ms`);
+  await held.close();
+
+  const first = agentGet(n, `/v1/agent/desired?after=${gen}`);
+  await new Promise((res) => setTimeout(res, 300)); // let the first one be registered
+  const second = agentGet(n, `/v1/agent/desired?after=${gen}`);
+  const a = await first.done;
+  assert.equal(a.status, 204);
+  assert.ok(a.ms < 10_000, `the first poll answered after ${a.ms} ms (long-poll 30 s)`);
+  console.log(`# replaced long-poll answered after ${a.ms} ms`);
+  // The second is still held: a change wakes it.
+  let settled = false;
+  void second.done.then(() => (settled = true));
+  await new Promise((res) => setTimeout(res, 200));
+  assert.equal(settled, false, 'the second poll is held');
+  const put = await h.admin.call('PUT', '/v1/clusters/hard', { body: pgdSpec('hard', { roles: [{ name: 'woke' }] }) });
+  assert.equal(put.status, 200, put.text);
+  assert.equal((await second.done).status, 200);
+  await Promise.all([first.close(), second.close(), n.client.close()]);
+});
+
+test('rate limit per agent identity: one node looping gets 429 with Retry-After, another node is answered', async () => {
+  const greedy = await enroll(h, 'hard', 'node-2');
+  const other = await enroll(h, 'hard', 'node-3');
+  const statuses: number[] = [];
+  let retryAfter: unknown;
+  for (let i = 0; i < 40; i++) {
+    const q = agentGet(greedy, '/v1/agent/desired?after=0');
+    const r = await q.done;
+    await q.close();
+    statuses.push(r.status);
+    if (r.status === 429) retryAfter ??= r.headers['retry-after'];
+  }
+  const limited = statuses.filter((s) => s === 429).length;
+  console.log(`# greedy node: ${statuses.filter((s) => s === 200).length} answered, ${limited} limited (429) of 40`);
+  assert.ok(limited >= 20, `429s: ${limited}`);
+  assert.ok(Number(retryAfter) >= 1, `Retry-After: ${String(retryAfter)}`);
+  const o = agentGet(other, '/v1/agent/desired?after=0');
+  assert.equal((await o.done).status, 200, 'the other node is answered');
+  await o.close();
+  await Promise.all([greedy.client.close(), other.client.close()]);
+});
+
+// Last: closing a harness closes every client of the file.
+test('a store created by an older coordinator (trust, as postgres) is migrated at start', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'pgaccord-legacy-'));
+  await chmod(dir, 0o711); // as openDataDir leaves it: the store's OS user traverses it
+  try {
+    // What older versions made: initdb as `postgres`, local trust, socket in DIR/pg/sock.
+    const legacy = await createPgInstance({ baseDir: join(dir, 'pg'), listen: '', port: 5432 });
+    await legacy.stop('fast');
+    const old = await startHarness({ dir });
+    try {
+      await assertStoreLocked(dir);
+      assert.equal((await old.admin.call('PUT', '/v1/clusters/legacy', { body: pgdSpec('legacy') })).status, 200);
+    } finally {
+      await old.close();
+    }
+    // And it starts again from what it left.
+    const again = await startHarness({ dir });
+    try {
+      assert.equal((await again.admin.call('GET', '/v1/clusters/legacy')).status, 200);
+      await assertStoreLocked(dir);
+    } finally {
+      await again.close();
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
