@@ -8,16 +8,16 @@
 // Any failure before the proof puts every file back byte for byte (owner and mode too) and
 // reports PostgreSQL's own message; a failed proof also reloads the restored files. Nothing
 // here restarts PostgreSQL: settings that need it are reported as pending.
-import { chmod, chown, lstat, mkdir, readdir, readFile, realpath } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { lstat, readdir, readFile, realpath } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { existsSync } from 'node:fs';
 import type pg from 'pg';
 import { certInfo } from '../shared/x509.ts';
 import type { CertReport, FileReport } from '../shared/schema.ts';
 import type { Static } from '@sinclair/typebox';
 import { observeFile } from './drift.ts';
-import { InstallError, installFiles, isRoot, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from '../shared/atomic-file.ts';
-import { OWN_TLS_FILE, clientPaths, layoutFor, stableServerPaths, type Layout } from './layout.ts';
+import { ensureDirectory, InstallError, installFiles, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from '../shared/atomic-file.ts';
+import { OWN_TLS_FILE, clientPaths, isWithin, layoutFor, stableServerPaths, type Layout, type ServerPaths } from './layout.ts';
 import { fileSettings, hbaFileRules, openSession, identFileMappings, pendingRestart, reloadConf, serverDataDirectory, serverInfo, servedCertificate, tcpHostFor, waitForConfigHash, type ServerInfo } from './pgconf.ts';
 import { planNode, PlanError, type Plan } from './plan.ts';
 import { checkVerifiers, NO_ROLE_CHANGES, protectedRoleProblems, RoleError, stageRoles, type StagedRoles } from './roles.ts';
@@ -115,12 +115,17 @@ interface Run {
 
 async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions & { now: () => Date }, session: pg.Client, log: NodeContext['log']): Promise<ApplyResult> {
   const info = await serverInfo(session);
-  const layout = layoutFor(ctx.stateDir, {
-    hbaFile: await realpath(info.hbaFile),
-    identFile: await realpath(info.identFile),
-    configFile: await realpath(info.configFile),
-  }, ctx.serverOsUser.home);
-  await ensureStateDirs(ctx, layout);
+  const server = await serverFiles(ctx, info);
+  if ('code' in server) {
+    log.error({ error: server }, 'a file the server names is refused; nothing read or written');
+    return failed([server]);
+  }
+  const layout = layoutFor(ctx.stateDir, server, ctx.serverOsUser.home);
+  try {
+    await ensureStateDirs(ctx, layout);
+  } catch (e) {
+    return failed([asProblem(e, 'E_INSTALL')]);
+  }
   for (const dir of new Set([dirname(layout.hbaFile), dirname(layout.identFile), dirname(layout.includeFile), layout.tlsDir, layout.clientDir])) {
     const removed = await removeStaleTemps(dir);
     if (removed.length > 0) log.warn({ removed }, 'removed temporary files left by an interrupted apply');
@@ -147,7 +152,11 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   } catch (e) {
     return failed([asProblem(e, e instanceof PlanError ? e.code : 'E_RENDER')]);
   }
-  await ensurePlanDirs(ctx, plan.dirs);
+  try {
+    await ensurePlanDirs(ctx, plan.dirs);
+  } catch (e) {
+    return failed([asProblem(e, 'E_INSTALL')], { clientConnections: plan.clientConnections });
+  }
   for (const dir of plan.dirs) {
     const removed = await removeStaleTemps(dir);
     if (removed.length > 0) log.warn({ removed }, 'removed temporary files left by an interrupted apply');
@@ -209,6 +218,42 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   };
 }
 
+/**
+ * The files the server names (hba_file, ident_file, config_file), resolved. Refused, before
+ * anything is read or written, when one resolves outside PGDATA and the server's configuration
+ * directory (where config_file is, e.g. /etc/postgresql/15/main), is not a regular file, or is
+ * not the PGDATA owner's: a symlink planted there must not make the agent read, rewrite or
+ * report (PostgreSQL quotes a refused line) anyone else's file. A missing file (it is then
+ * created) is judged by its directory.
+ */
+async function serverFiles(ctx: NodeContext, info: ServerInfo): Promise<ServerPaths | Problem> {
+  const refuse = (message: string): Problem => ({ code: 'E_SERVER_FILE', message });
+  const roots = [...new Set(await Promise.all([ctx.pgdata, dirname(info.configFile)].map((d) => realpath(d).catch(() => d))))];
+  const out: Partial<ServerPaths> = {};
+  for (const [key, setting] of [['hbaFile', 'hba_file'], ['identFile', 'ident_file'], ['configFile', 'config_file']] as const) {
+    const named = info[key];
+    let real: string;
+    let exists = true;
+    try {
+      real = await realpath(named);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') return refuse(`${setting} ${named}: cannot be resolved (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); nothing read or written`);
+      const dir = await realpath(dirname(named)).catch(() => null);
+      if (dir === null) return refuse(`${setting} ${named}: its directory does not exist`);
+      real = join(dir, basename(named));
+      exists = false;
+    }
+    if (!roots.some((r) => isWithin(r, real))) return refuse(`${setting} ${named} resolves to ${real}, outside PGDATA and the server's configuration directory (${roots.join(', ')}); nothing read or written`);
+    if (exists) {
+      const st = await lstat(real);
+      if (!st.isFile()) return refuse(`${setting} ${real} is not a regular file; nothing read or written`);
+      if (st.uid !== ctx.serverOsUser.uid) return refuse(`${setting} ${real} is owned by uid ${st.uid}, not by the PGDATA owner ${ctx.serverOsUser.name} (uid ${ctx.serverOsUser.uid}); nothing read or written`);
+    }
+    out[key] = real;
+  }
+  return out as ServerPaths;
+}
+
 /** Files of a plan that PostgreSQL's own files do not name and that need no server: copies under fixed names. */
 const MATERIAL_KEYS = new Set(['server-pem', 'server-ca', 'server-crl', 'client-cert', 'client-key', 'client-ca', 'client-crl', 'passfile']);
 
@@ -240,18 +285,9 @@ export async function installMaterial(ctx: NodeContext, input: ApplyInput, opts:
   return { written, errors: [] };
 }
 
-/** The state directory must let the server's OS user reach the TLS files and the passfile. */
+/** The state directory and its TLS and client directories: the server's OS user's, 0700, never through a symlink. */
 async function ensureStateDirs(ctx: NodeContext, layout: Layout): Promise<void> {
-  const { uid, gid } = ctx.serverOsUser;
-  await mkdir(ctx.stateDir, { recursive: true, mode: 0o700 });
-  const st = await lstat(ctx.stateDir);
-  if (st.uid !== uid && (st.mode & 0o001) === 0 && isRoot()) await chmod(ctx.stateDir, (st.mode & 0o7777) | 0o001);
-  for (const dir of [layout.tlsDir, layout.clientDir]) {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    const d = await lstat(dir);
-    if (isRoot() && (d.uid !== uid || d.gid !== gid)) await chown(dir, uid, gid);
-    if ((d.mode & 0o077) !== 0) await chmod(dir, 0o700);
-  }
+  for (const dir of [ctx.stateDir, layout.tlsDir, layout.clientDir]) await ensureDirectory(dir, 0o700, ctx.serverOsUser);
 }
 
 /**
@@ -259,14 +295,7 @@ async function ensureStateDirs(ctx: NodeContext, layout: Layout): Promise<void> 
  * profile's client layout, e.g. ~/.postgresql): 0700, owned by the server's OS user.
  */
 async function ensurePlanDirs(ctx: NodeContext, dirs: string[]): Promise<void> {
-  const { uid, gid } = ctx.serverOsUser;
-  for (const dir of dirs) {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    const d = await lstat(dir);
-    if (!d.isDirectory()) throw new Error(`${dir} is not a directory`);
-    if (isRoot() && (d.uid !== uid || d.gid !== gid)) await chown(dir, uid, gid);
-    if ((d.mode & 0o077) !== 0) await chmod(dir, 0o700);
-  }
+  for (const dir of dirs) await ensureDirectory(dir, 0o700, ctx.serverOsUser);
 }
 
 /** PEM contents of the pairs that must be copied under fixed names (only when the desired state wants copies). */

@@ -101,6 +101,11 @@ export function clientPaths(layout: Layout, cl: ClientLayout, role: string): Cli
   return paths;
 }
 
+/** Whether `path` is `root` or lies under it (both already resolved, no `..`). */
+export function isWithin(root: string, path: string): boolean {
+  return path === root || path.startsWith(root === '/' ? '/' : `${root}/`);
+}
+
 /** Every directory between base and `path`'s directory (parents first), which the agent creates 0700. */
 export function dirsBetween(base: string, path: string): string[] {
   const out: string[] = [];

@@ -1,12 +1,10 @@
 // `pgaccord agent`: configuration (flags and/or a YAML file), enrolment or the stored identity,
 // then the reconcile loop until SIGTERM/SIGINT. SIGHUP re-reads the configuration file.
 import { randomInt } from 'node:crypto';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { execFile } from 'node:child_process';
 import { userInfo } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
-import { promisify } from 'node:util';
 import pino, { type Logger } from 'pino';
 import YAML from 'yaml';
 import { parseCommand, UsageError } from '../shared/cli.ts';
@@ -19,9 +17,8 @@ import { CoordinatorClient, CoordinatorError, decodeJoinToken, enroll, loadIdent
 import { ReconcileLoop, type ApplyFn, type DriftHook } from './loop.ts';
 import { postgresVersion } from './status.ts';
 import { ensureDir } from './statefile.ts';
+import { checkStateDirOwnership, dropPrivileges, handOverStateDir, lookupUid, pgdataOwner } from './privileges.ts';
 import type { AgentConfig, NodeContext } from './types.ts';
-
-const execFileAsync = promisify(execFile);
 
 export const DEFAULT_STATE_DIR = '/var/lib/pgaccord';
 export const DEFAULT_SOCKET_DIR = '/var/run/postgresql';
@@ -134,18 +131,26 @@ export function readPostmasterPid(pgdata: string): { port?: number; socketDir?: 
   }
 }
 
+/** The join token from its file, and the file's permission bits (a token others can read is warned about). */
+export function readJoinTokenFile(path: string): { token: string; mode: number } {
+  try {
+    const fd = openSync(path, 'r');
+    try {
+      return { token: readFileSync(fd, 'utf8').trim(), mode: fstatSync(fd).mode & 0o777 };
+    } finally {
+      closeSync(fd);
+    }
+  } catch (e) {
+    throw new UsageError(`cannot read --join-token-file ${path}: ${(e as Error).message}`);
+  }
+}
+
 /** Merge flags over the config file over defaults, and check everything. */
 export function resolveConfig(flags: RawConfig, file: RawConfig, configFile?: string): ResolvedConfig {
   const get = (k: Key): string | undefined => flags[k] ?? file[k];
   let joinToken = get('join-token');
   const tokenFile = get('join-token-file');
-  if (joinToken === undefined && tokenFile !== undefined) {
-    try {
-      joinToken = readFileSync(tokenFile, 'utf8').trim();
-    } catch (e) {
-      throw new UsageError(`cannot read --join-token-file ${tokenFile}: ${(e as Error).message}`);
-    }
-  }
+  if (joinToken === undefined && tokenFile !== undefined) joinToken = readJoinTokenFile(tokenFile).token;
   let tokenUrl: string | undefined;
   if (joinToken !== undefined) {
     try {
@@ -205,16 +210,25 @@ export function resolveConfig(flags: RawConfig, file: RawConfig, configFile?: st
   };
 }
 
+/**
+ * As root: find the PGDATA owner (refusing a PGDATA whose owner another user could choose), hand
+ * the state directory to it when root holds it, and become that user for good. Nothing of PGDATA
+ * or the state directory is read before this.
+ */
+async function dropRoot(flags: RawConfig, file: RawConfig): Promise<{ user: OsUser; stateDir: string }> {
+  const pgdataArg = flags.pgdata ?? file.pgdata;
+  if (!pgdataArg) throw new UsageError('--pgdata DIR is required');
+  const user = await pgdataOwner(resolve(pgdataArg));
+  const stateDir = resolve(flags['state-dir'] ?? file['state-dir'] ?? DEFAULT_STATE_DIR);
+  await handOverStateDir(stateDir, user);
+  dropPrivileges(user);
+  return { user, stateDir };
+}
+
 /** The OS user that owns a directory (by uid). */
 export async function ownerOf(path: string): Promise<OsUser> {
   const st = statSync(path);
-  try {
-    const { stdout } = await execFileAsync('getent', ['passwd', String(st.uid)]);
-    const [name, , uid, gid, , home] = stdout.trim().split(':');
-    return { name: name!, uid: Number(uid), gid: Number(gid), home: home ?? '/' };
-  } catch {
-    return { name: String(st.uid), uid: st.uid, gid: st.gid, home: '/' };
-  }
+  return lookupUid(st.uid, st.gid);
 }
 
 /**
@@ -303,25 +317,37 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
   const fileValues = configFile ? await readConfigFile(configFile) : {};
   const cliValues: RawConfig = {};
   for (const k of KEYS) if (flags[k] !== undefined) cliValues[k] = flags[k];
+  // The join token is read once, at start (it is only used then): as root, before the drop,
+  // since it may be root's alone (0600).
+  const tokenFile = cliValues['join-token-file'] ?? fileValues['join-token-file'];
+  let tokenFileMode: number | null = null;
+  if ((cliValues['join-token'] ?? fileValues['join-token']) === undefined && tokenFile !== undefined) {
+    const read = readJoinTokenFile(tokenFile);
+    cliValues['join-token'] = read.token;
+    tokenFileMode = read.mode;
+  }
+  // Started as root: become the PGDATA owner before anything touches a path (PGDATA included).
+  const dropped = process.getuid?.() === 0 ? await dropRoot(cliValues, fileValues) : null;
   let cfg = resolveConfig(cliValues, fileValues, configFile);
 
   const log = createLogger({ service: 'pgaccord-agent', level: cfg.logLevel, ...(hooks.logDestination ? { destination: hooks.logDestination } : {}) }).child({ cluster: cfg.cluster, node: cfg.node });
+  if (dropped) log.info({ user: dropped.user.name, uid: dropped.user.uid, gid: dropped.user.gid, pgdata: cfg.pgdata, stateDir: dropped.stateDir }, `started as root: dropped to the uid/gid of the PGDATA owner ${dropped.user.name} (supplementary groups dropped); state directory ${dropped.stateDir}`);
   const now = hooks.now ?? Date.now;
   const random: Random = hooks.random ?? (() => randomInt(0, 2 ** 32) / 2 ** 32);
-  const pgdataOwner = await ownerOf(cfg.pgdata);
-  const owner = cfg.clientHome ? { ...pgdataOwner, home: cfg.clientHome } : pgdataOwner;
+  const dataOwner = dropped?.user ?? (await ownerOf(cfg.pgdata));
+  const owner = cfg.clientHome ? { ...dataOwner, home: cfg.clientHome } : dataOwner;
   // An empty PGDATA is allowed: tools like pg_autoctl create the server themselves and need the
   // TLS material first. Until the server runs, the agent installs that material and reports
   // E_PG_CONNECT.
   // The anti-lockout rule is `local ... peer`: it keeps the agent's Unix-socket session in, not a TCP one.
   if (!cfg.pgHost.startsWith('/')) log.warn({ pgHost: cfg.pgHost }, '--pg-host is a TCP host: the anti-lockout rule covers only the Unix socket, so an operator rule could lock the agent out; prefer the socket directory');
-  const tokenFile = cliValues['join-token-file'] ?? fileValues['join-token-file'];
-  if (tokenFile !== undefined && existsSync(tokenFile) && (statSync(tokenFile).mode & 0o077) !== 0) {
-    log.warn({ file: tokenFile, mode: (statSync(tokenFile).mode & 0o777).toString(8) }, 'the join token file is readable by others: anyone who reads it before first use can enrol as this node; make it 0600');
+  if (tokenFile !== undefined && tokenFileMode !== null && (tokenFileMode & 0o077) !== 0) {
+    log.warn({ file: tokenFile, mode: tokenFileMode.toString(8) }, 'the join token file is readable by others: anyone who reads it before first use can enrol as this node; make it 0600');
   }
   if (!existsSync(join(cfg.pgdata, 'PG_VERSION'))) log.warn({ pgdata: cfg.pgdata }, 'PGDATA is not initialised yet: installing TLS material and client credentials only, until PostgreSQL runs there');
   // The state directory belongs to the PGDATA owner: the server reads its certificates there.
   await ensureDir(cfg.stateDir, 0o700, owner);
+  if (dropped) await checkStateDirOwnership(cfg.stateDir, dropped.user.uid);
 
   const stored = await obtainIdentity(cfg, log, now);
   const client = new CoordinatorClient({ baseUrl: cfg.coordinatorUrl, caPem: stored.caPem, identity: stored.identity });

@@ -1,6 +1,7 @@
 // Connection probes: for each outgoing inter-node connection, connect exactly as the profile's
-// client would, with the real libpq client (psql), as the PGDATA owner's OS user when we are
-// root, so libpq applies its key and passfile permission rules as it would for the real client.
+// client would, with the real libpq client (psql), as the PGDATA owner's OS user, so libpq
+// applies its key and passfile permission rules as it would for the real client. The agent is
+// that user already (started as root, it drops to it first); a root caller (the tests) switches.
 // The connection string never holds a password (passwords live in the 0600 passfile it names).
 import { spawn } from 'node:child_process';
 import type { ProbeResult } from '../shared/schema.ts';

@@ -1,8 +1,8 @@
 // The runtime's own small files in the state directory (identity, last good desired state,
 // certificate versions, local status): written atomically, with their mode (and owner) set
 // before the rename, so they are never torn and never wider than asked, not even for an instant.
-import { chmod, chown, mkdir, readFile, stat, unlink } from 'node:fs/promises';
-import { fsyncDir, installFile, isRoot } from '../shared/atomic-file.ts';
+import { readFile, unlink } from 'node:fs/promises';
+import { ensureDirectory, fsyncDir, installFile, isRoot } from '../shared/atomic-file.ts';
 
 export interface Owner {
   uid: number;
@@ -19,15 +19,8 @@ export async function writeFileAtomic(path: string, data: string | Buffer, opts:
   await installFile({ path, content: Buffer.isBuffer(data) ? data : Buffer.from(data, 'utf8'), mode: opts.mode, ...owner });
 }
 
-export { fsyncDir, isRoot };
-
-/** Create a directory (and parents) and make it exactly `mode`, owned by `owner` when root. */
-export async function ensureDir(path: string, mode: number, owner?: Owner): Promise<void> {
-  await mkdir(path, { recursive: true, mode });
-  const st = await stat(path);
-  if ((st.mode & 0o7777) !== mode) await chmod(path, mode);
-  if (owner && isRoot() && (st.uid !== owner.uid || st.gid !== owner.gid)) await chown(path, owner.uid, owner.gid);
-}
+// A directory of exactly this mode (and owner when root), never through a symlink.
+export { ensureDirectory as ensureDir, fsyncDir, isRoot };
 
 /** File contents, or null when it does not exist. */
 export async function readIfExists(path: string): Promise<string | null> {

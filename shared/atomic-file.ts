@@ -5,7 +5,7 @@
 // recovery) sees the whole old file or the whole new one, never a prefix of either.
 import { randomBytes } from 'node:crypto';
 import { constants, renameSync } from 'node:fs';
-import { lstat, open, readdir, readFile, unlink } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 /** Prefix of every temp file we create: stale ones (from a SIGKILL) are removed by name. */
@@ -57,6 +57,33 @@ export async function snapshotFile(path: string): Promise<FileSnapshot> {
 /** True when the file already has exactly these bytes, this owner and this mode. */
 export function matches(snap: FileSnapshot, spec: FileSpec): boolean {
   return snap.exists && snap.mode === spec.mode && snap.uid === spec.uid && snap.gid === spec.gid && snap.content.equals(spec.content);
+}
+
+/**
+ * Make `path` a directory of exactly `mode` (owned by `owner` when we are root), never through
+ * a symlink: the directory is opened without following one (O_NOFOLLOW) and owner and mode are
+ * set on that descriptor, so a directory swapped for a symlink, before or after the check,
+ * is refused (E_NOT_A_DIRECTORY) and nothing it points to changes.
+ */
+export async function ensureDirectory(path: string, mode: number, owner?: { uid: number; gid: number }): Promise<void> {
+  if ((mode & ~0o7777) !== 0) throw new InstallError('E_MODE', `bad mode ${mode.toString(8)} for ${path}`);
+  await mkdir(path, { recursive: true, mode }).catch((e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EEXIST') throw asInstallError(e, path);
+  });
+  const fh = await open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW).catch(async (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'ELOOP' && e.code !== 'ENOTDIR') throw asInstallError(e, path);
+    const link = (await lstat(path).catch(() => null))?.isSymbolicLink() ?? false;
+    throw new InstallError('E_NOT_A_DIRECTORY', `${path} is ${link ? 'a symlink' : 'not a directory'}: refused, nothing followed`, { cause: e });
+  });
+  try {
+    const st = await fh.stat();
+    if (owner && isRoot() && (st.uid !== owner.uid || st.gid !== owner.gid)) await fh.chown(owner.uid, owner.gid);
+    if ((st.mode & 0o7777) !== mode) await fh.chmod(mode);
+  } catch (e) {
+    throw asInstallError(e, path);
+  } finally {
+    await fh.close();
+  }
 }
 
 export async function fsyncDir(dir: string): Promise<void> {
