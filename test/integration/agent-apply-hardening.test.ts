@@ -8,7 +8,10 @@
 //     is reported unproved with PostgreSQL's message, rolled back, the old rules still enforced.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { chmod, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { applyDesired, type ApplyOptions } from '../../agent/apply.ts';
 import type { ApplyResult, InstalledCertificate } from '../../agent/types.ts';
 import { snapshotFile, type FileSnapshot } from '../../shared/atomic-file.ts';
@@ -44,6 +47,25 @@ async function tcpLogin(user: string): Promise<string> {
     return 'ok';
   } catch (e) {
     return (e as Error).message;
+  }
+}
+
+const REPO = join(import.meta.dirname, '..', '..');
+
+/** One apply in a child process run as the server's OS user, as the agent runs under systemd. */
+async function applyAsServerUser(desired: NodeDesired, certificates: InstalledCertificate[]): Promise<ApplyResult> {
+  const job = join(f.pg.baseDir, 'apply-job.json');
+  const { log: _log, ...ctx } = f.ctx;
+  await writeFile(job, JSON.stringify({ ctx: { ...ctx, agentOsUser: f.pg.osUser.name }, input: { desired, certificates } }), { mode: 0o644 });
+  const code = `import { readFileSync } from 'node:fs'; import pino from 'pino'; import { applyDesired } from './agent/apply.ts';
+const job = JSON.parse(readFileSync(process.env.JOB, 'utf8'));
+const r = await applyDesired({ ...job.ctx, log: pino({ level: 'silent' }) }, job.input);
+process.stdout.write(JSON.stringify(r));`;
+  try {
+    const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { cwd: REPO, uid: f.pg.osUser.uid, gid: f.pg.osUser.gid, env: { ...process.env, JOB: job, HOME: f.pg.osUser.home } });
+    return JSON.parse(stdout) as ApplyResult;
+  } finally {
+    await rm(job, { force: true });
   }
 }
 
@@ -137,10 +159,12 @@ describe('apply engine hardening on a real server', () => {
       try {
         const r = await apply(desired({ password: 'another password' }), certs);
         assert.equal(r.phase, 'failed', JSON.stringify(r.errors));
-        const err = r.errors.find((e) => e.code === 'E_FILE_READ');
+        // E_SERVER_FILE when the server-named path check sees the directory first (not a
+        // regular file), E_FILE_READ from the read itself: either way never an empty file
+        const err = r.errors.find((e) => e.code === 'E_FILE_READ' || e.code === 'E_SERVER_FILE');
         assert.ok(err, JSON.stringify(r.errors));
         assert.match(err.message, /pg_ident\.conf/);
-        assert.match(err.message, /EISDIR/);
+        assert.match(err.message, /EISDIR|not a regular file/);
         assert.deepEqual(await snapshotAll(good, ident), before, 'no other file written');
       } finally {
         await rm(ident, { recursive: true, force: true });
@@ -148,6 +172,25 @@ describe('apply engine hardening on a real server', () => {
       }
       assertConverged(await apply(desired(), certs));
       assert.equal(await readFile(ident, 'utf8'), operator, 'the operator lines are intact');
+    });
+
+    test('pg_ident.conf its owner cannot read (EACCES, agent as the server OS user): the apply fails naming it, nothing written, operator lines intact', async () => {
+      const ident = `${f.pg.dataDir}/pg_ident.conf`;
+      const operator = await readFile(ident, 'utf8');
+      assert.match(operator, /^opmap alice bob$/m);
+      const before = await snapshotAll(good);
+      await chmod(ident, 0o000);
+      let r: ApplyResult;
+      try {
+        r = await applyAsServerUser(desired({ password: 'yet another password' }), certs);
+      } finally {
+        await chmod(ident, before.find((x) => x.path === ident)!.mode);
+      }
+      assert.equal(r.phase, 'failed', JSON.stringify(r.errors));
+      const err = r.errors.find((e) => e.code === 'E_FILE_READ');
+      assert.ok(err, JSON.stringify(r.errors));
+      assert.match(err.message, /pg_ident\.conf \(EACCES\)/);
+      assert.deepEqual(await snapshotAll(good), before, 'no file written, the operator lines intact');
     });
   });
 
