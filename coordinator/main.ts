@@ -159,7 +159,10 @@ options:
                           server.crt/.key     the HTTPS certificate (localhost, 127.0.0.1, ::1, the listen host)
                           master.key          32 random bytes (0600) sealing CA keys and passwords at rest
                           admin.token         bearer token for admin calls (0600)
-                          pg/                 the embedded PostgreSQL store (without --database-url)
+                          pg/                 the embedded PostgreSQL store (without --database-url): Unix
+                                              socket only, run as this OS user (as root: pgaccord-store,
+                                              created on first use), SCRAM only
+                          store.password      its superuser password (0600), set again at every start
   --listen HOST:PORT    address to serve on (default ${DEFAULT_LISTEN})
   --database-url URL    keep state in this PostgreSQL database instead of the embedded one;
                         several coordinators may share it if they share master.key, the

@@ -1,0 +1,29 @@
+// The per-agent token bucket: a burst, then the refill rate; keys independent; the wait it
+// answers is when the next token is there. The clock is a parameter.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { AGENT_RATE_LIMIT, RateLimiter } from '../../coordinator/rate-limit.ts';
+
+test('burst, then one token per 1/perSecond; keys do not share a bucket', () => {
+  const l = new RateLimiter({ burst: 3, perSecond: 2 });
+  assert.deepEqual([0, 1, 2].map(() => l.take('a', 0)), [0, 0, 0]);
+  assert.equal(l.take('a', 0), 500, 'the next token in 500 ms');
+  assert.equal(l.take('b', 0), 0, 'another key has its own bucket');
+  assert.equal(l.take('a', 250), 250);
+  assert.equal(l.take('a', 500), 0);
+  assert.equal(l.take('a', 60_000), 0);
+  assert.deepEqual([0, 1].map(() => l.take('a', 60_000)), [0, 0], 'refilled to the burst, not beyond');
+  assert.ok(l.take('a', 60_000) > 0);
+});
+
+test('the default lets an agent through its busiest ten minutes (a poll a second, a status per reconcile, CSRs)', () => {
+  const l = new RateLimiter(AGENT_RATE_LIMIT);
+  // Start-up: enrol-time burst of 10 CSRs, a poll, a status; then 2 requests a second for 10 minutes.
+  for (let i = 0; i < 12; i++) assert.equal(l.take('n', 0), 0);
+  for (let t = 0; t < 600_000; t += 500) assert.equal(l.take('n', t + 500), 0, `at ${t} ms`);
+});
+
+test('refuses a limit that would let nothing through', () => {
+  assert.throws(() => new RateLimiter({ burst: 0, perSecond: 1 }));
+  assert.throws(() => new RateLimiter({ burst: 1, perSecond: 0 }));
+});
