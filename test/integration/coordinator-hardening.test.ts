@@ -194,10 +194,16 @@ test('a store created by an older coordinator (trust, as postgres) is migrated a
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-legacy-'));
   await chmod(dir, 0o711); // as openDataDir leaves it: the store's OS user traverses it
   try {
-    // What older versions made: initdb as `postgres`, local trust, socket in DIR/pg/sock.
+    // What older versions made: initdb as `postgres`, local trust, socket in DIR/pg/sock; left
+    // running, as a coordinator killed with SIGKILL leaves it.
     const legacy = await createPgInstance({ baseDir: join(dir, 'pg'), listen: '', port: 5432 });
-    await legacy.stop('fast');
-    const old = await startHarness({ dir });
+    let old: Harness;
+    try {
+      old = await startHarness({ dir });
+    } catch (e) {
+      await legacy.stop('immediate').catch(() => undefined);
+      throw e;
+    }
     try {
       await assertStoreLocked(dir);
       assert.equal((await old.admin.call('PUT', '/v1/clusters/legacy', { body: pgdSpec('legacy') })).status, 200);
