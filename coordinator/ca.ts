@@ -1,21 +1,35 @@
 // Certificate authorities: the per-cluster CAs and the coordinator's own CA (its server
-// certificate and agent identities). forge builds the X.509 structures; OpenSSL, through
-// node:crypto, makes the keys and computes the signatures.
-import { createPrivateKey, randomBytes, sign as cryptoSign, type KeyObject } from 'node:crypto';
+// certificate and agent identities). forge's ASN.1 tools build the X.509 structures; OpenSSL,
+// through node:crypto, makes the keys and computes the signatures.
+import { createHash, createPrivateKey, randomBytes, sign as cryptoSign, type KeyObject } from 'node:crypto';
 import forge from 'node-forge';
-import { forgePublicKeyFromPem, generateRsaKey, nativeSign } from '../shared/x509.ts';
+import { forgePublicKeyFromPem, generateRsaKey, nativeSign, parseDer, type SubjectPublicKey } from '../shared/x509.ts';
 
 const { pki, asn1 } = forge;
+const { Class, Type } = asn1;
 
-/**
- * PEM of a signed forge certificate, encoded with Buffer (forge's base64 is slow) and with LF
- * line ends like OpenSSL's (forge writes CRLF).
- */
-function certPem(cert: forge.pki.Certificate): string {
-  const der = Buffer.from(asn1.toDer(pki.certificateToAsn1(cert)).getBytes(), 'binary');
+/** PEM of DER, encoded with Buffer (forge's base64 is slow) and LF line ends like OpenSSL's. */
+function pem(label: string, der: Buffer): string {
   const b64 = der.toString('base64').replace(/.{64}/g, '$&\n');
-  return `-----BEGIN CERTIFICATE-----\n${b64}${b64.endsWith('\n') ? '' : '\n'}-----END CERTIFICATE-----\n`;
+  return `-----BEGIN ${label}-----\n${b64}${b64.endsWith('\n') ? '' : '\n'}-----END ${label}-----\n`;
 }
+
+const certPem = (cert: forge.pki.Certificate) => pem('CERTIFICATE', Buffer.from(asn1.toDer(pki.certificateToAsn1(cert)).getBytes(), 'binary'));
+const seq = (value: forge.asn1.Asn1[]) => asn1.create(Class.UNIVERSAL, Type.SEQUENCE, true, value);
+const oid = (o: string) => asn1.create(Class.UNIVERSAL, Type.OID, false, asn1.oidToDer(o).getBytes());
+const toDer = (a: forge.asn1.Asn1) => asn1.toDer(a).getBytes();
+/** A positive INTEGER from hex (minimal, with a leading zero byte when the high bit is set). */
+function int(hex: string): forge.asn1.Asn1 {
+  let h = hex.length % 2 ? `0${hex}` : hex;
+  h = h.replace(/^(00)+(?=[0-9a-f]{2})/, '');
+  if (parseInt(h.slice(0, 2), 16) & 0x80) h = `00${h}`;
+  return asn1.create(Class.UNIVERSAL, Type.INTEGER, false, forge.util.hexToBytes(h));
+}
+/** UTCTime until 2049, GeneralizedTime after (RFC 5280 4.1.2.5). */
+const time = (d: Date) => d.getUTCFullYear() < 2050
+  ? asn1.create(Class.UNIVERSAL, Type.UTCTIME, false, asn1.dateToUtcTime(d))
+  : asn1.create(Class.UNIVERSAL, Type.GENERALIZEDTIME, false, asn1.dateToGeneralizedTime(d));
+const SHA256_WITH_RSA = () => seq([oid(pki.oids.sha256WithRSAEncryption!), asn1.create(Class.UNIVERSAL, Type.NULL, false, '')]);
 
 export const CA_LIFETIME_S = 10 * 365 * 86400;
 export const BACKDATE_S = 5 * 60;
@@ -29,8 +43,11 @@ export function randomSerial(random: (n: number) => Buffer = randomBytes): strin
 }
 
 export interface LeafRequest {
-  /** The subject's public key, from a verified CSR. Nothing else from the CSR is used. */
-  publicKey: forge.pki.rsa.PublicKey;
+  /**
+   * The subject's public key: from a verified CSR that met the key policy (readCsrKey), or a
+   * forge RSA key the caller made itself. Nothing else from a CSR is used.
+   */
+  publicKey: SubjectPublicKey | forge.pki.rsa.PublicKey;
   commonName: string;
   dnsNames?: string[];
   ipAddresses?: string[];
@@ -62,6 +79,8 @@ export class CertificateAuthority {
   readonly #cert: forge.pki.Certificate;
   readonly #key: KeyObject;
   readonly #ski: string;
+  /** The CA's subject, byte for byte from its certificate: the issuer of what it signs. */
+  readonly #subjectDer: string;
 
   /** The CA's notBefore (its lifetime is notAfter - notBefore). */
   get notBefore(): Date {
@@ -74,9 +93,15 @@ export class CertificateAuthority {
     this.#key = createPrivateKey(keyPem);
     this.notAfter = this.#cert.validity.notAfter;
     this.#ski = this.#cert.generateSubjectKeyIdentifier().getBytes();
+    const tbsCert = (pki.certificateToAsn1(this.#cert).value as forge.asn1.Asn1[])[0]!;
+    this.#subjectDer = toDer((tbsCert.value as forge.asn1.Asn1[])[5]!);
   }
 
-  /** Create a self-signed CA (RSA 2048, 10 years unless told otherwise). */
+  /**
+   * Create a self-signed CA (RSA 2048, 10 years unless told otherwise). pathLenConstraint 0: it
+   * certifies leaves only, so a CA certificate it signed by mistake (or with a stolen key) cannot
+   * start a chain that OpenSSL accepts. CAs created before this keep their extensions.
+   */
   static async create(commonName: string, now: Date, lifetimeSeconds = CA_LIFETIME_S): Promise<{ ca: CertificateAuthority; keyPem: string }> {
     const { privateKeyPem } = await generateRsaKey();
     const cert = pki.createCertificate();
@@ -88,7 +113,7 @@ export class CertificateAuthority {
     cert.setSubject(subject);
     cert.setIssuer(subject);
     cert.setExtensions([
-      { name: 'basicConstraints', cA: true, critical: true },
+      { name: 'basicConstraints', cA: true, pathLenConstraint: 0, critical: true },
       { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
       { name: 'subjectKeyIdentifier' },
     ]);
@@ -102,10 +127,7 @@ export class CertificateAuthority {
    * from a CSR. No leaf outlives its CA.
    */
   issue(req: LeafRequest): IssuedCertificate {
-    const cert = pki.createCertificate();
-    cert.publicKey = req.publicKey;
     const serial = randomSerial();
-    cert.serialNumber = serial;
     // Backdated for clock skew, but never by more than a twentieth of the lifetime: the renewal
     // schedule (2/3 of notAfter - notBefore) must stay ahead of the issue time for short lifetimes
     // (a 2-minute certificate backdated 5 minutes would be due for renewal the moment it is issued).
@@ -114,25 +136,50 @@ export class CertificateAuthority {
     const wanted = Math.floor(req.now.getTime() / 1000) * 1000 + req.lifetimeSeconds * 1000;
     const notAfter = new Date(Math.min(wanted, this.notAfter.getTime()));
     if (notAfter.getTime() <= req.now.getTime()) throw new Error('the CA has expired: it cannot issue');
-    cert.validity.notBefore = notBefore;
-    cert.validity.notAfter = notAfter;
-    cert.setSubject([{ name: 'commonName', value: req.commonName, valueTagClass: UTF8 }]);
-    cert.setIssuer(this.#cert.subject.attributes);
+    // The TBSCertificate is assembled here (RFC 5280 4.1) rather than by forge, whose
+    // certificates carry RSA keys only: the subject key goes in as the SPKI it is.
+    const spki = parseDer('spki' in req.publicKey ? req.publicKey.spki : Buffer.from(toDer(pki.publicKeyToAsn1(req.publicKey)), 'binary'));
+    const isEc = 'spki' in req.publicKey && req.publicKey.type === 'ec';
+    // Subject key identifier: SHA-1 of the subjectPublicKey BIT STRING (RFC 5280 4.2.1.2 (1)),
+    // after its unused-bits byte.
+    const keyBits = (spki.value as forge.asn1.Asn1[])[1]!.value as string;
+    const ski = createHash('sha1').update(Buffer.from(keyBits.slice(1), 'binary')).digest().toString('binary');
     const altNames = [
       ...(req.dnsNames ?? []).map((value) => ({ type: 2, value })),
       ...(req.ipAddresses ?? []).map((ip) => ({ type: 7, ip })),
       ...(req.uris ?? []).map((value) => ({ type: 6, value })),
     ];
-    cert.setExtensions([
+    // forge encodes the extension values (it needs a certificate object to hang them on).
+    const holder = pki.createCertificate();
+    holder.setExtensions([
       { name: 'basicConstraints', cA: false, critical: true },
-      { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
+      // keyEncipherment is an RSA usage (RFC 5480 3): an EC key only signs.
+      { name: 'keyUsage', digitalSignature: true, keyEncipherment: !isEc, critical: true },
       { name: 'extKeyUsage', serverAuth: req.usage === 'server', clientAuth: req.usage === 'client' },
       ...(altNames.length > 0 ? [{ name: 'subjectAltName', altNames }] : []),
-      { name: 'subjectKeyIdentifier' },
+      { name: 'subjectKeyIdentifier', value: asn1.create(Class.UNIVERSAL, Type.OCTETSTRING, false, ski) },
       { name: 'authorityKeyIdentifier', keyIdentifier: this.#ski },
     ]);
-    nativeSign(cert, this.#key);
-    return { pem: certPem(cert), serial, notBefore, notAfter };
+    const subject = seq([asn1.create(Class.UNIVERSAL, Type.SET, true, [seq([oid(pki.oids.commonName!), asn1.create(Class.UNIVERSAL, Type.UTF8, false, forge.util.encodeUtf8(req.commonName))])])]);
+    const tbs = seq([
+      asn1.create(Class.CONTEXT_SPECIFIC, 0, true, [asn1.create(Class.UNIVERSAL, Type.INTEGER, false, String.fromCharCode(2))]), // v3
+      int(serial),
+      SHA256_WITH_RSA(),
+      asn1.fromDer(this.#subjectDer),
+      seq([time(notBefore), time(notAfter)]),
+      subject,
+      spki,
+      (pki as unknown as { certificateExtensionsToAsn1(e: unknown[]): forge.asn1.Asn1 }).certificateExtensionsToAsn1(holder.extensions),
+    ]);
+    return { pem: pem('CERTIFICATE', this.#signed(tbs)), serial, notBefore, notAfter };
+  }
+
+  /** SEQUENCE { tbs, sha256WithRSAEncryption, signature } as DER, signed by node:crypto. */
+  #signed(tbs: forge.asn1.Asn1): Buffer {
+    const tbsDer = toDer(tbs);
+    const signature = cryptoSign('sha256', Buffer.from(tbsDer, 'binary'), this.#key);
+    const signed = seq([tbs, SHA256_WITH_RSA(), asn1.create(Class.UNIVERSAL, Type.BITSTRING, false, String.fromCharCode(0) + signature.toString('binary'))]);
+    return Buffer.from(toDer(signed), 'binary');
   }
 
   /**
@@ -142,46 +189,25 @@ export class CertificateAuthority {
    * authority key identifier. Revoked serials are listed with their revocation date.
    */
   issueCrl(req: CrlRequest): string {
-    const { Class, Type } = asn1;
-    const seq = (value: forge.asn1.Asn1[]) => asn1.create(Class.UNIVERSAL, Type.SEQUENCE, true, value);
-    const int = (hex: string) => {
-      let h = hex.length % 2 ? `0${hex}` : hex;
-      h = h.replace(/^(00)+(?=[0-9a-f]{2})/, '');
-      if (parseInt(h.slice(0, 2), 16) & 0x80) h = `00${h}`;
-      return asn1.create(Class.UNIVERSAL, Type.INTEGER, false, forge.util.hexToBytes(h));
-    };
-    const time = (d: Date) => d.getUTCFullYear() < 2050
-      ? asn1.create(Class.UNIVERSAL, Type.UTCTIME, false, asn1.dateToUtcTime(d))
-      : asn1.create(Class.UNIVERSAL, Type.GENERALIZEDTIME, false, asn1.dateToGeneralizedTime(d));
-    const oid = (o: string) => asn1.create(Class.UNIVERSAL, Type.OID, false, asn1.oidToDer(o).getBytes());
     const octets = (bytes: string) => asn1.create(Class.UNIVERSAL, Type.OCTETSTRING, false, bytes);
-    const der = (a: forge.asn1.Asn1) => asn1.toDer(a).getBytes();
-    const sigAlg = seq([oid(pki.oids.sha256WithRSAEncryption!), asn1.create(Class.UNIVERSAL, Type.NULL, false, '')]);
-    // tbsCertificate: [0] version, serial, signature, issuer, validity, subject, ...
-    const tbsCert = (pki.certificateToAsn1(this.#cert).value as forge.asn1.Asn1[])[0]!;
-    const subject = (tbsCert.value as forge.asn1.Asn1[])[5]!;
     const number = int(req.number.toString(16));
     const aki = seq([asn1.create(Class.CONTEXT_SPECIFIC, 0, false, this.#ski)]);
     const extensions = asn1.create(Class.CONTEXT_SPECIFIC, 0, true, [seq([
-      seq([oid('2.5.29.20'), octets(der(number))]),
-      seq([oid('2.5.29.35'), octets(der(aki))]),
+      seq([oid('2.5.29.20'), octets(toDer(number))]),
+      seq([oid('2.5.29.35'), octets(toDer(aki))]),
     ])]);
     const revoked = [...req.revoked]
       .sort((a, b) => a.serial.localeCompare(b.serial))
       .map((r) => seq([int(r.serial), time(r.revokedAt)]));
     const tbs = seq([
       asn1.create(Class.UNIVERSAL, Type.INTEGER, false, String.fromCharCode(1)), // v2
-      sigAlg,
-      subject,
+      SHA256_WITH_RSA(),
+      asn1.fromDer(this.#subjectDer),
       time(req.thisUpdate),
       time(req.nextUpdate),
       ...(revoked.length > 0 ? [seq(revoked)] : []),
       extensions,
     ]);
-    const tbsDer = Buffer.from(der(tbs), 'binary');
-    const signature = cryptoSign('sha256', tbsDer, this.#key);
-    const list = seq([tbs, sigAlg, asn1.create(Class.UNIVERSAL, Type.BITSTRING, false, String.fromCharCode(0) + signature.toString('binary'))]);
-    const b64 = Buffer.from(der(list), 'binary').toString('base64').replace(/.{64}/g, '$&\n');
-    return `-----BEGIN X509 CRL-----\n${b64}${b64.endsWith('\n') ? '' : '\n'}-----END X509 CRL-----\n`;
+    return pem('X509 CRL', this.#signed(tbs));
   }
 }

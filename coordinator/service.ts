@@ -13,7 +13,7 @@ import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from
 import type { AgentStatus, ClusterSpec, NodeDesired } from '../shared/schema.ts';
 import { scramVerifier } from '../shared/scram.ts';
 import { validateSpec } from '../shared/spec.ts';
-import { certInfo, fingerprint256, readCsrKey, rsaKeyId, splitPemBundle, verifiesAgainst } from '../shared/x509.ts';
+import { certInfo, fingerprint256, publicKeyId, readCsrKey, splitPemBundle, verifiesAgainst, X509Error } from '../shared/x509.ts';
 import { CertificateAuthority } from './ca.ts';
 import { ApiError, badRequest, conflict, gone, notFound, unauthorized } from './errors.ts';
 import { notProved, notReissued, type NodeEvidence } from './rotation.ts';
@@ -72,6 +72,15 @@ export function canonicalJson(value: unknown): string {
 }
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest();
+
+/**
+ * The identity `serial` of cluster/node ($1, $2, $3) when it may authenticate: the node's current
+ * one, or its previous one until the current one has been used; not revoked.
+ */
+const VALID_IDENTITY_SQL = `SELECT a.identity_serial = $3 AS current, a.previous_serial AS previous
+  FROM agents a JOIN certificates c ON c.serial = $3 AND c.cluster = a.cluster AND c.node = a.node AND c.slot = 'identity'
+  WHERE a.cluster = $1 AND a.node = $2 AND (a.identity_serial = $3 OR a.previous_serial = $3) AND c.revoked_at IS NULL`;
+const IDENTITY_INVALID = 'this agent identity is not (or no longer) valid: enroll again with a new join token';
 
 export function identityUri(cluster: string, node: string): string {
   return `${IDENTITY_URI_PREFIX}${cluster}/${node}`;
@@ -480,13 +489,17 @@ export class CoordinatorService {
       if (row.revoked_at) return { revokedAt: row.revoked_at, generation: gen, alreadyRevoked: true, sameKey: [] };
       // Agents renew fixed-name client certificates for the same key: revoking one certificate
       // revokes the key, so every live certificate of that node that carries it goes too.
-      const keyId = rsaKeyId(row.pem);
+      const keyId = publicKeyId(row.pem);
       const live = (await c.query<{ serial: string; pem: string }>(
         `SELECT serial, pem FROM certificates WHERE cluster = $1 AND node = $2 AND issuer = $3 AND serial <> $4 AND revoked_at IS NULL AND not_after > $5`,
         [cluster, row.node, row.issuer, serial, now],
       )).rows;
-      const sameKey = live.filter((x) => rsaKeyId(x.pem) === keyId).map((x) => x.serial);
-      await c.query(`UPDATE certificates SET revoked_at = $3 WHERE cluster = $1 AND serial = ANY($2)`, [cluster, [serial, ...sameKey], now]);
+      const sameKey = live.filter((x) => publicKeyId(x.pem) === keyId).map((x) => x.serial);
+      // An agent identity: every live identity of the node goes with it. The one before a renewal
+      // (or its successor) would otherwise go on authenticating and renew itself.
+      const identities = row.issuer === 'coordinator' ? live.map((x) => x.serial).filter((x) => !sameKey.includes(x)) : [];
+      if (identities.length > 0) this.#log.warn({ cluster, node: row.node, serial, identities }, 'agent identity revoked: every live identity of the node goes with it');
+      await c.query(`UPDATE certificates SET revoked_at = $3 WHERE cluster = $1 AND serial = ANY($2)`, [cluster, [serial, ...sameKey, ...identities], now]);
       let generation = gen;
       if (row.issuer === 'cluster') {
         await this.#issueCrl(c, cluster, now);
@@ -782,8 +795,15 @@ export class CoordinatorService {
     const parsed = parseJoinToken(token);
     if (!parsed.ok) throw unauthorized('not a pgaccord join token');
     const { payload } = parsed;
-    const publicKey = csrPublicKey(csrPem);
     const now = this.now();
+    // The token first (one indexed lookup of its hash): no public-key work for a caller who
+    // does not hold a live token. It is consumed below, atomically, once the CSR is good.
+    const live = await this.store.query(
+      `SELECT 1 FROM join_tokens WHERE id = $1 AND secret_sha256 = $2 AND cluster = $3 AND node = $4 AND used_at IS NULL AND expires_at > $5`,
+      [payload.id, sha256(payload.secret), payload.cluster, payload.node, now],
+    );
+    if (live.length === 0) throw await this.#refuseToken(payload, now);
+    const publicKey = csrPublicKey(csrPem);
     const result = await this.store.tx(async (c) => {
       const used = await c.query<{ cluster: string; node: string }>(
         `UPDATE join_tokens SET used_at = $5
@@ -810,13 +830,15 @@ export class CoordinatorService {
       );
       return issued;
     });
-    if (!result) {
-      const reason = await this.#tokenRefusal(payload, now);
-      this.#log.warn({ tokenId: payload.id, cluster: payload.cluster, node: payload.node, reason }, 'enrollment refused');
-      throw unauthorized(`join token refused: ${reason}`);
-    }
+    if (!result) throw await this.#refuseToken(payload, now);
     this.#log.info({ cluster: payload.cluster, node: payload.node, serial: result.serial }, 'agent enrolled');
     return { cluster: payload.cluster, node: payload.node, certificate: result.pem, coordinatorCa: this.#coordinatorCa.certPem };
+  }
+
+  async #refuseToken(p: JoinTokenPayload, now: Date): Promise<Error> {
+    const reason = await this.#tokenRefusal(p, now);
+    this.#log.warn({ tokenId: p.id, cluster: p.cluster, node: p.node, reason }, 'enrollment refused');
+    return unauthorized(`join token refused: ${reason}`);
   }
 
   async #tokenRefusal(p: JoinTokenPayload, now: Date): Promise<string> {
@@ -841,21 +863,22 @@ export class CoordinatorService {
 
   /**
    * The agent behind a verified client certificate: the identity it names must be the node's
-   * current (or immediately previous, during a renewal) identity and not revoked.
+   * current (or, until the current one has been used, the previous) identity and not revoked.
    */
   async authenticateAgent(identity: { cluster: string; node: string }, serial: string): Promise<AgentPrincipal> {
-    const rows = await this.store.query<{ ok: boolean }>(
-      `SELECT true AS ok FROM agents a JOIN certificates c ON c.serial = $3 AND c.cluster = a.cluster AND c.node = a.node AND c.slot = 'identity'
-        WHERE a.cluster = $1 AND a.node = $2 AND (a.identity_serial = $3 OR a.previous_serial = $3) AND c.revoked_at IS NULL`,
-      [identity.cluster, identity.node, serial],
-    );
+    const rows = await this.store.query<{ current: boolean; previous: string | null }>(VALID_IDENTITY_SQL, [identity.cluster, identity.node, serial]);
     if (rows.length === 0) {
       // Removing a node revokes its identity; its agent must still learn that the node is gone
       // (410, it stops) rather than retry forever with an identity it cannot renew.
       const row = await this.#cluster(identity.cluster);
       const known = await this.store.query(`SELECT 1 FROM certificates WHERE serial = $1 AND cluster = $2 AND node = $3 AND slot = 'identity'`, [serial, identity.cluster, identity.node]);
       if (known.length > 0 && (!row || !row.spec.nodes.some((n) => n.name === identity.node))) throw gone(`node "${identity.node}" is no longer part of cluster "${identity.cluster}"`);
-      throw unauthorized('this agent identity is not (or no longer) valid: enroll again with a new join token');
+      throw unauthorized(IDENTITY_INVALID);
+    }
+    // The new identity has been used, so the agent has it: the one before it stops working.
+    if (rows[0]!.current && rows[0]!.previous !== null) {
+      const r = await this.store.query<{ node: string }>(`UPDATE agents SET previous_serial = NULL WHERE cluster = $1 AND node = $2 AND identity_serial = $3 AND previous_serial IS NOT NULL RETURNING node`, [identity.cluster, identity.node, serial]);
+      if (r.length > 0) this.#log.info({ cluster: identity.cluster, node: identity.node, serial, retired: rows[0]!.previous }, 'agent used its new identity: the previous one no longer authenticates');
     }
     await this.store.query(
       `INSERT INTO node_status (cluster, node, last_contact) VALUES ($1, $2, $3) ON CONFLICT (cluster, node) DO UPDATE SET last_contact = EXCLUDED.last_contact`,
@@ -909,6 +932,10 @@ export class CoordinatorService {
     if (slot === 'identity') {
       await this.#nodeDesired(agent); // the node must still exist
       const issued = await this.store.tx(async (c) => {
+        // Serialised with revoke (which holds the cluster row FOR UPDATE): an identity revoked or
+        // retired since it authenticated this request gets no successor.
+        await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR SHARE`, [agent.cluster]);
+        if ((await c.query(`${VALID_IDENTITY_SQL} FOR UPDATE OF a`, [agent.cluster, agent.node, agent.serial])).rowCount === 0) throw unauthorized(IDENTITY_INVALID);
         const issued = this.#coordinatorCa.issue({ publicKey, commonName: AGENT_CN, uris: [identityUri(agent.cluster, agent.node)], usage: 'client', lifetimeSeconds: this.identityLifetimeSeconds, now });
         await this.#recordCert(c, { cluster: agent.cluster, node: agent.node, slot: 'identity', issuer: 'coordinator', commonName: AGENT_CN, ...issued });
         // The identity used for this call stays valid until the new one is used (or renewed again).
@@ -922,13 +949,13 @@ export class CoordinatorService {
     const s = desired.certificates.find((c) => c.id === slot);
     if (!s) throw badRequest('E_SLOT', `node "${agent.node}" has no certificate slot "${slot}" in generation ${row.generation} (slots: ${desired.certificates.map((c) => c.id).join(', ') || 'none'})`);
     const ca = await this.#clusterCa(agent.cluster);
-    const keyId = rsaKeyId(publicKey);
+    const keyId = publicKeyId(publicKey);
     const issued = await this.store.tx(async (c) => {
       // Shared lock on the cluster row: a revocation (FOR UPDATE) waits for this issue, or this
       // issue sees its result. A key whose certificate was revoked is never certified again.
       await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR SHARE`, [agent.cluster]);
       const revoked = (await c.query<{ serial: string; pem: string }>(`SELECT serial, pem FROM certificates WHERE cluster = $1 AND node = $2 AND issuer = 'cluster' AND revoked_at IS NOT NULL`, [agent.cluster, agent.node])).rows;
-      const hit = revoked.find((r) => rsaKeyId(r.pem) === keyId);
+      const hit = revoked.find((r) => publicKeyId(r.pem) === keyId);
       if (hit) throw conflict('E_KEY_REVOKED', `the key in this CSR belongs to revoked certificate ${hit.serial}: make a new key`);
       const cert = ca.issue({ publicKey, commonName: s.commonName, dnsNames: s.dnsNames, ipAddresses: s.ipAddresses, usage: s.usage, lifetimeSeconds: certLifetimeSeconds(row.spec), now });
       await this.#recordCert(c, { cluster: agent.cluster, node: agent.node, slot, issuer: 'cluster', commonName: s.commonName, ...cert });
@@ -1118,11 +1145,14 @@ function diffNodes(old: NodeDesired, next: NodeDesired): string[] {
   return changes.length > 0 ? changes : ['no change'];
 }
 
-/** The public key of a CSR whose signature verifies; anything else is the client's error. */
+/**
+ * The public key of a CSR whose signature verifies and whose key meets the policy (400
+ * E_CSR_KEY_POLICY otherwise); anything else is the client's error too (E_CSR_INVALID).
+ */
 function csrPublicKey(csrPem: string): ReturnType<typeof readCsrKey>['publicKey'] {
   try {
     return readCsrKey(csrPem).publicKey;
   } catch (e) {
-    throw badRequest('E_CSR_INVALID', (e as Error).message);
+    throw badRequest(e instanceof X509Error && e.code === 'E_CSR_KEY_POLICY' ? 'E_CSR_KEY_POLICY' : 'E_CSR_INVALID', (e as Error).message);
   }
 }

@@ -170,9 +170,16 @@ test('allow/deny matrix: every agent and admin route × every principal', async 
   await h.admin.call('PUT', '/v1/clusters/matrix', { body: pgdSpec('matrix') });
   node1 = await enroll(h, 'matrix', 'node-1');
   node2 = await enroll(h, 'matrix', 'node-2');
-  // A superseded identity: node-1 enrolled before, then again (the old certificate is dead).
+  // A superseded identity: node-3 enrolled before, then again (the old certificate is dead).
   const stale = await enroll(h, 'matrix', 'node-3');
   await enroll(h, 'matrix', 'node-3');
+  // A revoked identity (renewed, then the renewal revoked) and its predecessor, which must not
+  // survive it (issue 14): node-3 enrolled (R1), renewed (R2), R2 revoked; nothing after it.
+  const r1 = await enroll(h, 'matrix', 'node-3');
+  const r2Key = await csr();
+  const r2 = await r1.client.call('POST', '/v1/agent/csr', { body: { slot: 'identity', csr: r2Key.csrPem } });
+  assert.equal(r2.status, 200, r2.text);
+  assert.equal((await h.admin.call('POST', `/v1/clusters/matrix/certificates/${r2.body.serial}/revoke`, { body: {} })).status, 200);
   // A certificate from another CA, naming node-1 exactly as a real identity would.
   const rogueCa = (await CertificateAuthority.create('pgaccord coordinator CA', new Date())).ca;
   const rogueKey = await csr();
@@ -189,6 +196,8 @@ test('allow/deny matrix: every agent and admin route × every principal', async 
     'no cert, no token': httpsClient(h.coord.url, h.caPem),
     'cert from another CA': httpsClient(h.coord.url, h.caPem, { certPem: rogueCert.pem, keyPem: rogueKey.keyPem }),
     'superseded identity': stale.client,
+    'revoked identity': httpsClient(h.coord.url, h.caPem, { certPem: r2.body.certificate, keyPem: r2Key.keyPem }),
+    "revoked identity's predecessor": r1.client,
     'cluster client cert': httpsClient(h.coord.url, h.caPem, { certPem: slotCert.body.certificate, keyPem: slotKey.keyPem }),
     'wrong token': httpsClient(h.coord.url, h.caPem),
   } as const;
@@ -230,7 +239,7 @@ test('allow/deny matrix: every agent and admin route × every principal', async 
   }
   const reported = await h.coord.store.query<{ node: string }>(`SELECT node FROM node_status WHERE cluster = 'matrix' AND report IS NOT NULL ORDER BY node`);
   assert.deepEqual(reported.map((r) => r.node), ['node-1', 'node-2']);
-  assert.ok(matrix.length >= routes.length * 8);
+  assert.ok(matrix.length >= routes.length * 10);
 });
 
 async function opensslVerify(caPem: string, certPem: string, purpose: string): Promise<string> {
@@ -319,9 +328,11 @@ test('identity renewal over mTLS: the new identity works, the one before the las
   assert.equal(renewed.status, 200, renewed.text);
   assert.deepEqual(certInfo(renewed.body.certificate).uris, ['pgaccord://agent/matrix/node-2']);
   const fresh = httpsClient(h.coord.url, h.caPem, { certPem: renewed.body.certificate, keyPem });
-  assert.equal((await fresh.call('GET', '/v1/agent/desired?after=0&wait=0')).status, 200);
-  // Until the next renewal the previous identity is still accepted (the agent may not have saved the new one yet).
+  // Until the new identity is used the previous one is still accepted (the agent may not have saved the new one yet)...
   assert.equal((await node2.client.call('GET', '/v1/agent/desired?after=0&wait=0')).status, 200);
+  assert.equal((await fresh.call('GET', '/v1/agent/desired?after=0&wait=0')).status, 200);
+  // ...and not once it has been (issue 14).
+  assert.equal((await node2.client.call('GET', '/v1/agent/desired?after=0&wait=0')).status, 401);
   const second = await fresh.call('POST', '/v1/agent/csr', { body: { slot: 'identity', csr: (await csr()).csrPem } });
   assert.equal(second.status, 200);
   assert.equal((await node2.client.call('GET', '/v1/agent/desired?after=0&wait=0')).status, 401);

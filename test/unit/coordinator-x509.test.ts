@@ -130,3 +130,81 @@ test('join token text and identity URIs parse back exactly; junk does not', () =
   }
   assert.equal(canonicalJson({ b: 1, a: [{ d: 2, c: undefined }] }), '{"a":[{"d":2}],"b":1}');
 });
+
+// --- issue 14: CA path length, key policy on CSRs ------------------------------------------------
+
+test('a new CA is basicConstraints critical, CA:TRUE, pathlen:0: openssl refuses an intermediate signed by it', async () => {
+  const { ca, keyPem } = await CertificateAuthority.create('pathlen CA', new Date());
+  const text = openssl(['x509', '-in', 'ca.crt', '-noout', '-text'], { 'ca.crt': ca.certPem });
+  assert.match(text, /X509v3 Basic Constraints: critical\s+CA:TRUE, pathlen:0/);
+  // An intermediate CA certified by it (as a stolen CA key or a signing bug would make one), and a
+  // leaf under that intermediate: the chain must not verify.
+  const { generateKeyPairSync } = await import('node:crypto');
+  const pem = (k: import('node:crypto').KeyObject) => k.export({ type: 'pkcs8', format: 'pem' }).toString();
+  const interKey = pem(generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey);
+  const leafKey = pem(generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey);
+  const dir = mkdtempSync(join(tmpdir(), 'pgaccord-pathlen-'));
+  try {
+    const files: Record<string, string> = { 'ca.crt': ca.certPem, 'ca.key': keyPem, 'inter.key': interKey, 'leaf.key': leafKey, 'inter.ext': 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n', 'leaf.ext': 'basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n' };
+    for (const [name, content] of Object.entries(files)) writeFileSync(join(dir, name), content, { mode: 0o600 });
+    const run = (args: string[]) => execFileSync('openssl', args, { cwd: dir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    run(['req', '-new', '-key', 'inter.key', '-subj', '/CN=rogue intermediate', '-out', 'inter.csr']);
+    run(['x509', '-req', '-in', 'inter.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '1', '-extfile', 'inter.ext', '-out', 'inter.crt']);
+    run(['req', '-new', '-key', 'leaf.key', '-subj', '/CN=replicator', '-out', 'leaf.csr']);
+    run(['x509', '-req', '-in', 'leaf.csr', '-CA', 'inter.crt', '-CAkey', 'inter.key', '-CAcreateserial', '-days', '1', '-extfile', 'leaf.ext', '-out', 'leaf.crt']);
+    let out = '';
+    try {
+      out = run(['verify', '-CAfile', 'ca.crt', '-untrusted', 'inter.crt', 'leaf.crt']);
+    } catch (e) {
+      out = String((e as { stdout?: string }).stdout ?? '') + String((e as { stderr?: string }).stderr ?? '');
+    }
+    assert.match(out, /path length constraint exceeded/, out);
+    assert.doesNotMatch(out, /leaf\.crt: OK/);
+    // A leaf the CA signs directly still verifies.
+    assert.match(run(['verify', '-CAfile', 'ca.crt', 'inter.crt']), /inter\.crt: OK/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('CSR key policy: RSA >= 2048 with e = 65537 or EC P-256/P-384; anything else refused with E_CSR_KEY_POLICY', async () => {
+  const { generateKeyPairSync } = await import('node:crypto');
+  const { readCsrKey } = await import('../../shared/x509.ts');
+  const rsa = (bits: number, e = 65537) => generateKeyPairSync('rsa', { modulusLength: bits, publicExponent: e }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+  const ec = (curve: string) => generateKeyPairSync('ec', { namedCurve: curve }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+  const ecCsr = (keyPem: string) => openssl(['req', '-new', '-key', 'k.pem', '-subj', '/CN=x', '-sha256'], { 'k.pem': keyPem });
+  const refused: [string, string][] = [
+    ['RSA 512', createCsr(rsa(512), 'x')],
+    ['RSA 1024', createCsr(rsa(1024), 'x')],
+    ['RSA 2048, e = 3', createCsr(rsa(2048, 3), 'x')],
+    ['RSA 2048, e = 65539', createCsr(rsa(2048, 65539), 'x')],
+    ['EC secp256k1', ecCsr(ec('secp256k1'))],
+    ['EC P-521', ecCsr(ec('P-521'))],
+    ['Ed25519', openssl(['req', '-new', '-key', 'k.pem', '-subj', '/CN=x'], { 'k.pem': generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() })],
+  ];
+  for (const [name, csr] of refused) {
+    assert.throws(() => readCsrKey(csr), (e: Error & { code?: string }) => e.code === 'E_CSR_KEY_POLICY' && /RSA of at least 2048 bits with exponent 65537, or EC P-256\/P-384/.test(e.message), name);
+  }
+  const { ca } = await caP;
+  for (const [name, keyPem, csr] of [['RSA 2048', rsa(2048), null], ['RSA 3072', rsa(3072), null], ['EC P-256', ec('P-256'), null], ['EC P-384', ec('P-384'), null]] as [string, string, null][]) {
+    const csrPem = csr ?? (name.startsWith('RSA') ? createCsr(keyPem, 'x') : ecCsr(keyPem));
+    const info = readCsrKey(csrPem);
+    const leaf = ca.issue({ publicKey: info.publicKey, commonName: 'db1.example.com', dnsNames: ['db1.example.com'], usage: 'server', lifetimeSeconds: 86400, now: new Date() });
+    assert.match(openssl(['verify', '-CAfile', 'ca.crt', '-purpose', 'sslserver', 'c.crt'], { 'ca.crt': ca.certPem, 'c.crt': leaf.pem }), /c\.crt: OK/, name);
+    assert.ok(certMatchesKey(leaf.pem, keyPem), `${name}: the certificate carries the CSR's key`);
+    const text = openssl(['x509', '-in', 'c.crt', '-noout', '-text'], { 'c.crt': leaf.pem });
+    // keyEncipherment is an RSA usage (RFC 5480): an EC leaf only signs.
+    assert.match(text, name.startsWith('RSA') ? /Digital Signature, Key Encipherment/ : /X509v3 Key Usage: critical\s+Digital Signature\n/, name);
+    assert.match(text, /X509v3 Subject Key Identifier/);
+  }
+  // An EC CSR whose signature was made by another key does not verify.
+  const a = ecCsr(ec('P-256'));
+  const b = ecCsr(ec('P-256'));
+  const der = (pem: string) => Buffer.from(pem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
+  const forge = (await import('node-forge')).default;
+  const seqA = forge.asn1.fromDer(der(a).toString('binary'));
+  const seqB = forge.asn1.fromDer(der(b).toString('binary'));
+  (seqA.value as unknown[])[2] = (seqB.value as unknown[])[2];
+  const mixed = `-----BEGIN CERTIFICATE REQUEST-----\n${Buffer.from(forge.asn1.toDer(seqA).getBytes(), 'binary').toString('base64')}\n-----END CERTIFICATE REQUEST-----\n`;
+  assert.throws(() => readCsrKey(mixed), /does not verify/);
+});
