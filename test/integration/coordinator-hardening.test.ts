@@ -222,3 +222,25 @@ test('a store created by an older coordinator (trust, as postgres) is migrated a
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('connections are capped: past maxConnections a new one is closed at once, before any request', async () => {
+  const capped = await startHarness({ maxConnections: 3 });
+  const [, port] = /:(\d+)$/.exec(capped.coord.url)!;
+  const sockets: ReturnType<typeof connect>[] = [];
+  const open = (): Promise<{ socket: ReturnType<typeof connect>; secure: boolean }> => new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port: Number(port), ca: capped.caPem, servername: 'localhost' });
+    sockets.push(socket);
+    socket.once('secureConnect', () => resolve({ socket, secure: true }));
+    socket.once('error', () => resolve({ socket, secure: false }));
+    socket.once('close', () => resolve({ socket, secure: false }));
+  });
+  try {
+    const held = [await open(), await open(), await open()];
+    assert.deepEqual(held.map((c) => c.secure), [true, true, true]);
+    const fourth = await open();
+    assert.equal(fourth.secure, false, 'the fourth connection was served');
+  } finally {
+    for (const s of sockets) s.destroy();
+    await capped.close();
+  }
+});
