@@ -222,13 +222,26 @@ export async function runStatus(argv: string[]): Promise<number> {
         if (v.json) process.stdout.write(`${JSON.stringify(only ? statuses[0] : statuses, null, 2)}\n`);
         else process.stdout.write(statuses.length ? statuses.map(formatStatus).join('\n') : 'no clusters\n');
         if (v.wait && !done) {
-          process.stderr.write(converged ? `no report since the wait began from ${notReported.join(', ')} after ${timeoutS}s\n` : `not converged after ${timeoutS}s\n`);
+          process.stderr.write(converged ? `no report since the wait began from ${notReported.join(', ')} after ${timeoutS}s\n` : `not converged after ${timeoutS}s: ${statuses.flatMap(notConverged).join(', ')}\n`);
           return 1;
         }
         return 0;
       }
       await new Promise((r) => setTimeout(r, Math.min(1000, Math.max(0, deadline - Date.now()))));
     }
+  });
+}
+
+/** Each node holding its cluster back, with why (the same conditions as the coordinator's `converged`). */
+function notConverged(s: ClusterStatus): string[] {
+  return s.nodes.flatMap((n) => {
+    const why = [
+      ...(n.appliedGeneration !== s.generation ? [`generation ${n.appliedGeneration} of ${s.generation}`] : []),
+      ...(n.phase !== 'converged' ? [n.phase] : []),
+      ...(n.stale ? ['stale'] : []),
+      ...(n.probes.some((p) => !p.ok) ? ['probe failing'] : []),
+    ];
+    return why.length ? [`${s.cluster}/${n.node} (${why.join(', ')})`] : [];
   });
 }
 

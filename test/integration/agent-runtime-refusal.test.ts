@@ -88,7 +88,7 @@ after(async () => {
   for (const d of cleanup) await rm(d, { recursive: true, force: true });
 });
 
-/** Bytes, mode and owner of every file the agent manages or keeps. */
+/** Bytes, mode and owner of every file the agent manages or keeps (status.json, and its temp file while it is written, excepted). */
 async function snapshot(): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
   const add = async (path: string) => {
@@ -97,7 +97,7 @@ async function snapshot(): Promise<Record<string, string>> {
   };
   for (const f of await readdir(pg.dataDir)) if (/\.conf$/.test(f)) await add(join(pg.dataDir, f));
   for (const dir of [stateDir, join(stateDir, 'tls'), join(stateDir, 'identity')]) {
-    for (const f of await readdir(dir, { withFileTypes: true })) if (f.isFile() && f.name !== 'status.json') await add(join(dir, f.name));
+    for (const f of await readdir(dir, { withFileTypes: true })) if (f.isFile() && !/^(\.pgaccord-tmp-)?status\.json/.test(f.name)) await add(join(dir, f.name));
   }
   return out;
 }
