@@ -185,3 +185,17 @@ test('enrol with a bad token and a huge garbage or weak CSR: refused as a token 
   assert.equal(bad.body.code, 'E_CSR_INVALID');
   assert.equal((await h.anon.call('POST', '/v1/agent/enroll', { body: { token: real, csr: createCsr(rsa(2048), 'x') } })).status, 200);
 });
+
+test('the cluster CA a coordinator makes is basicConstraints critical, CA:TRUE, pathlen:0; so is its own CA', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'pgaccord-ca-'));
+  try {
+    writeFileSync(join(dir, 'cluster.crt'), (await h.admin.call('GET', '/v1/clusters/ids/ca.crt')).text);
+    writeFileSync(join(dir, 'coord.crt'), h.caPem);
+    for (const f of ['cluster.crt', 'coord.crt']) {
+      const text = execFileSync('openssl', ['x509', '-in', f, '-noout', '-text'], { cwd: dir, encoding: 'utf8' });
+      assert.match(text, /X509v3 Basic Constraints: critical\s+CA:TRUE, pathlen:0/, f);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
