@@ -246,8 +246,12 @@ export function followPostmaster(ctx: NodeContext, follow: ResolvedConfig['follo
   return { ...ctx, pgHost, pgPort };
 }
 
-function nodeContext(cfg: ResolvedConfig, owner: OsUser, log: Logger): NodeContext {
-  return { pgdata: cfg.pgdata, pgHost: cfg.pgHost, pgPort: cfg.pgPort, pgUser: cfg.pgUser, stateDir: cfg.stateDir, serverOsUser: owner, agentOsUser: userInfo().username, log };
+/**
+ * `startedAs`: the OS user that started the agent, who keeps its way in over the socket (the
+ * ident map line). For root that grants nothing: root may become the PGDATA owner anyway.
+ */
+function nodeContext(cfg: ResolvedConfig, owner: OsUser, log: Logger, startedAs: string): NodeContext {
+  return { pgdata: cfg.pgdata, pgHost: cfg.pgHost, pgPort: cfg.pgPort, pgUser: cfg.pgUser, stateDir: cfg.stateDir, serverOsUser: owner, agentOsUser: startedAs, log };
 }
 
 /** Stored identity when there is one for this node; otherwise enrol with the join token. */
@@ -327,6 +331,7 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
     tokenFileMode = read.mode;
   }
   // Started as root: become the PGDATA owner before anything touches a path (PGDATA included).
+  const startedAs = userInfo().username;
   const dropped = process.getuid?.() === 0 ? await dropRoot(cliValues, fileValues) : null;
   let cfg = resolveConfig(cliValues, fileValues, configFile);
 
@@ -356,7 +361,7 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
   let pruneIdentityTo: string | null = null;
 
   const certs = new CertificateManager({ stateDir: cfg.stateDir, owner, requestCertificate: (req) => client.csr(req), now, schedule, log });
-  let ctx = nodeContext(cfg, owner, log);
+  let ctx = nodeContext(cfg, owner, log, startedAs);
   const apply = await loadApply();
   const drift = await loadDrift(ctx, log).catch((e) => {
     log.warn({ err: (e as Error).message }, 'drift watcher unavailable; relying on periodic reconcile');
@@ -421,7 +426,7 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
         if (restartKeys.length > 0) log.warn({ keys: restartKeys }, 'SIGHUP: these settings change only on restart; keeping the running values');
         log.level = next.logLevel;
         cfg = { ...next, coordinatorUrl: cfg.coordinatorUrl, cluster: cfg.cluster, node: cfg.node, pgdata: cfg.pgdata, stateDir: cfg.stateDir, ...(cfg.clientHome ? { clientHome: cfg.clientHome } : {}) };
-        ctx = nodeContext(cfg, owner, log);
+        ctx = nodeContext(cfg, owner, log, startedAs);
         log.info({ logLevel: cfg.logLevel, pgHost: cfg.pgHost, pgPort: cfg.pgPort, pgUser: cfg.pgUser }, 'SIGHUP: configuration re-read');
         loop.updateContext(ctx);
       } catch (e) {

@@ -100,8 +100,10 @@ export async function handOverStateDir(stateDir: string, user: OsUser): Promise<
   if (st !== null && !st.isDirectory()) throw new PrivilegeError('E_STATE_DIR', `--state-dir ${stateDir} is not a directory`);
   if (st !== null && st.uid === user.uid) return 'kept';
   if (st !== null && st.uid !== 0) throw new PrivilegeError('E_STATE_DIR', `--state-dir ${stateDir} is owned by uid ${st.uid}, neither root nor the PGDATA owner ${user.name}`);
-  // Root acts here: every parent must be root's alone (the owner could swap a parent for a symlink).
   const parent = dirname(stateDir);
+  // A parent of the owner's own: the agent makes the directory itself once it is that user.
+  if (st === null && (await lstat(parent).catch(() => null))?.uid === user.uid) return 'kept';
+  // Root acts here: every parent must be root's alone (the owner could swap a parent for a symlink).
   const realParent = await realpath(parent).catch(() => null);
   if (realParent !== parent) throw new PrivilegeError('E_STATE_DIR', `--state-dir ${stateDir}: its parent is missing or has a symlink on its path${realParent ? ` (${realParent})` : ''}; create it, owned by ${user.name}`);
   await checkAncestors(stateDir, 0, '--state-dir', 'E_STATE_DIR');

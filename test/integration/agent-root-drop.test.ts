@@ -93,9 +93,6 @@ test('started as root: drops to the PGDATA owner and converges; every state file
   const st = await stat(stateDir);
   assert.equal(st.uid, pg.osUser.uid);
   for (const name of await readdir(stateDir)) assert.equal((await stat(join(stateDir, name))).uid, pg.osUser.uid, `${name} is the PGDATA owner's`);
-  // The local ident map has no root line any more: the agent connects as the PGDATA owner.
-  const ident = await readFile(join(pg.dataDir, 'pg_ident.conf'), 'utf8');
-  assert.doesNotMatch(ident, /"root"/);
 });
 
 test('High 1: <state>/tls replaced by a symlink to a root-only directory: the directory is unchanged', async () => {
@@ -144,4 +141,36 @@ test('High 2: $PGDATA/pg_hba.conf replaced by a symlink to a root-only file: unc
   } finally {
     asPostgres(`rm -f '${hba}' && mv '${hba}.real' '${hba}'`);
   }
+});
+
+test('refused before anything is touched: PGDATA a symlink or root\'s (E_PGDATA), the state directory a symlink (E_STATE_DIR)', async () => {
+  const scratch = await mkdtemp(join(tmpdir(), 'pgaccord-root-refuse-'));
+  cleanup.push(scratch);
+  const { symlink } = await import('node:fs/promises');
+  const linkedPgdata = join(scratch, 'pgdata-link');
+  await symlink(pg.dataDir, linkedPgdata);
+  const rootDir = await mkdtemp(join(tmpdir(), 'pgaccord-root-pgdata-'));
+  cleanup.push(rootDir);
+  const linkedState = join(scratch, 'state-link');
+  await symlink(stateDir, linkedState);
+  const cases: [string[], RegExp][] = [
+    [['--pgdata', linkedPgdata, '--state-dir', join(scratch, 's1')], /E_PGDATA: --pgdata \S+ is a symlink/],
+    [['--pgdata', rootDir, '--state-dir', join(scratch, 's2')], /E_PGDATA: --pgdata \S+ is owned by root/],
+    [['--pgdata', pg.dataDir, '--state-dir', linkedState], /E_STATE_DIR: --state-dir \S+ is a symlink/],
+  ];
+  for (const [extra, why] of cases) {
+    const a = startAgent(['--coordinator', coord.url, '--node', 'rootcase/node-1', ...extra]);
+    assert.equal(await a.exited, 1, a.lines.join('\n'));
+    assert.match(a.lines.join('\n'), why);
+  }
+  assert.deepEqual((await readdir(scratch)).sort(), ['pgdata-link', 'state-link'], 'no state directory made');
+});
+
+test('which directories root trusts on a path (pure)', async () => {
+  const { untrustedDir, ancestors } = await import('../../agent/privileges.ts');
+  assert.deepEqual(ancestors('/var/lib/postgresql/15/main'), ['/', '/var', '/var/lib', '/var/lib/postgresql', '/var/lib/postgresql/15']);
+  assert.equal(untrustedDir('/tmp', { uid: 0, mode: 0o41777 }, 101), null, 'sticky /tmp');
+  assert.equal(untrustedDir('/var/lib/postgresql', { uid: 101, mode: 0o40755 }, 101), null, "the owner's own");
+  assert.match(untrustedDir('/srv', { uid: 0, mode: 0o40775 }, 101) ?? '', /writable by its group/);
+  assert.match(untrustedDir('/home/alice', { uid: 1000, mode: 0o40700 }, 101) ?? '', /owned by uid 1000/);
 });

@@ -216,7 +216,8 @@ test('drift: a hand edit of the managed block is seen and repaired within second
   await writeFile(hbaFile, good.replace(/(# BEGIN pgaccord[^\n]*\n)/, '$1host all all 0.0.0.0/0 trust\n'));
   await chmod(hbaFile, 0o644);
   await waitFor('pg_hba.conf repaired', async () => (await readFile(hbaFile, 'utf8')) === good && ((await stat(hbaFile)).mode & 0o777) === 0o600, 20_000, 200);
-  assert.ok(agents['node-1']!.records().slice(0).some((r) => r.msg === 'drift in a managed file: repairing' && r.path === hbaFile));
+  // The file and the log line travel separately (a file, a pipe): wait for the line too.
+  await waitFor('the drift log line', () => agents['node-1']!.records().some((r) => r.msg === 'drift in a managed file: repairing' && r.path === hbaFile), 10_000, 100);
   assert.ok(agents['node-1']!.lines.length > seen);
   const trust = await query(pg1, "SELECT 1 FROM pg_hba_file_rules WHERE auth_method = 'trust' AND type = 'host'");
   assert.equal(trust.length, 0);
