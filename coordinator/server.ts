@@ -67,7 +67,8 @@ const Health = Type.Object({ ok: Type.Boolean() });
 const ClusterList = Type.Object({ clusters: Type.Array(Type.Object({ name: Type.String(), generation: Type.Integer() })) });
 const TokenRequest = Type.Object({ ttl: Type.Optional(Type.String()) }, { additionalProperties: false });
 const Pem = Type.String({ description: 'PEM' });
-const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 410: ErrorBody, 429: ErrorBody, 500: ErrorBody, 501: ErrorBody, 503: ErrorBody };
+// 413, 414, 415: fastify's own refusals (body over bodyLimit, a path parameter over maxParamLength, a body that is not JSON).
+const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 410: ErrorBody, 413: ErrorBody, 414: ErrorBody, 415: ErrorBody, 429: ErrorBody, 500: ErrorBody, 501: ErrorBody, 503: ErrorBody };
 
 /** What one client may hold: time to send a request, idle time, connections, agent request rate. */
 export interface ServerLimits {

@@ -430,6 +430,8 @@ export class CoordinatorService {
   /** A new generation without a spec change (new CRL, renewal request): wakes every agent. */
   async #bump(c: Queryable, cluster: string, now: Date): Promise<number> {
     const r = await c.query<{ generation: number }>(`UPDATE clusters SET generation = generation + 1, updated_at = $2 WHERE name = $1 RETURNING generation`, [cluster, now]);
+    // Deleted since the caller looked it up (a CA rotation start spends its key generation outside the transaction).
+    if (r.rows.length === 0) throw notFound(`no cluster "${cluster}"`);
     await this.store.notify(c, cluster);
     return r.rows[0]!.generation;
   }
@@ -483,7 +485,9 @@ export class CoordinatorService {
     const out = await this.store.tx(async (c) => {
       // The cluster row first: it serialises revocations with each other and with signCsr (which
       // holds it FOR SHARE), so a certificate for this key cannot be issued while it is revoked.
-      const gen = (await c.query<{ generation: number }>(`SELECT generation FROM clusters WHERE name = $1 FOR UPDATE`, [cluster])).rows[0]!.generation;
+      const locked = (await c.query<{ generation: number }>(`SELECT generation FROM clusters WHERE name = $1 FOR UPDATE`, [cluster])).rows[0];
+      if (!locked) throw notFound(`no cluster "${cluster}"`); // deleted since the look-up above
+      const gen = locked.generation;
       const row = (await c.query<{ issuer: string; node: string; pem: string; revoked_at: Date | null }>(`SELECT issuer, node, pem, revoked_at FROM certificates WHERE cluster = $1 AND serial = $2 FOR UPDATE`, [cluster, serial])).rows[0];
       if (!row) throw notFound(`cluster "${cluster}" has no certificate with serial ${serial}`);
       if (row.revoked_at) return { revokedAt: row.revoked_at, generation: gen, alreadyRevoked: true, sameKey: [] };
@@ -966,6 +970,8 @@ export class CoordinatorService {
   }
 
   async reportStatus(agent: AgentPrincipal, report: AgentStatus): Promise<void> {
+    const badInstants = unparsableInstants(report);
+    if (badInstants.length > 0) throw badRequest('E_STATUS_INVALID', `${badInstants.map((e) => e.field).join(', ')}: not a date and time`, badInstants);
     await this.#nodeDesired(agent);
     const now = this.now();
     await this.store.query(
@@ -1107,6 +1113,15 @@ function waitFor(events: NodeJS.EventEmitter, cluster: string, ms: number, signa
     events.on('cluster', onEvent);
     signal?.addEventListener('abort', done, { once: true });
   });
+}
+
+/** The instants status() computes days left from: one that does not parse is refused when reported, not stored to break every status view. */
+function unparsableInstants(report: AgentStatus): { field: string; message: string }[] {
+  const instants: [string, string][] = [
+    ...(report.servedCertificate ? [['servedCertificate.notAfter', report.servedCertificate.notAfter] as [string, string]] : []),
+    ...report.certificates.map((c, i): [string, string] => [`certificates[${i}].notAfter`, c.notAfter]),
+  ];
+  return instants.filter(([, v]) => Number.isNaN(Date.parse(v))).map(([field]) => ({ field, message: 'not a date and time (ISO 8601)' }));
 }
 
 export function renderNode(d: NodeDesired): { hba: string; ident: string } {
