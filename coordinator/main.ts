@@ -12,6 +12,7 @@ import { DEFAULT_DATA_DIR, FILES, openDataDir, readOrCreateStorePassword, type D
 import { createLogger } from '../shared/log.ts';
 import { SecretBox } from './secrets.ts';
 import type { RateLimit } from './rate-limit.ts';
+import { CoordinatorMetrics, serveMetrics } from './metrics.ts';
 import { buildServer } from './server.ts';
 import { CoordinatorService } from './service.ts';
 import { SPEC_SEAL_MIGRATION, Store } from './store.ts';
@@ -39,6 +40,8 @@ export interface CoordinatorOptions {
   requestTimeoutMs?: number;
   maxConnections?: number;
   agentRateLimit?: RateLimit;
+  /** HOST:PORT of the plain-HTTP /metrics listener (a bare PORT is 127.0.0.1:PORT); none without it. */
+  metricsListen?: string;
 }
 
 export interface RunningCoordinator {
@@ -51,6 +54,8 @@ export interface RunningCoordinator {
   /** The embedded PostgreSQL, when there is one. */
   pg: PgInstance | null;
   log: Logger;
+  /** http://HOST:PORT/metrics when --metrics-listen is given. */
+  metricsUrl: string | null;
   close(): Promise<void>;
 }
 
@@ -60,6 +65,15 @@ export function parseListen(text: string): { host: string; port: number } {
   const port = Number(m?.[3]);
   if (!m || !host || port > 65535 || (m[1] !== undefined && isIP(m[1]) !== 6)) throw new Error(`--listen: "${text}" is not HOST:PORT (e.g. 127.0.0.1:7432, [::1]:7432)`);
   return { host, port };
+}
+
+/** --metrics-listen: HOST:PORT, or a bare PORT on loopback. */
+export function parseMetricsListen(text: string): { host: string; port: number } {
+  try {
+    return parseListen(/^\d{1,5}$/.test(text) ? `127.0.0.1:${text}` : text);
+  } catch {
+    throw new Error(`--metrics-listen: "${text}" is not HOST:PORT or PORT (e.g. 9464, 127.0.0.1:9464, [::1]:9464)`);
+  }
 }
 
 const urlHost = (host: string) => (isIP(host) === 6 ? `[${host}]` : host === '0.0.0.0' || host === '::' ? 'localhost' : host);
@@ -108,8 +122,14 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
     const service = new CoordinatorService({ store, box: new SecretBox(dataDir.masterKey), coordinatorCa: dataDir.ca, publicUrl, log, now, longPollMs: opts.longPollMs, identityLifetimeSeconds: opts.identityLifetimeSeconds, crlLifetimeSeconds: opts.crlLifetimeSeconds });
     await service.checkMasterKey();
     if (store.applied.includes(SPEC_SEAL_MIGRATION)) await service.sealUnsealedSpecs();
-    const { app } = await buildServer({ service, adminToken: dataDir.adminToken, tls: { key: dataDir.serverKeyPem, cert: dataDir.serverCertPem, ca: dataDir.caPem }, log, limits: { requestTimeoutMs: opts.requestTimeoutMs, maxConnections: opts.maxConnections, agentRateLimit: opts.agentRateLimit } });
+    const metricsAt = opts.metricsListen !== undefined ? parseMetricsListen(opts.metricsListen) : null;
+    const metrics = metricsAt ? new CoordinatorMetrics({ store, log, now }) : undefined;
+    const { app } = await buildServer({ metrics, service, adminToken: dataDir.adminToken, tls: { key: dataDir.serverKeyPem, cert: dataDir.serverCertPem, ca: dataDir.caPem }, log, limits: { requestTimeoutMs: opts.requestTimeoutMs, maxConnections: opts.maxConnections, agentRateLimit: opts.agentRateLimit } });
     await app.listen({ host, port });
+    const metricsServer = metrics && metricsAt ? await serveMetrics(metrics, metricsAt.host, metricsAt.port, log).catch(async (e: unknown) => {
+      await app.close();
+      throw e;
+    }) : null;
     const actual = (app.server.address() as { port: number }).port;
     const url = `https://${urlHost(host)}:${actual}`;
     // Tokens name the port actually bound (listen port 0 picks one).
@@ -130,10 +150,16 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
       store: openStore,
       pg: instance,
       log,
+      metricsUrl: metricsServer?.url ?? null,
       async close() {
         if (closed) return;
         closed = true;
         clearInterval(crlTimer);
+        if (metricsServer) {
+          const closing = new Promise((r) => metricsServer.server.close(r));
+          metricsServer.server.closeAllConnections();
+          await closing;
+        }
         await app.close();
         await openStore.close();
         if (instance) await instance.stop('fast');
@@ -169,6 +195,8 @@ options:
                         coordinator CA files and admin.token (copy the data directory)
   --public-url URL      coordinator URL written into join tokens (default https://<listen>)
   --log-level LEVEL     trace, debug, info (default), warn, error
+  --metrics-listen A    serve Prometheus metrics at http://A/metrics, plain HTTP, no token (A is
+                        HOST:PORT, or PORT for 127.0.0.1:PORT; e.g. 9464); none without it
   --long-poll SECONDS   how long agents' desired-state polls are held (default 30)
   --identity-lifetime D lifetime of agent identity certificates (default 30d; env
                         PGACCORD_IDENTITY_LIFETIME; from 1m, for tests)
@@ -183,6 +211,7 @@ Logs are JSON lines on stdout; secrets are never logged. SIGTERM or SIGINT stops
     'database-url': { type: 'string' },
     'public-url': { type: 'string' },
     'log-level': { type: 'string' },
+    'metrics-listen': { type: 'string' },
     'long-poll': { type: 'string' },
     'identity-lifetime': { type: 'string' },
     'crl-lifetime': { type: 'string' },
@@ -211,6 +240,7 @@ export async function runCoordinator(argv: string[]): Promise<number> {
     databaseUrl: v['database-url'] ?? process.env.PGACCORD_DATABASE_URL,
     publicUrl: v['public-url'],
     logLevel: v['log-level'],
+    metricsListen: v['metrics-listen'],
     longPollMs: longPoll !== undefined ? longPoll * 1000 : undefined,
   });
   process.stderr.write(`pgaccord coordinator listening on ${running.url} (admin token in ${join(running.dataDir.dir, FILES.adminToken)})\n`);

@@ -32,7 +32,10 @@ import { ClusterSpec, NAME_PATTERN } from '../shared/schema.ts';
 import { certInfo } from '../shared/x509.ts';
 import { ApiError, badRequest, unauthorized } from './errors.ts';
 import { AGENT_RATE_LIMIT, RateLimiter, type RateLimit } from './rate-limit.ts';
+import { pageHeaders, renderLoginPage, renderStatusPage } from './status-page.ts';
+import { UiSessions } from './ui-session.ts';
 import { AGENT_CN, parseIdentityUri, type AgentPrincipal, type CoordinatorService } from './service.ts';
+import type { CoordinatorMetrics } from './metrics.ts';
 
 type Auth = 'none' | 'admin' | 'agent';
 
@@ -91,6 +94,8 @@ export interface ServerOptions {
   tls: { key: string; cert: string; ca: string };
   log: Logger;
   limits?: ServerLimits;
+  /** Counts requests, signing in flight, deliveries and reports (see metrics.ts). */
+  metrics?: CoordinatorMetrics;
 }
 
 function bearerMatches(header: string | undefined, expected: string): boolean {
@@ -116,7 +121,7 @@ function agentIdentity(req: FastifyRequest): { cluster: string; node: string; se
 }
 
 export async function buildServer(opts: ServerOptions) {
-  const { service, adminToken } = opts;
+  const { service, adminToken, metrics } = opts;
   // Unauthenticated clients must not hold connections: the whole request arrives within
   // requestTimeoutMs (checked every quarter of it, at most every second), the TLS handshake
   // too, and a connection silent for longer than the longest long-poll (which sends nothing
@@ -186,6 +191,9 @@ export async function buildServer(opts: ServerOptions) {
     }
   });
 
+  // By route pattern (req.routeOptions.url), never the raw URL: bounded label values.
+  if (metrics) app.addHook('onResponse', async (req, reply) => metrics.request(req.method, req.routeOptions.url, reply.statusCode));
+
   app.setErrorHandler((err: unknown, req, reply) => {
     if (err instanceof ApiError) {
       if (err.status >= 500) req.log.error({ err }, err.message);
@@ -224,7 +232,7 @@ export async function buildServer(opts: ServerOptions) {
   // --- agent -------------------------------------------------------------------------------
   add({ method: 'POST', url: '/v1/agent/enroll', auth: 'none', summary: 'exchange a join token and a CSR for the agent identity certificate', body: EnrollRequest, response: { 200: EnrollResponse, ...errors }, handler: async (req) => {
     const body = req.body as { token: string; csr: string };
-    return service.enroll(body.token, body.csr);
+    return metrics ? metrics.signing(() => service.enroll(body.token, body.csr)) : service.enroll(body.token, body.csr);
   } });
   add({ method: 'GET', url: '/v1/agent/desired', auth: 'agent', summary: 'long-poll the node desired state newer than ?after=GEN (204 when none appears in time, 410 when the node is gone)', querystring: Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })), wait: Type.Optional(Type.Integer({ minimum: 0, maximum: 300 })) }), response: { 200: DesiredResponse, 204: Type.Null(), ...errors }, handler: async (req, reply) => {
     const q = req.query as { after?: number; wait?: number };
@@ -237,6 +245,7 @@ export async function buildServer(opts: ServerOptions) {
     try {
       const desired = await service.desired(req.agent!, q.after ?? 0, abort.signal, waitMs);
       if (!desired) return reply.code(204).send();
+      metrics?.delivered(req.agent!.cluster, req.agent!.node, desired.generation);
       return desired;
     } finally {
       if (polls.get(key) === abort) polls.delete(key);
@@ -244,10 +253,11 @@ export async function buildServer(opts: ServerOptions) {
   } });
   add({ method: 'POST', url: '/v1/agent/csr', auth: 'agent', summary: 'sign a CSR for one certificate slot of this node (or "identity" to renew the agent identity)', body: CsrRequest, response: { 200: CsrResponse, ...errors }, handler: async (req) => {
     const body = req.body as { slot: string; csr: string };
-    return service.signCsr(req.agent!, body.slot, body.csr);
+    return metrics ? metrics.signing(() => service.signCsr(req.agent!, body.slot, body.csr)) : service.signCsr(req.agent!, body.slot, body.csr);
   } });
   add({ method: 'POST', url: '/v1/agent/status', auth: 'agent', summary: 'report this node\'s applied generation, phase, certificates and probes', body: StatusRequest, response: { 204: Type.Null(), ...errors }, handler: async (req, reply) => {
     await service.reportStatus(req.agent!, req.body as never);
+    await metrics?.reported(req.agent!.cluster, req.agent!.node, (req.body as { generation: number }).generation).catch((e) => req.log.warn({ err: e }, 'metrics: observing a report failed'));
     return reply.code(204).send();
   } });
 
@@ -296,6 +306,25 @@ export async function buildServer(opts: ServerOptions) {
   } });
   add({ method: 'GET', url: '/v1/clusters/:cluster/ca.crt', auth: 'admin', summary: 'the cluster CA bundle', params: ClusterParams, response: { 200: Pem, ...errors }, produces: 'application/x-pem-file', handler: async (req) => service.clusterCaPem((req.params as { cluster: string }).cluster) });
   add({ method: 'GET', url: '/v1/clusters/:cluster/crl', auth: 'admin', summary: 'the cluster CRL (PEM): what the nodes install once the cluster has revoked a certificate', params: ClusterParams, response: { 200: Pem, ...errors }, produces: 'application/pkix-crl', handler: async (req) => service.crlPem((req.params as { cluster: string }).cluster) });
+
+  // --- status page (HTML, not part of the JSON API: outside the OpenAPI document) ------------
+  const sessions = new UiSessions(adminToken);
+  const page = (reply: FastifyReply, code: number, html: string) => reply.code(code).headers(pageHeaders()).send(html);
+  app.register(async (ui) => {
+    // The login form's encoding, for these routes only: every other route stays JSON-only (415).
+    ui.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: 4096 }, (_req, body, done) => done(null, new URLSearchParams(body as string)));
+    ui.get('/ui', async (req, reply) => {
+      if (!sessions.valid(req.headers.cookie, Date.now())) return page(reply, 401, renderLoginPage(null));
+      const names = (await service.listClusters()).map((c) => c.name);
+      return page(reply, 200, renderStatusPage(await Promise.all(names.map((n) => service.status(n))), new Date()));
+    });
+    ui.post('/ui/login', async (req, reply) => {
+      const form = req.body instanceof URLSearchParams ? req.body : new URLSearchParams();
+      if (!bearerMatches(`Bearer ${form.get('token') ?? ''}`, adminToken)) return page(reply, 401, renderLoginPage('That is not the admin token.'));
+      return reply.code(303).header('set-cookie', sessions.issue(Date.now())).header('location', '/ui').headers(pageHeaders()).send('');
+    });
+    ui.post('/ui/logout', async (_req, reply) => reply.code(303).header('set-cookie', UiSessions.clear()).header('location', '/ui').headers(pageHeaders()).send(''));
+  });
 
   const plain = (s: TSchema) => JSON.parse(JSON.stringify(s)) as unknown;
   let doc: unknown = null;
