@@ -5,13 +5,14 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import { chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import type { ClusterStatusResponse } from '../shared/api.ts';
 import type { ClusterSpec } from '../shared/schema.ts';
 import { createPgInstance, freePort, ownedDir, serverOsUser, type OsUser, type PgInstance } from '../shared/pgserver.ts';
+import { PACKAGE_ROOT } from '../shared/version.ts';
 
-const PGACCORD = join(dirname(fileURLToPath(import.meta.url)), 'pgaccord.mjs');
+// The executable, wherever this file runs from (the sources or their compiled copy in dist/).
+const PGACCORD = join(PACKAGE_ROOT, 'bin', 'pgaccord.mjs');
 
 export interface CliResult {
   code: number;

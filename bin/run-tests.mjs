@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 // The test command: unit tests always; integration and end-to-end tests (real PostgreSQL,
-// real HTTPS) when running as root, as CI does, or when PGACCORD_INTEGRATION=1.
+// real HTTPS) when running as root, as CI does, or when PGACCORD_INTEGRATION=1. Tests load the
+// TypeScript through tsx, but what they spawn (bin/pgaccord.mjs) runs the compiled dist/, as
+// shipped: so dist/ is rebuilt first whenever a source is newer than it.
 import { spawnSync } from 'node:child_process';
-import { readdirSync, existsSync } from 'node:fs';
+import { readdirSync, existsSync, statSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -22,6 +24,25 @@ if (files.length === 0) {
   console.error('no test files found');
   process.exit(1);
 }
+/** Newest modification time under the compiled directories, and of the build's inputs. */
+function newest(paths, ext) {
+  let t = 0;
+  for (const p of paths) {
+    if (!existsSync(p)) continue;
+    const st = statSync(p);
+    if (st.isDirectory()) t = Math.max(t, newest(readdirSync(p).map((f) => join(p, f)), ext));
+    else if (p.endsWith(ext)) t = Math.max(t, st.mtimeMs);
+  }
+  return t;
+}
+const built = existsSync(join(root, 'dist', 'bin', 'main.js')) ? statSync(join(root, 'dist', 'bin', 'main.js')).mtimeMs : 0;
+const sources = ['agent', 'coordinator', 'shared', 'bin', 'tsconfig.json', 'tsconfig.build.json'].map((p) => join(root, p));
+if (built < Math.max(newest(sources, '.ts'), newest(sources.slice(-2), '.json'))) {
+  console.log('# dist/ is missing or older than the sources: npm run build');
+  const b = spawnSync('npm', ['run', '--silent', 'build'], { cwd: root, stdio: 'inherit' });
+  if (b.status !== 0) process.exit(b.status ?? 1);
+}
+
 const args = ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files];
 const r = spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit' });
 process.exit(r.status ?? 1);

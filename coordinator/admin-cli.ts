@@ -3,13 +3,15 @@
 // to the files in its data directory.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Agent, request } from 'undici';
+// The admin commands load their HTTP client and spec validator only when they need them:
+// `--help` and a bad argument answer without loading undici, typebox or node-forge.
+import type { Agent } from 'undici';
 import type { CaRotationStatus, CertificateListResponse, ClusterStatusResponse, ErrorBody, NodeStatusView, PlanResponse } from '../shared/api.ts';
 import type { Static } from '@sinclair/typebox';
 import { parseCommand, UsageError } from '../shared/cli.ts';
 import { parseDuration } from '../shared/duration.ts';
-import { parseSpecText, validateSpec } from '../shared/spec.ts';
-import { DEFAULT_DATA_DIR, FILES } from './datadir.ts';
+import { formatProbeMatrix, probeMatrix } from '../shared/probe-matrix.ts';
+import { DEFAULT_DATA_DIR, FILES } from './datadir-layout.ts';
 
 const CONNECTION_OPTIONS = {
   coordinator: { type: 'string' },
@@ -53,6 +55,7 @@ async function connect(v: ConnValues): Promise<Conn> {
   const ca = await readFile(caFile, 'utf8').catch((e: NodeJS.ErrnoException) => {
     throw new Error(`cannot read the coordinator CA from ${caFile} (${e.code ?? e.message}); use --ca or PGACCORD_CA`);
   });
+  const { Agent } = await import('undici');
   return { url, token, dispatcher: new Agent({ connect: { ca, rejectUnauthorized: true }, bodyTimeout: 0, headersTimeout: 0 }) };
 }
 
@@ -66,6 +69,7 @@ export class HttpError extends Error {
 }
 
 async function call<T>(conn: Conn, method: string, path: string, body?: unknown): Promise<T> {
+  const { request } = await import('undici');
   let res;
   try {
     res = await request(`${conn.url}${path}`, {
@@ -128,6 +132,7 @@ export async function runApply(argv: string[]): Promise<number> {
   const v = parsed.values;
   if (!v.file) throw new UsageError(`-f FILE is required\nusage: ${APPLY.usage}`);
   const text = v.file === '-' ? await readStdin() : await readFile(v.file, 'utf8');
+  const { parseSpecText, validateSpec } = await import('../shared/spec.ts');
   const doc = parseSpecText(text);
   const checked = doc.ok ? validateSpec(doc.value) : doc;
   if (!checked.ok) {
@@ -284,7 +289,9 @@ export function formatStatus(s: ClusterStatus): string {
     // the profile's verification queries: the failed ones, and the ones with a note (pgd without bdr: "bdr not installed")
     ...(n.checks ?? []).filter((c) => !c.ok || c.note !== null).map((c) => `  check ${n.node} ${c.name}: ${c.ok ? 'ok' : 'FAILED'}${c.note ? ` (${c.note})` : ''}`),
   ]);
-  return `${head}\n${table(rows)}\n${failed.length ? `${failed.join('\n')}\n` : ''}`;
+  // the matrix only says something once there are two nodes
+  const grid = s.nodes.length > 1 ? formatProbeMatrix(probeMatrix(s)) : '';
+  return `${head}\n${table(rows)}\n${grid}${failed.length ? `${failed.join('\n')}\n` : ''}`;
 }
 
 // --- token --------------------------------------------------------------------------------

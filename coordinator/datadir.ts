@@ -9,20 +9,10 @@ import { join } from 'node:path';
 import { CertificateAuthority } from './ca.ts';
 import { certInfo, createCsr, generateRsaKey, readCsrKey } from '../shared/x509.ts';
 import { installFile } from '../shared/atomic-file.ts';
+import { FILES } from './datadir-layout.ts';
 
-export const DEFAULT_DATA_DIR = '/var/lib/pgaccord-coordinator';
+export { DEFAULT_DATA_DIR, FILES } from './datadir-layout.ts';
 export const SERVER_CERT_LIFETIME_S = 365 * 86400;
-
-export const FILES = {
-  caCert: 'ca.crt',
-  caKey: 'coordinator-ca.key',
-  serverCert: 'server.crt',
-  serverKey: 'server.key',
-  masterKey: 'master.key',
-  adminToken: 'admin.token',
-  pg: 'pg',
-  storePassword: 'store.password',
-} as const;
 
 export interface DataDir {
   dir: string;
