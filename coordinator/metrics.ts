@@ -88,14 +88,16 @@ export function fleetSeries(nodes: NodeRow[], certs: CertRow[], crls: CrlRow[]):
     if (n.reported_at) out.lastReport.push({ labels: id, value: seconds(n.reported_at) });
     if (n.last_contact) out.lastContact.push({ labels: id, value: seconds(n.last_contact) });
     out.pendingRestarts.push({ labels: id, value: n.pending_restarts ?? 0 });
-    // One series per edge and role: a node may reach the same peer as several roles.
-    const edges = new Set<string>();
+    // One series per edge and role (a node may reach the same peer as several roles); two
+    // probes of the same edge and role (two addresses) count as failed if either failed.
+    const edges = new Map<string, Sample>();
     for (const p of n.probes ?? []) {
       const key = `${p.to}\0${p.role}`;
-      if (edges.has(key)) continue;
-      edges.add(key);
-      out.probe.push({ labels: { cluster: n.cluster, from: n.node, to: p.to, role: p.role }, value: p.ok ? 1 : 0 });
+      const seen = edges.get(key);
+      if (seen) seen.value = Math.min(seen.value, p.ok ? 1 : 0);
+      else edges.set(key, { labels: { cluster: n.cluster, from: n.node, to: p.to, role: p.role }, value: p.ok ? 1 : 0 });
     }
+    out.probe.push(...edges.values());
     const used = new Map<string, { slot: string; serial: string; notAfter: number }>();
     for (const c of n.certificates ?? []) {
       const at = Date.parse(c.notAfter);
