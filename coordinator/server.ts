@@ -32,6 +32,8 @@ import { ClusterSpec, NAME_PATTERN } from '../shared/schema.ts';
 import { certInfo } from '../shared/x509.ts';
 import { ApiError, badRequest, unauthorized } from './errors.ts';
 import { AGENT_RATE_LIMIT, RateLimiter, type RateLimit } from './rate-limit.ts';
+import { pageHeaders, renderLoginPage, renderStatusPage } from './status-page.ts';
+import { UiSessions } from './ui-session.ts';
 import { AGENT_CN, parseIdentityUri, type AgentPrincipal, type CoordinatorService } from './service.ts';
 import type { CoordinatorMetrics } from './metrics.ts';
 
@@ -304,6 +306,25 @@ export async function buildServer(opts: ServerOptions) {
   } });
   add({ method: 'GET', url: '/v1/clusters/:cluster/ca.crt', auth: 'admin', summary: 'the cluster CA bundle', params: ClusterParams, response: { 200: Pem, ...errors }, produces: 'application/x-pem-file', handler: async (req) => service.clusterCaPem((req.params as { cluster: string }).cluster) });
   add({ method: 'GET', url: '/v1/clusters/:cluster/crl', auth: 'admin', summary: 'the cluster CRL (PEM): what the nodes install once the cluster has revoked a certificate', params: ClusterParams, response: { 200: Pem, ...errors }, produces: 'application/pkix-crl', handler: async (req) => service.crlPem((req.params as { cluster: string }).cluster) });
+
+  // --- status page (HTML, not part of the JSON API: outside the OpenAPI document) ------------
+  const sessions = new UiSessions(adminToken);
+  const page = (reply: FastifyReply, code: number, html: string) => reply.code(code).headers(pageHeaders()).send(html);
+  app.register(async (ui) => {
+    // The login form's encoding, for these routes only: every other route stays JSON-only (415).
+    ui.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: 4096 }, (_req, body, done) => done(null, new URLSearchParams(body as string)));
+    ui.get('/ui', async (req, reply) => {
+      if (!sessions.valid(req.headers.cookie, Date.now())) return page(reply, 401, renderLoginPage(null));
+      const names = (await service.listClusters()).map((c) => c.name);
+      return page(reply, 200, renderStatusPage(await Promise.all(names.map((n) => service.status(n))), new Date()));
+    });
+    ui.post('/ui/login', async (req, reply) => {
+      const form = req.body instanceof URLSearchParams ? req.body : new URLSearchParams();
+      if (!bearerMatches(`Bearer ${form.get('token') ?? ''}`, adminToken)) return page(reply, 401, renderLoginPage('That is not the admin token.'));
+      return reply.code(303).header('set-cookie', sessions.issue(Date.now())).header('location', '/ui').headers(pageHeaders()).send('');
+    });
+    ui.post('/ui/logout', async (_req, reply) => reply.code(303).header('set-cookie', UiSessions.clear()).header('location', '/ui').headers(pageHeaders()).send(''));
+  });
 
   const plain = (s: TSchema) => JSON.parse(JSON.stringify(s)) as unknown;
   let doc: unknown = null;
