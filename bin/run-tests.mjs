@@ -40,7 +40,9 @@ const sources = ['agent', 'coordinator', 'shared', 'bin', 'tsconfig.json', 'tsco
 if (built < Math.max(newest(sources, '.ts'), newest(sources.slice(-2), '.json'))) {
   console.log('# dist/ is missing or older than the sources: npm run build');
   const b = spawnSync('npm', ['run', '--silent', 'build'], { cwd: root, stdio: 'inherit' });
-  if (b.status !== 0) process.exit(b.status ?? 1);
+  // tsc still emits on a type error (CI's `tsc --noEmit` fails on it): test what it emitted.
+  if (b.status !== 0 && !existsSync(join(root, 'dist', 'bin', 'main.js'))) process.exit(b.status ?? 1);
+  if (b.status !== 0) console.log('# the build reported errors (see above): testing what it emitted');
 }
 
 const args = ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files];

@@ -1,0 +1,53 @@
+// A command loads only what it uses: `--version`, `--help` and the admin CLI's requests start
+// without fastify, pg, node-forge, typebox or undici (each costs tens of milliseconds and MB).
+// A module resolve hook records every package the process loads.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+const HEAVY = ['fastify', 'pg', 'node-forge', '@sinclair/typebox', 'undici', 'pino', 'yaml', 'chokidar'];
+
+function packagesLoaded(args: string[]): { packages: string[]; status: number | null; stderr: string } {
+  const dir = mkdtempSync('/tmp/pgaccord-cli-footprint-');
+  try {
+    const trace = join(dir, 'trace');
+    writeFileSync(trace, '');
+    writeFileSync(join(dir, 'hooks.mjs'), `import { appendFileSync } from 'node:fs';
+export async function resolve(specifier, context, next) {
+  const r = await next(specifier, context);
+  appendFileSync(${JSON.stringify(trace)}, r.url + '\\n');
+  return r;
+}`);
+    writeFileSync(join(dir, 'register.mjs'), `import { register } from 'node:module';\nregister(${JSON.stringify(`file://${join(dir, 'hooks.mjs')}`)});`);
+    const r = spawnSync(process.execPath, ['--import', join(dir, 'register.mjs'), 'bin/pgaccord.mjs', ...args], { encoding: 'utf8', timeout: 30_000 });
+    const urls = readFileSync(trace, 'utf8').split('\n').filter(Boolean);
+    const packages = [...new Set(urls.map((u) => /\/node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(u)?.[1]).filter((p): p is string => p !== undefined))];
+    return { packages, status: r.status, stderr: r.stderr };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('--version, --help and status --help load none of the heavy packages', () => {
+  for (const args of [['--version'], ['--help'], ['status', '--help'], ['apply', '--help'], ['token', '--help'], ['cert', '--help']]) {
+    const r = packagesLoaded(args);
+    assert.equal(r.status, 0, `${args.join(' ')}: ${r.stderr}`);
+    assert.deepEqual(r.packages.filter((p) => HEAVY.includes(p)), [], `pgaccord ${args.join(' ')} loaded`);
+  }
+});
+
+test('an admin request (status against an unreachable coordinator) loads no HTTP client package, no CA code', () => {
+  const dir = mkdtempSync('/tmp/pgaccord-cli-footprint-');
+  try {
+    writeFileSync(join(dir, 'ca.crt'), '-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n');
+    writeFileSync(join(dir, 'token'), 'x');
+    const r = packagesLoaded(['status', 'demo', '--coordinator', 'https://127.0.0.1:1', '--ca', join(dir, 'ca.crt'), '--token-file', join(dir, 'token')]);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /cannot reach the coordinator at https:\/\/127\.0\.0\.1:1/);
+    assert.deepEqual(r.packages.filter((p) => HEAVY.includes(p)), [], 'pgaccord status loaded');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
