@@ -172,21 +172,22 @@ export class CoordinatorMetrics {
   readonly registry = new Registry();
   readonly #opts: MetricsOptions;
   readonly #now: () => Date;
-  #cached: { at: number; fleet: Promise<FleetSeries | null> } | null = null;
+  /** at: when the read ended (null while in progress). */
+  #cached: { at: number | null; fleet: Promise<FleetSeries | null> } | null = null;
   readonly #deliveries = new Map<string, Delivery>();
   readonly #requests: Counter<'method' | 'route' | 'code'>;
   readonly #applyDuration: Histogram<'cluster'>;
   readonly #convergence: Histogram<'cluster'>;
   readonly #signing: Gauge;
-  readonly #storeUp: Gauge;
 
   constructor(opts: MetricsOptions) {
     this.#opts = opts;
     this.#now = opts.now ?? (() => new Date());
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
+    // collect() runs with `this` bound to the gauge.
+    const self = this;
     const fleetGauge = (name: string, help: string, labelNames: string[], pick: (f: FleetSeries) => Sample[]) => {
-      const self = this;
       new Gauge({
         name, help, labelNames, registers,
         async collect() {
@@ -211,7 +212,12 @@ export class CoordinatorMetrics {
     fleetGauge('pgaccord_node_last_contact_timestamp_seconds', 'when the agent last called the coordinator (any authenticated call, long-polls included), Unix seconds', node, (f) => f.lastContact);
     fleetGauge('pgaccord_node_pending_restarts', 'settings the node applied that wait for a server restart', node, (f) => f.pendingRestarts);
     fleetGauge('pgaccord_probe_success', 'last inter-node connection probe from one node to another as one role: 1 succeeded, 0 failed', ['cluster', 'from', 'to', 'role'], (f) => f.probe);
-    this.#storeUp = new Gauge({ name: 'pgaccord_store_up', help: '1 when the last read of the store for these metrics succeeded', registers });
+    new Gauge({
+      name: 'pgaccord_store_up', help: '1 when the read of the store for this scrape succeeded', registers,
+      async collect() {
+        this.set((await self.#fleet()) ? 1 : 0);
+      },
+    });
     this.#signing = new Gauge({ name: 'pgaccord_signing_operations_in_flight', help: 'certificate signing operations (enrolment, CSRs) in progress: signing is inline, so this is the signing queue depth', registers });
     this.#requests = new Counter({ name: 'pgaccord_api_requests_total', help: 'API requests answered, by method, route pattern and status code', labelNames: ['method', 'route', 'code'], registers });
     const buckets = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900];
@@ -219,23 +225,26 @@ export class CoordinatorMetrics {
     this.#convergence = new Histogram({ name: 'pgaccord_convergence_latency_seconds', help: 'from the creation of a generation to a node\'s report of it applied and proved', labelNames: ['cluster'], buckets, registers });
   }
 
-  /** One read of the store per cacheMs, shared by every gauge of a scrape; a failed read is store_up 0, not a failed scrape. */
+  /**
+   * One read of the store shared by every gauge of a scrape (prom-client collects them
+   * concurrently: a read in progress is joined) and by the scrapes of the next cacheMs after it
+   * ends. A failed read is store_up 0, not a failed scrape.
+   */
   #fleet(): Promise<FleetSeries | null> {
-    const now = Date.now();
-    if (this.#cached && now - this.#cached.at < (this.#opts.cacheMs ?? DEFAULT_CACHE_MS)) return this.#cached.fleet;
-    const fleet = readFleet(this.#opts.store).then(
-      (f) => {
-        this.#storeUp.set(1);
-        return f;
-      },
+    const c = this.#cached;
+    if (c && (c.at === null || Date.now() - c.at < (this.#opts.cacheMs ?? DEFAULT_CACHE_MS))) return c.fleet;
+    const entry: { at: number | null; fleet: Promise<FleetSeries | null> } = { at: null, fleet: Promise.resolve(null) };
+    entry.fleet = readFleet(this.#opts.store).then(
+      (f) => f,
       (e: unknown) => {
-        this.#storeUp.set(0);
         this.#opts.log.error({ err: e }, 'metrics: reading the store failed');
         return null;
       },
-    );
-    this.#cached = { at: now, fleet };
-    return fleet;
+    ).finally(() => {
+      entry.at = Date.now();
+    });
+    this.#cached = entry;
+    return entry.fleet;
   }
 
   /** The desired-state route handed `generation` to the node. */
