@@ -313,6 +313,8 @@ export async function serveMetrics(metrics: CoordinatorMetrics, host: string, po
     );
   });
   server.keepAliveTimeout = 10_000;
+  // A scraper or two, not a crowd: whoever reaches it cannot hold the process's sockets.
+  server.maxConnections = 64;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => {
