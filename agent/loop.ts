@@ -152,6 +152,27 @@ export interface LoopDeps {
   terminateRevoked?: (ctx: NodeContext, crl: string) => Promise<{ pid: number; serial: string }[]>;
   postgresVersion: () => Promise<string>;
   onReady?: () => void;
+  /** Once the loop runs (before the first apply: the coordinator or the server may be away). */
+  onRunning?: (summary: string) => void;
+  /** After each pass: a one-line summary (systemd STATUS=). */
+  onSummary?: (line: string) => void;
+  /** Keep-alive (systemd WATCHDOG=1), fed from the loop's own tick only while it makes progress. */
+  watchdog?: { everyMs: number; feed: () => void; stuckAfterMs?: number };
+}
+
+/** A reconcile pass or a poll turn running longer than this is stuck (long-poll <= 300 s plus client timeouts stay well below). */
+export const STUCK_AFTER_MS = 600_000;
+
+/** Is the loop making progress: neither the pass in flight nor the poll turn older than the bound. */
+export function loopAlive(now: number, since: { pass: number | null; turn: number | null }, stuckAfterMs = STUCK_AFTER_MS): boolean {
+  return [since.pass, since.turn].every((t) => t === null || now - t < stuckAfterMs);
+}
+
+/** The STATUS= line: applied generation (and the desired one when behind), phase, probes. */
+export function summaryLine(s: { desired: number | null; applied: number; phase: string | null; probesOk: number; probes: number; reachable: boolean }): string {
+  if (s.desired === null) return `waiting for the first desired state${s.reachable ? '' : ' (coordinator unreachable)'}`;
+  const gen = s.applied === s.desired ? `generation ${s.applied}` : `generation ${s.applied} (desired ${s.desired})`;
+  return `${gen}, ${s.phase ?? 'not applied'}, probes ${s.probesOk}/${s.probes} ok${s.reachable ? '' : ', coordinator unreachable'}`;
 }
 
 export type LoopExit = 'stopped' | 'removed';
@@ -181,6 +202,10 @@ export class ReconcileLoop {
   private driftNotes: RuntimeError[] = [];
   /** The status last built (for tests and for the local mirror). */
   lastStatus: AgentStatus | null = null;
+  /** When the reconcile pass in flight and the current poll turn began (the watchdog's view). */
+  private passStartedAt: number | null = null;
+  private turnStartedAt: number | null = null;
+  private watchdogTimer: NodeJS.Timeout | undefined;
 
   constructor(private deps: LoopDeps) {}
 
@@ -264,10 +289,13 @@ export class ReconcileLoop {
     this.running = this.running.then(async () => {
       this.queued = false;
       if (this.signal.aborted) return;
+      this.passStartedAt = Date.now();
       try {
         await this.reconcileOnce(reason);
       } catch (e) {
         this.deps.log.error({ err: errMessage(e) }, 'reconcile failed unexpectedly');
+      } finally {
+        this.passStartedAt = null;
       }
     });
     return this.running;
@@ -279,6 +307,16 @@ export class ReconcileLoop {
     this.lastGood = loaded.desired;
     this.stateError = loaded.error;
     if (loaded.error) log.error({ code: loaded.error.code }, loaded.error.message);
+    this.deps.onRunning?.(summaryLine({ desired: this.lastGood?.generation ?? null, applied: this.appliedGeneration, phase: 'starting', probesOk: 0, probes: 0, reachable: true }));
+    const wd = this.deps.watchdog;
+    if (wd) {
+      // The loop's own tick (real time: the watchdog is systemd's clock, not the injected one).
+      this.watchdogTimer = setInterval(() => {
+        if (loopAlive(Date.now(), { pass: this.passStartedAt, turn: this.turnStartedAt }, wd.stuckAfterMs)) wd.feed();
+        else log.error({ stuckAfterMs: wd.stuckAfterMs ?? STUCK_AFTER_MS }, 'reconcile loop stuck: no longer feeding the watchdog');
+      }, wd.everyMs);
+      this.watchdogTimer.unref();
+    }
     if (this.lastGood) {
       log.info({ generation: this.lastGood.generation }, 'starting from the last good desired state');
       await this.kick('startup');
@@ -288,6 +326,7 @@ export class ReconcileLoop {
     try {
       while (!this.signal.aborted) {
         const started = this.deps.now();
+        this.turnStartedAt = Date.now();
         if (this.deps.maintain) await this.deps.maintain().catch((e) => log.warn({ err: errMessage(e) }, 'maintenance failed'));
         let outcome: 'ok' | 'error' | 'removed';
         const pollAbort = new AbortController();
@@ -329,6 +368,7 @@ export class ReconcileLoop {
       return 'stopped';
     } finally {
       clearInterval(this.timer);
+      clearInterval(this.watchdogTimer);
       await this.running;
       await this.deps.drift?.close().catch(() => undefined);
     }
@@ -481,6 +521,7 @@ export class ReconcileLoop {
       postgresVersion: await this.deps.postgresVersion(),
     });
     this.lastStatus = status;
+    this.deps.onSummary?.(summaryLine({ desired: desired?.generation ?? null, applied: this.appliedGeneration, phase: desired ? (this.lastApply?.phase ?? null) : null, probesOk: probes.filter((p) => p.ok).length, probes: probes.length, reachable: this.reachable }));
     let reported = false;
     if (this.reachable) {
       try {

@@ -9,6 +9,7 @@ import pino, { type Logger } from 'pino';
 import YAML from 'yaml';
 import { parseCommand, UsageError } from '../shared/cli.ts';
 import { createLogger } from '../shared/log.ts';
+import { SdNotifier, takeNotifyEnv } from '../shared/sd-notify.ts';
 import { NAME_PATTERN } from '../shared/schema.ts';
 import type { OsUser } from '../shared/pgserver.ts';
 import { RenewalSchedule, type Random } from './backoff.ts';
@@ -316,6 +317,8 @@ export interface RunHooks {
 export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<number> {
   const parsed = parseCommand(COMMAND, argv);
   if (!parsed) return 0;
+  // Before anything spawns (getent, psql): no child inherits NOTIFY_SOCKET/WATCHDOG_*.
+  const sd = takeNotifyEnv();
   const flags = parsed.values as Record<string, string | undefined>;
   const configFile = flags.config;
   const fileValues = configFile ? await readConfigFile(configFile) : {};
@@ -355,6 +358,7 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
   if (dropped) await checkStateDirOwnership(cfg.stateDir, dropped.user.uid);
 
   const stored = await obtainIdentity(cfg, log, now);
+  const notify = new SdNotifier(sd.socket, { onError: (m) => log.warn(m) });
   const client = new CoordinatorClient({ baseUrl: cfg.coordinatorUrl, caPem: stored.caPem, identity: stored.identity });
   const schedule = new RenewalSchedule(random);
   const identitySchedule = new RenewalSchedule(random);
@@ -407,10 +411,16 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
       pruneIdentityTo = null;
       await pruneIdentities(cfg.stateDir, keep);
     },
+    // systemd (Type=notify): ready once the identity is there and the loop runs, not after the
+    // first apply (the coordinator or the local server may not exist yet).
+    onRunning: (summary) => notify.ready(summary),
+    onSummary: (line) => notify.status(line),
+    ...(sd.watchdogMs !== null ? { watchdog: { everyMs: sd.watchdogMs, feed: () => notify.watchdog() } } : {}),
   });
 
   const onStop = (sig: string) => () => {
     log.info({ signal: sig }, 'stopping');
+    notify.stopping();
     loop.stop();
   };
   const onHup = () => {
@@ -454,7 +464,9 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
       process.off('SIGINT', int);
       process.off('SIGHUP', onHup);
     }
+    notify.stopping();
     await client.close();
+    await notify.flush();
     await new Promise<void>((r) => log.flush(() => r()));
   }
 }

@@ -10,6 +10,7 @@ import { parseCommand } from '../shared/cli.ts';
 import { openOrCreatePgInstance, storeOsUser, type PgInstance } from '../shared/pgserver.ts';
 import { DEFAULT_DATA_DIR, FILES, openDataDir, readOrCreateStorePassword, type DataDir } from './datadir.ts';
 import { createLogger } from '../shared/log.ts';
+import { SdNotifier, takeNotifyEnv } from '../shared/sd-notify.ts';
 import { SecretBox } from './secrets.ts';
 import type { RateLimit } from './rate-limit.ts';
 import { CoordinatorMetrics, serveMetrics } from './metrics.ts';
@@ -218,9 +219,34 @@ Logs are JSON lines on stdout; secrets are never logged. SIGTERM or SIGINT stops
   },
 } as const;
 
+/** One line for systemd's STATUS=, from what the store answers. */
+export function coordinatorSummary(c: { clusters: number; agents: number; inContact: number }): string {
+  return `${c.clusters} cluster${c.clusters === 1 ? '' : 's'}, ${c.agents} agent${c.agents === 1 ? '' : 's'} enrolled, ${c.inContact} in contact (last 2 min)`;
+}
+
+async function storeSummary(store: Store, timeoutMs: number): Promise<string> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs)));
+  try {
+    const [row] = await Promise.race([
+      store.query<{ clusters: number; agents: number; in_contact: number }>(
+        `SELECT (SELECT count(*) FROM clusters)::int AS clusters, (SELECT count(*) FROM agents)::int AS agents,
+                (SELECT count(*) FROM node_status WHERE last_contact > now() - interval '2 minutes')::int AS in_contact`,
+      ),
+      timeout,
+    ]);
+    return coordinatorSummary({ clusters: row!.clusters, agents: row!.agents, inContact: row!.in_contact });
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export async function runCoordinator(argv: string[]): Promise<number> {
   const parsed = parseCommand(COMMAND, argv);
   if (!parsed) return 0;
+  // Before anything spawns (useradd, pg_ctl and the store's PostgreSQL): no child inherits
+  // NOTIFY_SOCKET/WATCHDOG_* (PostgreSQL would send its own READY=1 to our unit).
+  const sd = takeNotifyEnv();
   const v = parsed.values;
   const longPoll = v['long-poll'] !== undefined ? Number(v['long-poll']) : undefined;
   if (longPoll !== undefined && !(longPoll > 0 && longPoll <= 300)) throw new Error('--long-poll must be 1..300 seconds');
@@ -244,10 +270,39 @@ export async function runCoordinator(argv: string[]): Promise<number> {
     longPollMs: longPoll !== undefined ? longPoll * 1000 : undefined,
   });
   process.stderr.write(`pgaccord coordinator listening on ${running.url} (admin token in ${join(running.dataDir.dir, FILES.adminToken)})\n`);
+  // systemd (Type=notify): ready once HTTPS is served and the store answers; then a timer asks
+  // the store again and feeds the watchdog only when it answered (a wedged event loop or store
+  // stops the keep-alives, and systemd restarts the unit).
+  const notify = new SdNotifier(sd.socket, { onError: (m) => running.log.warn(m) });
+  let notifyTimer: NodeJS.Timeout | undefined;
+  if (notify.enabled) {
+    const everyMs = sd.watchdogMs ?? 30_000;
+    const first = await storeSummary(running.store, 30_000).catch(async (e: unknown) => {
+      await running.close();
+      throw e;
+    });
+    notify.ready(first);
+    let checking = false;
+    notifyTimer = setInterval(() => {
+      if (checking) return; // the last check has not answered: no keep-alive
+      checking = true;
+      storeSummary(running.store, everyMs)
+        .then((line) => {
+          notify.status(line);
+          if (sd.watchdogMs !== null) notify.watchdog();
+        }, (e: unknown) => {
+          running.log.error({ err: e }, 'store check failed: not feeding the watchdog');
+          notify.status(`store not answering: ${(e as Error).message}`);
+        })
+        .finally(() => (checking = false));
+    }, everyMs);
+  }
   return new Promise<number>((resolve) => {
     const stop = (signal: string) => {
       running.log.info({ signal }, 'stopping');
-      running.close().then(() => resolve(0), (e) => {
+      clearInterval(notifyTimer);
+      notify.stopping();
+      running.close().then(() => notify.flush()).then(() => resolve(0), (e) => {
         running.log.error({ err: e }, 'stop failed');
         resolve(1);
       });
