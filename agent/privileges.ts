@@ -67,21 +67,27 @@ export async function lookupUid(uid: number, fallbackGid: number): Promise<OsUse
  * The user to become: the owner of PGDATA, which must be a real directory (not a symlink, no
  * symlink on its path) owned by someone other than root, under directories only root or that
  * owner control. Otherwise who owns "PGDATA" would be the choice of whoever can repoint it.
+ * The owner is read from a descriptor of the directory (opened without following a symlink),
+ * and the kernel's path of that descriptor must be --pgdata itself: the uid is that of the
+ * directory the path names, not of one that stood there at an earlier look.
  */
 export async function pgdataOwner(pgdata: string): Promise<OsUser> {
-  let st;
+  const fh = await open(pgdata, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW).catch(async (e: NodeJS.ErrnoException) => {
+    // A symlink opened O_DIRECTORY|O_NOFOLLOW fails ENOTDIR on Linux, ELOOP elsewhere.
+    if ((e.code === 'ELOOP' || e.code === 'ENOTDIR') && (await lstat(pgdata).catch(() => null))?.isSymbolicLink()) throw new PrivilegeError('E_PGDATA', `--pgdata ${pgdata} is a symlink: give the directory itself (${await realpath(pgdata).catch(() => '?')})`);
+    if (e.code === 'ENOTDIR') throw new PrivilegeError('E_PGDATA', `--pgdata ${pgdata} is not a directory`);
+    throw new PrivilegeError('E_PGDATA', `--pgdata ${pgdata}: ${e.message}`);
+  });
   try {
-    st = await lstat(pgdata);
-  } catch (e) {
-    throw new PrivilegeError('E_PGDATA', `--pgdata ${pgdata}: ${(e as Error).message}`);
+    const st = await fh.stat();
+    if (st.uid === 0) throw new PrivilegeError('E_PGDATA', `--pgdata ${pgdata} is owned by root: PostgreSQL never runs as root, so this is not a data directory the agent may act for`);
+    const real = await realpath(`/proc/self/fd/${fh.fd}`).catch(() => '?');
+    if (real !== pgdata) throw new PrivilegeError('E_PGDATA', `--pgdata ${pgdata} has a symlink on its path, or was moved while being checked: give ${real}`);
+    await checkAncestors(pgdata, st.uid, '--pgdata', 'E_PGDATA');
+    return await lookupUid(st.uid, st.gid);
+  } finally {
+    await fh.close();
   }
-  if (st.isSymbolicLink()) throw new PrivilegeError('E_PGDATA', `--pgdata ${pgdata} is a symlink: give the directory itself (${await realpath(pgdata).catch(() => '?')})`);
-  if (!st.isDirectory()) throw new PrivilegeError('E_PGDATA', `--pgdata ${pgdata} is not a directory`);
-  if (st.uid === 0) throw new PrivilegeError('E_PGDATA', `--pgdata ${pgdata} is owned by root: PostgreSQL never runs as root, so this is not a data directory the agent may act for`);
-  const real = await realpath(pgdata);
-  if (real !== pgdata) throw new PrivilegeError('E_PGDATA', `--pgdata ${pgdata} has a symlink on its path: give ${real}`);
-  await checkAncestors(pgdata, st.uid, '--pgdata', 'E_PGDATA');
-  return lookupUid(st.uid, st.gid);
 }
 
 /**
