@@ -60,10 +60,14 @@ export function matches(snap: FileSnapshot, spec: FileSpec): boolean {
 }
 
 /**
- * Make `path` a directory of exactly `mode` (owned by `owner` when we are root), never through
- * a symlink: the directory is opened without following one (O_NOFOLLOW) and owner and mode are
- * set on that descriptor, so a directory swapped for a symlink, before or after the check,
- * is refused (E_NOT_A_DIRECTORY) and nothing it points to changes.
+ * Make `path` a directory of exactly `mode` (owned by `owner` when we are root). The last
+ * component is opened without following a symlink (O_NOFOLLOW) and owner and mode are set on
+ * that descriptor, so a directory swapped for a symlink, before or after the check, is refused
+ * (E_NOT_A_DIRECTORY) and nothing it points to changes. O_NOFOLLOW covers only that component:
+ * the parents are trusted by the caller. They hold for the agent, which calls this only after it
+ * dropped to the PGDATA owner (agent/privileges.ts), so a symlink among them can lead only where
+ * that user could go anyway; for the coordinator as root, the parents are its own data directory
+ * (root's) and <data>/pg, whose owner can change only its own entries, the last component.
  */
 export async function ensureDirectory(path: string, mode: number, owner?: { uid: number; gid: number }): Promise<void> {
   if ((mode & ~0o7777) !== 0) throw new InstallError('E_MODE', `bad mode ${mode.toString(8)} for ${path}`);
