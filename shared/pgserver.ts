@@ -4,12 +4,13 @@
 // user of its own (storeOsUser) and asks for a password.
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { chmod, chown, lchown, lstat, mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { constants, existsSync } from 'node:fs';
+import { lchown, lstat, mkdtemp, open, readdir, rename, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { ensureDirectory } from './atomic-file.ts';
 import { confName, confString } from './escape.ts';
 import { scramVerifier } from './scram.ts';
 
@@ -39,7 +40,15 @@ export const STORE_OS_USER = 'pgaccord-store';
  * root), STORE_OS_USER, a system user without a shell or home created on first use.
  */
 export async function storeOsUser(): Promise<OsUser> {
-  if (process.getuid?.() !== 0) return serverOsUser();
+  if (process.getuid?.() !== 0) {
+    const me = await serverOsUser();
+    // As `postgres`, the store would be one OS user with every node on the host: whoever is
+    // postgres there (a node's superuser through COPY ... TO PROGRAM) could rewrite it.
+    if ((await lookupOsUser('postgres').catch(() => null))?.uid === me.uid) {
+      throw new Error(`E_STORE_USER: the coordinator runs as the "postgres" OS user (uid ${me.uid}), whom the PostgreSQL nodes on this host run as: its embedded store would be theirs too. Start it as another user (a system user of its own, or root: the store then runs as ${STORE_OS_USER}), or give it an external store with --database-url`);
+    }
+    return me;
+  }
   const found = await lookupOsUser(STORE_OS_USER).catch(() => null);
   if (found) return found;
   await execFileAsync('useradd', ['--system', '--user-group', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', '--comment', 'pgaccord coordinator store', STORE_OS_USER]).catch((e: { stderr?: string; message: string }) => {
@@ -92,11 +101,13 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   });
 }
 
-/** Make a directory owned by the server's OS user (mode 0700 unless told otherwise). */
+/**
+ * Make a directory owned by the server's OS user (mode 0700 unless told otherwise). Owner and
+ * mode are set on a descriptor opened without following a symlink: the directory's parent may be
+ * that user's (<data>/pg is the store's), who could have put a symlink to a root directory there.
+ */
 export async function ownedDir(path: string, user: OsUser, mode = 0o700): Promise<void> {
-  await mkdir(path, { recursive: true, mode }); // never wider than asked, not even for an instant
-  await chmod(path, mode); // an existing directory, or the umask's narrowing: exactly this mode
-  if (process.getuid?.() === 0) await chown(path, user.uid, user.gid);
+  await ensureDirectory(path, mode, { uid: user.uid, gid: user.gid });
 }
 
 export interface PgInstanceOptions {
@@ -193,28 +204,83 @@ export async function setSuperuserPassword(dataDir: string, user: OsUser, passwo
   await installOwned(join(dataDir, 'pg_hba.conf'), PASSWORD_HBA, user);
 }
 
-async function installOwned(path: string, content: string, user: OsUser): Promise<void> {
+/**
+ * Put `content` at `path` in a directory `user` owns: created 0600 without following a symlink,
+ * owned through the descriptor (by path, `user` could swap the temp file for a symlink to a file
+ * of root's between its creation and the chown), then renamed over the target.
+ */
+export async function installOwned(path: string, content: string, user: OsUser): Promise<void> {
   const tmp = `${path}.pgaccord-new`;
   await rm(tmp, { force: true });
-  await writeFile(tmp, content, { mode: 0o600, flag: 'wx' });
-  if (process.getuid?.() === 0) await chown(tmp, user.uid, user.gid);
+  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  try {
+    await fh.writeFile(content);
+    if (process.getuid?.() === 0) await fh.chown(user.uid, user.gid);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
   await rename(tmp, path);
 }
 
 /**
+ * Append to a file of `user`'s in a directory `user` owns (initdb's postgresql.conf): opened
+ * without following a symlink, and refused unless it is a regular file of that user with no
+ * other link, so what `user` planted there is never what root writes to.
+ */
+async function appendOwned(path: string, content: string, user: OsUser): Promise<void> {
+  const fh = await open(path, constants.O_WRONLY | constants.O_APPEND | constants.O_NOFOLLOW).catch((e: NodeJS.ErrnoException) => {
+    throw e.code === 'ELOOP' ? new Error(`E_NOT_A_FILE: ${path} is a symbolic link: refused, nothing followed`) : e;
+  });
+  try {
+    const st = await fh.stat();
+    if (!st.isFile() || st.nlink !== 1 || st.uid !== user.uid) throw new Error(`E_NOT_A_FILE: ${path} is not a regular file of ${user.name} with a single link: refused`);
+    await fh.writeFile(content);
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
  * Hand a stopped server's whole directory to `user` (a store made by an older coordinator as
- * `postgres`). Walks without following links, and refuses a symbolic link or a file with
- * another hard link: whoever owned the tree could have planted one to a file of root's.
+ * `postgres`), top down. Each directory is taken first, through a descriptor opened without
+ * following a symlink: the top one is also made 0700, and one below writable by its group or
+ * others is refused. From then on its former owner can no longer rename or plant anything in
+ * it, so the entries the walk then checks by path stay what it checked. Refuses a symbolic link
+ * and a file with another hard link: whoever owned the tree could have planted one to root's.
  */
 export async function takeOwnership(dir: string, user: OsUser): Promise<void> {
-  const walk = async (path: string): Promise<void> => {
-    const st = await lstat(path);
-    if (st.isSymbolicLink()) throw new Error(`${path} is a symbolic link: refusing to hand the store's directory to ${user.name}; remove it or restore the store from a backup`);
-    if (!st.isDirectory() && st.nlink > 1) throw new Error(`${path} has ${st.nlink} hard links: refusing to hand the store's directory to ${user.name}; restore the store from a backup`);
-    if (st.uid !== user.uid || st.gid !== user.gid) await lchown(path, user.uid, user.gid);
-    if (st.isDirectory()) for (const name of await readdir(path)) await walk(join(path, name));
+  const refuse = (path: string, why: string) => new Error(`E_STORE_DIR: ${path} ${why}: refusing to hand the store's directory to ${user.name}; fix it or restore the store from a backup`);
+  const takeDir = async (path: string, top: boolean): Promise<void> => {
+    const fh = await open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW).catch((e: NodeJS.ErrnoException) => {
+      throw e.code === 'ELOOP' || e.code === 'ENOTDIR' ? refuse(path, 'is a symbolic link or not a directory') : e;
+    });
+    try {
+      const st = await fh.stat();
+      if (st.uid !== user.uid || st.gid !== user.gid) await fh.chown(user.uid, user.gid);
+      if (top) await fh.chmod(0o700);
+      // Checked once it is no longer its former owner's, who could widen it until then.
+      const mode = (await fh.stat()).mode & 0o7777;
+      if ((mode & 0o022) !== 0) throw refuse(path, `is writable by its group or others (mode ${mode.toString(8)})`);
+    } finally {
+      await fh.close();
+    }
   };
-  await walk(dir);
+  const walk = async (path: string, top: boolean): Promise<void> => {
+    await takeDir(path, top);
+    for (const name of await readdir(path)) {
+      const child = join(path, name);
+      const st = await lstat(child);
+      if (st.isSymbolicLink()) throw refuse(child, 'is a symbolic link');
+      if (st.isDirectory()) {
+        await walk(child, false);
+        continue;
+      }
+      if (st.nlink > 1) throw refuse(child, `has ${st.nlink} hard links`);
+      if (st.uid !== user.uid || st.gid !== user.gid) await lchown(child, user.uid, user.gid);
+    }
+  };
+  await walk(dir, true);
 }
 
 /**
@@ -246,7 +312,7 @@ export async function createPgInstance(opts: PgInstanceOptions = {}): Promise<Pg
     ...opts.settings,
   };
   const lines = Object.entries(conf).map(([k, v]) => `${confName(k)} = ${confString(v)}`);
-  await writeFile(join(dataDir, 'postgresql.conf'), `\n# instance settings\n${lines.join('\n')}\n`, { flag: 'a' });
+  await appendOwned(join(dataDir, 'postgresql.conf'), `\n# instance settings\n${lines.join('\n')}\n`, user);
   if (password !== undefined) await setSuperuserPassword(dataDir, user, password);
   const instance = new PgInstance(baseDir, dataDir, socketDir, listen, port, user, ownsBaseDir, password);
   await instance.start();
@@ -272,7 +338,8 @@ export async function openOrCreatePgInstance(baseDir: string, opts: Omit<PgInsta
   const listen = opts.listen ?? '127.0.0.1';
   const port = opts.port ?? 5432;
   if (password !== undefined) {
-    const st = await stat(dataDir);
+    const st = await lstat(dataDir);
+    if (!st.isDirectory()) throw new Error(`E_STORE_DIR: ${dataDir} is a symbolic link or not a directory: refusing to start the store from it; restore the store from a backup`);
     const owner: OsUser = st.uid === user.uid ? user : { name: String(st.uid), uid: st.uid, gid: st.gid, home: '/' };
     if (await runPg('pg_ctl', ['status', '-D', dataDir], owner).then(() => true, () => false)) {
       await runPg('pg_ctl', ['stop', '-w', '-t', '60', '-m', 'fast', '-D', dataDir], owner);
