@@ -78,7 +78,7 @@ function assertOrder(msgs: string[][], who: string): void {
 
 const environ = (pid: number): string[] => readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
 
-test('coordinator process: READY=1 once HTTPS serves and the store answers, STATUS, WATCHDOG=1, STOPPING=1; its PostgreSQL gets no NOTIFY_SOCKET', async () => {
+test('coordinator process: READY=1 once HTTPS serves and the store answers, STATUS, WATCHDOG=1, STOPPING=1; its PostgreSQL gets no NOTIFY_SOCKET', async (t) => {
   // The data directory is the temporary directory itself: the store's OS user must reach it.
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-sdnotify-coord-'));
   const sockDir = await mkdtemp(join(tmpdir(), 'pgaccord-sdnotify-sock-'));
@@ -112,10 +112,11 @@ test('coordinator process: READY=1 once HTTPS serves and the store answers, STAT
   assert.equal(await exited, 0, err);
   children.delete(child);
   await waitFor('STOPPING=1', () => rx.messages().some((m) => m.includes('STOPPING=1')), 10_000, 50);
+  t.diagnostic(JSON.stringify(rx.messages()));
   assertOrder(rx.messages(), 'coordinator');
 });
 
-test('agent process (abstract socket): READY=1 once it has its identity and its loop runs, STATUS with generation/phase/probes, WATCHDOG=1, STOPPING=1', async () => {
+test('agent process (abstract socket): READY=1 once it has its identity and its loop runs, STATUS with generation/phase/probes, WATCHDOG=1, STOPPING=1', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-sdnotify-agent-coord-'));
   const stateDir = await mkdtemp(join(tmpdir(), 'pgaccord-sdnotify-agent-state-'));
   cleanup.push(dir, stateDir);
@@ -137,6 +138,7 @@ test('agent process (abstract socket): READY=1 once it has its identity and its 
   assert.equal(await agent.stop('SIGTERM'), 0, agent.lines.slice(-10).join('\n'));
   await waitFor('STOPPING=1', () => rx.messages().some((m) => m.includes('STOPPING=1')), 10_000, 50);
   const msgs = rx.messages();
+  t.diagnostic(JSON.stringify(msgs));
   assertOrder(msgs, 'agent');
   // Ready before the first apply: READY=1 comes before any STATUS naming a generation.
   const ready = msgs.findIndex((m) => m.includes('READY=1'));

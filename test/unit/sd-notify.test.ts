@@ -1,9 +1,17 @@
 // The pure parts of systemd notification: reading (and scrubbing) the environment as
 // sd_watchdog_enabled(3) does, the message formatter, the agent's STATUS= line and stuck check.
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
 import { formatNotify, statusLine, takeNotifyEnv } from '../../shared/sd-notify.ts';
-import { loopAlive, STUCK_AFTER_MS, summaryLine } from '../../agent/loop.ts';
+import { loopAlive, ReconcileLoop, STUCK_AFTER_MS, summaryLine, type CoordinatorApi } from '../../agent/loop.ts';
+import { CertificateManager } from '../../agent/certs.ts';
+import { RenewalSchedule, seededRandom } from '../../agent/backoff.ts';
+import { compileCluster } from '../../shared/compile.ts';
+import type { ApplyResult, NodeContext } from '../../agent/types.ts';
 
 test('takeNotifyEnv: socket and half of WATCHDOG_USEC, deleted from the environment', () => {
   const env: NodeJS.ProcessEnv = { NOTIFY_SOCKET: '/run/systemd/notify', WATCHDOG_USEC: '60000000', WATCHDOG_PID: '42', PATH: '/bin' };
@@ -44,4 +52,55 @@ test('loopAlive: idle or recent is alive; a pass or poll turn older than the bou
   assert.equal(loopAlive(now, { pass: now - STUCK_AFTER_MS, turn: null }), false);
   assert.equal(loopAlive(now, { pass: null, turn: now - STUCK_AFTER_MS - 1 }), false);
   assert.equal(loopAlive(now, { pass: now - 5000, turn: null }, 5000), false);
+});
+
+test('ReconcileLoop: ready before the first apply, keep-alives from its tick, none once a pass is stuck', async () => {
+  const stateDir = await mkdtemp(join(tmpdir(), 'pgaccord-sdnotify-unit-'));
+  after(() => rm(stateDir, { recursive: true, force: true }));
+  const desired = compileCluster({ spec: { name: 'sales', profile: 'streaming', auth: 'trust', tls: { sslmode: 'disable' }, nodes: [{ name: 'node-1', host: '10.0.0.1', kind: 'primary' }] }, generation: 1, credentials: {}, caBundle: '', crl: null }).get('node-1')!;
+  const events: string[] = [];
+  let release!: () => void;
+  const stuck = new Promise<void>((r) => (release = r));
+  let loop: ReconcileLoop;
+  let polls = 0;
+  const client: CoordinatorApi = {
+    async desired(_after, signal) {
+      polls += 1;
+      if (polls === 1) return { kind: 'newer', body: desired };
+      await new Promise((r) => signal?.addEventListener('abort', r, { once: true }));
+      throw new Error('aborted');
+    },
+    async status() {},
+  };
+  const log = pino({ level: 'silent' });
+  const certs = new CertificateManager({ stateDir, owner: { uid: process.getuid!(), gid: process.getgid!() }, requestCertificate: async () => assert.fail('no certificate expected'), now: Date.now, schedule: new RenewalSchedule(seededRandom(1)), log });
+  const apply = async (): Promise<ApplyResult> => {
+    events.push('apply');
+    await stuck; // a pass that never ends (until the test lets it go)
+    return { phase: 'converged', changed: false, errors: [], files: [], pendingRestart: [], servedCertificate: null, clientConnections: [] };
+  };
+  loop = new ReconcileLoop({
+    ctx: { stateDir, log } as unknown as NodeContext, cluster: 'sales', node: 'node-1', client, apply, certs, probe: { osUser: { name: 'x', uid: 0, gid: 0, home: '/' } },
+    now: Date.now, random: seededRandom(3), minCycleMs: 1, resyncMs: 60_000, log, postgresVersion: async () => '15.18',
+    onRunning: (line) => events.push(`ready ${line}`),
+    watchdog: { everyMs: 20, stuckAfterMs: 1000, feed: () => events.push('feed') },
+  });
+  const running = loop.run();
+  const count = () => events.filter((e) => e === 'feed').length;
+  const until = async (what: string, ok: () => boolean) => {
+    for (const end = Date.now() + 20_000; !ok(); await new Promise((r) => setTimeout(r, 10))) if (Date.now() > end) assert.fail(`${what}: ${events.join(', ')}`);
+  };
+  await until('the apply starts', () => events.includes('apply'));
+  assert.equal(events[0], 'ready waiting for the first desired state', 'ready first, before the apply');
+  await until('keep-alives while the pass is young', () => count() >= 3);
+  // Stuck for longer than 1 s: the keep-alives stop (and stay stopped).
+  await new Promise((r) => setTimeout(r, 1200));
+  const frozen = count();
+  await new Promise((r) => setTimeout(r, 400));
+  assert.equal(count(), frozen, 'no keep-alive while the pass is stuck');
+  // The pass ends: the loop is alive again and feeds again.
+  release();
+  await until('keep-alives again', () => count() > frozen);
+  loop.stop();
+  assert.equal(await running, 'stopped');
 });
