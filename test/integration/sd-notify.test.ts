@@ -88,7 +88,7 @@ test('coordinator process: READY=1 once HTTPS serves and the store answers, STAT
   const rx = await receiver(socketPath);
   const port = await freePort();
   // WATCHDOG_USEC 2 s: a keep-alive every second.
-  const child = spawn(process.execPath, [CLI, 'coordinator', '--data-dir', dir, '--listen', `127.0.0.1:${port}`], { env: { ...process.env, NOTIFY_SOCKET: socketPath, WATCHDOG_USEC: '2000000' }, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, 'coordinator', '--data-dir', dir, '--listen', `127.0.0.1:${port}`], { env: { ...process.env, NOTIFY_SOCKET: socketPath, WATCHDOG_USEC: '2000000', WATCHDOG_PID: undefined }, stdio: ['ignore', 'ignore', 'pipe'] });
   children.add(child);
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
@@ -128,7 +128,7 @@ test('agent process (abstract socket): READY=1 once it has its identity and its 
   const token = (await coord.service.createToken('sdn', 'node-1')).token;
   const address = `@pgaccord-sdnotify-${process.pid}-${Date.now()}`;
   const rx = await receiver(address);
-  const agent = startAgent(['--coordinator', coord.url, '--node', 'sdn/node-1', '--pgdata', node.dataDir, '--state-dir', stateDir, '--join-token', token], { NOTIFY_SOCKET: address, WATCHDOG_USEC: '2000000' });
+  const agent = startAgent(['--coordinator', coord.url, '--node', 'sdn/node-1', '--pgdata', node.dataDir, '--state-dir', stateDir, '--join-token', token], { NOTIFY_SOCKET: address, WATCHDOG_USEC: '2000000', WATCHDOG_PID: undefined });
   after(() => agent.stop('SIGKILL'));
 
   await waitFor(`READY=1 from the agent (${agent.lines.slice(-5).join('\n')})`, () => rx.messages().some((m) => m.includes('READY=1')), 60_000, 100);
