@@ -16,7 +16,7 @@ import type { RateLimit } from './rate-limit.ts';
 import { CoordinatorMetrics, serveMetrics } from './metrics.ts';
 import { buildServer } from './server.ts';
 import { CoordinatorService } from './service.ts';
-import { SPEC_SEAL_MIGRATION, Store } from './store.ts';
+import { Store } from './store.ts';
 
 export const DEFAULT_LISTEN = '127.0.0.1:7432';
 export const EMBEDDED_DB = 'pgaccord';
@@ -122,7 +122,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
     const publicUrl = opts.publicUrl ?? `https://${urlHost(host)}:${port}`;
     const service = new CoordinatorService({ store, box: new SecretBox(dataDir.masterKey), coordinatorCa: dataDir.ca, publicUrl, log, now, longPollMs: opts.longPollMs, identityLifetimeSeconds: opts.identityLifetimeSeconds, crlLifetimeSeconds: opts.crlLifetimeSeconds });
     await service.checkMasterKey();
-    if (store.applied.includes(SPEC_SEAL_MIGRATION)) await service.sealUnsealedSpecs();
+    await service.resealAfterMigrations(store.applied);
     const metricsAt = opts.metricsListen !== undefined ? parseMetricsListen(opts.metricsListen) : null;
     const metrics = metricsAt ? new CoordinatorMetrics({ store, log, now }) : undefined;
     const { app } = await buildServer({ metrics, service, adminToken: dataDir.adminToken, tls: { key: dataDir.serverKeyPem, cert: dataDir.serverCertPem, ca: dataDir.caPem }, log, limits: { requestTimeoutMs: opts.requestTimeoutMs, maxConnections: opts.maxConnections, agentRateLimit: opts.agentRateLimit } });

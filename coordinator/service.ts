@@ -1,7 +1,7 @@
 // The coordinator's logic, independent of HTTP: cluster specs and generations, per-cluster CAs,
 // role credentials, join tokens and enrollment, agent identities, desired state, status.
 // The clock is a parameter (`now`), so token expiry and staleness can be tested.
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { CaRotationStatus, CertExpiry, ClusterStatusResponse, CsrResponse, EnrollResponse, JoinTokenPayload, NodeStatusView, PlanResponse } from '../shared/api.ts';
 import { normaliseSerial } from '../shared/crl.ts';
@@ -18,7 +18,7 @@ import { CertificateAuthority } from './ca.ts';
 import { ApiError, badRequest, conflict, gone, notFound, unauthorized } from './errors.ts';
 import { notProved, notReissued, type NodeEvidence } from './rotation.ts';
 import type { SecretBox } from './secrets.ts';
-import type { Queryable, Store } from './store.ts';
+import { SPEC_SEAL_BINDING_MIGRATION, SPEC_SEAL_MIGRATION, type Queryable, type Store } from './store.ts';
 import { encodeJoinToken, parseJoinToken } from '../shared/join-token.ts';
 
 export const DEFAULT_TOKEN_TTL_S = 3600;
@@ -55,11 +55,13 @@ interface ClusterRow {
   spec: ClusterSpec;
   spec_canonical: string;
   generation: number;
-  /** sha256 of the canonical spec, sealed with the master key (see #sealSpec). */
+  /** Random, per creation of the row: a deleted cluster's seals do not open for a new one of the same name. */
+  incarnation: string;
+  /** The spec's digest with the incarnation and generation, sealed with the master key (see #sealSpec). */
   spec_seal?: string | null;
 }
 
-const CLUSTER_COLUMNS = 'name, spec, spec_canonical, generation, spec_seal';
+const CLUSTER_COLUMNS = 'name, spec, spec_canonical, generation, incarnation, spec_seal';
 
 /** JSON with object keys sorted: equal specs give equal text. */
 export function canonicalJson(value: unknown): string {
@@ -72,6 +74,15 @@ export function canonicalJson(value: unknown): string {
 }
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest();
+
+/** What a stored spec's seal holds: the form, the row's incarnation and generation, the spec's digest. */
+function sealedText(row: Pick<ClusterRow, 'incarnation' | 'generation'>, canonical: string): string {
+  return `v2 ${row.incarnation} ${row.generation} ${createHash('sha256').update(canonical).digest('hex')}`;
+}
+
+function storedSpecInvalid(cluster: string, why: string): ApiError {
+  return new ApiError(500, 'E_STORED_SPEC_INVALID', `the stored spec of cluster "${cluster}" is refused: ${why}; check the spec and apply it again (pgaccord apply -f FILE)`);
+}
 
 /**
  * The identity `serial` of cluster/node ($1, $2, $3) when it may authenticate: the node's current
@@ -115,6 +126,9 @@ export class CoordinatorService {
   readonly #cas = new Map<string, { certPem: string; ca: CertificateAuthority }>();
   /** Per cluster, the canonical spec last found valid when read (validation compiles it). */
   readonly #validated = new Map<string, string>();
+  /** Per cluster, the highest generation read (see #cluster) and when (#reads, a counter of reads issued and completed). */
+  readonly #highWater = new Map<string, { incarnation: string; generation: number; at: number }>();
+  #reads = 0;
 
   constructor(opts: ServiceOptions) {
     this.store = opts.store;
@@ -190,9 +204,10 @@ export class CoordinatorService {
     // Keys are made outside the transaction (tens of ms); an unused one is simply dropped.
     const newCa = existingCa.length === 0 ? await CertificateAuthority.create(`pgaccord ${name} CA`, now) : null;
     const result = await this.store.tx(async (c) => {
+      const incarnation = randomUUID();
       const inserted = await c.query(
-        `INSERT INTO clusters (name, spec, spec_canonical, generation, created_at, updated_at, spec_seal) VALUES ($1, $2, $3, 1, $4, $4, $5) ON CONFLICT (name) DO NOTHING`,
-        [name, JSON.stringify(spec), canonical, now, this.#sealSpec(name, canonical)],
+        `INSERT INTO clusters (name, spec, spec_canonical, generation, created_at, updated_at, incarnation, spec_seal) VALUES ($1, $2, $3, 1, $4, $4, $5, $6) ON CONFLICT (name) DO NOTHING`,
+        [name, JSON.stringify(spec), canonical, now, incarnation, this.#sealSpec({ name, incarnation, generation: 1 }, canonical)],
       );
       const row = (await c.query<ClusterRow>(`SELECT ${CLUSTER_COLUMNS} FROM clusters WHERE name = $1 FOR UPDATE`, [name])).rows[0]!;
       let generation = row.generation;
@@ -203,7 +218,7 @@ export class CoordinatorService {
         const kept = new Set(spec.nodes.map((n) => n.name));
         const removed = row.spec.nodes.map((n) => n.name).filter((n) => !kept.has(n));
         if (removed.length > 0) await this.#revokeNodes(c, name, removed, now);
-        await c.query(`UPDATE clusters SET spec = $2, spec_canonical = $3, generation = $4, updated_at = $5, spec_seal = $6 WHERE name = $1`, [name, JSON.stringify(spec), canonical, generation, now, this.#sealSpec(name, canonical)]);
+        await c.query(`UPDATE clusters SET spec = $2, spec_canonical = $3, generation = $4, updated_at = $5, spec_seal = $6 WHERE name = $1`, [name, JSON.stringify(spec), canonical, generation, now, this.#sealSpec({ name, incarnation: row.incarnation, generation }, canonical)]);
       }
       if (newCa) {
         await c.query(`INSERT INTO cluster_cas (cluster, cert_pem, key_sealed, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (cluster) DO NOTHING`, [
@@ -236,23 +251,48 @@ export class CoordinatorService {
     }
   }
 
-  /** Every read of a stored spec goes through here: it is checked (#checkStored) before any use. */
+  /**
+   * Every read of a stored spec goes through here: it is checked (#checkStored) before any use,
+   * and refused if its generation is lower than one this process already read for the same
+   * incarnation (a whole older row put back, seal and generation included). Only reads that
+   * completed before this one was issued count (a slower concurrent read may see an older,
+   * committed generation), and only reads outside a transaction (which cannot see its own
+   * uncommitted bump, later rolled back).
+   */
   async #cluster(name: string, c: Queryable = this.store.pool): Promise<ClusterRow | null> {
+    const issued = ++this.#reads;
     const row = (await c.query<ClusterRow>(`SELECT ${CLUSTER_COLUMNS} FROM clusters WHERE name = $1`, [name])).rows[0] ?? null;
-    return row && this.#checkStored(row);
+    if (!row) return null;
+    this.#checkStored(row);
+    const seen = this.#highWater.get(name);
+    if (seen && seen.incarnation === row.incarnation && row.generation < seen.generation && seen.at < issued) {
+      throw storedSpecInvalid(name, `its generation ${row.generation} is lower than generation ${seen.generation} already served (an older row put back)`);
+    }
+    if (c === this.store.pool && (!seen || seen.incarnation !== row.incarnation || row.generation > seen.generation)) {
+      this.#highWater.set(name, { incarnation: row.incarnation, generation: row.generation, at: ++this.#reads });
+    }
+    return row;
   }
 
-  /** The seal of a stored spec: the digest of its canonical text, sealed for this cluster. */
-  #sealSpec(name: string, canonical: string): string {
-    return this.#box.seal(createHash('sha256').update(canonical).digest('hex'), `cluster-spec:${name}`);
+  /**
+   * The seal of a stored spec: its digest with the row's incarnation and generation, sealed for
+   * this cluster. Every change of the generation re-seals (putCluster, #bump), so a pair copied
+   * from an earlier generation or from a deleted row of the same name does not open.
+   */
+  #sealSpec(row: Pick<ClusterRow, 'name' | 'incarnation' | 'generation'>, canonical: string): string {
+    return this.#box.seal(sealedText(row, canonical), `cluster-spec:${row.name}`);
   }
 
   #sealHolds(row: ClusterRow): boolean {
-    if (!row.spec_seal) return false;
+    return this.#sealOpens(row) === sealedText(row, canonicalJson(row.spec));
+  }
+
+  #sealOpens(row: ClusterRow): string | null {
+    if (!row.spec_seal) return null;
     try {
-      return this.#box.open(row.spec_seal, `cluster-spec:${row.name}`) === createHash('sha256').update(canonicalJson(row.spec)).digest('hex');
+      return this.#box.open(row.spec_seal, `cluster-spec:${row.name}`);
     } catch {
-      return false;
+      return null;
     }
   }
 
@@ -262,30 +302,45 @@ export class CoordinatorService {
    * refused with E_STORED_SPEC_INVALID, never compiled.
    */
   #checkStored(row: ClusterRow): ClusterRow {
-    const refuse = (why: string) => new ApiError(500, 'E_STORED_SPEC_INVALID', `the stored spec of cluster "${row.name}" is refused: ${why}; check the spec and apply it again (pgaccord apply -f FILE)`);
-    if (!this.#sealHolds(row)) throw refuse(row.spec_seal ? 'it does not match its seal (changed other than through the API, or sealed with another master key)' : 'it has no seal (written other than through the API)');
+    if (!this.#sealHolds(row)) {
+      throw storedSpecInvalid(row.name, row.spec_seal ? 'it does not match its seal (changed other than through the API, an earlier version put back, or sealed with another master key)' : 'it has no seal (written other than through the API)');
+    }
     const canonical = canonicalJson(row.spec);
     if (this.#validated.get(row.name) === canonical) return row;
     try {
       this.#validate(row.name, row.spec);
     } catch (e) {
-      if (e instanceof ApiError) throw refuse(`it no longer validates: ${e.message}`);
+      if (e instanceof ApiError) throw storedSpecInvalid(row.name, `it no longer validates: ${e.message}`);
       throw e;
     }
     this.#validated.set(row.name, canonical);
     return row;
   }
 
-  /** Right after the migration that added seals (only then): seal the rows older versions wrote, if they validate. */
-  async sealUnsealedSpecs(): Promise<void> {
-    for (const row of await this.store.query<ClusterRow>(`SELECT ${CLUSTER_COLUMNS} FROM clusters WHERE spec_seal IS NULL`)) {
-      try {
-        this.#validate(row.name, row.spec);
-      } catch (e) {
-        this.#log.warn({ cluster: row.name, err: (e as Error).message }, 'stored spec left unsealed: it does not validate; it is refused until applied again');
-        continue;
+  /**
+   * Right after the migrations that changed seals (only then): seal the rows older versions
+   * wrote unsealed (migration 4), if they validate; re-seal the rows whose seal of the older
+   * form (the digest alone) holds (migration 5). Any other row stays refused until applied again.
+   */
+  async resealAfterMigrations(applied: number[]): Promise<void> {
+    if (!applied.includes(SPEC_SEAL_BINDING_MIGRATION)) return;
+    for (const row of await this.store.query<ClusterRow>(`SELECT ${CLUSTER_COLUMNS} FROM clusters`)) {
+      const canonical = canonicalJson(row.spec);
+      const opened = this.#sealOpens(row);
+      if (opened === sealedText(row, canonical)) continue;
+      if (opened !== createHash('sha256').update(canonical).digest('hex')) {
+        if (row.spec_seal || !applied.includes(SPEC_SEAL_MIGRATION)) {
+          this.#log.warn({ cluster: row.name }, 'stored spec left as is: its seal does not hold; it is refused until applied again');
+          continue;
+        }
+        try {
+          this.#validate(row.name, row.spec);
+        } catch (e) {
+          this.#log.warn({ cluster: row.name, err: (e as Error).message }, 'stored spec left unsealed: it does not validate; it is refused until applied again');
+          continue;
+        }
       }
-      await this.store.query(`UPDATE clusters SET spec_seal = $2 WHERE name = $1 AND spec_seal IS NULL`, [row.name, this.#sealSpec(row.name, canonicalJson(row.spec))]);
+      await this.store.query(`UPDATE clusters SET spec_seal = $4 WHERE name = $1 AND incarnation = $2 AND generation = $3`, [row.name, row.incarnation, row.generation, this.#sealSpec(row, canonical)]);
       this.#log.info({ cluster: row.name }, 'stored spec sealed');
     }
   }
@@ -427,13 +482,20 @@ export class CoordinatorService {
     return pem;
   }
 
-  /** A new generation without a spec change (new CRL, renewal request): wakes every agent. */
+  /**
+   * A new generation without a spec change (new CRL, renewal request, revocation, rotations):
+   * wakes every agent. The seal names the generation, so it is made again here, under the row
+   * lock, and only when the current one holds: a bump never blesses a row changed behind the API.
+   */
   async #bump(c: Queryable, cluster: string, now: Date): Promise<number> {
-    const r = await c.query<{ generation: number }>(`UPDATE clusters SET generation = generation + 1, updated_at = $2 WHERE name = $1 RETURNING generation`, [cluster, now]);
+    const row = (await c.query<ClusterRow>(`SELECT ${CLUSTER_COLUMNS} FROM clusters WHERE name = $1 FOR UPDATE`, [cluster])).rows[0];
     // Deleted since the caller looked it up (a CA rotation start spends its key generation outside the transaction).
-    if (r.rows.length === 0) throw notFound(`no cluster "${cluster}"`);
+    if (!row) throw notFound(`no cluster "${cluster}"`);
+    const generation = row.generation + 1;
+    const seal = this.#sealHolds(row) ? this.#sealSpec({ ...row, generation }, canonicalJson(row.spec)) : row.spec_seal;
+    await c.query(`UPDATE clusters SET generation = $2, updated_at = $3, spec_seal = $4 WHERE name = $1`, [cluster, generation, now, seal]);
     await this.store.notify(c, cluster);
-    return r.rows[0]!.generation;
+    return generation;
   }
 
   /**

@@ -9,6 +9,8 @@ export const NOTIFY_CHANNEL = 'pgaccord_generation';
 const MIGRATION_LOCK = 0x70676163636f7264n; // "pgaccord"
 /** The migration that added clusters.spec_seal: the only moment unsealed rows are sealed. */
 export const SPEC_SEAL_MIGRATION = 4;
+/** The migration that bound seals to the cluster's incarnation and generation: rows are re-sealed once, right after it. */
+export const SPEC_SEAL_BINDING_MIGRATION = 5;
 
 interface Migration {
   version: number;
@@ -128,6 +130,17 @@ export const MIGRATIONS: Migration[] = [
       -- a row written other than through the API (by whoever reaches the database) does not
       -- open, and is refused when read. Rows of older versions are sealed once, right after this.
       ALTER TABLE clusters ADD COLUMN spec_seal text;
+    `,
+  },
+  {
+    version: SPEC_SEAL_BINDING_MIGRATION,
+    name: 'stored spec seals bound to the incarnation and generation',
+    sql: `
+      -- A random id per creation of a cluster row: with the generation it goes into the spec's
+      -- seal, so an earlier (spec, seal) pair (of this row, or of a deleted row of the same
+      -- name) no longer opens. Existing rows get one here and are re-sealed once, right after.
+      ALTER TABLE clusters ADD COLUMN incarnation text NOT NULL DEFAULT gen_random_uuid()::text;
+      ALTER TABLE clusters ALTER COLUMN incarnation DROP DEFAULT;
     `,
   },
 ];

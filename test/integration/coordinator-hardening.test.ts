@@ -101,6 +101,54 @@ test('a stored spec changed behind the API (auth: trust, a bad HBA rule) is refu
   await n.client.close();
 });
 
+test('a stored spec cannot be rolled back: an earlier (spec, seal) pair of the cluster, or of a deleted one of the same name, is refused', async () => {
+  const name = 'replay';
+  const row = async () => (await h.coord.store.query<{ spec: unknown; spec_canonical: string; spec_seal: string; generation: number }>(`SELECT spec, spec_canonical, spec_seal, generation FROM clusters WHERE name = $1`, [name]))[0]!;
+  /** Put an earlier pair back, with the given generation (by default, one more than now). */
+  const replay = async (old: { spec: unknown; spec_canonical: string; spec_seal: string }, generation?: number) => {
+    await h.coord.store.query(`UPDATE clusters SET spec = $2, spec_canonical = $3, spec_seal = $4, generation = coalesce($5, generation + 1) WHERE name = $1`, [name, JSON.stringify(old.spec), old.spec_canonical, old.spec_seal, generation ?? null]);
+  };
+  const assertRefused = async (n: EnrolledNode) => {
+    for (const r of [await h.admin.call('GET', `/v1/clusters/${name}`), await n.client.call('GET', '/v1/agent/desired?after=0')]) {
+      assert.equal(r.status, 500, r.text);
+      assert.equal(r.body.code, 'E_STORED_SPEC_INVALID', r.text);
+    }
+  };
+  // Spec A (auth: trust) then spec B (auth: cert): A's pair put back with a higher generation.
+  assert.equal((await h.admin.call('PUT', `/v1/clusters/${name}`, { body: pgdSpec(name, { auth: 'trust' }) })).status, 200);
+  const a = await row();
+  assert.equal((await h.admin.call('PUT', `/v1/clusters/${name}`, { body: pgdSpec(name) })).status, 200);
+  const n = await enroll(h, name, 'node-1');
+  assert.equal((await n.client.call('GET', '/v1/agent/desired?after=0')).status, 200);
+  await replay(a);
+  await assertRefused(n);
+  // The whole row of an earlier generation put back (seal and generation included): this
+  // coordinator has served a later one, so it is refused too.
+  assert.equal((await h.admin.call('PUT', `/v1/clusters/${name}`, { body: pgdSpec(name) })).status, 200);
+  const whole = await row();
+  assert.equal((await h.admin.call('PUT', `/v1/clusters/${name}`, { body: pgdSpec(name, { auth: 'scram-sha-256' }) })).status, 200);
+  assert.equal((await n.client.call('GET', '/v1/agent/desired?after=0')).status, 200);
+  await replay(whole, whole.generation);
+  await assertRefused(n);
+  await n.client.close();
+  // Delete, re-create with B: the first incarnation's pair (B's seal, then A's) is refused too.
+  assert.equal((await h.admin.call('PUT', `/v1/clusters/${name}`, { body: pgdSpec(name) })).status, 200);
+  const b1 = await row();
+  assert.equal((await h.admin.call('DELETE', `/v1/clusters/${name}`)).status, 204);
+  assert.equal((await h.admin.call('PUT', `/v1/clusters/${name}`, { body: pgdSpec(name, { auth: 'scram-sha-256' }) })).status, 200);
+  const m = await enroll(h, name, 'node-1');
+  assert.equal((await m.client.call('GET', '/v1/agent/desired?after=0')).status, 200);
+  for (const old of [a, b1]) {
+    // At the generation the pair was sealed at: only the incarnation tells them apart.
+    await replay(old, old.generation);
+    await assertRefused(m);
+  }
+  // Applying the spec through the API repairs the row.
+  assert.equal((await h.admin.call('PUT', `/v1/clusters/${name}`, { body: pgdSpec(name) })).status, 200);
+  assert.equal((await m.client.call('GET', '/v1/agent/desired?after=0')).status, 200);
+  await m.client.close();
+});
+
 test('slow clients: 50 TLS connections that never finish a request body are closed within the bound', async () => {
   const [, port] = /:(\d+)$/.exec(h.coord.url)!;
   const started = Date.now();
