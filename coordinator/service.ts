@@ -1001,7 +1001,17 @@ export class CoordinatorService {
         // Serialised with revoke (which holds the cluster row FOR UPDATE): an identity revoked or
         // retired since it authenticated this request gets no successor.
         await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR SHARE`, [agent.cluster]);
-        if ((await c.query(`${VALID_IDENTITY_SQL} FOR UPDATE OF a`, [agent.cluster, agent.node, agent.serial])).rowCount === 0) throw unauthorized(IDENTITY_INVALID);
+        const valid = (await c.query<{ current: boolean }>(`${VALID_IDENTITY_SQL} FOR UPDATE OF a`, [agent.cluster, agent.node, agent.serial])).rows[0];
+        if (!valid) throw unauthorized(IDENTITY_INVALID);
+        // The previous identity renews only with the current one's key: the retry of an agent
+        // whose answer was lost (it keeps its pending key), never a holder of the old identity
+        // pushing out the one the agent has just installed.
+        if (!valid.current) {
+          const cur = (await c.query<{ pem: string }>(`SELECT c.pem FROM agents a JOIN certificates c ON c.serial = a.identity_serial WHERE a.cluster = $1 AND a.node = $2`, [agent.cluster, agent.node])).rows[0];
+          if (!cur || publicKeyId(cur.pem) !== publicKeyId(publicKey)) {
+            throw conflict('E_IDENTITY_SUPERSEDED', 'this identity has already been renewed: renew with the newer identity (or, retrying a renewal whose answer was lost, with the same key)');
+          }
+        }
         const issued = this.#coordinatorCa.issue({ publicKey, commonName: AGENT_CN, uris: [identityUri(agent.cluster, agent.node)], usage: 'client', lifetimeSeconds: this.identityLifetimeSeconds, now });
         await this.#recordCert(c, { cluster: agent.cluster, node: agent.node, slot: 'identity', issuer: 'coordinator', commonName: AGENT_CN, ...issued });
         // The identity used for this call stays valid until the new one is used (or renewed again).

@@ -86,6 +86,28 @@ test('the previous identity stops working once the new one has authenticated', a
   assert.equal((await s2.client.call('GET', DESIRED)).status, 200, 'S2 keeps working');
 });
 
+test('the previous identity cannot renew with another key: S2 stays the node\'s identity; a retry with S2\'s key (answer lost) passes', async () => {
+  const n = await enroll(h, 'ids', 'node-2'); // S1
+  const s2 = await renewIdentity(n.client);
+  // Whoever holds S1 renews right after the agent did, with a key of its own: refused.
+  const thief = await n.client.call('POST', '/v1/agent/csr', { body: { slot: 'identity', csr: createCsr((await generateRsaKey()).privateKeyPem, 'x') } });
+  assert.equal(thief.status, 409, `S1 renewing with another key: ${thief.status} ${thief.text}`);
+  assert.equal(thief.body.code, 'E_IDENTITY_SUPERSEDED', thief.text);
+  const [row] = await h.coord.store.query<{ identity_serial: string }>(`SELECT identity_serial FROM agents WHERE cluster = 'ids' AND node = 'node-2'`);
+  assert.equal(row!.identity_serial, s2.serial);
+  assert.equal((await s2.client.call('GET', DESIRED)).status, 200, 'S2 still works');
+
+  // The agent keeps its pending key before the CSR: a retry after a lost answer sends S2's key.
+  const m = await enroll(h, 'ids', 'node-1'); // S1
+  const { privateKeyPem } = await generateRsaKey();
+  const csr = createCsr(privateKeyPem, 'x');
+  assert.equal((await m.client.call('POST', '/v1/agent/csr', { body: { slot: 'identity', csr } })).status, 200, 'renewal to S2');
+  const retry = await m.client.call('POST', '/v1/agent/csr', { body: { slot: 'identity', csr } });
+  assert.equal(retry.status, 200, `the retry with S2's key: ${retry.text}`);
+  const renewed = httpsClient(h.coord.url, h.caPem, { certPem: retry.body.certificate, keyPem: privateKeyPem });
+  assert.equal((await renewed.call('GET', DESIRED)).status, 200, 'the identity of the retry works');
+});
+
 // --- key policy -------------------------------------------------------------------------------
 
 function opensslCsr(keyPem: string): string {
