@@ -1030,6 +1030,9 @@ export class CoordinatorService {
       // Shared lock on the cluster row: a revocation (FOR UPDATE) waits for this issue, or this
       // issue sees its result. A key whose certificate was revoked is never certified again.
       await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR SHARE`, [agent.cluster]);
+      // Under that lock, as for an identity: an identity revoked since it authenticated this
+      // request (its revocation committed first) gets no certificate.
+      if ((await c.query(VALID_IDENTITY_SQL, [agent.cluster, agent.node, agent.serial])).rowCount === 0) throw unauthorized(IDENTITY_INVALID);
       const revoked = (await c.query<{ serial: string; pem: string }>(`SELECT serial, pem FROM certificates WHERE cluster = $1 AND node = $2 AND issuer = 'cluster' AND revoked_at IS NOT NULL`, [agent.cluster, agent.node])).rows;
       const hit = revoked.find((r) => publicKeyId(r.pem) === keyId);
       if (hit) throw conflict('E_KEY_REVOKED', `the key in this CSR belongs to revoked certificate ${hit.serial}: make a new key`);
