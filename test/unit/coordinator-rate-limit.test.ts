@@ -27,3 +27,20 @@ test('refuses a limit that would let nothing through', () => {
   assert.throws(() => new RateLimiter({ burst: 0, perSecond: 1 }));
   assert.throws(() => new RateLimiter({ burst: 1, perSecond: 0 }));
 });
+
+test('past the bucket cap, idle buckets are pruned at most once a second, not on every take', () => {
+  // Refilled within 1 ms: every bucket is idle (full) at the next millisecond.
+  const l = new RateLimiter({ burst: 1, perSecond: 1000 });
+  const fill = (prefix: string, at: number) => {
+    for (let i = 0; i <= 10_000; i++) l.take(`${prefix}${i}`, at);
+  };
+  fill('a', 0);
+  assert.equal(l.size, 10_001, 'nothing idle yet at t = 0');
+  l.take('probe', 1000);
+  assert.ok(l.size <= 1, `pruned at t = 1 s: ${l.size} left`);
+  fill('b', 1000);
+  l.take('probe', 1500);
+  assert.equal(l.size, 10_002, 'no second scan within the second');
+  l.take('probe', 2000);
+  assert.ok(l.size <= 1, `pruned again at t = 2 s: ${l.size} left`);
+});
