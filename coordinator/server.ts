@@ -188,6 +188,7 @@ export async function buildServer(opts: ServerOptions) {
         reply.header('retry-after', String(seconds));
         throw new ApiError(429, 'E_RATE_LIMITED', `too many requests from agent ${id.cluster}/${id.node}: retry in ${seconds} s`);
       }
+      await service.recordContact(req.agent);
     }
   });
 

@@ -946,11 +946,15 @@ export class CoordinatorService {
       const r = await this.store.query<{ node: string }>(`UPDATE agents SET previous_serial = NULL WHERE cluster = $1 AND node = $2 AND identity_serial = $3 AND previous_serial IS NOT NULL RETURNING node`, [identity.cluster, identity.node, serial]);
       if (r.length > 0) this.#log.info({ cluster: identity.cluster, node: identity.node, serial, retired: rows[0]!.previous }, 'agent used its new identity: the previous one no longer authenticates');
     }
+    return { ...identity, serial };
+  }
+
+  /** An authenticated agent request that is going to be served (not one refused by the rate limit): the node is in contact. */
+  async recordContact(agent: AgentPrincipal): Promise<void> {
     await this.store.query(
       `INSERT INTO node_status (cluster, node, last_contact) VALUES ($1, $2, $3) ON CONFLICT (cluster, node) DO UPDATE SET last_contact = EXCLUDED.last_contact`,
-      [identity.cluster, identity.node, this.now()],
+      [agent.cluster, agent.node, this.now()],
     );
-    return { ...identity, serial };
   }
 
   // --- agent API -------------------------------------------------------------------------------

@@ -237,6 +237,29 @@ test('rate limit per agent identity: one node looping gets 429 with Retry-After,
   await Promise.all([greedy.client.close(), other.client.close()]);
 });
 
+test('a request refused by the rate limit does not count as contact (node_status.last_contact unchanged)', async () => {
+  const n = await enroll(h, 'hard', 'node-1');
+  const lastContact = async () => (await h.coord.store.query<{ t: Date }>(`SELECT last_contact AS t FROM node_status WHERE cluster = 'hard' AND node = 'node-1'`))[0]!.t.getTime();
+  let limited = 0;
+  let answered = 0;
+  // Twice in a row: a 429, its last_contact, another 429, the same last_contact (a token that
+  // refilled between them on a slow machine answers 200 and starts the pair again).
+  for (let before: number | null = null; limited < 2 && answered < 200; ) {
+    const r = await n.client.call('GET', '/v1/agent/desired?after=0&wait=0');
+    if (r.status !== 429) {
+      answered += 1;
+      before = null;
+      continue;
+    }
+    const now = await lastContact();
+    if (before !== null) assert.equal(now, before, 'a 429 wrote last_contact');
+    before = now;
+    limited += 1;
+  }
+  assert.equal(limited, 2, `limited: ${limited}, answered: ${answered}`);
+  await n.client.close();
+});
+
 // Last: closing a harness closes every client of the file.
 test('a store created by an older coordinator (trust, as postgres) is migrated at start', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-legacy-'));
