@@ -108,6 +108,32 @@ test('the previous identity cannot renew with another key: S2 stays the node\'s 
   assert.equal((await renewed.call('GET', DESIRED)).status, 200, 'the identity of the retry works');
 });
 
+test('a slot CSR authenticated just before its identity\'s revocation committed gets no certificate', async () => {
+  const n = await enroll(h, 'ids', 'node-3');
+  // A revocation in progress: the cluster row locked (revoke holds it FOR UPDATE) while the CSR
+  // has authenticated and waits for it in the issuing transaction (FOR SHARE); the revocation
+  // commits, the CSR goes on. FOR NO KEY UPDATE here, so that the request's own writes (the
+  // foreign key check of node_status takes FOR KEY SHARE) pass and it stops exactly there.
+  const revoker = await h.coord.store.pool.connect();
+  try {
+    await revoker.query('BEGIN');
+    await revoker.query(`SELECT 1 FROM clusters WHERE name = 'ids' FOR NO KEY UPDATE`);
+    const csr = n.client.call('POST', '/v1/agent/csr', { body: { slot: 'server', csr: createCsr((await generateRsaKey()).privateKeyPem, 'x') } });
+    for (const deadline = Date.now() + 10_000; ; await new Promise((r) => setTimeout(r, 20))) {
+      // From another connection: inside the revoker's transaction pg_stat_activity is one snapshot.
+      const [w] = await h.coord.store.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM clusters WHERE name = $1 FOR SHARE%'`);
+      if (w!.n > 0) break;
+      assert.ok(Date.now() < deadline, 'the CSR never waited for the cluster row');
+    }
+    await revoker.query(`UPDATE certificates SET revoked_at = now() WHERE cluster = 'ids' AND node = 'node-3' AND slot = 'identity' AND revoked_at IS NULL`);
+    await revoker.query('COMMIT');
+    const r = await csr;
+    assert.equal(r.status, 401, `slot CSR of an identity revoked meanwhile: ${r.status} ${r.text.slice(0, 200)}`);
+  } finally {
+    revoker.release();
+  }
+});
+
 // --- key policy -------------------------------------------------------------------------------
 
 function opensslCsr(keyPem: string): string {
