@@ -6,6 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { chmod, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +14,8 @@ import { connect } from 'node:tls';
 import { promisify } from 'node:util';
 import { Agent, request } from 'undici';
 import { createPgInstance, lookupOsUser } from '../../shared/pgserver.ts';
+import { SecretBox } from '../../coordinator/secrets.ts';
+import { canonicalJson } from '../../coordinator/service.ts';
 import { enroll, pgdSpec, startHarness, type EnrolledNode, type Harness } from './coordinator-helpers.ts';
 
 const execFileAsync = promisify(execFile);
@@ -313,5 +316,36 @@ test('connections are capped: past maxConnections a new one is closed at once, b
   } finally {
     for (const s of sockets) s.destroy();
     await capped.close();
+  }
+});
+
+test('rows sealed the older way (the digest alone) are re-sealed once at start; a row whose old seal does not hold stays refused', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'pgaccord-reseal-'));
+  try {
+    const first = await startHarness({ dir });
+    try {
+      for (const name of ['oldseal', 'oldbad']) assert.equal((await first.admin.call('PUT', `/v1/clusters/${name}`, { body: pgdSpec(name) })).status, 200);
+      // What a coordinator before migration 5 left: no incarnation, seal = the digest alone.
+      const box = new SecretBox(first.coord.dataDir.masterKey);
+      const digest = (spec: unknown) => createHash('sha256').update(canonicalJson(spec)).digest('hex');
+      await first.coord.store.query(`UPDATE clusters SET spec_seal = $2 WHERE name = $1`, ['oldseal', box.seal(digest(pgdSpec('oldseal')), 'cluster-spec:oldseal')]);
+      await first.coord.store.query(`UPDATE clusters SET spec = jsonb_set(spec, '{auth}', '"trust"'), spec_seal = $2 WHERE name = $1`, ['oldbad', box.seal(digest(pgdSpec('oldbad')), 'cluster-spec:oldbad')]);
+      await first.coord.store.query(`ALTER TABLE clusters DROP COLUMN incarnation`);
+      await first.coord.store.query(`DELETE FROM schema_migrations WHERE version = 5`);
+    } finally {
+      await first.close();
+    }
+    const again = await startHarness({ dir });
+    try {
+      const ok = await again.admin.call('GET', '/v1/clusters/oldseal');
+      assert.equal(ok.status, 200, ok.text);
+      const bad = await again.admin.call('GET', '/v1/clusters/oldbad');
+      assert.equal(bad.status, 500, bad.text);
+      assert.equal(bad.body.code, 'E_STORED_SPEC_INVALID');
+    } finally {
+      await again.close();
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 });
