@@ -12,6 +12,7 @@ import type { Static } from '@sinclair/typebox';
 import { parseCommand, UsageError } from '../shared/cli.ts';
 import { parseDuration } from '../shared/duration.ts';
 import { formatProbeMatrix, probeMatrix } from '../shared/probe-matrix.ts';
+import { ago } from '../shared/lifecycle.ts';
 import { DEFAULT_DATA_DIR, FILES } from './datadir-layout.ts';
 
 const CONNECTION_OPTIONS = {
@@ -259,12 +260,6 @@ function notConverged(s: ClusterStatus): string[] {
   });
 }
 
-function ago(iso: string | null): string {
-  if (!iso) return 'never';
-  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
-  return s < 120 ? `${s}s ago` : s < 7200 ? `${Math.round(s / 60)}m ago` : `${Math.round(s / 3600)}h ago`;
-}
-
 function certExpiry(n: NodeStatusView): string {
   const c = n.servedCertificate ?? n.certificates[0];
   if (!c) return '-';
@@ -288,7 +283,7 @@ export function formatStatus(s: ClusterStatus): string {
       String(n.appliedGeneration),
       `${n.phase}${n.stale ? ' (stale)' : ''}${n.enrolled ? '' : ' (not enrolled)'}`,
       certExpiry(n),
-      ago(n.lastContact),
+      ago(n.lastContact, new Date()),
       n.probes.length ? `${ok}/${n.probes.length} ok` : '-',
       n.errors.length ? n.errors.map((e) => `${e.code}: ${e.message}`).join('; ') : '-',
     ]);

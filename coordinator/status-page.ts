@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import type { ClusterStatusResponse, NodeStatusView } from '../shared/api.ts';
 import { probeMatrix, type EdgeState } from '../shared/probe-matrix.ts';
+import { ago } from '../shared/lifecycle.ts';
 
 /** The one escaper: text and double-quoted attribute values alike. */
 export function esc(value: unknown): string {
@@ -66,12 +67,6 @@ ${message ? `<p class="badge bad" id="login-error">${esc(message)}</p>` : ''}
 <form method="post" action="/ui/login"><label for="token">Admin token</label>
 <input type="password" id="token" name="token" autocomplete="off" required>
 <button type="submit">Sign in</button></form>`);
-}
-
-function ago(iso: string | null, now: Date): string {
-  if (!iso) return 'never';
-  const s = Math.max(0, Math.round((now.getTime() - Date.parse(iso)) / 1000));
-  return s < 120 ? `${s} s ago` : s < 7200 ? `${Math.round(s / 60)} min ago` : s < 172_800 ? `${Math.round(s / 3600)} h ago` : `${Math.round(s / 86400)} d ago`;
 }
 
 /** The fewest days left of any certificate the node uses (served, installed, identity). */

@@ -33,3 +33,10 @@ export function caLevel(validity: { notBefore: Date; notAfter: Date }, leafLifet
 export function daysLeft(notAfter: Date, now: number): number {
   return Math.round(((notAfter.getTime() - now) / 86400_000) * 1000) / 1000;
 }
+
+/** How long ago an instant was, for people: `30 s ago`, `5 min ago`, `3 h ago`, `2 d ago`. */
+export function ago(iso: string | null, now: Date): string {
+  if (!iso) return 'never';
+  const s = Math.max(0, Math.round((now.getTime() - Date.parse(iso)) / 1000));
+  return s < 120 ? `${s} s ago` : s < 7200 ? `${Math.round(s / 60)} min ago` : s < 172_800 ? `${Math.round(s / 3600)} h ago` : `${Math.round(s / 86400)} d ago`;
+}
