@@ -44,6 +44,11 @@ export function randomSerial(random: (n: number) => Buffer = randomBytes): strin
 
 export interface LeafRequest {
   /**
+   * The serial (hex, as randomSerial makes it), allocated by the caller with the rest of the
+   * record it stores; made here when absent. The signing pool always passes one.
+   */
+  serial?: string;
+  /**
    * The subject's public key: from a verified CSR that met the key policy (readCsrKey), or a
    * forge RSA key the caller made itself. Nothing else from a CSR is used.
    */
@@ -76,6 +81,8 @@ export interface IssuedCertificate {
 export class CertificateAuthority {
   readonly certPem: string;
   readonly notAfter: Date;
+  /** sha256 of the certificate PEM: names this CA (and its key) to the signing pool's workers. */
+  readonly id: string;
   readonly #cert: forge.pki.Certificate;
   readonly #key: KeyObject;
   readonly #ski: string;
@@ -87,14 +94,24 @@ export class CertificateAuthority {
     return this.#cert.validity.notBefore;
   }
 
-  constructor(certPem: string, keyPem: string) {
+  /** `key`: PEM, or a KeyObject (what a signing-pool worker receives over its MessagePort). */
+  constructor(certPem: string, key: string | KeyObject) {
     this.certPem = certPem;
+    this.id = createHash('sha256').update(certPem).digest('hex');
     this.#cert = pki.certificateFromPem(certPem);
-    this.#key = createPrivateKey(keyPem);
+    this.#key = typeof key === 'string' ? createPrivateKey(key) : key;
     this.notAfter = this.#cert.validity.notAfter;
     this.#ski = this.#cert.generateSubjectKeyIdentifier().getBytes();
     const tbsCert = (pki.certificateToAsn1(this.#cert).value as forge.asn1.Asn1[])[0]!;
     this.#subjectDer = toDer((tbsCert.value as forge.asn1.Asn1[])[5]!);
+  }
+
+  /**
+   * What a signing-pool worker needs to sign as this CA: the certificate and the private key
+   * object, cloned in memory through postMessage (never serialised to text, never written).
+   */
+  signingMaterial(): { certPem: string; key: KeyObject } {
+    return { certPem: this.certPem, key: this.#key };
   }
 
   /**
@@ -127,7 +144,8 @@ export class CertificateAuthority {
    * from a CSR. No leaf outlives its CA.
    */
   issue(req: LeafRequest): IssuedCertificate {
-    const serial = randomSerial();
+    if (req.serial !== undefined && !/^(?!00)[0-7][0-9a-f]{31}$/.test(req.serial)) throw new Error('serial: not a positive 16-byte serial in hex');
+    const serial = req.serial ?? randomSerial();
     // Backdated for clock skew, but never by more than a twentieth of the lifetime: the renewal
     // schedule (2/3 of notAfter - notBefore) must stay ahead of the issue time for short lifetimes
     // (a 2-minute certificate backdated 5 minutes would be due for renewal the moment it is issued).

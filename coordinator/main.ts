@@ -16,6 +16,7 @@ import type { RateLimit } from './rate-limit.ts';
 import { CoordinatorMetrics, serveMetrics } from './metrics.ts';
 import { buildServer } from './server.ts';
 import { CoordinatorService } from './service.ts';
+import { SigningPool } from './signing-pool.ts';
 import { Store } from './store.ts';
 
 export const DEFAULT_LISTEN = '127.0.0.1:7432';
@@ -43,6 +44,8 @@ export interface CoordinatorOptions {
   agentRateLimit?: RateLimit;
   /** HOST:PORT of the plain-HTTP /metrics listener (a bare PORT is 127.0.0.1:PORT); none without it. */
   metricsListen?: string;
+  /** Threads that check CSRs and sign (default: one per core). */
+  signingWorkers?: number;
 }
 
 export interface RunningCoordinator {
@@ -57,6 +60,7 @@ export interface RunningCoordinator {
   log: Logger;
   /** http://HOST:PORT/metrics when --metrics-listen is given. */
   metricsUrl: string | null;
+  signing: SigningPool;
   close(): Promise<void>;
 }
 
@@ -117,14 +121,15 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
     connection = embedded.connection;
   }
   let store: Store | null = null;
+  const signing = new SigningPool({ size: opts.signingWorkers });
   try {
     store = await Store.open(connection, log);
     const publicUrl = opts.publicUrl ?? `https://${urlHost(host)}:${port}`;
-    const service = new CoordinatorService({ store, box: new SecretBox(dataDir.masterKey), coordinatorCa: dataDir.ca, publicUrl, log, now, longPollMs: opts.longPollMs, identityLifetimeSeconds: opts.identityLifetimeSeconds, crlLifetimeSeconds: opts.crlLifetimeSeconds });
+    const service = new CoordinatorService({ store, box: new SecretBox(dataDir.masterKey), coordinatorCa: dataDir.ca, signing, publicUrl, log, now, longPollMs: opts.longPollMs, identityLifetimeSeconds: opts.identityLifetimeSeconds, crlLifetimeSeconds: opts.crlLifetimeSeconds });
     await service.checkMasterKey();
     await service.resealAfterMigrations(store.applied);
     const metricsAt = opts.metricsListen !== undefined ? parseMetricsListen(opts.metricsListen) : null;
-    const metrics = metricsAt ? new CoordinatorMetrics({ store, log, now }) : undefined;
+    const metrics = metricsAt ? new CoordinatorMetrics({ store, log, now, signing }) : undefined;
     const { app } = await buildServer({ metrics, service, adminToken: dataDir.adminToken, tls: { key: dataDir.serverKeyPem, cert: dataDir.serverCertPem, ca: dataDir.caPem }, log, limits: { requestTimeoutMs: opts.requestTimeoutMs, maxConnections: opts.maxConnections, agentRateLimit: opts.agentRateLimit } });
     await app.listen({ host, port });
     const metricsServer = metrics && metricsAt ? await serveMetrics(metrics, metricsAt.host, metricsAt.port, log).catch(async (e: unknown) => {
@@ -152,6 +157,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
       pg: instance,
       log,
       metricsUrl: metricsServer?.url ?? null,
+      signing,
       async close() {
         if (closed) return;
         closed = true;
@@ -162,6 +168,9 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
           await closing;
         }
         await app.close();
+        // After the last request (app.close waits for them) and before the store: a CRL refresh
+        // still signing finishes, then the threads stop.
+        await signing.close();
         await openStore.close();
         if (instance) await instance.stop('fast');
         log.info('coordinator stopped');
@@ -169,6 +178,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
       },
     };
   } catch (e) {
+    await signing.close().catch(() => undefined);
     await store?.close().catch(() => undefined);
     if (instance) await instance.stop('fast').catch(() => undefined);
     throw e;
@@ -203,6 +213,8 @@ options:
                         PGACCORD_IDENTITY_LIFETIME; from 1m, for tests)
   --crl-lifetime D      validity of each issued CRL (default 7d; env PGACCORD_CRL_LIFETIME);
                         re-issued when less than half of it remains
+  --signing-workers N   threads that check CSRs and sign certificates and CRLs, off the event
+                        loop (default: one per core)
 
 Logs are JSON lines on stdout; secrets are never logged. SIGTERM or SIGINT stops it cleanly
 (and the embedded PostgreSQL with it); SIGHUP is logged and changes nothing.`,
@@ -216,6 +228,7 @@ Logs are JSON lines on stdout; secrets are never logged. SIGTERM or SIGINT stops
     'long-poll': { type: 'string' },
     'identity-lifetime': { type: 'string' },
     'crl-lifetime': { type: 'string' },
+    'signing-workers': { type: 'string' },
   },
 } as const;
 
@@ -258,6 +271,8 @@ export async function runCoordinator(argv: string[]): Promise<number> {
   };
   const identityLifetimeSeconds = duration('identity-lifetime', v['identity-lifetime'] ?? process.env.PGACCORD_IDENTITY_LIFETIME);
   const crlLifetimeSeconds = duration('crl-lifetime', v['crl-lifetime'] ?? process.env.PGACCORD_CRL_LIFETIME);
+  const signingWorkers = v['signing-workers'] !== undefined ? Number(v['signing-workers']) : undefined;
+  if (signingWorkers !== undefined && !(Number.isInteger(signingWorkers) && signingWorkers >= 1 && signingWorkers <= 256)) throw new Error(`--signing-workers: "${v['signing-workers']}" is not a number of threads (1..256)`);
   const running = await startCoordinator({
     identityLifetimeSeconds,
     crlLifetimeSeconds,
@@ -268,6 +283,7 @@ export async function runCoordinator(argv: string[]): Promise<number> {
     logLevel: v['log-level'],
     metricsListen: v['metrics-listen'],
     longPollMs: longPoll !== undefined ? longPoll * 1000 : undefined,
+    signingWorkers,
   });
   process.stderr.write(`pgaccord coordinator listening on ${running.url} (admin token in ${join(running.dataDir.dir, FILES.adminToken)})\n`);
   // systemd (Type=notify): ready once HTTPS is served and the store answers; then a timer asks

@@ -160,6 +160,8 @@ export interface MetricsOptions {
   /** How long one read of the store serves scrapes (ms, default 2 s). */
   cacheMs?: number;
   now?: () => Date;
+  /** The signing pool, for its queue depth and size. */
+  signing?: { readonly queueDepth: number; readonly size: number };
 }
 
 /** A generation handed to a node and not yet reported applied: when, for the apply-duration histogram. */
@@ -218,7 +220,17 @@ export class CoordinatorMetrics {
         this.set((await self.#fleet()) ? 1 : 0);
       },
     });
-    this.#signing = new Gauge({ name: 'pgaccord_signing_operations_in_flight', help: 'certificate signing operations (enrolment, CSRs) in progress: signing is inline, so this is the signing queue depth', registers });
+    this.#signing = new Gauge({ name: 'pgaccord_signing_operations_in_flight', help: 'enrolments and CSR requests in progress (their store work and their signing)', registers });
+    const signing = opts.signing;
+    if (signing) {
+      new Gauge({
+        name: 'pgaccord_signing_queue_depth', help: 'jobs (CSR checks, certificate and CRL signatures) handed to the signing threads and not yet answered', registers,
+        collect() {
+          this.set(signing.queueDepth);
+        },
+      });
+      new Gauge({ name: 'pgaccord_signing_workers', help: 'signing threads the coordinator may run', registers }).set(signing.size);
+    }
     this.#requests = new Counter({ name: 'pgaccord_api_requests_total', help: 'API requests answered, by method, route pattern and status code', labelNames: ['method', 'route', 'code'], registers });
     const buckets = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900];
     this.#applyDuration = new Histogram({ name: 'pgaccord_apply_duration_seconds', help: 'from handing a generation to a node to its report of it applied and proved (apply, probes, report), as seen by this coordinator', labelNames: ['cluster'], buckets, registers });

@@ -13,8 +13,9 @@ import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from
 import type { AgentStatus, ClusterSpec, NodeDesired } from '../shared/schema.ts';
 import { scramVerifier } from '../shared/scram.ts';
 import { validateSpec } from '../shared/spec.ts';
-import { certInfo, fingerprint256, publicKeyId, readCsrKey, splitPemBundle, verifiesAgainst, X509Error } from '../shared/x509.ts';
+import { certInfo, fingerprint256, publicKeyId, splitPemBundle, verifiesAgainst, X509Error, type SubjectPublicKey } from '../shared/x509.ts';
 import { CertificateAuthority } from './ca.ts';
+import type { SigningPool } from './signing-pool.ts';
 import { ApiError, badRequest, conflict, gone, notFound, unauthorized } from './errors.ts';
 import { notProved, notReissued, type NodeEvidence } from './rotation.ts';
 import type { SecretBox } from './secrets.ts';
@@ -32,6 +33,8 @@ export interface ServiceOptions {
   store: Store;
   box: SecretBox;
   coordinatorCa: CertificateAuthority;
+  /** Checks CSRs and signs certificates and CRLs off the event loop. */
+  signing: SigningPool;
   /** URL put into join tokens. */
   publicUrl: string;
   log: Logger;
@@ -119,6 +122,7 @@ export class CoordinatorService {
   readonly crlLifetimeSeconds: number;
   readonly #box: SecretBox;
   readonly #coordinatorCa: CertificateAuthority;
+  readonly #signing: SigningPool;
   readonly #caFingerprint: string;
   /** URL written into join tokens. */
   publicUrl: string;
@@ -134,6 +138,7 @@ export class CoordinatorService {
     this.store = opts.store;
     this.#box = opts.box;
     this.#coordinatorCa = opts.coordinatorCa;
+    this.#signing = opts.signing;
     this.#caFingerprint = fingerprint256(opts.coordinatorCa.certPem);
     this.publicUrl = opts.publicUrl;
     this.#log = opts.log;
@@ -471,8 +476,8 @@ export class CoordinatorService {
     // thisUpdate a little in the past: a node whose clock lags must not see a CRL from the future.
     const thisUpdate = new Date(Math.floor(now.getTime() / 1000) * 1000 - 60_000);
     const nextUpdate = new Date(Math.floor(now.getTime() / 1000) * 1000 + this.crlLifetimeSeconds * 1000);
-    let pem = ca.issueCrl({ revoked: revoked.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at })), number, thisUpdate, nextUpdate });
-    if (other) pem = `${pem.trimEnd()}\n${other.ca.issueCrl({ revoked: otherRevoked.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at })), number, thisUpdate, nextUpdate }).trimEnd()}\n`;
+    let pem = await this.#signing.issueCrl(ca, { revoked: revoked.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at })), number, thisUpdate, nextUpdate });
+    if (other) pem = `${pem.trimEnd()}\n${(await this.#signing.issueCrl(other.ca, { revoked: otherRevoked.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at })), number, thisUpdate, nextUpdate })).trimEnd()}\n`;
     await c.query(
       `INSERT INTO cluster_crls (cluster, pem, number, this_update, next_update) VALUES ($1, $2, $3, $4, $5)
        ON CONFLICT (cluster) DO UPDATE SET pem = EXCLUDED.pem, number = EXCLUDED.number, this_update = EXCLUDED.this_update, next_update = EXCLUDED.next_update`,
@@ -869,7 +874,7 @@ export class CoordinatorService {
       [payload.id, sha256(payload.secret), payload.cluster, payload.node, now],
     );
     if (live.length === 0) throw await this.#refuseToken(payload, now);
-    const publicKey = csrPublicKey(csrPem);
+    const publicKey = await csrPublicKey(this.#signing, csrPem);
     const result = await this.store.tx(async (c) => {
       const used = await c.query<{ cluster: string; node: string }>(
         `UPDATE join_tokens SET used_at = $5
@@ -880,7 +885,7 @@ export class CoordinatorService {
       if (used.rowCount !== 1) return null;
       const row = await this.#cluster(payload.cluster, c);
       if (!row || !row.spec.nodes.some((n) => n.name === payload.node)) throw gone(`node "${payload.cluster}/${payload.node}" no longer exists`);
-      const issued = this.#coordinatorCa.issue({
+      const issued = await this.#signing.issue(this.#coordinatorCa, {
         publicKey,
         commonName: AGENT_CN,
         uris: [identityUri(payload.cluster, payload.node)],
@@ -997,7 +1002,7 @@ export class CoordinatorService {
   }
 
   async signCsr(agent: AgentPrincipal, slot: string, csrPem: string): Promise<CsrResponse> {
-    const publicKey = csrPublicKey(csrPem);
+    const publicKey = await csrPublicKey(this.#signing, csrPem);
     const now = this.now();
     if (slot === 'identity') {
       await this.#nodeDesired(agent); // the node must still exist
@@ -1016,7 +1021,7 @@ export class CoordinatorService {
             throw conflict('E_IDENTITY_SUPERSEDED', 'this identity has already been renewed: renew with the newer identity (or, retrying a renewal whose answer was lost, with the same key)');
           }
         }
-        const issued = this.#coordinatorCa.issue({ publicKey, commonName: AGENT_CN, uris: [identityUri(agent.cluster, agent.node)], usage: 'client', lifetimeSeconds: this.identityLifetimeSeconds, now });
+        const issued = await this.#signing.issue(this.#coordinatorCa, { publicKey, commonName: AGENT_CN, uris: [identityUri(agent.cluster, agent.node)], usage: 'client', lifetimeSeconds: this.identityLifetimeSeconds, now });
         await this.#recordCert(c, { cluster: agent.cluster, node: agent.node, slot: 'identity', issuer: 'coordinator', commonName: AGENT_CN, ...issued });
         // The identity used for this call stays valid until the new one is used (or renewed again).
         await c.query(`UPDATE agents SET previous_serial = $3, identity_serial = $4 WHERE cluster = $1 AND node = $2`, [agent.cluster, agent.node, agent.serial, issued.serial]);
@@ -1040,7 +1045,7 @@ export class CoordinatorService {
       const revoked = (await c.query<{ serial: string; pem: string }>(`SELECT serial, pem FROM certificates WHERE cluster = $1 AND node = $2 AND issuer = 'cluster' AND revoked_at IS NOT NULL`, [agent.cluster, agent.node])).rows;
       const hit = revoked.find((r) => publicKeyId(r.pem) === keyId);
       if (hit) throw conflict('E_KEY_REVOKED', `the key in this CSR belongs to revoked certificate ${hit.serial}: make a new key`);
-      const cert = ca.issue({ publicKey, commonName: s.commonName, dnsNames: s.dnsNames, ipAddresses: s.ipAddresses, usage: s.usage, lifetimeSeconds: certLifetimeSeconds(row.spec), now });
+      const cert = await this.#signing.issue(ca, { publicKey, commonName: s.commonName, dnsNames: s.dnsNames, ipAddresses: s.ipAddresses, usage: s.usage, lifetimeSeconds: certLifetimeSeconds(row.spec), now });
       await this.#recordCert(c, { cluster: agent.cluster, node: agent.node, slot, issuer: 'cluster', commonName: s.commonName, ...cert });
       return cert;
     });
@@ -1241,12 +1246,14 @@ function diffNodes(old: NodeDesired, next: NodeDesired): string[] {
 
 /**
  * The public key of a CSR whose signature verifies and whose key meets the policy (400
- * E_CSR_KEY_POLICY otherwise); anything else is the client's error too (E_CSR_INVALID).
+ * E_CSR_KEY_POLICY otherwise), checked by a signing worker; anything else is the client's
+ * error too (E_CSR_INVALID).
  */
-function csrPublicKey(csrPem: string): ReturnType<typeof readCsrKey>['publicKey'] {
+async function csrPublicKey(signing: SigningPool, csrPem: string): Promise<SubjectPublicKey> {
   try {
-    return readCsrKey(csrPem).publicKey;
+    return (await signing.readCsrKey(csrPem)).publicKey;
   } catch (e) {
+    if (e instanceof ApiError) throw e; // the pool's own refusal (busy, stopping): not the CSR's fault
     throw badRequest(e instanceof X509Error && e.code === 'E_CSR_KEY_POLICY' ? 'E_CSR_KEY_POLICY' : 'E_CSR_INVALID', (e as Error).message);
   }
 }
