@@ -53,11 +53,30 @@ const asProblem = (e: unknown, fallback: string): Problem => ({
   message: (e as Error).message ?? String(e),
 });
 
+/**
+ * Milliseconds per phase of one apply, on the monotonic clock: each lap charges the time since
+ * the previous one to a phase, so the phases add up to the whole apply.
+ */
+export class PhaseClock {
+  readonly phases: Record<string, number> = {};
+  #at = performance.now();
+
+  lap(phase: string): void {
+    const now = performance.now();
+    this.phases[phase] = Math.round(((this.phases[phase] ?? 0) + now - this.#at) * 10) / 10;
+    this.#at = now;
+  }
+}
+
 // One apply at a time per process: the temp-file sweep and the snapshots assume it.
 let queue: Promise<unknown> = Promise.resolve();
 
 export function applyDesired(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions = {}): Promise<ApplyResult> {
-  const run = queue.then(() => applyOnce(ctx, input, opts));
+  const run = queue.then(async () => {
+    const clock = new PhaseClock();
+    const result = await applyOnce(ctx, input, opts, clock);
+    return { ...result, phases: clock.phases };
+  });
   queue = run.catch(() => undefined);
   return run;
 }
@@ -66,7 +85,7 @@ function failed(problems: Problem[], extra: Partial<ApplyResult> = {}): ApplyRes
   return { phase: 'failed', changed: false, errors: problems, files: [], pendingRestart: [], servedCertificate: null, clientConnections: [], ...extra };
 }
 
-async function applyOnce(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions): Promise<ApplyResult> {
+async function applyOnce(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions, clock: PhaseClock): Promise<ApplyResult> {
   const now = opts.now ?? (() => new Date());
   const log = ctx.log.child({ generation: input.desired.generation });
   let session: pg.Client | null = null;
@@ -77,7 +96,7 @@ async function applyOnce(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
     // falls back to port 5432, where another cluster's server may run. Never touch that one.
     const dataDirectory = await serverDataDirectory(session);
     const [theirs, ours] = await Promise.all([realpath(dataDirectory).catch(() => dataDirectory), realpath(ctx.pgdata).catch(() => ctx.pgdata)]);
-    if (theirs === ours) return await applyWith(ctx, input, { ...opts, now }, session, log);
+    if (theirs === ours) return await applyWith(ctx, input, { ...opts, now }, session, log, clock);
     notOurs = { code: 'E_WRONG_SERVER', message: `the server at ${ctx.pgHost}:${ctx.pgPort} runs ${theirs}, not --pgdata ${ours}: nothing applied to it (give --pg-port/--pg-host, or start this node's server)` };
   } catch (e) {
     if (session === null) {
@@ -92,6 +111,7 @@ async function applyOnce(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   // find them at create time (pg_autoctl --server-cert, ~/.postgresql) can.
   const material = await installMaterial(ctx, input).catch((err: unknown) => ({ written: [] as string[], errors: [asProblem(err, 'E_INSTALL')] }));
   if (material.written.length > 0) log.info({ files: material.written }, 'PostgreSQL not running in PGDATA: TLS material and client credentials installed');
+  clock.lap('install');
   return failed([notOurs, ...material.errors]);
 }
 
@@ -113,7 +133,7 @@ interface Run {
   skipValidation: boolean;
 }
 
-async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions & { now: () => Date }, session: pg.Client, log: NodeContext['log']): Promise<ApplyResult> {
+async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions & { now: () => Date }, session: pg.Client, log: NodeContext['log'], clock: PhaseClock): Promise<ApplyResult> {
   const info = await serverInfo(session);
   const server = await serverFiles(ctx, info);
   if ('code' in server) {
@@ -161,9 +181,11 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
     const removed = await removeStaleTemps(dir);
     if (removed.length > 0) log.warn({ removed }, 'removed temporary files left by an interrupted apply');
   }
+  clock.lap('render');
 
   // Inputs PostgreSQL would reject (or hash as plaintext) are refused before anything is written.
   const prechecks = await checkInputs(ctx, session, input, plan, opts.now());
+  clock.lap('validate');
   if (prechecks.length > 0) {
     log.error({ errors: prechecks }, 'desired state refused before writing anything');
     return failed(prechecks, { clientConnections: plan.clientConnections });
@@ -177,11 +199,15 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   let reloaded;
   try {
     await installAll(run);
+    clock.lap('install');
     await validate(run);
     roles = info.inRecovery ? NO_ROLE_CHANGES : await stageRoles(session, input.desired);
+    clock.lap('validate');
     reloaded = await reloadIfNeeded(run);
+    clock.lap('reload');
     served = await prove(run);
     await roles.commit();
+    clock.lap('prove');
     if (roles.actions.length > 0) log.info({ actions: roles.actions }, 'roles changed');
   } catch (e) {
     await roles.rollback();
@@ -206,11 +232,13 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   const phase = pending.length > 0 ? 'pending-restart' : 'converged';
   // Level-triggered: most passes change nothing, and say so only at debug level.
   log[changed || phase !== 'converged' || problems.length > 0 ? 'info' : 'debug']({ changed, reloaded, files: run.changed, phase, pendingRestart: pending, problems }, 'desired state applied and proved');
+  const files = await fileReports(run);
+  clock.lap('finish');
   return {
     phase,
     changed,
     errors: problems,
-    files: await fileReports(run),
+    files,
     pendingRestart: pending,
     servedCertificate: served,
     clientConnections: plan.clientConnections,

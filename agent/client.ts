@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Value } from '@sinclair/typebox/value';
 import type { TSchema, Static } from '@sinclair/typebox';
 import { Agent, request, type Dispatcher } from 'undici';
-import { CsrResponse, EnrollResponse, JoinTokenPayload, type CsrRequest, type EnrollRequest } from '../shared/api.ts';
+import { CsrResponse, EnrollResponse, JoinTokenPayload, PeerWake, type CsrRequest, type EnrollRequest } from '../shared/api.ts';
 import { AgentStatus, NodeDesired } from '../shared/schema.ts';
 import { certInfo, certMatchesKey, createCsr, fingerprint256, generateRsaKey, splitPemBundle, verifiesAgainst, type CertInfo } from '../shared/x509.ts';
 import { ensureDir, readIfExists, removeIfExists, writeFileAtomic } from './statefile.ts';
@@ -172,11 +172,13 @@ export class CoordinatorClient {
    * (`unknown`): the reconcile loop decides whether to accept it, so that a garbled answer is
    * reported as a refused desired state rather than as a transport error.
    */
-  async desired(after: number, signal?: AbortSignal, waitSeconds?: number): Promise<{ kind: 'newer'; body: unknown } | { kind: 'unchanged' } | { kind: 'removed' }> {
+  async desired(after: number, signal?: AbortSignal, waitSeconds?: number, peersKnown?: number): Promise<{ kind: 'newer'; body: unknown } | { kind: 'unchanged' } | { kind: 'removed' } | { kind: 'peers'; body: PeerWake }> {
     // waitSeconds: hold at most this long (0: answer at once, e.g. the first poll after an outage).
-    const path = `/v1/agent/desired?after=${after}${waitSeconds !== undefined ? `&wait=${Math.max(0, Math.floor(waitSeconds))}` : ''}`;
+    // peersKnown: also answer (202) once more than that many other nodes applied `after` (see PeerWake).
+    const path = `/v1/agent/desired?after=${after}${waitSeconds !== undefined ? `&wait=${Math.max(0, Math.floor(waitSeconds))}` : ''}${peersKnown !== undefined ? `&peers=${Math.max(0, Math.floor(peersKnown))}` : ''}`;
     const a = await this.call('GET', path, undefined, signal);
     if (a.status === 200) return { kind: 'newer', body: a.body };
+    if (a.status === 202 && peersKnown !== undefined) return { kind: 'peers', body: this.expect('GET', path, a, PeerWake, 202) };
     if (a.status === 204) return { kind: 'unchanged' };
     if (a.status === 410) return { kind: 'removed' };
     throw httpError('GET', path, a);

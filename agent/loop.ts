@@ -7,14 +7,14 @@
 import { join } from 'node:path';
 import { Value } from '@sinclair/typebox/value';
 import type { Logger } from 'pino';
-import { NodeDesired, type FileReport, type ProbeResult } from '../shared/schema.ts';
+import { NodeDesired, type ApplyTimings, type FileReport, type ProbeResult } from '../shared/schema.ts';
 import type { Static } from '@sinclair/typebox';
 
 type FileReportT = Static<typeof FileReport>;
 import { backoffDelay, DEFAULT_BACKOFF, sleep, type BackoffPolicy, type Clock, type Random } from './backoff.ts';
 import { CertificateManager, certReports } from './certs.ts';
 import { CoordinatorError, type CoordinatorClient } from './client.ts';
-import { probeAll, type ProbeOptions } from './probes.ts';
+import { probeAll, type ProbeOptions, type ProbeReason } from './probes.ts';
 import { withSession } from './pgconf.ts';
 import { terminateRevokedSessions } from './revocation.ts';
 import { crlInfo } from '../shared/crl.ts';
@@ -27,6 +27,26 @@ import type { ApplyInput, ApplyResult, NodeContext } from './types.ts';
 const APPLY_RETRY: BackoffPolicy = { baseMs: 1000, capMs: 15_000 };
 /** Apply failures that only mean the node's server is not there (yet): retried without limit. */
 const WAITING_FOR_SERVER = new Set(['E_PG_CONNECT', 'E_WRONG_SERVER']);
+/** The reason of the pass the safety timer starts after a failed probe. */
+const PROBE_RETRY = 'probing again after a failed probe';
+/** After an event (a newer generation, a peer wake with news) the next poll follows this soon; otherwise minCycleMs. */
+const EVENT_MIN_CYCLE_MS = 20;
+
+/** Why the probes of a pass ran, from the pass's reason. */
+export function probeReason(passReason: string): ProbeReason {
+  return passReason === PROBE_RETRY ? 'retry' : 'apply';
+}
+
+/**
+ * Which peers' edges to probe again after a peer wake. Pure. `seen`: the peers already known to
+ * have applied the generation; `proved`: those whose edges were probed since that was known.
+ * Every peer in the wake not seen before is seen now; the ones this node has edges to and has
+ * not probed since are to be probed.
+ */
+export function peersToReprobe(wake: string[], watch: { seen: Set<string>; proved: Set<string> }, edgePeers: Set<string>): { fresh: string[]; reprobe: Set<string> } {
+  const fresh = wake.filter((n) => !watch.seen.has(n));
+  return { fresh, reprobe: new Set(wake.filter((n) => edgePeers.has(n) && !watch.proved.has(n))) };
+}
 
 export type ApplyFn = (ctx: NodeContext, input: ApplyInput) => Promise<ApplyResult>;
 
@@ -206,6 +226,20 @@ export class ReconcileLoop {
   private passStartedAt: number | null = null;
   private turnStartedAt: number | null = null;
   private watchdogTimer: NodeJS.Timeout | undefined;
+  /** What the last pass had, for a probe-only pass (peer wake) to report with. */
+  private lastProbes: ProbeResult[] = [];
+  private lastCertErrors: RuntimeError[] = [];
+  private lastInstalled: Awaited<ReturnType<CertificateManager['ensure']>>['installed'] = [];
+  /** The phases of the pass that applied the current generation (report: filled in once its post returned). */
+  private timings: ApplyTimings | null = null;
+  /**
+   * Peer wakes for the desired generation: the other nodes known to have applied it (seen), and
+   * the ones among them this node's edges were probed after that was known (proved). The agent
+   * asks for wakes while an edge's peer is not proved.
+   */
+  private peerWatch = { generation: -1, seen: new Set<string>(), proved: new Set<string>() };
+  /** Counts of probe passes by reason (for tests and the log). */
+  readonly probePasses: Record<ProbeReason, number> = { apply: 0, retry: 0, 'peer-applied': 0 };
 
   constructor(private deps: LoopDeps) {}
 
@@ -280,6 +314,76 @@ export class ReconcileLoop {
       void this.kick(reason);
     }, delayMs);
     this.reprobeTimer.unref();
+    this.retryReason = reason;
+  }
+
+  private retryReason: string | null = null;
+
+  /** Every probe passes now: the safety timer armed by a failed probe has nothing left to do. */
+  private cancelProbeRetry(): void {
+    if (this.reprobeTimer && this.retryReason === PROBE_RETRY) {
+      clearTimeout(this.reprobeTimer);
+      this.reprobeTimer = undefined;
+    }
+  }
+
+  /** The peers this node's edges go to, as the last apply reported them. */
+  private edgePeers(): Set<string> {
+    return new Set((this.lastApply?.clientConnections ?? []).map((c) => c.to));
+  }
+
+  /** The peer watch for `generation`, reset when it changes. */
+  private watchFor(generation: number) {
+    if (this.peerWatch.generation !== generation) this.peerWatch = { generation, seen: new Set(), proved: new Set() };
+    return this.peerWatch;
+  }
+
+  /**
+   * The `peers` count to send with the long-poll: the peers seen, while this node applied the
+   * desired generation and an edge of it goes to a peer not proved; otherwise no peer wakes.
+   */
+  private peersKnown(): number | undefined {
+    const d = this.lastGood;
+    if (!d || this.appliedGeneration !== d.generation || !this.lastApply) return undefined;
+    const watch = this.watchFor(d.generation);
+    return [...this.edgePeers()].some((p) => !watch.proved.has(p)) ? watch.seen.size : undefined;
+  }
+
+  /** Queue a probe-only pass over the edges to `peers` (a full pass queued already covers it). */
+  private reprobe(peers: Set<string>): Promise<void> {
+    if (this.queued) return this.running;
+    this.running = this.running.then(async () => {
+      if (this.signal.aborted) return;
+      this.passStartedAt = Date.now();
+      try {
+        await this.reprobeOnce(peers);
+      } catch (e) {
+        this.deps.log.error({ err: errMessage(e) }, 'probing after a peer wake failed unexpectedly');
+      } finally {
+        this.passStartedAt = null;
+      }
+    });
+    return this.running;
+  }
+
+  /** Probe the edges to `peers` again, nothing applied; report with the other probes as they were. */
+  private async reprobeOnce(peers: Set<string>): Promise<void> {
+    const desired = this.lastGood;
+    const conns = this.lastApply?.clientConnections ?? [];
+    if (!desired || this.appliedGeneration !== desired.generation || conns.length !== this.lastProbes.length) return;
+    const idx = conns.map((c, i) => (peers.has(c.to) ? i : -1)).filter((i) => i >= 0);
+    if (idx.length === 0) return;
+    this.deps.log.debug({ peers: [...peers], generation: desired.generation }, 'a peer applied: probing its edges again (peer-applied)');
+    this.probePasses['peer-applied'] += 1;
+    const fresh = await probeAll(idx.map((i) => conns[i]!), this.deps.probe, 'peer-applied');
+    const probes = [...this.lastProbes];
+    idx.forEach((i, k) => (probes[i] = fresh[k]!));
+    const watch = this.watchFor(desired.generation);
+    for (const p of peers) watch.proved.add(p);
+    for (const p of fresh.filter((p) => !p.ok)) this.deps.log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
+    if (probes.every((p) => p.ok)) this.cancelProbeRetry();
+    this.lastProbes = probes;
+    await this.publish(desired, probes, this.lastCertErrors, this.lastInstalled);
   }
 
   /** Queue a reconcile; several requests while one runs collapse into one more run. */
@@ -328,7 +432,7 @@ export class ReconcileLoop {
         const started = this.deps.now();
         this.turnStartedAt = Date.now();
         if (this.deps.maintain) await this.deps.maintain().catch((e) => log.warn({ err: errMessage(e) }, 'maintenance failed'));
-        let outcome: 'ok' | 'error' | 'removed';
+        let outcome: 'ok' | 'event' | 'error' | 'removed';
         const pollAbort = new AbortController();
         this.pollAbort = pollAbort;
         try {
@@ -361,7 +465,9 @@ export class ReconcileLoop {
         } else {
           this.failures = 0;
           const elapsed = this.deps.now() - started;
-          const min = this.deps.minCycleMs ?? 1000;
+          // An event (a newer generation accepted, a wake naming a peer not seen before) cannot
+          // repeat without end: poll again at once. Anything else is a cycle, and waits.
+          const min = outcome === 'event' ? EVENT_MIN_CYCLE_MS : (this.deps.minCycleMs ?? 1000);
           if (elapsed < min) await sleep(min - elapsed, this.signal);
         }
       }
@@ -374,10 +480,20 @@ export class ReconcileLoop {
     }
   }
 
-  private async pollOnce(signal: AbortSignal, waitSeconds?: number): Promise<'ok' | 'error' | 'removed'> {
+  private async pollOnce(signal: AbortSignal, waitSeconds?: number): Promise<'ok' | 'event' | 'error' | 'removed'> {
     const { log } = this.deps;
-    const answer = await this.deps.client.desired(this.lastGood?.generation ?? 0, signal, waitSeconds);
+    const peersKnown = this.peersKnown();
+    const answer = await this.deps.client.desired(this.lastGood?.generation ?? 0, signal, waitSeconds, peersKnown);
     this.onContactSuccess();
+    if (answer.kind === 'peers') {
+      const d = this.lastGood;
+      if (!d) return 'ok';
+      const watch = this.watchFor(d.generation);
+      const { fresh, reprobe } = peersToReprobe(answer.body.applied.filter((a) => a.generation >= d.generation).map((a) => a.node), watch, this.edgePeers());
+      for (const n of fresh) watch.seen.add(n);
+      if (reprobe.size > 0) await this.reprobe(reprobe);
+      return fresh.length > 0 ? 'event' : 'ok';
+    }
     if (answer.kind === 'removed') {
       log.error('the coordinator says this node was removed from its cluster (410); keeping the files as they are and stopping');
       return 'removed';
@@ -396,7 +512,7 @@ export class ReconcileLoop {
       log.info({ generation: j.desired.generation, previous: this.lastGood?.generation ?? 0 }, 'new desired state accepted');
       this.lastGood = j.desired;
       await this.kick(`generation ${j.desired.generation}`);
-      return 'ok';
+      return 'event';
     }
     // Unchanged: still reconcile (level-triggered) and report, which is also the heartbeat.
     await this.kick('long-poll cycle');
@@ -448,6 +564,8 @@ export class ReconcileLoop {
     let installed: Awaited<ReturnType<CertificateManager['ensure']>>['installed'] = [];
     if (desired) {
       log.debug({ reason, generation: desired.generation }, 'reconciling');
+      const startedAt = new Date(this.deps.now()).toISOString();
+      const t0 = performance.now();
       this.deps.drift?.pause();
       const certs = await this.deps.certs.ensure(desired, { online: this.reachable }).catch((e): Awaited<ReturnType<CertificateManager['ensure']>> => ({
         installed: [],
@@ -456,6 +574,7 @@ export class ReconcileLoop {
       }));
       certErrors = certs.errors;
       installed = certs.installed;
+      const certsMs = performance.now() - t0;
       let result: ApplyResult;
       try {
         result = await this.deps.apply(ctx, { desired, certificates: certs.installed });
@@ -464,8 +583,9 @@ export class ReconcileLoop {
       }
       this.lastApply = result;
       const proved = result.phase === 'converged' || result.phase === 'pending-restart';
+      const newlyApplied = proved && this.appliedGeneration !== desired.generation;
       if (proved) {
-        if (this.appliedGeneration !== desired.generation) log.info({ generation: desired.generation, phase: result.phase, changed: result.changed }, 'generation applied and proved');
+        if (newlyApplied) log.info({ generation: desired.generation, phase: result.phase, changed: result.changed }, 'generation applied and proved');
         this.appliedGeneration = desired.generation;
         await this.deps.certs.prune(certs.installed, desired.certificates.map((c) => c.id)).catch((e) => log.warn({ err: errMessage(e) }, 'pruning old certificate versions failed'));
         if (desired.crl !== null) {
@@ -502,12 +622,33 @@ export class ReconcileLoop {
           void this.kick(`drift in ${d.path}`);
         });
       }
-      probes = await probeAll(result.clientConnections, this.deps.probe);
+      const watch = this.watchFor(desired.generation);
+      const knownApplied = [...watch.seen];
+      const tProbe = performance.now();
+      probes = await probeAll(result.clientConnections, this.deps.probe, probeReason(reason));
+      this.probePasses[probeReason(reason)] += 1;
+      // The peers known to have applied before these probes began are proved by them.
+      for (const p of knownApplied) watch.proved.add(p);
       for (const p of probes.filter((p) => !p.ok)) log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
-      // A peer may simply not have caught up yet: probe again soon rather than at the next
-      // long-poll cycle, so the cluster is seen converged as soon as it really is.
-      if (probes.some((p) => !p.ok)) this.scheduleRetry(this.deps.reprobeMs ?? 2000, 'probing again after a failed probe');
+      // A peer may simply not have caught up yet. Its agent's report wakes this one (peer wake:
+      // the edges to it are probed again then); the timer is the safety net (a wake lost with a
+      // coordinator restart, a coordinator that does not send them).
+      if (probes.some((p) => !p.ok)) this.scheduleRetry(this.deps.reprobeMs ?? 2000, PROBE_RETRY);
+      else this.cancelProbeRetry();
+      if (newlyApplied) {
+        const phases: Record<string, number> = { certs: round1(certsMs), ...(result.phases ?? {}), probe: round1(performance.now() - tProbe) };
+        this.timings = { generation: desired.generation, startedAt, phases, totalMs: round1(performance.now() - t0) };
+      }
+      this.lastCertErrors = certErrors;
+      this.lastInstalled = installed;
+      this.lastProbes = probes;
     }
+    await this.publish(desired, probes, certErrors, installed);
+  }
+
+  /** Build the status, report it (the coordinator and the local mirror). */
+  private async publish(desired: NodeDesired | null, probes: ProbeResult[], certErrors: RuntimeError[], installed: Awaited<ReturnType<CertificateManager['ensure']>>['installed']): Promise<void> {
+    const { log, ctx } = this.deps;
     const notes = this.driftNotes.splice(0);
     this.scheduleRenewalWake();
     const status = buildStatus({
@@ -519,14 +660,19 @@ export class ReconcileLoop {
       probes,
       coordinatorReachable: this.reachable,
       postgresVersion: await this.deps.postgresVersion(),
+      ...(desired && this.timings?.generation === this.appliedGeneration ? { timings: this.timings } : {}),
     });
     this.lastStatus = status;
     this.deps.onSummary?.(summaryLine({ desired: desired?.generation ?? null, applied: this.appliedGeneration, phase: desired ? (this.lastApply?.phase ?? null) : null, probesOk: probes.filter((p) => p.ok).length, probes: probes.length, reachable: this.reachable }));
     let reported = false;
     if (this.reachable) {
       try {
+        const t0 = performance.now();
         await this.deps.client.status(status);
         reported = true;
+        // The post that carried the pass's own timings: its length goes out with the next report.
+        const t = this.timings;
+        if (t && status.timings === t && t.phases.report === undefined) t.phases.report = round1(performance.now() - t0);
       } catch (e) {
         log.warn({ err: errMessage(e) }, 'status report failed');
         if (e instanceof CoordinatorError && e.code === 'E_UNREACHABLE') this.onContactFailure(e);
@@ -535,6 +681,8 @@ export class ReconcileLoop {
     await writeLocalStatus(ctx.stateDir, status, { at: new Date(this.deps.now()).toISOString(), reported }, this.deps.owner).catch((e) => log.warn({ err: errMessage(e) }, 'writing the local status failed'));
   }
 }
+
+const round1 = (ms: number): number => Math.round(ms * 10) / 10;
 
 function errMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);

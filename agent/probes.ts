@@ -17,6 +17,8 @@ export interface ProbeOptions {
   killAfterMs?: number;
   psql?: string;
   now?: () => Date;
+  /** Probes run at once (default PROBE_CONCURRENCY). */
+  concurrency?: number;
 }
 
 /** What psql printed for `\conninfo`: TLS protocol and cipher, when the connection used TLS. */
@@ -87,9 +89,23 @@ export async function probe(conn: ClientConnection, opts: ProbeOptions): Promise
   return { ...base, ok: false, tlsVersion, cipher, error, at };
 }
 
-/** Probe every connection, one after the other (they are few; sequential keeps load low). */
-export async function probeAll(conns: ClientConnection[], opts: ProbeOptions): Promise<ProbeResult[]> {
-  const out: ProbeResult[] = [];
-  for (const c of conns) out.push(await probe(c, opts));
+/** Why a probe ran (ProbeResult.reason). */
+export type ProbeReason = 'apply' | 'retry' | 'peer-applied';
+
+/** Probes at once at most: a full mesh of dozens of edges is probed in a few rounds, not one psql at a time. */
+export const PROBE_CONCURRENCY = 4;
+
+/** Probe every connection, a few at a time; results in the order of `conns`. */
+export async function probeAll(conns: ClientConnection[], opts: ProbeOptions, reason?: ProbeReason): Promise<ProbeResult[]> {
+  const out: ProbeResult[] = new Array(conns.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < conns.length) {
+      const i = next++;
+      const r = await probe(conns[i]!, opts);
+      out[i] = reason ? { ...r, reason } : r;
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? PROBE_CONCURRENCY, conns.length) }, worker));
   return out;
 }

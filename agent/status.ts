@@ -2,7 +2,7 @@
 // <stateDir>/status.json so an operator (and the tests) can see it while the coordinator is down.
 import { join } from 'node:path';
 import pg from 'pg';
-import type { AgentStatus, CertReport, Phase, ProbeResult } from '../shared/schema.ts';
+import type { AgentStatus, ApplyTimings, CertReport, Phase, ProbeResult } from '../shared/schema.ts';
 import type { ApplyResult } from './types.ts';
 import { writeFileAtomic, type Owner } from './statefile.ts';
 import { PGACCORD_VERSION } from '../shared/version.ts';
@@ -21,6 +21,8 @@ export interface StatusInput {
   postgresVersion: string;
   /** The earliest instant something of this node expires without the coordinator. */
   survivesUntil?: string | null;
+  /** The phases of the pass that applied appliedGeneration. */
+  timings?: ApplyTimings;
 }
 
 /**
@@ -46,6 +48,7 @@ export function buildStatus(s: StatusInput): AgentStatus {
     coordinatorReachable: s.coordinatorReachable,
     ...(s.survivesUntil !== undefined ? { survivesUntil: s.survivesUntil } : {}),
     ...(s.apply?.checks !== undefined ? { checks: s.apply.checks.map((c) => ({ name: c.name, query: c.query, ok: c.ok, rows: c.rows, note: c.note })) } : {}),
+    ...(s.timings !== undefined && s.timings.generation === s.appliedGeneration ? { timings: s.timings } : {}),
     versions: { agent: AGENT_VERSION, postgres: s.postgresVersion },
   };
 }

@@ -75,6 +75,8 @@ export interface ApplyResult {
   clientConnections: ClientConnection[];
   /** The seed's verification queries and their results (pgd), for status. */
   checks?: import('./verify.ts').SeedCheck[];
+  /** Milliseconds per phase of the apply (render, install, validate, reload, prove, finish). */
+  phases?: Record<string, number>;
 }
 
 export type { NodeDesired };

@@ -18,6 +18,7 @@ import {
   EnrollResponse,
   ErrorBody,
   PlanResponse,
+  PeerWake,
   CaRotationStatus,
   RotatePasswordsRequest,
   RotatePasswordsResponse,
@@ -235,8 +236,8 @@ export async function buildServer(opts: ServerOptions) {
     const body = req.body as { token: string; csr: string };
     return metrics ? metrics.signing(() => service.enroll(body.token, body.csr)) : service.enroll(body.token, body.csr);
   } });
-  add({ method: 'GET', url: '/v1/agent/desired', auth: 'agent', summary: 'long-poll the node desired state newer than ?after=GEN (204 when none appears in time, 410 when the node is gone)', querystring: Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })), wait: Type.Optional(Type.Integer({ minimum: 0, maximum: 300 })) }), response: { 200: DesiredResponse, 204: Type.Null(), ...errors }, handler: async (req, reply) => {
-    const q = req.query as { after?: number; wait?: number };
+  add({ method: 'GET', url: '/v1/agent/desired', auth: 'agent', summary: 'long-poll the node desired state newer than ?after=GEN (204 when none appears in time, 410 when the node is gone); with ?peers=N, 202 as soon as more than N other nodes have applied GEN or newer (re-probe them)', querystring: Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })), wait: Type.Optional(Type.Integer({ minimum: 0, maximum: 300 })), peers: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000 })) }), response: { 200: DesiredResponse, 202: PeerWake, 204: Type.Null(), ...errors }, handler: async (req, reply) => {
+    const q = req.query as { after?: number; wait?: number; peers?: number };
     const abort = new AbortController();
     reply.raw.once('close', () => abort.abort());
     const key = `${req.agent!.cluster}/${req.agent!.node}`;
@@ -244,8 +245,9 @@ export async function buildServer(opts: ServerOptions) {
     polls.set(key, abort);
     const waitMs = q.wait !== undefined ? Math.min(q.wait * 1000, service.longPollMs) : service.longPollMs;
     try {
-      const desired = await service.desired(req.agent!, q.after ?? 0, abort.signal, waitMs);
+      const desired = await service.desired(req.agent!, q.after ?? 0, abort.signal, waitMs, q.peers);
       if (!desired) return reply.code(204).send();
+      if ('wake' in desired) return reply.code(202).send(desired);
       metrics?.delivered(req.agent!.cluster, req.agent!.node, desired.generation);
       return desired;
     } finally {

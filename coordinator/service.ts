@@ -3,7 +3,8 @@
 // The clock is a parameter (`now`), so token expiry and staleness can be tested.
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { CaRotationStatus, CertExpiry, ClusterStatusResponse, CsrResponse, EnrollResponse, JoinTokenPayload, NodeStatusView, PlanResponse } from '../shared/api.ts';
+import type { CaRotationStatus, CertExpiry, ClusterStatusResponse, CsrResponse, EnrollResponse, JoinTokenPayload, NodeStatusView, PeerWake, PlanResponse } from '../shared/api.ts';
+import { EventEmitter } from 'node:events';
 import { normaliseSerial } from '../shared/crl.ts';
 import { caLevel, daysLeft, expiryLevel } from '../shared/lifecycle.ts';
 import { certLifetimeSeconds, compileCluster, rolesNeedingPasswords, trustWarnings, type RoleCredential } from '../shared/compile.ts';
@@ -133,6 +134,14 @@ export class CoordinatorService {
   /** Per cluster, the highest generation read (see #cluster) and when (#reads, a counter of reads issued and completed). */
   readonly #highWater = new Map<string, { incarnation: string; generation: number; at: number }>();
   #reads = 0;
+  /**
+   * Per cluster, each node's last reported applied generation (seeded from node_status on first
+   * use), and an 'applied' event (cluster name) when one goes up: what wakes the long-polls that
+   * asked for peer wakes. In process: with several coordinators, a report to another one wakes
+   * nobody here, and the agents' probe retry timer covers it.
+   */
+  readonly #applied = new Map<string, Promise<Map<string, number>>>();
+  readonly #peerEvents = new EventEmitter().setMaxListeners(0);
 
   constructor(opts: ServiceOptions) {
     this.store = opts.store;
@@ -372,6 +381,7 @@ export class CoordinatorService {
       await this.store.notify(c, name);
     });
     this.#cas.delete(name);
+    this.#applied.delete(name);
     this.store.events.emit('cluster', name);
     this.#log.info({ cluster: name }, 'cluster deleted');
   }
@@ -975,9 +985,10 @@ export class CoordinatorService {
   /**
    * Long-poll: the node's desired state as soon as its generation exceeds `after`; null when
    * nothing newer appears within the wait. Wakes on a change by this coordinator or (through
-   * NOTIFY) another one sharing the database.
+   * NOTIFY) another one sharing the database. With `peersKnown` (the agent asks for peer
+   * wakes): a PeerWake as soon as more than that many other nodes have applied `after` or newer.
    */
-  async desired(agent: AgentPrincipal, after: number, signal?: AbortSignal, waitMs = this.longPollMs): Promise<NodeDesired | null> {
+  async desired(agent: AgentPrincipal, after: number, signal?: AbortSignal, waitMs = this.longPollMs, peersKnown?: number): Promise<NodeDesired | PeerWake | null> {
     const deadline = Date.now() + waitMs;
     for (;;) {
       let woke = false;
@@ -986,19 +997,43 @@ export class CoordinatorService {
       };
       // Subscribe before reading, so a change between the read and the wait is not missed.
       this.store.events.on('cluster', onEvent);
+      if (peersKnown !== undefined) this.#peerEvents.on('applied', onEvent);
       try {
         const row = await this.#cluster(agent.cluster);
         if (!row) throw gone(`cluster "${agent.cluster}" no longer exists`);
         if (!row.spec.nodes.some((n) => n.name === agent.node)) throw gone(`node "${agent.node}" is no longer part of cluster "${agent.cluster}"`);
         if (await this.refreshCrl(agent.cluster)) continue;
         if (row.generation > after) return (await this.#compile(row)).get(agent.node)!;
+        if (peersKnown !== undefined) {
+          const applied = await this.#peersApplied(agent.cluster, row.spec, agent.node, after);
+          if (applied.length > peersKnown) return { wake: 'peers-applied', applied };
+        }
         const remaining = deadline - Date.now();
         if (remaining <= 0 || signal?.aborted) return null;
-        if (!woke) await waitFor(this.store.events, agent.cluster, remaining, signal);
+        if (!woke) await waitFor(peersKnown !== undefined ? [this.store.events, this.#peerEvents] : [this.store.events], agent.cluster, remaining, signal);
       } finally {
         this.store.events.off('cluster', onEvent);
+        this.#peerEvents.off('applied', onEvent);
       }
     }
+  }
+
+  /** The cluster's applied generations per node, read from node_status once per process. */
+  #appliedOf(cluster: string): Promise<Map<string, number>> {
+    let m = this.#applied.get(cluster);
+    if (!m) {
+      m = this.store.query<{ node: string; generation: number | null }>(`SELECT node, (report->>'generation')::int AS generation FROM node_status WHERE cluster = $1`, [cluster])
+        .then((rows) => new Map(rows.filter((r) => r.generation !== null).map((r) => [r.node, r.generation!])));
+      m.catch(() => this.#applied.delete(cluster));
+      this.#applied.set(cluster, m);
+    }
+    return m;
+  }
+
+  /** The other nodes of the spec that reported `generation` or newer applied, by name. */
+  async #peersApplied(cluster: string, spec: ClusterSpec, self: string, generation: number): Promise<PeerWake['applied']> {
+    const applied = await this.#appliedOf(cluster);
+    return spec.nodes.filter((n) => n.name !== self && (applied.get(n.name) ?? -1) >= generation).map((n) => ({ node: n.name, generation: applied.get(n.name)! }));
   }
 
   async signCsr(agent: AgentPrincipal, slot: string, csrPem: string): Promise<CsrResponse> {
@@ -1063,6 +1098,10 @@ export class CoordinatorService {
        ON CONFLICT (cluster, node) DO UPDATE SET report = EXCLUDED.report, reported_at = EXCLUDED.reported_at, last_contact = EXCLUDED.last_contact`,
       [agent.cluster, agent.node, JSON.stringify(report), now],
     );
+    const applied = await this.#appliedOf(agent.cluster);
+    const before = applied.get(agent.node);
+    applied.set(agent.node, report.generation);
+    if (before === undefined || report.generation > before) this.#peerEvents.emit('applied', agent.cluster);
     await this.#advanceRotation(agent.cluster).catch((e) => this.#log.error({ cluster: agent.cluster, err: e }, 'CA rotation step failed'));
   }
 
@@ -1129,6 +1168,7 @@ export class CoordinatorService {
         probes: report?.probes ?? [],
         pendingRestart: report?.pendingRestart ?? [],
         ...(report?.checks !== undefined ? { checks: report.checks } : {}),
+        ...(report?.timings !== undefined ? { timings: report.timings } : {}),
       };
     });
     const caPem = await this.clusterCaPem(name);
@@ -1182,11 +1222,11 @@ export class CoordinatorService {
   }
 }
 
-function waitFor(events: NodeJS.EventEmitter, cluster: string, ms: number, signal?: AbortSignal): Promise<void> {
+function waitFor(emitters: NodeJS.EventEmitter[], cluster: string, ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
       clearTimeout(timer);
-      events.off('cluster', onEvent);
+      for (const e of emitters) e.off('cluster', onEvent).off('applied', onEvent);
       signal?.removeEventListener('abort', done);
       resolve();
     };
@@ -1194,7 +1234,7 @@ function waitFor(events: NodeJS.EventEmitter, cluster: string, ms: number, signa
       if (c === cluster || c === '*') done();
     };
     const timer = setTimeout(done, ms);
-    events.on('cluster', onEvent);
+    for (const e of emitters) e.on('cluster', onEvent).on('applied', onEvent);
     signal?.addEventListener('abort', done, { once: true });
   });
 }

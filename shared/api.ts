@@ -2,7 +2,7 @@
 // schemas live here, so both sides validate against the same definitions, and every route
 // declares what it may return (fastify serialises only the declared fields).
 import { Type, type Static } from '@sinclair/typebox';
-import { AgentStatus, ClusterSpec, NodeDesired, Phase, ProbeResult, CertReport, SeedCheckReport } from './schema.ts';
+import { AgentStatus, ApplyTimings, ClusterSpec, NodeDesired, Phase, ProbeResult, CertReport, SeedCheckReport } from './schema.ts';
 
 export const API_PREFIX = '/v1';
 
@@ -46,6 +46,20 @@ export type EnrollResponse = Static<typeof EnrollResponse>;
 
 /** GET /v1/agent/desired?after=GEN: 200 with this when a newer generation exists, 204 after the wait. */
 export const DesiredResponse = NodeDesired;
+
+/**
+ * GET /v1/agent/desired?after=GEN&peers=N: 202 with this when the desired state is unchanged but
+ * more than N other nodes of the cluster have applied (and proved) GEN or newer: the agent
+ * re-probes its edges to the ones it had not seen, without applying anything, and polls again
+ * with peers set to the length of this list. Sent only to an agent that asks (`peers`): an older
+ * agent never sees a 202.
+ */
+export const PeerWake = Type.Object({
+  wake: Type.Literal('peers-applied'),
+  /** Every other node at GEN or newer, as last reported. */
+  applied: Type.Array(Type.Object({ node: Type.String(), generation: Type.Integer({ minimum: 0 }) }, { additionalProperties: false })),
+}, { additionalProperties: false });
+export type PeerWake = Static<typeof PeerWake>;
 
 /** POST /v1/agent/csr: sign a CSR for one certificate slot of the node's desired state, or (slot "identity") renew the agent identity. */
 export const CsrRequest = Type.Object({ slot: Type.String(), csr: Type.String() }, { additionalProperties: false });
@@ -116,6 +130,8 @@ export const NodeStatusView = Type.Object({
   survivesUntil: Type.Optional(Type.Union([Type.String(), Type.Null()])),
   /** The profile's verification queries after the node's last apply (pgd), as the agent reported them. */
   checks: Type.Optional(Type.Array(SeedCheckReport)),
+  /** How long each phase of the node's apply of its current generation took, as the agent reported it. */
+  timings: Type.Optional(ApplyTimings),
 });
 export type NodeStatusView = Static<typeof NodeStatusView>;
 

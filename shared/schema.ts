@@ -319,10 +319,39 @@ export const ProbeResult = Type.Object(
     cipher: Nullable(Type.String()),
     error: Nullable(Type.String()),
     at: Type.String(),
+    /**
+     * What made the agent run this probe: apply (after applying, or re-applying, its state), retry
+     * (the safety timer after a failed probe), peer-applied (the coordinator said the peer applied
+     * a new generation). Absent from older agents.
+     */
+    reason: Type.Optional(Type.String({ maxLength: 32 })),
   },
   { additionalProperties: false },
 );
 export type ProbeResult = Static<typeof ProbeResult>;
+
+/** The phases of the pass that applied the node's current generation, each in milliseconds. */
+export const APPLY_PHASES = ['certs', 'render', 'install', 'validate', 'reload', 'prove', 'finish', 'probe', 'report'] as const;
+export type ApplyPhaseName = (typeof APPLY_PHASES)[number];
+export const ApplyTimings = Type.Object(
+  {
+    generation: Type.Integer({ minimum: 0 }),
+    /** When the pass began (the agent's clock). */
+    startedAt: Type.String(),
+    /**
+     * Milliseconds per phase, each measured on its own: certs (certificate pairs ensured), render,
+     * install, validate, reload, prove, finish (the apply engine; finish: pending restarts,
+     * clean-up, the profile's checks, file reports), probe (the inter-node probes), report
+     * (the status post that carried the pass: known once it returned, so sent from the next
+     * report on). A phase the pass did not reach is absent.
+     */
+    phases: Type.Record(Type.String({ pattern: '^[a-z][a-z-]{0,31}$' }), Type.Number({ minimum: 0 }), { maxProperties: 16 }),
+    /** From the beginning of the pass to the end of its probes (report excluded). */
+    totalMs: Type.Number({ minimum: 0 }),
+  },
+  { additionalProperties: false },
+);
+export type ApplyTimings = Static<typeof ApplyTimings>;
 
 export const CertReport = Type.Object(
   { id: Type.String(), serial: Type.String(), notAfter: Type.String() },
@@ -362,6 +391,8 @@ export const AgentStatus = Type.Object(
     survivesUntil: Type.Optional(Nullable(Type.String())),
     /** The profile's verification queries after the last apply (pgd). Absent from older agents and other profiles. */
     checks: Type.Optional(Type.Array(SeedCheckReport)),
+    /** How long each phase of the pass that applied `generation` took. Absent from older agents. */
+    timings: Type.Optional(ApplyTimings),
     versions: Type.Object({ agent: Type.String(), postgres: Type.String() }, { additionalProperties: false }),
   },
   { additionalProperties: false },

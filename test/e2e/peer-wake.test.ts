@@ -1,0 +1,52 @@
+// End to end, event-driven convergence on two pgd peers (scram-sha-256 over verify-full, real
+// PostgreSQL 15 servers, real agent processes, the real coordinator): node-2's agent is stopped
+// and the passwords rotated, so node-1 applies the new generation and its probe to node-2 fails
+// (node-2 still has the old verifier). Once node-2's agent is back and has applied, its status
+// report wakes node-1's long-poll (202, peer wake) and node-1 probes node-2 again at once, without
+// applying anything: the passing probe says it ran because the peer applied (reason
+// "peer-applied"), not because of the 2 s safety timer ("retry"). Asserted on that reason and on
+// the order of events, never on a wall-clock bound; the latency is printed.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp } from 'node:fs/promises';
+import { LocalCluster } from '../../bin/local-cluster.ts';
+import type { ClusterSpec } from '../../shared/schema.ts';
+
+test('peer wake: a peer that applies the generation wakes the node whose probe to it failed, which probes it again (reason peer-applied)', async () => {
+  const cluster = await LocalCluster.create({ dir: await mkdtemp('/tmp/pgaccord-e2e-wake-') });
+  after(() => cluster.close());
+  await cluster.startCoordinator();
+  const nodes = [await cluster.addNode('node-1', '127.0.0.81'), await cluster.addNode('node-2', '127.0.0.82')];
+  const spec: ClusterSpec = {
+    name: 'wake', profile: 'pgd', auth: 'scram-sha-256', tls: { sslmode: 'verify-full', certLifetime: '1h' },
+    nodes: nodes.map((n) => ({ name: n.name, host: n.host, address: '127.0.0.1', port: n.pg.port, kind: 'peer' })),
+  };
+  assert.equal((await cluster.apply(spec)).code, 0);
+  for (const n of nodes) await cluster.startAgent('wake', n.name);
+  await cluster.waitConverged('wake', 120_000);
+
+  await cluster.stopAgent('node-2');
+  const r = await cluster.cli(['cert', 'rotate-passwords', 'wake', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const generation = (JSON.parse(r.stdout) as { generation: number }).generation;
+  // node-1 applied the new generation; its probe to node-2 fails (old verifier there).
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const n1 = (await cluster.status('wake')).nodes.find((n) => n.node === 'node-1')!;
+    if (n1.appliedGeneration === generation && n1.probes.length === 1 && !n1.probes[0]!.ok) break;
+    assert.ok(Date.now() < deadline, `node-1 did not apply generation ${generation} with a failing probe: ${JSON.stringify(n1)}`);
+    await new Promise((res) => setTimeout(res, 250));
+  }
+
+  await cluster.startAgent('wake', 'node-2');
+  const s = await cluster.waitConverged('wake', 60_000);
+  const [n1, n2] = ['node-1', 'node-2'].map((name) => s.nodes.find((n) => n.node === name)!);
+  const p = n1!.probes[0]!;
+  assert.equal(p.ok, true);
+  assert.equal(p.reason, 'peer-applied', `node-1's passing probe to node-2 ran because node-2 applied, not on a timer: ${JSON.stringify(p)}`);
+  // Order: node-2's apply of the generation began before node-1's re-probe ended.
+  assert.equal(n2!.timings?.generation, generation);
+  const peerApplied = Date.parse(n2!.timings!.startedAt) + n2!.timings!.totalMs;
+  assert.ok(Date.parse(n2!.timings!.startedAt) < Date.parse(p.at), `node-2 applied (${n2!.timings!.startedAt}) before node-1 re-probed (${p.at})`);
+  console.log(`# peer-wake e2e: ${JSON.stringify({ generation, peerAppliedAndProbed: new Date(peerApplied).toISOString(), reprobeAt: p.at, latencyMs: Date.parse(p.at) - peerApplied, peerTimings: n2!.timings })}`);
+});

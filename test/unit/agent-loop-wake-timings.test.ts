@@ -1,0 +1,168 @@
+// The reconcile loop's peer wakes and phase timings, with a scripted coordinator and a stand-in
+// psql (a script that connects when a flag file exists): a peer wake (202 from the long-poll)
+// re-probes the edges to the peers it names, at once and without applying, while the probe
+// safety timer is far away; and the status carries the phases of the pass that applied the
+// generation, adding up to its total, with the report's own post in the next report.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { compileCluster } from '../../shared/compile.ts';
+import type { AgentStatus, ClusterSpec } from '../../shared/schema.ts';
+import { ReconcileLoop, peersToReprobe, probeReason, type CoordinatorApi } from '../../agent/loop.ts';
+import { PhaseClock } from '../../agent/apply.ts';
+import { CertificateManager } from '../../agent/certs.ts';
+import { RenewalSchedule, seededRandom } from '../../agent/backoff.ts';
+import type { ApplyInput, ApplyResult, NodeContext } from '../../agent/types.ts';
+
+const spec: ClusterSpec = {
+  name: 'mesh',
+  profile: 'pgd',
+  auth: 'trust',
+  tls: { sslmode: 'disable' },
+  nodes: [
+    { name: 'node-1', host: '10.0.0.1', kind: 'peer' },
+    { name: 'node-2', host: '10.0.0.2', kind: 'peer' },
+    { name: 'node-3', host: '10.0.0.3', kind: 'peer' },
+  ],
+};
+const g1 = compileCluster({ spec, generation: 1, credentials: {}, caBundle: '', crl: null }).get('node-1')!;
+
+const dirs: string[] = [];
+after(async () => {
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+type Answer = Awaited<ReturnType<CoordinatorApi['desired']>>;
+
+/** A loop whose apply takes measurable phases and whose edges go to node-2 and node-3. */
+async function harness(script: (call: { after: number; peers: number | undefined; n: number }) => Promise<Answer | null>) {
+  const dir = await mkdtemp(join(tmpdir(), 'pgaccord-loop-wake-'));
+  dirs.push(dir);
+  // The stand-in psql: connects to a node once its flag file exists.
+  const psql = join(dir, 'psql');
+  await writeFile(psql, `#!/bin/sh\nfor a in "$@"; do case "$a" in *host=*) h=$(echo "$a" | sed 's/.*host=\\([^ ]*\\).*/\\1/');; esac; done\n[ -e "${dir}/up-$h" ] && echo 1 && exit 0\necho "psql: error: $h not ready" >&2; exit 2\n`);
+  await chmod(psql, 0o755);
+  const reported: AgentStatus[] = [];
+  const calls: { after: number; peers: number | undefined }[] = [];
+  let applies = 0;
+  let loop: ReconcileLoop;
+  const client: CoordinatorApi = {
+    async desired(after, _signal, _wait, peers) {
+      calls.push({ after, peers });
+      const a = await script({ after, peers, n: calls.length });
+      if (a === null) {
+        loop.stop();
+        return { kind: 'unchanged' };
+      }
+      return a;
+    },
+    async status(s) {
+      await sleep(3);
+      reported.push(structuredClone(s));
+    },
+  };
+  const log = pino({ level: 'silent' });
+  const ctx = { stateDir: dir, log } as unknown as NodeContext;
+  const apply = async (_ctx: NodeContext, _input: ApplyInput): Promise<ApplyResult> => {
+    applies += 1;
+    const clock = new PhaseClock();
+    for (const phase of ['render', 'install', 'validate', 'reload', 'prove', 'finish']) {
+      await sleep(4);
+      clock.lap(phase);
+    }
+    return {
+      phase: 'converged', changed: true, errors: [], files: [], pendingRestart: [], servedCertificate: null, phases: clock.phases,
+      clientConnections: ['node-2', 'node-3'].map((to) => ({ to, role: 'pgd_replication', conninfo: `host=${to} dbname=postgres`, replication: false })),
+    };
+  };
+  const certs = new CertificateManager({ stateDir: dir, owner: { uid: process.getuid!(), gid: process.getgid!() }, requestCertificate: async () => assert.fail('no certificate expected'), now: Date.now, schedule: new RenewalSchedule(seededRandom(1)), log });
+  const me = { name: 'me', uid: process.getuid!(), gid: process.getgid!(), home: dir };
+  loop = new ReconcileLoop({
+    ctx, cluster: 'mesh', node: 'node-1', client, apply, certs, probe: { osUser: me, psql },
+    // The safety timer is out of the picture: only a wake can bring a re-probe in this test.
+    reprobeMs: 600_000, now: Date.now, random: seededRandom(3), minCycleMs: 1, resyncMs: 600_000, log,
+    postgresVersion: async () => '15.18',
+  });
+  const up = (node: string) => writeFile(join(dir, `up-${node}`), '');
+  return { loop, reported, calls, up, applies: () => applies, dir };
+}
+
+test('peer wake: the edges to the peers a 202 names are probed again at once, nothing re-applied, and the wakes stop once every edge is proved', async () => {
+  const h = await harness(async ({ n }) => {
+    if (n === 1) return { kind: 'newer', body: g1 };
+    if (n === 2) {
+      // node-2 applies generation 1: its report wakes node-1.
+      await h.up('node-2');
+      return { kind: 'peers', body: { wake: 'peers-applied', applied: [{ node: 'node-2', generation: 1 }] } };
+    }
+    if (n === 3) {
+      await h.up('node-3');
+      return { kind: 'peers', body: { wake: 'peers-applied', applied: [{ node: 'node-2', generation: 1 }, { node: 'node-3', generation: 1 }] } };
+    }
+    return null;
+  });
+  assert.equal(await h.loop.run(), 'stopped');
+  // 1st poll: no wakes asked (nothing applied); 2nd: none seen yet; 3rd: node-2 seen; 4th: every edge proved, none asked.
+  assert.deepEqual(h.calls.map((c) => c.peers), [undefined, 0, 1, undefined]);
+  assert.equal(h.applies(), 1, 'a wake applies nothing');
+  assert.deepEqual(h.loop.probePasses, { apply: 1, retry: 0, 'peer-applied': 2 });
+  const last = h.reported.at(-1)!;
+  assert.deepEqual(last.probes.map((p) => [p.to, p.ok, p.reason]), [['node-2', true, 'peer-applied'], ['node-3', true, 'peer-applied']]);
+  const first = h.reported[0]!;
+  assert.deepEqual(first.probes.map((p) => [p.to, p.ok, p.reason]), [['node-2', false, 'apply'], ['node-3', false, 'apply']]);
+  // The wake for node-2 probed node-2 only: node-3 still failed in that report.
+  assert.deepEqual(h.reported[1]!.probes.map((p) => [p.to, p.ok]), [['node-2', true], ['node-3', false]]);
+});
+
+test('peer wake: a wake that names no peer not seen before re-probes nothing', () => {
+  const watch = { seen: new Set(['node-2']), proved: new Set(['node-2']) };
+  assert.deepEqual(peersToReprobe(['node-2'], watch, new Set(['node-2', 'node-3'])), { fresh: [], reprobe: new Set() });
+  assert.deepEqual(peersToReprobe(['node-2', 'node-3', 'node-4'], watch, new Set(['node-2', 'node-3'])), { fresh: ['node-3', 'node-4'], reprobe: new Set(['node-3']) });
+  assert.equal(probeReason('probing again after a failed probe'), 'retry');
+  assert.equal(probeReason('generation 7'), 'apply');
+});
+
+test('phase timings: the status carries every phase of the pass that applied the generation, adding up to its total; the report phase follows in the next report', async () => {
+  const h = await harness(async ({ n }) => {
+    if (n === 1) {
+      await h.up('node-2');
+      await h.up('node-3');
+      return { kind: 'newer', body: g1 };
+    }
+    return n <= 3 ? { kind: 'unchanged' } : null;
+  });
+  await h.loop.run();
+  const first = h.reported[0]!;
+  assert.ok(first.timings, 'timings reported');
+  const t = first.timings;
+  assert.equal(t.generation, 1);
+  assert.ok(!Number.isNaN(Date.parse(t.startedAt)));
+  for (const phase of ['certs', 'render', 'install', 'validate', 'reload', 'prove', 'finish', 'probe']) assert.equal(typeof t.phases[phase], 'number', `phase ${phase}`);
+  for (const phase of ['render', 'install', 'validate', 'reload', 'prove', 'finish']) assert.ok(t.phases[phase]! >= 3, `${phase} ${t.phases[phase]} ms: the apply's own 4 ms`);
+  assert.equal(t.phases.report, undefined, 'the post that carries the pass cannot carry its own length');
+  const sum = Object.values(t.phases).reduce((a, b) => a + b, 0);
+  assert.ok(sum <= t.totalMs + 0.5, `phases ${sum} ms <= total ${t.totalMs} ms`);
+  assert.ok(sum >= 0.8 * t.totalMs, `phases ${sum} ms account for the total ${t.totalMs} ms`);
+  const next = h.reported[1]!;
+  assert.equal(next.timings?.generation, 1, 'later reports keep the timings of the pass that applied the generation');
+  assert.ok(next.timings!.phases.report! >= 2, `report ${next.timings!.phases.report} ms (the post takes 3 ms here)`);
+  assert.equal(next.timings!.totalMs, t.totalMs);
+  assert.ok(existsSync(join(h.dir, 'status.json')));
+});
+
+test('PhaseClock: each lap charges the time since the previous one; a phase run twice adds up', async () => {
+  const c = new PhaseClock();
+  await sleep(5);
+  c.lap('render');
+  await sleep(5);
+  c.lap('install');
+  await sleep(5);
+  c.lap('render');
+  assert.ok(c.phases.render! >= 8 && c.phases.install! >= 4, JSON.stringify(c.phases));
+  assert.deepEqual(Object.keys(c.phases), ['render', 'install']);
+});
