@@ -7,7 +7,8 @@ import type { CaRotationStatus, CertExpiry, ClusterStatusResponse, CsrResponse, 
 import { EventEmitter } from 'node:events';
 import { normaliseSerial } from '../shared/crl.ts';
 import { caLevel, daysLeft, expiryLevel } from '../shared/lifecycle.ts';
-import { certLifetimeSeconds, compileCluster, rolesNeedingPasswords, trustWarnings, type RoleCredential } from '../shared/compile.ts';
+import { certificateSlots, certLifetimeSeconds, compileCluster, compileNode, credentialRecord, indexSpec, rolesNeedingPasswords, trustWarnings, type CredentialSource, type RoleCredential } from '../shared/compile.ts';
+import { DesiredCache, type ClusterDesired, type NodeCompiler } from './desired-cache.ts';
 import { EscapeError } from '../shared/escape.ts';
 import { previewNode } from '../agent/plan.ts';
 import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from '../shared/render.ts';
@@ -46,6 +47,8 @@ export interface ServiceOptions {
   identityLifetimeSeconds?: number;
   /** Validity of each CRL (s); default 7 days. */
   crlLifetimeSeconds?: number;
+  /** How one node's desired state is compiled (tests count the calls); default compileNode. */
+  compileNode?: NodeCompiler;
 }
 
 export interface AgentPrincipal {
@@ -134,6 +137,9 @@ export class CoordinatorService {
   /** Per cluster, the highest generation read (see #cluster) and when (#reads, a counter of reads issued and completed). */
   readonly #highWater = new Map<string, { incarnation: string; generation: number; at: number }>();
   #reads = 0;
+  readonly #compileNode: NodeCompiler;
+  /** Each node's desired state, compiled once per cluster generation (and trust files). */
+  readonly #desired: DesiredCache;
   /**
    * Per cluster, each node's last reported applied generation (seeded from node_status on first
    * use), and an 'applied' event (cluster name) when one goes up: what wakes the long-polls that
@@ -155,6 +161,8 @@ export class CoordinatorService {
     this.longPollMs = opts.longPollMs ?? 30_000;
     this.identityLifetimeSeconds = opts.identityLifetimeSeconds ?? IDENTITY_LIFETIME_S;
     this.crlLifetimeSeconds = opts.crlLifetimeSeconds ?? CRL_LIFETIME_S;
+    this.#compileNode = opts.compileNode ?? compileNode;
+    this.#desired = new DesiredCache({ compile: this.#compileNode });
   }
 
   get coordinatorCaPem(): string {
@@ -381,6 +389,7 @@ export class CoordinatorService {
       await this.store.notify(c, name);
     });
     this.#cas.delete(name);
+    this.#desired.drop(name);
     this.#applied.delete(name);
     this.store.events.emit('cluster', name);
     this.#log.info({ cluster: name }, 'cluster deleted');
@@ -402,6 +411,11 @@ export class CoordinatorService {
    */
   async clusterCaPem(name: string, c: Queryable = this.store.pool): Promise<string> {
     if (!(await this.#cluster(name, c))) throw notFound(`no cluster "${name}"`);
+    return this.#caBundle(name, c);
+  }
+
+  /** clusterCaPem of a cluster row already read. */
+  async #caBundle(name: string, c: Queryable = this.store.pool): Promise<string> {
     const row = (await c.query<{ cert_pem: string; other: string | null }>(
       `SELECT a.cert_pem, r.other_cert_pem AS other FROM cluster_cas a LEFT JOIN ca_rotations r USING (cluster) WHERE a.cluster = $1`,
       [name],
@@ -420,37 +434,88 @@ export class CoordinatorService {
     return { ca: new CertificateAuthority(row.other_cert_pem, this.#box.open(row.other_key_sealed, `cluster-ca:${name}`)), phase: row.phase };
   }
 
-  async #credentials(cluster: string): Promise<Record<string, RoleCredential>> {
-    const rows = await this.store.query<{ role: string; password_sealed: string; verifier: string }>(
+  /**
+   * The cluster's role credentials as compile reads them: verifiers as stored, and each password
+   * opened only when a node that connects as its role is compiled (the servers get verifiers
+   * only). `fallback` stands in for a role that has none yet (plan); otherwise that throws.
+   */
+  async #credentials(cluster: string, fallback?: RoleCredential): Promise<CredentialSource> {
+    const rows = new Map((await this.store.query<{ role: string; password_sealed: string; verifier: string }>(
       `SELECT role, password_sealed, verifier FROM role_credentials WHERE cluster = $1`,
       [cluster],
-    );
-    const out: Record<string, RoleCredential> = {};
-    for (const r of rows) out[r.role] = { password: this.#box.open(r.password_sealed, `role-password:${cluster}/${r.role}`), verifier: r.verifier };
-    return out;
+    )).map((r) => [r.role, r]));
+    const opened = new Map<string, string>();
+    const row = (role: string) => {
+      const r = rows.get(role);
+      if (!r && !fallback) throw new Error(`no credential for role ${role}`);
+      return r;
+    };
+    return {
+      verifier: (role) => row(role)?.verifier ?? fallback!.verifier,
+      password: (role) => {
+        const r = row(role);
+        if (!r) return fallback!.password;
+        let pw = opened.get(role);
+        if (pw === undefined) opened.set(role, (pw = this.#box.open(r.password_sealed, `role-password:${cluster}/${role}`)));
+        return pw;
+      },
+    };
   }
 
-  async #compile(row: ClusterRow): Promise<Map<string, NodeDesired>> {
-    const [credentials, caPem, crl, renew] = await Promise.all([
-      this.#credentials(row.name),
-      this.clusterCaPem(row.name),
+  /**
+   * The cache entry of a cluster row's generation. The trust files are read each time (two
+   * indexed rows) and key the entry too; the credentials only when a node is first compiled.
+   */
+  async #entry(row: ClusterRow): Promise<ClusterDesired> {
+    const [caBundle, crl] = await Promise.all([
+      this.#caBundle(row.name),
       this.store.query<{ pem: string }>(`SELECT pem FROM cluster_crls WHERE cluster = $1`, [row.name]),
-      this.store.query<{ node: string; serial: string }>(
-        // Requested and not yet replaced (no newer certificate for the same node and slot since).
-        `SELECT node, serial FROM certificates c WHERE cluster = $1 AND renew_requested_at IS NOT NULL AND revoked_at IS NULL AND not_after > $2
-           AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.cluster = c.cluster AND n.node = c.node AND n.slot = c.slot AND n.serial <> c.serial
-                             AND n.not_before >= date_trunc('second', c.renew_requested_at) - interval '${5 * 60} seconds')
-         ORDER BY serial`,
-        [row.name, this.now()],
-      ),
     ]);
-    const nodes = compileCluster({ spec: row.spec, generation: row.generation, credentials, caBundle: caPem, crl: crl[0]?.pem ?? null });
-    const reissue = await this.#oldCaLeaves(row.name);
-    for (const d of nodes.values()) {
-      const serials = [...new Set([...renew, ...reissue].filter((r) => r.node === d.node).map((r) => r.serial))].sort();
-      if (serials.length > 0) d.renewSerials = serials;
-    }
-    return nodes;
+    const inputs = { spec: row.spec, incarnation: row.incarnation, generation: row.generation, caBundle, crl: crl[0]?.pem ?? null };
+    // Only scram clusters have credentials to read (compile asks for none otherwise).
+    const load = rolesNeedingPasswords(row.spec).length > 0 ? () => this.#credentials(row.name) : async () => credentialRecord({});
+    return this.#desired.entry(row.name, inputs, load);
+  }
+
+  /** One node's desired state: compiled at most once per generation, with the renewals asked of it now. */
+  async #nodeDesired(row: ClusterRow, node: string): Promise<NodeDesired> {
+    const [desired, renew] = await Promise.all([this.#entry(row).then((e) => e.node(node)), this.#renewSerials(row.name, node)]);
+    // The cached state is shared: a copy carries this request's renewals.
+    return renew.length > 0 ? { ...desired, renewSerials: renew } : desired;
+  }
+
+  /**
+   * Serials the node is asked to renew now: requested and not yet replaced, and in phase
+   * 'reissue' of a CA rotation, its leaves from the old CA. Level-triggered (a replaced or
+   * expired certificate leaves the list without a new generation), so read per request: O(the
+   * node's certificates), never cached.
+   */
+  async #renewSerials(cluster: string, node: string): Promise<string[]> {
+    const [renew, reissue] = await Promise.all([
+      this.store.query<{ serial: string }>(
+        // Requested and not yet replaced (no newer certificate for the same node and slot since).
+        `SELECT serial FROM certificates c WHERE cluster = $1 AND node = $3 AND renew_requested_at IS NOT NULL AND revoked_at IS NULL AND not_after > $2
+           AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.cluster = c.cluster AND n.node = c.node AND n.slot = c.slot AND n.serial <> c.serial
+                             AND n.not_before >= date_trunc('second', c.renew_requested_at) - interval '${5 * 60} seconds')`,
+        [cluster, this.now(), node],
+      ),
+      this.#oldCaLeaves(cluster, node),
+    ]);
+    return [...new Set([...renew, ...reissue].map((r) => r.serial))].sort();
+  }
+
+  /** Every node's desired state of a cluster row (plan's "before"), through the cache. */
+  async #clusterDesired(row: ClusterRow): Promise<Map<string, NodeDesired>> {
+    const entry = await this.#entry(row);
+    return new Map(await Promise.all(row.spec.nodes.map(async (n) => [n.name, await entry.node(n.name)] as const)));
+  }
+
+  /** The row of an agent's cluster, when its node is still part of it (410 otherwise). */
+  async #requireNode(agent: AgentPrincipal): Promise<ClusterRow> {
+    const row = await this.#cluster(agent.cluster);
+    if (!row) throw gone(`cluster "${agent.cluster}" no longer exists`);
+    if (!row.spec.nodes.some((n) => n.name === agent.node)) throw gone(`node "${agent.node}" is no longer part of cluster "${agent.cluster}"`);
+    return row;
   }
 
   // --- revocation, CRL, forced renewal ----------------------------------------------------------
@@ -659,15 +724,15 @@ export class CoordinatorService {
    * named for renewal in its node's desired state until it expires. Level-triggered: a leaf
    * leaves the list by being replaced (the agent stops using it) or by expiring.
    */
-  async #oldCaLeaves(cluster: string): Promise<{ node: string; serial: string }[]> {
+  async #oldCaLeaves(cluster: string, node: string): Promise<{ serial: string }[]> {
     const rot = (await this.store.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = $1`, [cluster]))[0];
     if (rot?.phase !== 'reissue') return [];
     const issuing = (await this.#clusterCa(cluster)).certPem;
     const rows = await this.store.query<{ node: string; serial: string; pem: string }>(
-      `SELECT node, serial, pem FROM certificates WHERE cluster = $1 AND issuer = 'cluster' AND revoked_at IS NULL AND not_after > $2`,
-      [cluster, this.now()],
+      `SELECT serial, pem FROM certificates WHERE cluster = $1 AND node = $3 AND issuer = 'cluster' AND revoked_at IS NULL AND not_after > $2`,
+      [cluster, this.now(), node],
     );
-    return rows.filter((r) => !verifiesAgainst(r.pem, issuing)).map((r) => ({ node: r.node, serial: r.serial }));
+    return rows.filter((r) => !verifiesAgainst(r.pem, issuing)).map((r) => ({ serial: r.serial }));
   }
 
   async #rotationRow(cluster: string, c: Queryable = this.store.pool) {
@@ -825,13 +890,14 @@ export class CoordinatorService {
     const current = await this.#cluster(name);
     const changed = !current || current.spec_canonical !== canonicalJson(spec);
     const generation = current ? current.generation + (changed ? 1 : 0) : 1;
-    const credentials: Record<string, RoleCredential> = current ? await this.#credentials(name) : {};
-    for (const r of rolesNeedingPasswords(spec)) credentials[r] ??= { password: '(new)', verifier: '(new)' };
+    // A role without a credential yet gets one when the spec is stored.
+    const credentials = await this.#credentials(name, { password: '(new)', verifier: '(new)' });
     const caBundle = current ? await this.clusterCaPem(name) : '';
     // A new cluster gets its CRL with its first generation; an existing one keeps its current one.
     const crl = current ? ((await this.store.query<{ pem: string }>(`SELECT pem FROM cluster_crls WHERE cluster = $1`, [name]))[0]?.pem ?? null) : '(the CRL issued with the cluster)';
-    const proposed = compileCluster({ spec, generation, credentials, caBundle, crl });
-    const before = current ? await this.#compile(current) : new Map<string, NodeDesired>();
+    const index = indexSpec(spec);
+    const proposed = new Map(spec.nodes.map((n) => [n.name, this.#compileNode({ index, generation, credentials, caBundle, crl }, n.name)]));
+    const before = current ? await this.#clusterDesired(current) : new Map<string, NodeDesired>();
     const nodes = [...proposed.values()].map((d) => {
       const rendered = renderNode(d);
       const old = before.get(d.node);
@@ -974,14 +1040,6 @@ export class CoordinatorService {
 
   // --- agent API -------------------------------------------------------------------------------
 
-  async #nodeDesired(agent: AgentPrincipal): Promise<{ row: ClusterRow; desired: NodeDesired }> {
-    const row = await this.#cluster(agent.cluster);
-    if (!row) throw gone(`cluster "${agent.cluster}" no longer exists`);
-    if (!row.spec.nodes.some((n) => n.name === agent.node)) throw gone(`node "${agent.node}" is no longer part of cluster "${agent.cluster}"`);
-    const desired = (await this.#compile(row)).get(agent.node)!;
-    return { row, desired };
-  }
-
   /**
    * Long-poll: the node's desired state as soon as its generation exceeds `after`; null when
    * nothing newer appears within the wait. Wakes on a change by this coordinator or (through
@@ -1003,7 +1061,7 @@ export class CoordinatorService {
         if (!row) throw gone(`cluster "${agent.cluster}" no longer exists`);
         if (!row.spec.nodes.some((n) => n.name === agent.node)) throw gone(`node "${agent.node}" is no longer part of cluster "${agent.cluster}"`);
         if (await this.refreshCrl(agent.cluster)) continue;
-        if (row.generation > after) return (await this.#compile(row)).get(agent.node)!;
+        if (row.generation > after) return await this.#nodeDesired(row, agent.node);
         if (peersKnown !== undefined) {
           const applied = await this.#peersApplied(agent.cluster, row.spec, agent.node, after);
           if (applied.length > peersKnown) return { wake: 'peers-applied', applied };
@@ -1040,7 +1098,7 @@ export class CoordinatorService {
     const publicKey = await csrPublicKey(this.#signing, csrPem);
     const now = this.now();
     if (slot === 'identity') {
-      await this.#nodeDesired(agent); // the node must still exist
+      await this.#requireNode(agent); // the node must still exist
       const issued = await this.store.tx(async (c) => {
         // Serialised with revoke (which holds the cluster row FOR UPDATE): an identity revoked or
         // retired since it authenticated this request gets no successor.
@@ -1065,9 +1123,11 @@ export class CoordinatorService {
       this.#log.info({ cluster: agent.cluster, node: agent.node, serial: issued.serial }, 'agent identity renewed');
       return { certificate: issued.pem, serial: issued.serial, notAfter: issued.notAfter.toISOString() };
     }
-    const { row, desired } = await this.#nodeDesired(agent);
-    const s = desired.certificates.find((c) => c.id === slot);
-    if (!s) throw badRequest('E_SLOT', `node "${agent.node}" has no certificate slot "${slot}" in generation ${row.generation} (slots: ${desired.certificates.map((c) => c.id).join(', ') || 'none'})`);
+    const row = await this.#requireNode(agent);
+    // The node's slots follow from the spec alone: nothing is compiled to check a CSR.
+    const slots = certificateSlots(indexSpec(row.spec), agent.node);
+    const s = slots.find((c) => c.id === slot);
+    if (!s) throw badRequest('E_SLOT', `node "${agent.node}" has no certificate slot "${slot}" in generation ${row.generation} (slots: ${slots.map((c) => c.id).join(', ') || 'none'})`);
     const ca = await this.#clusterCa(agent.cluster);
     const keyId = publicKeyId(publicKey);
     const issued = await this.store.tx(async (c) => {
@@ -1091,7 +1151,7 @@ export class CoordinatorService {
   async reportStatus(agent: AgentPrincipal, report: AgentStatus): Promise<void> {
     const badInstants = unparsableInstants(report);
     if (badInstants.length > 0) throw badRequest('E_STATUS_INVALID', `${badInstants.map((e) => e.field).join(', ')}: not a date and time`, badInstants);
-    await this.#nodeDesired(agent);
+    await this.#requireNode(agent); // the node must still exist; nothing is compiled
     const now = this.now();
     await this.store.query(
       `INSERT INTO node_status (cluster, node, report, reported_at, last_contact) VALUES ($1, $2, $3, $4, $4)

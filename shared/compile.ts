@@ -3,7 +3,7 @@
 import type { CertificateSlot, ClusterSpec, Edge, HbaRule, IdentLine, NodeDesired, NodeSpec, RoleDesired } from './schema.ts';
 import { parseDuration } from './duration.ts';
 import { hostCidr, isIP } from './net.ts';
-import { PROFILES, type ProfileRole } from './profiles.ts';
+import { PROFILES, type ProfileLink, type ProfileRole } from './profiles.ts';
 import { renderHbaLine } from './render.ts';
 import { DEFAULT_CERT_LIFETIME } from './spec.ts';
 
@@ -39,19 +39,80 @@ export const nodeAddress = (n: NodeSpec): string => n.address ?? n.host;
 export const nodePort = (n: NodeSpec): number => n.port ?? 5432;
 export const clientCertId = (role: string): string => `client-${role}`;
 
+/** Every connection of the cluster, link by link (O(n^2) in a full mesh: compile uses one node's share). */
 export function connections(spec: ClusterSpec): Connection[] {
   const out: Connection[] = [];
   for (const link of PROFILES[spec.profile].links) {
     const roles = link.roles(spec);
     for (const server of spec.nodes.filter((n) => n.kind === link.to)) {
       for (const client of spec.nodes.filter((n) => n.kind === link.from && (link.includeSelf === true || n.name !== server.name))) {
-        for (const role of roles) {
-          out.push({ client, server, role, databases: link.databases, dbname: link.dbname(spec), replication: link.replication, sslmode: link.sslmode });
-        }
+        for (const role of roles) out.push(linkConnection(spec, link, client, server, role));
       }
     }
   }
   return out;
+}
+
+/**
+ * The spec's nodes by name and by kind: one node's connections are then found without a scan of
+ * every pair of nodes (a full mesh of n nodes has n*(n-1) of them).
+ */
+export interface SpecIndex {
+  spec: ClusterSpec;
+  byName: Map<string, NodeSpec>;
+  byKind: Map<string, NodeSpec[]>;
+}
+
+export function indexSpec(spec: ClusterSpec): SpecIndex {
+  const byName = new Map<string, NodeSpec>();
+  const byKind = new Map<string, NodeSpec[]>();
+  for (const n of spec.nodes) {
+    byName.set(n.name, n);
+    const same = byKind.get(n.kind);
+    if (same) same.push(n);
+    else byKind.set(n.kind, [n]);
+  }
+  return { spec, byName, byKind };
+}
+
+function requireNode(ix: SpecIndex, name: string): NodeSpec {
+  const n = ix.byName.get(name);
+  if (!n) throw new Error(`cluster ${ix.spec.name} has no node ${name}`);
+  return n;
+}
+
+/** The connections `node` serves, in the order of connections(spec): O(its own edges). */
+export function incomingConnections(ix: SpecIndex, node: string): Connection[] {
+  const server = requireNode(ix, node);
+  const out: Connection[] = [];
+  for (const link of PROFILES[ix.spec.profile].links) {
+    if (link.to !== server.kind) continue;
+    const roles = link.roles(ix.spec);
+    for (const client of ix.byKind.get(link.from) ?? []) {
+      if (link.includeSelf !== true && client.name === server.name) continue;
+      for (const role of roles) out.push(linkConnection(ix.spec, link, client, server, role));
+    }
+  }
+  return out;
+}
+
+/** The connections `node` makes, in the order of connections(spec): O(its own edges). */
+export function outgoingConnections(ix: SpecIndex, node: string): Connection[] {
+  const client = requireNode(ix, node);
+  const out: Connection[] = [];
+  for (const link of PROFILES[ix.spec.profile].links) {
+    if (link.from !== client.kind) continue;
+    const roles = link.roles(ix.spec);
+    for (const server of ix.byKind.get(link.to) ?? []) {
+      if (link.includeSelf !== true && client.name === server.name) continue;
+      for (const role of roles) out.push(linkConnection(ix.spec, link, client, server, role));
+    }
+  }
+  return out;
+}
+
+function linkConnection(spec: ClusterSpec, link: ProfileLink, client: NodeSpec, server: NodeSpec, role: string): Connection {
+  return { client, server, role, databases: link.databases, dbname: link.dbname(spec), replication: link.replication, sslmode: link.sslmode };
 }
 
 /** A role as the cluster manages it: the profile's own, or one from the spec. */
@@ -141,19 +202,77 @@ export function trustWarnings(spec: ClusterSpec): string[] {
   return w;
 }
 
+/**
+ * Where a node's compile reads role credentials: the verifier every server of the role stores,
+ * and the password, which only a node that connects as the role is given (the coordinator opens
+ * a sealed password only when such a node is compiled). Both throw when the role has none.
+ */
+export interface CredentialSource {
+  verifier(role: string): string;
+  password(role: string): string;
+}
+
+export function credentialRecord(credentials: Record<string, RoleCredential>): CredentialSource {
+  return { verifier: (role) => requireCredential(credentials, role).verifier, password: (role) => requireCredential(credentials, role).password };
+}
+
+/** What one node's compile reads: the indexed spec and the cluster's secrets and trust files. */
+export interface NodeCompileInput {
+  index: SpecIndex;
+  generation: number;
+  credentials: CredentialSource;
+  caBundle: string;
+  crl: string | null;
+}
+
 export function compileCluster(input: CompileInput): Map<string, NodeDesired> {
-  const { spec } = input;
-  const all = connections(spec);
+  const nodeInput: NodeCompileInput = { index: indexSpec(input.spec), generation: input.generation, credentials: credentialRecord(input.credentials), caBundle: input.caBundle, crl: input.crl };
   const result = new Map<string, NodeDesired>();
-  for (const node of spec.nodes) result.set(node.name, compileNode(input, node, all));
+  for (const node of input.spec.nodes) result.set(node.name, compileNode(nodeInput, node.name));
   return result;
 }
 
-function compileNode(input: CompileInput, node: NodeSpec, all: Connection[]): NodeDesired {
-  const { spec, credentials } = input;
+/**
+ * The certificate slots of one node: its server certificate (when TLS is on) and, under cert
+ * auth, one client certificate per identity it connects as. What a CSR for a slot is checked
+ * against, without compiling anything else.
+ */
+export function certificateSlots(ix: SpecIndex, nodeName: string, outgoing = outgoingConnections(ix, nodeName)): CertificateSlot[] {
+  const { spec } = ix;
+  const node = requireNode(ix, nodeName);
+  const certificates: CertificateSlot[] = [];
+  if (spec.tls.sslmode !== 'disable') {
+    const address = nodeAddress(node);
+    certificates.push({
+      id: 'server',
+      usage: 'server',
+      commonName: node.host,
+      dnsNames: isIP(node.host) ? [] : [node.host],
+      ipAddresses: [...new Set([address, ...(isIP(node.host) ? [node.host] : [])])].filter((a) => isIP(a)),
+    });
+  }
+  if (spec.auth === 'cert') {
+    const seenIds = new Set<string>();
+    for (const role of outgoingRoles(outgoing)) {
+      const { id, commonName } = clientIdentity(spec, role);
+      if (seenIds.has(id)) continue;
+      seenIds.add(id);
+      certificates.push({ id, usage: 'client', commonName, dnsNames: [], ipAddresses: [] });
+    }
+  }
+  return certificates;
+}
+
+const outgoingRoles = (outgoing: Connection[]): string[] => [...new Set(outgoing.map((c) => c.role))].sort();
+
+/** One node's desired state: O(that node's connections), whatever the size of the cluster. */
+export function compileNode(input: NodeCompileInput, nodeName: string): NodeDesired {
+  const { index, credentials } = input;
+  const { spec } = index;
+  const node = requireNode(index, nodeName);
   const tls = spec.tls.sslmode !== 'disable';
-  const incoming = all.filter((c) => c.server.name === node.name);
-  const outgoing = all.filter((c) => c.client.name === node.name);
+  const incoming = incomingConnections(index, nodeName);
+  const outgoing = outgoingConnections(index, nodeName);
 
   const profile = PROFILES[spec.profile];
   const certMap = spec.auth === 'cert' ? profile.certIdentity : undefined;
@@ -168,33 +287,13 @@ function compileNode(input: CompileInput, node: NodeSpec, all: Connection[]): No
     login: true,
     replication: r.replication,
     inRoles: r.inRoles,
-    verifier: spec.auth === 'scram-sha-256' && r.password !== false ? requireCredential(credentials, r.name).verifier : null,
+    verifier: spec.auth === 'scram-sha-256' && r.password !== false ? credentials.verifier(r.name) : null,
     ...(r.superuser !== undefined ? { superuser: r.superuser } : {}),
     ...(r.connectionLimit !== undefined ? { connectionLimit: r.connectionLimit } : {}),
     ...(r.external ? { external: true } : {}),
   }));
 
-  const certificates: CertificateSlot[] = [];
-  if (tls) {
-    const address = nodeAddress(node);
-    certificates.push({
-      id: 'server',
-      usage: 'server',
-      commonName: node.host,
-      dnsNames: isIP(node.host) ? [] : [node.host],
-      ipAddresses: [...new Set([address, ...(isIP(node.host) ? [node.host] : [])])].filter((a) => isIP(a)),
-    });
-  }
-  const outgoingRoles = [...new Set(outgoing.map((c) => c.role))].sort();
-  if (spec.auth === 'cert') {
-    const seenIds = new Set<string>();
-    for (const role of outgoingRoles) {
-      const { id, commonName } = clientIdentity(spec, role);
-      if (seenIds.has(id)) continue;
-      seenIds.add(id);
-      certificates.push({ id, usage: 'client', commonName, dnsNames: [], ipAddresses: [] });
-    }
-  }
+  const certificates = certificateSlots(index, nodeName, outgoing);
   const knownPasswords = new Map(clusterRoles(spec).filter((r) => r.knownPassword !== undefined).map((r) => [r.name, r.knownPassword!]));
 
   const edges: Edge[] = outgoing.map((c) => ({
@@ -233,7 +332,7 @@ function compileNode(input: CompileInput, node: NodeSpec, all: Connection[]): No
     roles,
     certificates,
     clientSecrets: spec.auth === 'scram-sha-256'
-      ? outgoingRoles.map((role) => ({ role, password: knownPasswords.get(role) ?? requireCredential(credentials, role).password }))
+      ? outgoingRoles(outgoing).map((role) => ({ role, password: knownPasswords.get(role) ?? credentials.password(role) }))
       : [],
     edges,
     caBundle: input.caBundle,

@@ -1,0 +1,82 @@
+// Issue 13 item 1, against a real store: a node's desired state is compiled once per generation,
+// only for that node; status reports, contact, CSR checks and the status view never compile.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import pino from 'pino';
+import { CoordinatorService } from '../../coordinator/service.ts';
+import { SecretBox } from '../../coordinator/secrets.ts';
+import { compileNode, type NodeCompileInput } from '../../shared/compile.ts';
+import type { AgentStatus, ClusterSpec, NodeDesired } from '../../shared/schema.ts';
+import { certInfo, createCsr, generateRsaKey } from '../../shared/x509.ts';
+import { enroll, pgdSpec, startHarness, type Harness } from './coordinator-helpers.ts';
+
+let h: Harness;
+before(async () => {
+  h = await startHarness();
+});
+after(async () => {
+  await h?.close();
+});
+
+const mesh = (n: number): ClusterSpec => pgdSpec('counted', {
+  nodes: Array.from({ length: n }, (_, i) => ({ name: `node-${i + 1}`, host: `db${i + 1}.example.com`, address: `10.0.0.${i + 11}`, port: 5432, kind: 'peer' })),
+});
+
+const report = (generation: number): AgentStatus => ({
+  generation, phase: 'converged', errors: [], files: [], servedCertificate: null, certificates: [], probes: [], pendingRestart: [], coordinatorReachable: true, versions: { agent: '0.1.0', postgres: '15' },
+});
+
+test('one compile per node and generation; status reports, contact, CSRs and status views compile nothing', async () => {
+  const spec = mesh(6);
+  assert.equal((await h.admin.call('PUT', '/v1/clusters/counted', { body: spec })).status, 200);
+  const node = await enroll(h, 'counted', 'node-1');
+  const agent = { cluster: 'counted', node: 'node-1', serial: certInfo(node.certPem).serial };
+  // A service of its own on the same store, its compile counted.
+  const calls: string[] = [];
+  const service = new CoordinatorService({
+    store: h.coord.store, signing: h.coord.signing, box: new SecretBox(h.coord.dataDir.masterKey), coordinatorCa: h.coord.dataDir.ca, publicUrl: h.coord.url, log: pino({ level: 'silent' }),
+    compileNode: (input: NodeCompileInput, name: string): NodeDesired => {
+      calls.push(name);
+      return compileNode(input, name);
+    },
+  });
+
+  const first = (await service.desired(agent, 0, undefined, 0)) as NodeDesired;
+  assert.equal(first.node, 'node-1');
+  assert.deepEqual(calls, ['node-1'], 'the node asking, not the cluster');
+  const again = (await service.desired(agent, 0, undefined, 0)) as NodeDesired;
+  assert.deepEqual(calls, ['node-1'], 'a second request of the same generation compiles nothing');
+  assert.deepEqual(again, first);
+
+  await service.recordContact(agent);
+  await service.reportStatus(agent, report(first.generation));
+  const { privateKeyPem } = await generateRsaKey();
+  const cert = await service.signCsr(agent, 'server', createCsr(privateKeyPem, 'db1.example.com'));
+  assert.equal(certInfo(cert.certificate).commonName, 'db1.example.com');
+  await assert.rejects(service.signCsr(agent, 'client-nobody', createCsr(privateKeyPem, 'x')), (e: Error & { code?: string }) => e.code === 'E_SLOT');
+  await service.status('counted');
+  assert.deepEqual(calls, ['node-1'], 'status report, contact, CSR check and status view compiled nothing');
+  // A fresh service has compiled nothing and still checks a slot CSR and takes a report.
+  const cold: string[] = [];
+  const coldService = new CoordinatorService({
+    store: h.coord.store, signing: h.coord.signing, box: new SecretBox(h.coord.dataDir.masterKey), coordinatorCa: h.coord.dataDir.ca, publicUrl: h.coord.url, log: pino({ level: 'silent' }),
+    compileNode: (input: NodeCompileInput, name: string) => (cold.push(name), compileNode(input, name)),
+  });
+  await coldService.reportStatus(agent, report(first.generation));
+  await coldService.signCsr(agent, 'client-pgd_replication', createCsr(privateKeyPem, 'pgd_replication'));
+  assert.deepEqual(cold, []);
+
+  // A renewal request is a new generation: compiled again, once; what it names is current.
+  const renewal = (await h.admin.call('POST', '/v1/clusters/counted/renew', { body: { serial: cert.serial } }));
+  assert.equal(renewal.status, 200, renewal.text);
+  const renewed = (await service.desired(agent, first.generation, undefined, 0)) as NodeDesired;
+  assert.equal(renewed.generation, renewal.body.generation);
+  assert.deepEqual(renewed.renewSerials, [cert.serial]);
+  assert.deepEqual(calls, ['node-1', 'node-1']);
+  // The certificate replaced: the same generation no longer names it (read per request), still no compile.
+  await service.signCsr(agent, 'server', createCsr(privateKeyPem, 'db1.example.com'));
+  const replaced = (await service.desired(agent, first.generation, undefined, 0)) as NodeDesired;
+  assert.equal(replaced.generation, renewed.generation);
+  assert.equal(replaced.renewSerials, undefined);
+  assert.deepEqual(calls, ['node-1', 'node-1']);
+});
