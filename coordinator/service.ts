@@ -411,17 +411,17 @@ export class CoordinatorService {
    */
   async clusterCaPem(name: string, c: Queryable = this.store.pool): Promise<string> {
     if (!(await this.#cluster(name, c))) throw notFound(`no cluster "${name}"`);
-    return this.#caBundle(name, c);
+    return (await this.#trustFiles(name, c)).caBundle;
   }
 
-  /** clusterCaPem of a cluster row already read. */
-  async #caBundle(name: string, c: Queryable = this.store.pool): Promise<string> {
-    const row = (await c.query<{ cert_pem: string; other: string | null }>(
-      `SELECT a.cert_pem, r.other_cert_pem AS other FROM cluster_cas a LEFT JOIN ca_rotations r USING (cluster) WHERE a.cluster = $1`,
+  /** The trust files every node is given, of a cluster row already read: the CA bundle (clusterCaPem) and the CRL, in one read. */
+  async #trustFiles(name: string, c: Queryable = this.store.pool): Promise<{ caBundle: string; crl: string | null }> {
+    const row = (await c.query<{ cert_pem: string; other: string | null; crl: string | null }>(
+      `SELECT a.cert_pem, r.other_cert_pem AS other, l.pem AS crl FROM cluster_cas a LEFT JOIN ca_rotations r USING (cluster) LEFT JOIN cluster_crls l USING (cluster) WHERE a.cluster = $1`,
       [name],
     )).rows[0];
     if (!row) throw notFound(`cluster "${name}" has no CA`);
-    return row.other ? `${row.cert_pem.trimEnd()}\n${row.other.trimEnd()}\n` : row.cert_pem;
+    return { caBundle: row.other ? `${row.cert_pem.trimEnd()}\n${row.other.trimEnd()}\n` : row.cert_pem, crl: row.crl };
   }
 
   /** The CA that is not issuing during a rotation (its key signs its own CRL), or null. */
@@ -463,15 +463,11 @@ export class CoordinatorService {
   }
 
   /**
-   * The cache entry of a cluster row's generation. The trust files are read each time (two
-   * indexed rows) and key the entry too; the credentials only when a node is first compiled.
+   * The cache entry of a cluster row's generation. The trust files are read each time (one
+   * indexed read) and key the entry too; the credentials only when a node is first compiled.
    */
   async #entry(row: ClusterRow): Promise<ClusterDesired> {
-    const [caBundle, crl] = await Promise.all([
-      this.#caBundle(row.name),
-      this.store.query<{ pem: string }>(`SELECT pem FROM cluster_crls WHERE cluster = $1`, [row.name]),
-    ]);
-    const inputs = { spec: row.spec, incarnation: row.incarnation, generation: row.generation, caBundle, crl: crl[0]?.pem ?? null };
+    const inputs = { spec: row.spec, incarnation: row.incarnation, generation: row.generation, ...(await this.#trustFiles(row.name)) };
     // Only scram clusters have credentials to read (compile asks for none otherwise).
     const load = rolesNeedingPasswords(row.spec).length > 0 ? () => this.#credentials(row.name) : async () => credentialRecord({});
     return this.#desired.entry(row.name, inputs, load);
@@ -491,17 +487,17 @@ export class CoordinatorService {
    * node's certificates), never cached.
    */
   async #renewSerials(cluster: string, node: string): Promise<string[]> {
-    const [renew, reissue] = await Promise.all([
-      this.store.query<{ serial: string }>(
-        // Requested and not yet replaced (no newer certificate for the same node and slot since).
-        `SELECT serial FROM certificates c WHERE cluster = $1 AND node = $3 AND renew_requested_at IS NOT NULL AND revoked_at IS NULL AND not_after > $2
-           AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.cluster = c.cluster AND n.node = c.node AND n.slot = c.slot AND n.serial <> c.serial
-                             AND n.not_before >= date_trunc('second', c.renew_requested_at) - interval '${5 * 60} seconds')`,
-        [cluster, this.now(), node],
-      ),
-      this.#oldCaLeaves(cluster, node),
-    ]);
-    return [...new Set([...renew, ...reissue].map((r) => r.serial))].sort();
+    // One read: the requested ones not yet replaced (no newer certificate for the same node and
+    // slot since), and whether a CA rotation is re-issuing (only then are the old CA's leaves read).
+    const r = (await this.store.query<{ renew: string[]; reissuing: boolean }>(
+      `SELECT ARRAY(SELECT serial FROM certificates c WHERE cluster = $1 AND node = $3 AND renew_requested_at IS NOT NULL AND revoked_at IS NULL AND not_after > $2
+                      AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.cluster = c.cluster AND n.node = c.node AND n.slot = c.slot AND n.serial <> c.serial
+                                        AND n.not_before >= date_trunc('second', c.renew_requested_at) - interval '${5 * 60} seconds')) AS renew,
+              EXISTS (SELECT 1 FROM ca_rotations WHERE cluster = $1 AND phase = 'reissue') AS reissuing`,
+      [cluster, this.now(), node],
+    ))[0]!;
+    const reissue = r.reissuing ? (await this.#oldCaLeaves(cluster, node)).map((x) => x.serial) : [];
+    return [...new Set([...r.renew, ...reissue])].sort();
   }
 
   /** Every node's desired state of a cluster row (plan's "before"), through the cache. */

@@ -79,4 +79,22 @@ test('one compile per node and generation; status reports, contact, CSRs and sta
   assert.equal(replaced.generation, renewed.generation);
   assert.equal(replaced.renewSerials, undefined);
   assert.deepEqual(calls, ['node-1', 'node-1']);
+
+  // A CA rotation changes every node's bundle, then names the old CA's leaves: each step is a new
+  // entry (compiled once), and the leaves to re-issue are read for the node asking.
+  const leaves = (await h.admin.call('GET', '/v1/clusters/counted/certificates')).body.certificates
+    .filter((c: { node: string; slot: string; revoked: boolean }) => c.node === 'node-1' && c.slot !== 'identity' && !c.revoked).map((c: { serial: string }) => c.serial).sort();
+  assert.equal(leaves.length, 3);
+  const trust = await service.startCaRotation('counted');
+  const trusting = (await service.desired(agent, replaced.generation, undefined, 0)) as NodeDesired;
+  assert.equal(trusting.generation, trust.generation);
+  assert.equal(trusting.caBundle.match(/BEGIN CERTIFICATE/g)!.length, 2, 'both CAs in the bundle');
+  assert.equal(trusting.renewSerials, undefined);
+  for (const n of spec.nodes) await service.reportStatus({ ...agent, node: n.name }, report(trust.generation));
+  assert.equal((await service.caRotationStatus('counted')).phase, 'reissue');
+  const reissuing = (await service.desired(agent, trust.generation, undefined, 0)) as NodeDesired;
+  assert.ok(reissuing.generation > trust.generation);
+  assert.deepEqual(reissuing.renewSerials, leaves);
+  await service.desired(agent, trust.generation, undefined, 0);
+  assert.deepEqual(calls, ['node-1', 'node-1', 'node-1', 'node-1'], 'one compile per generation');
 });
