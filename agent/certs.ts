@@ -13,7 +13,8 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { CsrRequest, CsrResponse } from '../shared/api.ts';
 import type { CertReport, CertificateSlot, NodeDesired } from '../shared/schema.ts';
-import { certInfo, certMatchesKey, createCsr, generateRsaKey, normaliseIp, verifiesAgainst, type CertInfo } from '../shared/x509.ts';
+import { createPrivateKey } from 'node:crypto';
+import { certInfo, certMatchesKey, createCsr, generateKey, keyTypeOf, normaliseIp, verifiesAgainst, type CertInfo, type KeyType } from '../shared/x509.ts';
 import { normaliseSerial, revokedSerials } from '../shared/crl.ts';
 import { RenewalSchedule, type Clock } from './backoff.ts';
 import { ensureDir, fsyncDir, readIfExists, removeIfExists, writeFileAtomic, type Owner } from './statefile.ts';
@@ -69,7 +70,7 @@ export interface CertManagerDeps {
   schedule: RenewalSchedule;
   log: Logger;
   /** Key generator (tests may inject a faster one). */
-  generateKey?: () => Promise<string>;
+  generateKey?: (type: KeyType) => Promise<string>;
 }
 
 export interface EnsureResult {
@@ -145,6 +146,8 @@ export class CertificateManager {
     }
     const renewRequested = new Set((desired.renewSerials ?? []).map(normaliseSerial));
     const fixedName = fixedNameClientSlots(desired);
+    // New keys are of the cluster's type (tls.keyType); a pair of another type is replaced.
+    const keyType: KeyType = desired.keyType ?? 'rsa-2048';
     let nextRenewal: number | null = null;
     let earliest: number | null = null;
     for (const slot of desired.certificates) {
@@ -161,6 +164,8 @@ export class CertificateManager {
         reason = revokedBest ? `the certificate in use (serial ${revokedBest.serial}) is revoked` : rejected.length > 0 ? `no usable pair (${rejected.join('; ')})` : 'no pair yet';
       } else if (renewRequested.has(best.serial)) {
         reason = `renewal requested by the operator (serial ${best.serial})`;
+      } else if (best.info.keyType !== keyType) {
+        reason = `the cluster's node keys are now ${keyType}`;
       } else {
         const d = this.deps.schedule.decide(best.serial, best.info, now);
         if (d.renew) {
@@ -172,12 +177,12 @@ export class CertificateManager {
         try {
           let fresh: Candidate;
           try {
-            fresh = await this.issue(slot, desired.caBundle, reason, sameKeyAs);
+            fresh = await this.issue(slot, desired.caBundle, reason, keyType, sameKeyAs);
           } catch (e) {
             // The coordinator knows this key as revoked (a CRL we have not seen yet): new key.
             if (sameKeyAs === null || !(e instanceof CoordinatorError && e.apiCode === 'E_KEY_REVOKED')) throw e;
             this.deps.log.warn({ slot: slot.id }, 'the coordinator refused the key as revoked; making a new one');
-            fresh = await this.issue(slot, desired.caBundle, `${reason}; the key was revoked`, null);
+            fresh = await this.issue(slot, desired.caBundle, `${reason}; the key was revoked`, keyType, null);
           }
           result.issued.push(slot.id);
           use = fresh;
@@ -245,7 +250,7 @@ export class CertificateManager {
    * is written to the slot's pending key (0600 from creation, owned by the PGDATA owner), with
    * the mtime of the key's making (what keyReuse reads). Never logged, never sent.
    */
-  private async pendingKey(slot: CertificateSlot, reason: string, sameKeyAs: Candidate | null): Promise<{ keyPem: string; csr: string; pendingPath: string }> {
+  private async pendingKey(slot: CertificateSlot, reason: string, keyType: KeyType, sameKeyAs: Candidate | null): Promise<{ keyPem: string; csr: string; pendingPath: string }> {
     const pendingPath = join(this.dir, `${slot.id}.pending.key`);
     const now = this.deps.now();
     let keyPem: string | null = null;
@@ -261,8 +266,8 @@ export class CertificateManager {
           const pem = await readIfExists(sameKeyAs.keyPath);
           const certPem = await readIfExists(sameKeyAs.certPath);
           if (pem === null || certPem === null || !certMatchesKey(certPem, pem)) newKeyBecause = 'the current key cannot be read or no longer matches its certificate';
+          else if (keyTypeOf(createPrivateKey(pem)) !== keyType) newKeyBecause = `the cluster's node keys are now ${keyType}`;
           else {
-            // Only keys a CSR can be made from (ours are RSA); anything else gets a new key.
             csr = createCsr(pem, slot.commonName);
             keyPem = pem;
             bornAt = st.mtimeMs;
@@ -274,7 +279,7 @@ export class CertificateManager {
     }
     const reused = keyPem !== null && csr !== null;
     if (keyPem === null || csr === null) {
-      keyPem = this.deps.generateKey ? await this.deps.generateKey() : (await generateRsaKey()).privateKeyPem;
+      keyPem = this.deps.generateKey ? await this.deps.generateKey(keyType) : (await generateKey(keyType)).privateKeyPem;
       csr = createCsr(keyPem, slot.commonName);
     }
     this.deps.log.info({ slot: slot.id, reason, key: reused ? 'same' : 'new', ...(newKeyBecause ? { newKeyBecause } : {}) }, 'requesting a certificate');
@@ -284,8 +289,8 @@ export class CertificateManager {
   }
 
   /** Key (new, or the current one for a routine fixed-name client renewal), CSR out, certificate back. */
-  private async issue(slot: CertificateSlot, caBundle: string, reason: string, sameKeyAs: Candidate | null = null): Promise<Candidate> {
-    const { keyPem, csr, pendingPath } = await this.pendingKey(slot, reason, sameKeyAs);
+  private async issue(slot: CertificateSlot, caBundle: string, reason: string, keyType: KeyType, sameKeyAs: Candidate | null = null): Promise<Candidate> {
+    const { keyPem, csr, pendingPath } = await this.pendingKey(slot, reason, keyType, sameKeyAs);
     const resp = await this.deps.requestCertificate({ slot: slot.id, csr });
     const problem = checkPair({ certPem: resp.certificate, keyPem, slot, caBundle, now: this.deps.now() });
     if (problem) {

@@ -10,7 +10,7 @@ import type { TSchema, Static } from '@sinclair/typebox';
 import { Agent, request, type Dispatcher } from 'undici';
 import { CsrResponse, EnrollResponse, JoinTokenPayload, PeerWake, type CsrRequest, type EnrollRequest } from '../shared/api.ts';
 import { AgentStatus, NodeDesired } from '../shared/schema.ts';
-import { certInfo, certMatchesKey, createCsr, fingerprint256, generateRsaKey, splitPemBundle, verifiesAgainst, type CertInfo } from '../shared/x509.ts';
+import { certInfo, certMatchesKey, createCsr, fingerprint256, generateKey, splitPemBundle, verifiesAgainst, type CertInfo } from '../shared/x509.ts';
 import { ensureDir, readIfExists, removeIfExists, writeFileAtomic } from './statefile.ts';
 import { normaliseFingerprint, parseJoinToken } from '../shared/join-token.ts';
 
@@ -275,9 +275,12 @@ export function newer(a: { notAfter: Date; notBefore: Date }, aMtime: number, b:
   return aMtime > bMtime;
 }
 
-/** Generate a key in the identity directory, 0600 from the instant it exists. */
+/**
+ * Generate a key in the identity directory, 0600 from the instant it exists. ECDSA P-256: made
+ * in microseconds, and cheaper for the agent's side of every mTLS handshake than RSA.
+ */
 async function newPendingKey(stateDir: string): Promise<string> {
-  const { privateKeyPem } = await generateRsaKey();
+  const { privateKeyPem } = await generateKey('ecdsa-p256');
   await writeFileAtomic(join(identityDir(stateDir), PENDING_KEY), privateKeyPem, { mode: 0o600 });
   return privateKeyPem;
 }

@@ -1,13 +1,13 @@
 // The coordinator's data directory. First start creates its CA, its server certificate, the
 // master key that seals secrets at rest and the admin token. Every secret file is created with
 // mode 0600 and O_EXCL from its first instant: never written first and chmod-ed after.
-import { randomBytes } from 'node:crypto';
+import { createPrivateKey, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, readFile, stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { CertificateAuthority } from './ca.ts';
-import { certInfo, createCsr, generateRsaKey, readCsrKey } from '../shared/x509.ts';
+import { certInfo, certMatchesKey, createCsr, generateKey, keyTypeOf, readCsrKey, type KeyType } from '../shared/x509.ts';
 import { installFile } from '../shared/atomic-file.ts';
 import { FILES } from './datadir-layout.ts';
 
@@ -66,10 +66,23 @@ export async function readOrCreateStorePassword(dir: string): Promise<string> {
 }
 
 /**
+ * The default type of the coordinator's HTTPS key. Every agent and admin CLI holds a TLS session
+ * to it, and a restart makes them all shake hands at once: the server's signature is the
+ * handshake's main cost, and an ECDSA P-256 one costs a fraction of an RSA-2048 one. Node's TLS
+ * (undici) takes either.
+ */
+export const DEFAULT_TLS_KEY_TYPE: KeyType = 'ecdsa-p256';
+
+export interface DataDirOptions {
+  /** Type of the HTTPS key (default DEFAULT_TLS_KEY_TYPE); a key of another type is replaced. */
+  tlsKeyType?: KeyType;
+}
+
+/**
  * Open the data directory, creating whatever is missing. `hosts` are the names clients use to
  * reach this coordinator; the server certificate covers them plus localhost/127.0.0.1/::1.
  */
-export async function openDataDir(dir: string, hosts: string[], now: Date): Promise<DataDir> {
+export async function openDataDir(dir: string, hosts: string[], now: Date, opts: DataDirOptions = {}): Promise<DataDir> {
   // 0711: an embedded PostgreSQL (another OS user) must traverse it; every secret inside is 0600.
   await mkdir(dir, { recursive: true, mode: 0o711 });
   await chmod(dir, 0o711);
@@ -92,10 +105,19 @@ export async function openDataDir(dir: string, hosts: string[], now: Date): Prom
     ca = new CertificateAuthority((await readFile(p(FILES.caCert))).toString(), keyPem);
   }
 
-  const serverKeyPem = (await readOrCreateSecret(p(FILES.serverKey), async () => (await generateRsaKey()).privateKeyPem)).toString();
+  const tlsKeyType = opts.tlsKeyType ?? DEFAULT_TLS_KEY_TYPE;
+  let serverKeyPem = (await readOrCreateSecret(p(FILES.serverKey), async () => (await generateKey(tlsKeyType)).privateKeyPem)).toString();
+  // Another type asked for (or a key of a type pgaccord does not make): a new key, and below a
+  // new certificate for it. Agents pin the coordinator CA, not this key.
+  let newKey = false;
+  if (keyTypeOf(createPrivateKey(serverKeyPem)) !== tlsKeyType) {
+    serverKeyPem = (await generateKey(tlsKeyType)).privateKeyPem;
+    await writeFileAtomic(p(FILES.serverKey), serverKeyPem, 0o600);
+    newKey = true;
+  }
   const allHosts = [...new Set(['localhost', '127.0.0.1', '::1', ...hosts.filter((h) => h && h !== '0.0.0.0' && h !== '::')])];
   let serverCertPem = existsSync(p(FILES.serverCert)) ? (await readFile(p(FILES.serverCert))).toString() : '';
-  if (needsNewServerCert(serverCertPem, allHosts, now, ca)) {
+  if (newKey || needsNewServerCert(serverCertPem, allHosts, now, ca) || !certMatchesKey(serverCertPem, serverKeyPem)) {
     const { publicKey } = readCsrKey(createCsr(serverKeyPem, 'pgaccord-coordinator'));
     const issued = ca.issue({
       publicKey,

@@ -8,7 +8,8 @@ import type { Logger } from 'pino';
 import type pino from 'pino';
 import { parseCommand } from '../shared/cli.ts';
 import { openOrCreatePgInstance, storeOsUser, type PgInstance } from '../shared/pgserver.ts';
-import { DEFAULT_DATA_DIR, FILES, openDataDir, readOrCreateStorePassword, type DataDir } from './datadir.ts';
+import { DEFAULT_DATA_DIR, DEFAULT_TLS_KEY_TYPE, FILES, openDataDir, readOrCreateStorePassword, type DataDir } from './datadir.ts';
+import { KEY_TYPES, type KeyType } from '../shared/x509.ts';
 import { createLogger } from '../shared/log.ts';
 import { SdNotifier, takeNotifyEnv } from '../shared/sd-notify.ts';
 import { SecretBox } from './secrets.ts';
@@ -46,6 +47,8 @@ export interface CoordinatorOptions {
   metricsListen?: string;
   /** Threads that check CSRs and sign (default: one per core). */
   signingWorkers?: number;
+  /** Type of the HTTPS key (default ecdsa-p256); a key of another type in the data directory is replaced. */
+  tlsKeyType?: KeyType;
 }
 
 export interface RunningCoordinator {
@@ -109,7 +112,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
   const log = createLogger({ service: 'pgaccord-coordinator', ...(opts.logLevel ? { level: opts.logLevel } : {}), ...(opts.logDestination ? { destination: opts.logDestination } : {}) });
   const now = opts.now ?? (() => new Date());
   const { host, port } = parseListen(opts.listen ?? DEFAULT_LISTEN);
-  const dataDir = await openDataDir(opts.dataDir, [host], now());
+  const dataDir = await openDataDir(opts.dataDir, [host], now(), { tlsKeyType: opts.tlsKeyType });
 
   let instance: PgInstance | null = null;
   let connection: pg.ClientConfig;
@@ -215,6 +218,8 @@ options:
                         re-issued when less than half of it remains
   --signing-workers N   threads that check CSRs and sign certificates and CRLs, off the event
                         loop (default: one per core)
+  --tls-key-type T      the HTTPS key: ${KEY_TYPES.join(' or ')} (default ${DEFAULT_TLS_KEY_TYPE}: a
+                        fraction of RSA's handshake cost); a key of another type is replaced
 
 Logs are JSON lines on stdout; secrets are never logged. SIGTERM or SIGINT stops it cleanly
 (and the embedded PostgreSQL with it); SIGHUP is logged and changes nothing.`,
@@ -229,6 +234,7 @@ Logs are JSON lines on stdout; secrets are never logged. SIGTERM or SIGINT stops
     'identity-lifetime': { type: 'string' },
     'crl-lifetime': { type: 'string' },
     'signing-workers': { type: 'string' },
+    'tls-key-type': { type: 'string' },
   },
 } as const;
 
@@ -271,6 +277,8 @@ export async function runCoordinator(argv: string[]): Promise<number> {
   };
   const identityLifetimeSeconds = duration('identity-lifetime', v['identity-lifetime'] ?? process.env.PGACCORD_IDENTITY_LIFETIME);
   const crlLifetimeSeconds = duration('crl-lifetime', v['crl-lifetime'] ?? process.env.PGACCORD_CRL_LIFETIME);
+  const tlsKeyType = v['tls-key-type'];
+  if (tlsKeyType !== undefined && !(KEY_TYPES as readonly string[]).includes(tlsKeyType)) throw new Error(`--tls-key-type: "${tlsKeyType}" is not one of ${KEY_TYPES.join(', ')}`);
   const signingWorkers = v['signing-workers'] !== undefined ? Number(v['signing-workers']) : undefined;
   if (signingWorkers !== undefined && !(Number.isInteger(signingWorkers) && signingWorkers >= 1 && signingWorkers <= 256)) throw new Error(`--signing-workers: "${v['signing-workers']}" is not a number of threads (1..256)`);
   const running = await startCoordinator({
@@ -284,6 +292,7 @@ export async function runCoordinator(argv: string[]): Promise<number> {
     metricsListen: v['metrics-listen'],
     longPollMs: longPoll !== undefined ? longPoll * 1000 : undefined,
     signingWorkers,
+    tlsKeyType: tlsKeyType as KeyType | undefined,
   });
   process.stderr.write(`pgaccord coordinator listening on ${running.url} (admin token in ${join(running.dataDir.dir, FILES.adminToken)})\n`);
   // systemd (Type=notify): ready once HTTPS is served and the store answers; then a timer asks

@@ -326,6 +326,8 @@ export function compileNode(input: NodeCompileInput, nodeName: string): NodeDesi
     sslmode: spec.tls.sslmode,
     tls,
     certLifetimeSeconds: certLifetimeSeconds(spec),
+    // Written only when not the default: an rsa-2048 cluster's desired state is unchanged.
+    ...(spec.tls.keyType === 'ecdsa-p256' ? { keyType: spec.tls.keyType } : {}),
     hba,
     ident,
     settings,

@@ -79,6 +79,10 @@ export const HbaRuleSpec = Type.Object(
 );
 export type HbaRuleSpec = Static<typeof HbaRuleSpec>;
 
+/** Key types of node certificates (shared/x509.ts KEY_TYPES). */
+export const NodeKeyType = Type.Union([Type.Literal('rsa-2048'), Type.Literal('ecdsa-p256')]);
+export type NodeKeyType = Static<typeof NodeKeyType>;
+
 export const ClusterSpec = Type.Object(
   {
     name: Type.String({ pattern: NAME_PATTERN }),
@@ -88,6 +92,8 @@ export const ClusterSpec = Type.Object(
       {
         sslmode: SslMode,
         certLifetime: Type.Optional(Type.String({ minLength: 2 })),
+        /** Key type of the node certificates the agents make (default rsa-2048). */
+        keyType: Type.Optional(NodeKeyType),
       },
       { additionalProperties: false },
     ),
@@ -257,6 +263,8 @@ export const NodeDesired = Type.Object(
     /** true when the server must have ssl=on (every TLS mode except disable) */
     tls: Type.Boolean(),
     certLifetimeSeconds: Type.Integer({ minimum: 60 }),
+    /** Key type for new node certificate keys; absent: rsa-2048 (and older coordinators send none). */
+    keyType: Type.Optional(NodeKeyType),
     hba: Type.Array(HbaRule),
     ident: Type.Array(IdentLine),
     /** Settings other than file paths; the agent adds ssl_*_file from its own layout. */

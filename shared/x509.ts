@@ -17,7 +17,35 @@ export class X509Error extends Error {
   }
 }
 
-/** A fresh RSA 2048 key, PKCS#8 PEM, from OpenSSL. */
+/**
+ * The key types pgaccord makes: RSA 2048 (the default for node certificates, what every
+ * PostgreSQL client stack takes) and ECDSA P-256 (agent identities, the coordinator's HTTPS key,
+ * node certificates of a cluster with tls.keyType ecdsa-p256: cheaper handshakes, keys made in
+ * microseconds). The key policy (KEY_POLICY) on what the coordinator signs is wider.
+ */
+export const KEY_TYPES = ['rsa-2048', 'ecdsa-p256'] as const;
+export type KeyType = (typeof KEY_TYPES)[number];
+
+/** A fresh key of `type`, PKCS#8 PEM, from OpenSSL (off the event loop). */
+export async function generateKey(type: KeyType): Promise<{ privateKeyPem: string }> {
+  if (type === 'rsa-2048') return generateRsaKey(2048);
+  return new Promise((resolve, reject) => {
+    generateKeyPair('ec', { namedCurve: 'prime256v1' }, (err, _pub, priv) => {
+      if (err) reject(err);
+      else resolve({ privateKeyPem: priv.export({ type: 'pkcs8', format: 'pem' }).toString() });
+    });
+  });
+}
+
+/** The KeyType of a key or certificate's public key, or null for one pgaccord does not make. */
+export function keyTypeOf(key: KeyObject): KeyType | null {
+  const d = key.asymmetricKeyDetails;
+  if (key.asymmetricKeyType === 'rsa' && d?.modulusLength === 2048) return 'rsa-2048';
+  if (key.asymmetricKeyType === 'ec' && d?.namedCurve === 'prime256v1') return 'ecdsa-p256';
+  return null;
+}
+
+/** A fresh RSA key (2048 bits unless told), PKCS#8 PEM, from OpenSSL. */
 export async function generateRsaKey(bits = 2048): Promise<{ privateKeyPem: string }> {
   return new Promise((resolve, reject) => {
     generateKeyPair('rsa', { modulusLength: bits, publicExponent: 0x10001 }, (err, _pub, priv) => {
@@ -60,13 +88,32 @@ export function forgePublicKeyFromPem(pem: string): forge.pki.rsa.PublicKey {
   }
 }
 
-/** A PKCS#10 certificate signing request for the key, subject CN=commonName, PEM. */
+/**
+ * A PKCS#10 certificate signing request for the key (RSA or EC), subject CN=commonName, PEM.
+ * The CertificationRequestInfo (RFC 2986 4.1) is assembled with forge's ASN.1 tools, whose CSR
+ * object carries RSA keys only; node:crypto signs it: sha256WithRSAEncryption or
+ * ecdsa-with-SHA256.
+ */
 export function createCsr(privateKeyPem: string, commonName: string): string {
-  const csr = pki.createCertificationRequest();
-  csr.publicKey = forgePublicKeyFromPem(privateKeyPem);
-  csr.setSubject([{ name: 'commonName', value: commonName, valueTagClass: asn1.Type.UTF8 as unknown as forge.asn1.Class }]);
-  nativeSign(csr, privateKeyPem);
-  return pki.certificationRequestToPem(csr).replace(/\r\n/g, '\n');
+  const key = createPrivateKey(privateKeyPem);
+  const ec = key.asymmetricKeyType === 'ec';
+  if (!ec && key.asymmetricKeyType !== 'rsa') throw new X509Error(`no CSR for a ${key.asymmetricKeyType} key: RSA or EC only`);
+  const { Class, Type } = asn1;
+  const seq = (v: forge.asn1.Asn1[]) => asn1.create(Class.UNIVERSAL, Type.SEQUENCE, true, v);
+  const oid = (o: string) => asn1.create(Class.UNIVERSAL, Type.OID, false, asn1.oidToDer(o).getBytes());
+  const spki = createPublicKey(key).export({ type: 'spki', format: 'der' });
+  const info = seq([
+    asn1.create(Class.UNIVERSAL, Type.INTEGER, false, String.fromCharCode(0)), // v1
+    seq([asn1.create(Class.UNIVERSAL, Type.SET, true, [seq([oid(pki.oids.commonName!), asn1.create(Class.UNIVERSAL, Type.UTF8, false, forge.util.encodeUtf8(commonName))])])]),
+    asn1.fromDer(spki.toString('binary')),
+    asn1.create(Class.CONTEXT_SPECIFIC, 0, true, []), // no attributes
+  ]);
+  const infoDer = Buffer.from(asn1.toDer(info).getBytes(), 'binary');
+  const signature = cryptoSign('sha256', infoDer, ec ? { key, dsaEncoding: 'der' } : { key, padding: constants.RSA_PKCS1_PADDING });
+  const algorithm = ec ? seq([oid(OID.ecdsaWithSha256)]) : seq([oid(OID.sha256WithRsa), asn1.create(Class.UNIVERSAL, Type.NULL, false, '')]);
+  const csr = seq([info, algorithm, asn1.create(Class.UNIVERSAL, Type.BITSTRING, false, String.fromCharCode(0) + signature.toString('binary'))]);
+  const b64 = Buffer.from(asn1.toDer(csr).getBytes(), 'binary').toString('base64').replace(/.{64}/g, '$&\n');
+  return `-----BEGIN CERTIFICATE REQUEST-----\n${b64}${b64.endsWith('\n') ? '' : '\n'}-----END CERTIFICATE REQUEST-----\n`;
 }
 
 function pemBody(pem: string, label: string): Buffer {
@@ -83,6 +130,8 @@ const OID = {
   ecPublicKey: '1.2.840.10045.2.1',
   p256: '1.2.840.10045.3.1.7',
   p384: '1.3.132.0.34',
+  sha256WithRsa: '1.2.840.113549.1.1.11',
+  ecdsaWithSha256: '1.2.840.10045.4.3.2',
 };
 const EC_CURVES: Record<string, { crv: 'P-256' | 'P-384'; bytes: number }> = {
   [OID.p256]: { crv: 'P-256', bytes: 32 },
@@ -272,6 +321,8 @@ export interface CertInfo {
   isCa: boolean;
   /** Extended key usages by name: serverAuth, clientAuth, ... */
   extKeyUsage: string[];
+  /** The certified key's type, when one pgaccord makes (see KEY_TYPES). */
+  keyType: KeyType | null;
 }
 
 /** Canonical text of an IP address (IPv6 compressed and lower case). */
@@ -337,6 +388,7 @@ export function certInfo(pem: string): CertInfo {
     fingerprint256: c.fingerprint256.replace(/:/g, '').toLowerCase(),
     isCa: c.ca,
     extKeyUsage: (c.keyUsage ?? []).map((oid) => EKU_NAMES[oid] ?? oid),
+    keyType: keyTypeOf(c.publicKey),
   };
 }
 

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import forge from 'node-forge';
 import { CertificateAuthority } from '../../coordinator/ca.ts';
 import { checkPinnedCa, CoordinatorClient, CoordinatorError, decodeJoinToken, enroll, fetchPinnedCa, loadIdentity, pruneIdentities, renewIdentity } from '../../agent/client.ts';
-import { fingerprint256, generateRsaKey, readCsr } from '../../shared/x509.ts';
+import { fingerprint256, generateRsaKey, readCsrKey } from '../../shared/x509.ts';
 
 const encode = (payload: unknown) => `pga1.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
 const good = { v: 1, url: 'https://127.0.0.1:7432', cluster: 'sales', node: 'node-1', id: 'tid', secret: 's3cret', caFingerprint: 'ab'.repeat(32) };
@@ -105,8 +105,8 @@ test('enrolment: key made here 0600, only a CSR leaves, identity stored and relo
     realCa: real.ca.certPem,
     sign: (csrPem) => {
       sentCsr = csrPem;
-      const info = readCsr(csrPem);
-      return real.ca.issue({ publicKey: forge.pki.publicKeyFromPem(info.publicKeyPem), commonName: 'agent sales/node-1', usage: 'client', lifetimeSeconds: 3600, now: new Date() }).pem;
+      // As the coordinator does: the checked CSR's key (the agent's identity key is P-256).
+      return real.ca.issue({ publicKey: readCsrKey(csrPem).publicKey, commonName: 'agent sales/node-1', usage: 'client', lifetimeSeconds: 3600, now: new Date() }).pem;
     },
   });
   const stateDir = await mkdtemp(join(tmpdir(), 'pgaccord-agent-unit-'));
@@ -134,7 +134,7 @@ test('identity renewal over mTLS: new key here, new pair stored, the newest wins
     serverKey: real.serverKey,
     serverCert: real.serverCert,
     realCa: real.ca.certPem,
-    sign: (csrPem) => real.ca.issue({ publicKey: forge.pki.publicKeyFromPem(readCsr(csrPem).publicKeyPem), commonName: 'pgaccord-agent', usage: 'client', lifetimeSeconds: 7200, now: new Date() }).pem,
+    sign: (csrPem) => real.ca.issue({ publicKey: readCsrKey(csrPem).publicKey, commonName: 'pgaccord-agent', usage: 'client', lifetimeSeconds: 7200, now: new Date() }).pem,
   });
   const stateDir = await mkdtemp(join(tmpdir(), 'pgaccord-agent-unit-'));
   dirs.push(stateDir);
