@@ -31,6 +31,23 @@ export function backoffDelay(attempt: number, random: Random, policy: BackoffPol
   return Math.floor(ceiling / 2 + r * (ceiling / 2));
 }
 
+/** Pause before moving to the next coordinator: the first move within [0, 1 s), then capped at 5 s. */
+export const FAILOVER_BACKOFF: BackoffPolicy = { baseMs: 1000, capMs: 5000 };
+
+/**
+ * How long to wait before trying the next coordinator after the `move`-th (0 first) failed one in
+ * one call: "full jitter", uniform in [0, ceiling), the ceiling doubling per move up to the cap.
+ * When a coordinator dies every agent on it moves at once: full jitter spreads their arrival at
+ * the next one over a second instead of one burst of TLS handshakes, and the first move is
+ * often near-immediate (a single agent loses almost nothing). A round in which every coordinator
+ * failed ends the call; the caller's own backoff (backoffDelay) then applies.
+ */
+export function failoverDelay(move: number, random: Random, policy: BackoffPolicy = FAILOVER_BACKOFF): number {
+  if (!Number.isInteger(move) || move < 0) throw new RangeError(`move must be a non-negative integer, got ${move}`);
+  const ceiling = Math.min(policy.capMs, policy.baseMs * 2 ** Math.min(move, 1024));
+  return Math.floor(clampUnit(random()) * ceiling);
+}
+
 export interface Validity {
   notBefore: Date;
   notAfter: Date;

@@ -12,6 +12,7 @@ import { CsrResponse, EnrollResponse, JoinTokenPayload, PeerWake, type CsrReques
 import { AgentStatus, NodeDesired } from '../shared/schema.ts';
 import { certInfo, certMatchesKey, createCsr, fingerprint256, generateKey, splitPemBundle, verifiesAgainst, type CertInfo } from '../shared/x509.ts';
 import { ensureDir, readIfExists, removeIfExists, writeFileAtomic } from './statefile.ts';
+import { failoverDelay, sleep, type Random } from './backoff.ts';
 import { normaliseFingerprint, parseJoinToken } from '../shared/join-token.ts';
 
 /** A coded error: what went wrong with the coordinator, and the HTTP status when there was one. */
@@ -66,7 +67,17 @@ export interface Identity {
 }
 
 export interface HttpOptions {
-  baseUrl: string;
+  /**
+   * Coordinator base URL, or several coordinators sharing one store, in the order to try them:
+   * a call that cannot reach one (or gets 502/503/504) moves on to the next after a short
+   * jittered pause (failoverDelay) and stays there; once every one has failed the call throws
+   * and the caller backs off (the reconcile loop's jittered exponential backoff).
+   */
+  baseUrl: string | readonly string[];
+  /** Randomness of the failover pause (tests seed it); Math.random otherwise. */
+  random?: Random;
+  /** Told when a call moves from one coordinator to the next (the agent logs it). */
+  onFailover?: (e: { from: string; to: string; reason: string }) => void;
   /** Pinned coordinator CA, PEM. */
   caPem: string;
   identity?: Identity;
@@ -79,13 +90,26 @@ interface Answer {
   body: unknown;
 }
 
+/** Answers that say "this coordinator cannot serve now", not "the request is wrong": try another. */
+const FAILOVER_STATUSES = new Set([502, 503, 504]);
+
 export class CoordinatorClient {
   private dispatcher: Agent;
   private identity: Identity | undefined;
+  private readonly urls: readonly string[];
+  /** The coordinator calls go to until it fails. */
+  private current = 0;
 
   constructor(private readonly opts: HttpOptions) {
     this.identity = opts.identity;
+    this.urls = typeof opts.baseUrl === 'string' ? [opts.baseUrl] : opts.baseUrl;
+    if (this.urls.length === 0) throw new CoordinatorError('E_UNREACHABLE', 'no coordinator URL');
     this.dispatcher = this.makeDispatcher();
+  }
+
+  /** The coordinator the next call goes to. */
+  get coordinatorUrl(): string {
+    return this.urls[this.current]!;
   }
 
   private makeDispatcher(): Agent {
@@ -117,8 +141,37 @@ export class CoordinatorClient {
     await this.dispatcher.destroy().catch(() => undefined);
   }
 
+  /**
+   * One call, on the current coordinator, moving on to the next when it cannot be reached or
+   * answers 502/503/504, each coordinator tried at most once per call. The one that answered
+   * stays current; after a failure the next call starts at the next one.
+   */
   private async call(method: 'GET' | 'POST', path: string, body?: unknown, signal?: AbortSignal): Promise<Answer> {
-    const url = new URL(path, this.opts.baseUrl).toString();
+    for (let tried = 1; ; tried++) {
+      const base = this.urls[this.current]!;
+      let failure: CoordinatorError;
+      try {
+        const a = await this.callOne(base, method, path, body, signal);
+        if (this.urls.length === 1 || !FAILOVER_STATUSES.has(a.status)) return a;
+        if (tried >= this.urls.length) {
+          this.current = (this.current + 1) % this.urls.length;
+          return a;
+        }
+        failure = httpError(method, path, a);
+      } catch (e) {
+        if (!(e instanceof CoordinatorError) || e.code !== 'E_UNREACHABLE' || this.urls.length === 1) throw e;
+        failure = e;
+      }
+      this.current = (this.current + 1) % this.urls.length;
+      if (tried >= this.urls.length) throw failure;
+      this.opts.onFailover?.({ from: base, to: this.urls[this.current]!, reason: failure.message });
+      await sleep(failoverDelay(tried - 1, this.opts.random ?? Math.random), signal);
+      if (signal?.aborted) throw signal.reason ?? new Error('aborted');
+    }
+  }
+
+  private async callOne(baseUrl: string, method: 'GET' | 'POST', path: string, body?: unknown, signal?: AbortSignal): Promise<Answer> {
+    const url = new URL(path, baseUrl).toString();
     let res: Dispatcher.ResponseData;
     try {
       res = await request(url, {
@@ -202,7 +255,21 @@ function describeNetworkError(e: unknown): string {
  * GET the coordinator CA once without verifying the server (there is nothing to verify it with
  * yet), and accept it only if it matches the fingerprint pinned by the join token.
  */
-export async function fetchPinnedCa(baseUrl: string, expectedFingerprint: string): Promise<string> {
+export async function fetchPinnedCa(baseUrl: string | readonly string[], expectedFingerprint: string): Promise<string> {
+  if (typeof baseUrl !== 'string') {
+    // Several coordinators: the first that answers. A CA that does not match the pin is never
+    // passed over for the next one: that is refused, loudly.
+    let last: unknown;
+    for (const u of baseUrl) {
+      try {
+        return await fetchPinnedCa(u, expectedFingerprint);
+      } catch (e) {
+        if (!(e instanceof CoordinatorError) || (e.code !== 'E_UNREACHABLE' && e.code !== 'E_HTTP')) throw e;
+        last = new CoordinatorError(e.code, `${u}: ${e.message}`, e.status, { cause: e });
+      }
+    }
+    throw last ?? new CoordinatorError('E_UNREACHABLE', 'no coordinator URL');
+  }
   const dispatcher = new Agent({ connect: { rejectUnauthorized: false }, connectTimeout: 10_000, headersTimeout: 30_000, bodyTimeout: 30_000 });
   try {
     let res: Dispatcher.ResponseData;
@@ -315,7 +382,10 @@ function checkIssued(certPem: string, keyPem: string, caPem: string, now: number
 
 export interface EnrollOptions {
   stateDir: string;
-  coordinatorUrl: string;
+  /** One coordinator, or several (tried in order, see HttpOptions.baseUrl). */
+  coordinatorUrl: string | readonly string[];
+  random?: Random;
+  onFailover?: HttpOptions['onFailover'];
   cluster: string;
   node: string;
   joinToken: string;
@@ -331,7 +401,7 @@ export async function enroll(opts: EnrollOptions): Promise<StoredIdentity> {
   const caPem = await fetchPinnedCa(opts.coordinatorUrl, payload.caFingerprint);
   await ensureDir(identityDir(opts.stateDir), 0o700);
   const keyPem = await newPendingKey(opts.stateDir);
-  const client = new CoordinatorClient({ baseUrl: opts.coordinatorUrl, caPem });
+  const client = new CoordinatorClient({ baseUrl: opts.coordinatorUrl, caPem, ...(opts.random ? { random: opts.random } : {}), ...(opts.onFailover ? { onFailover: opts.onFailover } : {}) });
   let resp: EnrollResponse;
   try {
     resp = await client.enroll({ token: opts.joinToken, csr: createCsr(keyPem, `${opts.cluster}/${opts.node}`) });
@@ -346,7 +416,7 @@ export async function enroll(opts: EnrollOptions): Promise<StoredIdentity> {
   const dir = identityDir(opts.stateDir);
   await writeFileAtomic(join(dir, CA_FILE), caPem, { mode: 0o644 });
   const identity = await storeIdentity(opts.stateDir, keyPem, resp.certificate);
-  const enrollment: Enrollment = { cluster: opts.cluster, node: opts.node, coordinatorUrl: opts.coordinatorUrl };
+  const enrollment: Enrollment = { cluster: opts.cluster, node: opts.node, coordinatorUrl: typeof opts.coordinatorUrl === 'string' ? opts.coordinatorUrl : opts.coordinatorUrl[0]! };
   await writeFileAtomic(join(dir, ENROLLMENT_FILE), `${JSON.stringify(enrollment, null, 2)}\n`, { mode: 0o644 });
   return { enrollment, caPem, identity };
 }

@@ -8,6 +8,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
 import YAML from 'yaml';
 import { parseCommand, UsageError } from '../shared/cli.ts';
+import { parseCoordinatorUrls, tokenUrls } from '../shared/join-token.ts';
 import { createLogger } from '../shared/log.ts';
 import { SdNotifier, takeNotifyEnv } from '../shared/sd-notify.ts';
 import { NAME_PATTERN } from '../shared/schema.ts';
@@ -26,7 +27,8 @@ export const DEFAULT_SOCKET_DIR = '/var/run/postgresql';
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 const OPTIONS = {
-  coordinator: { type: 'string' },
+  // Repeated or comma-separated: several coordinators sharing one store.
+  coordinator: { type: 'string', multiple: true },
   node: { type: 'string' },
   pgdata: { type: 'string' },
   'join-token': { type: 'string' },
@@ -38,6 +40,7 @@ const OPTIONS = {
   'client-home': { type: 'string' },
   config: { type: 'string' },
   'log-level': { type: 'string' },
+  'probe-retry': { type: 'string' },
 } as const;
 
 type Key = Exclude<keyof typeof OPTIONS, 'config'>;
@@ -52,7 +55,9 @@ const COMMAND = {
     'every change with PostgreSQL, probes the inter-node connections and reports to the coordinator.',
   details: `
 options:
-  --coordinator URL      coordinator base URL, https:// (default: the URL in the join token)
+  --coordinator URL      coordinator base URL, https:// (default: the URL(s) in the join token);
+                         several coordinators sharing one store: repeat it or separate with
+                         commas; they are tried in order, the next when one cannot be reached
   --node CLUSTER/NODE    which node this is, e.g. sales/node-1
   --pgdata DIR           the PostgreSQL data directory; its owner owns every managed file
   --join-token T         single-use join token (pga1....), needed for the first start only;
@@ -69,9 +74,12 @@ options:
                          e.g. several nodes of one OS user on one machine
   --config FILE          YAML file with any of the keys below; flags given on the command line win
   --log-level L          ${LOG_LEVELS.join(', ')} (default: info)
+  --probe-retry S        after a failed probe, probe again within S seconds (default: 2); a peer's
+                         apply already wakes the agent through the coordinator: this is the safety net
 
 config file (YAML): the same keys as the flags, in camelCase or kebab-case, e.g.
-  coordinator: https://coord.example.com:7432
+  coordinator: https://coord.example.com:7432   # or a list:
+  #   coordinator: [https://coord-1.example.com:7432, https://coord-2.example.com:7432]
   node: sales/node-1
   pgdata: /var/lib/postgresql/15/main
   joinTokenFile: /etc/pgaccord/join.token
@@ -107,6 +115,12 @@ export async function readConfigFile(path: string): Promise<RawConfig> {
   for (const [k, v] of Object.entries(doc as Record<string, unknown>)) {
     const key = KEYS.find((flag) => flag === k || camel(flag) === k);
     if (!key) throw new UsageError(`config file ${path}: unknown key "${k}" (known: ${KEYS.map(camel).join(', ')})`);
+    if (key === 'coordinator' && Array.isArray(v)) {
+      // A YAML list of coordinators: kept as the comma-separated form the flag also takes.
+      if (v.length === 0 || !v.every((x) => typeof x === 'string')) throw new UsageError(`config file ${path}: "${k}" must be a URL or a non-empty list of URLs`);
+      out[key] = v.join(',');
+      continue;
+    }
     if (typeof v !== 'string' && typeof v !== 'number') throw new UsageError(`config file ${path}: "${k}" must be a string or number`);
     out[key] = String(v);
   }
@@ -114,7 +128,11 @@ export async function readConfigFile(path: string): Promise<RawConfig> {
 }
 
 export interface ResolvedConfig extends AgentConfig {
+  /** Every coordinator, in the order tried; coordinatorUrl is the first. */
+  coordinatorUrls: string[];
   logLevel: string;
+  /** The probe safety timer, ms (--probe-retry). */
+  probeRetryMs: number;
   configFile?: string;
   /** Port and socket directory not given: follow PGDATA/postmaster.pid, which changes when the server is (re)created. */
   followPostmasterPid: { port: boolean; socketDir: boolean };
@@ -152,23 +170,22 @@ export function resolveConfig(flags: RawConfig, file: RawConfig, configFile?: st
   let joinToken = get('join-token');
   const tokenFile = get('join-token-file');
   if (joinToken === undefined && tokenFile !== undefined) joinToken = readJoinTokenFile(tokenFile).token;
-  let tokenUrl: string | undefined;
+  let tokenUrlList: string[] | undefined;
   if (joinToken !== undefined) {
     try {
-      tokenUrl = decodeJoinToken(joinToken).url;
+      tokenUrlList = tokenUrls(decodeJoinToken(joinToken));
     } catch (e) {
       throw new UsageError(`--join-token: ${(e as Error).message}`);
     }
   }
-  const coordinatorUrl = get('coordinator') ?? tokenUrl;
-  if (!coordinatorUrl) throw new UsageError('--coordinator URL is required (or a join token that carries it)');
-  let url: URL;
+  const coordinatorText = get('coordinator') ?? tokenUrlList?.join(',');
+  let coordinatorUrls: string[];
   try {
-    url = new URL(coordinatorUrl);
-  } catch {
-    throw new UsageError(`--coordinator: "${coordinatorUrl}" is not a URL`);
+    coordinatorUrls = parseCoordinatorUrls(coordinatorText !== undefined ? [coordinatorText] : []);
+  } catch (e) {
+    throw new UsageError(`--coordinator: ${(e as Error).message}`);
   }
-  if (url.protocol !== 'https:') throw new UsageError(`--coordinator: must be https://, got ${url.protocol}//`);
+  if (coordinatorUrls.length === 0) throw new UsageError('--coordinator URL is required (or a join token that carries it)');
   const nodeArg = get('node');
   if (!nodeArg) throw new UsageError('--node CLUSTER/NODE is required');
   const parts = nodeArg.split('/');
@@ -189,13 +206,16 @@ export function resolveConfig(flags: RawConfig, file: RawConfig, configFile?: st
   }
   const logLevel = get('log-level') ?? 'info';
   if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`--log-level: "${logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
+  const probeRetryText = get('probe-retry') ?? '2';
+  if (!/^\d+(\.\d+)?$/.test(probeRetryText) || Number(probeRetryText) < 0.1 || Number(probeRetryText) > 3600) throw new UsageError(`--probe-retry: "${probeRetryText}" is not a number of seconds (0.1-3600)`);
   const stateDir = resolve(get('state-dir') ?? DEFAULT_STATE_DIR);
   const clientHomeArg = get('client-home');
   if (clientHomeArg !== undefined && (clientHomeArg === '' || resolve(clientHomeArg) === '/')) throw new UsageError(`--client-home: "${clientHomeArg}" is not a home directory`);
   const pgHost = get('pg-host') ?? pid.socketDir ?? DEFAULT_SOCKET_DIR;
   if (pgHost.startsWith('/') && !isAbsolute(pgHost)) throw new UsageError(`--pg-host: ${pgHost} is not an absolute path`);
   return {
-    coordinatorUrl: url.toString().replace(/\/$/, ''),
+    coordinatorUrl: coordinatorUrls[0]!,
+    coordinatorUrls,
     cluster: parts[0]!,
     node: parts[1]!,
     pgdata,
@@ -206,6 +226,7 @@ export function resolveConfig(flags: RawConfig, file: RawConfig, configFile?: st
     ...(clientHomeArg !== undefined ? { clientHome: resolve(clientHomeArg) } : {}),
     ...(joinToken !== undefined ? { joinToken } : {}),
     logLevel,
+    probeRetryMs: Math.round(Number(probeRetryText) * 1000),
     followPostmasterPid: { port: portText === undefined, socketDir: get('pg-host') === undefined },
     ...(configFile ? { configFile } : {}),
   };
@@ -255,6 +276,9 @@ function nodeContext(cfg: ResolvedConfig, owner: OsUser, log: Logger, startedAs:
   return { pgdata: cfg.pgdata, pgHost: cfg.pgHost, pgPort: cfg.pgPort, pgUser: cfg.pgUser, stateDir: cfg.stateDir, serverOsUser: owner, agentOsUser: startedAs, log };
 }
 
+/** Logs a move from one coordinator to the next (the reason names the failure, never a secret). */
+const failoverLogger = (log: Logger) => (e: { from: string; to: string; reason: string }) => log.warn(e, 'coordinator unreachable: trying the next one');
+
 /** Stored identity when there is one for this node; otherwise enrol with the join token. */
 export async function obtainIdentity(cfg: ResolvedConfig, log: Logger, now: () => number): Promise<StoredIdentity> {
   const stored = await loadIdentity(cfg.stateDir);
@@ -269,8 +293,8 @@ export async function obtainIdentity(cfg: ResolvedConfig, log: Logger, now: () =
   if (!cfg.joinToken) {
     throw new CoordinatorError('E_IDENTITY', `not enrolled yet (no identity in ${cfg.stateDir}): start once with --join-token (from \`pgaccord token create ${cfg.cluster} ${cfg.node}\`)`);
   }
-  log.info({ coordinator: cfg.coordinatorUrl }, 'enrolling with the join token');
-  const identity = await enroll({ stateDir: cfg.stateDir, coordinatorUrl: cfg.coordinatorUrl, cluster: cfg.cluster, node: cfg.node, joinToken: cfg.joinToken, now });
+  log.info({ coordinator: cfg.coordinatorUrls.join(',') }, 'enrolling with the join token');
+  const identity = await enroll({ stateDir: cfg.stateDir, coordinatorUrl: cfg.coordinatorUrls, cluster: cfg.cluster, node: cfg.node, joinToken: cfg.joinToken, now, onFailover: failoverLogger(log) });
   log.info({ serial: identity.identity.info.serial, notAfter: identity.identity.info.notAfter.toISOString() }, 'enrolled: identity stored');
   return identity;
 }
@@ -323,7 +347,10 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
   const configFile = flags.config;
   const fileValues = configFile ? await readConfigFile(configFile) : {};
   const cliValues: RawConfig = {};
-  for (const k of KEYS) if (flags[k] !== undefined) cliValues[k] = flags[k];
+  for (const k of KEYS) {
+    const v = flags[k] as string | string[] | undefined;
+    if (v !== undefined) cliValues[k] = Array.isArray(v) ? v.join(',') : v;
+  }
   // The join token is read once, at start (it is only used then): as root, before the drop,
   // since it may be root's alone (0600).
   const tokenFile = cliValues['join-token-file'] ?? fileValues['join-token-file'];
@@ -359,7 +386,7 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
 
   const stored = await obtainIdentity(cfg, log, now);
   const notify = new SdNotifier(sd.socket, { onError: (m) => log.warn(m) });
-  const client = new CoordinatorClient({ baseUrl: cfg.coordinatorUrl, caPem: stored.caPem, identity: stored.identity });
+  const client = new CoordinatorClient({ baseUrl: cfg.coordinatorUrls, caPem: stored.caPem, identity: stored.identity, random, onFailover: failoverLogger(log) });
   const schedule = new RenewalSchedule(random);
   const identitySchedule = new RenewalSchedule(random);
   let pruneIdentityTo: string | null = null;
@@ -385,6 +412,7 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
     random,
     ...(hooks.backoff ? { backoff: hooks.backoff } : {}),
     resyncMs: hooks.resyncMs ?? 60_000,
+    reprobeMs: cfg.probeRetryMs,
     minCycleMs: hooks.minCycleMs ?? 1000,
     log,
     ...(drift ? { drift } : {}),
@@ -432,10 +460,11 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
       }
       try {
         const next = resolveConfig(cliValues, await readConfigFile(cfg.configFile), cfg.configFile);
-        const restartKeys = (['coordinatorUrl', 'cluster', 'node', 'pgdata', 'stateDir', 'clientHome'] as const).filter((k) => next[k] !== cfg[k]);
+        const restartKeys: string[] = (['cluster', 'node', 'pgdata', 'stateDir', 'clientHome'] as const).filter((k) => next[k] !== cfg[k]);
+        if (next.coordinatorUrls.join(',') !== cfg.coordinatorUrls.join(',')) restartKeys.unshift('coordinator');
         if (restartKeys.length > 0) log.warn({ keys: restartKeys }, 'SIGHUP: these settings change only on restart; keeping the running values');
         log.level = next.logLevel;
-        cfg = { ...next, coordinatorUrl: cfg.coordinatorUrl, cluster: cfg.cluster, node: cfg.node, pgdata: cfg.pgdata, stateDir: cfg.stateDir, ...(cfg.clientHome ? { clientHome: cfg.clientHome } : {}) };
+        cfg = { ...next, coordinatorUrl: cfg.coordinatorUrl, coordinatorUrls: cfg.coordinatorUrls, cluster: cfg.cluster, node: cfg.node, pgdata: cfg.pgdata, stateDir: cfg.stateDir, ...(cfg.clientHome ? { clientHome: cfg.clientHome } : {}) };
         ctx = nodeContext(cfg, owner, log, startedAs);
         log.info({ logLevel: cfg.logLevel, pgHost: cfg.pgHost, pgPort: cfg.pgPort, pgUser: cfg.pgUser }, 'SIGHUP: configuration re-read');
         loop.updateContext(ctx);
@@ -453,7 +482,7 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
     process.on('SIGHUP', onHup);
   }
   hooks.signal?.addEventListener('abort', () => loop.stop(), { once: true });
-  log.info({ coordinator: cfg.coordinatorUrl, pgdata: cfg.pgdata, pgHost: cfg.pgHost, pgPort: cfg.pgPort, stateDir: cfg.stateDir }, 'agent starting');
+  log.info({ coordinator: cfg.coordinatorUrls.join(','), pgdata: cfg.pgdata, pgHost: cfg.pgHost, pgPort: cfg.pgPort, stateDir: cfg.stateDir }, 'agent starting');
   try {
     const exit = await loop.run();
     log.info({ exit }, 'agent stopped');

@@ -11,12 +11,13 @@ import type { CaRotationStatus, CertificateListResponse, ClusterStatusResponse, 
 import type { Static } from '@sinclair/typebox';
 import { parseCommand, UsageError } from '../shared/cli.ts';
 import { parseDuration } from '../shared/duration.ts';
+import { parseCoordinatorUrls } from '../shared/coordinator-urls.ts';
 import { formatProbeMatrix, probeMatrix } from '../shared/probe-matrix.ts';
 import { ago } from '../shared/lifecycle.ts';
 import { DEFAULT_DATA_DIR, FILES } from './datadir-layout.ts';
 
 const CONNECTION_OPTIONS = {
-  coordinator: { type: 'string' },
+  coordinator: { type: 'string', multiple: true },
   'token-file': { type: 'string' },
   ca: { type: 'string' },
   'data-dir': { type: 'string' },
@@ -24,7 +25,9 @@ const CONNECTION_OPTIONS = {
 
 const CONNECTION_HELP = `
 connection (every admin command):
-  --coordinator URL   coordinator URL (or PGACCORD_URL; default https://127.0.0.1:7432)
+  --coordinator URL   coordinator URL (or PGACCORD_URL; default https://127.0.0.1:7432); several
+                      coordinators sharing one store: repeat it or separate with commas,
+                      each tried in turn when the one before cannot be reached
   --token-file FILE   file holding the admin token (or PGACCORD_TOKEN with the token itself;
                       default DATA_DIR/admin.token)
   --ca FILE           CA certificate that signed the coordinator's HTTPS certificate
@@ -33,17 +36,25 @@ connection (every admin command):
                       (default ${DEFAULT_DATA_DIR})`;
 
 interface Conn {
-  url: string;
+  /** Every coordinator, in the order tried. */
+  urls: string[];
+  /** The one that answered last: calls go there first. */
+  current: number;
   token: string;
   agent: Agent;
 }
 
-type ConnValues = { coordinator?: string; 'token-file'?: string; ca?: string; 'data-dir'?: string };
+type ConnValues = { coordinator?: string[]; 'token-file'?: string; ca?: string; 'data-dir'?: string };
 
 async function connect(v: ConnValues): Promise<Conn> {
   const dir = v['data-dir'] ?? DEFAULT_DATA_DIR;
-  const url = (v.coordinator ?? process.env.PGACCORD_URL ?? 'https://127.0.0.1:7432').replace(/\/+$/, '');
-  if (!url.startsWith('https://')) throw new UsageError(`--coordinator must be an https:// URL, got "${url}"`);
+  let urls: string[];
+  try {
+    urls = parseCoordinatorUrls(v.coordinator && v.coordinator.length > 0 ? v.coordinator : [process.env.PGACCORD_URL ?? 'https://127.0.0.1:7432']);
+  } catch (e) {
+    throw new UsageError(`--coordinator: ${(e as Error).message}`);
+  }
+  if (urls.length === 0) throw new UsageError('--coordinator: no URL given');
   let token: string;
   const tokenFile = v['token-file'] ?? (process.env.PGACCORD_TOKEN ? undefined : join(dir, FILES.adminToken));
   if (tokenFile) {
@@ -57,8 +68,11 @@ async function connect(v: ConnValues): Promise<Conn> {
   const ca = await readFile(caFile, 'utf8').catch((e: NodeJS.ErrnoException) => {
     throw new Error(`cannot read the coordinator CA from ${caFile} (${e.code ?? e.message}); use --ca or PGACCORD_CA`);
   });
-  return { url, token, agent: new Agent({ ca, rejectUnauthorized: true, keepAlive: true }) };
+  return { urls, current: 0, token, agent: new Agent({ ca, rejectUnauthorized: true, keepAlive: true }) };
 }
+
+/** Answers that mean "this coordinator cannot serve now": the next one is asked. */
+const FAILOVER_STATUSES = new Set([502, 503, 504]);
 
 export class HttpError extends Error {
   constructor(
@@ -69,29 +83,51 @@ export class HttpError extends Error {
   }
 }
 
+/**
+ * One admin call on the coordinator that answered last, moving on to the next when it cannot be
+ * reached (or answers 502/503/504); each is tried once. An admin is one person at a terminal, so
+ * there is no pause between them; failing every one names each and why.
+ */
 async function call<T>(conn: Conn, method: string, path: string, body?: unknown): Promise<T> {
-  const payload = body !== undefined ? JSON.stringify(body) : undefined;
-  let res: { statusCode: number; headers: IncomingHttpHeaders; text: string };
-  try {
-    res = await new Promise((resolve, reject) => {
-      // No timeout: status --wait long-polls for as long as the user asked.
-      const req = request(`${conn.url}${path}`, {
-        method,
-        agent: conn.agent,
-        headers: { authorization: `Bearer ${conn.token}`, ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}) },
-      }, (r) => {
-        const chunks: Buffer[] = [];
-        r.on('data', (c: Buffer) => chunks.push(c));
-        r.on('error', reject);
-        r.on('end', () => resolve({ statusCode: r.statusCode ?? 0, headers: r.headers, text: Buffer.concat(chunks).toString('utf8') }));
-      });
-      req.on('error', reject);
-      req.end(payload);
-    });
-  } catch (e) {
-    const err = e as Error & { code?: string };
-    throw new Error(`cannot reach the coordinator at ${conn.url}: ${err.message || err.code}`);
+  const failures: string[] = [];
+  for (let tried = 0; tried < conn.urls.length; tried++) {
+    const url = conn.urls[conn.current]!;
+    const last = tried === conn.urls.length - 1;
+    try {
+      const res = await callOne(conn, url, method, path, body);
+      if (!FAILOVER_STATUSES.has(res.statusCode) || last) return answer<T>(res);
+      failures.push(`${url}: HTTP ${res.statusCode}`);
+    } catch (e) {
+      const err = e as Error & { code?: string };
+      failures.push(`${url}: ${err.message || err.code}`);
+    }
+    conn.current = (conn.current + 1) % conn.urls.length;
   }
+  throw new Error(conn.urls.length === 1 ? `cannot reach the coordinator at ${failures[0]}` : `cannot reach any coordinator: ${failures.join('; ')}`);
+}
+
+type RawAnswer = { statusCode: number; headers: IncomingHttpHeaders; text: string };
+
+function callOne(conn: Conn, url: string, method: string, path: string, body?: unknown): Promise<RawAnswer> {
+  const payload = body !== undefined ? JSON.stringify(body) : undefined;
+  return new Promise((resolve, reject) => {
+    // No timeout: status --wait long-polls for as long as the user asked.
+    const req = request(`${url}${path}`, {
+      method,
+      agent: conn.agent,
+      headers: { authorization: `Bearer ${conn.token}`, ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}) },
+    }, (r) => {
+      const chunks: Buffer[] = [];
+      r.on('data', (c: Buffer) => chunks.push(c));
+      r.on('error', reject);
+      r.on('end', () => resolve({ statusCode: r.statusCode ?? 0, headers: r.headers, text: Buffer.concat(chunks).toString('utf8') }));
+    });
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+function answer<T>(res: RawAnswer): T {
   const text = res.text;
   if (res.statusCode >= 400) {
     let parsed: ErrorBody | null = null;

@@ -19,6 +19,7 @@ import { buildServer } from './server.ts';
 import { CoordinatorService } from './service.ts';
 import { SigningPool } from './signing-pool.ts';
 import { Store } from './store.ts';
+import { parseCoordinatorUrls } from '../shared/coordinator-urls.ts';
 
 export const DEFAULT_LISTEN = '127.0.0.1:7432';
 export const EMBEDDED_DB = 'pgaccord';
@@ -207,7 +208,9 @@ options:
   --database-url URL    keep state in this PostgreSQL database instead of the embedded one;
                         several coordinators may share it if they share master.key, the
                         coordinator CA files and admin.token (copy the data directory)
-  --public-url URL      coordinator URL written into join tokens (default https://<listen>)
+  --public-url URL      coordinator URL written into join tokens (default https://<listen>);
+                        several coordinators on one store: every one's URL, comma-separated
+                        (each gives the same list), and the agents move between them
   --log-level LEVEL     trace, debug, info (default), warn, error
   --metrics-listen A    serve Prometheus metrics at http://A/metrics, plain HTTP, no token (A is
                         HOST:PORT, or PORT for 127.0.0.1:PORT; e.g. 9464); none without it
@@ -287,7 +290,7 @@ export async function runCoordinator(argv: string[]): Promise<number> {
     dataDir: v['data-dir'] ?? DEFAULT_DATA_DIR,
     listen: v.listen,
     databaseUrl: v['database-url'] ?? process.env.PGACCORD_DATABASE_URL,
-    publicUrl: v['public-url'],
+    publicUrl: v['public-url'] !== undefined ? parseCoordinatorUrls([v['public-url']]).join(',') : undefined,
     logLevel: v['log-level'],
     metricsListen: v['metrics-listen'],
     longPollMs: longPoll !== undefined ? longPoll * 1000 : undefined,

@@ -22,9 +22,10 @@ import { ApiError, badRequest, conflict, gone, notFound, unauthorized } from './
 import { notProved, notReissued, type NodeEvidence } from './rotation.ts';
 import type { SecretBox } from './secrets.ts';
 import { SPEC_SEAL_BINDING_MIGRATION, SPEC_SEAL_MIGRATION, type Queryable, type Store } from './store.ts';
-import { encodeJoinToken, parseJoinToken } from '../shared/join-token.ts';
+import { encodeJoinToken, parseCoordinatorUrls, parseJoinToken } from '../shared/join-token.ts';
 
 export const DEFAULT_TOKEN_TTL_S = 3600;
+const MASTER_KEY_MISMATCH = 'master.key does not match the one this database was initialised with: coordinators sharing a database need copies of the same master.key';
 export const IDENTITY_LIFETIME_S = 30 * 86400;
 /** Validity of an issued CRL; it is re-issued once less than half of it is left. */
 export const CRL_LIFETIME_S = 7 * 86400;
@@ -178,6 +179,10 @@ export class CoordinatorService {
     const probe = 'pgaccord master key check';
     const rows = await this.store.query<{ value: string }>(`SELECT value FROM meta WHERE key = 'master_key_check'`);
     if (rows.length === 0) {
+      // No check row (a store from before it, or one whose row was lost): before writing one with
+      // this key, the key must open what the store already holds. Otherwise a second coordinator
+      // with another key would write its own check row and lock out the right one.
+      if (!(await this.#opensStoredSecret())) throw new Error(MASTER_KEY_MISMATCH);
       await this.store.query(`INSERT INTO meta (key, value) VALUES ('master_key_check', $1) ON CONFLICT (key) DO NOTHING`, [this.#box.seal(probe, 'meta:master_key_check')]);
       return this.checkMasterKey();
     }
@@ -186,7 +191,20 @@ export class CoordinatorService {
     } catch {
       // fall through
     }
-    throw new Error('master.key does not match the one this database was initialised with: coordinators sharing a database need copies of the same master.key');
+    throw new Error(MASTER_KEY_MISMATCH);
+  }
+
+  /** Whether this master key opens a secret the store holds (true when it holds none yet). */
+  async #opensStoredSecret(): Promise<boolean> {
+    const ca = (await this.store.query<{ cluster: string; key_sealed: string }>(`SELECT cluster, key_sealed FROM cluster_cas LIMIT 1`))[0];
+    const role = ca ? undefined : (await this.store.query<{ cluster: string; role: string; password_sealed: string }>(`SELECT cluster, role, password_sealed FROM role_credentials LIMIT 1`))[0];
+    try {
+      if (ca) this.#box.open(ca.key_sealed, `cluster-ca:${ca.cluster}`);
+      else if (role) this.#box.open(role.password_sealed, `role-password:${role.cluster}/${role.role}`);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   // --- clusters -------------------------------------------------------------------------------
@@ -542,10 +560,17 @@ export class CoordinatorService {
     // refuses a certificate whose issuer has no CRL, so the new CA needs one from the start.
     const revoked = other ? revokedRows.filter((r) => !verifiesAgainst(r.pem, other.ca.certPem)) : revokedRows;
     const otherRevoked = other ? revokedRows.filter((r) => verifiesAgainst(r.pem, other.ca.certPem)) : [];
-    const prev = (await c.query<{ number: string }>(`SELECT number FROM cluster_crls WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0];
-    const number = prev ? Number(prev.number) + 1 : 1;
-    // thisUpdate a little in the past: a node whose clock lags must not see a CRL from the future.
-    const thisUpdate = new Date(Math.floor(now.getTime() / 1000) * 1000 - 60_000);
+    // The number comes from the store, whichever coordinator issues: one UPSERT takes the next
+    // one under the counter row's lock, held until this transaction ends, so concurrent issuers
+    // (on any coordinator) queue there and each gets its own; a rollback gives it back.
+    const number = Number((await c.query<{ last_number: string }>(
+      `INSERT INTO crl_numbers (cluster, last_number) VALUES ($1, 1) ON CONFLICT (cluster) DO UPDATE SET last_number = crl_numbers.last_number + 1 RETURNING last_number`,
+      [cluster],
+    )).rows[0]!.last_number);
+    const prev = (await c.query<{ this_update: Date }>(`SELECT this_update FROM cluster_crls WHERE cluster = $1`, [cluster])).rows[0];
+    // thisUpdate a little in the past: a node whose clock lags must not see a CRL from the future;
+    // and never before the last CRL's (another coordinator's clock may be ahead of this one's).
+    const thisUpdate = new Date(Math.max(Math.floor(now.getTime() / 1000) * 1000 - 60_000, prev?.this_update.getTime() ?? 0));
     const nextUpdate = new Date(Math.floor(now.getTime() / 1000) * 1000 + this.crlLifetimeSeconds * 1000);
     let pem = await this.#signing.issueCrl(ca, { revoked: revoked.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at })), number, thisUpdate, nextUpdate });
     if (other) pem = `${pem.trimEnd()}\n${(await this.#signing.issueCrl(other.ca, { revoked: otherRevoked.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at })), number, thisUpdate, nextUpdate })).trimEnd()}\n`;
@@ -586,13 +611,18 @@ export class CoordinatorService {
     const dueSql = `SELECT 1 FROM clusters k LEFT JOIN cluster_crls r ON r.cluster = k.name
                      WHERE k.name = $1 AND (r.cluster IS NULL OR r.next_update - $2::timestamptz < (r.next_update - r.this_update) / 2)`;
     if ((await this.store.query(dueSql, [cluster, now])).length === 0) return false;
-    await this.store.tx(async (c) => {
+    const number = await this.store.tx(async (c) => {
+      // One coordinator refreshes: the others skip at once rather than queue behind it.
+      if (!(await tryClusterTask(c, TASK_CRL_REFRESH, cluster))) return null;
       await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
-      if ((await c.query(dueSql, [cluster, now])).rowCount === 0) return; // another coordinator did it
+      if ((await c.query(dueSql, [cluster, now])).rowCount === 0) return null; // another coordinator did it
       await this.#issueCrl(c, cluster, now);
       await this.#bump(c, cluster, now);
+      return (await c.query<{ number: string }>(`SELECT number FROM cluster_crls WHERE cluster = $1`, [cluster])).rows[0]!.number;
     });
+    if (number === null) return false;
     this.store.events.emit('cluster', cluster);
+    this.#log.info({ cluster, number: Number(number) }, 'CRL refreshed');
     return true;
   }
 
@@ -798,6 +828,12 @@ export class CoordinatorService {
     if ((await this.#evidence(row)).some((n) => notProved(n, rot.trust_generation).length > 0)) return;
     const now = this.now();
     const generation = await this.store.tx(async (c) => {
+      // One coordinator takes the step (every agent's report, on any coordinator, asks for it);
+      // the others skip at once. Then the cluster row first, as every writer of a CRL or a
+      // generation does: taken after ca_rotations and the CRL counter, it deadlocked with a
+      // revocation (cluster row, then the counter).
+      if (!(await tryClusterTask(c, TASK_CA_ROTATION, cluster))) return null;
+      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
       const locked = (await c.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0];
       if (locked?.phase !== 'trust') return null; // another report or coordinator did it
       // Swap: the new CA becomes the issuing one (cluster_cas), the old one is kept as "other".
@@ -870,6 +906,8 @@ export class CoordinatorService {
     }
     const now = this.now();
     await this.store.tx(async (c) => {
+      // The cluster row first (lock order of every CRL and generation writer: see #advanceRotation).
+      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
       const locked = (await c.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0];
       if (locked?.phase !== 'reissue') throw conflict('E_ROTATION_NOT_READY', `cluster "${cluster}": the rotation changed meanwhile; look again`);
       await c.query(`DELETE FROM ca_rotations WHERE cluster = $1`, [cluster]);
@@ -929,7 +967,10 @@ export class CoordinatorService {
       [id, cluster, node, sha256(secret), now, expiresAt],
     );
     this.#log.info({ cluster, node, tokenId: id, expiresAt }, 'join token created');
-    const token = encodeJoinToken({ v: 1, url: this.publicUrl, cluster, node, id, secret, caFingerprint: this.#caFingerprint });
+    // Several coordinators (--public-url A,B): the token lists them all; `url` stays the first,
+    // so an agent that knows only `url` still enrols, and a one-coordinator token is unchanged.
+    const urls = parseCoordinatorUrls([this.publicUrl]);
+    const token = encodeJoinToken({ v: 1, url: urls[0]!, ...(urls.length > 1 ? { urls } : {}), cluster, node, id, secret, caFingerprint: this.#caFingerprint });
     return { token, expiresAt: expiresAt.toISOString() };
   }
 
@@ -1276,6 +1317,26 @@ export class CoordinatorService {
       })),
     };
   }
+}
+
+/**
+ * Tasks that must be done once, by one coordinator, whichever sees them due first: a CRL refresh
+ * and a CA-rotation step. Each takes a transaction-scoped advisory lock keyed on (task, cluster)
+ * with pg_try_advisory_xact_lock. Chosen over a lease because it needs no clock and no expiry:
+ * PostgreSQL releases it when the transaction ends or its connection dies, so a coordinator
+ * SIGKILLed mid-step holds nothing for anyone to wait out. Chosen over FOR UPDATE SKIP LOCKED on
+ * the cluster row because that row is locked by other work too (signing holds it FOR SHARE):
+ * skipping on it would postpone a refresh during a renewal storm. A coordinator that does not get
+ * the lock skips (another one is doing it); the step's own row lock and re-check, inside the
+ * lock, stay what makes it correct; the advisory lock only keeps the others from queueing.
+ */
+const TASK_CRL_REFRESH = 0x70676131; // "pga1"
+const TASK_CA_ROTATION = 0x70676132; // "pga2"
+
+async function tryClusterTask(c: Queryable, task: number, cluster: string): Promise<boolean> {
+  // hashtext collisions between two cluster names only make one skip a round (it is retried).
+  const r = await c.query<{ got: boolean }>(`SELECT pg_try_advisory_xact_lock($1::int, hashtext($2)) AS got`, [task, cluster]);
+  return r.rows[0]!.got;
 }
 
 function waitFor(emitters: NodeJS.EventEmitter[], cluster: string, ms: number, signal?: AbortSignal): Promise<void> {

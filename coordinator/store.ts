@@ -143,6 +143,18 @@ export const MIGRATIONS: Migration[] = [
       ALTER TABLE clusters ALTER COLUMN incarnation DROP DEFAULT;
     `,
   },
+  {
+    version: 6,
+    name: 'CRL numbers allocated in the store',
+    sql: `
+      -- The last CRL number of each cluster, taken by one UPSERT (a row lock held to commit) by
+      -- whichever coordinator issues: numbers never repeat or go back, and a rolled-back issue
+      -- gives its number back (a sequence would leave gaps). No foreign key: a cluster deleted
+      -- and created again goes on from its last number.
+      CREATE TABLE crl_numbers (cluster text PRIMARY KEY, last_number bigint NOT NULL CHECK (last_number >= 1));
+      INSERT INTO crl_numbers (cluster, last_number) SELECT cluster, number FROM cluster_crls;
+    `,
+  },
 ];
 
 export type Queryable = Pick<pg.PoolClient, 'query'>;

@@ -21,6 +21,8 @@ export const JoinTokenPayload = Type.Object({
   v: Type.Literal(1),
   /** Coordinator URL the agent may use if it was not given one. */
   url: Type.String(),
+  /** Every coordinator sharing the store, first = url (tokens of several coordinators only: older agents read url). */
+  urls: Type.Optional(Type.Array(Type.String(), { minItems: 1, maxItems: 16 })),
   cluster: Type.String(),
   node: Type.String(),
   /** Token id (public) and secret (hashed in the store). */
