@@ -10,8 +10,12 @@ import { ApiError } from './errors.ts';
 import { X509Error, type SubjectPublicKey } from '../shared/x509.ts';
 import type { WorkerReply, WorkerRequest } from './signing-worker.ts';
 
-/** Jobs submitted and not answered, over all workers, beyond which new ones are refused. */
-export const DEFAULT_MAX_QUEUE = 4096;
+/**
+ * Jobs submitted and not answered, over all workers, beyond which new ones are refused (503
+ * E_SIGNING_BUSY). Each is a request waiting (a CSR of a few kB): a storm of 10,000 agents
+ * renewing at once fits, a runaway does not grow the process without end.
+ */
+export const DEFAULT_MAX_QUEUE = 16_384;
 /** CAs one worker keeps; the least recently used is forgotten past it (2,500 clusters fit). */
 const MAX_CAS_PER_WORKER = 4096;
 
