@@ -1,0 +1,264 @@
+// One process of bench:fleet's simulated agents (bench/fleet.ts forks a few). Each agent has its
+// own key, enrols with its own join token and then runs the real agent's loop against the
+// coordinator over its own mTLS connections (undici, its identity certificate): long-poll the
+// desired state, report status after every answer (the heartbeat), at most one cycle a second,
+// and after a failure back off with the agent's own jittered backoff (agent/backoff.ts) and
+// ask again with wait=0. Nothing is applied: the bench measures the coordinator.
+// Events (a generation received, a long-poll held again, contact lost) go to the parent in
+// batches, each stamped with the wall clock when it happened (one clock for every process).
+import { Agent, request, type Dispatcher } from 'undici';
+import { backoffDelay, sleep } from '../agent/backoff.ts';
+import { createCsr } from '../shared/x509.ts';
+import { newKey, type KeyType } from './fleet-keys.ts';
+
+export interface AgentAssignment {
+  /** Index in the whole fleet. */
+  i: number;
+  cluster: string;
+  node: string;
+  token: string;
+  /** Source address for its connections ('' for the default). */
+  localAddress: string;
+}
+
+export type ToWorker =
+  | { type: 'init'; url: string; caPem: string; key: KeyType; agents: AgentAssignment[] }
+  | { type: 'enroll'; concurrency: number }
+  | { type: 'run' }
+  | { type: 'status'; reports: number }
+  | { type: 'storm-prepare' }
+  | { type: 'storm' }
+  | { type: 'stop' };
+
+/** [kind, agent index, generation, wall-clock ms]. gen: a new generation; up: a long-poll sent after a new generation or regained contact; down: contact lost. */
+export type FleetEvent = ['gen' | 'up' | 'down', number, number, number];
+
+export type FromWorker =
+  | { type: 'ready'; keygenMs: number }
+  | { type: 'enrolled'; latencies: number[]; start: number; end: number; failures: string[] }
+  | { type: 'ev'; ev: FleetEvent[] }
+  | { type: 'status-done'; latencies: number[]; start: number; end: number; codes: Record<string, number> }
+  | { type: 'storm-ready' }
+  | { type: 'storm-done'; latencies: number[]; start: number; end: number; codes: Record<string, number> }
+  | { type: 'counters'; codes: Record<string, number> }
+  | { type: 'stopped' };
+
+/** Wall clock with sub-millisecond resolution, comparable between processes. */
+export const wallMs = () => performance.timeOrigin + performance.now();
+
+interface SimAgent extends AgentAssignment {
+  keyPem: string;
+  certPem: string;
+  dispatcher: Dispatcher | null;
+  generation: number;
+  slots: string[];
+  failures: number;
+  /** In contact: the last call got an answer. */
+  up: boolean;
+  /** A long-poll is out since the last new generation (or since contact was regained). */
+  held: boolean;
+  storm: { slot: string; csr: string } | null;
+}
+
+let url = '';
+let caPem = '';
+let keyKind: KeyType = 'ecdsa-p256';
+let agents: SimAgent[] = [];
+const stop = new AbortController();
+/** Answers by status code in the loop (429s would mean the rate limiter throttles the bench). */
+const loopCodes: Record<string, number> = {};
+let pending: FleetEvent[] = [];
+
+const send = (m: FromWorker) => process.send!(m);
+function emit(e: FleetEvent): void {
+  pending.push(e);
+}
+setInterval(() => {
+  if (pending.length === 0) return;
+  send({ type: 'ev', ev: pending });
+  pending = [];
+}, 20).unref();
+
+function dispatcher(a: { localAddress: string }, identity?: { keyPem: string; certPem: string }): Dispatcher {
+  return new Agent({
+    connect: { ca: caPem, rejectUnauthorized: true, ...(identity ? { key: identity.keyPem, cert: identity.certPem } : {}), ...(a.localAddress ? { localAddress: a.localAddress } : {}) },
+    // As agent/client.ts: a long-poll may take its whole length before the headers arrive.
+    headersTimeout: 120_000,
+    bodyTimeout: 60_000,
+    connectTimeout: 10_000,
+  });
+}
+
+async function call(d: Dispatcher, method: 'GET' | 'POST', path: string, body?: unknown, signal?: AbortSignal): Promise<{ status: number; body: any }> { // eslint-disable-line @typescript-eslint/no-explicit-any
+  const res = await request(`${url}${path}`, { method, dispatcher: d, ...(body !== undefined ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } } : {}), ...(signal ? { signal } : {}) });
+  const text = await res.body.text();
+  return { status: res.statusCode, body: text && String(res.headers['content-type'] ?? '').includes('json') ? JSON.parse(text) : null };
+}
+
+/** Run `fn` over items with at most `n` in flight. */
+async function pool<T>(items: T[], n: number, fn: (x: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, async () => {
+    while (next < items.length) await fn(items[next++]!);
+  }));
+}
+
+const count = (codes: Record<string, number>, k: string | number) => (codes[k] = (codes[k] ?? 0) + 1);
+
+function report(a: SimAgent) {
+  const at = new Date().toISOString();
+  const certificates = a.slots.map((id, k) => ({ id, serial: `${(a.i + 1).toString(16)}0${k}`, notAfter: new Date(Date.now() + 80 * 86400e3).toISOString() }));
+  return {
+    generation: a.generation,
+    phase: 'converged',
+    errors: [],
+    files: [],
+    servedCertificate: certificates[0] ?? null,
+    certificates,
+    probes: [{ to: 'peer', role: 'replicator', ok: true, conninfo: 'host=10.0.0.1 sslmode=verify-full', tlsVersion: 'TLSv1.3', cipher: 'TLS_AES_256_GCM_SHA384', error: null, at }],
+    pendingRestart: [],
+    coordinatorReachable: true,
+    versions: { agent: 'bench-fleet', postgres: '15' },
+  };
+}
+
+/** The agent loop (agent/loop.ts run/pollOnce), minus the apply. */
+async function loop(a: SimAgent): Promise<void> {
+  while (!stop.signal.aborted) {
+    const started = Date.now();
+    const immediate = a.failures > 0;
+    let ok = false;
+    try {
+      if (!immediate && !a.held) {
+        a.held = true;
+        a.up = true;
+        emit(['up', a.i, a.generation, wallMs()]);
+      }
+      const r = await call(a.dispatcher!, 'GET', `/v1/agent/desired?after=${a.generation}${immediate ? '&wait=0' : ''}`, undefined, stop.signal);
+      count(loopCodes, r.status);
+      if (r.status === 200) {
+        a.generation = r.body.generation as number;
+        a.slots = (r.body.certificates as { id: string }[]).map((c) => c.id);
+        a.held = false;
+        emit(['gen', a.i, a.generation, wallMs()]);
+        ok = true;
+      } else if (r.status === 204) ok = true;
+      if (ok) {
+        // The heartbeat report after every answer (the real loop reconciles, then reports).
+        const s = await call(a.dispatcher!, 'POST', '/v1/agent/status', report(a), stop.signal).catch(() => null);
+        if (s) count(loopCodes, `status-${s.status}`);
+      }
+    } catch {
+      if (stop.signal.aborted) return;
+    }
+    if (ok) {
+      a.failures = 0;
+      const elapsed = Date.now() - started;
+      if (elapsed < 1000) await sleep(1000 - elapsed, stop.signal);
+    } else {
+      if (a.up) emit(['down', a.i, a.generation, wallMs()]);
+      a.up = false;
+      a.held = false;
+      const delay = backoffDelay(Math.min(a.failures, 30), Math.random);
+      a.failures += 1;
+      await sleep(delay, stop.signal);
+    }
+  }
+}
+
+process.on('message', (m: ToWorker) => {
+  void handle(m).catch((e: unknown) => {
+    console.error(`fleet worker ${process.pid}: ${(e as Error).stack ?? String(e)}`);
+    process.exit(1);
+  });
+});
+
+async function handle(m: ToWorker): Promise<void> {
+  switch (m.type) {
+    case 'init': {
+      ({ url, caPem } = m);
+      keyKind = m.key;
+      const t0 = performance.now();
+      agents = [];
+      // RSA keys come from OpenSSL's thread pool: a few at a time keeps the pool busy.
+      await pool(m.agents, 8, async (x) => {
+        agents.push({ ...x, keyPem: await newKey(keyKind), certPem: '', dispatcher: null, generation: 0, slots: [], failures: 0, up: false, held: false, storm: null });
+      });
+      agents.sort((p, q) => p.i - q.i);
+      send({ type: 'ready', keygenMs: performance.now() - t0 });
+      return;
+    }
+    case 'enroll': {
+      const latencies: number[] = [];
+      const failures: string[] = [];
+      // One connection per agent as a real agent makes (no shared keep-alive between agents).
+      const csrs = new Map(agents.map((a) => [a.i, createCsr(a.keyPem, 'whatever')]));
+      const start = wallMs();
+      await pool(agents, m.concurrency, async (a) => {
+        const d = dispatcher(a);
+        const t = wallMs();
+        try {
+          const r = await call(d, 'POST', '/v1/agent/enroll', { token: a.token, csr: csrs.get(a.i) });
+          if (r.status !== 200) failures.push(`${a.cluster}/${a.node}: ${r.status} ${JSON.stringify(r.body)}`);
+          else a.certPem = r.body.certificate as string;
+        } catch (e) {
+          failures.push(`${a.cluster}/${a.node}: ${(e as Error).message}`);
+        } finally {
+          latencies.push(wallMs() - t);
+          await d.destroy();
+        }
+      });
+      send({ type: 'enrolled', latencies, start, end: wallMs(), failures });
+      return;
+    }
+    case 'run':
+      for (const a of agents) {
+        a.dispatcher = dispatcher(a, a);
+        void loop(a);
+      }
+      return;
+    case 'status': {
+      const latencies: number[] = [];
+      const codes: Record<string, number> = {};
+      const start = wallMs();
+      await Promise.all(agents.map(async (a) => {
+        for (let k = 0; k < m.reports; k++) {
+          const t = wallMs();
+          const r = await call(a.dispatcher!, 'POST', '/v1/agent/status', report(a)).catch((e: Error) => ({ status: e.message }));
+          latencies.push(wallMs() - t);
+          count(codes, r.status);
+        }
+      }));
+      send({ type: 'status-done', latencies, start, end: wallMs(), codes });
+      return;
+    }
+    case 'storm-prepare':
+      // New keys and CSRs before the storm: what is timed is the coordinator, not key generation.
+      await pool(agents, 8, async (a) => {
+        const slot = process.env.FLEET_STORM_SLOT ?? a.slots[0] ?? 'identity';
+        a.storm = { slot, csr: createCsr(await newKey(keyKind), 'renewal') };
+      });
+      send({ type: 'storm-ready' });
+      return;
+    case 'storm': {
+      const latencies: number[] = [];
+      const codes: Record<string, number> = {};
+      const start = wallMs();
+      await Promise.all(agents.map(async (a) => {
+        const t = wallMs();
+        const r = await call(a.dispatcher!, 'POST', '/v1/agent/csr', a.storm!).catch((e: Error) => ({ status: e.message }));
+        latencies.push(wallMs() - t);
+        count(codes, r.status);
+      }));
+      send({ type: 'storm-done', latencies, start, end: wallMs(), codes });
+      return;
+    }
+    case 'stop':
+      stop.abort();
+      send({ type: 'counters', codes: loopCodes });
+      await Promise.all(agents.map((a) => a.dispatcher?.destroy().catch(() => undefined)));
+      send({ type: 'stopped' });
+      process.disconnect();
+      return;
+  }
+}

@@ -1,0 +1,525 @@
+// npm run bench:fleet: a real coordinator process (`pgaccord coordinator`, embedded store, as
+// the product starts it) and N simulated agents in FLEET_PROCS processes (bench/fleet-agent-
+// worker.ts), each agent with its own key, its own join token and its own mTLS connections.
+// Measures, in order:
+//   enrol       every agent enrols with its join token at once (FLEET_ENROLL_CONCURRENCY in
+//               flight per process): agents/s
+//   first       the agents start their loops: every first desired state, every long-poll held
+//   fanout      FLEET_CHANGES rounds of a PUT to every cluster (an HBA rule): from each PUT to
+//               each of that cluster's agents holding the new generation, p50/p99/max
+//   status      every agent posts FLEET_REPORTS status reports back to back: reports/s
+//   storm       every agent posts a CSR (its first slot; FLEET_STORM_SLOT=identity for the
+//               identity) at once: CSR latency, a probe agent's desired round trip (wait=0)
+//               and the fan-out of one PUT made while it is signed
+//   restart     SIGTERM the coordinator, start it again on the same data dir: until every
+//               agent holds a long-poll again, and the coordinator's CPU seconds meanwhile
+//   rss         the coordinator's VmRSS idle (clusters made, no agent), with every long-poll
+//               held, after the changes, after the storm; VmHWM (peak) of each process
+// Shapes: FLEET_CLUSTERS x FLEET_NODES (default 50 x 4), FLEET_PROFILE (pgd,
+// timescaledb-multinode, streaming, pg-auto-failover). FLEET_KEY=ec|rsa (agents' keys),
+// FLEET_TLS_KEY (the coordinator's --tls-key-type, when it has the flag). Last line: JSON.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { chmod, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { X509Certificate } from 'node:crypto';
+import { Agent, request, type Dispatcher } from 'undici';
+import { freePort } from '../shared/pgserver.ts';
+import type { ClusterSpec, ProfileName } from '../shared/schema.ts';
+import { PROFILES } from '../shared/profiles.ts';
+import { PACKAGE_ROOT } from '../shared/version.ts';
+import { createCsr } from '../shared/x509.ts';
+import { keyType, newKey } from './fleet-keys.ts';
+import { wallMs, type AgentAssignment, type FleetEvent, type FromWorker, type ToWorker } from './fleet-agent-worker.ts';
+
+const env = (name: string, dflt: number) => {
+  const v = process.env[name];
+  const n = v === undefined || v === '' ? dflt : Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${name}: "${v}" is not a non-negative integer`);
+  return n;
+};
+const CLUSTERS = env('FLEET_CLUSTERS', 50);
+const NODES = env('FLEET_NODES', 4);
+const PROFILE = (process.env.FLEET_PROFILE ?? 'pgd') as ProfileName;
+if (!(PROFILE in PROFILES)) throw new Error(`FLEET_PROFILE: "${PROFILE}" is not one of ${Object.keys(PROFILES).join(', ')}`);
+const PROCS = Math.max(1, Math.min(env('FLEET_PROCS', availableParallelism()), CLUSTERS * NODES));
+const KEY = keyType(process.env.FLEET_KEY);
+const CHANGES = env('FLEET_CHANGES', 3);
+const REPORTS = env('FLEET_REPORTS', 5);
+const ENROLL_CONCURRENCY = Math.max(1, env('FLEET_ENROLL_CONCURRENCY', 16));
+const PUT_CONCURRENCY = Math.max(1, env('FLEET_PUT_CONCURRENCY', 8));
+const LOG_LEVEL = process.env.FLEET_LOG_LEVEL ?? 'info';
+const TIMEOUT_MS = env('FLEET_TIMEOUT_S', 600) * 1000;
+const AGENTS = CLUSTERS * NODES;
+// Loopback source addresses: one 127.0.0.1 -> coordinator pair has ~28k ephemeral ports, and a
+// big fleet holds up to two connections per agent plus the enrolment connections in TIME_WAIT.
+const SOURCES = env('FLEET_SOURCE_ADDRS', AGENTS > 3000 ? Math.ceil(AGENTS / 2500) : 1);
+const PGACCORD = join(PACKAGE_ROOT, 'bin', 'pgaccord.mjs');
+const PROBES = 8;
+
+if (!(CLUSTERS >= 1 && NODES >= 1)) throw new Error('FLEET_CLUSTERS and FLEET_NODES must be >= 1');
+const log = (line: string) => process.stderr.write(`${new Date().toISOString().slice(11, 23)} ${line}\n`);
+
+// --- the coordinator process ---------------------------------------------------------------------
+
+/** dist/ is what `pgaccord` runs: rebuilt first when a source is newer (as bin/run-tests.mjs does). */
+function ensureBuilt(): void {
+  const newest = (p: string): number => {
+    if (!existsSync(p)) return 0;
+    const st = statSync(p);
+    return st.isDirectory() ? Math.max(0, ...readdirSync(p).map((f) => newest(join(p, f)))) : p.endsWith('.ts') ? st.mtimeMs : 0;
+  };
+  const main = join(PACKAGE_ROOT, 'dist', 'bin', 'main.js');
+  const built = existsSync(main) ? statSync(main).mtimeMs : 0;
+  if (built >= Math.max(...['agent', 'coordinator', 'shared', 'bin'].map((d) => newest(join(PACKAGE_ROOT, d))))) return;
+  log('dist/ is older than the sources: npm run build');
+  const b = spawnSync('npm', ['run', '--silent', 'build'], { cwd: PACKAGE_ROOT, stdio: ['ignore', 2, 2] });
+  if (b.status !== 0 && !existsSync(main)) throw new Error('npm run build failed');
+}
+
+/** Open files allowed (soft, hard) from /proc/self/limits: Node has no getrlimit. */
+function nofile(): { soft: number; hard: number } {
+  const m = /^Max open files\s+(\S+)\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+  const n = (s: string | undefined) => (s === 'unlimited' ? Infinity : Number(s));
+  return { soft: n(m?.[1]), hard: n(m?.[2]) };
+}
+
+/** Children run with the soft open-file limit raised to the hard one (sh's ulimit; Node has no setrlimit). */
+function spawnRaised(args: string[], stdio: ('ignore' | 'inherit' | 'ipc' | number)[]): ChildProcess {
+  return spawn('/bin/sh', ['-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'sh', process.execPath, ...args], { stdio, cwd: PACKAGE_ROOT });
+}
+
+function coordinatorHelp(): string {
+  const r = spawnSync(process.execPath, [PGACCORD, 'coordinator', '--help'], { encoding: 'utf8' });
+  return `${r.stdout}${r.stderr}`;
+}
+
+interface Coordinator {
+  child: ChildProcess;
+  pid: number;
+  startedAt: number;
+  exited: Promise<unknown>;
+}
+
+async function startCoordinatorProcess(dataDir: string, port: number, flags: string[], logFile: string): Promise<Coordinator> {
+  const fd = openSync(logFile, 'a');
+  const startedAt = wallMs();
+  const child = spawnRaised([PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--log-level', LOG_LEVEL, ...flags], ['ignore', fd, fd]);
+  closeSync(fd);
+  const exited = once(child, 'exit');
+  return { child, pid: child.pid!, startedAt, exited };
+}
+
+/** Until /healthz answers over TLS (the CA is on disk once the data dir is made). */
+async function waitReady(c: Coordinator, dataDir: string, url: string): Promise<number> {
+  const deadline = Date.now() + 120_000;
+  let d: Dispatcher | null = null;
+  try {
+    while (Date.now() < deadline) {
+      if (c.child.exitCode !== null) throw new Error(`coordinator exited with ${c.child.exitCode}: see its log`);
+      if (!d && existsSync(join(dataDir, 'ca.crt'))) d = new Agent({ connect: { ca: readFileSync(join(dataDir, 'ca.crt'), 'utf8') } });
+      if (d) {
+        const ok = await request(`${url}/healthz`, { dispatcher: d }).then(async (r) => (await r.body.text(), r.statusCode === 200), () => false);
+        if (ok) return wallMs();
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  } finally {
+    await d?.destroy();
+  }
+  throw new Error('coordinator not ready in 120 s');
+}
+
+function procStatus(pid: number): { rssMb: number; hwmMb: number } {
+  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB$`, 'm').exec(s)?.[1] ?? NaN);
+  return { rssMb: Math.round(kb('VmRSS') / 102.4) / 10, hwmMb: Math.round(kb('VmHWM') / 102.4) / 10 };
+}
+
+const TICK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+/** User + system CPU seconds of a process (/proc/PID/stat utime + stime). */
+function cpuSeconds(pid: number): number {
+  const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / TICK;
+}
+
+/** CPU seconds of the embedded store: its postmaster, its live backends and the ones it reaped. */
+function storeCpuSeconds(dataDir: string): number | null {
+  let postmaster: number;
+  try {
+    postmaster = Number(readFileSync(join(dataDir, 'pg', 'data', 'postmaster.pid'), 'utf8').split('\n')[0]);
+  } catch {
+    return null;
+  }
+  let total = 0;
+  for (const p of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+    try {
+      const s = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+      if (Number(p) === postmaster) total += (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / TICK;
+      else if (Number(f[1]) === postmaster) total += (Number(f[11]) + Number(f[12])) / TICK;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return Math.round(total * 100) / 100;
+}
+
+// --- figures -------------------------------------------------------------------------------------
+
+function pct(values: number[]): { n: number; p50: number; p99: number; max: number } {
+  const v = [...values].sort((a, b) => a - b);
+  const at = (q: number) => v[Math.min(v.length - 1, Math.max(0, Math.ceil(q * v.length) - 1))] ?? NaN;
+  const r = (x: number) => Math.round(x * 10) / 10;
+  return { n: v.length, p50: r(at(0.5)), p99: r(at(0.99)), max: r(v.at(-1) ?? NaN) };
+}
+const secs = (ms: number) => Math.round(ms / 10) / 100;
+
+// --- cluster specs -------------------------------------------------------------------------------
+
+/** The first node is the profile's first kind (primary, monitor, access node), the others its last. */
+function kindOf(profile: ProfileName, i: number): string {
+  const { kinds } = PROFILES[profile];
+  return i === 0 ? kinds[0]! : kinds.at(-1)!;
+}
+
+/** 10.x.y.z of a number: an address of its own for every node of the fleet. */
+const ip = (n: number) => `10.${(n >> 16) & 255}.${(n >> 8) & 255}.${n & 255}`;
+
+function spec(name: string, c: number, nodes: number, profile: ProfileName, change: number): ClusterSpec {
+  return {
+    name,
+    profile,
+    auth: 'cert',
+    tls: { sslmode: 'verify-full', certLifetime: '90d', keyType: KEY },
+    nodes: Array.from({ length: nodes }, (_, i) => ({ name: `n${i}`, host: `n${i}.${name}.fleet.test`, address: ip(c * nodes + i + 1), port: 5432, kind: kindOf(profile, i) })),
+    // The change of each round: one HBA rule that differs (a new generation, same shape).
+    ...(change > 0 ? { hba: [{ type: 'hostssl' as const, database: 'postgres', user: 'fleet_bench', address: `10.250.${change % 256}.0/24`, method: 'reject' as const }] } : {}),
+  };
+}
+
+// --- the run -------------------------------------------------------------------------------------
+
+const base = await mkdtemp(join(tmpdir(), 'pgaccord-fleet-'));
+// As root the embedded store runs as its own OS user, which must reach its directory below this.
+await chmod(base, 0o711);
+const dataDir = join(base, 'coordinator');
+const logFile = join(base, 'coordinator.log');
+const workers: { child: ChildProcess; agents: AgentAssignment[] }[] = [];
+let coordinator: Coordinator | null = null;
+let admin: Dispatcher | null = null;
+const probes: { d: Dispatcher; gen: number }[] = [];
+
+try {
+  ensureBuilt();
+  const help = coordinatorHelp();
+  const has = (flag: string) => help.includes(flag);
+  const flags: string[] = [];
+  const notes: string[] = [];
+  if (process.env.FLEET_TLS_KEY) {
+    if (!has('--tls-key-type')) throw new Error('FLEET_TLS_KEY: this coordinator has no --tls-key-type');
+    flags.push('--tls-key-type', process.env.FLEET_TLS_KEY);
+  }
+  // Two connections per agent at most (its long-poll, a report or CSR beside it), and the probes.
+  const connections = 2 * AGENTS + 100;
+  if (has('--max-connections')) flags.push('--max-connections', String(connections));
+  else if (AGENTS + PROBES + 10 > 1000) notes.push(`the coordinator has no --max-connections: its limit (1000, coordinator/server.ts DEFAULT_MAX_CONNECTIONS) is below ${AGENTS} agents' long-polls`);
+  if (has('--agent-rate-limit') && process.env.FLEET_RATE_LIMIT) flags.push('--agent-rate-limit', process.env.FLEET_RATE_LIMIT);
+  const files = nofile();
+  const perWorker = Math.ceil((2 * AGENTS) / PROCS) + 200;
+  if (files.hard < connections + 200 || files.hard < perWorker) {
+    notes.push(`open files: hard limit ${files.hard}, the coordinator needs about ${connections + 200} and each agent process ${perWorker}: raise it first (as root: ulimit -Hn ${2 * (connections + 200)}; ulimit -n ${2 * (connections + 200)})`);
+  }
+  for (const n of notes) log(`WARNING: ${n}`);
+
+  const port = await freePort();
+  const url = `https://127.0.0.1:${port}`;
+  coordinator = await startCoordinatorProcess(dataDir, port, flags, logFile);
+  await waitReady(coordinator, dataDir, url);
+  const caPem = await readFile(join(dataDir, 'ca.crt'), 'utf8');
+  const serverKey = new X509Certificate(await readFile(join(dataDir, 'server.crt'), 'utf8')).publicKey;
+  const tlsKey = serverKey.asymmetricKeyType === 'ec' ? `ec-${serverKey.asymmetricKeyDetails?.namedCurve}` : `${serverKey.asymmetricKeyType}-${serverKey.asymmetricKeyDetails?.modulusLength}`;
+  const token = (await readFile(join(dataDir, 'admin.token'), 'utf8')).trim();
+  admin = new Agent({ connect: { ca: caPem }, connections: PUT_CONCURRENCY + 2 });
+  const api = async (method: 'GET' | 'PUT' | 'POST', path: string, body?: unknown) => {
+    const r = await request(`${url}${path}`, { method, dispatcher: admin!, headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) }, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
+    const text = await r.body.text();
+    if (r.statusCode >= 300) throw new Error(`${method} ${path}: ${r.statusCode} ${text}`);
+    return text ? JSON.parse(text) : null;
+  };
+  const parallel = async <T>(items: T[], n: number, fn: (x: T) => Promise<void>) => {
+    let next = 0;
+    await Promise.all(Array.from({ length: Math.min(n, items.length) }, async () => {
+      while (next < items.length) await fn(items[next++]!);
+    }));
+  };
+  const rss: Record<string, number> = { started: procStatus(coordinator.pid).rssMb };
+  log(`coordinator ${coordinator.pid} at ${url} (TLS key ${tlsKey}); ${CLUSTERS} x ${NODES} ${PROFILE}, ${AGENTS} agents in ${PROCS} processes, ${KEY} keys`);
+
+  // Clusters and join tokens through the admin API.
+  const clusterNames = Array.from({ length: CLUSTERS }, (_, c) => `c${c}`);
+  const generation = new Map<string, number>();
+  let t = wallMs();
+  await parallel(clusterNames.map((n, c) => [n, c] as const), PUT_CONCURRENCY, async ([n, c]) => {
+    generation.set(n, (await api('PUT', `/v1/clusters/${n}`, spec(n, c, NODES, PROFILE, 0))).generation);
+  });
+  await api('PUT', '/v1/clusters/fleet-probe', { ...spec('fleet-probe', 65535, PROBES, 'streaming', 0) });
+  const assignments: AgentAssignment[] = [];
+  const slots = clusterNames.flatMap((cluster) => Array.from({ length: NODES }, (_, i) => ({ cluster, node: `n${i}` })));
+  await parallel(slots.map((s, i) => ({ ...s, i })), PUT_CONCURRENCY, async (s) => {
+    const tok = await api('POST', `/v1/clusters/${s.cluster}/nodes/${s.node}/tokens`, {});
+    assignments[s.i] = { i: s.i, cluster: s.cluster, node: s.node, token: tok.token, localAddress: SOURCES > 1 ? `127.0.0.${2 + (s.i % SOURCES)}` : '' };
+  });
+  const setupS = secs(wallMs() - t);
+  rss.idle = procStatus(coordinator.pid).rssMb;
+  log(`clusters and ${AGENTS} join tokens made in ${setupS} s; coordinator idle ${rss.idle} MB`);
+
+  // Probe agents: a cluster of their own, enrolled here; they ask desired with wait=0 (a round trip).
+  for (let i = 0; i < PROBES; i++) {
+    const tok = await api('POST', `/v1/clusters/fleet-probe/nodes/n${i}/tokens`, {});
+    const keyPem = await newKey(KEY);
+    const anon = new Agent({ connect: { ca: caPem } });
+    const r = await request(`${url}/v1/agent/enroll`, { method: 'POST', dispatcher: anon, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: tok.token, csr: createCsr(keyPem, 'probe') }) });
+    const body = (await r.body.json()) as { certificate: string };
+    await anon.destroy();
+    probes.push({ d: new Agent({ connect: { ca: caPem, key: keyPem, cert: body.certificate } }), gen: 0 });
+  }
+  let probeTurn = 0;
+  const probeOnce = async (): Promise<number> => {
+    const p = probes[probeTurn++ % PROBES]!;
+    const t0 = wallMs();
+    const r = await request(`${url}/v1/agent/desired?after=${p.gen}&wait=0`, { dispatcher: p.d });
+    const text = await r.body.text();
+    if (r.statusCode === 200) p.gen = (JSON.parse(text) as { generation: number }).generation;
+    else if (r.statusCode === 429) return NaN; // throttled: counted apart, not a latency
+    else if (r.statusCode !== 204) throw new Error(`probe: ${r.statusCode} ${text}`);
+    return wallMs() - t0;
+  };
+  for (let i = 0; i < PROBES; i++) await probeOnce(); // each learns its generation
+  const probeIdle: number[] = [];
+  for (let i = 0; i < 20; i++) probeIdle.push(await probeOnce());
+
+  // Agent processes.
+  const gen = new Int32Array(AGENTS);
+  const genAt = new Float64Array(AGENTS);
+  const up = new Uint8Array(AGENTS);
+  const upAt = new Float64Array(AGENTS);
+  const downAt = new Float64Array(AGENTS);
+  const onEvents = (ev: FleetEvent[]) => {
+    for (const [kind, i, g, at] of ev) {
+      if (kind === 'gen') {
+        gen[i] = g;
+        genAt[i] = at;
+      } else if (kind === 'up') {
+        up[i] = 1;
+        upAt[i] = at;
+      } else {
+        up[i] = 0;
+        downAt[i] = at;
+      }
+    }
+  };
+  const inbox: FromWorker[][] = [];
+  for (let w = 0; w < PROCS; w++) {
+    const mine = assignments.filter((a) => a.i % PROCS === w);
+    const child = spawnRaised(['--max-old-space-size=8192', '--import', 'tsx', join(PACKAGE_ROOT, 'bench', 'fleet-agent-worker.ts')], ['ignore', 'inherit', 'inherit', 'ipc']);
+    inbox.push([]);
+    child.on('message', (m: FromWorker) => (m.type === 'ev' ? onEvents(m.ev) : inbox[w]!.push(m)));
+    child.on('exit', (code) => {
+      if (code !== 0 && code !== null) log(`agent process ${w} exited with ${code}`);
+    });
+    workers.push({ child, agents: mine });
+  }
+  const broadcast = (m: ToWorker) => workers.forEach((w) => w.child.send(m));
+  const gather = async <K extends FromWorker['type']>(type: K): Promise<Extract<FromWorker, { type: K }>[]> => {
+    const deadline = Date.now() + TIMEOUT_MS;
+    for (;;) {
+      if (inbox.every((q) => q.some((m) => m.type === type))) {
+        return inbox.map((q) => q.splice(q.findIndex((m) => m.type === type), 1)[0] as Extract<FromWorker, { type: K }>);
+      }
+      if (workers.some((w) => w.child.exitCode !== null)) throw new Error(`an agent process exited while waiting for "${type}"`);
+      if (Date.now() > deadline) throw new Error(`agent processes: no "${type}" in ${TIMEOUT_MS / 1000} s`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  const until = async (what: string, done: () => boolean) => {
+    const deadline = Date.now() + TIMEOUT_MS;
+    while (!done()) {
+      if (Date.now() > deadline) throw new Error(`${what}: not within ${TIMEOUT_MS / 1000} s`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return wallMs();
+  };
+  const allAgents = Array.from({ length: AGENTS }, (_, i) => i);
+
+  workers.forEach((w) => w.child.send({ type: 'init', url, caPem, key: KEY, agents: w.agents } satisfies ToWorker));
+  const ready = await gather('ready');
+  log(`${AGENTS} ${KEY} keys made in ${secs(Math.max(...ready.map((r) => r.keygenMs)))} s`);
+
+  // Enrolment.
+  broadcast({ type: 'enroll', concurrency: ENROLL_CONCURRENCY });
+  const enrolled = await gather('enrolled');
+  const failures = enrolled.flatMap((e) => e.failures);
+  if (failures.length > 0) throw new Error(`${failures.length} enrolments failed, e.g. ${failures.slice(0, 3).join('; ')}`);
+  const enrolS = (Math.max(...enrolled.map((e) => e.end)) - Math.min(...enrolled.map((e) => e.start))) / 1000;
+  const enrol = { agents_per_s: Math.round(AGENTS / enrolS), wall_s: Math.round(enrolS * 100) / 100, latency_ms: pct(enrolled.flatMap((e) => e.latencies)) };
+  log(`enrolment: ${enrol.agents_per_s} agents/s (${enrol.wall_s} s), latency p50 ${enrol.latency_ms.p50} ms p99 ${enrol.latency_ms.p99} ms`);
+
+  // The loops: every first desired state, every long-poll held.
+  t = wallMs();
+  broadcast({ type: 'run' });
+  const firstAll = await until('first desired states', () => allAgents.every((i) => gen[i]! >= 1));
+  // Held: each has sent its long-poll after the first answer (and its report).
+  const heldAll = await until('long-polls held', () => allAgents.every((i) => up[i] === 1 && upAt[i]! > genAt[i]!));
+  const first = { first_desired_s: secs(firstAll - t), first_desired_ms: pct(allAgents.map((i) => genAt[i]! - t)), all_long_polls_s: secs(heldAll - t) };
+  await new Promise((r) => setTimeout(r, 2000)); // let the reports after the first answers drain
+  rss.long_polls = procStatus(coordinator.pid).rssMb;
+  log(`first desired states: all in ${first.first_desired_s} s (p50 ${first.first_desired_ms.p50} ms), all long-polls held at ${first.all_long_polls_s} s; coordinator ${rss.long_polls} MB`);
+
+  // Fan-out of changes.
+  const byCluster = new Map<string, number[]>(clusterNames.map((n) => [n, []]));
+  assignments.forEach((a) => byCluster.get(a.cluster)!.push(a.i));
+  const fanout: number[] = [];
+  const putMs: number[] = [];
+  const fanoutWall: number[] = [];
+  // An agent is ready for the next change once its long-poll is out again (a cycle lasts >= 1 s).
+  const settled = () => until('agents back on long-poll', () => allAgents.every((i) => up[i] === 1 && upAt[i]! > genAt[i]!));
+  for (let round = 1; round <= CHANGES; round++) {
+    await settled();
+    const r0 = wallMs();
+    const waits: Promise<unknown>[] = [];
+    await parallel(clusterNames.map((n, c) => [n, c] as const), PUT_CONCURRENCY, async ([n, c]) => {
+      const t0 = wallMs();
+      const g = (await api('PUT', `/v1/clusters/${n}`, spec(n, c, NODES, PROFILE, round))).generation as number;
+      putMs.push(wallMs() - t0);
+      generation.set(n, g);
+      const members = byCluster.get(n)!;
+      waits.push(until(`fan-out of ${n} generation ${g}`, () => members.every((i) => gen[i]! >= g)).then(() => members.forEach((i) => fanout.push(genAt[i]! - t0))));
+    });
+    await Promise.all(waits);
+    fanoutWall.push(wallMs() - r0);
+  }
+  rss.after_change = procStatus(coordinator.pid).rssMb;
+  const fan = { changes: CHANGES * CLUSTERS, latency_ms: pct(fanout), put_ms: pct(putMs), round_s: fanoutWall.map(secs) };
+  log(`fan-out: p50 ${fan.latency_ms.p50} ms, p99 ${fan.latency_ms.p99} ms, max ${fan.latency_ms.max} ms (PUT p50 ${fan.put_ms.p50} ms); coordinator ${rss.after_change} MB`);
+
+  // Status report throughput.
+  await settled();
+  broadcast({ type: 'status', reports: REPORTS });
+  const st = await gather('status-done');
+  const stS = (Math.max(...st.map((s) => s.end)) - Math.min(...st.map((s) => s.start))) / 1000;
+  const codes = (xs: { codes: Record<string, number> }[]) => xs.reduce<Record<string, number>>((acc, x) => {
+    for (const [k, v] of Object.entries(x.codes)) acc[k] = (acc[k] ?? 0) + v;
+    return acc;
+  }, {});
+  const status = { reports: AGENTS * REPORTS, reports_per_s: Math.round((AGENTS * REPORTS) / stS), latency_ms: pct(st.flatMap((s) => s.latencies)), codes: codes(st) };
+  log(`status reports: ${status.reports_per_s}/s, p99 ${status.latency_ms.p99} ms, codes ${JSON.stringify(status.codes)}`);
+
+  // Renewal storm, with a probe's round trips and one PUT while it is signed.
+  await settled();
+  broadcast({ type: 'storm-prepare' });
+  await gather('storm-ready');
+  await settled();
+  const stormProbe: number[] = [];
+  let storming = true;
+  const prober = (async () => {
+    while (storming) {
+      stormProbe.push(await probeOnce());
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  })();
+  const tStorm = wallMs();
+  broadcast({ type: 'storm' });
+  await new Promise((r) => setTimeout(r, 20));
+  const midCluster = clusterNames[0]!;
+  const tPut = wallMs();
+  const midGen = (await api('PUT', `/v1/clusters/${midCluster}`, spec(midCluster, 0, NODES, PROFILE, CHANGES + 1))).generation as number;
+  const midPutMs = wallMs() - tPut;
+  const midMembers = byCluster.get(midCluster)!;
+  const storm = await gather('storm-done');
+  const stormEnd = Math.max(...storm.map((s) => s.end));
+  await until('fan-out during the storm', () => midMembers.every((i) => gen[i]! >= midGen));
+  storming = false;
+  await prober;
+  rss.after_storm = procStatus(coordinator.pid).rssMb;
+  const stormS = (stormEnd - tStorm) / 1000;
+  const renewal = {
+    csrs: AGENTS,
+    slot: process.env.FLEET_STORM_SLOT ?? 'first slot of the node',
+    wall_s: Math.round(stormS * 100) / 100,
+    csr_per_s: Math.round(AGENTS / stormS),
+    csr_latency_ms: pct(storm.flatMap((s) => s.latencies)),
+    codes: codes(storm),
+    probe_round_trip_ms: pct(stormProbe.filter((x) => !Number.isNaN(x))),
+    probes_throttled: stormProbe.filter((x) => Number.isNaN(x)).length,
+    probe_round_trip_idle_ms: pct(probeIdle),
+    put_during_ms: Math.round(midPutMs),
+    fanout_during_ms: pct(midMembers.map((i) => genAt[i]! - tPut)),
+  };
+  log(`renewal storm: ${AGENTS} CSRs in ${renewal.wall_s} s (${renewal.csr_per_s}/s), CSR p99 ${renewal.csr_latency_ms.p99} ms; probe p99 ${renewal.probe_round_trip_ms.p99} ms (idle ${renewal.probe_round_trip_idle_ms.p99}); PUT during ${renewal.put_during_ms} ms, fan-out max ${renewal.fanout_during_ms.max} ms`);
+
+  // Restart storm.
+  await settled();
+  const hwmFirst = procStatus(coordinator.pid).hwmMb;
+  const tTerm = wallMs();
+  coordinator.child.kill('SIGTERM');
+  await coordinator.exited;
+  const tExit = wallMs();
+  coordinator = await startCoordinatorProcess(dataDir, port, flags, logFile);
+  const tReady = await waitReady(coordinator, dataDir, url);
+  const cpuReady = cpuSeconds(coordinator.pid);
+  const backAll = await until('every agent back on long-poll', () => allAgents.every((i) => downAt[i]! > tTerm && up[i] === 1 && upAt[i]! > downAt[i]!));
+  const cpuBack = cpuSeconds(coordinator.pid);
+  const storeCpu1 = storeCpuSeconds(dataDir);
+  const back = allAgents.map((i) => upAt[i]! - coordinator!.startedAt);
+  await new Promise((r) => setTimeout(r, 2000));
+  rss.after_restart = procStatus(coordinator.pid).rssMb;
+  const restart = {
+    stop_s: secs(tExit - tTerm),
+    start_to_ready_s: secs(tReady - coordinator.startedAt),
+    all_long_polls_s: secs(backAll - coordinator.startedAt),
+    all_long_polls_since_sigterm_s: secs(backAll - tTerm),
+    back_ms: pct(back),
+    cpu_s_to_ready: Math.round(cpuReady * 100) / 100,
+    cpu_s_to_all_back: Math.round(cpuBack * 100) / 100,
+    store_cpu_s_to_all_back: storeCpu1,
+  };
+  log(`restart: stopped in ${restart.stop_s} s, ready ${restart.start_to_ready_s} s after start, every agent back on long-poll ${restart.all_long_polls_s} s after start (${restart.all_long_polls_since_sigterm_s} s after SIGTERM); CPU ${restart.cpu_s_to_all_back} s (${restart.cpu_s_to_ready} s to ready)`);
+
+  // Agent processes' own memory, then stop them.
+  const workerRss = workers.map((w) => procStatus(w.child.pid!).rssMb);
+  broadcast({ type: 'stop' });
+  const loopCodes = codes(await gather('counters'));
+  await gather('stopped');
+  const hwmSecond = procStatus(coordinator.pid).hwmMb;
+
+  const figures = {
+    shape: { clusters: CLUSTERS, nodes: NODES, profile: PROFILE, agents: AGENTS, processes: PROCS, agent_key: KEY, coordinator_tls_key: tlsKey, source_addresses: SOURCES, long_poll_s: 'default', log_level: LOG_LEVEL },
+    machine: { cores: availableParallelism(), node: process.version },
+    setup_s: setupS,
+    enrol,
+    first,
+    fanout: fan,
+    status,
+    renewal_storm: renewal,
+    restart,
+    coordinator_rss_mb: { ...rss, hwm_first_process: hwmFirst, hwm_after_restart: hwmSecond },
+    agent_process_rss_mb: workerRss,
+    loop_answers: loopCodes,
+    notes,
+  };
+  console.log(JSON.stringify(figures));
+} finally {
+  for (const w of workers) if (w.child.exitCode === null) w.child.kill('SIGTERM');
+  await Promise.all(probes.map((p) => p.d.destroy().catch(() => undefined)));
+  await admin?.destroy().catch(() => undefined);
+  if (coordinator && coordinator.child.exitCode === null) {
+    coordinator.child.kill('SIGTERM');
+    await coordinator.exited;
+  }
+  if (process.env.FLEET_KEEP) log(`kept ${base} (coordinator log: ${logFile})`);
+  else await rm(base, { recursive: true, force: true });
+}
