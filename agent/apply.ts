@@ -197,8 +197,12 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   let roles: StagedRoles = NO_ROLE_CHANGES;
   let served;
   let reloaded;
+  // A password rotation: the passfile(s) and the verifiers switch together at the rotation
+  // instant, on every node at once; the rest is staged and proved before it.
+  const switchAt = passwordSwitchAt(input.desired);
+  const deferred = switchAt === null ? [] : plan.files.filter((f) => f.key === 'passfile');
   try {
-    await installAll(run);
+    await installAll(run, plan.files.filter((f) => !deferred.includes(f)));
     clock.lap('install');
     await validate(run);
     roles = info.inRecovery ? NO_ROLE_CHANGES : await stageRoles(session, input.desired);
@@ -206,7 +210,15 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
     reloaded = await reloadIfNeeded(run);
     clock.lap('reload');
     served = await prove(run);
-    await roles.commit();
+    clock.lap('prove');
+    if (switchAt !== null) {
+      const waitMs = Math.min(MAX_SWITCH_WAIT_MS, switchAt - Date.now());
+      if (waitMs > 0) await new Promise((r) => setTimeout(r, waitMs));
+      clock.lap('wait');
+      await installAll(run, deferred);
+      await roles.commit();
+      log.info({ lateMs: Math.max(0, Date.now() - switchAt), waitedMs: Math.max(0, waitMs) }, 'password rotation: passfile and verifiers switched at the rotation instant');
+    } else await roles.commit();
     clock.lap('prove');
     if (roles.actions.length > 0) log.info({ actions: roles.actions }, 'roles changed');
   } catch (e) {
@@ -378,9 +390,19 @@ function installGroups<F extends { group?: string }>(files: F[]): F[][] {
   return out;
 }
 
-async function installAll(run: Run): Promise<void> {
+/** The longest an apply waits for a rotation instant (a coordinator clock far ahead must not stall the node). */
+const MAX_SWITCH_WAIT_MS = 10_000;
+
+/** The rotation instant of a desired state, ms since the epoch, or null. */
+export function passwordSwitchAt(desired: { passwordsAt?: string }): number | null {
+  if (desired.passwordsAt === undefined) return null;
+  const at = Date.parse(desired.passwordsAt);
+  return Number.isNaN(at) ? null : at;
+}
+
+async function installAll(run: Run, files = run.plan.files): Promise<void> {
   const { uid, gid } = run.ctx.serverOsUser;
-  for (const group of installGroups(run.plan.files)) {
+  for (const group of installGroups(files)) {
     const specs = group.map((f) => {
       const snap = run.snapshots.get(f.path)!;
       // postgresql.conf keeps its own owner and mode: we only append one line to it.

@@ -93,6 +93,9 @@ interface Answer {
 /** Answers that say "this coordinator cannot serve now", not "the request is wrong": try another. */
 const FAILOVER_STATUSES = new Set([502, 503, 504]);
 
+/** Sent with every long-poll: passwords-at, this agent applies NodeDesired.passwordsAt. */
+export const AGENT_FEATURES = 'passwords-at';
+
 export class CoordinatorClient {
   private dispatcher: Agent;
   private identity: Identity | undefined;
@@ -228,7 +231,8 @@ export class CoordinatorClient {
   async desired(after: number, signal?: AbortSignal, waitSeconds?: number, peersKnown?: number): Promise<{ kind: 'newer'; body: unknown } | { kind: 'unchanged' } | { kind: 'removed' } | { kind: 'peers'; body: PeerWake }> {
     // waitSeconds: hold at most this long (0: answer at once, e.g. the first poll after an outage).
     // peersKnown: also answer (202) once more than that many other nodes applied `after` (see PeerWake).
-    const path = `/v1/agent/desired?after=${after}${waitSeconds !== undefined ? `&wait=${Math.max(0, Math.floor(waitSeconds))}` : ''}${peersKnown !== undefined ? `&peers=${Math.max(0, Math.floor(peersKnown))}` : ''}`;
+    // features: what this agent understands in a desired state beyond the fields every agent knows.
+    const path = `/v1/agent/desired?after=${after}${waitSeconds !== undefined ? `&wait=${Math.max(0, Math.floor(waitSeconds))}` : ''}${peersKnown !== undefined ? `&peers=${Math.max(0, Math.floor(peersKnown))}` : ''}&features=${AGENT_FEATURES}`;
     const a = await this.call('GET', path, undefined, signal);
     if (a.status === 200) return { kind: 'newer', body: a.body };
     if (a.status === 202 && peersKnown !== undefined) return { kind: 'peers', body: this.expect('GET', path, a, PeerWake, 202) };

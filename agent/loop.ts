@@ -39,13 +39,14 @@ export function probeReason(passReason: string): ProbeReason {
 
 /**
  * Which peers' edges to probe again after a peer wake. Pure. `seen`: the peers already known to
- * have applied the generation; `proved`: those whose edges were probed since that was known.
- * Every peer in the wake not seen before is seen now; the ones this node has edges to and has
- * not probed since are to be probed.
+ * have applied the generation; `failing`: the peers an edge of this node failed to reach at its
+ * last probe. Every peer in the wake not seen before is seen now, and the failing ones among
+ * them are probed again: their apply may be what the edge waited for. A passing edge is not
+ * probed again (on a full mesh that would be a psql per edge and change for nothing).
  */
-export function peersToReprobe(wake: string[], watch: { seen: Set<string>; proved: Set<string> }, edgePeers: Set<string>): { fresh: string[]; reprobe: Set<string> } {
-  const fresh = wake.filter((n) => !watch.seen.has(n));
-  return { fresh, reprobe: new Set(wake.filter((n) => edgePeers.has(n) && !watch.proved.has(n))) };
+export function peersToReprobe(wake: string[], seen: Set<string>, failing: Set<string>): { fresh: string[]; reprobe: Set<string> } {
+  const fresh = wake.filter((n) => !seen.has(n));
+  return { fresh, reprobe: new Set(fresh.filter((n) => failing.has(n))) };
 }
 
 export type ApplyFn = (ctx: NodeContext, input: ApplyInput) => Promise<ApplyResult>;
@@ -233,11 +234,10 @@ export class ReconcileLoop {
   /** The phases of the pass that applied the current generation (report: filled in once its post returned). */
   private timings: ApplyTimings | null = null;
   /**
-   * Peer wakes for the desired generation: the other nodes known to have applied it (seen), and
-   * the ones among them this node's edges were probed after that was known (proved). The agent
-   * asks for wakes while an edge's peer is not proved.
+   * Peer wakes for the desired generation: the other nodes known to have applied it. The agent
+   * asks for wakes while an edge to a peer not among them fails.
    */
-  private peerWatch = { generation: -1, seen: new Set<string>(), proved: new Set<string>() };
+  private peerWatch = { generation: -1, seen: new Set<string>() };
   /** Counts of probe passes by reason (for tests and the log). */
   readonly probePasses: Record<ProbeReason, number> = { apply: 0, retry: 0, 'peer-applied': 0 };
 
@@ -327,26 +327,26 @@ export class ReconcileLoop {
     }
   }
 
-  /** The peers this node's edges go to, as the last apply reported them. */
-  private edgePeers(): Set<string> {
-    return new Set((this.lastApply?.clientConnections ?? []).map((c) => c.to));
+  /** The peers an edge of this node failed to reach at its last probe. */
+  private failingPeers(): Set<string> {
+    return new Set(this.lastProbes.filter((p) => !p.ok).map((p) => p.to));
   }
 
   /** The peer watch for `generation`, reset when it changes. */
   private watchFor(generation: number) {
-    if (this.peerWatch.generation !== generation) this.peerWatch = { generation, seen: new Set(), proved: new Set() };
+    if (this.peerWatch.generation !== generation) this.peerWatch = { generation, seen: new Set() };
     return this.peerWatch;
   }
 
   /**
    * The `peers` count to send with the long-poll: the peers seen, while this node applied the
-   * desired generation and an edge of it goes to a peer not proved; otherwise no peer wakes.
+   * desired generation and an edge of it fails to reach a peer not seen; otherwise no peer wakes.
    */
   private peersKnown(): number | undefined {
     const d = this.lastGood;
     if (!d || this.appliedGeneration !== d.generation || !this.lastApply) return undefined;
     const watch = this.watchFor(d.generation);
-    return [...this.edgePeers()].some((p) => !watch.proved.has(p)) ? watch.seen.size : undefined;
+    return [...this.failingPeers()].some((p) => !watch.seen.has(p)) ? watch.seen.size : undefined;
   }
 
   /** Queue a probe-only pass over the edges to `peers` (a full pass queued already covers it). */
@@ -378,8 +378,6 @@ export class ReconcileLoop {
     const fresh = await probeAll(idx.map((i) => conns[i]!), this.deps.probe, 'peer-applied');
     const probes = [...this.lastProbes];
     idx.forEach((i, k) => (probes[i] = fresh[k]!));
-    const watch = this.watchFor(desired.generation);
-    for (const p of peers) watch.proved.add(p);
     for (const p of fresh.filter((p) => !p.ok)) this.deps.log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
     if (probes.every((p) => p.ok)) this.cancelProbeRetry();
     this.lastProbes = probes;
@@ -489,7 +487,7 @@ export class ReconcileLoop {
       const d = this.lastGood;
       if (!d) return 'ok';
       const watch = this.watchFor(d.generation);
-      const { fresh, reprobe } = peersToReprobe(answer.body.applied.filter((a) => a.generation >= d.generation).map((a) => a.node), watch, this.edgePeers());
+      const { fresh, reprobe } = peersToReprobe(answer.body.applied.filter((a) => a.generation >= d.generation).map((a) => a.node), watch.seen, this.failingPeers());
       for (const n of fresh) watch.seen.add(n);
       if (reprobe.size > 0) await this.reprobe(reprobe);
       return fresh.length > 0 ? 'event' : 'ok';
@@ -622,13 +620,9 @@ export class ReconcileLoop {
           void this.kick(`drift in ${d.path}`);
         });
       }
-      const watch = this.watchFor(desired.generation);
-      const knownApplied = [...watch.seen];
       const tProbe = performance.now();
       probes = await probeAll(result.clientConnections, this.deps.probe, probeReason(reason));
       this.probePasses[probeReason(reason)] += 1;
-      // The peers known to have applied before these probes began are proved by them.
-      for (const p of knownApplied) watch.proved.add(p);
       for (const p of probes.filter((p) => !p.ok)) log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
       // A peer may simply not have caught up yet. Its agent's report wakes this one (peer wake:
       // the edges to it are probed again then); the timer is the safety net (a wake lost with a

@@ -1,17 +1,30 @@
 // npm run bench:converge (as root: real PostgreSQL servers): a coordinator, N PostgreSQL 15 nodes
-// on loopback and an agent process per node (pgd profile, cert auth, verify-full), then measures
+// on loopback and an agent process per node (pgd full mesh, cert auth, verify-full: N*(N-1)
+// edges), then
 //   first_converge_s  apply + join tokens + agents started -> every node converged, every probe ok
-//   switch_auth_s     a spec change (cert -> scram-sha-256) -> converged at the new generation
-//   revoke_s          `cert revoke` of a client certificate -> every node converged on the new CRL
+//   changes           CHANGES (default 20) successive changes of five kinds, in turn: auth switch
+//                     (cert -> scram-sha-256), password rotation, new role, new HBA rule, auth
+//                     switch back (scram -> cert), revocation of a client certificate. Each is timed
+//                     from the admin's PUT/POST (sent from here, over HTTPS, as the CLI sends it)
+//                     to what `pgaccord status --wait` waits for: every node applied and proved the
+//                     generation, every probe passed, every node reported since the change began.
+//                     Polled every 25 ms (the CLI looks once a second, too coarse for this).
+//   phases_ms         per phase of the agents' applies (shared/schema.ts ApplyTimings), p50 and
+//                     p99 over every node and change: where the time goes
 //   rss_mb            resident memory of the coordinator and of each agent (VmRSS), idle, after
 // Last line: JSON with the figures. BENCH_NODES (default 3) sets N.
-import { readFile } from 'node:fs/promises';
-import { mkdtemp } from 'node:fs/promises';
+import { readFile, mkdtemp } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Agent, request } from 'undici';
 import { demoSpec } from '../bin/demo.ts';
 import { LocalCluster } from '../bin/local-cluster.ts';
+import type { ClusterStatusResponse } from '../shared/api.ts';
+import type { ClusterSpec } from '../shared/schema.ts';
 
 const N = Number(process.env.BENCH_NODES ?? 3);
+const CHANGES = Number(process.env.CHANGES ?? 20);
 const CLUSTER = 'demo';
+const POLL_MS = 25;
 
 async function rssMb(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
@@ -19,49 +32,109 @@ async function rssMb(pid: number): Promise<number> {
   return Math.round(kb / 102.4) / 10;
 }
 
-/** Seconds until every node has converged on a generation >= `generation` (every probe ok). */
-async function until(cluster: LocalCluster, generation: number, t0: number): Promise<number> {
-  for (;;) {
-    const s = await cluster.status(CLUSTER);
-    if (s.converged && s.nodes.every((n) => n.appliedGeneration >= generation)) return (Date.now() - t0) / 1000;
-    if (Date.now() - t0 > 300_000) throw new Error(`not converged in 300 s at generation ${generation}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const quantile = (xs: number[], q: number): number => {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!;
+};
+const r1 = (x: number) => Math.round(x * 10) / 10;
 
 const cluster = await LocalCluster.create({ dir: await mkdtemp('/tmp/pgaccord-bench-') });
 try {
   await cluster.startCoordinator();
+  const token = (await readFile(join(cluster.coordinatorDir, 'admin.token'), 'utf8')).trim();
+  const dispatcher = new Agent({ connect: { ca: await readFile(join(cluster.coordinatorDir, 'ca.crt'), 'utf8') } });
+  const admin = async <T>(method: 'GET' | 'PUT' | 'POST', path: string, body?: unknown): Promise<T> => {
+    const res = await request(`${cluster.coordinatorUrl}${path}`, {
+      method, dispatcher,
+      headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+    });
+    const text = await res.body.text();
+    if (res.statusCode >= 300) throw new Error(`${method} ${path}: HTTP ${res.statusCode} ${text}`);
+    return JSON.parse(text) as T;
+  };
+  const status = () => admin<ClusterStatusResponse>('GET', `/v1/clusters/${CLUSTER}/status`);
+
+  /** Until what `status --wait` waits for: converged at >= generation, every node reported after `before`. */
+  const until = async (generation: number, before: Map<string, number>, t0: number): Promise<{ ms: number; s: ClusterStatusResponse }> => {
+    for (;;) {
+      const s = await status();
+      const reported = s.nodes.every((n) => n.reportedAt !== null && Date.parse(n.reportedAt) > (before.get(n.node) ?? -Infinity));
+      if (s.converged && reported && s.generation >= generation) return { ms: performance.now() - t0, s };
+      if (performance.now() - t0 > 300_000) throw new Error(`not converged in 300 s at generation ${generation}: ${JSON.stringify(s.nodes.map((n) => ({ node: n.node, applied: n.appliedGeneration, phase: n.phase, failed: n.probes.filter((p) => !p.ok).map((p) => `${p.to}: ${p.error}`) })))}`);
+      await new Promise((r) => setTimeout(r, POLL_MS));
+    }
+  };
+  const reportTimes = async () => new Map((await status()).nodes.map((n) => [n.node, n.reportedAt ? Date.parse(n.reportedAt) : -Infinity]));
+
   const ports: Record<string, number> = {};
   for (let i = 0; i < N; i++) ports[`node-${i + 1}`] = (await cluster.addNode(`node-${i + 1}`, `127.0.0.${11 + i}`)).pg.port;
-  const spec = demoSpec(ports);
+  let spec: ClusterSpec = demoSpec(ports);
 
-  let t0 = Date.now();
-  const applied = await cluster.apply(spec);
-  if (applied.code !== 0) throw new Error(applied.stderr);
+  let t0 = performance.now();
+  const first = await admin<{ generation: number }>('PUT', `/v1/clusters/${CLUSTER}`, spec);
   for (const name of Object.keys(ports)) await cluster.startAgent(CLUSTER, name);
-  const firstConverge = await until(cluster, 1, t0);
+  const firstConverge = (await until(first.generation, new Map(), t0)).ms / 1000;
 
-  t0 = Date.now();
-  const switched = await cluster.apply({ ...spec, auth: 'scram-sha-256' });
-  if (switched.code !== 0) throw new Error(switched.stderr);
-  const switchAuth = await until(cluster, (await cluster.status(CLUSTER)).generation, t0);
-
-  const back = await cluster.apply(spec); // back to cert: client certificates to revoke
-  if (back.code !== 0) throw new Error(back.stderr);
-  await until(cluster, (await cluster.status(CLUSTER)).generation, Date.now());
-  const victim = (await cluster.status(CLUSTER)).nodes[0]!.certificates.find((c) => c.id.startsWith('client-'))!;
-  t0 = Date.now();
-  const revoked = await cluster.cli(['cert', 'revoke', CLUSTER, victim.serial, '--json']);
-  if (revoked.code !== 0) throw new Error(revoked.stderr);
-  const revoke = await until(cluster, (JSON.parse(revoked.stdout) as { generation: number }).generation, t0);
+  // One change of each kind, in an order that keeps each possible: revocation needs client
+  // certificates (cert auth), a password rotation needs password roles (scram-sha-256).
+  type Kind = 'auth_switch' | 'password_rotation' | 'new_role' | 'hba_rule' | 'revocation';
+  const cycle: Kind[] = ['auth_switch', 'password_rotation', 'new_role', 'hba_rule', 'auth_switch', 'revocation'];
+  const results: { kind: Kind; ms: number; generation: number }[] = [];
+  const phases = new Map<string, number[]>();
+  for (let i = 0; i < CHANGES; i++) {
+    const kind = cycle[i % cycle.length]!;
+    const before = await reportTimes();
+    let generation: number;
+    if (kind === 'revocation') {
+      const victim = (await status()).nodes[i % N]!.certificates.find((c) => c.id.startsWith('client-'));
+      if (!victim) throw new Error('no client certificate to revoke');
+      t0 = performance.now();
+      generation = (await admin<{ generation: number }>('POST', `/v1/clusters/${CLUSTER}/certificates/${victim.serial}/revoke`)).generation;
+    } else if (kind === 'password_rotation') {
+      t0 = performance.now();
+      generation = (await admin<{ generation: number }>('POST', `/v1/clusters/${CLUSTER}/rotate-passwords`, {})).generation;
+    } else {
+      if (kind === 'auth_switch') spec = { ...spec, auth: spec.auth === 'cert' ? 'scram-sha-256' : 'cert' };
+      if (kind === 'new_role') spec = { ...spec, roles: [...(spec.roles ?? []), { name: `bench_role_${i}` }] };
+      if (kind === 'hba_rule') spec = { ...spec, hba: [...(spec.hba ?? []), { type: 'hostssl', database: 'postgres', user: `bench_role_${i - 1}`, address: `10.${i}.0.0/16`, method: 'reject' }] };
+      t0 = performance.now();
+      generation = (await admin<{ generation: number }>('PUT', `/v1/clusters/${CLUSTER}`, spec)).generation;
+    }
+    const { ms, s } = await until(generation, before, t0);
+    results.push({ kind, ms, generation });
+    for (const n of s.nodes) {
+      if (n.timings?.generation !== generation) continue;
+      for (const [p, v] of Object.entries(n.timings.phases)) phases.set(p, [...(phases.get(p) ?? []), v]);
+      phases.set('total', [...(phases.get('total') ?? []), n.timings.totalMs]);
+    }
+    console.log(`change ${i + 1}/${CHANGES} ${kind}: generation ${generation} proved everywhere in ${Math.round(ms)} ms`);
+  }
 
   await new Promise((r) => setTimeout(r, 3000)); // idle
   const rss: Record<string, number> = {};
   for (const [name, pid] of Object.entries(cluster.pids())) rss[name] = await rssMb(pid);
-  const figures = { nodes: N, first_converge_s: firstConverge, switch_auth_s: switchAuth, revoke_s: revoke, rss_mb: rss };
-  console.log(`nodes ${N}: first converge ${firstConverge.toFixed(1)} s, auth switch ${switchAuth.toFixed(1)} s, revocation ${revoke.toFixed(1)} s`);
+  const all = results.map((r) => r.ms);
+  const perKind = Object.fromEntries([...new Set(results.map((r) => r.kind))].map((k) => {
+    const xs = results.filter((r) => r.kind === k).map((r) => r.ms);
+    return [k, { n: xs.length, p50_ms: Math.round(quantile(xs, 0.5)), max_ms: Math.round(Math.max(...xs)) }];
+  }));
+  const figures = {
+    nodes: N,
+    edges: N * (N - 1),
+    first_converge_s: r1(firstConverge),
+    changes: results.length,
+    p50_ms: Math.round(quantile(all, 0.5)),
+    p99_ms: Math.round(quantile(all, 0.99)),
+    max_ms: Math.round(Math.max(...all)),
+    per_kind: perKind,
+    phases_ms: Object.fromEntries([...phases].map(([p, xs]) => [p, { p50: r1(quantile(xs, 0.5)), p99: r1(quantile(xs, 0.99)) }])),
+    rss_mb: rss,
+  };
+  console.log(`nodes ${N}: first converge ${figures.first_converge_s} s; ${results.length} changes proved everywhere p50 ${figures.p50_ms} ms, p99 ${figures.p99_ms} ms`);
   console.log(`resident memory (MB): ${Object.entries(rss).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  await dispatcher.close();
   console.log(JSON.stringify(figures));
 } finally {
   await cluster.close();

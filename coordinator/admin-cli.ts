@@ -296,6 +296,14 @@ function notConverged(s: ClusterStatus): string[] {
   });
 }
 
+/** How long the node's apply of its generation took, and its slowest phase (every phase: --json). */
+export function applyTime(n: Pick<NodeStatusView, 'timings'>): string {
+  const t = n.timings;
+  if (!t) return '-';
+  const slowest = Object.entries(t.phases).sort((a, b) => b[1] - a[1])[0];
+  return `${Math.round(t.totalMs)}ms${slowest ? ` (${slowest[0]} ${Math.round(slowest[1])})` : ''}`;
+}
+
 function certExpiry(n: NodeStatusView): string {
   const c = n.servedCertificate ?? n.certificates[0];
   if (!c) return '-';
@@ -310,7 +318,7 @@ function table(rows: string[][]): string {
 
 export function formatStatus(s: ClusterStatus): string {
   const head = `cluster ${s.cluster}  generation ${s.generation}  auth ${s.auth}${s.insecure ? ' (INSECURE: trust rules)' : ''}  sslmode ${s.sslmode}  ${s.converged ? 'CONVERGED' : 'NOT CONVERGED'}`;
-  const rows = [['NODE', 'DESIRED', 'APPLIED', 'PHASE', 'CERT', 'CONTACT', 'PROBES', 'ERRORS']];
+  const rows = [['NODE', 'DESIRED', 'APPLIED', 'PHASE', 'CERT', 'CONTACT', 'PROBES', 'APPLY', 'ERRORS']];
   for (const n of s.nodes) {
     const ok = n.probes.filter((p) => p.ok).length;
     rows.push([
@@ -321,6 +329,7 @@ export function formatStatus(s: ClusterStatus): string {
       certExpiry(n),
       ago(n.lastContact, new Date()),
       n.probes.length ? `${ok}/${n.probes.length} ok` : '-',
+      applyTime(n),
       n.errors.length ? n.errors.map((e) => `${e.code}: ${e.message}`).join('; ') : '-',
     ]);
   }

@@ -7,7 +7,7 @@ import { createServer, type Server } from 'node:http';
 import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { RENEW_AT_FRACTION } from '../agent/backoff.ts';
-import type { Phase } from '../shared/schema.ts';
+import type { ApplyTimings, Phase } from '../shared/schema.ts';
 import type { Store } from './store.ts';
 
 export const METRICS_PATH = '/metrics';
@@ -179,6 +179,9 @@ export class CoordinatorMetrics {
   readonly #deliveries = new Map<string, Delivery>();
   readonly #requests: Counter<'method' | 'route' | 'code'>;
   readonly #applyDuration: Histogram<'cluster'>;
+  readonly #applyPhase: Histogram<'cluster' | 'phase'>;
+  /** Per node, the generation whose reported timings were observed last (each observed once). */
+  readonly #timed = new Map<string, { generation: number; report: boolean }>();
   readonly #convergence: Histogram<'cluster'>;
   readonly #signing: Gauge;
 
@@ -233,7 +236,8 @@ export class CoordinatorMetrics {
     }
     this.#requests = new Counter({ name: 'pgaccord_api_requests_total', help: 'API requests answered, by method, route pattern and status code', labelNames: ['method', 'route', 'code'], registers });
     const buckets = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900];
-    this.#applyDuration = new Histogram({ name: 'pgaccord_apply_duration_seconds', help: 'from handing a generation to a node to its report of it applied and proved (apply, probes, report), as seen by this coordinator', labelNames: ['cluster'], buckets, registers });
+    this.#applyDuration = new Histogram({ name: 'pgaccord_apply_duration_seconds', help: 'the node\'s pass that applied and proved a generation, certificates to probes, as its agent timed it (agents that do not report timings: from handing the generation to the node to its report, as seen by this coordinator)', labelNames: ['cluster'], buckets, registers });
+    this.#applyPhase = new Histogram({ name: 'pgaccord_apply_phase_seconds', help: 'one phase (certs, render, install, validate, reload, prove, finish, probe, report) of the pass that applied a generation, as the agent timed it', labelNames: ['cluster', 'phase'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers });
     this.#convergence = new Histogram({ name: 'pgaccord_convergence_latency_seconds', help: 'from the creation of a generation to a node\'s report of it applied and proved', labelNames: ['cluster'], buckets, registers });
   }
 
@@ -270,15 +274,31 @@ export class CoordinatorMetrics {
    * generation handed out here observes the apply duration; the first report of the cluster's
    * current generation its convergence latency (the creation time of older generations is not kept).
    */
-  async reported(cluster: string, node: string, applied: number): Promise<void> {
+  async reported(cluster: string, node: string, applied: number, timings?: ApplyTimings): Promise<void> {
     const key = `${cluster}/${node}`;
+    // The agent's own timings, once per generation: the first report that carries them (its
+    // report phase, known only from the next report on, is observed then).
+    const timed = timings !== undefined && timings.generation === applied;
+    if (timed) this.#observeTimings(cluster, key, timings);
     const d = this.#deliveries.get(key);
     if (!d || applied < d.generation) return;
     this.#deliveries.delete(key);
     const now = this.#now().getTime();
-    if (applied === d.generation) this.#applyDuration.observe({ cluster }, Math.max(0, now - d.at) / 1000);
+    if (applied === d.generation && !timed) this.#applyDuration.observe({ cluster }, Math.max(0, now - d.at) / 1000);
     const row = (await this.#opts.store.query<{ generation: number; updated_at: Date }>(`SELECT generation, updated_at FROM clusters WHERE name = $1`, [cluster]))[0];
     if (row && row.generation === applied) this.#convergence.observe({ cluster }, Math.max(0, now - row.updated_at.getTime()) / 1000);
+  }
+
+  #observeTimings(cluster: string, key: string, t: ApplyTimings): void {
+    const seen = this.#timed.get(key);
+    const fresh = seen === undefined || seen.generation < t.generation;
+    if (fresh) {
+      this.#applyDuration.observe({ cluster }, t.totalMs / 1000);
+      for (const [phase, ms] of Object.entries(t.phases)) if (phase !== 'report') this.#applyPhase.observe({ cluster, phase }, ms / 1000);
+    }
+    const report = t.phases.report !== undefined && (fresh || (seen.generation === t.generation && !seen.report));
+    if (report) this.#applyPhase.observe({ cluster, phase: 'report' }, t.phases.report! / 1000);
+    if (fresh || report) this.#timed.set(key, { generation: t.generation, report: (fresh ? false : seen.report) || report });
   }
 
   /** Count one answered request; `route` is the route pattern (bounded), never the raw URL. */

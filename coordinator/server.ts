@@ -29,7 +29,7 @@ import {
   TokenResponse,
 } from '../shared/api.ts';
 import { parseDuration } from '../shared/duration.ts';
-import { ClusterSpec, NAME_PATTERN } from '../shared/schema.ts';
+import { ClusterSpec, NAME_PATTERN, type AgentStatus } from '../shared/schema.ts';
 import { certInfo } from '../shared/x509.ts';
 import { ApiError, badRequest, unauthorized } from './errors.ts';
 import { AGENT_RATE_LIMIT, RateLimiter, type RateLimit } from './rate-limit.ts';
@@ -236,8 +236,8 @@ export async function buildServer(opts: ServerOptions) {
     const body = req.body as { token: string; csr: string };
     return metrics ? metrics.signing(() => service.enroll(body.token, body.csr)) : service.enroll(body.token, body.csr);
   } });
-  add({ method: 'GET', url: '/v1/agent/desired', auth: 'agent', summary: 'long-poll the node desired state newer than ?after=GEN (204 when none appears in time, 410 when the node is gone); with ?peers=N, 202 as soon as more than N other nodes have applied GEN or newer (re-probe them)', querystring: Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })), wait: Type.Optional(Type.Integer({ minimum: 0, maximum: 300 })), peers: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000 })) }), response: { 200: DesiredResponse, 202: PeerWake, 204: Type.Null(), ...errors }, handler: async (req, reply) => {
-    const q = req.query as { after?: number; wait?: number; peers?: number };
+  add({ method: 'GET', url: '/v1/agent/desired', auth: 'agent', summary: 'long-poll the node desired state newer than ?after=GEN (204 when none appears in time, 410 when the node is gone); with ?peers=N, 202 as soon as more than N other nodes have applied GEN or newer (re-probe them)', querystring: Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })), wait: Type.Optional(Type.Integer({ minimum: 0, maximum: 300 })), peers: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000 })), features: Type.Optional(Type.String({ maxLength: 200 })) }), response: { 200: DesiredResponse, 202: PeerWake, 204: Type.Null(), ...errors }, handler: async (req, reply) => {
+    const q = req.query as { after?: number; wait?: number; peers?: number; features?: string };
     const abort = new AbortController();
     reply.raw.once('close', () => abort.abort());
     const key = `${req.agent!.cluster}/${req.agent!.node}`;
@@ -245,7 +245,7 @@ export async function buildServer(opts: ServerOptions) {
     polls.set(key, abort);
     const waitMs = q.wait !== undefined ? Math.min(q.wait * 1000, service.longPollMs) : service.longPollMs;
     try {
-      const desired = await service.desired(req.agent!, q.after ?? 0, abort.signal, waitMs, q.peers);
+      const desired = await service.desired(req.agent!, q.after ?? 0, abort.signal, waitMs, { ...(q.peers !== undefined ? { peersKnown: q.peers } : {}), passwordsAt: (q.features ?? '').split(',').includes('passwords-at') });
       if (!desired) return reply.code(204).send();
       if ('wake' in desired) return reply.code(202).send(desired);
       metrics?.delivered(req.agent!.cluster, req.agent!.node, desired.generation);
@@ -260,7 +260,7 @@ export async function buildServer(opts: ServerOptions) {
   } });
   add({ method: 'POST', url: '/v1/agent/status', auth: 'agent', summary: 'report this node\'s applied generation, phase, certificates and probes', body: StatusRequest, response: { 204: Type.Null(), ...errors }, handler: async (req, reply) => {
     await service.reportStatus(req.agent!, req.body as never);
-    await metrics?.reported(req.agent!.cluster, req.agent!.node, (req.body as { generation: number }).generation).catch((e) => req.log.warn({ err: e }, 'metrics: observing a report failed'));
+    await metrics?.reported(req.agent!.cluster, req.agent!.node, (req.body as { generation: number }).generation, (req.body as AgentStatus).timings).catch((e) => req.log.warn({ err: e }, 'metrics: observing a report failed'));
     return reply.code(204).send();
   } });
 

@@ -149,6 +149,10 @@ export class CoordinatorService {
    */
   readonly #applied = new Map<string, Promise<Map<string, number>>>();
   readonly #peerEvents = new EventEmitter().setMaxListeners(0);
+  /** Per cluster, the instant its last password rotation switches at (NodeDesired.passwordsAt), for that generation. In process. */
+  readonly #passwordsAt = new Map<string, { generation: number; at: Date }>();
+  /** Per cluster and node, how long the node's last apply took to stage and prove (its reported phases certs..prove), ms. */
+  readonly #stagingMs = new Map<string, Map<string, number>>();
 
   constructor(opts: ServiceOptions) {
     this.store = opts.store;
@@ -409,6 +413,8 @@ export class CoordinatorService {
     this.#cas.delete(name);
     this.#desired.drop(name);
     this.#applied.delete(name);
+    this.#passwordsAt.delete(name);
+    this.#stagingMs.delete(name);
     this.store.events.emit('cluster', name);
     this.#log.info({ cluster: name }, 'cluster deleted');
   }
@@ -722,7 +728,10 @@ export class CoordinatorService {
    * alters the role (verifier) in the same apply. PostgreSQL keeps one password per role and libpq
    * reads only the first matching passfile line, so a short window is unavoidable: a client whose
    * passfile is updated before (or after) the server's ALTER ROLE fails until the other side has
-   * applied too (measured in test/e2e/password-rotation.test.ts, docs/lifecycle.md).
+   * applied too (measured in test/e2e/password-rotation.test.ts, docs/lifecycle.md). So the
+   * generation names an instant a little ahead (passwordsAt: what the slowest node's last apply
+   * took to stage and prove, with a margin), and each agent switches its passfile and commits its
+   * verifiers then, after staging and proving the rest: both halves of every edge change together.
    */
   async rotatePasswords(cluster: string, role?: string): Promise<{ cluster: string; generation: number; roles: string[] }> {
     const row = await this.#requireCluster(cluster);
@@ -736,7 +745,13 @@ export class CoordinatorService {
         const verifier = scramVerifier(password, randomBytes(16));
         await c.query(`UPDATE role_credentials SET password_sealed = $3, verifier = $4 WHERE cluster = $1 AND role = $2`, [cluster, r, this.#box.seal(password, `role-password:${cluster}/${r}`), verifier]);
       }
-      return this.#bump(c, cluster, now);
+      const g = await this.#bump(c, cluster, now);
+      // Before the commit wakes the long-polls (NOTIFY): the first answer must carry the instant.
+      this.#passwordsAt.set(cluster, { generation: g, at: new Date(Date.now() + this.#switchLeadMs(cluster)) });
+      return g;
+    }).catch((e: unknown) => {
+      this.#passwordsAt.delete(cluster);
+      throw e;
     });
     this.store.events.emit('cluster', cluster);
     this.#log.warn({ cluster, roles, generation }, 'role passwords rotated');
@@ -1082,8 +1097,10 @@ export class CoordinatorService {
    * nothing newer appears within the wait. Wakes on a change by this coordinator or (through
    * NOTIFY) another one sharing the database. With `peersKnown` (the agent asks for peer
    * wakes): a PeerWake as soon as more than that many other nodes have applied `after` or newer.
+   * With `passwordsAt` (the agent understands it): a password rotation's switch instant.
    */
-  async desired(agent: AgentPrincipal, after: number, signal?: AbortSignal, waitMs = this.longPollMs, peersKnown?: number): Promise<NodeDesired | PeerWake | null> {
+  async desired(agent: AgentPrincipal, after: number, signal?: AbortSignal, waitMs = this.longPollMs, opts: { peersKnown?: number; passwordsAt?: boolean } = {}): Promise<NodeDesired | PeerWake | null> {
+    const { peersKnown } = opts;
     const deadline = Date.now() + waitMs;
     for (;;) {
       let woke = false;
@@ -1098,7 +1115,11 @@ export class CoordinatorService {
         if (!row) throw gone(`cluster "${agent.cluster}" no longer exists`);
         if (!row.spec.nodes.some((n) => n.name === agent.node)) throw gone(`node "${agent.node}" is no longer part of cluster "${agent.cluster}"`);
         if (await this.refreshCrl(agent.cluster)) continue;
-        if (row.generation > after) return await this.#nodeDesired(row, agent.node);
+        if (row.generation > after) {
+          const d = await this.#nodeDesired(row, agent.node);
+          const rotation = opts.passwordsAt ? this.#passwordsAt.get(agent.cluster) : undefined;
+          return rotation?.generation === d.generation ? { ...d, passwordsAt: rotation.at.toISOString() } : d;
+        }
         if (peersKnown !== undefined) {
           const applied = await this.#peersApplied(agent.cluster, row.spec, agent.node, after);
           if (applied.length > peersKnown) return { wake: 'peers-applied', applied };
@@ -1111,6 +1132,17 @@ export class CoordinatorService {
         this.#peerEvents.off('applied', onEvent);
       }
     }
+  }
+
+  /**
+   * How far ahead a rotation's switch instant is: 1.5 times the slowest node's last staging
+   * (reported timings) plus 250 ms for the long-polls to answer, within 0.3..3 s; 1 s when no
+   * node has reported timings.
+   */
+  #switchLeadMs(cluster: string): number {
+    const m = this.#stagingMs.get(cluster);
+    if (!m || m.size === 0) return 1000;
+    return Math.round(Math.min(3000, Math.max(300, 1.5 * Math.max(...m.values()) + 250)));
   }
 
   /** The cluster's applied generations per node, read from node_status once per process. */
@@ -1195,6 +1227,13 @@ export class CoordinatorService {
        ON CONFLICT (cluster, node) DO UPDATE SET report = EXCLUDED.report, reported_at = EXCLUDED.reported_at, last_contact = EXCLUDED.last_contact`,
       [agent.cluster, agent.node, JSON.stringify(report), now],
     );
+    if (report.timings) {
+      const p = report.timings.phases;
+      const staging = ['certs', 'render', 'install', 'validate', 'reload', 'prove'].reduce((sum, k) => sum + (p[k] ?? 0), 0);
+      let m = this.#stagingMs.get(agent.cluster);
+      if (!m) this.#stagingMs.set(agent.cluster, (m = new Map()));
+      m.set(agent.node, staging);
+    }
     const applied = await this.#appliedOf(agent.cluster);
     const before = applied.get(agent.node);
     applied.set(agent.node, report.generation);

@@ -293,6 +293,14 @@ export const NodeDesired = Type.Object(
      * refuses unknown fields, and would refuse that state anyway.
      */
     alone: Type.Optional(Type.Literal(true)),
+    /**
+     * A password rotation: the instant (ISO 8601) at which every node switches its passfile and
+     * commits its new verifiers, so that the client and server halves of each edge change
+     * together. The agent stages the rest of the apply first, waits for the instant (at most
+     * 10 s), then does both back to back; past it, at once. Sent only to agents that ask for it
+     * (`features=passwords-at`): an agent that predates the field refuses unknown fields.
+     */
+    passwordsAt: Type.Optional(Type.String({ maxLength: 40 })),
   },
   { additionalProperties: false },
 );

@@ -3,7 +3,10 @@
 // measures the window in which new connections fail; PostgreSQL keeps one password per role and
 // libpq reads only the first matching passfile line, so the window cannot be zero, only short:
 // one generation carries the new verifier and the new passfile line, every agent's long-poll
-// wakes at once and each applies both in one apply. A session opened before the rotation
+// wakes at once and each applies both in one apply, at the instant the generation names
+// (passwordsAt): every agent stages and proves the rest, then switches its passfile and commits
+// its verifiers at that instant, so both halves of every edge change together (each node's
+// reported timings for the rotation show the wait). A session opened before the rotation
 // survives it. The figures are printed (# password-rotation e2e: ...) and kept in docs/lifecycle.md.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -66,7 +69,7 @@ test('password rotation: measured window of failed new connections, live session
   // (a probe started just before convergence may still meet the old passfile line). The
   // intervals are disjoint by construction (the next command starts after this one's settle),
   // so no failure is counted twice; a failure outside every interval is a defect of its own.
-  const rotations: { t0: number; end: number; convergedMs: number }[] = [];
+  const rotations: { t0: number; end: number; convergedMs: number; waitsMs: number[] }[] = [];
   for (let i = 0; i < ROTATIONS; i++) {
     const v0 = await verifier();
     const t0 = Date.now();
@@ -74,9 +77,12 @@ test('password rotation: measured window of failed new connections, live session
     assert.equal(r.code, 0, r.stderr);
     const res = JSON.parse(r.stdout) as { roles: string[]; generation: number };
     assert.ok(res.roles.includes(roleName));
-    await cluster.waitConverged('pwrot', 60_000);
+    const st = await cluster.waitConverged('pwrot', 60_000);
     const convergedAt = Date.now();
-    rotations.push({ t0, end: convergedAt + SETTLE_MS, convergedMs: convergedAt - t0 });
+    // Every node switched at the rotation's instant: the pass that applied it waited for it.
+    const waits = st.nodes.map((n) => (n.timings?.generation === res.generation ? n.timings.phases.wait : undefined));
+    assert.ok(waits.every((w) => w !== undefined), `every node switched at the rotation instant: ${JSON.stringify(st.nodes.map((n) => ({ node: n.node, timings: n.timings })))}`);
+    rotations.push({ t0, end: convergedAt + SETTLE_MS, convergedMs: convergedAt - t0, waitsMs: waits as number[] });
     await new Promise((r2) => setTimeout(r2, 3000));
     assert.notEqual(await verifier(), v0, 'a new verifier is in place');
     const tail = probes.filter((p) => p.at > Date.now() - 2000);
@@ -89,7 +95,7 @@ test('password rotation: measured window of failed new connections, live session
   const windows = rotations.map((rot) => {
     const mine = failed.filter((p) => p.at >= rot.t0 && p.at <= rot.end);
     const ms = mine.length === 0 ? 0 : Math.max(...mine.map((p) => p.at)) - Math.min(...mine.map((p) => p.at));
-    return { ms, failures: mine.length, convergedMs: rot.convergedMs };
+    return { ms, failures: mine.length, convergedMs: rot.convergedMs, waitsMs: rot.waitsMs };
   });
   const unattributed = failed.filter((p) => !rotations.some((rot) => p.at >= rot.t0 && p.at <= rot.end));
   const report = { probes: probes.length, failures: failed.length, windows, unattributed: unattributed.length, session: { ok: s.ok, ms: s.ms } };

@@ -4,8 +4,10 @@
 // (node-2 still has the old verifier). Once node-2's agent is back and has applied, its status
 // report wakes node-1's long-poll (202, peer wake) and node-1 probes node-2 again at once, without
 // applying anything: the passing probe says it ran because the peer applied (reason
-// "peer-applied"), not because of the 2 s safety timer ("retry"). Asserted on that reason and on
-// the order of events, never on a wall-clock bound; the latency is printed.
+// "peer-applied"). node-1's safety timer is set to 120 s (--probe-retry), so it cannot be what
+// re-probes within the test: without the wake, only the 30 s long-poll cycle would (reason
+// "apply"). Asserted on that reason and on the order of events, never on a wall-clock bound; the
+// latency is printed.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp } from 'node:fs/promises';
@@ -22,7 +24,9 @@ test('peer wake: a peer that applies the generation wakes the node whose probe t
     nodes: nodes.map((n) => ({ name: n.name, host: n.host, address: '127.0.0.1', port: n.pg.port, kind: 'peer' })),
   };
   assert.equal((await cluster.apply(spec)).code, 0);
-  for (const n of nodes) await cluster.startAgent('wake', n.name);
+  const n1 = nodes[0]!;
+  await cluster.spawnAgent('wake', n1.name, { stateDir: n1.stateDir, args: ['--pgdata', n1.pg.dataDir, '--pg-host', n1.pg.socketDir, '--pg-port', String(n1.pg.port), '--probe-retry', '120'] });
+  await cluster.startAgent('wake', 'node-2');
   await cluster.waitConverged('wake', 120_000);
 
   await cluster.stopAgent('node-2');
@@ -32,16 +36,16 @@ test('peer wake: a peer that applies the generation wakes the node whose probe t
   // node-1 applied the new generation; its probe to node-2 fails (old verifier there).
   const deadline = Date.now() + 60_000;
   for (;;) {
-    const n1 = (await cluster.status('wake')).nodes.find((n) => n.node === 'node-1')!;
-    if (n1.appliedGeneration === generation && n1.probes.length === 1 && !n1.probes[0]!.ok) break;
-    assert.ok(Date.now() < deadline, `node-1 did not apply generation ${generation} with a failing probe: ${JSON.stringify(n1)}`);
+    const row = (await cluster.status('wake')).nodes.find((n) => n.node === 'node-1')!;
+    if (row.appliedGeneration === generation && row.probes.length === 1 && !row.probes[0]!.ok) break;
+    assert.ok(Date.now() < deadline, `node-1 did not apply generation ${generation} with a failing probe: ${JSON.stringify(row)}`);
     await new Promise((res) => setTimeout(res, 250));
   }
 
   await cluster.startAgent('wake', 'node-2');
   const s = await cluster.waitConverged('wake', 60_000);
-  const [n1, n2] = ['node-1', 'node-2'].map((name) => s.nodes.find((n) => n.node === name)!);
-  const p = n1!.probes[0]!;
+  const [v1, n2] = ['node-1', 'node-2'].map((name) => s.nodes.find((n) => n.node === name)!);
+  const p = v1!.probes[0]!;
   assert.equal(p.ok, true);
   assert.equal(p.reason, 'peer-applied', `node-1's passing probe to node-2 ran because node-2 applied, not on a timer: ${JSON.stringify(p)}`);
   // Order: node-2's apply of the generation began before node-1's re-probe ended.

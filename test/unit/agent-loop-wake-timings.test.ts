@@ -1,6 +1,6 @@
 // The reconcile loop's peer wakes and phase timings, with a scripted coordinator and a stand-in
 // psql (a script that connects when a flag file exists): a peer wake (202 from the long-poll)
-// re-probes the edges to the peers it names, at once and without applying, while the probe
+// re-probes the failing edges to the peers it names, at once and without applying, while the probe
 // safety timer is far away; and the status carries the phases of the pass that applied the
 // generation, adding up to its total, with the report's own post in the next report.
 import { test, after } from 'node:test';
@@ -14,6 +14,7 @@ import { compileCluster } from '../../shared/compile.ts';
 import type { AgentStatus, ClusterSpec } from '../../shared/schema.ts';
 import { ReconcileLoop, peersToReprobe, probeReason, type CoordinatorApi } from '../../agent/loop.ts';
 import { PhaseClock } from '../../agent/apply.ts';
+import { applyTime } from '../../coordinator/admin-cli.ts';
 import { CertificateManager } from '../../agent/certs.ts';
 import { RenewalSchedule, seededRandom } from '../../agent/backoff.ts';
 import type { ApplyInput, ApplyResult, NodeContext } from '../../agent/types.ts';
@@ -92,7 +93,7 @@ async function harness(script: (call: { after: number; peers: number | undefined
   return { loop, reported, calls, up, applies: () => applies, dir };
 }
 
-test('peer wake: the edges to the peers a 202 names are probed again at once, nothing re-applied, and the wakes stop once every edge is proved', async () => {
+test('peer wake: the failing edges to the peers a 202 names are probed again at once, nothing re-applied, and the wakes stop once every probe passes', async () => {
   const h = await harness(async ({ n }) => {
     if (n === 1) return { kind: 'newer', body: g1 };
     if (n === 2) {
@@ -107,7 +108,7 @@ test('peer wake: the edges to the peers a 202 names are probed again at once, no
     return null;
   });
   assert.equal(await h.loop.run(), 'stopped');
-  // 1st poll: no wakes asked (nothing applied); 2nd: none seen yet; 3rd: node-2 seen; 4th: every edge proved, none asked.
+  // 1st poll: no wakes asked (nothing applied); 2nd: none seen yet; 3rd: node-2 seen; 4th: every probe passes, none asked.
   assert.deepEqual(h.calls.map((c) => c.peers), [undefined, 0, 1, undefined]);
   assert.equal(h.applies(), 1, 'a wake applies nothing');
   assert.deepEqual(h.loop.probePasses, { apply: 1, retry: 0, 'peer-applied': 2 });
@@ -119,10 +120,11 @@ test('peer wake: the edges to the peers a 202 names are probed again at once, no
   assert.deepEqual(h.reported[1]!.probes.map((p) => [p.to, p.ok]), [['node-2', true], ['node-3', false]]);
 });
 
-test('peer wake: a wake that names no peer not seen before re-probes nothing', () => {
-  const watch = { seen: new Set(['node-2']), proved: new Set(['node-2']) };
-  assert.deepEqual(peersToReprobe(['node-2'], watch, new Set(['node-2', 'node-3'])), { fresh: [], reprobe: new Set() });
-  assert.deepEqual(peersToReprobe(['node-2', 'node-3', 'node-4'], watch, new Set(['node-2', 'node-3'])), { fresh: ['node-3', 'node-4'], reprobe: new Set(['node-3']) });
+test('peer wake: only failing edges to peers not seen before are probed again', () => {
+  const seen = new Set(['node-2']);
+  assert.deepEqual(peersToReprobe(['node-2'], seen, new Set(['node-2', 'node-3'])), { fresh: [], reprobe: new Set() }, 'nothing new: nothing probed');
+  assert.deepEqual(peersToReprobe(['node-2', 'node-3', 'node-4'], seen, new Set(['node-3'])), { fresh: ['node-3', 'node-4'], reprobe: new Set(['node-3']) });
+  assert.deepEqual(peersToReprobe(['node-3'], new Set(), new Set()), { fresh: ['node-3'], reprobe: new Set() }, 'a passing edge is not probed again');
   assert.equal(probeReason('probing again after a failed probe'), 'retry');
   assert.equal(probeReason('generation 7'), 'apply');
 });
@@ -165,4 +167,10 @@ test('PhaseClock: each lap charges the time since the previous one; a phase run 
   c.lap('render');
   assert.ok(c.phases.render! >= 8 && c.phases.install! >= 4, JSON.stringify(c.phases));
   assert.deepEqual(Object.keys(c.phases), ['render', 'install']);
+});
+
+test('status output: each node\'s apply time and its slowest phase; none before an agent reports timings', () => {
+  const t = { generation: 4, startedAt: new Date().toISOString(), phases: { certs: 1, render: 12, install: 20, validate: 30, reload: 4, prove: 210.4, finish: 9, probe: 120, report: 25 }, totalMs: 412.2 };
+  assert.equal(applyTime({ timings: t }), '412ms (prove 210)');
+  assert.equal(applyTime({}), '-');
 });
