@@ -205,9 +205,14 @@ options:
                                               created on first use), SCRAM only
                           store.password      its superuser password (0600), set again at every start
   --listen HOST:PORT    address to serve on (default ${DEFAULT_LISTEN})
-  --database-url URL    keep state in this PostgreSQL database instead of the embedded one;
+  --database-url URL    keep state in this PostgreSQL database instead of the embedded one
+                        (env PGACCORD_DATABASE_URL, which keeps a password off the command line);
                         several coordinators may share it if they share master.key, the
-                        coordinator CA files and admin.token (copy the data directory)
+                        coordinator CA files and admin.token (copy the data directory).
+                        A store with a standby: list its hosts, libpq-style, e.g.
+                        postgresql://u:pw@h1:5432,h2:5432/pgaccord?target_session_attrs=read-write
+                        (read-write is the default; primary and any are accepted): the first
+                        writable host is used, and another is looked for when it fails
   --public-url URL      coordinator URL written into join tokens (default https://<listen>);
                         several coordinators on one store: every one's URL, comma-separated
                         (each gives the same list), and the agents move between them

@@ -22,6 +22,7 @@ import { ApiError, badRequest, conflict, gone, notFound, unauthorized } from './
 import { notProved, notReissued, type NodeEvidence } from './rotation.ts';
 import type { SecretBox } from './secrets.ts';
 import { SPEC_SEAL_BINDING_MIGRATION, SPEC_SEAL_MIGRATION, type Queryable, type Store } from './store.ts';
+import { StoreUnavailableError } from './store-hosts.ts';
 import { encodeJoinToken, parseCoordinatorUrls, parseJoinToken } from '../shared/join-token.ts';
 
 export const DEFAULT_TOKEN_TTL_S = 3600;
@@ -1127,6 +1128,11 @@ export class CoordinatorService {
         const remaining = deadline - Date.now();
         if (remaining <= 0 || signal?.aborted) return null;
         if (!woke) await waitFor(peersKnown !== undefined ? [this.store.events, this.#peerEvents] : [this.store.events], agent.cluster, remaining, signal);
+      } catch (e) {
+        // The store failing over: the long-poll is held rather than failed (the agent would back
+        // off); the store wakes every waiter ('*') once its LISTEN holds again. At the deadline, the 503.
+        if (!(e instanceof StoreUnavailableError) || Date.now() >= deadline || signal?.aborted) throw e;
+        if (!woke) await waitFor([this.store.events], agent.cluster, deadline - Date.now(), signal);
       } finally {
         this.store.events.off('cluster', onEvent);
         this.#peerEvents.off('applied', onEvent);

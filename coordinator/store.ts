@@ -1,9 +1,11 @@
 // The coordinator's state in PostgreSQL: a pool, versioned migrations (applied once, in a
 // transaction, under an advisory lock so that several coordinators can share one database), and
-// LISTEN/NOTIFY so a write by one coordinator wakes the long-polls held by another.
+// LISTEN/NOTIFY so a write by one coordinator wakes the long-polls held by another. A store with
+// several hosts (a primary and standbys) is failed over between them: see store-hosts.ts.
 import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import type { Logger } from 'pino';
+import { FailoverPool, isStoreFailure, parseStoreTargets, StoreHosts, StoreUnavailableError } from './store-hosts.ts';
 
 export const NOTIFY_CHANNEL = 'pgaccord_generation';
 const MIGRATION_LOCK = 0x70676163636f7264n; // "pgaccord"
@@ -164,20 +166,30 @@ export class Store {
   /** Migrations this process applied when it opened the store. */
   applied: number[] = [];
   #listener: pg.Client | null = null;
+  /** Index of the host the listener holds its LISTEN on. */
+  #listenerHost = -1;
   #closed = false;
 
   constructor(
-    readonly pool: pg.Pool,
-    private readonly connection: pg.ClientConfig,
+    readonly pool: FailoverPool,
+    readonly hosts: StoreHosts,
     private readonly log: Logger,
   ) {
     this.events.setMaxListeners(0);
-    pool.on('error', (e) => log.error({ err: e }, 'idle database connection failed'));
+    pool.on('error', (e) => {
+      log.error({ err: e }, 'idle database connection failed');
+      hosts.suspect(hosts.epoch);
+    });
+    // The pool found another host (a failover): LISTEN there too, or NOTIFYs sent there are missed.
+    hosts.on('moved', () => {
+      if (this.#listener && this.#listenerHost !== hosts.current) void this.#listener.end().catch(() => undefined);
+    });
   }
 
+  /** `connection`: a ClientConfig, or a connectionString that may list several hosts (see store-hosts.ts). */
   static async open(connection: pg.ClientConfig, log: Logger): Promise<Store> {
-    const pool = new pg.Pool({ ...connection, max: 10 });
-    const store = new Store(pool, connection, log);
+    const hosts = new StoreHosts(parseStoreTargets(connection), log);
+    const store = new Store(new FailoverPool(hosts, { max: 10 }), hosts, log);
     store.applied = await store.migrate();
     await store.listen();
     return store;
@@ -201,17 +213,21 @@ export class Store {
   }
 
   async tx<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    const epoch = this.hosts.epoch;
     const c = await this.pool.connect();
+    let failure: unknown;
     try {
       await c.query('BEGIN');
       const result = await fn(c);
       await c.query('COMMIT');
       return result;
     } catch (e) {
+      failure = e;
       await c.query('ROLLBACK').catch(() => undefined);
-      throw e;
+      throw this.pool.failed(e, epoch);
     } finally {
-      c.release();
+      // A connection the store failed on is not handed out again.
+      c.release(failure !== undefined && isStoreFailure(failure));
     }
   }
 
@@ -224,23 +240,72 @@ export class Store {
     await c.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, cluster]);
   }
 
+  /**
+   * LISTEN on the current host. When that connection is lost (the server died, or the pool moved
+   * to another host), every long-poll is woken, and LISTEN is re-established wherever the
+   * acceptable host now is, retrying until it holds; then every long-poll is woken again, to
+   * re-read its cluster's generation: a change committed while we were deaf (its NOTIFY went to
+   * nobody) is seen then.
+   */
   private async listen(): Promise<void> {
     if (this.#closed) return;
-    const client = new pg.Client(this.connection);
+    const at = this.hosts.current;
+    const seen = this.hosts.epoch;
+    const client = new pg.Client(this.hosts.clientConfig());
+    let lost = false;
+    const onLost = (e?: Error) => {
+      if (lost) return;
+      lost = true;
+      if (this.#listener === client) this.#listener = null;
+      void client.end().catch(() => undefined);
+      if (this.#closed) return;
+      this.log.warn({ err: e, host: this.hosts.targets.hosts[at]!.name }, 'LISTEN connection lost: waking every long-poll, reconnecting');
+      this.events.emit('cluster', '*');
+      this.#relisten(seen);
+    };
     client.on('notification', (msg) => {
       if (msg.channel === NOTIFY_CHANNEL && msg.payload) this.events.emit('cluster', msg.payload);
     });
-    client.on('error', (e) => {
-      this.log.warn({ err: e }, 'LISTEN connection lost; reconnecting');
-      this.#listener = null;
-      void client.end().catch(() => undefined);
-      // Wake every waiter so none sleeps through a change made while we were deaf.
-      this.events.emit('cluster', '*');
-      setTimeout(() => void this.listen().catch((err) => this.log.error({ err }, 'LISTEN reconnect failed')), 1000).unref();
-    });
-    await client.connect();
-    await client.query(`LISTEN ${NOTIFY_CHANNEL}`);
+    client.on('error', onLost);
+    client.on('end', () => onLost());
+    try {
+      await client.connect();
+      if (!(await this.hosts.acceptable(client))) throw new StoreUnavailableError(`${this.hosts.targets.hosts[at]!.name} does not accept writes`);
+      await client.query(`LISTEN ${NOTIFY_CHANNEL}`);
+    } catch (e) {
+      lost = true; // this attempt failed: the caller retries, not the handlers
+      await client.end().catch(() => undefined);
+      throw e;
+    }
+    if (this.#closed) {
+      lost = true;
+      await client.end().catch(() => undefined);
+      return;
+    }
     this.#listener = client;
+    this.#listenerHost = at;
+  }
+
+  /** Retry LISTEN (rescanning the hosts first) every 250 ms doubling to 1 s, until it holds or the store closes. */
+  #relisten(seen: number, attempt = 0): void {
+    const timer = setTimeout(() => {
+      if (this.#closed) return;
+      let epoch = seen;
+      void this.hosts.resolve(seen)
+        .then(() => {
+          epoch = this.hosts.epoch;
+          return this.listen();
+        })
+        .then(() => {
+          if (this.#closed) return;
+          this.log.info({ host: this.hosts.host.name }, 'LISTEN re-established: long-polls re-read their generation');
+          this.events.emit('cluster', '*');
+        }, (e: unknown) => {
+          this.log.warn({ err: e instanceof StoreUnavailableError ? e.detail : (e as Error).message, attempt }, 'LISTEN not re-established yet; retrying');
+          this.#relisten(epoch, attempt + 1);
+        });
+    }, Math.min(1000, 250 * 2 ** attempt));
+    timer.unref();
   }
 
   async close(): Promise<void> {

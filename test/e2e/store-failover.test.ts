@@ -1,0 +1,246 @@
+// End to end, the coordinators' shared store fails over (issue 11, item 3). The store is a
+// primary and a synchronous streaming standby (two real PostgreSQL 15 servers on loopback); two
+// coordinator processes share it through a multi-host URL with target_session_attrs=read-write.
+// Admin writes go to coordinator A; both agents (real nodes) long-poll coordinator B, whose way to
+// the store goes through a TCP relay the test can cut: so B is made deaf first, and every change
+// can reach B's long-polls only through the re-read B does once it LISTENs again (their NOTIFYs
+// went to nobody on B). With B deaf: a change through A, at once the primary is SIGKILLed
+// (postmaster and backends), an admin write during the outage gets a coded 503 without hanging,
+// the standby is promoted, the first admin write that succeeds is timed, B's way is restored,
+// and the time until every agent runs the new generation is measured; a probe loop checks that
+// the nodes serve their last good state throughout.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream, existsSync } from 'node:fs';
+import { appendFile, cp, mkdtemp, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { LocalCluster } from '../../bin/local-cluster.ts';
+import type { ClusterSpec } from '../../shared/schema.ts';
+import { createPgInstance, freePort, ownedDir, PgInstance, runPg } from '../../shared/pgserver.ts';
+import { PACKAGE_ROOT } from '../../shared/version.ts';
+import { query } from '../helpers/pg.ts';
+import { watchCluster } from '../helpers/lifecycle-e2e.ts';
+import { httpsClient, type Client } from '../integration/coordinator-helpers.ts';
+
+const PGACCORD = join(PACKAGE_ROOT, 'bin', 'pgaccord.mjs');
+
+/** Poll until `probe` gives a value (its exceptions end the wait). */
+async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | null | undefined | false>, everyMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/** Every process of a server: the postmaster (from postmaster.pid) and its children. */
+function serverPids(pidFile: string): number[] {
+  const postmaster = Number(pidFile.split('\n')[0]);
+  const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(postmaster)], { encoding: 'utf8' }).split('\n').map(Number).filter((n) => n > 0);
+  return [postmaster, ...children];
+}
+
+/** A TCP relay to a server that can be cut (every connection dropped, new ones refused) and restored. */
+async function relay(port: number): Promise<{ port: number; cut(): void; restore(): void; close(): Promise<void> }> {
+  let open = true;
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((s) => {
+    if (!open) return void s.destroy();
+    const up = connect(port, '127.0.0.1');
+    for (const [x, y] of [[s, up], [up, s]] as const) {
+      sockets.add(x);
+      x.on('error', () => y.destroy());
+      x.on('close', () => {
+        sockets.delete(x);
+        y.destroy();
+      });
+      x.pipe(y);
+    }
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as { port: number }).port,
+    cut() {
+      open = false;
+      for (const x of sockets) x.destroy();
+    },
+    restore() {
+      open = true;
+    },
+    close: () => new Promise<void>((r) => {
+      for (const x of sockets) x.destroy();
+      server.close(() => r());
+    }),
+  };
+}
+
+test('the store fails over: coordinators reconnect, LISTEN again, no change lost, agents serve throughout', async () => {
+  const dir = await mkdtemp('/tmp/pgaccord-e2e-storefo-');
+  const cluster = await LocalCluster.create({ dir });
+  const coordinators: ChildProcess[] = [];
+  const clients: Client[] = [];
+  let primary: PgInstance | null = null;
+  let standby: PgInstance | null = null;
+  let watch: ReturnType<typeof watchCluster> | null = null;
+  let passed = false;
+  after(async () => {
+    await watch?.stop();
+    await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
+    for (const c of coordinators) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    await Promise.all([primary, standby].map((p) => p?.destroy()));
+    await cluster.close({ keep: !passed }); // the logs of a failed run stay in dir
+    if (!passed) console.log(`# store failover: logs kept in ${dir}`);
+  });
+
+  // --- the two-node store -------------------------------------------------------------------
+  const password = randomBytes(18).toString('base64url');
+  primary = await createPgInstance({ baseDir: join(dir, 'store-1'), listen: '127.0.0.1', superuserPassword: password });
+  await appendFile(join(primary.dataDir, 'pg_hba.conf'), 'host all postgres 127.0.0.1/32 scram-sha-256\nhost replication postgres 127.0.0.1/32 scram-sha-256\n');
+  await primary.reload();
+  await query(primary, 'CREATE DATABASE pgaccord');
+  const user = primary.osUser;
+  const standbyBase = join(dir, 'store-2');
+  await ownedDir(standbyBase, user, 0o711);
+  await ownedDir(join(standbyBase, 'sock'), user);
+  const standbyPort = await freePort();
+  await runPg('pg_basebackup', ['-h', '127.0.0.1', '-p', String(primary.port), '-U', 'postgres', '-D', join(standbyBase, 'data'), '-R', '-X', 'stream', '-c', 'fast'], user, { env: { PGPASSWORD: password } });
+  await appendFile(join(standbyBase, 'data', 'postgresql.conf'), `\nport = ${standbyPort}\nunix_socket_directories = '${join(standbyBase, 'sock')}'\n`);
+  standby = new PgInstance(standbyBase, join(standbyBase, 'data'), join(standbyBase, 'sock'), '127.0.0.1', standbyPort, user, false, password);
+  await standby.start();
+  // Synchronous: a write the coordinator acknowledged is on the standby before the primary can
+  // die (set after the clone, so the promoted standby does not wait for a standby of its own).
+  await query(primary, `ALTER SYSTEM SET synchronous_standby_names = '*'`);
+  await query(primary, 'SELECT pg_reload_conf()');
+  await until('the standby streaming synchronously', 30_000, async () => (await query<{ s: string }>(primary!, `SELECT sync_state AS s FROM pg_stat_replication`))[0]?.s === 'sync');
+  const storeUrl = (p1: number, p2: number) => `postgresql://postgres:${password}@127.0.0.1:${p1},127.0.0.1:${p2}/pgaccord?target_session_attrs=read-write`;
+  // B reaches both servers through relays.
+  const toPrimary = await relay(primary.port);
+  const toStandby = await relay(standby.port);
+  after(() => Promise.all([toPrimary.close(), toStandby.close()]));
+
+  // --- two coordinators on it (B is given A's data directory: CA, master key, admin token) --
+  const startCoordinator = async (name: string, dataDir: string, databaseUrl: string): Promise<{ url: string; client: Client }> => {
+    const port = await freePort();
+    const child = spawn(process.execPath, [PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--long-poll', '120'], {
+      env: { ...process.env, PGACCORD_DATABASE_URL: databaseUrl }, // not on the command line: it holds the password
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    coordinators.push(child);
+    const log = createWriteStream(join(dir, `${name}.log`));
+    child.stdout!.pipe(log);
+    child.stderr!.pipe(log);
+    const url = `https://127.0.0.1:${port}`;
+    await until(`coordinator ${name} serving`, 60_000, async () => {
+      if (child.exitCode !== null) throw new Error(`coordinator ${name} exited ${child.exitCode}: ${await readFile(join(dir, `${name}.log`), 'utf8')}`);
+      return existsSync(join(dir, `${name}.log`)) && (await readFile(join(dir, `${name}.log`), 'utf8')).includes('pgaccord coordinator listening on');
+    }, 300);
+    const client = httpsClient(url, await readFile(join(dataDir, 'ca.crt'), 'utf8'));
+    clients.push(client);
+    assert.equal((await client.call('GET', '/healthz')).status, 200);
+    return { url, client };
+  };
+  const a = await startCoordinator('coordinator-a', cluster.coordinatorDir, storeUrl(primary.port, standby.port));
+  const dirB = join(dir, 'coordinator-b');
+  await cp(cluster.coordinatorDir, dirB, { recursive: true });
+  const b = await startCoordinator('coordinator-b', dirB, storeUrl(toPrimary.port, toStandby.port));
+  const token = (await readFile(join(cluster.coordinatorDir, 'admin.token'), 'utf8')).trim();
+
+  // --- two real nodes whose agents long-poll B; admin writes through A ---------------------
+  cluster.coordinatorUrl = a.url;
+  const n1 = await cluster.addNode('node-1', '127.0.0.81');
+  const n2 = await cluster.addNode('node-2', '127.0.0.82');
+  const spec = (rules: number): ClusterSpec => ({
+    name: 'storefo', profile: 'pgd', auth: 'cert', tls: { sslmode: 'verify-full' },
+    nodes: [n1, n2].map((n) => ({ name: n.name, host: n.host, address: '127.0.0.1', port: n.pg.port, kind: 'peer' })),
+    // Each write adds one rule: which writes a node has applied shows in its pg_hba.conf.
+    hba: Array.from({ length: rules }, (_, i) => ({ type: 'hostssl' as const, database: 'all', user: 'all', address: `10.77.0.${i + 1}/32`, method: 'reject' as const })),
+  });
+  const put = (rules: number) => a.client.call('PUT', '/v1/clusters/storefo', { token, body: spec(rules) });
+  assert.equal((await put(0)).status, 200);
+  cluster.coordinatorUrl = b.url;
+  await cluster.startAgent('storefo', 'node-1');
+  await cluster.startAgent('storefo', 'node-2');
+  cluster.coordinatorUrl = a.url;
+  const converged = await cluster.waitConverged('storefo', 90_000);
+  const bLog = () => readFile(join(dir, 'coordinator-b.log'), 'utf8');
+  // Both agents are held in a long-poll on B for the generation after the current one.
+  const g0 = converged.generation;
+  await until('both agents long-polling B', 30_000, async () => (await bLog()).split(`desired?after=${g0}`).length - 1 >= 2, 100);
+  const startTimes = async () => Promise.all([n1, n2].map(async (n) => (await query<{ t: Date }>(n.pg, 'SELECT pg_postmaster_start_time() AS t'))[0]!.t.toISOString()));
+  const started = await startTimes();
+  const applied = async (n: typeof n1) => (JSON.parse(await readFile(join(n.stateDir, 'status.json'), 'utf8')) as { status: { generation: number } }).status.generation;
+  const rejects = async (n: typeof n1) => (await query<{ a: string }>(n.pg, `SELECT address AS a FROM pg_hba_file_rules WHERE auth_method = 'reject' AND address LIKE '10.77.%' ORDER BY address`)).map((r) => r.a);
+  watch = watchCluster(cluster, 1000);
+
+  // --- B deaf; a change; at once the primary dies -----------------------------------------
+  const retries = async () => (await bLog()).split('LISTEN not re-established yet').length - 1;
+  toPrimary.cut();
+  toStandby.cut();
+  await until('coordinator B deaf (its LISTEN lost)', 10_000, async () => (await bLog()).includes('LISTEN connection lost'), 50);
+  const before = await put(1);
+  assert.equal(before.status, 200, before.text);
+  const pids = serverPids(await readFile(join(primary.dataDir, 'postmaster.pid'), 'utf8'));
+  for (const pid of pids) process.kill(pid, 'SIGKILL');
+  const diedAt = Date.now();
+
+  // During the outage (the standby not yet promoted): a coded refusal, quickly, not a hang.
+  const t = Date.now();
+  const during = await put(2);
+  const duringMs = Date.now() - t;
+  assert.equal(during.status, 503, during.text);
+  assert.equal(during.body.code, 'E_STORE_UNAVAILABLE');
+  assert.ok(duringMs < 10_000, `the refused write took ${duringMs} ms`);
+  assert.equal((await a.client.call('GET', '/healthz')).status, 503);
+
+  // A failover manager takes a while: promote once B has retried LISTEN a few times.
+  await until('coordinator B retrying LISTEN', 20_000, async () => (await retries()) >= 3, 100);
+  await runPg('pg_ctl', ['promote', '-w', '-t', '60', '-D', standby.dataDir], user);
+  const promotedAt = Date.now();
+  let refusals = 1;
+  const written = await until('the first admin write after the failover', 30_000, async () => {
+    const r = await put(2);
+    if (r.status === 200) return r.body as { generation: number };
+    assert.equal(r.body?.code, 'E_STORE_UNAVAILABLE', r.text);
+    refusals += 1;
+    return null;
+  }, 100);
+  const firstWriteAt = Date.now();
+  // B's way to the store is back: its LISTEN holds again, then its held long-polls re-read.
+  toPrimary.restore();
+  toStandby.restore();
+  await until('both agents on the new generation', 30_000, async () => (await applied(n1)) >= written.generation && (await applied(n2)) >= written.generation, 50);
+  const agentsAt = Date.now();
+  await cluster.waitConverged('storefo', 30_000);
+  await watch.stop();
+
+  const relisten = (await bLog()).split('\n').find((l) => l.includes('LISTEN re-established'));
+  const figures = {
+    primaryDeathToFirstWriteMs: firstWriteAt - diedAt,
+    promoteToFirstWriteMs: firstWriteAt - promotedAt,
+    firstWriteToAllAgentsMs: agentsAt - firstWriteAt,
+    refusedWritesDuringOutage: refusals,
+    refusedWriteMs: duringMs,
+    bListenRetries: await retries(),
+    bRelistenAfterFirstWriteMs: relisten ? (JSON.parse(relisten) as { time: number }).time - firstWriteAt : null,
+    // Times an agent found the coordinator failing (and backed off) instead of staying held.
+    agentRetries: await Promise.all([n1, n2].map(async (n) => (await readFile(join(dir, `agent-${n.name}.log`), 'utf8')).split('retrying the coordinator after a delay').length - 1)),
+    generation: written.generation,
+    probes: watch.probes,
+    probeFailures: watch.failures.length,
+  };
+  assert.ok(watch.probes > 0 && relisten, 'probes ran; B listened again');
+  console.log(`# store failover: ${JSON.stringify(figures)}`);
+  // The change acknowledged just before the primary died survived it, and both writes reached both nodes.
+  for (const n of [n1, n2]) assert.deepEqual(await rejects(n), ['10.77.0.1', '10.77.0.2'], `${n.name} pg_hba.conf`);
+  assert.ok(figures.primaryDeathToFirstWriteMs <= 30_000, `first admin write ${figures.primaryDeathToFirstWriteMs} ms after the primary died`);
+  assert.ok(figures.firstWriteToAllAgentsMs <= 5_000, `every agent on the new generation ${figures.firstWriteToAllAgentsMs} ms after the first write`);
+  assert.deepEqual(watch.failures, [], 'the nodes served their last good state throughout (no probe failed)');
+  assert.deepEqual(await startTimes(), started, 'PostgreSQL was never restarted');
+  assert.equal((await b.client.call('GET', '/healthz')).status, 200);
+  passed = true;
+});
