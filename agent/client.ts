@@ -93,6 +93,29 @@ interface Answer {
 /** Answers that say "this coordinator cannot serve now", not "the request is wrong": try another. */
 const FAILOVER_STATUSES = new Set([502, 503, 504]);
 
+interface CallOptions {
+  /** Safe to send twice (a read, a status report): moved to the next coordinator on any failure. */
+  idempotent?: boolean;
+  /** The path to send to the next coordinator instead (a long-poll asks it to answer at once). */
+  retryPath?: string;
+}
+
+/** Failures of the connection itself, before any byte of the request left: nothing was done. */
+const NOT_SENT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT']);
+
+/** The same long-poll path with wait=0. */
+function answerAtOnce(path: string): string {
+  const u = new URL(path, 'https://x');
+  u.searchParams.set('wait', '0');
+  return `${u.pathname}${u.search}`;
+}
+
+function neverSent(e: CoordinatorError): boolean {
+  const c = e.cause as { code?: string; cause?: { code?: string } } | undefined;
+  const code = c?.cause?.code ?? c?.code;
+  return code !== undefined && NOT_SENT_CODES.has(code);
+}
+
 /** Sent with every long-poll: passwords-at, this agent applies NodeDesired.passwordsAt. */
 export const AGENT_FEATURES = 'passwords-at';
 
@@ -149,13 +172,15 @@ export class CoordinatorClient {
    * answers 502/503/504, each coordinator tried at most once per call. The one that answered
    * stays current; after a failure the next call starts at the next one.
    */
-  private async call(method: 'GET' | 'POST', path: string, body?: unknown, signal?: AbortSignal): Promise<Answer> {
+  private async call(method: 'GET' | 'POST', path: string, body?: unknown, signal?: AbortSignal, how: CallOptions = {}): Promise<Answer> {
     for (let tried = 1; ; tried++) {
       const base = this.urls[this.current]!;
       let failure: CoordinatorError;
       try {
-        const a = await this.callOne(base, method, path, body, signal);
-        if (this.urls.length === 1 || !FAILOVER_STATUSES.has(a.status)) return a;
+        const a = await this.callOne(base, method, tried > 1 && how.retryPath ? how.retryPath : path, body, signal);
+        // Not idempotent (a CSR): only a 503 says for sure nothing was done; a proxy's 502/504 does not.
+        const moveOn = FAILOVER_STATUSES.has(a.status) && (how.idempotent === true || a.status === 503);
+        if (this.urls.length === 1 || !moveOn) return a;
         if (tried >= this.urls.length) {
           this.current = (this.current + 1) % this.urls.length;
           return a;
@@ -164,6 +189,13 @@ export class CoordinatorClient {
       } catch (e) {
         if (!(e instanceof CoordinatorError) || e.code !== 'E_UNREACHABLE' || this.urls.length === 1) throw e;
         failure = e;
+        // A request that may have reached the coordinator is sent again elsewhere only when that
+        // is harmless: a CSR signed by a coordinator that died before answering would otherwise
+        // be signed a second time by the next. It fails; the caller retries with a new key.
+        if (how.idempotent !== true && !neverSent(e)) {
+          this.current = (this.current + 1) % this.urls.length;
+          throw e;
+        }
       }
       this.current = (this.current + 1) % this.urls.length;
       if (tried >= this.urls.length) throw failure;
@@ -219,7 +251,7 @@ export class CoordinatorClient {
   }
 
   async status(status: AgentStatus): Promise<void> {
-    const a = await this.call('POST', '/v1/agent/status', status);
+    const a = await this.call('POST', '/v1/agent/status', status, undefined, { idempotent: true });
     if (a.status < 200 || a.status >= 300) throw httpError('POST', '/v1/agent/status', a);
   }
 
@@ -233,7 +265,9 @@ export class CoordinatorClient {
     // peersKnown: also answer (202) once more than that many other nodes applied `after` (see PeerWake).
     // features: what this agent understands in a desired state beyond the fields every agent knows.
     const path = `/v1/agent/desired?after=${after}${waitSeconds !== undefined ? `&wait=${Math.max(0, Math.floor(waitSeconds))}` : ''}${peersKnown !== undefined ? `&peers=${Math.max(0, Math.floor(peersKnown))}` : ''}&features=${AGENT_FEATURES}`;
-    const a = await this.call('GET', path, undefined, signal);
+    // Moved to another coordinator: it answers at once, so that the report that is this agent's
+    // heartbeat does not wait a whole long-poll on top of the one that failed.
+    const a = await this.call('GET', path, undefined, signal, { idempotent: true, retryPath: answerAtOnce(path) });
     if (a.status === 200) return { kind: 'newer', body: a.body };
     if (a.status === 202 && peersKnown !== undefined) return { kind: 'peers', body: this.expect('GET', path, a, PeerWake, 202) };
     if (a.status === 204) return { kind: 'unchanged' };

@@ -83,22 +83,31 @@ export class HttpError extends Error {
   }
 }
 
+/** Connection failures before any byte of the request left: nothing was done there. */
+const NOT_SENT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
+
 /**
  * One admin call on the coordinator that answered last, moving on to the next when it cannot be
  * reached (or answers 502/503/504); each is tried once. An admin is one person at a terminal, so
- * there is no pause between them; failing every one names each and why.
+ * there is no pause between them; failing every one names each and why. A change (not a GET)
+ * that may have reached a coordinator which then failed is not sent to the next: done twice, a
+ * CA rotation start would be refused as already in progress, a token made twice. It says so.
  */
 async function call<T>(conn: Conn, method: string, path: string, body?: unknown): Promise<T> {
   const failures: string[] = [];
+  const change = method !== 'GET';
   for (let tried = 0; tried < conn.urls.length; tried++) {
     const url = conn.urls[conn.current]!;
     const last = tried === conn.urls.length - 1;
     try {
       const res = await callOne(conn, url, method, path, body);
-      if (!FAILOVER_STATUSES.has(res.statusCode) || last) return answer<T>(res);
+      if (!FAILOVER_STATUSES.has(res.statusCode) || last || (change && res.statusCode !== 503)) return answer<T>(res);
       failures.push(`${url}: HTTP ${res.statusCode}`);
     } catch (e) {
       const err = e as Error & { code?: string };
+      if (change && conn.urls.length > 1 && !NOT_SENT_CODES.has(err.code ?? '')) {
+        throw new Error(`the coordinator at ${url} failed after the request was sent (${err.message || err.code}): it may or may not have been done; look (pgaccord status) before trying again`);
+      }
       failures.push(`${url}: ${err.message || err.code}`);
     }
     conn.current = (conn.current + 1) % conn.urls.length;

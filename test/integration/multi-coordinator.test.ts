@@ -7,93 +7,43 @@
 // URLs works while the first is down.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crlInfo } from '../../shared/crl.ts';
 import { parseJoinToken } from '../../shared/join-token.ts';
 import { freePort, type PgInstance } from '../../shared/pgserver.ts';
 import { createCsr, generateRsaKey } from '../../shared/x509.ts';
-import { query, throwawayPg } from '../helpers/pg.ts';
+import { coordinatorFleet, SHARED_FILES, type CoordProcess, type CoordSlot } from '../helpers/coordinators.ts';
+import { throwawayPg } from '../helpers/pg.ts';
 import { startAgent, waitFor, type AgentProcess } from './agent-runtime-helpers.ts';
 import { httpsClient, type Client } from './coordinator-helpers.ts';
 
 const CLI = join(import.meta.dirname, '../../bin/pgaccord.mjs');
-const store: PgInstance = await throwawayPg();
-await query(store, 'CREATE DATABASE coord');
-const databaseUrl = `postgresql://postgres@/coord?host=${encodeURIComponent(store.socketDir)}&port=${store.port}`;
+const fleet = await coordinatorFleet(2);
+const [slotA, slotB] = fleet.slots as [CoordSlot, CoordSlot];
+const A = slotA.proc!;
+const B = slotB.proc!;
+const urls = { a: slotA.url, b: slotB.url };
 const node: PgInstance = await throwawayPg();
-const dirs = { a: await mkdtemp(join(tmpdir(), 'pgaccord-ha-a-')), b: await mkdtemp(join(tmpdir(), 'pgaccord-ha-b-')), c: await mkdtemp(join(tmpdir(), 'pgaccord-ha-c-')) };
+// A third data directory, for coordinators that must be refused.
+const wrong: CoordSlot = { dir: await mkdtemp(join(tmpdir(), 'pgaccord-ha-wrong-')), port: await freePort(), url: '', proc: null };
 const stateDir = await mkdtemp(join(tmpdir(), 'pgaccord-ha-agent-'));
 const confDir = await mkdtemp(join(tmpdir(), 'pgaccord-ha-conf-'));
-const children = new Set<ChildProcess>();
 const agents: AgentProcess[] = [];
 after(async () => {
   await Promise.all(agents.map((a) => a.stop('SIGKILL')));
-  for (const c of children) c.kill('SIGKILL');
-  for (const d of [...Object.values(dirs), stateDir, confDir]) await rm(d, { recursive: true, force: true });
+  for (const d of [wrong.dir, stateDir, confDir]) await rm(d, { recursive: true, force: true });
 });
-
-interface Coord {
-  child: ChildProcess;
-  url: string;
-  exited: Promise<number | null>;
-  /** JSON log records so far. */
-  records(): { msg: string; [k: string]: unknown }[];
-}
-
-const ports = { a: await freePort(), b: await freePort(), c: await freePort() };
-const urls = { a: `https://127.0.0.1:${ports.a}`, b: `https://127.0.0.1:${ports.b}` };
-
-function spawnCoord(dir: string, port: number, extra: string[] = []): { child: ChildProcess; out: () => string; err: () => string; exited: Promise<number | null> } {
-  const child = spawn(process.execPath, [CLI, 'coordinator', '--data-dir', dir, '--listen', `127.0.0.1:${port}`, '--database-url', databaseUrl, '--long-poll', '3', '--public-url', `${urls.a},${urls.b}`, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(child);
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (err += d));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => {
-    children.delete(child);
-    resolve(code);
-  }));
-  return { child, out: () => out, err: () => err, exited };
-}
-
-async function startCoord(dir: string, port: number): Promise<Coord> {
-  const s = spawnCoord(dir, port);
-  await waitFor(`coordinator on ${port} listening`, () => {
-    if (s.child.exitCode !== null) throw new Error(`exited ${s.child.exitCode}: ${s.err()}`);
-    return s.err().includes('listening on');
-  }, 60_000, 100);
-  return {
-    child: s.child,
-    url: `https://127.0.0.1:${port}`,
-    exited: s.exited,
-    records: () => s.out().split('\n').flatMap((l) => {
-      try {
-        return [JSON.parse(l) as { msg: string }];
-      } catch {
-        return [];
-      }
-    }),
-  };
-}
-
-/** The files a second coordinator needs from the first: the coordinator CA (both files), master key, admin token. */
-async function shareDataDir(from: string, to: string): Promise<void> {
-  for (const f of ['ca.crt', 'coordinator-ca.key', 'master.key', 'admin.token']) await copyFile(join(from, f), join(to, f));
-}
-
-const A = await startCoord(dirs.a, ports.a);
-await shareDataDir(dirs.a, dirs.b);
-const B = await startCoord(dirs.b, ports.b);
-const caPem = await readFile(join(dirs.a, 'ca.crt'), 'utf8');
-const adminToken = (await readFile(join(dirs.a, 'admin.token'), 'utf8')).trim();
-const adminA = httpsClient(A.url, caPem);
-const adminB = httpsClient(B.url, caPem);
+const caPem = fleet.caPem;
+const adminToken = fleet.adminToken;
+const adminA = httpsClient(slotA.url, caPem);
+const adminB = httpsClient(slotB.url, caPem);
 const admin = (c: Client): Client => ({ call: (m, p, o = {}) => c.call(m, p, { token: adminToken, ...o }), close: () => c.close() });
+const storeQuery = fleet.storeQuery;
+const dirs = { a: slotA.dir };
 
 const spec = (roles: string[] = []) => ({
   name: 'ha',
@@ -108,37 +58,27 @@ const spec = (roles: string[] = []) => ({
 });
 
 /** Its stderr once it has exited non-zero; a failure if it serves instead. */
-async function refusedAtStart(s: ReturnType<typeof spawnCoord>): Promise<string> {
-  await waitFor('the coordinator to exit or listen', () => s.child.exitCode !== null || s.err().includes('listening on'), 60_000, 100);
-  if (s.child.exitCode === null) {
-    s.child.kill('SIGKILL');
-    assert.fail(`started with the wrong master key:\n${s.err()}`);
+async function refusedAtStart(p: CoordProcess): Promise<string> {
+  await waitFor('the coordinator to exit or listen', () => p.child.exitCode !== null || p.stderr().includes('listening on'), 60_000, 100);
+  if (p.child.exitCode === null) {
+    p.child.kill('SIGKILL');
+    assert.fail(`started with the wrong master key:\n${p.stderr()}`);
   }
-  assert.notEqual(s.child.exitCode, 0);
-  return s.err();
+  assert.notEqual(p.child.exitCode, 0);
+  return p.stderr();
 }
 
 test('a second coordinator with another master key is refused at start, with or without the store\'s key check row', async () => {
   const put = await admin(adminA).call('PUT', '/v1/clusters/ha', { body: spec() });
   assert.equal(put.status, 200, put.text);
-  for (const f of ['ca.crt', 'coordinator-ca.key', 'admin.token']) await copyFile(join(dirs.a, f), join(dirs.c, f));
-  await writeFile(join(dirs.c, 'master.key'), randomBytes(32), { mode: 0o600 });
-  const first = await refusedAtStart(spawnCoord(dirs.c, ports.c));
-  assert.match(first, /master\.key does not match/);
+  for (const f of SHARED_FILES.filter((x) => x !== 'master.key')) await copyFile(join(slotA.dir, f), join(wrong.dir, f));
+  await writeFile(join(wrong.dir, 'master.key'), randomBytes(32), { mode: 0o600 });
+  assert.match(await refusedAtStart(fleet.spawn(wrong)), /master\.key does not match/);
   // A store initialised before the check row existed (or whose row was lost): the key is checked
   // against the secrets the store holds, and no check row is written for the wrong key.
-  const pg = await import('pg');
-  const c = new pg.default.Client(store.socketConfig('coord'));
-  await c.connect();
-  try {
-    await c.query(`DELETE FROM meta WHERE key = 'master_key_check'`);
-    const second = await refusedAtStart(spawnCoord(dirs.c, ports.c));
-    assert.match(second, /master\.key does not match/);
-    assert.equal((await c.query(`SELECT 1 FROM meta WHERE key = 'master_key_check'`)).rowCount, 0, 'the wrong key wrote no check row');
-  } finally {
-    await c.end();
-  }
-  // The right key still starts (and writes the check row back).
+  await storeQuery(`DELETE FROM meta WHERE key = 'master_key_check'`);
+  assert.match(await refusedAtStart(fleet.spawn(wrong)), /master\.key does not match/);
+  assert.equal((await storeQuery(`SELECT 1 FROM meta WHERE key = 'master_key_check'`)).length, 0, 'the wrong key wrote no check row');
   assert.deepEqual((await adminB.call('GET', '/healthz')).body, { ok: true });
 });
 
@@ -151,8 +91,8 @@ test('a join token raced on two coordinators (parallel enrolments on both) is sp
   assert.equal(parsed.payload.url, urls.a, 'and the first one where a single-URL agent looks');
   const N = 8;
   const keys = await Promise.all(Array.from({ length: 2 * N }, () => generateRsaKey()));
-  const anonA = httpsClient(A.url, caPem);
-  const anonB = httpsClient(B.url, caPem);
+  const anonA = httpsClient(slotA.url, caPem);
+  const anonB = httpsClient(slotB.url, caPem);
   const answers = await Promise.all(keys.map((k, i) => (i % 2 === 0 ? anonA : anonB).call('POST', '/v1/agent/enroll', { body: { token: tok.body.token, csr: createCsr(k.privateKeyPem, 'x') } })));
   const ok = answers.filter((a) => a.status === 200);
   assert.equal(ok.length, 1, `exactly one enrolment succeeds: ${answers.map((a) => a.status).join(',')}`);
@@ -161,24 +101,13 @@ test('a join token raced on two coordinators (parallel enrolments on both) is sp
   assert.equal(coordDbRows[0]!.n, 1, 'one identity certificate issued');
 });
 
-async function storeQuery<T>(sql: string, params: unknown[] = []): Promise<T[]> {
-  const pg = await import('pg');
-  const c = new pg.default.Client(store.socketConfig('coord'));
-  await c.connect();
-  try {
-    return (await c.query(sql, params)).rows as T[];
-  } finally {
-    await c.end();
-  }
-}
-
 test('CRL numbers: strictly increasing and never repeated under concurrent revocations and refreshes on both coordinators; each due refresh done once', async () => {
   // An enrolled node-2 identity asks for server certificates, which are then revoked in parallel on both.
   const tok = await admin(adminB).call('POST', '/v1/clusters/ha/nodes/node-2/tokens', { body: {} });
   const idKey = await generateRsaKey();
-  const enr = await httpsClient(B.url, caPem).call('POST', '/v1/agent/enroll', { body: { token: tok.body.token, csr: createCsr(idKey.privateKeyPem, 'x') } });
+  const enr = await httpsClient(slotB.url, caPem).call('POST', '/v1/agent/enroll', { body: { token: tok.body.token, csr: createCsr(idKey.privateKeyPem, 'x') } });
   assert.equal(enr.status, 200, enr.text);
-  const asNode = httpsClient(A.url, caPem, { certPem: enr.body.certificate, keyPem: idKey.privateKeyPem });
+  const asNode = httpsClient(slotA.url, caPem, { certPem: enr.body.certificate, keyPem: idKey.privateKeyPem });
   const serials: string[] = [];
   for (let i = 0; i < 10; i++) {
     const k = await generateRsaKey();
@@ -233,7 +162,7 @@ test('an agent given both URLs keeps converging when the first coordinator is SI
   const tok = await admin(adminA).call('POST', '/v1/clusters/ha/nodes/node-1/tokens', { body: {} });
   assert.equal(tok.status, 200, tok.text);
   const configFile = join(confDir, 'agent.yaml');
-  await writeFile(configFile, `coordinator:\n  - ${A.url}\n  - ${B.url}\nnode: ha/node-1\npgdata: ${node.dataDir}\n`);
+  await writeFile(configFile, `coordinator:\n  - ${slotA.url}\n  - ${slotB.url}\nnode: ha/node-1\npgdata: ${node.dataDir}\n`);
   const agent = startAgent(['--config', configFile, '--state-dir', stateDir, '--join-token', tok.body.token]);
   agents.push(agent);
   const convergedAt = async (generation: number, timeoutMs = 90_000) => waitFor(`node-1 converged at ${generation}`, async () => {
@@ -245,9 +174,8 @@ test('an agent given both URLs keeps converging when the first coordinator is SI
   });
   const g1 = (await admin(adminB).call('GET', '/v1/clusters/ha')).body.generation as number;
   await convergedAt(g1);
-  A.child.kill('SIGKILL');
+  await fleet.kill(slotA);
   const killedAt = Date.now();
-  await A.exited;
   const put = await admin(adminB).call('PUT', '/v1/clusters/ha', { body: spec(['app']) });
   assert.equal(put.status, 200, put.text);
   await convergedAt(put.body.generation, 60_000);
@@ -266,18 +194,22 @@ test('an agent given both URLs keeps converging when the first coordinator is SI
     child.stderr.on('data', (d) => (err += d));
     child.on('exit', (code) => resolve({ code, out, err }));
   });
-  const dead = A.url;
+  const dead = slotA.url;
   for (const [args, env] of [
-    [['status', 'ha', '--data-dir', dirs.a, '--coordinator', `${dead},${B.url}`], {}],
-    [['status', 'ha', '--data-dir', dirs.a, '--coordinator', B.url, '--coordinator', dead], {}],
-    [['status', 'ha', '--data-dir', dirs.a], { PGACCORD_URL: `${dead},${B.url}` }],
+    [['status', 'ha', '--data-dir', dirs.a, '--coordinator', `${dead},${slotB.url}`], {}],
+    [['status', 'ha', '--data-dir', dirs.a, '--coordinator', slotB.url, '--coordinator', dead], {}],
+    [['status', 'ha', '--data-dir', dirs.a], { PGACCORD_URL: `${dead},${slotB.url}` }],
   ] as [string[], NodeJS.ProcessEnv][]) {
     const r = await cli(args, env);
     assert.equal(r.code, 0, `${args.join(' ')}: ${r.err}`);
     assert.match(r.out, /node-1/);
   }
+  // A change (POST) too, when the first refuses the connection: nothing was sent there.
+  const tok2 = await cli(['token', 'create', 'ha', 'node-2', '--data-dir', dirs.a, '--coordinator', `${dead},${slotB.url}`]);
+  assert.equal(tok2.code, 0, tok2.err);
+  assert.match(tok2.out, /pga1\./);
   // Both down: a clear error naming each.
-  const none = await cli(['status', 'ha', '--data-dir', dirs.a, '--coordinator', `${dead},https://127.0.0.1:${ports.c}`]);
+  const none = await cli(['status', 'ha', '--data-dir', dirs.a, '--coordinator', `${dead},https://127.0.0.1:${wrong.port}`]);
   assert.notEqual(none.code, 0);
-  assert.match(none.err, new RegExp(`${dead.replace(/[.:/]/g, '\\$&')}.*127\\.0\\.0\\.1:${ports.c}`, 's'));
+  assert.match(none.err, new RegExp(`${dead.replace(/[.:/]/g, '\\$&')}.*127\\.0\\.0\\.1:${wrong.port}`, 's'));
 });

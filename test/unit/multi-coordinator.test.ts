@@ -80,7 +80,7 @@ test('agent config: --coordinator repeated/comma-separated, a YAML list, or the 
   await assert.rejects(readConfigFile(file), /must be a URL or a non-empty list of URLs/);
 });
 
-async function httpsServer(ca: CertificateAuthority, answer: (path: string) => number): Promise<{ url: string; hits: string[]; close(): Promise<void> }> {
+async function httpsServer(ca: CertificateAuthority, answer: (path: string) => number | 'die'): Promise<{ url: string; hits: string[]; close(): Promise<void> }> {
   const { privateKeyPem } = await generateRsaKey();
   const pub = forge.pki.publicKeyFromPem(createPublicKey(privateKeyPem).export({ type: 'spki', format: 'pem' }).toString());
   const cert = ca.issue({ publicKey: pub, commonName: '127.0.0.1', ipAddresses: ['127.0.0.1'], usage: 'server', lifetimeSeconds: 3600, now: new Date() });
@@ -88,6 +88,8 @@ async function httpsServer(ca: CertificateAuthority, answer: (path: string) => n
   const srv: Server = createServer({ key: privateKeyPem, cert: cert.pem }, (req, res) => {
     hits.push(req.url ?? '');
     const status = answer(req.url ?? '');
+    // A coordinator that dies having read the request (and perhaps signed the CSR), before answering.
+    if (status === 'die') return req.on('data', () => undefined).on('end', () => req.socket.destroy());
     res.writeHead(status, { 'content-type': 'application/json' });
     res.end(status === 503 ? JSON.stringify({ code: 'E_STORE_UNAVAILABLE', message: 'down' }) : '');
   });
@@ -123,5 +125,25 @@ test('agent client: moves on from a coordinator it cannot reach or that answers 
   } finally {
     await b.close().catch(() => undefined);
     await c.close().catch(() => undefined);
+  }
+});
+
+test('agent client: a CSR that reached a coordinator which died before answering is not sent to the next (it would be signed twice); a status report is', async () => {
+  const { ca } = await CertificateAuthority.create('test coordinator CA', new Date());
+  const dies = await httpsServer(ca, () => 'die');
+  const next = await httpsServer(ca, () => 204);
+  try {
+    const client = new CoordinatorClient({ baseUrl: [dies.url, next.url], caPem: ca.certPem, random: () => 0 });
+    await assert.rejects(client.csr({ slot: 'server', csr: 'x' }), (e: CoordinatorError) => e.code === 'E_UNREACHABLE');
+    assert.deepEqual(next.hits, [], 'the CSR was not sent again elsewhere');
+    assert.equal(client.coordinatorUrl, next.url, 'the next call starts at the next coordinator');
+    const back = new CoordinatorClient({ baseUrl: [dies.url, next.url], caPem: ca.certPem, random: () => 0 });
+    await back.status({ phase: 'converged' } as never);
+    assert.deepEqual(next.hits, ['/v1/agent/status'], 'a status report (idempotent) moves on');
+    await client.close();
+    await back.close();
+  } finally {
+    await dies.close();
+    await next.close();
   }
 });
