@@ -5,6 +5,7 @@
 //   fanout_ms         every node's desired(after=0) at once (what a change's wake-up costs)
 //   status_ms         POST /v1/agent/status over HTTPS, mean
 //   csr_ms            POST /v1/agent/csr (slot server) over HTTPS, mean
+//   *_cpu_ms          the CPU time of this process for the same (less noisy than wall time on a busy machine)
 //   rss_mb            this process (coordinator in-process), after setup and peak during the fan-out
 // BENCH_NODES sets the cluster size. Last line: JSON with the figures.
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -54,35 +55,43 @@ try {
   const enrolled = await call(dispatcher(), 'POST', '/v1/agent/enroll', { token: tok.token, csr: createCsr(privateKeyPem, 'bench') });
   const agentD = dispatcher({ cert: enrolled.certificate, key: privateKeyPem });
   const agent = (method: string, path: string, body?: unknown) => call(agentD, method, path, body);
-  const timeMean = async (runs: number, f: (i: number) => Promise<unknown>) => {
+  const cpu: Record<string, number> = {};
+  /** Mean wall time of f; its mean CPU time of this process (the coordinator's and the client's) goes in cpu[name]. */
+  const timeMean = async (name: string, runs: number, f: (i: number) => Promise<unknown>) => {
     await f(0); // warm-up
+    const c0 = process.cpuUsage();
     const t0 = performance.now();
     for (let i = 0; i < runs; i++) await f(i);
+    const c = process.cpuUsage(c0);
+    cpu[`${name}_cpu_ms`] = round((c.user + c.system) / 1000 / runs);
     return round((performance.now() - t0) / runs);
   };
 
   const rssSetup = rssMb();
-  const desiredMs = await timeMean(RUNS, () => agent('GET', '/v1/agent/desired?after=0&wait=0'));
+  const desiredMs = await timeMean('desired', RUNS, () => agent('GET', '/v1/agent/desired?after=0&wait=0'));
   const principal = (node: string) => ({ cluster: CLUSTER, node, serial: 'bench' });
-  const desiredInprocMs = await timeMean(Math.min(N, RUNS * 5), (i) => coord.service.desired(principal(`node-${(i % N) + 1}`), 0, undefined, 0));
+  const desiredInprocMs = await timeMean('desired_inproc', Math.min(N, RUNS * 5), (i) => coord.service.desired(principal(`node-${(i % N) + 1}`), 0, undefined, 0));
   const report: AgentStatus = {
     generation: 1, phase: 'converged', errors: [], files: [], servedCertificate: null, certificates: [], probes: [], pendingRestart: [], coordinatorReachable: true, versions: { agent: '0.1.0', postgres: '15' },
   };
-  const statusMs = await timeMean(RUNS, () => agent('POST', '/v1/agent/status', report));
+  const statusMs = await timeMean('status', RUNS, () => agent('POST', '/v1/agent/status', report));
   const csr = createCsr(privateKeyPem, 'db1.example.com');
-  const csrMs = await timeMean(RUNS, () => agent('POST', '/v1/agent/csr', { slot: 'server', csr }));
+  const csrMs = await timeMean('csr', RUNS, () => agent('POST', '/v1/agent/csr', { slot: 'server', csr }));
 
   // Fan-out: a new generation, then every node asks at once (as their long-polls would).
   await admin('PUT', `/v1/clusters/${CLUSTER}`, { ...spec, database: 'bench' });
   let peak = rssMb();
   const sampler = setInterval(() => (peak = Math.max(peak, rssMb())), 20);
+  const c0 = process.cpuUsage();
   const t0 = performance.now();
   await Promise.all(spec.nodes.map((n) => coord.service.desired(principal(n.name), 1, undefined, 0)));
   const fanoutMs = Math.round(performance.now() - t0);
+  const fc = process.cpuUsage(c0);
+  cpu.fanout_cpu_ms = Math.round((fc.user + fc.system) / 1000);
   clearInterval(sampler);
   peak = Math.max(peak, rssMb());
 
-  const figures = { nodes: N, desired_ms: desiredMs, desired_inproc_ms: desiredInprocMs, status_ms: statusMs, csr_ms: csrMs, fanout_ms: fanoutMs, rss_mb_setup: rssSetup, rss_mb_peak: peak };
+  const figures = { nodes: N, desired_ms: desiredMs, desired_inproc_ms: desiredInprocMs, status_ms: statusMs, csr_ms: csrMs, fanout_ms: fanoutMs, ...cpu, rss_mb_setup: rssSetup, rss_mb_peak: peak };
   console.log(`pgd cluster of ${N} nodes: desired ${desiredMs} ms (HTTPS), ${desiredInprocMs} ms (in process); status ${statusMs} ms; csr ${csrMs} ms; all ${N} desired at once ${fanoutMs} ms; RSS ${rssSetup} MB, peak ${peak} MB`);
   console.log(JSON.stringify(figures));
   await Promise.all([adminD.close(), agentD.close()]);
