@@ -42,7 +42,7 @@ export class ClusterDesired {
     return o.incarnation === i.incarnation && o.generation === i.generation && o.caBundle === i.caBundle && o.crl === i.crl;
   }
 
-  /** The node's desired state (shared: callers copy before adding to it). */
+  /** The node's desired state (shared and frozen: callers copy before adding to it). */
   async node(name: string): Promise<NodeDesired> {
     const hit = this.#nodes.get(name);
     if (hit) return hit;
@@ -50,7 +50,8 @@ export class ClusterDesired {
     // Another request may have compiled it while this one waited for the credentials.
     const again = this.#nodes.get(name);
     if (again) return again;
-    const d = this.#compile({ index: this.index, generation: this.inputs.generation, credentials, caBundle: this.inputs.caBundle, crl: this.inputs.crl }, name);
+    // Frozen: shared by every request of the generation, so a caller adds to a copy (renewSerials).
+    const d = Object.freeze(this.#compile({ index: this.index, generation: this.inputs.generation, credentials, caBundle: this.inputs.caBundle, crl: this.inputs.crl }, name));
     this.#nodes.set(name, d);
     return d;
   }

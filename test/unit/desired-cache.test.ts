@@ -60,6 +60,9 @@ test('a second request of the same generation compiles nothing', async () => {
   const again = await cache.entry('mesh', inputs(structuredClone(spec), 1), creds.load).node('node-3');
   assert.deepEqual(calls, ['node-3']);
   assert.equal(again, first);
+  assert.throws(() => {
+    (again as { renewSerials?: string[] }).renewSerials = ['01'];
+  }, TypeError, 'the shared state is frozen: a request adds to a copy');
   // Concurrent first requests for one node compile it once.
   await Promise.all(Array.from({ length: 5 }, () => cache.entry('mesh', inputs(spec, 1), creds.load).node('node-4')));
   assert.deepEqual(calls, ['node-3', 'node-4']);
