@@ -28,6 +28,8 @@ export interface StoreTargets {
 
 /** A connection attempt, a probe or a query waits at most this long for a server to answer a connect. */
 export const CONNECT_TIMEOUT_MS = 5000;
+/** A scan that found no host is not repeated sooner: a burst of requests during an outage costs one scan, not one each. */
+export const RESCAN_MIN_MS = 250;
 
 /** The store cannot be used right now (no acceptable host, or the connection failed): 503, retry later. */
 export class StoreUnavailableError extends ApiError {
@@ -113,6 +115,7 @@ export class StoreHosts extends EventEmitter {
   current = 0;
   epoch = 0;
   #scanning: Promise<void> | null = null;
+  #lastFailure: { at: number; error: StoreUnavailableError } | null = null;
 
   constructor(readonly targets: StoreTargets, private readonly log: Logger) {
     super();
@@ -140,6 +143,8 @@ export class StoreHosts extends EventEmitter {
    */
   resolve(seen: number): Promise<void> {
     if (this.epoch !== seen) return Promise.resolve();
+    const failed = this.#lastFailure;
+    if (!this.#scanning && failed && Date.now() - failed.at < RESCAN_MIN_MS) return Promise.reject(failed.error);
     this.#scanning ??= this.#scan().finally(() => (this.#scanning = null));
     return this.#scanning;
   }
@@ -160,6 +165,7 @@ export class StoreHosts extends EventEmitter {
           if (i !== this.current) this.log.warn({ from: this.host.name, to: h.name }, 'store: moving to another host');
           this.current = i;
           this.epoch += 1;
+          this.#lastFailure = null;
           this.emit('moved');
           return;
         }
@@ -172,7 +178,9 @@ export class StoreHosts extends EventEmitter {
     }
     const detail = `no ${this.targets.attrs === 'any' ? 'reachable' : 'writable'} store host (${problems.join('; ')})`;
     this.log.warn({ problems }, 'store: no acceptable host');
-    throw new StoreUnavailableError(detail);
+    const error = new StoreUnavailableError(detail);
+    this.#lastFailure = { at: Date.now(), error };
+    throw error;
   }
 }
 

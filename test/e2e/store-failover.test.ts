@@ -26,6 +26,10 @@ import { watchCluster } from '../helpers/lifecycle-e2e.ts';
 import { httpsClient, type Client } from '../integration/coordinator-helpers.ts';
 
 const PGACCORD = join(PACKAGE_ROOT, 'bin', 'pgaccord.mjs');
+// For measuring by hand: a longer outage before the promotion (a failover manager's own delay)
+// and another long-poll; CI runs with neither (promotion once B has retried LISTEN 3 times).
+const OUTAGE_MS = Number(process.env.PGACCORD_STORE_OUTAGE_S ?? 0) * 1000;
+const LONG_POLL_S = process.env.PGACCORD_LONG_POLL_S ?? '120';
 
 /** Poll until `probe` gives a value (its exceptions end the wait). */
 async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | null | undefined | false>, everyMs = 100): Promise<T> {
@@ -126,7 +130,7 @@ test('the store fails over: coordinators reconnect, LISTEN again, no change lost
   // --- two coordinators on it (B is given A's data directory: CA, master key, admin token) --
   const startCoordinator = async (name: string, dataDir: string, databaseUrl: string): Promise<{ url: string; client: Client }> => {
     const port = await freePort();
-    const child = spawn(process.execPath, [PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--long-poll', '120'], {
+    const child = spawn(process.execPath, [PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--long-poll', LONG_POLL_S], {
       env: { ...process.env, PGACCORD_DATABASE_URL: databaseUrl }, // not on the command line: it holds the password
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -199,6 +203,7 @@ test('the store fails over: coordinators reconnect, LISTEN again, no change lost
 
   // A failover manager takes a while: promote once B has retried LISTEN a few times.
   await until('coordinator B retrying LISTEN', 20_000, async () => (await retries()) >= 3, 100);
+  if (OUTAGE_MS > 0) await new Promise((r) => setTimeout(r, Math.max(0, diedAt + OUTAGE_MS - Date.now())));
   await runPg('pg_ctl', ['promote', '-w', '-t', '60', '-D', standby.dataDir], user);
   const promotedAt = Date.now();
   let refusals = 1;
@@ -223,6 +228,8 @@ test('the store fails over: coordinators reconnect, LISTEN again, no change lost
     primaryDeathToFirstWriteMs: firstWriteAt - diedAt,
     promoteToFirstWriteMs: firstWriteAt - promotedAt,
     firstWriteToAllAgentsMs: agentsAt - firstWriteAt,
+    outageBeforePromoteMs: promotedAt - diedAt,
+    longPollS: Number(LONG_POLL_S),
     refusedWritesDuringOutage: refusals,
     refusedWriteMs: duringMs,
     bListenRetries: await retries(),
