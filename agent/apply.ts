@@ -23,6 +23,7 @@ import { planNode, PlanError, type Plan } from './plan.ts';
 import { checkVerifiers, NO_ROLE_CHANGES, protectedRoleProblems, RoleError, stageRoles, type StagedRoles } from './roles.ts';
 import { runSeedChecks, checkCertificates, checkCrl, checkFileSettings, checkHbaRows, checkIdentRows, keyModeProblem, type Problem } from './verify.ts';
 import type { ApplyInput, ApplyResult, InstalledCertificate, NodeContext } from './types.ts';
+import { isPatroni, patroniBaseConf, patroniPaths, patroniSlots, provePatroni, regularFileOf } from './patroni.ts';
 
 export interface ApplyOptions {
   /** The clock (certificate and CRL validity). */
@@ -140,6 +141,8 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
     log.error({ error: server }, 'a file the server names is refused; nothing read or written');
     return failed([server]);
   }
+  // Patroni rewrites postgresql.conf; the include line goes into its postgresql.base.conf (agent/patroni.ts)
+  if (isPatroni(input.desired) && (await regularFileOf(patroniBaseConf(server.configFile), ctx.serverOsUser.uid))) server.configFile = patroniBaseConf(server.configFile);
   const layout = layoutFor(ctx.stateDir, server, ctx.serverOsUser.home);
   try {
     await ensureStateDirs(ctx, layout);
@@ -239,9 +242,12 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   if (others.length > 0) log.debug({ settings: others }, 'settings pgaccord does not manage are pending a restart; not ours to wait for');
   const pending = [...new Set([...serverPending.filter((name) => name in run.plan.settings), ...run.pendingFromFiles])].sort();
   await cleanup(run).catch((e) => problems.push(asProblem(e, 'E_CLEANUP')));
+  // Patroni: its REST API serves the certificate on disk (SIGHUP when not), or the node has not converged
+  const patroni = isPatroni(input.desired) ? await provePatroni({ uid: ctx.serverOsUser.uid, paths: patroniPaths(run.layout), caBundle: input.desired.caBundle, fragmentChanged: run.changed.includes(patroniPaths(run.layout).fragment) }).catch((e: unknown) => ({ problems: [asProblem(e, 'E_PATRONI')] })) : { problems: [] };
+  problems.push(...patroni.problems);
   const checks = input.desired.profile === 'pgd' ? await runSeedChecks(session).catch((e) => (problems.push(asProblem(e, 'E_SEED_CHECKS')), undefined)) : undefined;
   const changed = run.changed.length > 0 || roles.changed || reloaded;
-  const phase = pending.length > 0 ? 'pending-restart' : 'converged';
+  const phase = patroni.problems.length > 0 ? 'failed' : pending.length > 0 ? 'pending-restart' : 'converged';
   // Level-triggered: most passes change nothing, and say so only at debug level.
   log[changed || phase !== 'converged' || problems.length > 0 ? 'info' : 'debug']({ changed, reloaded, files: run.changed, phase, pendingRestart: pending, problems }, 'desired state applied and proved');
   const files = await fileReports(run);
@@ -295,7 +301,7 @@ async function serverFiles(ctx: NodeContext, info: ServerInfo): Promise<ServerPa
 }
 
 /** Files of a plan that PostgreSQL's own files do not name and that need no server: copies under fixed names. */
-const MATERIAL_KEYS = new Set(['server-pem', 'server-ca', 'server-crl', 'client-cert', 'client-key', 'client-ca', 'client-crl', 'passfile']);
+const MATERIAL_KEYS = new Set(['server-pem', 'server-ca', 'server-crl', 'client-cert', 'client-key', 'client-ca', 'client-crl', 'passfile', 'patroni-api', 'patroni-client', 'patroni-fragment']);
 
 /**
  * Install only the TLS material and client credentials the desired state puts under fixed
@@ -353,6 +359,7 @@ async function readPems(input: ApplyInput): Promise<Record<string, { cert: strin
 function neededSlots(input: ApplyInput): string[] {
   const slots = input.desired.tls ? ['server'] : [];
   for (const e of input.desired.edges) if (e.clientCertificate !== null) slots.push(e.clientCertificate);
+  slots.push(...patroniSlots(input.desired));
   return [...new Set(slots)];
 }
 

@@ -4,9 +4,10 @@
 import { conninfo, passfileField } from '../shared/escape.ts';
 import { CONFIG_HASH_SETTING, configHash, renderHbaBlock, renderIdentBlock, renderPassfile, renderSettings, withManagedBlock, type PassfileEntry } from '../shared/render.ts';
 import type { NodeDesired } from '../shared/schema.ts';
-import { allowedSettings } from '../shared/profiles.ts';
+import { allowedSettings, PROFILES, PATRONI_API_SLOT, PATRONI_CLIENT_SLOT } from '../shared/profiles.ts';
 import type { ClientConnection, InstalledCertificate } from './types.ts';
 import { INCLUDE_FILE, INCLUDE_LINE, caBundlePath, layoutFor, clientPaths, crlPath, dirsBetween, stableServerPaths, type ClientPaths, type Layout } from './layout.ts';
+import { isPatroni, patroniPaths, renderPatroniFragment } from './patroni.ts';
 
 export class PlanError extends Error {
   readonly code: string;
@@ -23,7 +24,9 @@ export type FileKey =
   | 'server-pem' | 'server-ca' | 'server-crl'
   /** client files where the profile's client looks for them */
   | 'client-cert' | 'client-key' | 'client-ca' | 'client-crl'
-  | 'passfile' | 'ident' | 'hba' | 'settings' | 'config';
+  | 'passfile' | 'ident' | 'hba' | 'settings' | 'config'
+  /** Patroni: REST API pair, client pair (one file each), the fragment Patroni includes */
+  | 'patroni-api' | 'patroni-client' | 'patroni-fragment';
 
 export interface PlannedFile {
   key: FileKey;
@@ -194,7 +197,9 @@ export function planNode(input: PlanInput): Plan {
   const caFile = needsCa ? (stable ? stable.ca : caBundlePath(layout, desired.caBundle)) : null;
   const crlFile = needsCa && desired.crl !== null ? (stable ? stable.crl : crlPath(layout, desired.crl)) : null;
 
-  const managedRoles = desired.roles.filter((r) => r.external !== true).map((r) => r.name);
+  // the agent's own profile table, not the desired state, says which external roles are rejected elsewhere
+  const rejected = new Set(PROFILES[desired.profile]?.roles.filter((r) => r.rejectElsewhere === true).map((r) => r.name) ?? []);
+  const managedRoles = desired.roles.filter((r) => r.external !== true || rejected.has(r.name)).map((r) => r.name);
   const hbaBlock = renderHbaBlock({ cluster: desired.cluster, localRole: input.localRole, rules: desired.hba, managedRoles });
   const identBlock = renderIdentBlock({ cluster: desired.cluster, localRole: input.localRole, localOsUsers: input.localOsUsers, lines: desired.ident });
   const hba = withManagedBlock(input.existing.hba, hbaBlock);
@@ -269,6 +274,17 @@ export function planNode(input: PlanInput): Plan {
     files.push({ key: 'passfile', path: layout.passfile, content: renderPassfile(entries), mode: 0o600, secret: true });
   }
 
+  if (isPatroni(desired)) {
+    // one file per pair, one rename: Patroni (and the ssl module) read certfile and keyfile apart
+    const p = patroniPaths(layout);
+    addDirs(layout.stateDir, p.fragment);
+    for (const [key, slot, path] of [['patroni-api', PATRONI_API_SLOT, p.apiPem], ['patroni-client', PATRONI_CLIENT_SLOT, p.clientPem]] as const) {
+      const pem = pemFor(input, slot);
+      files.push({ key, path, content: withNewline(pem.cert) + withNewline(pem.key), mode: 0o600, secret: true });
+    }
+    files.push({ key: 'patroni-fragment', path: p.fragment, content: renderPatroniFragment(desired, layout), mode: 0o600, secret: desired.auth === 'scram-sha-256' });
+  }
+
   if (!stable) {
     if (caFile !== null) files.unshift({ key: 'ca', path: caFile, content: desired.caBundle, mode: 0o644, secret: false });
     if (crlFile !== null && desired.crl !== null) files.splice(1, 0, { key: 'crl', path: crlFile, content: desired.crl, mode: 0o644, secret: false });
@@ -310,6 +326,7 @@ const FILE_WHAT: Record<FileKey, string> = {
   ca: 'CA bundle', crl: 'CRL',
   'server-pem': 'server certificate chain + key (one file: ssl_cert_file and ssl_key_file)', 'server-ca': 'CA bundle (ssl_ca_file)', 'server-crl': 'CRL (ssl_crl_file)',
   'client-cert': 'client certificate', 'client-key': 'client key', 'client-ca': 'CA bundle for the client', 'client-crl': 'CRL for the client',
+  'patroni-api': 'Patroni REST API certificate chain + key (restapi.certfile and keyfile)', 'patroni-client': 'Patroni client certificate + key (ctl, member calls, etcd3)', 'patroni-fragment': 'Patroni configuration fragment',
   passfile: 'passfile', ident: 'pg_ident.conf (managed block on top)', hba: 'pg_hba.conf (managed block on top)', settings: 'settings include file', config: 'postgresql.conf (one include line appended)',
 };
 
@@ -326,6 +343,9 @@ export function previewNode(input: NodeDesired, paths: PreviewPaths = DEFAULT_PR
   const pems = Object.fromEntries(desired.certificates.map((c) => [c.id, { cert: '', key: '' }]));
   const plan = planNode({ desired, certificates, layout, localRole: 'postgres', localOsUsers: ['postgres'], existing: { hba: '', ident: '', config: '' }, pems });
   const files = plan.files.map((f) => `${f.path} (${f.mode.toString(8).padStart(4, '0')}${f.secret ? ', secret' : ''}): ${FILE_WHAT[f.key]}`);
+  // Patroni: the fragment itself, passwords masked, for the operator to read before including it
+  const fragment = plan.files.findIndex((f) => f.key === 'patroni-fragment');
+  if (fragment >= 0) files[fragment] += `:\n${renderPatroniFragment(desired, layout, { passwords: 'mask' }).trimEnd().split('\n').map((l) => `      ${l}`).join('\n')}`;
   for (const c of certificates) files.push(`${c.keyPath} (0600, made on the node), ${c.certPath} (0644): ${c.slot} key pair`);
   return { settings: { ...plan.settings, [CONFIG_HASH_SETTING]: '<hash of the managed files>' }, files };
 }

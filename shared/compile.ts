@@ -260,6 +260,7 @@ export function certificateSlots(ix: SpecIndex, nodeName: string, outgoing = out
       certificates.push({ id, usage: 'client', commonName, dnsNames: [], ipAddresses: [] });
     }
   }
+  certificates.push(...(PROFILES[spec.profile].extraCertificates?.(spec, node) ?? []));
   return certificates;
 }
 

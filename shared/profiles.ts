@@ -1,7 +1,8 @@
 // A profile is the conventions of one clustering system, written as data: which node kinds it
 // has, which roles it needs on which kind, which kind connects to which as what role, and where
 // its client keeps its credentials. Adding a profile is adding one entry to PROFILES.
-import type { ClientLayout, ClusterSpec, HbaToken, ProfileName } from './schema.ts';
+import type { CertificateSlot, ClientLayout, ClusterSpec, HbaToken, NodeSpec, ProfileName } from './schema.ts';
+import { isIP } from './net.ts';
 import { CONFIG_HASH_SETTING } from './render.ts';
 
 export interface ProfileRole {
@@ -23,6 +24,11 @@ export interface ProfileRole {
   password?: boolean;
   /** A password the system itself hard-codes in its client (given to the client's passfile). */
   knownPassword?: string;
+  /**
+   * An external role that still gets the reject line: the system creates it (Patroni's
+   * replication and rewind users, at bootstrap), but it must get in only through the managed rules.
+   */
+  rejectElsewhere?: boolean;
 }
 
 /** One kind of inter-node connection: every node of kind `from` connects to every node of kind `to`. */
@@ -65,6 +71,8 @@ export interface Profile {
   clientLayout?: ClientLayout;
   /** Server TLS files under fixed names (see NodeDesired.stableServerFiles). */
   stableServerFiles?: boolean;
+  /** Certificates the system itself needs besides PostgreSQL's (Patroni's REST API and its clients). */
+  extraCertificates?: (spec: ClusterSpec, node: NodeSpec) => CertificateSlot[];
 }
 
 const kw = (keyword: 'all' | 'replication'): HbaToken => ({ keyword });
@@ -75,6 +83,26 @@ const specDatabase = (spec: ClusterSpec): string => spec.database ?? 'postgres';
 
 /** pg_autoctl's health-check user and the password its monitor always sends (defaults.h). */
 export const PGAF_HEALTH_USER = 'pgautofailover_monitor';
+
+/** Patroni's users (its `postgresql.authentication`): created by Patroni at bootstrap. */
+export const PATRONI_REPLICATION_USER = 'replicator';
+export const PATRONI_REWIND_USER = 'rewind_user';
+/** The REST API's server certificate and the client certificate of ctl, member calls and etcd3. */
+export const PATRONI_API_SLOT = 'patroni-api';
+export const PATRONI_CLIENT_SLOT = 'patroni-client';
+
+/**
+ * The REST API certificate names what the server certificate names (`restapi.connect_address`
+ * is the member's host, as `postgresql.connect_address` is); the client one is the same
+ * identity on every member (CN `patroni`: one etcd user, should etcd auth be on).
+ */
+function patroniCertificates(spec: ClusterSpec, node: NodeSpec): CertificateSlot[] {
+  const address = node.address ?? node.host;
+  return [
+    { id: PATRONI_API_SLOT, usage: 'server', commonName: node.host, dnsNames: isIP(node.host) ? [] : [node.host], ipAddresses: [...new Set([address, ...(isIP(node.host) ? [node.host] : [])])].filter((a) => isIP(a)) },
+    { id: PATRONI_CLIENT_SLOT, usage: 'client', commonName: 'patroni', dnsNames: [], ipAddresses: [] },
+  ];
+}
 
 export const PROFILES: Record<ProfileName, Profile> = {
   streaming: {
@@ -137,6 +165,37 @@ export const PROFILES: Record<ProfileName, Profile> = {
       passfile: '.pgpass', passfileLines: 'host', conninfo: 'libpq-defaults', settings: {},
     },
     stableServerFiles: true,
+  },
+  patroni: {
+    name: 'patroni',
+    kinds: ['member'],
+    kindCounts: { member: [1, 999] },
+    roles: [
+      // Patroni creates both in post_bootstrap (create-or-alter, and the rewind user's EXECUTE
+      // grants on pg_ls_dir, pg_stat_file, pg_read_binary_file): pgaccord never creates them, so
+      // its transaction cannot collide with Patroni's and fail the bootstrap; it gives them a
+      // verifier under scram and rejects them everywhere but the managed rules.
+      { name: PATRONI_REPLICATION_USER, replication: true, inRoles: [], external: true, rejectElsewhere: true },
+      { name: PATRONI_REWIND_USER, replication: false, inRoles: [], external: true, rejectElsewhere: true },
+    ],
+    links: [
+      // walreceiver and pg_basebackup (replication), Patroni's replication=database checks (postgres)
+      { from: 'member', to: 'member', roles: fixed(PATRONI_REPLICATION_USER), databases: [kw('replication'), db('postgres')], dbname: constant('postgres'), replication: true, includeSelf: true },
+      // pg_rewind --source-server and Patroni's checkpoint/timeline checks on the leader
+      { from: 'member', to: 'member', roles: fixed(PATRONI_REWIND_USER), databases: [db('postgres')], dbname: constant('postgres'), replication: false, includeSelf: true },
+    ],
+    settings: {},
+    // Named in the agent's Patroni fragment (postgresql.authentication.*.sslcert/sslkey...), which
+    // Patroni copies into primary_conninfo and pg_rewind's connection string: fixed names that
+    // outlive every renewal. The passfile is only the agent's (its probes): Patroni writes its own
+    // from the fragment's passwords.
+    clientLayout: {
+      base: 'state-dir', dir: 'patroni', cert: '{role}.crt', key: '{role}.key', ca: 'root.crt', crl: 'root.crl', chain: false,
+      passfile: 'patroni/passfile', passfileLines: 'host', conninfo: 'names-files', settings: {},
+    },
+    // pg_basebackup copies postgresql.base.conf with its include and pgaccord.conf to new members
+    stableServerFiles: true,
+    extraCertificates: patroniCertificates,
   },
   'timescaledb-multinode': {
     name: 'timescaledb-multinode',

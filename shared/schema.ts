@@ -16,6 +16,7 @@ export const ProfileName = Type.Union([
   Type.Literal('pgd'),
   Type.Literal('pg-auto-failover'),
   Type.Literal('timescaledb-multinode'),
+  Type.Literal('patroni'),
 ]);
 export type ProfileName = Static<typeof ProfileName>;
 

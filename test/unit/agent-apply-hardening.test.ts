@@ -15,6 +15,7 @@ const SPECS: Record<ProfileName, Omit<ClusterSpec, 'auth' | 'tls'>> = {
   pgd: { name: 'g', profile: 'pgd', database: 'bdrdb', nodes: [{ name: 'a', host: '10.0.0.1', kind: 'peer' }, { name: 'b', host: '10.0.0.2', kind: 'peer' }] },
   'pg-auto-failover': { name: 'f', profile: 'pg-auto-failover', nodes: [{ name: 'm', host: '10.0.0.1', kind: 'monitor' }, { name: 'n1', host: '10.0.0.2', kind: 'postgres' }, { name: 'n2', host: '10.0.0.3', kind: 'postgres' }] },
   'timescaledb-multinode': { name: 't', profile: 'timescaledb-multinode', roles: [{ name: 'app' }], nodes: [{ name: 'an', host: '10.0.0.1', kind: 'access' }, { name: 'dn', host: '10.0.0.2', kind: 'data' }] },
+  patroni: { name: 'p', profile: 'patroni', nodes: [{ name: 'm1', host: '10.0.0.1', kind: 'member' }, { name: 'm2', host: '10.0.0.2', kind: 'member' }] },
 };
 
 function compileAll(profile: ProfileName, auth: AuthModel): NodeDesired[] {
