@@ -311,7 +311,10 @@ export class ReconcileLoop {
     if (this.reprobeTimer || this.signal.aborted) return;
     this.reprobeTimer = setTimeout(() => {
       this.reprobeTimer = undefined;
-      void this.kick(reason);
+      // A failed probe: probe the failing edges again (the state was applied and proved; the
+      // next long-poll cycle reconciles it anyway). A failed apply: reconcile.
+      if (reason === PROBE_RETRY) void this.reprobe(this.failingPeers(), 'retry');
+      else void this.kick(reason);
     }, delayMs);
     this.reprobeTimer.unref();
     this.retryReason = reason;
@@ -350,15 +353,15 @@ export class ReconcileLoop {
   }
 
   /** Queue a probe-only pass over the edges to `peers` (a full pass queued already covers it). */
-  private reprobe(peers: Set<string>): Promise<void> {
+  private reprobe(peers: Set<string>, reason: ProbeReason): Promise<void> {
     if (this.queued) return this.running;
     this.running = this.running.then(async () => {
       if (this.signal.aborted) return;
       this.passStartedAt = Date.now();
       try {
-        await this.reprobeOnce(peers);
+        await this.reprobeOnce(peers, reason);
       } catch (e) {
-        this.deps.log.error({ err: errMessage(e) }, 'probing after a peer wake failed unexpectedly');
+        this.deps.log.error({ err: errMessage(e), reason }, 'probing again failed unexpectedly');
       } finally {
         this.passStartedAt = null;
       }
@@ -366,20 +369,27 @@ export class ReconcileLoop {
     return this.running;
   }
 
-  /** Probe the edges to `peers` again, nothing applied; report with the other probes as they were. */
-  private async reprobeOnce(peers: Set<string>): Promise<void> {
+  /**
+   * Probe the edges to `peers` again, nothing applied (a peer wake, or the safety timer after a
+   * failed probe); report with the other probes as they were.
+   */
+  private async reprobeOnce(peers: Set<string>, reason: ProbeReason): Promise<void> {
     const desired = this.lastGood;
     const conns = this.lastApply?.clientConnections ?? [];
-    if (!desired || this.appliedGeneration !== desired.generation || conns.length !== this.lastProbes.length) return;
+    if (!desired || this.appliedGeneration !== desired.generation || conns.length !== this.lastProbes.length) {
+      if (reason === 'retry') void this.kick(PROBE_RETRY); // nothing proved to probe against: reconcile
+      return;
+    }
     const idx = conns.map((c, i) => (peers.has(c.to) ? i : -1)).filter((i) => i >= 0);
     if (idx.length === 0) return;
-    this.deps.log.debug({ peers: [...peers], generation: desired.generation }, 'a peer applied: probing its edges again (peer-applied)');
-    this.probePasses['peer-applied'] += 1;
-    const fresh = await probeAll(idx.map((i) => conns[i]!), this.deps.probe, 'peer-applied');
+    this.deps.log.debug({ peers: [...peers], generation: desired.generation, reason }, 'probing edges again without applying');
+    this.probePasses[reason] += 1;
+    const fresh = await probeAll(idx.map((i) => conns[i]!), this.deps.probe, reason);
     const probes = [...this.lastProbes];
     idx.forEach((i, k) => (probes[i] = fresh[k]!));
     for (const p of fresh.filter((p) => !p.ok)) this.deps.log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
     if (probes.every((p) => p.ok)) this.cancelProbeRetry();
+    else this.scheduleRetry(this.deps.reprobeMs ?? 2000, PROBE_RETRY);
     this.lastProbes = probes;
     await this.publish(desired, probes, this.lastCertErrors, this.lastInstalled);
   }
@@ -489,7 +499,7 @@ export class ReconcileLoop {
       const watch = this.watchFor(d.generation);
       const { fresh, reprobe } = peersToReprobe(answer.body.applied.filter((a) => a.generation >= d.generation).map((a) => a.node), watch.seen, this.failingPeers());
       for (const n of fresh) watch.seen.add(n);
-      if (reprobe.size > 0) await this.reprobe(reprobe);
+      if (reprobe.size > 0) await this.reprobe(reprobe, 'peer-applied');
       return fresh.length > 0 ? 'event' : 'ok';
     }
     if (answer.kind === 'removed') {

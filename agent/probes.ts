@@ -4,6 +4,8 @@
 // that user already (started as root, it drops to it first); a root caller (the tests) switches.
 // The connection string never holds a password (passwords live in the 0600 passfile it names).
 import { spawn } from 'node:child_process';
+import { existsSync, readdirSync, realpathSync } from 'node:fs';
+import { basename, delimiter, join } from 'node:path';
 import type { ProbeResult } from '../shared/schema.ts';
 import type { OsUser } from '../shared/pgserver.ts';
 import type { ClientConnection } from './types.ts';
@@ -46,6 +48,38 @@ function cleanEnv(osUser: OsUser, connectTimeout: number): NodeJS.ProcessEnv {
   return env;
 }
 
+/**
+ * The psql to run. Debian's /usr/bin/psql is pg_wrapper, a Perl script that picks a version and
+ * execs its psql: a Perl start per probe, several times the CPU of psql itself (a full mesh of
+ * ten nodes probes 90 edges per change). For a remote connection it runs the newest installed
+ * client, so that one is run directly. Anything else in PATH is run as it is. Pure but for the
+ * file system; `root` and `path` for tests.
+ */
+export function resolvePsql(path = process.env.PATH ?? '', root = '/usr/lib/postgresql'): string {
+  for (const dir of path.split(delimiter).filter(Boolean)) {
+    const candidate = join(dir, 'psql');
+    if (!existsSync(candidate)) continue;
+    let real: string;
+    try {
+      real = realpathSync(candidate);
+    } catch {
+      return 'psql';
+    }
+    if (basename(real) !== 'pg_wrapper') return candidate;
+    let versions: string[] = [];
+    try {
+      versions = readdirSync(root).filter((v) => /^\d+(\.\d+)?$/.test(v) && existsSync(join(root, v, 'bin', 'psql')));
+    } catch {
+      // no versioned clients: let the wrapper choose
+    }
+    versions.sort((a, b) => Number(b) - Number(a));
+    return versions[0] !== undefined ? join(root, versions[0], 'bin', 'psql') : candidate;
+  }
+  return 'psql';
+}
+
+let defaultPsql: string | null = null;
+
 /** Run one probe; never throws. */
 export async function probe(conn: ClientConnection, opts: ProbeOptions): Promise<ProbeResult> {
   const now = opts.now ?? (() => new Date());
@@ -61,7 +95,7 @@ export async function probe(conn: ClientConnection, opts: ProbeOptions): Promise
     let out = '';
     let err = '';
     let timedOut = false;
-    const child = spawn(opts.psql ?? 'psql', args, {
+    const child = spawn(opts.psql ?? (defaultPsql ??= resolvePsql()), args, {
       env: cleanEnv(opts.osUser, connectTimeout),
       cwd: '/',
       stdio: ['ignore', 'pipe', 'pipe'],

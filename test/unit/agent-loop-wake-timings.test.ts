@@ -41,7 +41,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 type Answer = Awaited<ReturnType<CoordinatorApi['desired']>>;
 
 /** A loop whose apply takes measurable phases and whose edges go to node-2 and node-3. */
-async function harness(script: (call: { after: number; peers: number | undefined; n: number }) => Promise<Answer | null>) {
+async function harness(script: (call: { after: number; peers: number | undefined; n: number }) => Promise<Answer | null>, opts: { reprobeMs?: number } = {}) {
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-loop-wake-'));
   dirs.push(dir);
   // The stand-in psql: connects to a node once its flag file exists.
@@ -86,7 +86,7 @@ async function harness(script: (call: { after: number; peers: number | undefined
   loop = new ReconcileLoop({
     ctx, cluster: 'mesh', node: 'node-1', client, apply, certs, probe: { osUser: me, psql },
     // The safety timer is out of the picture: only a wake can bring a re-probe in this test.
-    reprobeMs: 600_000, now: Date.now, random: seededRandom(3), minCycleMs: 1, resyncMs: 600_000, log,
+    reprobeMs: opts.reprobeMs ?? 600_000, now: Date.now, random: seededRandom(3), minCycleMs: 1, resyncMs: 600_000, log,
     postgresVersion: async () => '15.18',
   });
   const up = (node: string) => writeFile(join(dir, `up-${node}`), '');
@@ -118,6 +118,31 @@ test('peer wake: the failing edges to the peers a 202 names are probed again at 
   assert.deepEqual(first.probes.map((p) => [p.to, p.ok, p.reason]), [['node-2', false, 'apply'], ['node-3', false, 'apply']]);
   // The wake for node-2 probed node-2 only: node-3 still failed in that report.
   assert.deepEqual(h.reported[1]!.probes.map((p) => [p.to, p.ok]), [['node-2', true], ['node-3', false]]);
+});
+
+test('safety timer: a failed probe is probed again on the timer without applying, until it passes', async () => {
+  let passed: () => void;
+  const allPass = new Promise<void>((r) => (passed = r));
+  const h = await harness(async ({ n }) => {
+    if (n === 1) return { kind: 'newer', body: g1 };
+    if (n === 2) {
+      // No peer wake comes (an older coordinator, or one restarted): only the timer helps.
+      await h.up('node-2');
+      await h.up('node-3');
+      await allPass;
+      return { kind: 'unchanged' };
+    }
+    return null;
+  }, { reprobeMs: 30 });
+  const watching = setInterval(() => {
+    if (h.reported.at(-1)?.probes.every((p) => p.ok)) passed();
+  }, 10);
+  await h.loop.run();
+  clearInterval(watching);
+  assert.equal(h.applies(), 2, 'one apply for the generation, one for the long-poll cycle: none for the retries');
+  assert.ok(h.loop.probePasses.retry >= 1, JSON.stringify(h.loop.probePasses));
+  const ok = h.reported.find((s) => s.probes.every((p) => p.ok))!;
+  assert.deepEqual(ok.probes.map((p) => p.reason), ['retry', 'retry']);
 });
 
 test('peer wake: only failing edges to peers not seen before are probed again', () => {
@@ -173,4 +198,26 @@ test('status output: each node\'s apply time and its slowest phase; none before 
   const t = { generation: 4, startedAt: new Date().toISOString(), phases: { certs: 1, render: 12, install: 20, validate: 30, reload: 4, prove: 210.4, finish: 9, probe: 120, report: 25 }, totalMs: 412.2 };
   assert.equal(applyTime({ timings: t }), '412ms (prove 210)');
   assert.equal(applyTime({}), '-');
+});
+
+test('probes run the newest versioned psql directly when PATH has Debian\'s pg_wrapper (no Perl start per probe), any other psql as it is', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'pgaccord-psql-'));
+  dirs.push(dir);
+  const { mkdir, symlink } = await import('node:fs/promises');
+  const { resolvePsql } = await import('../../agent/probes.ts');
+  const root = join(dir, 'lib');
+  for (const v of ['13', '15', '9.6']) {
+    await mkdir(join(root, v, 'bin'), { recursive: true });
+    await writeFile(join(root, v, 'bin', 'psql'), '');
+  }
+  await mkdir(join(dir, 'common'));
+  await writeFile(join(dir, 'common', 'pg_wrapper'), '');
+  await mkdir(join(dir, 'wrapped'));
+  await symlink(join(dir, 'common', 'pg_wrapper'), join(dir, 'wrapped', 'psql'));
+  await mkdir(join(dir, 'plain'));
+  await writeFile(join(dir, 'plain', 'psql'), '');
+  assert.equal(resolvePsql(`${join(dir, 'empty')}:${join(dir, 'wrapped')}`, root), join(root, '15', 'bin', 'psql'));
+  assert.equal(resolvePsql(`${join(dir, 'plain')}:${join(dir, 'wrapped')}`, root), join(dir, 'plain', 'psql'));
+  assert.equal(resolvePsql(join(dir, 'wrapped'), join(dir, 'nothing')), join(dir, 'wrapped', 'psql'), 'no versioned client: the wrapper chooses');
+  assert.equal(resolvePsql(join(dir, 'empty'), root), 'psql');
 });
