@@ -128,7 +128,7 @@ test('agent client: moves on from a coordinator it cannot reach or that answers 
   }
 });
 
-test('agent client: a CSR that reached a coordinator which died before answering is not sent to the next (it would be signed twice); a status report is', async () => {
+test('agent client: a CSR that reached a coordinator which died before answering is not sent to the next (it would be signed twice); a status report is, and a CSR whose connection was refused is', async () => {
   const { ca } = await CertificateAuthority.create('test coordinator CA', new Date());
   const dies = await httpsServer(ca, () => 'die');
   const next = await httpsServer(ca, () => 204);
@@ -140,8 +140,13 @@ test('agent client: a CSR that reached a coordinator which died before answering
     const back = new CoordinatorClient({ baseUrl: [dies.url, next.url], caPem: ca.certPem, random: () => 0 });
     await back.status({ phase: 'converged' } as never);
     assert.deepEqual(next.hits, ['/v1/agent/status'], 'a status report (idempotent) moves on');
+    // A coordinator that refuses the connection never saw the CSR: that one does move on.
+    const refused = new CoordinatorClient({ baseUrl: [`https://127.0.0.1:${await freePort()}`, next.url], caPem: ca.certPem, random: () => 0 });
+    await assert.rejects(refused.csr({ slot: 'server', csr: 'x' }), (e: CoordinatorError) => e.code === 'E_HTTP' && e.status === 204);
+    assert.deepEqual(next.hits, ['/v1/agent/status', '/v1/agent/csr'], 'sent to the next after a refused connection');
     await client.close();
     await back.close();
+    await refused.close();
   } finally {
     await dies.close();
     await next.close();
