@@ -109,7 +109,7 @@ test('three coordinators, one SIGKILLed during a fan-out, a CA rotation and a re
   const figures: string[] = [];
   const gaps: { phase: string; node: string; ms: number }[] = [];
 
-  // 1. Fan-out: a change made on B; A, which holds every long-poll, is killed as it answers them.
+  // 1. Fan-out: a change made on A, which holds every long-poll, killed as it answers them.
   let from = Date.now();
   const fan = await admin('PUT', '/v1/clusters/kill', spec(['app']));
   assert.equal(fan.status, 200, fan.text);
@@ -118,7 +118,8 @@ test('three coordinators, one SIGKILLed during a fan-out, a CA rotation and a re
   gaps.push({ phase: 'fan-out', ...longestGap(from, Date.now()) });
   await fleet.start(A);
 
-  // 2. CA rotation, started on C; B (where the agents moved) is killed as the new CA starts issuing.
+  // 2. CA rotation (started on A, back up); B, where the agents moved, is killed as the new CA
+  // starts issuing and the old CA's leaves are being re-issued.
   from = Date.now();
   const rot = await admin('POST', '/v1/clusters/kill/ca-rotation/start', {});
   assert.equal(rot.status, 200, rot.text);
