@@ -7,7 +7,8 @@
 //   first       the agents start their loops: every first desired state, every long-poll held
 //   fanout      FLEET_CHANGES rounds of a PUT to every cluster (an HBA rule): from each PUT to
 //               each of that cluster's agents holding the new generation, p50/p99/max
-//   status      every agent posts FLEET_REPORTS status reports back to back: reports/s
+//   status      every agent posts FLEET_REPORTS status reports back to back (after an untimed
+//               one that opens its second connection): accepted reports/s
 //   storm       every agent posts a CSR (its first slot; FLEET_STORM_SLOT=identity for the
 //               identity) at once: CSR latency, a probe agent's desired round trip (wait=0)
 //               and the fan-out of one PUT made while it is signed
@@ -226,7 +227,11 @@ try {
   // Two connections per agent at most (its long-poll, a report or CSR beside it), and the probes.
   const connections = 2 * AGENTS + 100;
   if (has('--max-connections')) flags.push('--max-connections', String(connections));
-  else if (AGENTS + PROBES + 10 > 1000) notes.push(`the coordinator has no --max-connections: its limit (1000, coordinator/server.ts DEFAULT_MAX_CONNECTIONS) is below ${AGENTS} agents' long-polls`);
+  else if (AGENTS + PROBES + 10 > 1000) {
+    // Beyond its connection limit the coordinator closes new connections at once: the run would
+    // measure refusals. Raising it takes a coordinator option this one does not have.
+    throw new Error(`${AGENTS} agents hold more long-polls than the coordinator's 1000 connections (coordinator/server.ts DEFAULT_MAX_CONNECTIONS) and \`pgaccord coordinator\` has no --max-connections to raise it`);
+  } else if (2 * AGENTS + PROBES + 10 > 1000) notes.push(`up to ${2 * AGENTS} connections at once (a long-poll and a report or CSR per agent) against the coordinator's limit of 1000: some may be refused`);
   if (has('--agent-rate-limit') && process.env.FLEET_RATE_LIMIT) flags.push('--agent-rate-limit', process.env.FLEET_RATE_LIMIT);
   const files = nofile();
   const perWorker = Math.ceil((2 * AGENTS) / PROCS) + 200;
@@ -291,7 +296,9 @@ try {
   const probeOnce = async (): Promise<number> => {
     const p = probes[probeTurn++ % PROBES]!;
     const t0 = wallMs();
-    const r = await request(`${url}/v1/agent/desired?after=${p.gen}&wait=0`, { dispatcher: p.d });
+    // A refused or reset connection is counted apart (-1), not a latency: the run goes on.
+    const r = await request(`${url}/v1/agent/desired?after=${p.gen}&wait=0`, { dispatcher: p.d }).catch(() => null);
+    if (!r) return -1;
     const text = await r.body.text();
     if (r.statusCode === 200) p.gen = (JSON.parse(text) as { generation: number }).generation;
     else if (r.statusCode === 429) return NaN; // throttled: counted apart, not a latency
@@ -397,7 +404,9 @@ try {
       putMs.push(wallMs() - t0);
       generation.set(n, g);
       const members = byCluster.get(n)!;
-      waits.push(until(`fan-out of ${n} generation ${g}`, () => members.every((i) => gen[i]! >= g)).then(() => members.forEach((i) => fanout.push(genAt[i]! - t0))));
+      const done = until(`fan-out of ${n} generation ${g}`, () => members.every((i) => gen[i]! >= g)).then(() => members.forEach((i) => fanout.push(genAt[i]! - t0)));
+      done.catch(() => undefined); // awaited below: not an unhandled rejection meanwhile
+      waits.push(done);
     });
     await Promise.all(waits);
     fanoutWall.push(wallMs() - r0);
@@ -415,7 +424,8 @@ try {
     for (const [k, v] of Object.entries(x.codes)) acc[k] = (acc[k] ?? 0) + v;
     return acc;
   }, {});
-  const status = { reports: AGENTS * REPORTS, reports_per_s: Math.round((AGENTS * REPORTS) / stS), latency_ms: pct(st.flatMap((s) => s.latencies)), codes: codes(st) };
+  const stCodes = codes(st);
+  const status = { reports: AGENTS * REPORTS, reports_per_s: Math.round((stCodes['204'] ?? 0) / stS), latency_ms: pct(st.flatMap((s) => s.latencies)), codes: stCodes };
   log(`status reports: ${status.reports_per_s}/s, p99 ${status.latency_ms.p99} ms, codes ${JSON.stringify(status.codes)}`);
 
   // Renewal storm, with a probe's round trips and one PUT while it is signed.
@@ -431,6 +441,7 @@ try {
       await new Promise((r) => setTimeout(r, 50));
     }
   })();
+  prober.catch(() => undefined); // awaited below
   const tStorm = wallMs();
   broadcast({ type: 'storm' });
   await new Promise((r) => setTimeout(r, 20));
@@ -453,9 +464,10 @@ try {
     csr_per_s: Math.round(AGENTS / stormS),
     csr_latency_ms: pct(storm.flatMap((s) => s.latencies)),
     codes: codes(storm),
-    probe_round_trip_ms: pct(stormProbe.filter((x) => !Number.isNaN(x))),
+    probe_round_trip_ms: pct(stormProbe.filter((x) => x >= 0)),
     probes_throttled: stormProbe.filter((x) => Number.isNaN(x)).length,
-    probe_round_trip_idle_ms: pct(probeIdle),
+    probes_failed: stormProbe.filter((x) => x < 0).length,
+    probe_round_trip_idle_ms: pct(probeIdle.filter((x) => x >= 0)),
     put_during_ms: Math.round(midPutMs),
     fanout_during_ms: pct(midMembers.map((i) => genAt[i]! - tPut)),
   };
