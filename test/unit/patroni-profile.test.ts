@@ -74,3 +74,49 @@ test('the fragment: restapi/ctl/etcd3 TLS and both users\' TLS files (cert) or p
   }
   assert.equal(patroniBaseConf('/pg/postgresql.conf'), '/pg/postgresql.base.conf');
 });
+
+test('the agent finds the Patroni that includes its fragment (not another one) and the port it listens on', async () => {
+  const { mkdtemp, writeFile, mkdir, symlink, chmod, rm } = await import('node:fs/promises');
+  const { spawn } = await import('node:child_process');
+  const { createServer } = await import('node:net');
+  const { join } = await import('node:path');
+  const { findPatroni, listeningAddresses } = await import('../../agent/patroni.ts');
+  const dir = await mkdtemp('/tmp/pgaccord-patroni-unit-');
+  const procs: ReturnType<typeof spawn>[] = [];
+  try {
+    // a stand-in named patroni: `patroni CONFIG_DIR`, as Debian's /usr/bin/patroni is run
+    const bin = join(dir, 'patroni');
+    await writeFile(bin, '#!/bin/sh\nsleep 60\n'); // no exec: the shell keeps `patroni CONFIG` as its command line
+    await chmod(bin, 0o755);
+    const fragment = join(dir, 'state', 'pgaccord.yml');
+    await mkdir(join(dir, 'state'));
+    await writeFile(fragment, '# fragment\n');
+    for (const name of ['ours', 'theirs']) {
+      await mkdir(join(dir, name));
+      await writeFile(join(dir, name, 'patroni.yml'), 'scope: x\n');
+    }
+    await symlink(fragment, join(dir, 'ours', 'pgaccord.yml'));
+    const theirs = spawn('/bin/sh', [bin, join(dir, 'theirs')], { stdio: 'ignore' });
+    const ours = spawn('/bin/sh', [bin, 'ours'], { cwd: dir, stdio: 'ignore' }); // relative to its cwd
+    procs.push(theirs, ours);
+    const uid = process.getuid!();
+    let found: number | null = null;
+    for (const deadline = Date.now() + 10_000; found === null && Date.now() < deadline;) {
+      found = await findPatroni(fragment, uid);
+      if (found === null) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(found, ours.pid, `ours ${ours.pid}, theirs ${theirs.pid}`);
+    // no process includes a fragment nobody links to
+    await writeFile(join(dir, 'state', 'other.yml'), '# other\n');
+    assert.equal(await findPatroni(join(dir, 'state', 'other.yml'), uid), null);
+    // the listening ports of a process, read from /proc (this one's)
+    const server = createServer();
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const port = (server.address() as { port: number }).port;
+    assert.ok((await listeningAddresses(process.pid)).some((a) => a.host === '127.0.0.1' && a.port === port));
+    server.close();
+  } finally {
+    for (const p of procs) p.kill('SIGKILL');
+    await rm(dir, { recursive: true, force: true });
+  }
+});
