@@ -154,6 +154,8 @@ export async function buildServer(opts: ServerOptions) {
   const limiter = new RateLimiter(opts.limits?.agentRateLimit ?? AGENT_RATE_LIMIT);
   // One long-poll per node: a newer one replaces the older, which answers at once.
   const polls = new Map<string, AbortController>();
+  /** How long a long-poll was held at authentication while the store was away. */
+  const heldMs = new WeakMap<FastifyRequest, number>();
 
   const routes: RouteDef[] = [];
   const add = (def: RouteDef) => {
@@ -182,7 +184,18 @@ export async function buildServer(opts: ServerOptions) {
       if (!bearerMatches(req.headers.authorization, adminToken)) throw unauthorized('admin calls need "Authorization: Bearer <admin token>"');
     } else if (auth === 'agent') {
       const id = agentIdentity(req);
-      req.agent = await service.authenticateAgent(id, id.serial);
+      if (req.routeOptions.url === '/v1/agent/desired') {
+        // A long-poll arriving while the store fails over is held until the store is back (at
+        // most its own wait, at least 20 s), not refused into the agent's backoff; it then waits
+        // what is left of its wait.
+        const q = req.query as { wait?: string };
+        const waitMs = q.wait !== undefined && Number(q.wait) >= 0 ? Math.min(Number(q.wait) * 1000, service.longPollMs) : service.longPollMs;
+        const held = await service.store.whileAway(Math.max(waitMs, 20_000), () => service.authenticateAgent(id, id.serial));
+        req.agent = held.value;
+        heldMs.set(req, held.heldMs);
+      } else {
+        req.agent = await service.authenticateAgent(id, id.serial);
+      }
       const waitMs = limiter.take(`${id.cluster}/${id.node}`, Date.now());
       if (waitMs > 0) {
         const seconds = Math.ceil(waitMs / 1000);
@@ -243,7 +256,7 @@ export async function buildServer(opts: ServerOptions) {
     const key = `${req.agent!.cluster}/${req.agent!.node}`;
     polls.get(key)?.abort();
     polls.set(key, abort);
-    const waitMs = q.wait !== undefined ? Math.min(q.wait * 1000, service.longPollMs) : service.longPollMs;
+    const waitMs = Math.max(0, (q.wait !== undefined ? Math.min(q.wait * 1000, service.longPollMs) : service.longPollMs) - (heldMs.get(req) ?? 0));
     try {
       const desired = await service.desired(req.agent!, q.after ?? 0, abort.signal, waitMs, { ...(q.peers !== undefined ? { peersKnown: q.peers } : {}), passwordsAt: (q.features ?? '').split(',').includes('passwords-at') });
       if (!desired) return reply.code(204).send();

@@ -257,7 +257,10 @@ export class FailoverPool extends pg.Pool {
         const coded = asStoreError(failure);
         throw coded instanceof StoreUnavailableError ? coded : new StoreUnavailableError((failure as Error).message, { cause: failure });
       }
-      await this.hosts.resolve(epoch);
+      await this.hosts.resolve(epoch).catch((e: unknown) => {
+        // Both in the log: what this connection met, and what the scan found (maybe an earlier one's).
+        throw e instanceof StoreUnavailableError ? new StoreUnavailableError(`${(failure as Error).message}; then ${e.detail}`, { cause: failure }) : e;
+      });
       rescanned = true;
     }
   }

@@ -183,6 +183,7 @@ export class Store {
     // The pool found another host (a failover): LISTEN there too, or NOTIFYs sent there are missed.
     hosts.on('moved', () => {
       if (this.#listener && this.#listenerHost !== hosts.current) void this.#listener.end().catch(() => undefined);
+      this.events.emit('available');
     });
   }
 
@@ -233,6 +234,33 @@ export class Store {
 
   async query<R extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<R[]> {
     return (await this.pool.query<R>(sql, params)).rows;
+  }
+
+  /**
+   * Run `fn`; while it fails because the store is away, run it again whenever the store may be
+   * back (a writable host found, LISTEN holding again) and at least every second, for at most
+   * `budgetMs`; then the last StoreUnavailableError. An agent's long-poll is held this way
+   * instead of refused, so a failover does not push the agent into its backoff.
+   */
+  async whileAway<T>(budgetMs: number, fn: () => Promise<T>): Promise<{ value: T; heldMs: number }> {
+    const start = Date.now();
+    for (;;) {
+      try {
+        return { value: await fn(), heldMs: Date.now() - start };
+      } catch (e) {
+        const left = start + budgetMs - Date.now();
+        if (!(e instanceof StoreUnavailableError) || left <= 0 || this.#closed) throw e;
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            clearTimeout(timer);
+            this.events.off('available', done);
+            resolve();
+          };
+          const timer = setTimeout(done, Math.min(1000, left));
+          this.events.on('available', done);
+        });
+      }
+    }
   }
 
   /** Tell every coordinator on this database (ourselves included) that a cluster changed. */
@@ -300,6 +328,7 @@ export class Store {
           if (this.#closed) return;
           this.log.info({ host: this.hosts.host.name }, 'LISTEN re-established: long-polls re-read their generation');
           this.events.emit('cluster', '*');
+          this.events.emit('available');
         }, (e: unknown) => {
           this.log.warn({ err: e instanceof StoreUnavailableError ? e.detail : (e as Error).message, attempt }, 'LISTEN not re-established yet; retrying');
           this.#relisten(epoch, attempt + 1);

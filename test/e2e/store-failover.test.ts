@@ -26,10 +26,14 @@ import { watchCluster } from '../helpers/lifecycle-e2e.ts';
 import { httpsClient, type Client } from '../integration/coordinator-helpers.ts';
 
 const PGACCORD = join(PACKAGE_ROOT, 'bin', 'pgaccord.mjs');
-// For measuring by hand: a longer outage before the promotion (a failover manager's own delay)
-// and another long-poll; CI runs with neither (promotion once B has retried LISTEN 3 times).
+// For measuring by hand: a longer outage before the promotion (a failover manager's own delay).
 const OUTAGE_MS = Number(process.env.PGACCORD_STORE_OUTAGE_S ?? 0) * 1000;
-const LONG_POLL_S = process.env.PGACCORD_LONG_POLL_S ?? '120';
+
+interface Scenario {
+  longPollS: number;
+  /** Promote only once every agent's held long-poll has run out and its next one has come in. */
+  outlastLongPolls: boolean;
+}
 
 /** Poll until `probe` gives a value (its exceptions end the wait). */
 async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | null | undefined | false>, everyMs = 100): Promise<T> {
@@ -83,7 +87,15 @@ async function relay(port: number): Promise<{ port: number; cut(): void; restore
   };
 }
 
-test('the store fails over: coordinators reconnect, LISTEN again, no change lost, agents serve throughout', async () => {
+test('the store fails over: coordinators reconnect, LISTEN again, no change lost (only the re-read after LISTEN can wake B), agents serve throughout', async () => {
+  await failover({ longPollS: 120, outlastLongPolls: false });
+});
+
+test('an outage longer than the long-poll: the agents\' next long-polls are held at B until the store is back, not refused into their backoff', async () => {
+  await failover({ longPollS: 4, outlastLongPolls: true });
+});
+
+async function failover(sc: Scenario): Promise<void> {
   const dir = await mkdtemp('/tmp/pgaccord-e2e-storefo-');
   const cluster = await LocalCluster.create({ dir });
   const coordinators: ChildProcess[] = [];
@@ -130,7 +142,7 @@ test('the store fails over: coordinators reconnect, LISTEN again, no change lost
   // --- two coordinators on it (B is given A's data directory: CA, master key, admin token) --
   const startCoordinator = async (name: string, dataDir: string, databaseUrl: string): Promise<{ url: string; client: Client }> => {
     const port = await freePort();
-    const child = spawn(process.execPath, [PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--long-poll', LONG_POLL_S], {
+    const child = spawn(process.execPath, [PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--long-poll', String(sc.longPollS)], {
       env: { ...process.env, PGACCORD_DATABASE_URL: databaseUrl }, // not on the command line: it holds the password
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -183,6 +195,8 @@ test('the store fails over: coordinators reconnect, LISTEN again, no change lost
 
   // --- B deaf; a change; at once the primary dies -----------------------------------------
   const retries = async () => (await bLog()).split('LISTEN not re-established yet').length - 1;
+  const answerAtOnce = async () => (await bLog()).split(`desired?after=${g0}&wait=0`).length - 1;
+  const atOnceBefore = await answerAtOnce();
   toPrimary.cut();
   toStandby.cut();
   await until('coordinator B deaf (its LISTEN lost)', 10_000, async () => (await bLog()).includes('LISTEN connection lost'), 50);
@@ -203,6 +217,8 @@ test('the store fails over: coordinators reconnect, LISTEN again, no change lost
 
   // A failover manager takes a while: promote once B has retried LISTEN a few times.
   await until('coordinator B retrying LISTEN', 20_000, async () => (await retries()) >= 3, 100);
+  // Each agent's held poll ran out (503) and its next one (wait=0) came in: held at authentication.
+  if (sc.outlastLongPolls) await until('both agents polling B again', 30_000, async () => (await answerAtOnce()) >= atOnceBefore + 2, 100);
   if (OUTAGE_MS > 0) await new Promise((r) => setTimeout(r, Math.max(0, diedAt + OUTAGE_MS - Date.now())));
   await runPg('pg_ctl', ['promote', '-w', '-t', '60', '-D', standby.dataDir], user);
   const promotedAt = Date.now();
@@ -229,7 +245,7 @@ test('the store fails over: coordinators reconnect, LISTEN again, no change lost
     promoteToFirstWriteMs: firstWriteAt - promotedAt,
     firstWriteToAllAgentsMs: agentsAt - firstWriteAt,
     outageBeforePromoteMs: promotedAt - diedAt,
-    longPollS: Number(LONG_POLL_S),
+    longPollS: sc.longPollS,
     refusedWritesDuringOutage: refusals,
     refusedWriteMs: duringMs,
     bListenRetries: await retries(),
@@ -246,8 +262,10 @@ test('the store fails over: coordinators reconnect, LISTEN again, no change lost
   for (const n of [n1, n2]) assert.deepEqual(await rejects(n), ['10.77.0.1', '10.77.0.2'], `${n.name} pg_hba.conf`);
   assert.ok(figures.primaryDeathToFirstWriteMs <= 30_000, `first admin write ${figures.primaryDeathToFirstWriteMs} ms after the primary died`);
   assert.ok(figures.firstWriteToAllAgentsMs <= 5_000, `every agent on the new generation ${figures.firstWriteToAllAgentsMs} ms after the first write`);
+  // The only refusal an agent may see is the end of a long-poll that ran out with the store away.
+  for (const r of figures.agentRetries) assert.ok(r <= (sc.outlastLongPolls ? 1 : 0), `agent retries: ${figures.agentRetries.join(', ')}`);
   assert.deepEqual(watch.failures, [], 'the nodes served their last good state throughout (no probe failed)');
   assert.deepEqual(await startTimes(), started, 'PostgreSQL was never restarted');
   assert.equal((await b.client.call('GET', '/healthz')).status, 200);
   passed = true;
-});
+}
