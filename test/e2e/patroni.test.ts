@@ -184,6 +184,13 @@ async function walkthrough(auth: 'cert' | 'scram-sha-256'): Promise<void> {
       if ((await sql(m2, osUser, 'SELECT 1 FROM pg_stat_replication')).length !== 2) return null;
       return rows.find((r) => r.Member === 'm2')?.Role === 'Leader' && rows.filter((r) => r.Role === 'Replica' && r.State === 'running').length === 2 ? rows : null;
     }, 120_000);
+    // Patroni rewrote the demoted m1's postgresql.conf (its recovery parameters live there): an
+    // include line there would be gone. pgaccord's, in postgresql.base.conf, still sets ssl on every member.
+    assert.match(await readFile(join(m1.pgdata, 'postgresql.conf'), 'utf8'), /primary_conninfo/);
+    for (const m of members) {
+      const [row] = await sql<{ setting: string; sourcefile: string }>(m, osUser, "SELECT setting, sourcefile FROM pg_settings WHERE name = 'ssl'");
+      assert.deepEqual([m.name, row!.setting, row!.sourcefile], [m.name, 'on', join(m.pgdata, 'pgaccord.conf')]);
+    }
     lap('switchover done');
 
     // Failover: m2's Patroni dies; its PostgreSQL, still a primary, takes writes the new leader
