@@ -1,6 +1,6 @@
 // Profile `patroni` with the real Debian packages (patroni 3.0, etcd-server/etcd-client 3.4),
 // following the README walkthrough: a coordinator, one etcd (client TLS, client certificates
-// required, trusting the cluster CA), three Patroni members on loopback (127.0.0.81-83), each
+// required, trusting the cluster CA; 127.0.0.80), three Patroni members on loopback (127.0.0.81-83), each
 // with a pgaccord agent run as postgres, started before Patroni on an empty PGDATA. Patroni runs
 // as postgres on a configuration directory: the operator's patroni.yml and a link to the agent's
 // fragment (restapi/ctl/etcd3 TLS, the replication and rewind users' TLS files or passwords).
