@@ -7,7 +7,7 @@ import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Value } from '@sinclair/typebox/value';
 import type { TSchema, Static } from '@sinclair/typebox';
-import { Agent, request, type Dispatcher } from 'undici';
+import { Agent, request, type Dispatcher } from './undici-lean.ts';
 import { CsrResponse, EnrollResponse, JoinTokenPayload, PeerWake, type CsrRequest, type EnrollRequest } from '../shared/api.ts';
 import { AgentStatus, NodeDesired } from '../shared/schema.ts';
 import { certInfo, certMatchesKey, createCsr, fingerprint256, generateKey, splitPemBundle, verifiesAgainst, type CertInfo } from '../shared/x509.ts';

@@ -6,7 +6,7 @@ type Runner = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, { summary: string; load: () => Promise<Runner> }> = {
   coordinator: { summary: 'run the coordinator (REST API, per-cluster CA, state store)', load: async () => (await import('../coordinator/main.ts')).runCoordinator },
-  agent: { summary: 'run the node agent (pull, write, reload, prove, report)', load: async () => (await import('../agent/main.ts')).runAgent },
+  agent: { summary: 'run the node agent (pull, write, reload, prove, report)', load: async () => (await import('../agent/command.ts')).runAgentCommand },
   apply: { summary: 'create or update a cluster from a spec file (--dry-run to preview)', load: async () => (await import('../coordinator/admin-cli.ts')).runApply },
   status: { summary: 'show per-node generation, state, certificates and probes', load: async () => (await import('../coordinator/admin-cli.ts')).runStatus },
   token: { summary: 'create a single-use join token for a node', load: async () => (await import('../coordinator/admin-cli.ts')).runToken },

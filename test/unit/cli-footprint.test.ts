@@ -1,6 +1,6 @@
 // A command loads only what it uses: `--version`, `--help` and the admin CLI's requests start
 // without fastify, pg, node-forge, typebox or undici (each costs tens of milliseconds and MB).
-// A module resolve hook records every package the process loads.
+// A module resolve hook and the CommonJS cache record every package the process loads.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -20,7 +20,13 @@ export async function resolve(specifier, context, next) {
   appendFileSync(${JSON.stringify(trace)}, r.url + '\\n');
   return r;
 }`);
-    writeFileSync(join(dir, 'register.mjs'), `import { register } from 'node:module';\nregister(${JSON.stringify(`file://${join(dir, 'hooks.mjs')}`)});`);
+    // The resolve hook sees ESM imports; what is require()d (createRequire, a package's own
+    // CommonJS requires) is in the shared CommonJS cache, listed at exit.
+    writeFileSync(
+      join(dir, 'register.mjs'),
+      `import { register, createRequire } from 'node:module';\nimport { appendFileSync } from 'node:fs';\nregister(${JSON.stringify(`file://${join(dir, 'hooks.mjs')}`)});\n` +
+        `const cache = createRequire(import.meta.url).cache;\nprocess.on('exit', () => appendFileSync(${JSON.stringify(trace)}, Object.keys(cache).join('\\n') + '\\n'));`,
+    );
     const r = spawnSync(process.execPath, ['--import', join(dir, 'register.mjs'), 'bin/pgaccord.mjs', ...args], { encoding: 'utf8', timeout: 30_000 });
     const urls = readFileSync(trace, 'utf8').split('\n').filter(Boolean);
     const packages = [...new Set(urls.map((u) => /\/node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(u)?.[1]).filter((p): p is string => p !== undefined))];
@@ -36,6 +42,19 @@ test('--version, --help and status --help load none of the heavy packages', () =
     assert.equal(r.status, 0, `${args.join(' ')}: ${r.stderr}`);
     assert.deepEqual(r.packages.filter((p) => HEAVY.includes(p)), [], `pgaccord ${args.join(' ')} loaded`);
   }
+});
+
+test('agent --help loads only the CLI: no HTTP client, no PostgreSQL driver, no CA code, no logger', () => {
+  const r = packagesLoaded(['agent', '--help']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(r.packages.filter((p) => HEAVY.includes(p)), [], 'pgaccord agent --help loaded');
+});
+
+test('an agent usage error (a bad flag) is told without loading the runtime either', () => {
+  const r = packagesLoaded(['agent', '--no-such-flag']);
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /pgaccord agent: Unknown option '--no-such-flag'/);
+  assert.deepEqual(r.packages.filter((p) => HEAVY.includes(p)), [], 'pgaccord agent --no-such-flag loaded');
 });
 
 test('an admin request (status against an unreachable coordinator) loads no HTTP client package, no CA code', () => {
