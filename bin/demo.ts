@@ -2,7 +2,7 @@
 // PostgreSQL 15 nodes on loopback (127.0.0.11-13), an agent process per node, and a `pgd`
 // cluster with certificate auth and verify-full, applied and proved.
 import { mkdtemp } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { basename, isAbsolute, relative, resolve } from 'node:path';
 import { parseCommand, UsageError } from '../shared/cli.ts';
 import type { ClusterStatusResponse } from '../shared/api.ts';
 import type { ClusterSpec } from '../shared/schema.ts';
@@ -21,7 +21,7 @@ options:
   --exit             stop as soon as the cluster has converged and the status is printed
   --timeout S        give up if the cluster has not converged after S seconds (default 180)
 
-Needs Node.js >= 20 and the PostgreSQL 15 server binaries (/usr/lib/postgresql/15/bin).
+Needs Node.js >= 22 and the PostgreSQL 15 server binaries (/usr/lib/postgresql/15/bin).
 As root, the servers run as the postgres OS user.
 `,
   options: {
@@ -107,11 +107,22 @@ export async function runDemo(argv: string[]): Promise<number> {
   return 0;
 }
 
+/**
+ * The status command to suggest, from the script that started this process (process.argv[1]):
+ * a checkout's launcher is run with node (by a path relative to `cwd` when under it); an
+ * installed copy (a PATH symlink, or the launcher inside node_modules) is `pgaccord`.
+ */
+export function statusHint(script: string | undefined, cwd: string): string {
+  if (script === undefined || basename(script) !== 'pgaccord.mjs' || script.split('/').includes('node_modules')) return `pgaccord status ${DEMO_CLUSTER}`;
+  const rel = relative(cwd, script);
+  return `node ${rel !== '' && !rel.startsWith('..') && !isAbsolute(rel) ? rel : script} status ${DEMO_CLUSTER}`;
+}
+
 function printHowToConnect(status: ClusterStatusResponse, cluster: LocalCluster): void {
   const edge = status.nodes.flatMap((n) => n.probes.map((p) => ({ from: n.node, ...p }))).find((p) => p.ok);
   console.log('Admin commands against this coordinator:');
   console.log(`  export PGACCORD_URL=${cluster.adminEnv.PGACCORD_URL} PGACCORD_CA=${cluster.adminEnv.PGACCORD_CA} PGACCORD_TOKEN=$(cat ${cluster.coordinatorDir}/admin.token)`);
-  console.log(`  node bin/pgaccord.mjs status ${DEMO_CLUSTER}`);
+  console.log(`  ${statusHint(process.argv[1], process.cwd())}`);
   if (edge) {
     const asUser = process.getuid?.() === 0 ? 'runuser -u postgres -- ' : '';
     console.log(`\nConnect from ${edge.from} to ${edge.to} with the certificate its agent installed:`);
