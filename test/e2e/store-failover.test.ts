@@ -11,18 +11,18 @@
 // the nodes serve their last good state throughout.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
-import { appendFile, cp, mkdtemp, readFile } from 'node:fs/promises';
+import { cp, mkdtemp, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LocalCluster } from '../../bin/local-cluster.ts';
 import type { ClusterSpec } from '../../shared/schema.ts';
-import { createPgInstance, freePort, ownedDir, PgInstance, runPg } from '../../shared/pgserver.ts';
+import { freePort } from '../../shared/pgserver.ts';
 import { PACKAGE_ROOT } from '../../shared/version.ts';
 import { query } from '../helpers/pg.ts';
 import { watchCluster } from '../helpers/lifecycle-e2e.ts';
+import { storePair, until, type StorePair } from '../helpers/store-pair.ts';
 import { httpsClient, type Client } from '../integration/coordinator-helpers.ts';
 
 const PGACCORD = join(PACKAGE_ROOT, 'bin', 'pgaccord.mjs');
@@ -33,24 +33,6 @@ interface Scenario {
   longPollS: number;
   /** Promote only once every agent's held long-poll has run out and its next one has come in. */
   outlastLongPolls: boolean;
-}
-
-/** Poll until `probe` gives a value (its exceptions end the wait). */
-async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | null | undefined | false>, everyMs = 100): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
-
-/** Every process of a server: the postmaster (from postmaster.pid) and its children. */
-function serverPids(pidFile: string): number[] {
-  const postmaster = Number(pidFile.split('\n')[0]);
-  const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(postmaster)], { encoding: 'utf8' }).split('\n').map(Number).filter((n) => n > 0);
-  return [postmaster, ...children];
 }
 
 /** A TCP relay to a server that can be cut (every connection dropped, new ones refused) and restored. */
@@ -100,40 +82,21 @@ async function failover(sc: Scenario): Promise<void> {
   const cluster = await LocalCluster.create({ dir });
   const coordinators: ChildProcess[] = [];
   const clients: Client[] = [];
-  let primary: PgInstance | null = null;
-  let standby: PgInstance | null = null;
+  let store: StorePair | null = null;
   let watch: ReturnType<typeof watchCluster> | null = null;
   let passed = false;
   after(async () => {
     await watch?.stop();
     await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
     for (const c of coordinators) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-    await Promise.all([primary, standby].map((p) => p?.destroy()));
+    await store?.destroy();
     await cluster.close({ keep: !passed }); // the logs of a failed run stay in dir
     if (!passed) console.log(`# store failover: logs kept in ${dir}`);
   });
 
   // --- the two-node store -------------------------------------------------------------------
-  const password = randomBytes(18).toString('base64url');
-  primary = await createPgInstance({ baseDir: join(dir, 'store-1'), listen: '127.0.0.1', superuserPassword: password });
-  await appendFile(join(primary.dataDir, 'pg_hba.conf'), 'host all postgres 127.0.0.1/32 scram-sha-256\nhost replication postgres 127.0.0.1/32 scram-sha-256\n');
-  await primary.reload();
-  await query(primary, 'CREATE DATABASE pgaccord');
-  const user = primary.osUser;
-  const standbyBase = join(dir, 'store-2');
-  await ownedDir(standbyBase, user, 0o711);
-  await ownedDir(join(standbyBase, 'sock'), user);
-  const standbyPort = await freePort();
-  await runPg('pg_basebackup', ['-h', '127.0.0.1', '-p', String(primary.port), '-U', 'postgres', '-D', join(standbyBase, 'data'), '-R', '-X', 'stream', '-c', 'fast'], user, { env: { PGPASSWORD: password } });
-  await appendFile(join(standbyBase, 'data', 'postgresql.conf'), `\nport = ${standbyPort}\nunix_socket_directories = '${join(standbyBase, 'sock')}'\n`);
-  standby = new PgInstance(standbyBase, join(standbyBase, 'data'), join(standbyBase, 'sock'), '127.0.0.1', standbyPort, user, false, password);
-  await standby.start();
-  // Synchronous: a write the coordinator acknowledged is on the standby before the primary can
-  // die (set after the clone, so the promoted standby does not wait for a standby of its own).
-  await query(primary, `ALTER SYSTEM SET synchronous_standby_names = '*'`);
-  await query(primary, 'SELECT pg_reload_conf()');
-  await until('the standby streaming synchronously', 30_000, async () => (await query<{ s: string }>(primary!, `SELECT sync_state AS s FROM pg_stat_replication`))[0]?.s === 'sync');
-  const storeUrl = (p1: number, p2: number) => `postgresql://postgres:${password}@127.0.0.1:${p1},127.0.0.1:${p2}/pgaccord?target_session_attrs=read-write`;
+  store = await storePair(dir);
+  const { primary, standby } = store;
   // B reaches both servers through relays.
   const toPrimary = await relay(primary.port);
   const toStandby = await relay(standby.port);
@@ -160,10 +123,10 @@ async function failover(sc: Scenario): Promise<void> {
     assert.equal((await client.call('GET', '/healthz')).status, 200);
     return { url, client };
   };
-  const a = await startCoordinator('coordinator-a', cluster.coordinatorDir, storeUrl(primary.port, standby.port));
+  const a = await startCoordinator('coordinator-a', cluster.coordinatorDir, store.url());
   const dirB = join(dir, 'coordinator-b');
   await cp(cluster.coordinatorDir, dirB, { recursive: true });
-  const b = await startCoordinator('coordinator-b', dirB, storeUrl(toPrimary.port, toStandby.port));
+  const b = await startCoordinator('coordinator-b', dirB, store.url(toPrimary.port, toStandby.port));
   const token = (await readFile(join(cluster.coordinatorDir, 'admin.token'), 'utf8')).trim();
 
   // --- two real nodes whose agents long-poll B; admin writes through A ---------------------
@@ -202,8 +165,7 @@ async function failover(sc: Scenario): Promise<void> {
   await until('coordinator B deaf (its LISTEN lost)', 10_000, async () => (await bLog()).includes('LISTEN connection lost'), 50);
   const before = await put(1);
   assert.equal(before.status, 200, before.text);
-  const pids = serverPids(await readFile(join(primary.dataDir, 'postmaster.pid'), 'utf8'));
-  for (const pid of pids) process.kill(pid, 'SIGKILL');
+  await store.killPrimary();
   const diedAt = Date.now();
 
   // During the outage (the standby not yet promoted): a coded refusal, quickly, not a hang.
@@ -220,7 +182,7 @@ async function failover(sc: Scenario): Promise<void> {
   // Each agent's held poll ran out (503) and its next one (wait=0) came in: held at authentication.
   if (sc.outlastLongPolls) await until('both agents polling B again', 30_000, async () => (await answerAtOnce()) >= atOnceBefore + 2, 100);
   if (OUTAGE_MS > 0) await new Promise((r) => setTimeout(r, Math.max(0, diedAt + OUTAGE_MS - Date.now())));
-  await runPg('pg_ctl', ['promote', '-w', '-t', '60', '-D', standby.dataDir], user);
+  await store.promote();
   const promotedAt = Date.now();
   let refusals = 1;
   const written = await until('the first admin write after the failover', 30_000, async () => {
