@@ -3,14 +3,11 @@
 // so a symlink the `postgres` OS user plants (in the state directory, in PGDATA) leads nowhere
 // of root's. As root it only reads what root's operator gave it (the config file, the join token)
 // and, when needed, hands its own state directory to the owner (see handOverStateDir).
-import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
 import { lstat, mkdir, open, readdir, realpath } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { promisify } from 'node:util';
 import type { OsUser } from '../shared/pgserver.ts';
-
-const execFileAsync = promisify(execFile);
+import { passwdEntry } from '../shared/passwd.ts';
 
 export class PrivilegeError extends Error {
   constructor(
@@ -51,16 +48,9 @@ async function checkAncestors(path: string, trusted: number, what: string, code:
   }
 }
 
-/** The passwd entry of a uid; its primary group is what the agent runs with. */
+/** The passwd entry of a uid (its primary group is what the agent runs with); without one, the directory's own uid and gid. */
 export async function lookupUid(uid: number, fallbackGid: number): Promise<OsUser> {
-  try {
-    const { stdout } = await execFileAsync('getent', ['passwd', String(uid)]);
-    const [name, , u, gid, , home] = stdout.trim().split(':');
-    if (Number(u) === uid) return { name: name!, uid, gid: Number(gid), home: home || '/' };
-  } catch {
-    // no passwd entry: the directory's own uid and gid
-  }
-  return { name: String(uid), uid, gid: fallbackGid, home: '/' };
+  return (await passwdEntry(uid)) ?? { name: String(uid), uid, gid: fallbackGid, home: '/' };
 }
 
 /**

@@ -11,6 +11,7 @@ import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { ensureDirectory } from './atomic-file.ts';
+import { passwdEntry } from './passwd.ts';
 import { confName, confString } from './escape.ts';
 import { scramVerifier } from './scram.ts';
 
@@ -59,11 +60,9 @@ export async function storeOsUser(): Promise<OsUser> {
 }
 
 export async function lookupOsUser(name: string): Promise<OsUser> {
-  const { stdout } = await execFileAsync('getent', ['passwd', name]).catch(() => {
-    throw new Error(`OS user "${name}" does not exist (install the postgresql packages, or create it)`);
-  });
-  const [, , uid, gid, , home] = stdout.trim().split(':');
-  return { name, uid: Number(uid), gid: Number(gid), home: home ?? '/' };
+  const entry = await passwdEntry(name);
+  if (entry === null) throw new Error(`OS user "${name}" does not exist (install the postgresql packages, or create it)`);
+  return entry;
 }
 
 export function pgBinDir(): string {
