@@ -99,17 +99,21 @@ async function call<T>(conn: Conn, method: string, path: string, body?: unknown)
   for (let tried = 0; tried < conn.urls.length; tried++) {
     const url = conn.urls[conn.current]!;
     const last = tried === conn.urls.length - 1;
+    let res: RawAnswer;
     try {
-      const res = await callOne(conn, url, method, path, body);
-      if (!FAILOVER_STATUSES.has(res.statusCode) || last || (change && res.statusCode !== 503)) return answer<T>(res);
-      failures.push(`${url}: HTTP ${res.statusCode}`);
+      res = await callOne(conn, url, method, path, body);
     } catch (e) {
       const err = e as Error & { code?: string };
       if (change && conn.urls.length > 1 && !NOT_SENT_CODES.has(err.code ?? '')) {
         throw new Error(`the coordinator at ${url} failed after the request was sent (${err.message || err.code}): it may or may not have been done; look (pgaccord status) before trying again`);
       }
       failures.push(`${url}: ${err.message || err.code}`);
+      conn.current = (conn.current + 1) % conn.urls.length;
+      continue;
     }
+    // An answer (a 401, a 409...) is the coordinator speaking: reported as such, never as "cannot reach".
+    if (!FAILOVER_STATUSES.has(res.statusCode) || last || (change && res.statusCode !== 503)) return answer<T>(res);
+    failures.push(`${url}: HTTP ${res.statusCode}`);
     conn.current = (conn.current + 1) % conn.urls.length;
   }
   throw new Error(conn.urls.length === 1 ? `cannot reach the coordinator at ${failures[0]}` : `cannot reach any coordinator: ${failures.join('; ')}`);
