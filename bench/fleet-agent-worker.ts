@@ -25,7 +25,7 @@ export type ToWorker =
   | { type: 'init'; url: string; caPem: string; key: KeyType; agents: AgentAssignment[] }
   | { type: 'enroll'; concurrency: number }
   | { type: 'run' }
-  | { type: 'status'; reports: number }
+  | { type: 'status'; reports: number; concurrency: number }
   | { type: 'storm-prepare' }
   | { type: 'storm' }
   | { type: 'stop' };
@@ -40,8 +40,7 @@ export type FromWorker =
   | { type: 'status-done'; latencies: number[]; start: number; end: number; codes: Record<string, number> }
   | { type: 'storm-ready' }
   | { type: 'storm-done'; latencies: number[]; start: number; end: number; codes: Record<string, number> }
-  | { type: 'counters'; codes: Record<string, number> }
-  | { type: 'stopped' };
+  | { type: 'counters'; codes: Record<string, number> };
 
 /** Wall clock with sub-millisecond resolution, comparable between processes. */
 export const wallMs = () => performance.timeOrigin + performance.now();
@@ -226,19 +225,18 @@ async function handle(m: ToWorker): Promise<void> {
     case 'status': {
       const latencies: number[] = [];
       const codes: Record<string, number> = {};
-      // One untimed report each first: beside its held long-poll an agent's report needs a second
-      // connection, and what is timed is the reports, not a storm of handshakes (the renewal
-      // storm has that).
-      await Promise.all(agents.map((a) => call(a.dispatcher!, 'POST', '/v1/agent/status', report(a)).catch(() => undefined)));
       const start = wallMs();
-      await Promise.all(agents.map(async (a) => {
+      // `concurrency` agents at a time, each beside its held long-poll on a second connection
+      // (its first report pays that handshake), so that all of them at once do not measure the
+      // coordinator's connection limit instead of its reports.
+      await pool(agents, m.concurrency, async (a) => {
         for (let k = 0; k < m.reports; k++) {
           const t = wallMs();
           const r = await call(a.dispatcher!, 'POST', '/v1/agent/status', report(a)).catch((e: Error) => ({ status: e.message }));
           latencies.push(wallMs() - t);
           count(codes, r.status);
         }
-      }));
+      });
       send({ type: 'status-done', latencies, start, end: wallMs(), codes });
       return;
     }
@@ -267,8 +265,7 @@ async function handle(m: ToWorker): Promise<void> {
       stop.abort();
       send({ type: 'counters', codes: loopCodes });
       await Promise.all(agents.map((a) => a.dispatcher?.destroy().catch(() => undefined)));
-      send({ type: 'stopped' });
-      process.disconnect();
+      process.disconnect(); // and so exits
       return;
   }
 }

@@ -7,8 +7,8 @@
 //   first       the agents start their loops: every first desired state, every long-poll held
 //   fanout      FLEET_CHANGES rounds of a PUT to every cluster (an HBA rule): from each PUT to
 //               each of that cluster's agents holding the new generation, p50/p99/max
-//   status      every agent posts FLEET_REPORTS status reports back to back (after an untimed
-//               one that opens its second connection): accepted reports/s
+//   status      every agent posts FLEET_REPORTS status reports back to back, beside its held
+//               long-poll, FLEET_STATUS_CONCURRENCY (200) agents at a time: accepted reports/s
 //   storm       every agent posts a CSR (its first slot; FLEET_STORM_SLOT=identity for the
 //               identity) at once: CSR latency, a probe agent's desired round trip (wait=0)
 //               and the fan-out of one PUT made while it is signed
@@ -49,6 +49,7 @@ const PROCS = Math.max(1, Math.min(env('FLEET_PROCS', availableParallelism()), C
 const KEY = keyType(process.env.FLEET_KEY);
 const CHANGES = env('FLEET_CHANGES', 3);
 const REPORTS = env('FLEET_REPORTS', 5);
+const STATUS_CONCURRENCY = Math.max(1, env('FLEET_STATUS_CONCURRENCY', 200));
 const ENROLL_CONCURRENCY = Math.max(1, env('FLEET_ENROLL_CONCURRENCY', 16));
 const PUT_CONCURRENCY = Math.max(1, env('FLEET_PUT_CONCURRENCY', 8));
 const LOG_LEVEL = process.env.FLEET_LOG_LEVEL ?? 'info';
@@ -107,7 +108,9 @@ interface Coordinator {
 async function startCoordinatorProcess(dataDir: string, port: number, flags: string[], logFile: string): Promise<Coordinator> {
   const fd = openSync(logFile, 'a');
   const startedAt = wallMs();
-  const child = spawnRaised([PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--log-level', LOG_LEVEL, ...flags], ['ignore', fd, fd]);
+  // FLEET_CPU_PROF=DIR: a V8 CPU profile of each coordinator process, written when it exits.
+  const prof = process.env.FLEET_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEET_CPU_PROF] : [];
+  const child = spawnRaised([...prof, PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--log-level', LOG_LEVEL, ...flags], ['ignore', fd, fd]);
   closeSync(fd);
   const exited = once(child, 'exit');
   return { child, pid: child.pid!, startedAt, exited };
@@ -197,6 +200,8 @@ function spec(name: string, c: number, nodes: number, profile: ProfileName, chan
     auth: 'cert',
     tls: { sslmode: 'verify-full', certLifetime: '90d', keyType: KEY },
     nodes: Array.from({ length: nodes }, (_, i) => ({ name: `n${i}`, host: `n${i}.${name}.fleet.test`, address: ip(c * nodes + i + 1), port: 5432, kind: kindOf(profile, i) })),
+    // The users a TimescaleDB access node connects to its data nodes as (the profile needs one).
+    ...(profile === 'timescaledb-multinode' ? { roles: [{ name: 'app' }] } : {}),
     // The change of each round: one HBA rule that differs (a new generation, same shape).
     ...(change > 0 ? { hba: [{ type: 'hostssl' as const, database: 'postgres', user: 'fleet_bench', address: `10.250.${change % 256}.0/24`, method: 'reject' as const }] } : {}),
   };
@@ -249,11 +254,24 @@ try {
   const tlsKey = serverKey.asymmetricKeyType === 'ec' ? `ec-${serverKey.asymmetricKeyDetails?.namedCurve}` : `${serverKey.asymmetricKeyType}-${serverKey.asymmetricKeyDetails?.modulusLength}`;
   const token = (await readFile(join(dataDir, 'admin.token'), 'utf8')).trim();
   admin = new Agent({ connect: { ca: caPem }, connections: PUT_CONCURRENCY + 2 });
+  let adminRetries = 0;
   const api = async (method: 'GET' | 'PUT' | 'POST', path: string, body?: unknown) => {
-    const r = await request(`${url}${path}`, { method, dispatcher: admin!, headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) }, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
+    // A connection refused or reset (the coordinator at its connection limit) is retried, and counted.
+    const r = await retry(() => request(`${url}${path}`, { method, dispatcher: admin!, headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) }, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) }));
     const text = await r.body.text();
     if (r.statusCode >= 300) throw new Error(`${method} ${path}: ${r.statusCode} ${text}`);
     return text ? JSON.parse(text) : null;
+  };
+  const retry = async <T>(fn: () => Promise<T>): Promise<T> => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await fn();
+      } catch (e) {
+        if (attempt >= 5) throw e;
+        adminRetries += 1;
+        await new Promise((r) => setTimeout(r, 200 * attempt));
+      }
+    }
   };
   const parallel = async <T>(items: T[], n: number, fn: (x: T) => Promise<void>) => {
     let next = 0;
@@ -417,7 +435,7 @@ try {
 
   // Status report throughput.
   await settled();
-  broadcast({ type: 'status', reports: REPORTS });
+  broadcast({ type: 'status', reports: REPORTS, concurrency: Math.max(1, Math.ceil(STATUS_CONCURRENCY / PROCS)) });
   const st = await gather('status-done');
   const stS = (Math.max(...st.map((s) => s.end)) - Math.min(...st.map((s) => s.start))) / 1000;
   const codes = (xs: { codes: Record<string, number> }[]) => xs.reduce<Record<string, number>>((acc, x) => {
@@ -425,7 +443,7 @@ try {
     return acc;
   }, {});
   const stCodes = codes(st);
-  const status = { reports: AGENTS * REPORTS, reports_per_s: Math.round((stCodes['204'] ?? 0) / stS), latency_ms: pct(st.flatMap((s) => s.latencies)), codes: stCodes };
+  const status = { reports: AGENTS * REPORTS, concurrency: Math.min(AGENTS, STATUS_CONCURRENCY), reports_per_s: Math.round((stCodes['204'] ?? 0) / stS), latency_ms: pct(st.flatMap((s) => s.latencies)), codes: stCodes };
   log(`status reports: ${status.reports_per_s}/s, p99 ${status.latency_ms.p99} ms, codes ${JSON.stringify(status.codes)}`);
 
   // Renewal storm, with a probe's round trips and one PUT while it is signed.
@@ -505,7 +523,7 @@ try {
   const workerRss = workers.map((w) => procStatus(w.child.pid!).rssMb);
   broadcast({ type: 'stop' });
   const loopCodes = codes(await gather('counters'));
-  await gather('stopped');
+  await Promise.all(workers.map((w) => (w.child.exitCode !== null ? null : once(w.child, 'exit'))));
   const hwmSecond = procStatus(coordinator.pid).hwmMb;
 
   const figures = {
@@ -521,6 +539,7 @@ try {
     coordinator_rss_mb: { ...rss, hwm_first_process: hwmFirst, hwm_after_restart: hwmSecond },
     agent_process_rss_mb: workerRss,
     loop_answers: loopCodes,
+    admin_retries: adminRetries,
     notes,
   };
   console.log(JSON.stringify(figures));
