@@ -221,3 +221,13 @@ test('probes run the newest versioned psql directly when PATH has Debian\'s pg_w
   assert.equal(resolvePsql(join(dir, 'wrapped'), join(dir, 'nothing')), join(dir, 'wrapped', 'psql'), 'no versioned client: the wrapper chooses');
   assert.equal(resolvePsql(join(dir, 'empty'), root), 'psql');
 });
+
+test('--probe-retry: the safety timer, 2 s by default; a value that is not a number of seconds is refused naming the option', async () => {
+  const { resolveConfig } = await import('../../agent/main.ts');
+  const base = { coordinator: 'https://c', node: 'a/b', pgdata: await mkdtemp(join(tmpdir(), 'pgaccord-pgdata-')) };
+  dirs.push(base.pgdata);
+  assert.equal(resolveConfig({}, base).probeRetryMs, 2000);
+  assert.equal(resolveConfig({ 'probe-retry': '0.5' }, base).probeRetryMs, 500);
+  assert.equal(resolveConfig({}, { ...base, 'probe-retry': '120' }).probeRetryMs, 120_000, 'from the config file');
+  for (const bad of ['0', 'soon', '-1', '99999']) assert.throws(() => resolveConfig({ 'probe-retry': bad }, base), /--probe-retry/);
+});
