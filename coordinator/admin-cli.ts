@@ -291,7 +291,9 @@ export async function runStatus(argv: string[]): Promise<number> {
         }
         return 0;
       }
-      await new Promise((r) => setTimeout(r, Math.min(1000, Math.max(0, deadline - Date.now()))));
+      // A status read is cheap (no compile): look four times a second, so --wait ends when the
+      // cluster converges, not up to a second later (convergence takes about that long).
+      await new Promise((r) => setTimeout(r, Math.min(250, Math.max(0, deadline - Date.now()))));
     }
   });
 }
