@@ -12,7 +12,7 @@ import forge from 'node-forge';
 import { CertificateAuthority } from '../../coordinator/ca.ts';
 import { compileCluster } from '../../shared/compile.ts';
 import type { AgentStatus, ClusterSpec, NodeDesired } from '../../shared/schema.ts';
-import { fingerprint256, generateRsaKey, readCsr } from '../../shared/x509.ts';
+import { fingerprint256, generateRsaKey, readCsrKey } from '../../shared/x509.ts';
 import { throwawayPg, query } from '../helpers/pg.ts';
 import { startAgent, waitFor } from './agent-runtime-helpers.ts';
 
@@ -52,13 +52,13 @@ const fake = createServer({ key: serverKey, cert: serverCert, requestCert: true,
     if (req.url === '/v1/coordinator-ca.crt') return res.writeHead(200).end(coordCa.certPem);
     if (req.url === '/v1/agent/enroll') {
       const { csr } = JSON.parse(body) as { csr: string };
-      const id = coordCa.issue({ publicKey: pub(readCsr(csr).publicKeyPem), commonName: 'pgaccord-agent', usage: 'client', lifetimeSeconds: 3600, now: new Date() });
+      const id = coordCa.issue({ publicKey: readCsrKey(csr).publicKey, commonName: 'pgaccord-agent', usage: 'client', lifetimeSeconds: 3600, now: new Date() });
       return res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ cluster: 'sales', node: 'node-1', certificate: id.pem, coordinatorCa: coordCa.certPem }));
     }
     if (req.url === '/v1/agent/csr') {
       const { slot, csr } = JSON.parse(body) as { slot: string; csr: string };
       const s = slotFor(slot)!;
-      const c = clusterCa.issue({ publicKey: pub(readCsr(csr).publicKeyPem), commonName: s.commonName, dnsNames: s.dnsNames, ipAddresses: s.ipAddresses, usage: s.usage, lifetimeSeconds: 3600, now: new Date() });
+      const c = clusterCa.issue({ publicKey: readCsrKey(csr).publicKey, commonName: s.commonName, dnsNames: s.dnsNames, ipAddresses: s.ipAddresses, usage: s.usage, lifetimeSeconds: 3600, now: new Date() });
       return res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ certificate: c.pem, serial: c.serial, notAfter: c.notAfter.toISOString() }));
     }
     if (req.url === '/v1/agent/status') {
