@@ -12,6 +12,13 @@ import type { FileReport } from '../shared/schema.ts';
 
 export type ExpectedFile = Static<typeof FileReport>;
 
+/**
+ * The safety-net poll: inotify (chokidar, and its raw events for a chmod) is the prompt signal,
+ * and an idle agent's every long-poll cycle compares the files too (steady state); a poll every
+ * 2 s re-read and hashed every managed file ~15 times a cycle for nothing.
+ */
+export const DEFAULT_POLL_MS = 30_000;
+
 export interface DriftEvent {
   path: string;
   /** What differs from the last applied state. */
@@ -24,7 +31,7 @@ export interface DriftEvent {
 export interface DriftOptions {
   /** The owner name FileReport uses for a uid (apply.ts ownerNamer(ctx)). */
   ownerName: (uid: number) => string;
-  /** Safety-net poll interval (default 2000 ms). */
+  /** Safety-net poll interval (default DEFAULT_POLL_MS). */
   pollMs?: number;
   /** Coalesce bursts of events (default 100 ms). */
   debounceMs?: number;
@@ -112,7 +119,7 @@ export function watchManagedFiles(files: ExpectedFile[], onDrift: (e: DriftEvent
   watcher.on('all', schedule);
   watcher.on('raw', schedule);
   watcher.on('error', (e) => opts.onError?.(e));
-  const poll = setInterval(safeCheck, opts.pollMs ?? 2000);
+  const poll = setInterval(safeCheck, opts.pollMs ?? DEFAULT_POLL_MS);
   const ready = new Promise<void>((resolve) => watcher.once('ready', () => resolve()));
 
   return {

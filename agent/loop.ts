@@ -133,6 +133,8 @@ export interface DriftNotice {
 export interface DriftHook {
   pause(): void;
   resume(files: FileReportT[], onDrift: (notice: DriftNotice) => void): void;
+  /** Compare the files with the baseline now (drift goes to onDrift as usual); how many drifted. */
+  check?(): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -153,8 +155,17 @@ export interface LoopDeps {
   backoff?: BackoffPolicy;
   /** After a failed probe, reconcile and probe again this soon, ms. */
   reprobeMs?: number;
-  /** Reconcile at least this often even when nothing happens, ms. */
+  /** Reconcile at least this often even when nothing happens, ms (while steady: the cheap checks only). */
   resyncMs?: number;
+  /**
+   * The steady state (0/absent: off, every cycle proves): while the last pass proved the desired
+   * generation with every probe passing and nothing pending, a long-poll cycle checks only the
+   * files (drift.check), the server's fingerprint and address, and reports the last proof; it
+   * proves again (apply, SQL checks, probes) once this long after the last proving pass, ms.
+   */
+  proofEveryMs?: number;
+  /** What changes when the local server restarts (PGDATA/postmaster.pid), or null when it does not run. */
+  serverFingerprint?: () => string | null;
   /** A long-poll cycle never repeats faster than this, ms (guards against a coordinator that does not wait). */
   minCycleMs?: number;
   log: Logger;
@@ -238,6 +249,10 @@ export class ReconcileLoop {
    * asks for wakes while an edge to a peer not among them fails.
    */
   private peerWatch = { generation: -1, seen: new Set<string>() };
+  /** When the last proving pass began, for which generation and server (the steady state's reference). */
+  private lastProof: { at: number; generation: number; server: string | null } | null = null;
+  /** Cycles that proved (a full pass) and cycles that reported the last proof (steady heartbeat). */
+  readonly cycles = { proved: 0, heartbeat: 0 };
   /** Counts of probe passes by reason (for tests and the log). */
   readonly probePasses: Record<ProbeReason, number> = { apply: 0, retry: 0, 'peer-applied': 0 };
 
@@ -394,6 +409,65 @@ export class ReconcileLoop {
     await this.publish(desired, probes, this.lastCertErrors, this.lastInstalled);
   }
 
+  /**
+   * Steady: the last pass proved the desired generation (converged, every probe passing, no
+   * error, nothing pending or due) less than proofEveryMs ago. Only what a cheap look shows can
+   * end it before then: a file's drift, the server restarted or moved.
+   */
+  private steady(now: number): boolean {
+    const every = this.deps.proofEveryMs ?? 0;
+    const proof = this.lastProof;
+    const d = this.lastGood;
+    const a = this.lastApply;
+    if (every <= 0 || !proof || !d || !a || !this.deps.drift?.check || !this.reachable) return false;
+    if (now - proof.at >= every || proof.generation !== d.generation || this.appliedGeneration !== d.generation) return false;
+    if (a.phase !== 'converged' || a.errors.length > 0 || a.pendingRestart.length > 0 || !this.lastProbes.every((p) => p.ok)) return false;
+    if (this.lastCertErrors.length > 0 || this.runtimeErrors([]).length > 0 || this.driftNotes.length > 0 || this.reprobeTimer) return false;
+    const due = [this.deps.certs.nextRenewalAt, this.deps.nextMaintenanceAt?.() ?? null].some((t) => t !== null && t <= now);
+    return !due && this.lastStatus !== null;
+  }
+
+  /**
+   * A cycle with nothing new (a long-poll that expired, the resync timer): a full reconcile, or
+   * while steady the cheap checks, then (`report`) the last proof as the heartbeat.
+   */
+  private cycle(reason: string, report: boolean): Promise<void> {
+    // A full pass queued covers this cycle; without a steady state every cycle is one.
+    if (this.queued || !((this.deps.proofEveryMs ?? 0) > 0)) return this.kick(reason);
+    // Judged when its turn comes: a pass in flight may end or start the steady state.
+    this.running = this.running.then(async () => {
+      // A full pass queued behind this one (a new generation, a drift) covers it.
+      if (this.signal.aborted || this.queued) return;
+      this.passStartedAt = Date.now();
+      try {
+        if (!this.steady(this.deps.now())) {
+          await this.reconcileOnce(reason);
+          return;
+        }
+        const before = this.deps.ctx;
+        if (this.deps.refreshContext) this.deps = { ...this.deps, ctx: this.deps.refreshContext(before) };
+        const moved = this.deps.ctx.pgHost !== before.pgHost || this.deps.ctx.pgPort !== before.pgPort;
+        const restarted = (this.deps.serverFingerprint?.() ?? null) !== this.lastProof?.server;
+        const drifted = await this.deps.drift!.check!();
+        // A drifted file: its onDrift queued the repair already.
+        if (drifted > 0) return;
+        if (moved || restarted || !this.steady(this.deps.now())) {
+          this.deps.log.debug({ reason, moved, restarted }, 'not steady any more: proving again');
+          await this.reconcileOnce(reason);
+          return;
+        }
+        if (!report) return;
+        this.cycles.heartbeat += 1;
+        await this.publish(this.lastGood, this.lastProbes, this.lastCertErrors, this.lastInstalled, this.lastStatus?.versions.postgres);
+      } catch (e) {
+        this.deps.log.error({ err: errMessage(e), reason }, 'reconcile failed unexpectedly');
+      } finally {
+        this.passStartedAt = null;
+      }
+    });
+    return this.running;
+  }
+
   /** Queue a reconcile; several requests while one runs collapse into one more run. */
   kick(reason: string): Promise<void> {
     if (this.queued) return this.running;
@@ -433,7 +507,7 @@ export class ReconcileLoop {
       log.info({ generation: this.lastGood.generation }, 'starting from the last good desired state');
       await this.kick('startup');
     }
-    this.timer = setInterval(() => void this.kick('periodic resync'), this.deps.resyncMs ?? 60_000);
+    this.timer = setInterval(() => void this.cycle('periodic resync', false), this.deps.resyncMs ?? 60_000);
     this.timer.unref();
     try {
       while (!this.signal.aborted) {
@@ -522,8 +596,9 @@ export class ReconcileLoop {
       await this.kick(`generation ${j.desired.generation}`);
       return 'event';
     }
-    // Unchanged: still reconcile (level-triggered) and report, which is also the heartbeat.
-    await this.kick('long-poll cycle');
+    // Unchanged: still reconcile (level-triggered; while steady, the cheap checks) and report,
+    // which is also the heartbeat.
+    await this.cycle('long-poll cycle', true);
     return 'ok';
   }
 
@@ -572,6 +647,8 @@ export class ReconcileLoop {
     let installed: Awaited<ReturnType<CertificateManager['ensure']>>['installed'] = [];
     if (desired) {
       log.debug({ reason, generation: desired.generation }, 'reconciling');
+      this.cycles.proved += 1;
+      this.lastProof = { at: this.deps.now(), generation: desired.generation, server: this.deps.serverFingerprint?.() ?? null };
       const startedAt = new Date(this.deps.now()).toISOString();
       const t0 = performance.now();
       this.deps.drift?.pause();
@@ -651,7 +728,7 @@ export class ReconcileLoop {
   }
 
   /** Build the status, report it (the coordinator and the local mirror). */
-  private async publish(desired: NodeDesired | null, probes: ProbeResult[], certErrors: RuntimeError[], installed: Awaited<ReturnType<CertificateManager['ensure']>>['installed']): Promise<void> {
+  private async publish(desired: NodeDesired | null, probes: ProbeResult[], certErrors: RuntimeError[], installed: Awaited<ReturnType<CertificateManager['ensure']>>['installed'], knownPostgresVersion?: string): Promise<void> {
     const { log, ctx } = this.deps;
     const notes = this.driftNotes.splice(0);
     this.scheduleRenewalWake();
@@ -663,7 +740,7 @@ export class ReconcileLoop {
       certificates: certReports(installed),
       probes,
       coordinatorReachable: this.reachable,
-      postgresVersion: await this.deps.postgresVersion(),
+      postgresVersion: knownPostgresVersion ?? (await this.deps.postgresVersion()),
       ...(desired && this.timings?.generation === this.appliedGeneration ? { timings: this.timings } : {}),
     });
     this.lastStatus = status;

@@ -84,6 +84,22 @@ export function readPostmasterPid(pgdata: string): { port?: number; socketDir?: 
   }
 }
 
+/**
+ * An idle node proves its state again (apply, SQL checks, probes) this often; in between, each
+ * long-poll cycle checks the files and the server's postmaster.pid and reports the last proof
+ * (docs/lifecycle.md, "Steady state").
+ */
+export const PROOF_EVERY_MS = 300_000;
+
+/** postmaster.pid's pid, data directory and start time: new when the server (re)starts; null while it does not run. */
+export function serverFingerprint(pgdata: string): string | null {
+  try {
+    return readFileSync(join(pgdata, 'postmaster.pid'), 'utf8').split('\n').slice(0, 3).join('\n');
+  } catch {
+    return null;
+  }
+}
+
 /** The join token from its file, and the file's permission bits (a token others can read is warned about). */
 export function readJoinTokenFile(path: string): { token: string; mode: number } {
   try {
@@ -246,6 +262,7 @@ async function loadDrift(ctx: NodeContext, log: Logger): Promise<DriftHook> {
   let watcher: ReturnType<typeof watchManagedFiles> | null = null;
   return {
     pause: () => watcher?.pause(),
+    check: async () => (watcher ? (await watcher.check()).length : 0),
     resume(files, onDrift) {
       if (watcher) return watcher.setExpected(files);
       watcher = watchManagedFiles(files, (e) => onDrift({ path: e.path, kinds: e.kinds }), {
@@ -265,6 +282,8 @@ export interface RunHooks {
   now?: () => number;
   random?: Random;
   resyncMs?: number;
+  /** The steady state's proving cadence (default PROOF_EVERY_MS). */
+  proofEveryMs?: number;
   minCycleMs?: number;
   backoff?: { baseMs: number; capMs: number };
   /** Abort to stop the agent (as SIGTERM does). */
@@ -346,6 +365,8 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
     random,
     ...(hooks.backoff ? { backoff: hooks.backoff } : {}),
     resyncMs: hooks.resyncMs ?? 60_000,
+    proofEveryMs: hooks.proofEveryMs ?? PROOF_EVERY_MS,
+    serverFingerprint: () => serverFingerprint(ctx.pgdata),
     reprobeMs: cfg.probeRetryMs,
     minCycleMs: hooks.minCycleMs ?? 1000,
     log,

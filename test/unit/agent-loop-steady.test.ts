@@ -1,0 +1,137 @@
+// The steady state (docs/lifecycle.md): once a generation is applied and proved with every probe
+// passing, a long-poll cycle with nothing new checks only what is cheap to check (the managed
+// files against the last proof, the server's postmaster.pid, the address it runs on) and
+// reports the last proof as the heartbeat; it proves again (apply, SQL checks, probes) every
+// proofEveryMs, at once when a file drifted or the server restarted, and the resync timer
+// re-proves nothing while steady.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { compileCluster } from '../../shared/compile.ts';
+import type { AgentStatus, ClusterSpec } from '../../shared/schema.ts';
+import { ReconcileLoop, type CoordinatorApi, type DriftHook } from '../../agent/loop.ts';
+import { CertificateManager } from '../../agent/certs.ts';
+import { RenewalSchedule, seededRandom } from '../../agent/backoff.ts';
+import type { ApplyResult, NodeContext } from '../../agent/types.ts';
+
+const spec: ClusterSpec = {
+  name: 'mesh',
+  profile: 'pgd',
+  auth: 'trust',
+  tls: { sslmode: 'disable' },
+  nodes: [
+    { name: 'node-1', host: '10.0.0.1', kind: 'peer' },
+    { name: 'node-2', host: '10.0.0.2', kind: 'peer' },
+  ],
+};
+const g1 = compileCluster({ spec, generation: 1, credentials: {}, caBundle: '', crl: null }).get('node-1')!;
+const PROOF_EVERY_MS = 300_000;
+
+const dirs: string[] = [];
+after(async () => {
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+type Answer = Awaited<ReturnType<CoordinatorApi['desired']>>;
+
+async function harness(script: (n: number) => Promise<Answer | null>, opts: { resyncMs?: number } = {}) {
+  const dir = await mkdtemp(join(tmpdir(), 'pgaccord-loop-steady-'));
+  dirs.push(dir);
+  const psql = join(dir, 'psql'); // every edge connects
+  await writeFile(psql, '#!/bin/sh\necho 1\n');
+  await chmod(psql, 0o755);
+  const state = { clock: 1_000_000, drifted: false, server: 'pid 100 started 1', applies: 0, versions: 0 };
+  const reported: AgentStatus[] = [];
+  let loop: ReconcileLoop;
+  let n = 0;
+  const client: CoordinatorApi = {
+    async desired() {
+      const a = await script(++n);
+      if (a === null) {
+        loop.stop();
+        return { kind: 'unchanged' };
+      }
+      return a;
+    },
+    async status(s) {
+      reported.push(structuredClone(s));
+    },
+  };
+  let onDrift: Parameters<DriftHook['resume']>[1] | null = null;
+  const drift: DriftHook = {
+    pause() {},
+    resume(_files, cb) {
+      onDrift = cb;
+      state.drifted = false; // the apply restored the file
+    },
+    async check() {
+      if (!state.drifted) return 0;
+      onDrift?.({ path: '/pgdata/pg_hba.conf', kinds: ['content'] });
+      return 1;
+    },
+    async close() {},
+  };
+  const log = pino({ level: process.env.DBG ? 'debug' : 'silent' });
+  const ctx = { stateDir: dir, log, pgHost: '/run/postgresql', pgPort: 5432 } as unknown as NodeContext;
+  const apply = async (): Promise<ApplyResult> => {
+    state.applies += 1;
+    return {
+      phase: 'converged', changed: false, errors: [], files: [{ path: '/pgdata/pg_hba.conf', sha256: 'a'.repeat(64), owner: 'postgres', mode: '0600' }], pendingRestart: [], servedCertificate: null,
+      clientConnections: [{ to: 'node-2', role: 'pgd_replication', conninfo: 'host=node-2 dbname=postgres', replication: false }],
+    };
+  };
+  const certs = new CertificateManager({ stateDir: dir, owner: { uid: process.getuid!(), gid: process.getgid!() }, requestCertificate: async () => assert.fail('no certificate expected'), now: () => state.clock, schedule: new RenewalSchedule(seededRandom(1)), log });
+  const me = { name: 'me', uid: process.getuid!(), gid: process.getgid!(), home: dir };
+  loop = new ReconcileLoop({
+    ctx, cluster: 'mesh', node: 'node-1', client, apply, certs, probe: { osUser: me, psql }, drift,
+    now: () => state.clock, random: seededRandom(3), minCycleMs: 1, resyncMs: opts.resyncMs ?? 600_000, reprobeMs: 600_000, log,
+    proofEveryMs: PROOF_EVERY_MS,
+    serverFingerprint: () => state.server,
+    postgresVersion: async () => {
+      state.versions += 1;
+      return '15.18';
+    },
+  });
+  return { loop, reported, state };
+}
+
+test('steady: unchanged cycles report the last proof without applying, probing or asking the server; proofEveryMs later it proves again; the resync proves nothing', async () => {
+  const h = await harness(async (n) => {
+    if (n === 1) return { kind: 'newer', body: g1 };
+    if (n === 3) await sleep(60); // the 5 ms resync timer fires several times meanwhile
+    if (n === 6) h.state.clock += PROOF_EVERY_MS;
+    return n <= 6 ? { kind: 'unchanged' } : null;
+  }, { resyncMs: 5 });
+  assert.equal(await h.loop.run(), 'stopped');
+  assert.equal(h.state.applies, 2, 'the generation, then the proof due after proofEveryMs');
+  assert.equal(h.loop.probePasses.apply, 2);
+  assert.deepEqual(h.loop.cycles, { proved: 2, heartbeat: 4 });
+  // (The resync may report once before the first desired state arrives: 'unknown', generation 0.)
+  const proofs = h.reported.filter((s) => s.generation === 1);
+  assert.equal(h.state.versions, h.reported.length - h.loop.cycles.heartbeat, 'server_version asked by no heartbeat');
+  // A report per cycle (the heartbeat), each the last proof.
+  assert.equal(proofs.length, 6);
+  for (const s of proofs) {
+    assert.equal(s.phase, 'converged');
+    assert.deepEqual(s.probes.map((p) => [p.to, p.ok]), [['node-2', true]]);
+    assert.equal(s.versions.postgres, '15.18');
+  }
+});
+
+test('steady: a drifted file or a restarted server is proved again at once', async () => {
+  const h = await harness(async (n) => {
+    if (n === 1) return { kind: 'newer', body: g1 };
+    if (n === 3) h.state.drifted = true; // edited by hand (the watcher's inotify event was missed)
+    if (n === 5) h.state.server = 'pid 200 started 2'; // the server restarted
+    return n <= 6 ? { kind: 'unchanged' } : null;
+  });
+  await h.loop.run();
+  // n=1 generation; n=2 heartbeat; n=3 drift: repaired; n=4 heartbeat; n=5 restart: proved; n=6 heartbeat.
+  assert.equal(h.state.applies, 3);
+  assert.deepEqual(h.loop.cycles, { proved: 3, heartbeat: 3 });
+  assert.ok(h.reported.some((s) => s.errors.some((e) => e.code === 'DRIFT_REPAIRED')), 'the repair is reported');
+});
