@@ -87,6 +87,10 @@ function dispatcher(a: { localAddress: string }, identity?: { keyPem: string; ce
     connect: { ca: caPem, rejectUnauthorized: true, ...(identity ? { key: identity.keyPem, cert: identity.certPem } : {}) },
     // A client option (undici hands it to its connector), not a connect option.
     ...(a.localAddress ? { localAddress: a.localAddress } : {}),
+    // Its long-poll and one more: a report made while a heartbeat is in flight waits for it
+    // rather than open a third connection (three per agent took 400 agents past the
+    // coordinator's 1000 connections: resets).
+    connections: 2,
     // As agent/client.ts: a long-poll may take its whole length before the headers arrive.
     headersTimeout: 120_000,
     bodyTimeout: 60_000,
