@@ -17,6 +17,7 @@ import type { NodeDesired } from '../shared/schema.ts';
 import { PATRONI_API_SLOT, PATRONI_CLIENT_SLOT, PATRONI_REPLICATION_USER, PATRONI_REWIND_USER } from '../shared/profiles.ts';
 import { clientPaths, type Layout } from './layout.ts';
 import type { Problem } from './verify.ts';
+import { peerCertificateThenClose, type ServedCertificate } from './tls-probe.ts';
 
 export const isPatroni = (d: Pick<NodeDesired, 'profile'>): boolean => d.profile === 'patroni';
 
@@ -161,20 +162,16 @@ export async function listeningAddresses(pid: number): Promise<{ host: string; p
 }
 
 /** The certificate the REST API serves, seen in a verified TLS handshake with the client certificate. */
-export async function servedApiCertificate(addr: { host: string; port: number }, client: { pem: string; ca: string }, timeoutMs = 5000): Promise<{ serial: string; fingerprint256: string; notAfter: string }> {
-  return new Promise((resolve, reject) => {
-    // The chain is checked against the cluster CA; the name is not (we dial the listen address).
-    const s = tlsConnect({ host: addr.host, port: addr.port, ca: client.ca, cert: client.pem, key: client.pem, checkServerIdentity: () => undefined, ALPNProtocols: ['http/1.1'] });
-    s.setTimeout(timeoutMs, () => s.destroy(new Error(`TLS handshake with Patroni's REST API at ${addr.host}:${addr.port} timed out`)));
-    s.once('secureConnect', () => {
-      const peer = s.getPeerCertificate();
-      s.end();
-      s.destroy();
-      if (!peer?.serialNumber) reject(new Error('the REST API presented no certificate'));
-      else resolve({ serial: peer.serialNumber.toLowerCase().replace(/:/g, ''), fingerprint256: peer.fingerprint256.replace(/:/g, '').toLowerCase(), notAfter: new Date(peer.valid_to).toISOString() });
-    });
-    s.once('error', reject);
-  });
+export async function servedApiCertificate(addr: { host: string; port: number }, client: { pem: string; ca: string }, timeoutMs = 5000): Promise<ServedCertificate> {
+  // The chain is checked against the cluster CA; the name is not (we dial the listen address).
+  const s = tlsConnect({ host: addr.host, port: addr.port, ca: client.ca, cert: client.pem, key: client.pem, checkServerIdentity: () => undefined, ALPNProtocols: ['http/1.1'] });
+  s.setTimeout(timeoutMs, () => s.destroy(new Error(`TLS handshake with Patroni's REST API at ${addr.host}:${addr.port} timed out`)));
+  try {
+    // No request follows: Patroni's handler reads EOF after close_notify and closes quietly.
+    return await peerCertificateThenClose(s, 'the REST API');
+  } finally {
+    s.destroy();
+  }
 }
 
 export interface PatroniProof {

@@ -6,6 +6,7 @@ import { connect as tlsConnect } from 'node:tls';
 import pg from 'pg';
 import { CONFIG_HASH_SETTING } from '../shared/render.ts';
 import type { ServerPaths } from './layout.ts';
+import { peerCertificateThenClose, type ServedCertificate } from './tls-probe.ts';
 
 export interface LocalPg {
   pgHost: string;
@@ -151,12 +152,7 @@ export function tcpHostFor(listenAddresses: string): string | null {
   return first;
 }
 
-export interface ServedCertificate {
-  /** hex, lower case, no colons (as shared/x509.ts certInfo prints it) */
-  serial: string;
-  fingerprint256: string;
-  notAfter: string;
-}
+export type { ServedCertificate };
 
 const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
 
@@ -182,17 +178,8 @@ export async function servedCertificate(host: string, port: number, timeoutMs = 
     if (answer !== 'S') throw new Error(`unexpected answer ${JSON.stringify(answer)} to SSLRequest`);
     const tlsSocket = tlsConnect({ socket, rejectUnauthorized: false, ...(host.match(/^[\d.:]+$/) ? {} : { servername: host }) });
     try {
-      await new Promise<void>((resolve, reject) => {
-        tlsSocket.once('secureConnect', resolve);
-        tlsSocket.once('error', reject);
-      });
-      const peer = tlsSocket.getPeerCertificate();
-      if (!peer || !peer.serialNumber) throw new Error('server presented no certificate');
-      return {
-        serial: peer.serialNumber.toLowerCase().replace(/:/g, ''),
-        fingerprint256: peer.fingerprint256.replace(/:/g, '').toLowerCase(),
-        notAfter: new Date(peer.valid_to).toISOString(),
-      };
+      // No startup packet follows: after close_notify the backend exits without logging.
+      return await peerCertificateThenClose(tlsSocket, 'server');
     } finally {
       tlsSocket.destroy();
     }
