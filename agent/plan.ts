@@ -7,7 +7,7 @@ import type { NodeDesired } from '../shared/schema.ts';
 import { allowedSettings, PROFILES, PATRONI_API_SLOT, PATRONI_CLIENT_SLOT } from '../shared/profiles.ts';
 import type { ClientConnection, InstalledCertificate } from './types.ts';
 import { INCLUDE_FILE, INCLUDE_LINE, caBundlePath, layoutFor, clientPaths, crlPath, dirsBetween, stableServerPaths, type ClientPaths, type Layout } from './layout.ts';
-import { isPatroni, patroniPaths, renderPatroniFragment } from './patroni.ts';
+import { isPatroni, patroniBaseConf, patroniPaths, renderPatroniFragment } from './patroni.ts';
 
 export class PlanError extends Error {
   readonly code: string;
@@ -338,11 +338,15 @@ const FILE_WHAT: Record<FileKey, string> = {
  */
 export function previewNode(input: NodeDesired, paths: PreviewPaths = DEFAULT_PREVIEW_PATHS): { settings: Record<string, string>; files: string[] } {
   const desired: NodeDesired = { ...input, caBundle: input.caBundle.trim() === '' ? '<cluster CA>' : input.caBundle };
-  const layout = layoutFor(paths.stateDir, { hbaFile: `${paths.dataDir}/pg_hba.conf`, identFile: `${paths.dataDir}/pg_ident.conf`, configFile: `${paths.dataDir}/postgresql.conf` }, paths.home);
+  // Patroni rewrites postgresql.conf: the include line goes into postgresql.base.conf (agent/apply.ts)
+  const patroni = isPatroni(desired);
+  const configFile = patroni ? patroniBaseConf(`${paths.dataDir}/postgresql.conf`) : `${paths.dataDir}/postgresql.conf`;
+  const layout = layoutFor(paths.stateDir, { hbaFile: `${paths.dataDir}/pg_hba.conf`, identFile: `${paths.dataDir}/pg_ident.conf`, configFile }, paths.home);
   const certificates: InstalledCertificate[] = desired.certificates.map((c) => ({ slot: c.id, certPath: `${layout.tlsDir}/${c.id}-<serial>.crt`, keyPath: `${layout.tlsDir}/${c.id}-<serial>.key`, serial: '<serial>', notAfter: '' }));
   const pems = Object.fromEntries(desired.certificates.map((c) => [c.id, { cert: '', key: '' }]));
   const plan = planNode({ desired, certificates, layout, localRole: 'postgres', localOsUsers: ['postgres'], existing: { hba: '', ident: '', config: '' }, pems });
-  const files = plan.files.map((f) => `${f.path} (${f.mode.toString(8).padStart(4, '0')}${f.secret ? ', secret' : ''}): ${FILE_WHAT[f.key]}`);
+  const what = (k: FileKey): string => (k === 'config' && patroni ? "Patroni's base configuration, included first (one include line appended)" : FILE_WHAT[k]);
+  const files = plan.files.map((f) => `${f.path} (${f.mode.toString(8).padStart(4, '0')}${f.secret ? ', secret' : ''}): ${what(f.key)}`);
   // Patroni: the fragment itself, passwords masked, for the operator to read before including it
   const fragment = plan.files.findIndex((f) => f.key === 'patroni-fragment');
   if (fragment >= 0) files[fragment] += `:\n${renderPatroniFragment(desired, layout, { passwords: 'mask' }).trimEnd().split('\n').map((l) => `      ${l}`).join('\n')}`;

@@ -70,6 +70,9 @@ test('the fragment: restapi/ctl/etcd3 TLS and both users\' TLS files (cert) or p
     const preview = previewNode(d).files.join('\n');
     assert.match(preview, /pgaccord\.yml \(0600.*\): Patroni configuration fragment:\n {6}# Written by the pgaccord agent/);
     assert.doesNotMatch(preview, /pw-replicator/);
+    // ... and names the file the include line really goes to (issue 12: it said postgresql.conf)
+    assert.match(preview, /^<PGDATA>\/postgresql\.base\.conf \(0600\): Patroni's base configuration, included first \(one include line appended\)$/m);
+    assert.doesNotMatch(preview, /<PGDATA>\/postgresql\.conf\b|postgresql\.conf \(one include line appended\)/);
     if (auth === 'scram-sha-256') assert.match(preview, /password: "<the password, on the node only>"/);
   }
   assert.equal(patroniBaseConf('/pg/postgresql.conf'), '/pg/postgresql.base.conf');
