@@ -15,7 +15,7 @@ import { SdNotifier, takeNotifyEnv } from '../shared/sd-notify.ts';
 import { SecretBox } from './secrets.ts';
 import type { RateLimit } from './rate-limit.ts';
 import { CoordinatorMetrics, serveMetrics } from './metrics.ts';
-import { buildServer } from './server.ts';
+import { buildServer, DEFAULT_MAX_CONNECTIONS, parseMaxConnections } from './server.ts';
 import { CoordinatorService } from './service.ts';
 import { SigningPool } from './signing-pool.ts';
 import { Store } from './store.ts';
@@ -226,6 +226,9 @@ options:
                         re-issued when less than half of it remains
   --signing-workers N   threads that check CSRs and sign certificates and CRLs, off the event
                         loop (default: one per core)
+  --max-connections N   open HTTPS connections at most (default ${DEFAULT_MAX_CONNECTIONS}; more are closed at
+                        once): an agent holds its long-poll and sometimes one more, so allow
+                        about 2 per agent (and raise the open-files limit with it)
   --tls-key-type T      the HTTPS key: ${KEY_TYPES.join(' or ')} (default ${DEFAULT_TLS_KEY_TYPE}: a
                         fraction of RSA's handshake cost); a key of another type is replaced
 
@@ -243,6 +246,7 @@ Logs are JSON lines on stdout; secrets are never logged. SIGTERM or SIGINT stops
     'crl-lifetime': { type: 'string' },
     'signing-workers': { type: 'string' },
     'tls-key-type': { type: 'string' },
+    'max-connections': { type: 'string' },
   },
 } as const;
 
@@ -289,7 +293,9 @@ export async function runCoordinator(argv: string[]): Promise<number> {
   if (tlsKeyType !== undefined && !(KEY_TYPES as readonly string[]).includes(tlsKeyType)) throw new Error(`--tls-key-type: "${tlsKeyType}" is not one of ${KEY_TYPES.join(', ')}`);
   const signingWorkers = v['signing-workers'] !== undefined ? Number(v['signing-workers']) : undefined;
   if (signingWorkers !== undefined && !(Number.isInteger(signingWorkers) && signingWorkers >= 1 && signingWorkers <= 256)) throw new Error(`--signing-workers: "${v['signing-workers']}" is not a number of threads (1..256)`);
+  const maxConnections = v['max-connections'] !== undefined ? parseMaxConnections(v['max-connections']) : undefined;
   const running = await startCoordinator({
+    maxConnections,
     identityLifetimeSeconds,
     crlLifetimeSeconds,
     dataDir: v['data-dir'] ?? DEFAULT_DATA_DIR,

@@ -86,6 +86,17 @@ export interface ServerLimits {
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_CONNECTIONS = 1000;
+/** The most --max-connections accepts (each is a file descriptor; the open-files limit bounds it too). */
+export const MAX_CONNECTIONS_LIMIT = 1_000_000;
+
+/** --max-connections N: a whole number of connections, 1..MAX_CONNECTIONS_LIMIT. */
+export function parseMaxConnections(text: string): number {
+  const n = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!validMaxConnections(n)) throw new Error(`--max-connections: "${text}" is not a number of connections (1..${MAX_CONNECTIONS_LIMIT})`);
+  return n;
+}
+
+const validMaxConnections = (n: number) => Number.isInteger(n) && n >= 1 && n <= MAX_CONNECTIONS_LIMIT;
 /** Beyond the long-poll's own maximum, before a silent connection is closed. */
 const IDLE_MARGIN_MS = 30_000;
 
@@ -148,7 +159,9 @@ export async function buildServer(opts: ServerOptions) {
     keepAliveTimeout: 10_000,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
-  app.server.maxConnections = opts.limits?.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  const maxConnections = opts.limits?.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  if (!validMaxConnections(maxConnections)) throw new Error(`maxConnections: ${maxConnections} is not a number of connections (1..${MAX_CONNECTIONS_LIMIT})`);
+  app.server.maxConnections = maxConnections;
   app.decorateRequest('agent', null);
   // One agent looping on its routes must not take the event loop from the others.
   const limiter = new RateLimiter(opts.limits?.agentRateLimit ?? AGENT_RATE_LIMIT);
