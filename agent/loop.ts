@@ -444,6 +444,9 @@ export class ReconcileLoop {
           await this.reconcileOnce(reason);
           return;
         }
+        // The resync while steady: the long-poll cycles check and report; it only brings the
+        // proof when due (above), e.g. while the long-poll hangs.
+        if (!report) return;
         const before = this.deps.ctx;
         if (this.deps.refreshContext) this.deps = { ...this.deps, ctx: this.deps.refreshContext(before) };
         const moved = this.deps.ctx.pgHost !== before.pgHost || this.deps.ctx.pgPort !== before.pgPort;
@@ -456,7 +459,6 @@ export class ReconcileLoop {
           await this.reconcileOnce(reason);
           return;
         }
-        if (!report) return;
         this.cycles.heartbeat += 1;
         await this.publish(this.lastGood, this.lastProbes, this.lastCertErrors, this.lastInstalled, this.lastStatus?.versions.postgres);
       } catch (e) {

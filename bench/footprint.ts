@@ -6,10 +6,12 @@
 //   coordinator_idle_rss_mb / coordinator_idle_cpu_pct   the coordinator over the same window
 //   node_bare_ms      `node -e 0`, the floor every figure above stands on
 // PGACCORD_BIN (default bin/pgaccord.mjs of this checkout) measures another copy, e.g. an installed one.
+// The agent runs as its unit runs it: settings from a YAML file (--config), and the unit's
+// NODE_OPTIONS (systemd/pgaccord-agent.service); BENCH_AGENT_NODE_OPTIONS overrides them ('' for none).
 // Last line: JSON with the figures.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { demoSpec } from '../bin/demo.ts';
 import { LocalCluster } from '../bin/local-cluster.ts';
@@ -18,6 +20,13 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 10);
 const IDLE_S = Number(process.env.BENCH_IDLE_S ?? 60);
 const BIN = process.env.PGACCORD_BIN ?? join(import.meta.dirname, '..', 'bin', 'pgaccord.mjs');
 const CLUSTER = 'demo';
+
+/** The NODE_OPTIONS the agent's unit sets (Environment=NODE_OPTIONS=...), or ''. */
+async function unitNodeOptions(): Promise<string> {
+  const unit = await readFile(join(import.meta.dirname, '..', 'systemd', 'pgaccord-agent.service'), 'utf8');
+  return /^Environment="?NODE_OPTIONS=([^"\n]*)"?$/m.exec(unit)?.[1]?.trim() ?? '';
+}
+const AGENT_NODE_OPTIONS = process.env.BENCH_AGENT_NODE_OPTIONS ?? (await unitNodeOptions());
 
 interface Timed {
   ms: number;
@@ -52,12 +61,13 @@ function round(x: number, digits: number): number {
   return Math.round(x * f) / f;
 }
 
-async function proc(pid: number): Promise<{ rssMb: number; cpuTicks: number }> {
+async function proc(pid: number): Promise<{ rssMb: number; anonMb: number; cpuTicks: number }> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  const rssKb = Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1] ?? NaN);
+  const kb = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(status)?.[1] ?? NaN);
+  const rssKb = kb('VmRSS');
   // Fields after the command name (which may hold spaces): utime and stime are the 14th and 15th.
   const stat = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
-  return { rssMb: round(rssKb / 1024, 1), cpuTicks: Number(stat[11]) + Number(stat[12]) };
+  return { rssMb: round(rssKb / 1024, 1), anonMb: round(kb('RssAnon') / 1024, 1), cpuTicks: Number(stat[11]) + Number(stat[12]) };
 }
 
 const CLK_TCK = 100; // Linux's USER_HZ on every architecture Node ships for
@@ -69,10 +79,14 @@ const help = await median([process.execPath, BIN, 'status', '--help']);
 const cluster = await LocalCluster.create({ dir: await mkdtemp('/tmp/pgaccord-footprint-') });
 try {
   await cluster.startCoordinator();
-  const port = (await cluster.addNode('node-1', '127.0.0.11')).pg.port;
-  const applied = await cluster.apply(demoSpec({ 'node-1': port }));
+  const node = await cluster.addNode('node-1', '127.0.0.11');
+  const applied = await cluster.apply(demoSpec({ 'node-1': node.pg.port }));
   if (applied.code !== 0) throw new Error(applied.stderr);
-  await cluster.startAgent(CLUSTER, 'node-1');
+  const config = join(cluster.dir, 'agent.yaml');
+  await writeFile(config, `pgdata: ${node.pg.dataDir}\npgHost: ${node.pg.socketDir}\npgPort: ${node.pg.port}\nlogLevel: info\n`);
+  const agentEnv: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: AGENT_NODE_OPTIONS };
+  if (AGENT_NODE_OPTIONS === '') delete agentEnv.NODE_OPTIONS;
+  await cluster.spawnAgent(CLUSTER, 'node-1', { stateDir: node.stateDir, args: ['--config', config], env: agentEnv });
   await cluster.waitConverged(CLUSTER, 180_000);
   const env = { ...cluster.adminEnv, PGACCORD_TOKEN: (await readFile(join(cluster.coordinatorDir, 'admin.token'), 'utf8')).trim() };
   const status = await median([process.execPath, BIN, 'status', CLUSTER], env);
@@ -88,6 +102,7 @@ try {
     bin: BIN,
     runs: RUNS,
     idle_s: IDLE_S,
+    agent_node_options: AGENT_NODE_OPTIONS,
     node_bare_ms: bare.ms,
     version_ms: version.ms,
     version_max_rss_mb: version.maxRssMb,
@@ -96,6 +111,8 @@ try {
     status_ms: status.ms,
     status_max_rss_mb: status.maxRssMb,
     agent_idle_rss_mb: after.agent.rssMb,
+    // Without the node binary's and libraries' file pages (shared with every node process).
+    agent_idle_rss_anon_mb: after.agent.anonMb,
     agent_idle_cpu_pct: cpuPct('agent'),
     coordinator_idle_rss_mb: after.coordinator.rssMb,
     coordinator_idle_cpu_pct: cpuPct('coordinator'),
