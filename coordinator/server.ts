@@ -3,7 +3,7 @@
 // its response schemas: fastify serialises only declared fields, so nothing else can leak.
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
-import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyReply, type FastifyRequest } from 'fastify';
 import { Type, type TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import type { Logger } from 'pino';
@@ -100,6 +100,28 @@ const validMaxConnections = (n: number) => Number.isInteger(n) && n >= 1 && n <=
 /** Beyond the long-poll's own maximum, before a silent connection is closed. */
 const IDLE_MARGIN_MS = 30_000;
 
+/**
+ * Fastify's two lines per request ("incoming request", "request completed") at debug, not info:
+ * written synchronously (shared/log.ts), they were a fifth of a busy coordinator's main thread.
+ * A request that errors is still logged at error; lifecycle and security events stay at info.
+ */
+class RequestLinesAtDebug extends LogController {
+  override incomingRequest(request: FastifyRequest): void {
+    if (!this.isLogDisabled(request)) request.log.debug({ req: request }, 'incoming request');
+  }
+
+  override requestCompleted(error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+    if (this.isLogDisabled(request)) return;
+    if (error) reply.log.error({ res: reply, err: error, responseTime: reply.elapsedTime }, 'request errored');
+    else reply.log.debug({ res: reply, responseTime: reply.elapsedTime }, 'request completed');
+  }
+
+  /** Once per request refused while closing: a restart with thousands of agents would log thousands. */
+  override serviceUnavailable(logger: FastifyBaseLogger): void {
+    logger.debug({ res: { statusCode: 503 } }, 'request refused: the server is closing');
+  }
+}
+
 export interface ServerOptions {
   service: CoordinatorService;
   adminToken: string;
@@ -141,6 +163,7 @@ export async function buildServer(opts: ServerOptions) {
   const requestTimeoutMs = opts.limits?.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   const app = Fastify({
     loggerInstance: opts.log,
+    logController: new RequestLinesAtDebug(),
     https: {
       key: opts.tls.key,
       cert: opts.tls.cert,
@@ -167,6 +190,15 @@ export async function buildServer(opts: ServerOptions) {
   const limiter = new RateLimiter(opts.limits?.agentRateLimit ?? AGENT_RATE_LIMIT);
   // One long-poll per node: a newer one replaces the older, which answers at once.
   const polls = new Map<string, AbortController>();
+  // Closing (SIGTERM): every held long-poll answers at once, as "nothing newer" (204), and one
+  // arriving now does not wait: the agent simply polls again (another coordinator when it has
+  // several), which is neither a failure nor a backoff for it. Otherwise app.close() waits the
+  // whole long-poll (30 s) while new requests get 503, and a restart costs the fleet a minute.
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+    for (const abort of polls.values()) abort.abort();
+  });
   /** How long a long-poll was held at authentication while the store was away. */
   const heldMs = new WeakMap<FastifyRequest, number>();
 
@@ -269,9 +301,12 @@ export async function buildServer(opts: ServerOptions) {
     const key = `${req.agent!.cluster}/${req.agent!.node}`;
     polls.get(key)?.abort();
     polls.set(key, abort);
+    if (closing) abort.abort();
     const waitMs = Math.max(0, (q.wait !== undefined ? Math.min(q.wait * 1000, service.longPollMs) : service.longPollMs) - (heldMs.get(req) ?? 0));
     try {
       const desired = await service.desired(req.agent!, q.after ?? 0, abort.signal, waitMs, { ...(q.peers !== undefined ? { peersKnown: q.peers } : {}), passwordsAt: (q.features ?? '').split(',').includes('passwords-at') });
+      // The connection ends with this answer: the server's close does not wait for it to idle out.
+      if (closing) reply.header('connection', 'close');
       if (!desired) return reply.code(204).send();
       if ('wake' in desired) return reply.code(202).send(desired);
       metrics?.delivered(req.agent!.cluster, req.agent!.node, desired.generation);
