@@ -81,10 +81,11 @@ export class LocalCluster {
     }
   }
 
-  async startCoordinator(): Promise<void> {
+  /** `extraArgs`: more `pgaccord coordinator` options (a test's --long-poll, for example). */
+  async startCoordinator(extraArgs: string[] = []): Promise<void> {
     const port = this.coordinatorUrl ? Number(new URL(this.coordinatorUrl).port) : await freePort();
     this.coordinatorUrl = `https://127.0.0.1:${port}`;
-    const child = spawn(process.execPath, [PGACCORD, 'coordinator', '--data-dir', this.coordinatorDir, '--listen', `127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [PGACCORD, 'coordinator', '--data-dir', this.coordinatorDir, '--listen', `127.0.0.1:${port}`, ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.coordinator = child;
     this.pipe('coordinator', child);
     const deadline = Date.now() + 90_000;

@@ -5,8 +5,9 @@
 // report wakes node-1's long-poll (202, peer wake) and node-1 probes node-2 again at once, without
 // applying anything: the passing probe says it ran because the peer applied (reason
 // "peer-applied"). node-1's safety timer is set to 120 s (--probe-retry), so it cannot be what
-// re-probes within the test: without the wake, only the 30 s long-poll cycle would (reason
-// "apply"). Asserted on that reason and on the order of events, never on a wall-clock bound; the
+// re-probes within the test; the long-poll is held 300 s, so no poll cycle ends while node-2
+// restarts and applies (with 30 s, one ending in that window re-probed with reason "apply": a rare
+// failure). Asserted on that reason and on the order of events, never on a wall-clock bound; the
 // latency is printed.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,7 +18,7 @@ import type { ClusterSpec } from '../../shared/schema.ts';
 test('peer wake: a peer that applies the generation wakes the node whose probe to it failed, which probes it again (reason peer-applied)', async () => {
   const cluster = await LocalCluster.create({ dir: await mkdtemp('/tmp/pgaccord-e2e-wake-') });
   after(() => cluster.close());
-  await cluster.startCoordinator();
+  await cluster.startCoordinator(['--long-poll', '300']);
   const nodes = [await cluster.addNode('node-1', '127.0.0.81'), await cluster.addNode('node-2', '127.0.0.82')];
   const spec: ClusterSpec = {
     name: 'wake', profile: 'pgd', auth: 'scram-sha-256', tls: { sslmode: 'verify-full', certLifetime: '1h' },
