@@ -20,6 +20,7 @@ import { LocalCluster } from '../../bin/local-cluster.ts';
 import { freePort, ownedDir, serverOsUser, type OsUser } from '../../shared/pgserver.ts';
 import type { ClusterStatusResponse } from '../../shared/api.ts';
 import type { ClusterSpec } from '../../shared/schema.ts';
+import { waitFor as waitUntil } from '../helpers/wait.ts';
 
 const run = promisify(execFile);
 const PG_BIN = '/usr/lib/postgresql/15/bin';
@@ -90,20 +91,8 @@ async function stopAll(nodes: Node[]): Promise<void> {
   }
 }
 
-async function waitFor<T>(what: string, fn: () => Promise<T | null>, timeoutMs = 90_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown = null;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== null) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-    await new Promise((r) => setTimeout(r, 1000));
-  }
-}
+/** pg_autoctl is slow to ask: once a second. */
+const waitFor = <T>(what: string, fn: () => Promise<T | null>, timeoutMs = 90_000): Promise<T> => waitUntil(what, fn, timeoutMs, 1000);
 
 /** A query through psql as the postgres OS user over the socket: the agent's anti-lockout rule admits exactly that (peer). */
 async function sql<R>(n: Node, text: string, database = 'postgres'): Promise<R[]> {

@@ -8,25 +8,13 @@ import { mkdir, mkdtemp, readFile, rm, symlink, writeFile, chown } from 'node:fs
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { OsUser } from '../../shared/pgserver.ts';
+import { waitFor as waitUntil } from './wait.ts';
 
 const run = promisify(execFile);
 export const PG_BIN = '/usr/lib/postgresql/15/bin';
 
-export async function waitFor<T>(what: string, fn: () => Promise<T | null>, timeoutMs = 90_000, everyMs = 500): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown = null;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== null) return v;
-      last = null;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
+/** Patroni and etcd take their time: 90 s by default, asked twice a second. */
+export const waitFor = <T>(what: string, fn: () => Promise<T | null>, timeoutMs = 90_000, everyMs = 500): Promise<T> => waitUntil(what, fn, timeoutMs, everyMs);
 
 /**
  * etcd's server pair, signed by its own CA, for serverAuth and clientAuth: etcd 3.4's gRPC
