@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { connect, type TLSSocket } from 'node:tls';
 import { freePort } from '../../shared/pgserver.ts';
 import { createCsr, generateRsaKey } from '../../shared/x509.ts';
+import { waitFor } from '../helpers/wait.ts';
 import { httpsClient, pgdSpec } from './coordinator-helpers.ts';
 
 const CLI = join(import.meta.dirname, '../../bin/pgaccord.mjs');
@@ -33,23 +34,15 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 before(async () => {
   port = await freePort();
   child = spawn(process.execPath, [CLI, 'coordinator', '--data-dir', dir, '--listen', `127.0.0.1:${port}`, '--long-poll', '30', '--max-connections', String(MAX_CONNECTIONS)], { stdio: ['ignore', 'ignore', 'pipe'] });
   child.stderr!.on('data', (d) => (stderr += d));
   exited = new Promise((resolve) => child!.once('exit', (code) => resolve(code)));
-  await waitFor('the coordinator to listen', () => {
-    if (child!.exitCode !== null) throw new Error(`coordinator exited ${child!.exitCode}: ${stderr}`);
-    return stderr.includes('listening on');
-  });
+  await Promise.race([
+    waitFor('the coordinator to listen', () => stderr.includes('listening on'), 60_000, 50),
+    exited.then((code) => Promise.reject(new Error(`coordinator exited ${code}: ${stderr}`))),
+  ]);
 });
 
 test('--max-connections: a bad value is refused before anything starts, with the flag named', () => {
@@ -93,7 +86,7 @@ test('--max-connections N: N connections are held, one more is closed at once', 
     const c = await tlsConnection();
     c.socket.destroy();
     return c.ok;
-  });
+  }, 60_000, 50);
 });
 
 test('SIGTERM answers a held long-poll at once (204) and exits long before the 30 s long-poll', async () => {
@@ -118,7 +111,7 @@ test('SIGTERM answers a held long-poll at once (204) and exits long before the 3
     return r;
   });
   // The coordinator records the contact as it authenticates the poll, right before it waits.
-  await waitFor('the held poll to reach the coordinator', async () => (await contact()) !== before);
+  await waitFor('the held poll to reach the coordinator', async () => (await contact()) !== before, 60_000, 50);
   await admin.close();
   assert.equal(answeredAt, 0, 'the long-poll was answered before SIGTERM');
   const term = Date.now();
