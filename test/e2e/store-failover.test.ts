@@ -105,7 +105,7 @@ async function failover(sc: Scenario): Promise<void> {
   // --- two coordinators on it (B is given A's data directory: CA, master key, admin token) --
   const startCoordinator = async (name: string, dataDir: string, databaseUrl: string): Promise<{ url: string; client: Client }> => {
     const port = await freePort();
-    const child = spawn(process.execPath, [PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--long-poll', String(sc.longPollS)], {
+    const child = spawn(process.execPath, [PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--long-poll', String(sc.longPollS), '--log-level', 'debug'], { // debug: the test reads the request lines
       env: { ...process.env, PGACCORD_DATABASE_URL: databaseUrl }, // not on the command line: it holds the password
       stdio: ['ignore', 'pipe', 'pipe'],
     });
