@@ -22,6 +22,7 @@ const OPTIONS = {
   config: { type: 'string' },
   'log-level': { type: 'string' },
   'probe-retry': { type: 'string' },
+  'prove-every': { type: 'string' },
 } as const;
 
 export type Key = Exclude<keyof typeof OPTIONS, 'config'>;
@@ -57,6 +58,11 @@ options:
   --log-level L          ${LOG_LEVELS.join(', ')} (default: info)
   --probe-retry S        after a failed probe, probe again within S seconds (default: 2); a peer's
                          apply already wakes the agent through the coordinator: this is the safety net
+  --prove-every S        a converged, unchanged node proves everything again (SQL checks, probes of
+                         its peers) every S seconds (default: 300); in between each long-poll cycle
+                         only looks at the files and the server. A change, a drift, a restart, a
+                         renewal or SIGHUP proves at once; a peer broken from outside (a role's
+                         CONNECTION LIMIT, a firewall) shows in status within about S seconds
 
 config file (YAML): the same keys as the flags, in camelCase or kebab-case, e.g.
   coordinator: https://coord.example.com:7432   # or a list:

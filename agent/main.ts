@@ -67,6 +67,8 @@ export interface ResolvedConfig extends AgentConfig {
   logLevel: string;
   /** The probe safety timer, ms (--probe-retry). */
   probeRetryMs: number;
+  /** The steady state's proving cadence, ms (--prove-every). */
+  proveEveryMs: number;
   configFile?: string;
   /** Port and socket directory not given: follow PGDATA/postmaster.pid, which changes when the server is (re)created. */
   followPostmasterPid: { port: boolean; socketDir: boolean };
@@ -158,6 +160,8 @@ export function resolveConfig(flags: RawConfig, file: RawConfig, configFile?: st
   if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`--log-level: "${logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
   const probeRetryText = get('probe-retry') ?? '2';
   if (!/^\d+(\.\d+)?$/.test(probeRetryText) || Number(probeRetryText) < 0.1 || Number(probeRetryText) > 3600) throw new UsageError(`--probe-retry: "${probeRetryText}" is not a number of seconds (0.1-3600)`);
+  const proveEveryText = get('prove-every') ?? String(PROOF_EVERY_MS / 1000);
+  if (!/^\d+$/.test(proveEveryText) || Number(proveEveryText) < 1 || Number(proveEveryText) > 86_400) throw new UsageError(`--prove-every: "${proveEveryText}" is not a whole number of seconds (1-86400)`);
   const stateDir = resolve(get('state-dir') ?? DEFAULT_STATE_DIR);
   const clientHomeArg = get('client-home');
   if (clientHomeArg !== undefined && (clientHomeArg === '' || resolve(clientHomeArg) === '/')) throw new UsageError(`--client-home: "${clientHomeArg}" is not a home directory`);
@@ -177,6 +181,7 @@ export function resolveConfig(flags: RawConfig, file: RawConfig, configFile?: st
     ...(joinToken !== undefined ? { joinToken } : {}),
     logLevel,
     probeRetryMs: Math.round(Number(probeRetryText) * 1000),
+    proveEveryMs: Number(proveEveryText) * 1000,
     followPostmasterPid: { port: portText === undefined, socketDir: get('pg-host') === undefined },
     ...(configFile ? { configFile } : {}),
   };
@@ -365,7 +370,7 @@ export async function runAgent(argv: string[], hooks: RunHooks = {}): Promise<nu
     random,
     ...(hooks.backoff ? { backoff: hooks.backoff } : {}),
     resyncMs: hooks.resyncMs ?? 60_000,
-    proofEveryMs: hooks.proofEveryMs ?? PROOF_EVERY_MS,
+    proofEveryMs: hooks.proofEveryMs ?? cfg.proveEveryMs,
     serverFingerprint: () => serverFingerprint(ctx.pgdata),
     reprobeMs: cfg.probeRetryMs,
     minCycleMs: hooks.minCycleMs ?? 1000,

@@ -125,12 +125,13 @@ export class LocalCluster {
     return this.cli(['apply', '-f', file]);
   }
 
-  async startAgent(cluster: string, name: string): Promise<void> {
+  /** `extraArgs`: more `pgaccord agent` options (a test's --prove-every, for example). */
+  async startAgent(cluster: string, name: string, extraArgs: string[] = []): Promise<void> {
     const node = this.nodes.get(name);
     if (!node) throw new Error(`no node ${name}`);
     node.agent = await this.spawnAgent(cluster, name, {
       stateDir: node.stateDir,
-      args: ['--pgdata', node.pg.dataDir, '--pg-host', node.pg.socketDir, '--pg-port', String(node.pg.port)],
+      args: ['--pgdata', node.pg.dataDir, '--pg-host', node.pg.socketDir, '--pg-port', String(node.pg.port), ...extraArgs],
     });
   }
 

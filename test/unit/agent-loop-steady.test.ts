@@ -135,3 +135,17 @@ test('steady: a drifted file or a restarted server is proved again at once', asy
   assert.deepEqual(h.loop.cycles, { proved: 3, heartbeat: 3 });
   assert.ok(h.reported.some((s) => s.errors.some((e) => e.code === 'DRIFT_REPAIRED')), 'the repair is reported');
 });
+
+test('--prove-every: the steady proof cadence, 300 s by default, from a flag or the config file; anything but 1-86400 seconds is refused naming the option', async () => {
+  const { resolveConfig } = await import('../../agent/main.ts');
+  const pgdata = await mkdtemp(join(tmpdir(), 'pgaccord-pgdata-'));
+  try {
+    const base = { coordinator: 'https://c', node: 'a/b', pgdata };
+    assert.equal(resolveConfig({}, base).proveEveryMs, 300_000);
+    assert.equal(resolveConfig({ 'prove-every': '10' }, base).proveEveryMs, 10_000);
+    assert.equal(resolveConfig({}, { ...base, 'prove-every': '60' }).proveEveryMs, 60_000, 'from the config file');
+    for (const bad of ['0', 'often', '-5', '100000', '1.5']) assert.throws(() => resolveConfig({ 'prove-every': bad }, base), /--prove-every/);
+  } finally {
+    await rm(pgdata, { recursive: true, force: true });
+  }
+});
