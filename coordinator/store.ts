@@ -177,7 +177,9 @@ export class Store {
   ) {
     this.events.setMaxListeners(0);
     pool.on('error', (e) => {
-      log.error({ err: e }, 'idle database connection failed');
+      // Message and SQLSTATE only: node-postgres hangs its whole Client on the error (the
+      // backend's cancel key, connection parameters), which must not reach a log.
+      log.error({ err: e.message, code: (e as { code?: string }).code }, 'idle database connection failed');
       hosts.suspect(hosts.epoch);
     });
     // The pool found another host (a failover): LISTEN there too, or NOTIFYs sent there are missed.
