@@ -81,35 +81,27 @@ function requireNode(ix: SpecIndex, name: string): NodeSpec {
   return n;
 }
 
-/** The connections `node` serves, in the order of connections(spec): O(its own edges). */
-export function incomingConnections(ix: SpecIndex, node: string): Connection[] {
-  const server = requireNode(ix, node);
+/**
+ * The connections `node` serves (`server`) or makes (`client`), in the order of
+ * connections(spec): O(its own edges), the other end found by kind through the index.
+ */
+function connectionsAt(ix: SpecIndex, node: string, side: 'server' | 'client'): Connection[] {
+  const self = requireNode(ix, node);
   const out: Connection[] = [];
   for (const link of PROFILES[ix.spec.profile].links) {
-    if (link.to !== server.kind) continue;
+    if ((side === 'server' ? link.to : link.from) !== self.kind) continue;
     const roles = link.roles(ix.spec);
-    for (const client of ix.byKind.get(link.from) ?? []) {
-      if (link.includeSelf !== true && client.name === server.name) continue;
+    for (const other of ix.byKind.get(side === 'server' ? link.from : link.to) ?? []) {
+      if (link.includeSelf !== true && other.name === self.name) continue;
+      const [client, server] = side === 'server' ? [other, self] : [self, other];
       for (const role of roles) out.push(linkConnection(ix.spec, link, client, server, role));
     }
   }
   return out;
 }
 
-/** The connections `node` makes, in the order of connections(spec): O(its own edges). */
-export function outgoingConnections(ix: SpecIndex, node: string): Connection[] {
-  const client = requireNode(ix, node);
-  const out: Connection[] = [];
-  for (const link of PROFILES[ix.spec.profile].links) {
-    if (link.from !== client.kind) continue;
-    const roles = link.roles(ix.spec);
-    for (const server of ix.byKind.get(link.to) ?? []) {
-      if (link.includeSelf !== true && client.name === server.name) continue;
-      for (const role of roles) out.push(linkConnection(ix.spec, link, client, server, role));
-    }
-  }
-  return out;
-}
+export const incomingConnections = (ix: SpecIndex, node: string): Connection[] => connectionsAt(ix, node, 'server');
+export const outgoingConnections = (ix: SpecIndex, node: string): Connection[] => connectionsAt(ix, node, 'client');
 
 function linkConnection(spec: ClusterSpec, link: ProfileLink, client: NodeSpec, server: NodeSpec, role: string): Connection {
   return { client, server, role, databases: link.databases, dbname: link.dbname(spec), replication: link.replication, sslmode: link.sslmode };
