@@ -6,12 +6,12 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { Agent, request } from 'undici';
 import { startCoordinator, type RunningCoordinator } from '../../coordinator/main.ts';
+import { freePort } from '../../shared/pgserver.ts';
 import type { ClusterSpec } from '../../shared/schema.ts';
 import { certInfo } from '../../shared/x509.ts';
 import { throwawayPg } from '../helpers/pg.ts';
@@ -34,14 +34,6 @@ after(async () => {
   await coord?.close().catch(() => undefined);
   for (const d of cleanup) await rm(d, { recursive: true, force: true });
 });
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 interface PromSample {
   metric: Record<string, string>;
