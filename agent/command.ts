@@ -1,7 +1,7 @@
 // `pgaccord agent`'s command line: its options and help, apart from the runtime (agent/main.ts)
 // so that `pgaccord agent --help` and a usage error load only this (the runtime's packages are
 // tens of MB and ~100 ms: undici, pg, node-forge, pino, typebox).
-import { parseCommand } from '../shared/cli.ts';
+import { parseCommand } from '../shared/system/cli.ts';
 
 export const DEFAULT_STATE_DIR = '/var/lib/pgaccord';
 export const DEFAULT_SOCKET_DIR = '/var/run/postgresql';

@@ -7,21 +7,21 @@ import { userInfo } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import type pino from 'pino';
 import type { Logger } from 'pino';
-import { parseCommand, UsageError } from '../shared/cli.ts';
+import { parseCommand, UsageError } from '../shared/system/cli.ts';
 import { AGENT_COMMAND as COMMAND, DEFAULT_SOCKET_DIR, DEFAULT_STATE_DIR, KEYS, LOG_LEVELS, camel, type Key } from './command.ts';
-import { parseCoordinatorUrls, tokenUrls } from '../shared/join-token.ts';
-import { createLogger } from '../shared/log.ts';
-import { SdNotifier, takeNotifyEnv } from '../shared/sd-notify.ts';
-import { NAME_PATTERN } from '../shared/schema.ts';
-import type { OsUser } from '../shared/pgserver.ts';
-import { RenewalSchedule, type Random } from './backoff.ts';
-import { CertificateManager } from './certs.ts';
-import { CoordinatorClient, CoordinatorError, decodeJoinToken, enroll, loadIdentity, pruneIdentities, renewIdentity, type StoredIdentity } from './client.ts';
-import { ReconcileLoop, type ApplyFn, type DriftHook } from './loop.ts';
-import { postgresVersion } from './status.ts';
-import { ensureDir } from './statefile.ts';
-import { checkStateDirOwnership, dropPrivileges, handOverStateDir, lookupUid, pgdataOwner } from './privileges.ts';
-import type { AgentConfig, NodeContext } from './types.ts';
+import { parseCoordinatorUrls, tokenUrls } from '../shared/contract/join-token.ts';
+import { createLogger } from '../shared/system/log.ts';
+import { SdNotifier, takeNotifyEnv } from '../shared/system/sd-notify.ts';
+import { NAME_PATTERN } from '../shared/contract/schema.ts';
+import type { OsUser } from '../shared/system/pgserver.ts';
+import { RenewalSchedule, type Random } from './runtime/backoff.ts';
+import { CertificateManager } from './runtime/certs.ts';
+import { CoordinatorClient, CoordinatorError, decodeJoinToken, enroll, loadIdentity, pruneIdentities, renewIdentity, type StoredIdentity } from './runtime/client.ts';
+import { ReconcileLoop, type ApplyFn, type DriftHook } from './runtime/loop.ts';
+import { postgresVersion } from './runtime/status.ts';
+import { ensureDir } from './runtime/statefile.ts';
+import { checkStateDirOwnership, dropPrivileges, handOverStateDir, lookupUid, pgdataOwner } from './apply/privileges.ts';
+import type { AgentConfig, NodeContext } from './apply/types.ts';
 
 export { DEFAULT_SOCKET_DIR, DEFAULT_STATE_DIR };
 
@@ -256,14 +256,14 @@ export async function obtainIdentity(cfg: ResolvedConfig, log: Logger, now: () =
 
 // The apply engine and the drift watcher are another module's; loaded when the agent starts.
 async function loadApply(): Promise<ApplyFn> {
-  const { applyDesired } = await import('./apply.ts');
+  const { applyDesired } = await import('./apply/apply.ts');
   return (ctx, input) => applyDesired(ctx, input);
 }
 
-/** The drift watcher (agent/drift.ts), created on the first proved apply. */
+/** The drift watcher (agent/runtime/drift.ts), created on the first proved apply. */
 async function loadDrift(ctx: NodeContext, log: Logger): Promise<DriftHook> {
-  const { watchManagedFiles } = await import('./drift.ts');
-  const { ownerNamer } = await import('./apply.ts');
+  const { watchManagedFiles } = await import('./runtime/drift.ts');
+  const { ownerNamer } = await import('./apply/apply.ts');
   let watcher: ReturnType<typeof watchManagedFiles> | null = null;
   return {
     pause: () => watcher?.pause(),

@@ -1,12 +1,12 @@
 // npm run bench:ca: issue certificates from CSRs for a few seconds (CSR parse + signature
 // check + certificate build + signature, exactly the coordinator's path) and print the rate:
-// inline on one thread, then through the coordinator's signing pool (coordinator/signing-pool.ts,
+// inline on one thread, then through the coordinator's signing pool (coordinator/ca/signing-pool.ts,
 // one worker per CPU unless BENCH_THREADS says otherwise). Last line: JSON with certs_per_s
 // (the pool's rate). BENCH_KEY=ec-p256 makes the CSRs with P-256 keys (default rsa-2048).
 import { availableParallelism } from 'node:os';
-import { CertificateAuthority, type LeafRequest } from '../coordinator/ca.ts';
-import { SigningPool } from '../coordinator/signing-pool.ts';
-import { createCsr, generateKey, readCsrKey, type KeyType } from '../shared/x509.ts';
+import { CertificateAuthority, type LeafRequest } from '../coordinator/ca/ca.ts';
+import { SigningPool } from '../coordinator/ca/signing-pool.ts';
+import { createCsr, generateKey, readCsrKey, type KeyType } from '../shared/crypto/x509.ts';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 4);
 const threads = Number(process.env.BENCH_THREADS ?? availableParallelism());

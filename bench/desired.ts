@@ -14,8 +14,8 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { Agent, request } from 'undici';
 import { startCoordinator } from '../coordinator/main.ts';
-import type { AgentStatus, ClusterSpec } from '../shared/schema.ts';
-import { createCsr, generateRsaKey } from '../shared/x509.ts';
+import type { AgentStatus, ClusterSpec } from '../shared/contract/schema.ts';
+import { createCsr, generateRsaKey } from '../shared/crypto/x509.ts';
 
 const N = Number(process.env.BENCH_NODES ?? 200);
 const RUNS = Number(process.env.BENCH_RUNS ?? 20);

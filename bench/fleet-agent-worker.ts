@@ -2,13 +2,13 @@
 // own key, enrols with its own join token and then runs the real agent's loop against the
 // coordinator over its own mTLS connections (undici, its identity certificate): long-poll the
 // desired state, report status after every answer (the heartbeat), at most one cycle a second,
-// and after a failure back off with the agent's own jittered backoff (agent/backoff.ts) and
+// and after a failure back off with the agent's own jittered backoff (agent/runtime/backoff.ts) and
 // ask again with wait=0. Nothing is applied: the bench measures the coordinator.
 // Events (a generation received, a long-poll held again, contact lost) go to the parent in
 // batches, each stamped with the wall clock when it happened (one clock for every process).
 import { Agent, request, type Dispatcher } from 'undici';
-import { backoffDelay, sleep } from '../agent/backoff.ts';
-import { createCsr } from '../shared/x509.ts';
+import { backoffDelay, sleep } from '../agent/runtime/backoff.ts';
+import { createCsr } from '../shared/crypto/x509.ts';
 import { newKey, type KeyType } from './fleet-keys.ts';
 
 export interface AgentAssignment {
@@ -91,7 +91,7 @@ function dispatcher(a: { localAddress: string }, identity?: { keyPem: string; ce
     // rather than open a third connection (three per agent took 400 agents past the
     // coordinator's 1000 connections: resets).
     connections: 2,
-    // As agent/client.ts: a long-poll may take its whole length before the headers arrive.
+    // As agent/runtime/client.ts: a long-poll may take its whole length before the headers arrive.
     headersTimeout: 120_000,
     bodyTimeout: 60_000,
     connectTimeout: 10_000,
@@ -131,7 +131,7 @@ function report(a: SimAgent) {
   };
 }
 
-/** The agent loop (agent/loop.ts run/pollOnce), minus the apply. */
+/** The agent loop (agent/runtime/loop.ts run/pollOnce), minus the apply. */
 async function loop(a: SimAgent): Promise<void> {
   while (!stop.signal.aborted) {
     const started = Date.now();

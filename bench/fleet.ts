@@ -27,11 +27,11 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import { Agent, request, type Dispatcher } from 'undici';
-import { freePort } from '../shared/pgserver.ts';
-import type { ClusterSpec, ProfileName } from '../shared/schema.ts';
-import { PROFILES } from '../shared/profiles.ts';
-import { PACKAGE_ROOT } from '../shared/version.ts';
-import { createCsr } from '../shared/x509.ts';
+import { freePort } from '../shared/system/pgserver.ts';
+import type { ClusterSpec, ProfileName } from '../shared/contract/schema.ts';
+import { PROFILES } from '../shared/pgconf/profiles.ts';
+import { PACKAGE_ROOT } from '../shared/contract/version.ts';
+import { createCsr } from '../shared/crypto/x509.ts';
 import { keyType, newKey } from './fleet-keys.ts';
 import { wallMs, type AgentAssignment, type FleetEvent, type FromWorker, type ToWorker } from './fleet-agent-worker.ts';
 
@@ -235,7 +235,7 @@ try {
   else if (AGENTS + PROBES + 10 > 1000) {
     // Beyond its connection limit the coordinator closes new connections at once: the run would
     // measure refusals. Raising it takes a coordinator option this one does not have.
-    throw new Error(`${AGENTS} agents hold more long-polls than the coordinator's 1000 connections (coordinator/server.ts DEFAULT_MAX_CONNECTIONS) and \`pgaccord coordinator\` has no --max-connections to raise it`);
+    throw new Error(`${AGENTS} agents hold more long-polls than the coordinator's 1000 connections (coordinator/http/server.ts DEFAULT_MAX_CONNECTIONS) and \`pgaccord coordinator\` has no --max-connections to raise it`);
   } else if (2 * AGENTS + PROBES + 10 > 1000) notes.push(`up to ${2 * AGENTS} connections at once (a long-poll and a report or CSR per agent) against the coordinator's limit of 1000: some may be refused`);
   if (has('--agent-rate-limit') && process.env.FLEET_RATE_LIMIT) flags.push('--agent-rate-limit', process.env.FLEET_RATE_LIMIT);
   const files = nofile();

@@ -6,7 +6,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCoordinator } from '../coordinator/main.ts';
-import { CoordinatorMetrics, readFleet } from '../coordinator/metrics.ts';
+import { CoordinatorMetrics, readFleet } from '../coordinator/http/metrics.ts';
 
 const CLUSTERS = Number(process.argv[2] ?? 50);
 const NODES = 10;

@@ -3,9 +3,9 @@
 // cluster with certificate auth and verify-full, applied and proved.
 import { mkdtemp } from 'node:fs/promises';
 import { basename, isAbsolute, relative, resolve } from 'node:path';
-import { parseCommand, UsageError } from '../shared/cli.ts';
-import type { ClusterStatusResponse } from '../shared/api.ts';
-import type { ClusterSpec } from '../shared/schema.ts';
+import { parseCommand, UsageError } from '../shared/system/cli.ts';
+import type { ClusterStatusResponse } from '../shared/contract/api.ts';
+import type { ClusterSpec } from '../shared/contract/schema.ts';
 import { LocalCluster } from './local-cluster.ts';
 
 const COMMAND = {

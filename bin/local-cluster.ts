@@ -6,10 +6,10 @@ import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import { chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { ClusterStatusResponse } from '../shared/api.ts';
-import type { ClusterSpec } from '../shared/schema.ts';
-import { createPgInstance, freePort, ownedDir, serverOsUser, type OsUser, type PgInstance } from '../shared/pgserver.ts';
-import { PACKAGE_ROOT } from '../shared/version.ts';
+import type { ClusterStatusResponse } from '../shared/contract/api.ts';
+import type { ClusterSpec } from '../shared/contract/schema.ts';
+import { createPgInstance, freePort, ownedDir, serverOsUser, type OsUser, type PgInstance } from '../shared/system/pgserver.ts';
+import { PACKAGE_ROOT } from '../shared/contract/version.ts';
 
 // The executable, wherever this file runs from (the sources or their compiled copy in dist/).
 const PGACCORD = join(PACKAGE_ROOT, 'bin', 'pgaccord.mjs');

@@ -1,6 +1,6 @@
 // pgaccord: one executable, one subcommand per job. Each command module is loaded only when used.
-import { UsageError } from '../shared/cli.ts';
-import { PGACCORD_VERSION } from '../shared/version.ts';
+import { UsageError } from '../shared/system/cli.ts';
+import { PGACCORD_VERSION } from '../shared/contract/version.ts';
 
 type Runner = (argv: string[]) => Promise<number>;
 

@@ -7,14 +7,14 @@ import type { IncomingHttpHeaders } from 'node:http';
 // Node's own HTTPS client (undici alone costs ~20 MB and ~150 ms at start); the spec validator
 // is loaded only by apply: `--help` and status answer without typebox, yaml or node-forge.
 import { Agent, request } from 'node:https';
-import type { CaRotationStatus, CertificateListResponse, ClusterStatusResponse, ErrorBody, NodeStatusView, PlanResponse } from '../shared/api.ts';
+import type { CaRotationStatus, CertificateListResponse, ClusterStatusResponse, ErrorBody, NodeStatusView, PlanResponse } from '../shared/contract/api.ts';
 import type { Static } from '@sinclair/typebox';
-import { parseCommand, UsageError } from '../shared/cli.ts';
-import { parseDuration } from '../shared/duration.ts';
-import { parseCoordinatorUrls } from '../shared/coordinator-urls.ts';
-import { formatProbeMatrix, probeMatrix } from '../shared/probe-matrix.ts';
-import { ago } from '../shared/lifecycle.ts';
-import { DEFAULT_DATA_DIR, FILES } from './datadir-layout.ts';
+import { parseCommand, UsageError } from '../shared/system/cli.ts';
+import { parseDuration } from './cluster/duration.ts';
+import { parseCoordinatorUrls } from '../shared/contract/coordinator-urls.ts';
+import { formatProbeMatrix, probeMatrix } from './cluster/probe-matrix.ts';
+import { ago } from './cluster/lifecycle.ts';
+import { DEFAULT_DATA_DIR, FILES } from './store/datadir-layout.ts';
 
 const CONNECTION_OPTIONS = {
   coordinator: { type: 'string', multiple: true },
@@ -191,7 +191,7 @@ export async function runApply(argv: string[]): Promise<number> {
   const v = parsed.values;
   if (!v.file) throw new UsageError(`-f FILE is required\nusage: ${APPLY.usage}`);
   const text = v.file === '-' ? await readStdin() : await readFile(v.file, 'utf8');
-  const { parseSpecText, validateSpec } = await import('../shared/spec.ts');
+  const { parseSpecText, validateSpec } = await import('./cluster/spec.ts');
   const doc = parseSpecText(text);
   const checked = doc.ok ? validateSpec(doc.value) : doc;
   if (!checked.ok) {

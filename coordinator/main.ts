@@ -1,25 +1,25 @@
 // `pgaccord coordinator`: open (or initialise) the data directory, open the store (embedded
 // PostgreSQL in DIR/pg, or --database-url), migrate, and serve HTTPS until SIGTERM/SIGINT.
-import { parseDuration } from '../shared/duration.ts';
+import { parseDuration } from './cluster/duration.ts';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import type pino from 'pino';
-import { parseCommand } from '../shared/cli.ts';
-import { openOrCreatePgInstance, storeOsUser, type PgInstance } from '../shared/pgserver.ts';
-import { DEFAULT_DATA_DIR, DEFAULT_TLS_KEY_TYPE, FILES, openDataDir, readOrCreateStorePassword, type DataDir } from './datadir.ts';
-import { KEY_TYPES, type KeyType } from '../shared/x509.ts';
-import { createLogger } from '../shared/log.ts';
-import { SdNotifier, takeNotifyEnv } from '../shared/sd-notify.ts';
-import { SecretBox } from './secrets.ts';
-import type { RateLimit } from './rate-limit.ts';
-import { CoordinatorMetrics, serveMetrics } from './metrics.ts';
-import { buildServer, DEFAULT_MAX_CONNECTIONS, parseMaxConnections } from './server.ts';
+import { parseCommand } from '../shared/system/cli.ts';
+import { openOrCreatePgInstance, storeOsUser, type PgInstance } from '../shared/system/pgserver.ts';
+import { DEFAULT_DATA_DIR, DEFAULT_TLS_KEY_TYPE, FILES, openDataDir, readOrCreateStorePassword, type DataDir } from './store/datadir.ts';
+import { KEY_TYPES, type KeyType } from '../shared/crypto/x509.ts';
+import { createLogger } from '../shared/system/log.ts';
+import { SdNotifier, takeNotifyEnv } from '../shared/system/sd-notify.ts';
+import { SecretBox } from './store/secrets.ts';
+import type { RateLimit } from './http/rate-limit.ts';
+import { CoordinatorMetrics, serveMetrics } from './http/metrics.ts';
+import { buildServer, DEFAULT_MAX_CONNECTIONS, parseMaxConnections } from './http/server.ts';
 import { CoordinatorService } from './service.ts';
-import { SigningPool } from './signing-pool.ts';
-import { Store } from './store.ts';
-import { parseCoordinatorUrls } from '../shared/coordinator-urls.ts';
+import { SigningPool } from './ca/signing-pool.ts';
+import { Store } from './store/store.ts';
+import { parseCoordinatorUrls } from '../shared/contract/coordinator-urls.ts';
 
 export const DEFAULT_LISTEN = '127.0.0.1:7432';
 export const EMBEDDED_DB = 'pgaccord';

@@ -7,7 +7,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LocalCluster } from '../../bin/local-cluster.ts';
 import { demoSpec } from '../../bin/demo.ts';
-import type { AuthModel, SslMode } from '../../shared/schema.ts';
+import type { AuthModel, SslMode } from '../../shared/contract/schema.ts';
 import { query } from '../helpers/pg.ts';
 import { editConninfo, foreignClientCert, psql } from '../helpers/libpq.ts';
 

@@ -10,10 +10,10 @@ import { mkdtemp, readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import type { Static } from '@sinclair/typebox';
 import { LocalCluster } from '../../bin/local-cluster.ts';
-import type { ClusterSpec } from '../../shared/schema.ts';
-import type { CaRotationStatus, CertificateListResponse } from '../../shared/api.ts';
-import { splitCrls } from '../../shared/crl.ts';
-import { certInfo, splitPemBundle, verifiesAgainst } from '../../shared/x509.ts';
+import type { ClusterSpec } from '../../shared/contract/schema.ts';
+import type { CaRotationStatus, CertificateListResponse } from '../../shared/contract/api.ts';
+import { splitCrls } from '../../shared/crypto/crl.ts';
+import { certInfo, splitPemBundle, verifiesAgainst } from '../../shared/crypto/x509.ts';
 import { edgeConninfos, watchCluster } from '../helpers/lifecycle-e2e.ts';
 
 const run = promisify(execFile);

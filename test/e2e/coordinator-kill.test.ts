@@ -11,11 +11,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import type { PgInstance } from '../../shared/pgserver.ts';
-import { coordinatorFleet, type CoordSlot } from '../helpers/coordinators.ts';
+import type { PgInstance } from '../../shared/system/pgserver.ts';
+import { coordinatorFleet, type CoordSlot } from '../helpers/coordinator-fleet.ts';
 import { throwawayPg } from '../helpers/pg.ts';
-import { startAgent, waitFor, type AgentProcess } from '../integration/agent-runtime-helpers.ts';
-import { httpsClient, type Reply } from '../integration/coordinator-helpers.ts';
+import { startAgent, waitFor, type AgentProcess } from '../helpers/agent-process.ts';
+import { httpsClient, type Reply } from '../helpers/coordinator-harness.ts';
 
 const LONG_POLL_S = 3;
 const fleet = await coordinatorFleet(3, { longPollSeconds: LONG_POLL_S });

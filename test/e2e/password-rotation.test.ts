@@ -12,7 +12,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp } from 'node:fs/promises';
 import { LocalCluster } from '../../bin/local-cluster.ts';
-import type { ClusterSpec } from '../../shared/schema.ts';
+import type { ClusterSpec } from '../../shared/contract/schema.ts';
 import { query } from '../helpers/pg.ts';
 import { psql } from '../helpers/libpq.ts';
 import { edgeConninfos, longSession } from '../helpers/lifecycle-e2e.ts';

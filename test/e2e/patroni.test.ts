@@ -19,10 +19,10 @@ import { test } from 'node:test';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { LocalCluster } from '../../bin/local-cluster.ts';
-import { freePort, ownedDir, serverOsUser } from '../../shared/pgserver.ts';
-import { certInfo } from '../../shared/x509.ts';
-import type { ClusterSpec } from '../../shared/schema.ts';
-import { findPatroni, servedApiCertificate } from '../../agent/patroni.ts';
+import { freePort, ownedDir, serverOsUser } from '../../shared/system/pgserver.ts';
+import { certInfo } from '../../shared/crypto/x509.ts';
+import type { ClusterSpec } from '../../shared/contract/schema.ts';
+import { findPatroni, servedApiCertificate } from '../../agent/apply/patroni.ts';
 import { makeCa } from '../helpers/agent-certs.ts';
 import { concatFiles, etcdServerPair, killGroup, list, patronictl, PG_BIN, sql, startEtcd, startPatroni, waitFor, writeOperatorConfig, type Member } from '../helpers/patroni.ts';
 

@@ -13,7 +13,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp } from 'node:fs/promises';
 import { LocalCluster } from '../../bin/local-cluster.ts';
-import type { ClusterSpec } from '../../shared/schema.ts';
+import type { ClusterSpec } from '../../shared/contract/schema.ts';
 
 test('peer wake: a peer that applies the generation wakes the node whose probe to it failed, which probes it again (reason peer-applied)', async () => {
   const cluster = await LocalCluster.create({ dir: await mkdtemp('/tmp/pgaccord-e2e-wake-') });

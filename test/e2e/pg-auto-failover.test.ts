@@ -15,11 +15,11 @@ import { mkdtemp, stat, writeFile, chown } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { test } from 'node:test';
-import { probe } from '../../agent/probes.ts';
+import { probe } from '../../agent/probe/probes.ts';
 import { LocalCluster } from '../../bin/local-cluster.ts';
-import { freePort, ownedDir, serverOsUser, type OsUser } from '../../shared/pgserver.ts';
-import type { ClusterStatusResponse } from '../../shared/api.ts';
-import type { ClusterSpec } from '../../shared/schema.ts';
+import { freePort, ownedDir, serverOsUser, type OsUser } from '../../shared/system/pgserver.ts';
+import type { ClusterStatusResponse } from '../../shared/contract/api.ts';
+import type { ClusterSpec } from '../../shared/contract/schema.ts';
 import { waitFor as waitUntil } from '../helpers/wait.ts';
 
 const run = promisify(execFile);

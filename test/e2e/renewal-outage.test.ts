@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LocalCluster } from '../../bin/local-cluster.ts';
-import type { ClusterSpec } from '../../shared/schema.ts';
+import type { ClusterSpec } from '../../shared/contract/schema.ts';
 import { query } from '../helpers/pg.ts';
 import { watchCluster } from '../helpers/lifecycle-e2e.ts';
 

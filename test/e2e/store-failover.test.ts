@@ -17,13 +17,13 @@ import { createWriteStream, existsSync } from 'node:fs';
 import { cp, mkdtemp, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LocalCluster } from '../../bin/local-cluster.ts';
-import type { ClusterSpec } from '../../shared/schema.ts';
-import { freePort } from '../../shared/pgserver.ts';
-import { PACKAGE_ROOT } from '../../shared/version.ts';
+import type { ClusterSpec } from '../../shared/contract/schema.ts';
+import { freePort } from '../../shared/system/pgserver.ts';
+import { PACKAGE_ROOT } from '../../shared/contract/version.ts';
 import { query } from '../helpers/pg.ts';
 import { watchCluster } from '../helpers/lifecycle-e2e.ts';
 import { storePair, until, type StorePair } from '../helpers/store-pair.ts';
-import { httpsClient, type Client } from '../integration/coordinator-helpers.ts';
+import { httpsClient, type Client } from '../helpers/coordinator-harness.ts';
 
 const PGACCORD = join(PACKAGE_ROOT, 'bin', 'pgaccord.mjs');
 // For measuring by hand: a longer outage before the promotion (a failover manager's own delay).

@@ -5,8 +5,8 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFile, mkdtemp, rm } from 'node:fs/promises';
 import { LocalCluster } from '../../bin/local-cluster.ts';
-import type { ClusterSpec } from '../../shared/schema.ts';
-import { runPg } from '../../shared/pgserver.ts';
+import type { ClusterSpec } from '../../shared/contract/schema.ts';
+import { runPg } from '../../shared/system/pgserver.ts';
 import { query } from '../helpers/pg.ts';
 import { editConninfo } from '../helpers/libpq.ts';
 

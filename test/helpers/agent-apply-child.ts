@@ -3,8 +3,8 @@
 // Prints "ready" once loaded, then "applied <n> <phase>" after each apply.
 import { readFileSync } from 'node:fs';
 import pino from 'pino';
-import { applyDesired } from '../../agent/apply.ts';
-import type { ApplyInput, NodeContext } from '../../agent/types.ts';
+import { applyDesired } from '../../agent/apply/apply.ts';
+import type { ApplyInput, NodeContext } from '../../agent/apply/types.ts';
 
 export interface ChildJob {
   ctx: Omit<NodeContext, 'log'>;

@@ -5,8 +5,8 @@ import { randomBytes } from 'node:crypto';
 import { chmod, chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { OsUser } from '../../shared/pgserver.ts';
-import type { InstalledCertificate } from '../../agent/types.ts';
+import type { OsUser } from '../../shared/system/pgserver.ts';
+import type { InstalledCertificate } from '../../agent/apply/types.ts';
 
 const run = promisify(execFile);
 

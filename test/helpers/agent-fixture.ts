@@ -10,11 +10,11 @@ import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { after } from 'node:test';
 import pino from 'pino';
-import { compileCluster, type RoleCredential } from '../../shared/compile.ts';
-import { runPg, type PgInstance } from '../../shared/pgserver.ts';
-import type { AuthModel, ClusterSpec, NodeDesired, SslMode } from '../../shared/schema.ts';
-import { scramVerifier } from '../../shared/scram.ts';
-import type { InstalledCertificate, NodeContext } from '../../agent/types.ts';
+import { compileCluster, type RoleCredential } from '../../coordinator/cluster/compile.ts';
+import { runPg, type PgInstance } from '../../shared/system/pgserver.ts';
+import type { AuthModel, ClusterSpec, NodeDesired, SslMode } from '../../shared/contract/schema.ts';
+import { scramVerifier } from '../../shared/crypto/scram.ts';
+import type { InstalledCertificate, NodeContext } from '../../agent/apply/types.ts';
 import { throwawayPg } from './pg.ts';
 import { issueLeaf, makeCa, type TestCa } from './agent-certs.ts';
 

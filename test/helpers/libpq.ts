@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import { chown, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { serverOsUser } from '../../shared/pgserver.ts';
+import { serverOsUser } from '../../shared/system/pgserver.ts';
 
 const execFileAsync = promisify(execFile);
 

@@ -6,8 +6,8 @@ import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { LocalCluster } from '../../bin/local-cluster.ts';
-import { servedCertificate } from '../../agent/pgconf.ts';
-import { serverOsUser } from '../../shared/pgserver.ts';
+import { servedCertificate } from '../../agent/apply/pgconf.ts';
+import { serverOsUser } from '../../shared/system/pgserver.ts';
 import { psql } from './libpq.ts';
 
 export interface ProbeFailure {

@@ -7,7 +7,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, symlink, writeFile, chown } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { OsUser } from '../../shared/pgserver.ts';
+import type { OsUser } from '../../shared/system/pgserver.ts';
 import { waitFor as waitUntil } from './wait.ts';
 
 const run = promisify(execFile);

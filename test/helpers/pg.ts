@@ -1,7 +1,7 @@
 // Throwaway PostgreSQL 15 servers for tests: always stopped and removed afterwards.
 import { after } from 'node:test';
 import pg from 'pg';
-import { createPgInstance, type PgInstance, type PgInstanceOptions } from '../../shared/pgserver.ts';
+import { createPgInstance, type PgInstance, type PgInstanceOptions } from '../../shared/system/pgserver.ts';
 
 /**
  * A fresh server, destroyed when the test that asked for it ends (or the test file, when asked

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { appendFile, chmod, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createPgInstance, freePort, ownedDir, PgInstance, runPg } from '../../shared/pgserver.ts';
+import { createPgInstance, freePort, ownedDir, PgInstance, runPg } from '../../shared/system/pgserver.ts';
 import { query } from './pg.ts';
 
 export interface StorePair {

@@ -4,10 +4,10 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmod, lstat, readFile, realpath, unlink, writeFile } from 'node:fs/promises';
-import { applyDesired, ownerNamer } from '../../agent/apply.ts';
-import { watchManagedFiles, type DriftEvent } from '../../agent/drift.ts';
-import type { ApplyInput, ApplyResult } from '../../agent/types.ts';
-import { splitManagedBlock } from '../../shared/render.ts';
+import { applyDesired, ownerNamer } from '../../agent/apply/apply.ts';
+import { watchManagedFiles, type DriftEvent } from '../../agent/runtime/drift.ts';
+import type { ApplyInput, ApplyResult } from '../../agent/apply/types.ts';
+import { splitManagedBlock } from '../../shared/pgconf/render.ts';
 import { agentFixture, psqlAs, ROLE } from '../helpers/agent-fixture.ts';
 import { query } from '../helpers/pg.ts';
 

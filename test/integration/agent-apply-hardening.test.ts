@@ -12,11 +12,11 @@ import { execFile } from 'node:child_process';
 import { chmod, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { applyDesired, type ApplyOptions } from '../../agent/apply.ts';
-import type { ApplyResult, InstalledCertificate } from '../../agent/types.ts';
-import { snapshotFile, type FileSnapshot } from '../../shared/atomic-file.ts';
-import type { NodeDesired } from '../../shared/schema.ts';
-import { runPg } from '../../shared/pgserver.ts';
+import { applyDesired, type ApplyOptions } from '../../agent/apply/apply.ts';
+import type { ApplyResult, InstalledCertificate } from '../../agent/apply/types.ts';
+import { snapshotFile, type FileSnapshot } from '../../shared/system/atomic-file.ts';
+import type { NodeDesired } from '../../shared/contract/schema.ts';
+import { runPg } from '../../shared/system/pgserver.ts';
 import { agentFixture, psqlAs, ROLE, type AgentFixture } from '../helpers/agent-fixture.ts';
 import { query } from '../helpers/pg.ts';
 
@@ -57,7 +57,7 @@ async function applyAsServerUser(desired: NodeDesired, certificates: InstalledCe
   const job = join(f.pg.baseDir, 'apply-job.json');
   const { log: _log, ...ctx } = f.ctx;
   await writeFile(job, JSON.stringify({ ctx: { ...ctx, agentOsUser: f.pg.osUser.name }, input: { desired, certificates } }), { mode: 0o644 });
-  const code = `import { readFileSync } from 'node:fs'; import pino from 'pino'; import { applyDesired } from './agent/apply.ts';
+  const code = `import { readFileSync } from 'node:fs'; import pino from 'pino'; import { applyDesired } from './agent/apply/apply.ts';
 const job = JSON.parse(readFileSync(process.env.JOB, 'utf8'));
 const r = await applyDesired({ ...job.ctx, log: pino({ level: 'silent' }) }, job.input);
 process.stdout.write(JSON.stringify(r));`;

@@ -6,8 +6,8 @@ import { execFile } from 'node:child_process';
 import { chmod, chown, lstat, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { installFile } from '../../shared/atomic-file.ts';
-import { lookupOsUser } from '../../shared/pgserver.ts';
+import { installFile } from '../../shared/system/atomic-file.ts';
+import { lookupOsUser } from '../../shared/system/pgserver.ts';
 
 async function tmpdir(): Promise<string> {
   const d = await mkdtemp('/tmp/pgaccord-install-');
@@ -26,7 +26,7 @@ test('as root: files are given to the server user; as the postgres user: works, 
   assert.deepEqual([st.uid, st.gid, st.mode & 0o7777], [pg.uid, pg.gid, 0o600]);
   // Now the same writer running as postgres.
   const script = `
-    import { installFile } from ${JSON.stringify(new URL('../../shared/atomic-file.ts', import.meta.url).pathname)};
+    import { installFile } from ${JSON.stringify(new URL('../../shared/system/atomic-file.ts', import.meta.url).pathname)};
     const dir = ${JSON.stringify(dir)};
     const own = await installFile({ path: dir + '/passfile', content: Buffer.from('p'), mode: 0o600, uid: ${pg.uid}, gid: ${pg.gid} });
     const same = await installFile({ path: dir + '/passfile', content: Buffer.from('p'), mode: 0o600, uid: ${pg.uid}, gid: ${pg.gid} });

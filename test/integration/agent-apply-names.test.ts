@@ -6,8 +6,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { readFile } from 'node:fs/promises';
-import { applyDesired } from '../../agent/apply.ts';
-import { splitManagedBlock } from '../../shared/render.ts';
+import { applyDesired } from '../../agent/apply/apply.ts';
+import { splitManagedBlock } from '../../shared/pgconf/render.ts';
 import { agentFixture } from '../helpers/agent-fixture.ts';
 import { query } from '../helpers/pg.ts';
 

@@ -12,7 +12,7 @@
 //    opens sslcert just before the two renames and sslkey just after them sees a new key with
 //    the old certificate (docs/profiles.md, "Client certificate renewal under fixed names");
 //  - the same two storms with two certificates for the SAME client key, as the certificate
-//    manager (agent/certs.ts) now renews fixed-name client slots: zero mismatches, asserted.
+//    manager (agent/runtime/certs.ts) now renews fixed-name client slots: zero mismatches, asserted.
 // Also pinned: libpq accepts one file holding certificate and key given as both sslcert and
 // sslkey (it still opens it twice, so that alone does not make a swap atomic).
 import { test } from 'node:test';
@@ -22,9 +22,9 @@ import { randomBytes } from 'node:crypto';
 import { chmod, mkdtemp, readFile, rm, writeFile, chown } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { applyDesired } from '../../agent/apply.ts';
-import { installFile, installFiles, type FileSpec } from '../../shared/atomic-file.ts';
-import type { InstalledCertificate } from '../../agent/types.ts';
+import { applyDesired } from '../../agent/apply/apply.ts';
+import { installFile, installFiles, type FileSpec } from '../../shared/system/atomic-file.ts';
+import type { InstalledCertificate } from '../../agent/apply/types.ts';
 import { agentFixture, psqlAs, ROLE } from '../helpers/agent-fixture.ts';
 import { editConninfo } from '../helpers/libpq.ts';
 
@@ -63,7 +63,7 @@ const setB = await f.issue('cert');
 
 /**
  * A new certificate (new serial) for the same key as `c`, under new versioned names in the tls
- * directory: what a routine renewal of a fixed-name client slot now leaves (agent/certs.ts).
+ * directory: what a routine renewal of a fixed-name client slot now leaves (agent/runtime/certs.ts).
  */
 async function recertify(c: InstalledCertificate): Promise<InstalledCertificate> {
   const serial = `7${randomBytes(8).toString('hex')}`;

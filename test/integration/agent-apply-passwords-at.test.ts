@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { applyDesired } from '../../agent/apply.ts';
+import { applyDesired } from '../../agent/apply/apply.ts';
 import { agentFixture, psqlAs, ROLE, type AgentFixture } from '../helpers/agent-fixture.ts';
 import { query } from '../helpers/pg.ts';
 

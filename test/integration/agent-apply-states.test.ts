@@ -5,12 +5,12 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmod, chown, lstat, readFile, writeFile } from 'node:fs/promises';
-import { applyDesired } from '../../agent/apply.ts';
-import type { ApplyResult, InstalledCertificate } from '../../agent/types.ts';
-import { snapshotFile, type FileSnapshot } from '../../shared/atomic-file.ts';
-import { splitManagedBlock } from '../../shared/render.ts';
-import { PROFILES } from '../../shared/profiles.ts';
-import type { NodeDesired } from '../../shared/schema.ts';
+import { applyDesired } from '../../agent/apply/apply.ts';
+import type { ApplyResult, InstalledCertificate } from '../../agent/apply/types.ts';
+import { snapshotFile, type FileSnapshot } from '../../shared/system/atomic-file.ts';
+import { splitManagedBlock } from '../../shared/pgconf/render.ts';
+import { PROFILES } from '../../shared/pgconf/profiles.ts';
+import type { NodeDesired } from '../../shared/contract/schema.ts';
 import { agentFixture, psqlAs, ROLE, type AgentFixture } from '../helpers/agent-fixture.ts';
 import { makeCrl } from '../helpers/agent-certs.ts';
 import { query } from '../helpers/pg.ts';

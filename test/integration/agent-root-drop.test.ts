@@ -11,10 +11,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { startCoordinator, type RunningCoordinator } from '../../coordinator/main.ts';
-import type { AgentStatus, ClusterSpec } from '../../shared/schema.ts';
-import type { PgInstance } from '../../shared/pgserver.ts';
+import type { AgentStatus, ClusterSpec } from '../../shared/contract/schema.ts';
+import type { PgInstance } from '../../shared/system/pgserver.ts';
 import { throwawayPg } from '../helpers/pg.ts';
-import { startAgent, waitFor, type AgentProcess } from './agent-runtime-helpers.ts';
+import { startAgent, waitFor, type AgentProcess } from '../helpers/agent-process.ts';
 
 if (process.getuid?.() !== 0) throw new Error('these tests start the agent as root: run them as root');
 
@@ -167,7 +167,7 @@ test('refused before anything is touched: PGDATA a symlink or root\'s (E_PGDATA)
 });
 
 test('which directories root trusts on a path (pure)', async () => {
-  const { untrustedDir, ancestors } = await import('../../agent/privileges.ts');
+  const { untrustedDir, ancestors } = await import('../../agent/apply/privileges.ts');
   assert.deepEqual(ancestors('/var/lib/postgresql/15/main'), ['/', '/var', '/var/lib', '/var/lib/postgresql', '/var/lib/postgresql/15']);
   assert.equal(untrustedDir('/tmp', { uid: 0, mode: 0o41777 }, 101), null, 'sticky /tmp');
   assert.equal(untrustedDir('/var/lib/postgresql', { uid: 101, mode: 0o40755 }, 101), null, "the owner's own");

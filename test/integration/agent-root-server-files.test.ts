@@ -5,8 +5,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFile, chown, copyFile, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { applyDesired } from '../../agent/apply.ts';
-import { ownedDir } from '../../shared/pgserver.ts';
+import { applyDesired } from '../../agent/apply/apply.ts';
+import { ownedDir } from '../../shared/system/pgserver.ts';
 import { agentFixture, type AgentFixture } from '../helpers/agent-fixture.ts';
 import { query } from '../helpers/pg.ts';
 

@@ -10,10 +10,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { startCoordinator, type RunningCoordinator } from '../../coordinator/main.ts';
-import type { AgentStatus, ClusterSpec, NodeDesired } from '../../shared/schema.ts';
-import type { PgInstance } from '../../shared/pgserver.ts';
+import type { AgentStatus, ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
+import type { PgInstance } from '../../shared/system/pgserver.ts';
 import { throwawayPg, query } from '../helpers/pg.ts';
-import { startAgent, waitFor, type AgentProcess } from './agent-runtime-helpers.ts';
+import { startAgent, waitFor, type AgentProcess } from '../helpers/agent-process.ts';
 
 let coord: RunningCoordinator;
 let coordDir: string;

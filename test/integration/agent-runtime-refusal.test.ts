@@ -9,12 +9,12 @@ import { lstat, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import forge from 'node-forge';
-import { CertificateAuthority } from '../../coordinator/ca.ts';
-import { compileCluster } from '../../shared/compile.ts';
-import type { AgentStatus, ClusterSpec, NodeDesired } from '../../shared/schema.ts';
-import { fingerprint256, generateRsaKey, readCsrKey } from '../../shared/x509.ts';
+import { CertificateAuthority } from '../../coordinator/ca/ca.ts';
+import { compileCluster } from '../../coordinator/cluster/compile.ts';
+import type { AgentStatus, ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
+import { fingerprint256, generateRsaKey, readCsrKey } from '../../shared/crypto/x509.ts';
 import { throwawayPg, query } from '../helpers/pg.ts';
-import { startAgent, waitFor } from './agent-runtime-helpers.ts';
+import { startAgent, waitFor } from '../helpers/agent-process.ts';
 
 const pub = (pem: string) => forge.pki.publicKeyFromPem(createPublicKey(pem).export({ type: 'spki', format: 'pem' }).toString());
 const cleanup: string[] = [];

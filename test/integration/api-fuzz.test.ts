@@ -12,11 +12,11 @@ import { readFile } from 'node:fs/promises';
 import fc from 'fast-check';
 import { Ajv, type ValidateFunction } from 'ajv';
 import { Agent, request } from 'undici';
-import { CertificateAuthority } from '../../coordinator/ca.ts';
+import { CertificateAuthority } from '../../coordinator/ca/ca.ts';
 import { AGENT_CN, identityUri } from '../../coordinator/service.ts';
-import { NAME_PATTERN } from '../../shared/schema.ts';
-import { createCsr, forgePublicKeyFromPem, generateRsaKey } from '../../shared/x509.ts';
-import { enroll, pgdSpec, startHarness, type EnrolledNode, type Harness } from './coordinator-helpers.ts';
+import { NAME_PATTERN } from '../../shared/contract/schema.ts';
+import { createCsr, forgePublicKeyFromPem, generateRsaKey } from '../../shared/crypto/x509.ts';
+import { enroll, pgdSpec, startHarness, type EnrolledNode, type Harness } from '../helpers/coordinator-harness.ts';
 
 const REQUESTS = Number(process.env.PGACCORD_FUZZ_REQUESTS ?? 10_000);
 const SEED = Number(process.env.PGACCORD_FUZZ_SEED ?? Date.now() % 2 ** 31);

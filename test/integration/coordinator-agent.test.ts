@@ -5,22 +5,22 @@
 // second coordinator on the same database), status, and what the raw store holds.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { crlInfo } from '../../shared/crl.ts';
+import { crlInfo } from '../../shared/crypto/crl.ts';
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { CertificateAuthority } from '../../coordinator/ca.ts';
-import { MIGRATIONS } from '../../coordinator/store.ts';
-import { encodeJoinToken, parseJoinToken } from '../../shared/join-token.ts';
+import { CertificateAuthority } from '../../coordinator/ca/ca.ts';
+import { MIGRATIONS } from '../../coordinator/store/store.ts';
+import { encodeJoinToken, parseJoinToken } from '../../shared/contract/join-token.ts';
 
 const decodeJoinToken = (t: string) => { const r = parseJoinToken(t); return r.ok ? r.payload : null; };
-import type { AgentStatus, NodeDesired } from '../../shared/schema.ts';
-import { certInfo, createCsr, generateRsaKey, readCsrKey, verifiesAgainst } from '../../shared/x509.ts';
+import type { AgentStatus, NodeDesired } from '../../shared/contract/schema.ts';
+import { certInfo, createCsr, generateRsaKey, readCsrKey, verifiesAgainst } from '../../shared/crypto/x509.ts';
 import { throwawayPg, query } from '../helpers/pg.ts';
-import type { PgInstance } from '../../shared/pgserver.ts';
-import { enroll, httpsClient, pgdSpec, sleep, startHarness, type EnrolledNode, type Harness } from './coordinator-helpers.ts';
+import type { PgInstance } from '../../shared/system/pgserver.ts';
+import { enroll, httpsClient, pgdSpec, sleep, startHarness, type EnrolledNode, type Harness } from '../helpers/coordinator-harness.ts';
 
 const execFileAsync = promisify(execFile);
 let h: Harness;

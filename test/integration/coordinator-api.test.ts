@@ -7,10 +7,10 @@ import { execFile } from 'node:child_process';
 import { stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { certInfo } from '../../shared/x509.ts';
-import { MIGRATIONS } from '../../coordinator/store.ts';
-import type { ClusterSpec } from '../../shared/schema.ts';
-import { pgdSpec, startHarness, type Harness } from './coordinator-helpers.ts';
+import { certInfo } from '../../shared/crypto/x509.ts';
+import { MIGRATIONS } from '../../coordinator/store/store.ts';
+import type { ClusterSpec } from '../../shared/contract/schema.ts';
+import { pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
 
 const execFileAsync = promisify(execFile);
 let h: Harness;
@@ -268,7 +268,7 @@ test('admin CLI: apply (bad, dry run, real), status, token create, cert list, ov
   // The CRL exists from the first generation (pg_autoctl create --ssl-crl-file needs the file), empty, number 1.
   const crl = await h.admin.call('GET', '/v1/clusters/cli/crl');
   assert.equal(crl.status, 200);
-  const { crlInfo } = await import('../../shared/crl.ts');
+  const { crlInfo } = await import('../../shared/crypto/crl.ts');
   const info = crlInfo(crl.text);
   assert.deepEqual([info.number, info.revoked.length], [1n, 0]);
   const status = await cli(['status', 'cli', '--json', '--data-dir', h.dir]);
@@ -299,7 +299,7 @@ test('admin CLI: apply (bad, dry run, real), status, token create, cert list, ov
 test('the CRL is re-issued (new number, new generation) once less than half its validity is left, and not before', async () => {
   const put = await h.admin.call('PUT', '/v1/clusters/crlfresh', { body: { name: 'crlfresh', profile: 'streaming', auth: 'cert', tls: { sslmode: 'verify-full' }, nodes: [{ name: 'p', host: '10.3.0.1', kind: 'primary' }] } });
   assert.equal(put.status, 200, put.text);
-  const { crlInfo } = await import('../../shared/crl.ts');
+  const { crlInfo } = await import('../../shared/crypto/crl.ts');
   const crl = async () => crlInfo((await h.admin.call('GET', '/v1/clusters/crlfresh/crl')).text);
   const generation = async () => (await h.admin.call('GET', '/v1/clusters/crlfresh')).body.generation as number;
   const first = await crl();

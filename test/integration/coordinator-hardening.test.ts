@@ -13,10 +13,10 @@ import { join } from 'node:path';
 import { connect } from 'node:tls';
 import { promisify } from 'node:util';
 import { Agent, request } from 'undici';
-import { createPgInstance, lookupOsUser } from '../../shared/pgserver.ts';
-import { SecretBox } from '../../coordinator/secrets.ts';
+import { createPgInstance, lookupOsUser } from '../../shared/system/pgserver.ts';
+import { SecretBox } from '../../coordinator/store/secrets.ts';
 import { canonicalJson } from '../../coordinator/service.ts';
-import { enroll, pgdSpec, startHarness, type EnrolledNode, type Harness } from './coordinator-helpers.ts';
+import { enroll, pgdSpec, startHarness, type EnrolledNode, type Harness } from '../helpers/coordinator-harness.ts';
 
 const execFileAsync = promisify(execFile);
 const REQUEST_TIMEOUT_MS = 1500;

@@ -9,10 +9,10 @@ import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { certInfo, createCsr, generateRsaKey } from '../../shared/x509.ts';
+import { certInfo, createCsr, generateRsaKey } from '../../shared/crypto/x509.ts';
 import { throwawayPg, query } from '../helpers/pg.ts';
-import type { PgInstance } from '../../shared/pgserver.ts';
-import { enroll, httpsClient, pgdSpec, startHarness, type Client, type Harness } from './coordinator-helpers.ts';
+import type { PgInstance } from '../../shared/system/pgserver.ts';
+import { enroll, httpsClient, pgdSpec, startHarness, type Client, type Harness } from '../helpers/coordinator-harness.ts';
 
 let h: Harness;
 // At the top level, so that throwawayPg's clean-up hook belongs to the file, not to before().

@@ -8,8 +8,8 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from '../../shared/pgserver.ts';
-import { httpsClient, pgdSpec } from './coordinator-helpers.ts';
+import { freePort } from '../../shared/system/pgserver.ts';
+import { httpsClient, pgdSpec } from '../helpers/coordinator-harness.ts';
 
 const CLI = join(import.meta.dirname, '../../bin/pgaccord.mjs');
 const dir = await mkdtemp(join(tmpdir(), 'pgaccord-coordproc-'));
@@ -18,7 +18,7 @@ after(async () => {
   for (const c of children) c.kill('SIGKILL');
   // A killed coordinator leaves its PostgreSQL running: stop it before removing the directory.
   if (existsSync(join(dir, 'pg/data/postmaster.pid'))) {
-    const { runPg } = await import('../../shared/pgserver.ts');
+    const { runPg } = await import('../../shared/system/pgserver.ts');
     const st = await stat(join(dir, 'pg/data')); // the store runs as its own OS user
     await runPg('pg_ctl', ['stop', '-m', 'immediate', '-D', join(dir, 'pg/data')], { name: String(st.uid), uid: st.uid, gid: st.gid, home: '/' }).catch(() => undefined);
   }

@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { enroll, pgdSpec, startHarness, type Harness } from './coordinator-helpers.ts';
+import { enroll, pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
 
 let h: Harness;
 before(async () => {

@@ -10,10 +10,10 @@ import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type TLSSocket } from 'node:tls';
-import { freePort } from '../../shared/pgserver.ts';
-import { createCsr, generateRsaKey } from '../../shared/x509.ts';
+import { freePort } from '../../shared/system/pgserver.ts';
+import { createCsr, generateRsaKey } from '../../shared/crypto/x509.ts';
 import { waitFor } from '../helpers/wait.ts';
-import { httpsClient, pgdSpec } from './coordinator-helpers.ts';
+import { httpsClient, pgdSpec } from '../helpers/coordinator-harness.ts';
 
 const CLI = join(import.meta.dirname, '../../bin/pgaccord.mjs');
 const dir = await mkdtemp(join(tmpdir(), 'pgaccord-shutdown-'));
@@ -27,7 +27,7 @@ after(async () => {
   await exited;
   // A killed coordinator leaves its PostgreSQL running: stop it before removing the directory.
   if (existsSync(join(dir, 'pg/data/postmaster.pid'))) {
-    const { runPg } = await import('../../shared/pgserver.ts');
+    const { runPg } = await import('../../shared/system/pgserver.ts');
     const st = await stat(join(dir, 'pg/data'));
     await runPg('pg_ctl', ['stop', '-m', 'immediate', '-D', join(dir, 'pg/data')], { name: String(st.uid), uid: st.uid, gid: st.gid, home: '/' }).catch(() => undefined);
   }

@@ -1,13 +1,13 @@
-// The coordinator signs through its signing pool (coordinator/signing-pool.ts): enrolments,
+// The coordinator signs through its signing pool (coordinator/ca/signing-pool.ts): enrolments,
 // CSRs and CRLs are checked and signed by worker threads; the queue depth is a metric; closing
 // the coordinator stops the threads.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'undici';
 import { ApiError } from '../../coordinator/errors.ts';
-import { crlSignedBy } from '../../shared/crl.ts';
-import { createCsr, generateRsaKey, readCsrKey, verifiesAgainst } from '../../shared/x509.ts';
-import { enroll, pgdSpec, startHarness, type Harness } from './coordinator-helpers.ts';
+import { crlSignedBy } from '../../shared/crypto/crl.ts';
+import { createCsr, generateRsaKey, readCsrKey, verifiesAgainst } from '../../shared/crypto/x509.ts';
+import { enroll, pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
 
 let h: Harness;
 

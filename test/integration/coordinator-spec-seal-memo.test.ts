@@ -5,8 +5,8 @@
 // cluster's) is still refused.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { SecretBox } from '../../coordinator/secrets.ts';
-import { pgdSpec, startHarness, type Harness } from './coordinator-helpers.ts';
+import { SecretBox } from '../../coordinator/store/secrets.ts';
+import { pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
 
 let h: Harness;
 before(async () => {

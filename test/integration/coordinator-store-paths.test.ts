@@ -13,9 +13,9 @@ import { chmod, chown, mkdir, mkdtemp, readFile, rename, rm, stat, symlink, writ
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createPgInstance, installOwned, lookupOsUser, ownedDir, storeOsUser, takeOwnership, type OsUser } from '../../shared/pgserver.ts';
-import { pgdataOwner } from '../../agent/privileges.ts';
-import { waitFor } from './agent-runtime-helpers.ts';
+import { createPgInstance, installOwned, lookupOsUser, ownedDir, storeOsUser, takeOwnership, type OsUser } from '../../shared/system/pgserver.ts';
+import { pgdataOwner } from '../../agent/apply/privileges.ts';
+import { waitFor } from '../helpers/agent-process.ts';
 
 if (process.getuid?.() !== 0) throw new Error('these tests act as root against other OS users: run them as root');
 

@@ -4,11 +4,11 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import pino from 'pino';
 import { CoordinatorService } from '../../coordinator/service.ts';
-import { SecretBox } from '../../coordinator/secrets.ts';
-import { compileNode, type NodeCompileInput } from '../../shared/compile.ts';
-import type { AgentStatus, ClusterSpec, NodeDesired } from '../../shared/schema.ts';
-import { certInfo, createCsr, generateRsaKey } from '../../shared/x509.ts';
-import { enroll, pgdSpec, startHarness, type Harness } from './coordinator-helpers.ts';
+import { SecretBox } from '../../coordinator/store/secrets.ts';
+import { compileNode, type NodeCompileInput } from '../../coordinator/cluster/compile.ts';
+import type { AgentStatus, ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
+import { certInfo, createCsr, generateRsaKey } from '../../shared/crypto/x509.ts';
+import { enroll, pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
 
 let h: Harness;
 before(async () => {

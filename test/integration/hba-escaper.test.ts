@@ -5,8 +5,8 @@ import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import fc from 'fast-check';
 import { throwawayPg, query } from '../helpers/pg.ts';
-import { renderHbaBlock } from '../../shared/render.ts';
-import type { HbaRule } from '../../shared/schema.ts';
+import { renderHbaBlock } from '../../shared/pgconf/render.ts';
+import type { HbaRule } from '../../shared/contract/schema.ts';
 
 const name = fc.string({ unit: 'binary', minLength: 1, maxLength: 30 })
   .filter((s) => !/[\r\n\0]/.test(s) && Buffer.byteLength(s) <= 63);

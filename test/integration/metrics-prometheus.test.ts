@@ -11,11 +11,11 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { Agent, request } from 'undici';
 import { startCoordinator, type RunningCoordinator } from '../../coordinator/main.ts';
-import { freePort } from '../../shared/pgserver.ts';
-import type { ClusterSpec } from '../../shared/schema.ts';
-import { certInfo } from '../../shared/x509.ts';
+import { freePort } from '../../shared/system/pgserver.ts';
+import type { ClusterSpec } from '../../shared/contract/schema.ts';
+import { certInfo } from '../../shared/crypto/x509.ts';
 import { throwawayPg } from '../helpers/pg.ts';
-import { startAgent, waitFor, type AgentProcess } from './agent-runtime-helpers.ts';
+import { startAgent, waitFor, type AgentProcess } from '../helpers/agent-process.ts';
 
 const hasPrometheus = spawnSync('prometheus', ['--version']).status === 0;
 const cleanup: string[] = [];

@@ -3,9 +3,9 @@
 // store that does not answer gives store_up 0 and a scrape that still answers.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { CoordinatorMetrics } from '../../coordinator/metrics.ts';
-import { Store } from '../../coordinator/store.ts';
-import { pgdSpec, startHarness, type Harness } from './coordinator-helpers.ts';
+import { CoordinatorMetrics } from '../../coordinator/http/metrics.ts';
+import { Store } from '../../coordinator/store/store.ts';
+import { pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
 
 let h: Harness;
 before(async () => {

@@ -7,8 +7,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import type pg from 'pg';
-import { pgdSpec, startHarness, type Harness } from './coordinator-helpers.ts';
-import { waitFor } from './agent-runtime-helpers.ts';
+import { pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
+import { waitFor } from '../helpers/agent-process.ts';
 
 let h: Harness;
 before(async () => {

@@ -1,4 +1,4 @@
-// The agent's Patroni proof (agent/patroni.ts provePatroni) against a stand-in for Patroni's REST
+// The agent's Patroni proof (agent/apply/patroni.ts provePatroni) against a stand-in for Patroni's REST
 // API: a Python process named `patroni`, run on a configuration directory that links the
 // fragment, serving HTTPS with verify_client required and re-reading its certificate only on
 // SIGHUP when the serial on disk changed, as Patroni 3.0's api.py does. The real Patroni is in
@@ -11,9 +11,9 @@ import { chmod, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { patroniPaths, provePatroni } from '../../agent/patroni.ts';
+import { patroniPaths, provePatroni } from '../../agent/apply/patroni.ts';
 import { issueLeaf, makeCa } from '../helpers/agent-certs.ts';
-import type { OsUser } from '../../shared/pgserver.ts';
+import type { OsUser } from '../../shared/system/pgserver.ts';
 
 const FAKE = String.raw`import os, signal, socket, ssl, sys
 certfile, cafile, mode = sys.argv[1], sys.argv[2], sys.argv[3]

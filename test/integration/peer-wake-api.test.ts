@@ -6,8 +6,8 @@
 // (features=passwords-at): an older one would refuse the unknown field.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { enroll, pgdSpec, startHarness } from './coordinator-helpers.ts';
-import type { AgentStatus } from '../../shared/schema.ts';
+import { enroll, pgdSpec, startHarness } from '../helpers/coordinator-harness.ts';
+import type { AgentStatus } from '../../shared/contract/schema.ts';
 
 const h = await startHarness({ longPollMs: 3000 });
 after(() => h.close());

@@ -12,11 +12,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { startCoordinator } from '../../coordinator/main.ts';
-import { freePort } from '../../shared/pgserver.ts';
-import type { ClusterSpec } from '../../shared/schema.ts';
+import { freePort } from '../../shared/system/pgserver.ts';
+import type { ClusterSpec } from '../../shared/contract/schema.ts';
 import { throwawayPg } from '../helpers/pg.ts';
-import { httpsClient } from './coordinator-helpers.ts';
-import { startAgent, waitFor } from './agent-runtime-helpers.ts';
+import { httpsClient } from '../helpers/coordinator-harness.ts';
+import { startAgent, waitFor } from '../helpers/agent-process.ts';
 
 const CLI = join(import.meta.dirname, '../../bin/pgaccord.mjs');
 const cleanup: string[] = [];

@@ -1,4 +1,4 @@
-// The agent's served-certificate check (agent/pgconf.ts servedCertificate) against a real
+// The agent's served-certificate check (agent/apply/pgconf.ts servedCertificate) against a real
 // PostgreSQL 15 with ssl on: it runs at every proof, so it must leave nothing in the server's log.
 // A client that drops the socket as soon as it has the server certificate (under TLS 1.3, before
 // the server has read the client's Finished) makes every check log
@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { servedCertificate } from '../../agent/pgconf.ts';
+import { servedCertificate } from '../../agent/apply/pgconf.ts';
 import { issueLeaf, makeCa } from '../helpers/agent-certs.ts';
 import { query, throwawayPg } from '../helpers/pg.ts';
 

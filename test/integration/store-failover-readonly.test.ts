@@ -7,8 +7,8 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import pg from 'pg';
 import pino from 'pino';
-import { NOTIFY_CHANNEL, Store } from '../../coordinator/store.ts';
-import { StoreUnavailableError } from '../../coordinator/store-hosts.ts';
+import { NOTIFY_CHANNEL, Store } from '../../coordinator/store/store.ts';
+import { StoreUnavailableError } from '../../coordinator/store/store-hosts.ts';
 import { query } from '../helpers/pg.ts';
 import { storePair, until } from '../helpers/store-pair.ts';
 

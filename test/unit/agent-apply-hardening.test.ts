@@ -3,12 +3,12 @@
 // output still accepted.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { compileCluster, rolesNeedingPasswords } from '../../shared/compile.ts';
-import { allowedSettings, PROFILES } from '../../shared/profiles.ts';
-import { scramVerifier } from '../../shared/scram.ts';
-import type { AuthModel, ClusterSpec, NodeDesired, ProfileName, RoleDesired } from '../../shared/schema.ts';
-import { checkSettings, PlanError } from '../../agent/plan.ts';
-import { checkProtectedRoles } from '../../agent/roles.ts';
+import { compileCluster, rolesNeedingPasswords } from '../../coordinator/cluster/compile.ts';
+import { allowedSettings, PROFILES } from '../../shared/pgconf/profiles.ts';
+import { scramVerifier } from '../../shared/crypto/scram.ts';
+import type { AuthModel, ClusterSpec, NodeDesired, ProfileName, RoleDesired } from '../../shared/contract/schema.ts';
+import { checkSettings, PlanError } from '../../shared/pgconf/plan.ts';
+import { checkProtectedRoles } from '../../agent/apply/roles.ts';
 
 const SPECS: Record<ProfileName, Omit<ClusterSpec, 'auth' | 'tls'>> = {
   streaming: { name: 's', profile: 'streaming', nodes: [{ name: 'p', host: '10.0.0.1', kind: 'primary' }, { name: 'r', host: '10.0.0.2', kind: 'standby' }] },

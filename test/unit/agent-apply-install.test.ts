@@ -4,7 +4,7 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { installFile, installFiles, InstallError, removeStaleTemps, restoreFile, snapshotFile, TEMP_PREFIX } from '../../shared/atomic-file.ts';
+import { installFile, installFiles, InstallError, removeStaleTemps, restoreFile, snapshotFile, TEMP_PREFIX } from '../../shared/system/atomic-file.ts';
 
 const me = { uid: process.getuid!(), gid: process.getgid!() };
 

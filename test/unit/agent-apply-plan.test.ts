@@ -2,13 +2,13 @@
 // line, connection strings, and the ordering that keeps every crash point restartable.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { compileCluster } from '../../shared/compile.ts';
-import { scramVerifier } from '../../shared/scram.ts';
-import { BLOCK_BEGIN, splitManagedBlock } from '../../shared/render.ts';
-import type { ClusterSpec } from '../../shared/schema.ts';
-import { layoutFor } from '../../agent/layout.ts';
-import { hasIncludeLine, planNode, PlanError, withIncludeLine, type PlanInput } from '../../agent/plan.ts';
-import type { InstalledCertificate } from '../../agent/types.ts';
+import { compileCluster } from '../../coordinator/cluster/compile.ts';
+import { scramVerifier } from '../../shared/crypto/scram.ts';
+import { BLOCK_BEGIN, splitManagedBlock } from '../../shared/pgconf/render.ts';
+import type { ClusterSpec } from '../../shared/contract/schema.ts';
+import { layoutFor } from '../../shared/pgconf/layout.ts';
+import { hasIncludeLine, planNode, PlanError, withIncludeLine, type PlanInput } from '../../shared/pgconf/plan.ts';
+import type { InstalledCertificate } from '../../agent/apply/types.ts';
 
 const CA = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n';
 const layout = layoutFor('/var/lib/pgaccord', { hbaFile: '/etc/pg/pg_hba.conf', identFile: '/etc/pg/pg_ident.conf', configFile: '/etc/pg/postgresql.conf' });

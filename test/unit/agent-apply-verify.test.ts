@@ -2,12 +2,12 @@
 // key owner/mode rule, verifiers, CRL validity.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { renderHbaBlock, renderIdentBlock } from '../../shared/render.ts';
-import { scramVerifier } from '../../shared/scram.ts';
-import type { HbaRow, IdentRow, FileSettingRow } from '../../agent/pgconf.ts';
-import { tcpHostFor } from '../../agent/pgconf.ts';
-import { checkVerifiers, keepsPassword } from '../../agent/roles.ts';
-import { checkCrl, checkFileSettings, checkHbaRows, checkIdentRows, keyModeProblem, tokenizeConfLine } from '../../agent/verify.ts';
+import { renderHbaBlock, renderIdentBlock } from '../../shared/pgconf/render.ts';
+import { scramVerifier } from '../../shared/crypto/scram.ts';
+import type { HbaRow, IdentRow, FileSettingRow } from '../../agent/apply/pgconf.ts';
+import { tcpHostFor } from '../../agent/apply/pgconf.ts';
+import { checkVerifiers, keepsPassword } from '../../agent/apply/roles.ts';
+import { checkCrl, checkFileSettings, checkHbaRows, checkIdentRows, keyModeProblem, tokenizeConfLine } from '../../agent/apply/verify.ts';
 import { makeCa, makeCrl } from '../helpers/agent-certs.ts';
 
 const block = renderHbaBlock({

@@ -10,12 +10,12 @@ import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { compileCluster } from '../../shared/compile.ts';
-import type { AgentStatus, ClusterSpec } from '../../shared/schema.ts';
-import { ReconcileLoop, type CoordinatorApi, type DriftHook } from '../../agent/loop.ts';
-import { CertificateManager } from '../../agent/certs.ts';
-import { RenewalSchedule, seededRandom } from '../../agent/backoff.ts';
-import type { ApplyResult, NodeContext } from '../../agent/types.ts';
+import { compileCluster } from '../../coordinator/cluster/compile.ts';
+import type { AgentStatus, ClusterSpec } from '../../shared/contract/schema.ts';
+import { ReconcileLoop, type CoordinatorApi, type DriftHook } from '../../agent/runtime/loop.ts';
+import { CertificateManager } from '../../agent/runtime/certs.ts';
+import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
+import type { ApplyResult, NodeContext } from '../../agent/apply/types.ts';
 
 const spec: ClusterSpec = {
   name: 'mesh',

@@ -10,14 +10,14 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { compileCluster } from '../../shared/compile.ts';
-import type { AgentStatus, ClusterSpec } from '../../shared/schema.ts';
-import { ReconcileLoop, peersToReprobe, probeReason, type CoordinatorApi } from '../../agent/loop.ts';
-import { PhaseClock } from '../../agent/apply.ts';
+import { compileCluster } from '../../coordinator/cluster/compile.ts';
+import type { AgentStatus, ClusterSpec } from '../../shared/contract/schema.ts';
+import { ReconcileLoop, peersToReprobe, probeReason, type CoordinatorApi } from '../../agent/runtime/loop.ts';
+import { PhaseClock } from '../../agent/apply/apply.ts';
 import { applyTime } from '../../coordinator/admin-cli.ts';
-import { CertificateManager } from '../../agent/certs.ts';
-import { RenewalSchedule, seededRandom } from '../../agent/backoff.ts';
-import type { ApplyInput, ApplyResult, NodeContext } from '../../agent/types.ts';
+import { CertificateManager } from '../../agent/runtime/certs.ts';
+import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
+import type { ApplyInput, ApplyResult, NodeContext } from '../../agent/apply/types.ts';
 
 const spec: ClusterSpec = {
   name: 'mesh',
@@ -204,7 +204,7 @@ test('probes run the newest versioned psql directly when PATH has Debian\'s pg_w
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-psql-'));
   dirs.push(dir);
   const { mkdir, symlink } = await import('node:fs/promises');
-  const { resolvePsql } = await import('../../agent/probes.ts');
+  const { resolvePsql } = await import('../../agent/probe/probes.ts');
   const root = join(dir, 'lib');
   for (const v of ['13', '15', '9.6']) {
     await mkdir(join(root, v, 'bin'), { recursive: true });

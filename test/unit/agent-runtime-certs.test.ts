@@ -1,4 +1,4 @@
-// The certificate manager with a real CA (coordinator/ca.ts) behind a fake CSR endpoint, a real
+// The certificate manager with a real CA (coordinator/ca/ca.ts) behind a fake CSR endpoint, a real
 // state directory and an injected clock: versioned names, 0600 keys made here, renewal on
 // schedule, refusal of certificates that do not match, chain, name the node or are expired;
 // routine renewals of fixed-name client slots for the same key, re-keys when they must.
@@ -10,14 +10,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import forge from 'node-forge';
 import pino from 'pino';
-import { CoordinatorError } from '../../agent/client.ts';
-import { CertificateAuthority } from '../../coordinator/ca.ts';
-import { CertificateManager, checkPair, fixedNameClientSlots, KEY_MAX_AGE_MS } from '../../agent/certs.ts';
-import { RenewalSchedule, seededRandom } from '../../agent/backoff.ts';
-import { certInfo, certMatchesKey, generateRsaKey, readCsr } from '../../shared/x509.ts';
-import { PROFILES } from '../../shared/profiles.ts';
-import type { CertificateSlot, NodeDesired } from '../../shared/schema.ts';
-import type { CsrRequest } from '../../shared/api.ts';
+import { CoordinatorError } from '../../agent/runtime/client.ts';
+import { CertificateAuthority } from '../../coordinator/ca/ca.ts';
+import { CertificateManager, checkPair, fixedNameClientSlots, KEY_MAX_AGE_MS } from '../../agent/runtime/certs.ts';
+import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
+import { certInfo, certMatchesKey, generateRsaKey, readCsr } from '../../shared/crypto/x509.ts';
+import { PROFILES } from '../../shared/pgconf/profiles.ts';
+import type { CertificateSlot, NodeDesired } from '../../shared/contract/schema.ts';
+import type { CsrRequest } from '../../shared/contract/api.ts';
 
 const dirs: string[] = [];
 after(async () => {

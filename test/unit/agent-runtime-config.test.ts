@@ -6,11 +6,11 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { createLogger } from '../../shared/log.ts';
+import { createLogger } from '../../shared/system/log.ts';
 import { followPostmaster, readConfigFile, resolveConfig, DEFAULT_STATE_DIR, DEFAULT_SOCKET_DIR } from '../../agent/main.ts';
-import type { NodeContext } from '../../agent/types.ts';
-import { parseSslLine, scrubSecrets } from '../../agent/probes.ts';
-import { buildStatus } from '../../agent/status.ts';
+import type { NodeContext } from '../../agent/apply/types.ts';
+import { parseSslLine, scrubSecrets } from '../../agent/probe/probes.ts';
+import { buildStatus } from '../../agent/runtime/status.ts';
 
 const dirs: string[] = [];
 after(async () => {

@@ -8,14 +8,14 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { compileCluster } from '../../shared/compile.ts';
-import type { AgentStatus, ClusterSpec, NodeDesired } from '../../shared/schema.ts';
-import { judgeDesired, loadLastGood, ReconcileLoop, saveLastGood, desiredFile, type CoordinatorApi } from '../../agent/loop.ts';
-import { CertificateManager } from '../../agent/certs.ts';
-import { RenewalSchedule, seededRandom } from '../../agent/backoff.ts';
-import { CoordinatorError } from '../../agent/client.ts';
-import { statusFile } from '../../agent/status.ts';
-import type { ApplyInput, ApplyResult, NodeContext } from '../../agent/types.ts';
+import { compileCluster } from '../../coordinator/cluster/compile.ts';
+import type { AgentStatus, ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
+import { judgeDesired, loadLastGood, ReconcileLoop, saveLastGood, desiredFile, type CoordinatorApi } from '../../agent/runtime/loop.ts';
+import { CertificateManager } from '../../agent/runtime/certs.ts';
+import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
+import { CoordinatorError } from '../../agent/runtime/client.ts';
+import { statusFile } from '../../agent/runtime/status.ts';
+import type { ApplyInput, ApplyResult, NodeContext } from '../../agent/apply/types.ts';
 
 const spec: ClusterSpec = {
   name: 'sales',

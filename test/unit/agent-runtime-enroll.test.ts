@@ -7,9 +7,9 @@ import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import forge from 'node-forge';
-import { CertificateAuthority } from '../../coordinator/ca.ts';
-import { checkPinnedCa, CoordinatorClient, CoordinatorError, decodeJoinToken, enroll, fetchPinnedCa, loadIdentity, pruneIdentities, renewIdentity } from '../../agent/client.ts';
-import { fingerprint256, generateRsaKey, readCsrKey } from '../../shared/x509.ts';
+import { CertificateAuthority } from '../../coordinator/ca/ca.ts';
+import { checkPinnedCa, CoordinatorClient, CoordinatorError, decodeJoinToken, enroll, fetchPinnedCa, loadIdentity, pruneIdentities, renewIdentity } from '../../agent/runtime/client.ts';
+import { fingerprint256, generateRsaKey, readCsrKey } from '../../shared/crypto/x509.ts';
 
 const encode = (payload: unknown) => `pga1.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
 const good = { v: 1, url: 'https://127.0.0.1:7432', cluster: 'sales', node: 'node-1', id: 'tid', secret: 's3cret', caFingerprint: 'ab'.repeat(32) };

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { backoffDelay, renewalDecision, renewalTime, RenewalSchedule, seededRandom, sleep } from '../../agent/backoff.ts';
+import { backoffDelay, renewalDecision, renewalTime, RenewalSchedule, seededRandom, sleep } from '../../agent/runtime/backoff.ts';
 
 const MIN = 60_000;
 const DAY = 86_400_000;

@@ -1,4 +1,4 @@
-// The pure checks that gate a CA rotation (coordinator/rotation.ts), without a coordinator or a
+// The pure checks that gate a CA rotation (coordinator/ca/rotation.ts), without a coordinator or a
 // database: notProved (trust -> reissue: every node proved the two-CA bundle) and notReissued
 // (reissue -> finish: every node serves and holds only leaves of the new CA). A node passes with
 // no reason; each defect on its own makes it fail with a reason that says which one. The service
@@ -6,8 +6,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { notProved, notReissued, type NodeEvidence } from '../../coordinator/rotation.ts';
-import type { AgentStatus, Phase, ProbeResult } from '../../shared/schema.ts';
+import { notProved, notReissued, type NodeEvidence } from '../../coordinator/ca/rotation.ts';
+import type { AgentStatus, Phase, ProbeResult } from '../../shared/contract/schema.ts';
 
 const TRUST = 3;
 const REISSUE = 4;

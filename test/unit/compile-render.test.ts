@@ -1,10 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { compileCluster, rolesNeedingPasswords } from '../../shared/compile.ts';
-import { validateSpec } from '../../shared/spec.ts';
-import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderPassfile, renderSettings, splitManagedBlock, withManagedBlock, BLOCK_BEGIN, BLOCK_END } from '../../shared/render.ts';
-import { isScramVerifier, scramVerifier } from '../../shared/scram.ts';
-import type { ClusterSpec } from '../../shared/schema.ts';
+import { compileCluster, rolesNeedingPasswords } from '../../coordinator/cluster/compile.ts';
+import { validateSpec } from '../../coordinator/cluster/spec.ts';
+import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderPassfile, renderSettings, splitManagedBlock, withManagedBlock, BLOCK_BEGIN, BLOCK_END } from '../../shared/pgconf/render.ts';
+import { isScramVerifier, scramVerifier } from '../../shared/crypto/scram.ts';
+import type { ClusterSpec } from '../../shared/contract/schema.ts';
 
 const streaming: ClusterSpec = {
   name: 'prod', profile: 'streaming', auth: 'scram-sha-256', tls: { sslmode: 'verify-full' },
@@ -113,7 +113,7 @@ test('SCRAM verifiers: well-formed ones pass, anything else is refused', () => {
 
 test('a desired state whose client layout points outside its base directory is not a valid desired state', async () => {
   const { Value } = await import('@sinclair/typebox/value');
-  const { NodeDesired } = await import('../../shared/schema.ts');
+  const { NodeDesired } = await import('../../shared/contract/schema.ts');
   const spec: ClusterSpec = { ...streaming, profile: 'pgd', auth: 'cert', nodes: streaming.nodes.map((n) => ({ ...n, kind: 'peer' })) };
   const d = compileCluster({ spec, generation: 1, credentials: {}, caBundle: 'CA', crl: null }).get('p')!;
   assert.ok(Value.Check(NodeDesired, d), JSON.stringify([...Value.Errors(NodeDesired, d)].slice(0, 3)));
@@ -129,7 +129,7 @@ test('the renderer refuses an address with an IPv6 zone ID, whatever the validat
 });
 
 test('trust is flagged from the rendered rules: auth trust, and every operator rule with method trust (issue 14 item 11)', async () => {
-  const { trustWarnings } = await import('../../shared/compile.ts');
+  const { trustWarnings } = await import('../../coordinator/cluster/compile.ts');
   const open: ClusterSpec = { ...streaming, auth: 'cert', hba: [
     { type: 'host', database: 'all', user: 'all', address: '0.0.0.0/0', method: 'trust' },
     { type: 'hostssl', database: 'app', user: 'app', address: '10.1.0.0/16', method: 'scram-sha-256' },
@@ -155,7 +155,7 @@ test('trust is flagged from the rendered rules: auth trust, and every operator r
 
 test('property: every rendered trust line is flagged, and nothing else is (issue 14 item 11)', async () => {
   const fc = (await import('fast-check')).default;
-  const { trustWarnings } = await import('../../shared/compile.ts');
+  const { trustWarnings } = await import('../../coordinator/cluster/compile.ts');
   const method = fc.constantFrom('trust', 'reject', 'scram-sha-256', 'md5', 'cert', 'peer');
   const rule = fc.record({ type: fc.constantFrom('local', 'host', 'hostssl', 'hostnossl'), database: fc.constantFrom('all', 'app'), user: fc.constantFrom('all', 'app_user'), address: fc.constantFrom('0.0.0.0/0', '10.1.0.0/16', 'fe80::/64'), method });
   const spec = fc.record({

@@ -2,7 +2,7 @@
 // answers is when the next token is there. The clock is a parameter.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { AGENT_RATE_LIMIT, RateLimiter } from '../../coordinator/rate-limit.ts';
+import { AGENT_RATE_LIMIT, RateLimiter } from '../../coordinator/http/rate-limit.ts';
 
 test('burst, then one token per 1/perSecond; keys do not share a bucket', () => {
   const l = new RateLimiter({ burst: 3, perSecond: 2 });

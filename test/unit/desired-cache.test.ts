@@ -2,10 +2,10 @@
 // cluster generation and trust files, only when asked for, from its own connections only.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ClusterDesired, DesiredCache, type ClusterInputs } from '../../coordinator/desired-cache.ts';
-import { certificateSlots, compileCluster, compileNode, connections, incomingConnections, indexSpec, outgoingConnections, rolesNeedingPasswords, type CredentialSource, type NodeCompileInput } from '../../shared/compile.ts';
-import { PROFILES } from '../../shared/profiles.ts';
-import type { ClusterSpec, NodeDesired, ProfileName } from '../../shared/schema.ts';
+import { ClusterDesired, DesiredCache, type ClusterInputs } from '../../coordinator/cluster/desired-cache.ts';
+import { certificateSlots, compileCluster, compileNode, connections, incomingConnections, indexSpec, outgoingConnections, rolesNeedingPasswords, type CredentialSource, type NodeCompileInput } from '../../coordinator/cluster/compile.ts';
+import { PROFILES } from '../../shared/pgconf/profiles.ts';
+import type { ClusterSpec, NodeDesired, ProfileName } from '../../shared/contract/schema.ts';
 
 const pgd = (n: number): ClusterSpec => ({
   name: 'mesh', profile: 'pgd', auth: 'cert', tls: { sslmode: 'verify-full' },

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { EscapeError, conninfo, hbaName, passfileField, sqlIdentifier, sqlLiteral, confString } from '../../shared/escape.ts';
+import { EscapeError, conninfo, hbaName, passfileField, sqlIdentifier, sqlLiteral, confString } from '../../shared/pgconf/escape.ts';
 
 /** PostgreSQL 15's pg_hba.conf tokenizer (hba.c next_token), transcribed to check the escaper. */
 function pgTokens(line: string): { text: string; quoted: boolean }[] {

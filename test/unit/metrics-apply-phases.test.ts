@@ -1,12 +1,12 @@
-// The apply-duration histogram is fed from the phases the agents report (shared/schema.ts
+// The apply-duration histogram is fed from the phases the agents report (shared/contract/schema.ts
 // ApplyTimings): once per node and generation, each phase in pgaccord_apply_phase_seconds, the
 // report phase (known from the next report on) once when it arrives; an agent that reports no
 // timings is still observed the old way (delivery to report, as seen by the coordinator).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import pino from 'pino';
-import { CoordinatorMetrics } from '../../coordinator/metrics.ts';
-import type { ApplyTimings } from '../../shared/schema.ts';
+import { CoordinatorMetrics } from '../../coordinator/http/metrics.ts';
+import type { ApplyTimings } from '../../shared/contract/schema.ts';
 
 const store = { query: async () => [{ generation: 9, updated_at: new Date(0) }] } as never;
 

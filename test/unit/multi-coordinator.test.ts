@@ -9,14 +9,14 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import forge from 'node-forge';
-import { CertificateAuthority } from '../../coordinator/ca.ts';
-import { CoordinatorClient, CoordinatorError } from '../../agent/client.ts';
-import { failoverDelay, FAILOVER_BACKOFF, seededRandom } from '../../agent/backoff.ts';
+import { CertificateAuthority } from '../../coordinator/ca/ca.ts';
+import { CoordinatorClient, CoordinatorError } from '../../agent/runtime/client.ts';
+import { failoverDelay, FAILOVER_BACKOFF, seededRandom } from '../../agent/runtime/backoff.ts';
 import { readConfigFile, resolveConfig } from '../../agent/main.ts';
-import { parseCoordinatorUrls } from '../../shared/coordinator-urls.ts';
-import { encodeJoinToken, parseJoinToken, tokenUrls } from '../../shared/join-token.ts';
-import { freePort } from '../../shared/pgserver.ts';
-import { generateRsaKey } from '../../shared/x509.ts';
+import { parseCoordinatorUrls } from '../../shared/contract/coordinator-urls.ts';
+import { encodeJoinToken, parseJoinToken, tokenUrls } from '../../shared/contract/join-token.ts';
+import { freePort } from '../../shared/system/pgserver.ts';
+import { generateRsaKey } from '../../shared/crypto/x509.ts';
 
 const dirs: string[] = [];
 after(async () => {

@@ -1,11 +1,11 @@
-// One passwd look-up (shared/passwd.ts) for the agent (who owns PGDATA, by uid) and the server
+// One passwd look-up (shared/system/passwd.ts) for the agent (who owns PGDATA, by uid) and the server
 // helpers (postgres, the store's user, by name): getent's line parsed once, the entry checked
 // to be the one asked for.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parsePasswdLine, passwdEntry } from '../../shared/passwd.ts';
-import { lookupOsUser } from '../../shared/pgserver.ts';
-import { lookupUid } from '../../agent/privileges.ts';
+import { parsePasswdLine, passwdEntry } from '../../shared/system/passwd.ts';
+import { lookupOsUser } from '../../shared/system/pgserver.ts';
+import { lookupUid } from '../../agent/apply/privileges.ts';
 
 test('a passwd line: name, uid, gid, home (an empty home is /); a garbled line is no entry', () => {
   assert.deepEqual(parsePasswdLine('postgres:x:104:110:PostgreSQL administrator,,,:/var/lib/postgresql:/bin/bash\n'), { name: 'postgres', uid: 104, gid: 110, home: '/var/lib/postgresql' });

@@ -2,13 +2,13 @@
 // the fragment the agent writes for Patroni to include, and what `apply --dry-run` shows of it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { compileCluster, rolesNeedingPasswords } from '../../shared/compile.ts';
-import { scramVerifier } from '../../shared/scram.ts';
-import type { AuthModel, ClusterSpec, NodeDesired } from '../../shared/schema.ts';
-import { planNode, previewNode } from '../../agent/plan.ts';
-import { layoutFor } from '../../agent/layout.ts';
-import { patroniBaseConf } from '../../agent/patroni.ts';
-import { validateSpec } from '../../shared/spec.ts';
+import { compileCluster, rolesNeedingPasswords } from '../../coordinator/cluster/compile.ts';
+import { scramVerifier } from '../../shared/crypto/scram.ts';
+import type { AuthModel, ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
+import { planNode, previewNode } from '../../shared/pgconf/plan.ts';
+import { layoutFor } from '../../shared/pgconf/layout.ts';
+import { patroniBaseConf } from '../../agent/apply/patroni.ts';
+import { validateSpec } from '../../coordinator/cluster/spec.ts';
 
 const spec = (auth: AuthModel): ClusterSpec => ({
   name: 'pat',
@@ -83,7 +83,7 @@ test('the agent finds the Patroni that includes its fragment (not another one) a
   const { spawn } = await import('node:child_process');
   const { createServer } = await import('node:net');
   const { join } = await import('node:path');
-  const { findPatroni, listeningAddresses } = await import('../../agent/patroni.ts');
+  const { findPatroni, listeningAddresses } = await import('../../agent/apply/patroni.ts');
   const dir = await mkdtemp('/tmp/pgaccord-patroni-unit-');
   const procs: ReturnType<typeof spawn>[] = [];
   try {

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { PHASES } from '../../coordinator/metrics.ts';
+import { PHASES } from '../../coordinator/http/metrics.ts';
 
 const dir = join(import.meta.dirname, '..', '..', 'docs', 'prometheus');
 const hasPromtool = spawnSync('promtool', ['--version']).status === 0;
@@ -28,10 +28,10 @@ test('promtool test rules: every alert fires when it should and stays quiet othe
 
 test('the rules only use metrics the coordinator exports', () => {
   const rules = readFileSync(join(dir, 'pgaccord.rules.yml'), 'utf8');
-  const source = readFileSync(join(import.meta.dirname, '..', '..', 'coordinator', 'metrics.ts'), 'utf8');
+  const source = readFileSync(join(import.meta.dirname, '..', '..', 'coordinator', 'http', 'metrics.ts'), 'utf8');
   const used = new Set(rules.match(/pgaccord_[a-z_]+/g));
   assert.ok(used.size >= 8);
-  for (const m of used) assert.ok(source.includes(`'${m}'`), `${m} is exported by coordinator/metrics.ts`);
+  for (const m of used) assert.ok(source.includes(`'${m}'`), `${m} is exported by coordinator/http/metrics.ts`);
   // The phase the NotConverged alert selects is one the gauge always carries (0/1 per phase).
   assert.ok(PHASES.includes('failed'));
 });

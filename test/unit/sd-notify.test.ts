@@ -6,12 +6,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { formatNotify, statusLine, takeNotifyEnv } from '../../shared/sd-notify.ts';
-import { loopAlive, ReconcileLoop, STUCK_AFTER_MS, summaryLine, type CoordinatorApi } from '../../agent/loop.ts';
-import { CertificateManager } from '../../agent/certs.ts';
-import { RenewalSchedule, seededRandom } from '../../agent/backoff.ts';
-import { compileCluster } from '../../shared/compile.ts';
-import type { ApplyResult, NodeContext } from '../../agent/types.ts';
+import { formatNotify, statusLine, takeNotifyEnv } from '../../shared/system/sd-notify.ts';
+import { loopAlive, ReconcileLoop, STUCK_AFTER_MS, summaryLine, type CoordinatorApi } from '../../agent/runtime/loop.ts';
+import { CertificateManager } from '../../agent/runtime/certs.ts';
+import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
+import { compileCluster } from '../../coordinator/cluster/compile.ts';
+import type { ApplyResult, NodeContext } from '../../agent/apply/types.ts';
 
 test('takeNotifyEnv: socket and half of WATCHDOG_USEC, deleted from the environment', () => {
   const env: NodeJS.ProcessEnv = { NOTIFY_SOCKET: '/run/systemd/notify', WATCHDOG_USEC: '60000000', WATCHDOG_PID: '42', PATH: '/bin' };

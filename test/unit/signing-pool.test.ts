@@ -1,14 +1,14 @@
-// The signing pool (coordinator/signing-pool.ts): CSR checks, certificates and CRLs signed in
+// The signing pool (coordinator/ca/signing-pool.ts): CSR checks, certificates and CRLs signed in
 // worker threads with what the main thread decided (serial, CRL number); the event loop stays
 // free while a batch is signed; failures are coded; close() drains and stops the threads.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { threadId } from 'node:worker_threads';
-import { CertificateAuthority, randomSerial } from '../../coordinator/ca.ts';
+import { CertificateAuthority, randomSerial } from '../../coordinator/ca/ca.ts';
 import { ApiError } from '../../coordinator/errors.ts';
-import { SigningPool } from '../../coordinator/signing-pool.ts';
-import { crlInfo, crlSignedBy } from '../../shared/crl.ts';
-import { certInfo, certMatchesKey, createCsr, generateRsaKey, readCsrKey, verifiesAgainst, X509Error } from '../../shared/x509.ts';
+import { SigningPool } from '../../coordinator/ca/signing-pool.ts';
+import { crlInfo, crlSignedBy } from '../../shared/crypto/crl.ts';
+import { certInfo, certMatchesKey, createCsr, generateRsaKey, readCsrKey, verifiesAgainst, X509Error } from '../../shared/crypto/x509.ts';
 
 const caP = CertificateAuthority.create('pool CA', new Date());
 const leaf = (publicKey: ReturnType<typeof readCsrKey>['publicKey'], serial?: string) => ({

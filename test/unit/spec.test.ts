@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { validateSpec, parseSpecText } from '../../shared/spec.ts';
-import { parseDuration } from '../../shared/duration.ts';
+import { validateSpec, parseSpecText } from '../../coordinator/cluster/spec.ts';
+import { parseDuration } from '../../coordinator/cluster/duration.ts';
 
 export const GOOD = {
   name: 'sales',

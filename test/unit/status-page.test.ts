@@ -3,12 +3,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import type { ClusterStatusResponse, NodeStatusView } from '../../shared/api.ts';
-import type { ProbeResult } from '../../shared/schema.ts';
-import { esc, pageHeaders, renderLoginPage, renderStatusPage, STYLE_HASH } from '../../coordinator/status-page.ts';
-import { formatProbeMatrix, probeMatrix } from '../../shared/probe-matrix.ts';
+import type { ClusterStatusResponse, NodeStatusView } from '../../shared/contract/api.ts';
+import type { ProbeResult } from '../../shared/contract/schema.ts';
+import { esc, pageHeaders, renderLoginPage, renderStatusPage, STYLE_HASH } from '../../coordinator/http/status-page.ts';
+import { formatProbeMatrix, probeMatrix } from '../../coordinator/cluster/probe-matrix.ts';
 import { formatStatus } from '../../coordinator/admin-cli.ts';
-import { SESSION_COOKIE, SESSION_TTL_S, UiSessions } from '../../coordinator/ui-session.ts';
+import { SESSION_COOKIE, SESSION_TTL_S, UiSessions } from '../../coordinator/http/ui-session.ts';
 
 const NOW = new Date('2026-12-01T09:00:00Z');
 const HOSTILE = `<script>alert("x")</script>'&\`<img src=x onerror=alert(1)>`;

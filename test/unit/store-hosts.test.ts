@@ -3,7 +3,7 @@
 // mean the store (not the statement) failed are told apart.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { acceptanceQuery, asStoreError, isStoreFailure, parseStoreTargets, StoreUnavailableError } from '../../coordinator/store-hosts.ts';
+import { acceptanceQuery, asStoreError, isStoreFailure, parseStoreTargets, StoreUnavailableError } from '../../coordinator/store/store-hosts.ts';
 
 const urls = (s: string) => parseStoreTargets({ connectionString: s }).hosts.map((h) => [h.name, h.config.connectionString]);
 

@@ -5,8 +5,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import pino from 'pino';
-import { Store } from '../../coordinator/store.ts';
-import { FailoverPool, parseStoreTargets, StoreHosts } from '../../coordinator/store-hosts.ts';
+import { Store } from '../../coordinator/store/store.ts';
+import { FailoverPool, parseStoreTargets, StoreHosts } from '../../coordinator/store/store-hosts.ts';
 
 test('an idle connection failure logs the message and SQLSTATE, never the client it carries', async () => {
   const lines: string[] = [];

@@ -25,7 +25,7 @@ for (const [unit, most] of Object.entries(EXPOSURE)) {
     const text = await readFile(`systemd/${unit}`, 'utf8');
     const value = (key: string) => [...text.matchAll(new RegExp(`^${key}=(.*)$`, 'gm'))].map((x) => x[1]);
     assert.deepEqual(value('Type'), ['notify']);
-    // shared/sd-notify.ts sends through systemd-notify(1), a child process: "main" would drop it.
+    // shared/system/sd-notify.ts sends through systemd-notify(1), a child process: "main" would drop it.
     assert.deepEqual(value('NotifyAccess'), ['all']);
     assert.deepEqual(value('WatchdogSec'), ['60s']);
   });

@@ -1,4 +1,4 @@
-// The agent reaches into undici's lib/ for its Agent and request (agent/undici-lean.ts): these
+// The agent reaches into undici's lib/ for its Agent and request (agent/runtime/undici-lean.ts): these
 // paths are not a public API, so this pins that they load and work with the installed undici,
 // and that undici's index (fetch, WebSocket, mocks, cache: +15 MB) stays out of the process.
 import { test } from 'node:test';
@@ -7,7 +7,7 @@ import { createServer } from 'node:http';
 import { once } from 'node:events';
 import { spawnSync } from 'node:child_process';
 import type { AddressInfo } from 'node:net';
-import { Agent, request } from '../../agent/undici-lean.ts';
+import { Agent, request } from '../../agent/runtime/undici-lean.ts';
 
 test('the deep-imported Agent and request make real requests (path, query, body, headers, abort)', async () => {
   const seen: { method: string; url: string; type: string | undefined; body: string }[] = [];
@@ -48,7 +48,7 @@ test('the deep-imported Agent and request make real requests (path, query, body,
 });
 
 test("loading it does not load undici's index", () => {
-  const script = `import('./agent/undici-lean.ts').then(() => {
+  const script = `import('./agent/runtime/undici-lean.ts').then(() => {
     const files = Object.keys((require('node:module').createRequire(process.cwd() + '/x')).cache);
     console.log(JSON.stringify(files.filter((f) => f.includes('/node_modules/undici/'))));
   });`;

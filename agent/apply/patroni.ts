@@ -1,0 +1,231 @@
+// Profile `patroni`: the configuration fragment the agent writes for Patroni to include, the
+// REST API and client certificate files it names, and, after each apply, the proof that the
+// running Patroni serves the REST API certificate on disk (one SIGHUP to Patroni when it does
+// not: Patroni re-reads restapi.certfile when its serial changed, and restarts neither itself
+// nor PostgreSQL).
+//
+// Patroni owns postgresql.conf (rewritten on every start, promotion and demotion: an include
+// line there would vanish, and the reload after it would turn ssl off), so the agent's include
+// line goes into postgresql.base.conf, which Patroni includes first and never rewrites; Patroni
+// sets none of pgaccord's settings, so they hold. pg_hba.conf stays in PGDATA and is pgaccord's:
+// Patroni leaves it alone as long as `postgresql.pg_hba` is not set.
+import { lstat, readFile, readdir, readlink, realpath, stat } from 'node:fs/promises';
+import { connect as tlsConnect } from 'node:tls';
+import { basename, dirname, join, resolve } from 'node:path';
+import { certInfo } from '../../shared/crypto/x509.ts';
+import type { NodeDesired } from '../../shared/contract/schema.ts';
+import { PATRONI_API_SLOT, PATRONI_CLIENT_SLOT, PATRONI_REPLICATION_USER, PATRONI_REWIND_USER } from '../../shared/pgconf/profiles.ts';
+import { clientPaths, type Layout } from '../../shared/pgconf/layout.ts';
+import type { Problem } from './verify.ts';
+import { peerCertificateThenClose, type ServedCertificate } from '../probe/tls-probe.ts';
+
+export const isPatroni = (d: Pick<NodeDesired, 'profile'>): boolean => d.profile === 'patroni';
+
+export interface PatroniPaths {
+  dir: string;
+  /** The fragment Patroni includes (0600: it holds the passwords under scram). */
+  fragment: string;
+  /** REST API certificate chain + key, one file (restapi.certfile and keyfile). */
+  apiPem: string;
+  /** ctl, member-to-member and etcd3 client certificate + key, one file. */
+  clientPem: string;
+  /** Patroni's own pgpass (postgresql.pgpass): Patroni writes it, the agent never does. */
+  pgpass: string;
+}
+
+export function patroniPaths(layout: Pick<Layout, 'stateDir'>): PatroniPaths {
+  const dir = join(layout.stateDir, 'patroni');
+  return { dir, fragment: join(dir, 'pgaccord.yml'), apiPem: join(dir, 'api.pem'), clientPem: join(dir, 'client.pem'), pgpass: join(dir, 'pgpass') };
+}
+
+/** The certificate slots the fragment names (besides PostgreSQL's). */
+export const patroniSlots = (d: NodeDesired): string[] => (isPatroni(d) ? [PATRONI_API_SLOT, PATRONI_CLIENT_SLOT] : []);
+
+/** Patroni's postgresql.base.conf beside config_file: where the agent's include line goes. */
+export const patroniBaseConf = (configFile: string): string => join(dirname(configFile), `${basename(configFile).replace(/\.conf$/, '')}.base.conf`);
+
+type Yaml = { [key: string]: string | boolean | Yaml };
+
+/** YAML of nested maps, every string double-quoted (JSON escaping is valid YAML). */
+function renderYaml(v: Yaml, indent = ''): string {
+  return Object.entries(v).map(([k, x]) => (typeof x === 'object' ? `${indent}${k}:\n${renderYaml(x, `${indent}  `)}` : `${indent}${k}: ${typeof x === 'boolean' ? String(x) : JSON.stringify(x)}\n`)).join('');
+}
+
+/**
+ * Pure: the fragment. `passwords: 'mask'` (the dry run) shows where a password goes without it.
+ * etcd3.hosts and etcd3.cacert stay the operator's: pgaccord issues no etcd server certificate,
+ * so it cannot know the CA that signed it.
+ */
+export function renderPatroniFragment(desired: NodeDesired, layout: Layout, opts: { passwords: 'include' | 'mask' } = { passwords: 'include' }): string {
+  const p = patroniPaths(layout);
+  const cl = desired.clientLayout;
+  if (cl === undefined) throw new Error('the patroni profile has a client layout');
+  const secrets = new Map(desired.clientSecrets.map((s) => [s.role, s.password]));
+  const tls = desired.sslmode !== 'disable';
+  const user = (role: string): Yaml => {
+    const paths = clientPaths(layout, cl, role);
+    const out: Yaml = { username: role, sslmode: desired.sslmode };
+    if (tls && paths.ca !== null) out.sslrootcert = paths.ca;
+    if (tls && paths.crl !== null && desired.crl !== null) out.sslcrl = paths.crl;
+    if (desired.auth === 'cert' && paths.cert !== null && paths.key !== null) {
+      out.sslcert = paths.cert;
+      out.sslkey = paths.key;
+    }
+    if (desired.auth === 'scram-sha-256') {
+      const pw = secrets.get(role);
+      if (pw === undefined) throw new Error(`no client secret for ${role}`);
+      out.password = opts.passwords === 'mask' ? '<the password, on the node only>' : pw;
+    }
+    return out;
+  };
+  const ca = clientPaths(layout, cl, PATRONI_REPLICATION_USER).ca ?? join(p.dir, 'root.crt');
+  const doc: Yaml = {
+    restapi: { certfile: p.apiPem, keyfile: p.apiPem, cafile: ca, verify_client: 'required' },
+    ctl: { insecure: false, certfile: p.clientPem, keyfile: p.clientPem, cacert: ca },
+    etcd3: { protocol: 'https', cert: p.clientPem, key: p.clientPem },
+    postgresql: {
+      pgpass: p.pgpass,
+      authentication: { replication: user(PATRONI_REPLICATION_USER), rewind: user(PATRONI_REWIND_USER) },
+    },
+  };
+  return [
+    `# Written by the pgaccord agent for ${desired.cluster}/${desired.node}; it rewrites this file: do not edit.`,
+    '# Patroni includes it when run on a configuration directory holding your file and a link to this',
+    '# one named to sort after yours (patroni.yml, then pgaccord.yml): later files win key by key.',
+    '# Yours keeps scope, name, restapi.listen/connect_address, etcd3.hosts/cacert, postgresql.* and',
+    '# authentication.superuser; leave postgresql.pg_hba and ssl* parameters unset (pgaccord owns them).',
+    renderYaml(doc),
+  ].join('\n');
+}
+
+// --- the running Patroni ---------------------------------------------------------------------
+
+/**
+ * The Patroni process that includes this fragment: a `patroni` process of the PGDATA owner whose
+ * configuration path (its last argument; a file, or a directory of YAML files) is, or holds a
+ * link to, the fragment. Patroni starts the postmaster detached (it is not its parent), so the
+ * fragment is what ties a Patroni to this node.
+ */
+export async function findPatroni(fragment: string, uid: number): Promise<number | null> {
+  const want = await realpath(fragment).catch(() => null);
+  if (want === null) return null;
+  for (const entry of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(entry)) continue;
+    const st = await stat(`/proc/${entry}`).catch(() => null);
+    if (st === null || st.uid !== uid) continue;
+    const args = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0').filter((a) => a !== '');
+    const at = args.findIndex((a, i) => i < 2 && basename(a) === 'patroni');
+    if (at < 0 || args.length <= at + 1) continue;
+    const cwd = await readlink(`/proc/${entry}/cwd`).catch(() => '/');
+    const config = resolve(cwd, args[args.length - 1]!);
+    const cst = await stat(config).catch(() => null);
+    if (cst === null) continue;
+    const candidates = cst.isDirectory() ? (await readdir(config).catch(() => [] as string[])).filter((f) => /\.ya?ml$/.test(f)).map((f) => join(config, f)) : [config];
+    for (const c of candidates) if ((await realpath(c).catch(() => null)) === want) return Number(entry);
+  }
+  return null;
+}
+
+/** Hex address of /proc/net/tcp{,6} (little-endian words) to text. */
+function procAddress(hex: string): string {
+  const words = hex.match(/.{8}/g) ?? [];
+  const bytes = words.flatMap((w) => (w.match(/../g) ?? []).reverse().map((b) => parseInt(b, 16)));
+  if (bytes.length === 4) return bytes.join('.');
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
+  const v6 = groups.join(':');
+  return v6.startsWith('0:0:0:0:0:ffff:') ? bytes.slice(12).join('.') : v6;
+}
+
+/** The TCP sockets a process listens on (its REST API: Patroni listens on nothing else). */
+export async function listeningAddresses(pid: number): Promise<{ host: string; port: number }[]> {
+  const inodes = new Set<string>();
+  for (const fd of await readdir(`/proc/${pid}/fd`).catch(() => [] as string[])) {
+    const link = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+    const m = /^socket:\[(\d+)\]$/.exec(link);
+    if (m) inodes.add(m[1]!);
+  }
+  const out: { host: string; port: number }[] = [];
+  for (const file of ['tcp', 'tcp6']) {
+    const text = await readFile(`/proc/${pid}/net/${file}`, 'utf8').catch(() => '');
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f.length < 10 || f[3] !== '0A' || !inodes.has(f[9]!)) continue; // 0A: LISTEN
+      const [addr, port] = f[1]!.split(':');
+      let host = procAddress(addr!);
+      if (host === '0.0.0.0') host = '127.0.0.1';
+      if (host === '0:0:0:0:0:0:0:0') host = '::1';
+      out.push({ host, port: parseInt(port!, 16) });
+    }
+  }
+  return out;
+}
+
+/** The certificate the REST API serves, seen in a verified TLS handshake with the client certificate. */
+export async function servedApiCertificate(addr: { host: string; port: number }, client: { pem: string; ca: string }, timeoutMs = 5000): Promise<ServedCertificate> {
+  // The chain is checked against the cluster CA; the name is not (we dial the listen address).
+  const s = tlsConnect({ host: addr.host, port: addr.port, ca: client.ca, cert: client.pem, key: client.pem, checkServerIdentity: () => undefined, ALPNProtocols: ['http/1.1'] });
+  s.setTimeout(timeoutMs, () => s.destroy(new Error(`TLS handshake with Patroni's REST API at ${addr.host}:${addr.port} timed out`)));
+  try {
+    // No request follows: Patroni's handler reads EOF after close_notify and closes quietly.
+    return await peerCertificateThenClose(s, 'the REST API');
+  } finally {
+    s.destroy();
+  }
+}
+
+export interface PatroniProof {
+  problems: Problem[];
+  /** SIGHUP sent to Patroni in this pass. */
+  signalled: boolean;
+  served: { serial: string; notAfter: string } | null;
+}
+
+/**
+ * After an apply: make the running Patroni serve the REST API certificate on disk and read the
+ * fragment again. SIGHUP only when the served certificate differs or the fragment changed; then
+ * wait (Patroni handles the signal at the start of its next cycle, loop_wait 10 s by default)
+ * until the handshake shows the new one. Patroni's PID is unchanged by construction (a signal).
+ */
+export async function provePatroni(args: {
+  uid: number;
+  paths: PatroniPaths;
+  caBundle: string;
+  fragmentChanged: boolean;
+  timeoutMs?: number;
+  kill?: (pid: number, signal: NodeJS.Signals) => void;
+}): Promise<PatroniProof> {
+  const pid = await findPatroni(args.paths.fragment, args.uid);
+  if (pid === null) return { problems: [{ code: 'E_PATRONI_NOT_FOUND', message: `no running Patroni includes ${args.paths.fragment} (none of the PGDATA owner's patroni processes has it, or a link to it, in its configuration path): the REST API certificate cannot be proved` }], signalled: false, served: null };
+  const kill = args.kill ?? ((p, s) => process.kill(p, s));
+  const [apiPem, clientPem] = await Promise.all([readFile(args.paths.apiPem, 'utf8'), readFile(args.paths.clientPem, 'utf8')]);
+  const onDisk = certInfo(apiPem);
+  const client = { pem: clientPem, ca: args.caBundle };
+  const look = async (): Promise<{ served: Awaited<ReturnType<typeof servedApiCertificate>> | null; error: string | null }> => {
+    const addrs = await listeningAddresses(pid);
+    if (addrs.length === 0) return { served: null, error: `Patroni (pid ${pid}) listens on no TCP port` };
+    try {
+      return { served: await servedApiCertificate(addrs[0]!, client), error: null };
+    } catch (e) {
+      return { served: null, error: `TLS handshake with Patroni's REST API at ${addrs[0]!.host}:${addrs[0]!.port} failed: ${(e as Error).message}` };
+    }
+  };
+  let now = await look();
+  const current = (x: typeof now) => x.served !== null && x.served.fingerprint256 === onDisk.fingerprint256;
+  if (current(now) && !args.fragmentChanged) return { problems: [], signalled: false, served: now.served };
+  kill(pid, 'SIGHUP');
+  const deadline = Date.now() + (args.timeoutMs ?? 30_000);
+  while (!current(now) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250));
+    now = await look();
+  }
+  if (current(now)) return { problems: [], signalled: true, served: now.served };
+  const why = now.error ?? `it still serves serial ${now.served?.serial} instead of ${onDisk.serial} (${args.paths.apiPem})`;
+  return { problems: [{ code: 'E_PATRONI_RELOAD_NOT_PROVED', message: `SIGHUP sent to Patroni (pid ${pid}), but its REST API does not serve the certificate on disk: ${why}` }], signalled: true, served: now.served };
+}
+
+/** Whether a path is a regular file (not a symlink) owned by uid: the base configuration the agent may append to. */
+export const regularFileOf = async (path: string, uid: number): Promise<boolean> => {
+  const st = await lstat(path).catch(() => null);
+  return st !== null && st.isFile() && st.uid === uid;
+};

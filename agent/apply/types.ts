@@ -1,0 +1,82 @@
+// The agent's internal seams: configuration, the certificates the runtime hands to the apply
+// engine, and what one apply reports.
+import type { Logger } from 'pino';
+import type { CertReport, FileReport, NodeDesired, Phase } from '../../shared/contract/schema.ts';
+import type { OsUser } from '../../shared/system/pgserver.ts';
+import type { Static } from '@sinclair/typebox';
+
+export interface AgentConfig {
+  coordinatorUrl: string;
+  cluster: string;
+  node: string;
+  /** PostgreSQL data directory (its owner is the OS user files are written for). */
+  pgdata: string;
+  /** Unix socket directory or host of the local server. */
+  pgHost: string;
+  pgPort: number;
+  /** Database role the agent connects as over the local socket (peer auth). */
+  pgUser: string;
+  /** Where keys, certificates, passfiles and the last good desired state live (0700). */
+  stateDir: string;
+  /** Home directory of the profile's client when not the PGDATA owner's passwd home. */
+  clientHome?: string;
+  joinToken?: string;
+}
+
+/** Where the apply engine finds local PostgreSQL and whom files belong to. */
+export interface NodeContext {
+  pgdata: string;
+  pgHost: string;
+  pgPort: number;
+  pgUser: string;
+  stateDir: string;
+  /** Owner of PGDATA: every managed file is written for this user. */
+  serverOsUser: OsUser;
+  /** The OS user the agent runs as (root or postgres), allowed in by the anti-lockout rule. */
+  agentOsUser: string;
+  log: Logger;
+}
+
+/**
+ * A key and certificate pair already on disk, written by the certificate manager under
+ * versioned names (e.g. tls/server-<serial>.crt), so that switching to a new pair is one atomic
+ * rename of the settings include file or passfile that names it, never two separate renames.
+ */
+export interface InstalledCertificate {
+  slot: string;
+  certPath: string;
+  keyPath: string;
+  serial: string;
+  notAfter: string;
+}
+
+export interface ApplyInput {
+  desired: NodeDesired;
+  certificates: InstalledCertificate[];
+}
+
+export interface ClientConnection {
+  to: string;
+  role: string;
+  /** libpq connection string the profile's client uses; never holds a password. */
+  conninfo: string;
+  replication: boolean;
+}
+
+export interface ApplyResult {
+  phase: Phase;
+  /** Whether any file or role changed (and a reload happened). */
+  changed: boolean;
+  errors: { code: string; message: string }[];
+  files: Static<typeof FileReport>[];
+  pendingRestart: string[];
+  servedCertificate: CertReport | null;
+  /** One per outgoing edge, for the probes and for status. */
+  clientConnections: ClientConnection[];
+  /** The seed's verification queries and their results (pgd), for status. */
+  checks?: import('./verify.ts').SeedCheck[];
+  /** Milliseconds per phase of the apply (render, install, validate, reload, prove, finish). */
+  phases?: Record<string, number>;
+}
+
+export type { NodeDesired };
