@@ -330,13 +330,22 @@ const FILE_WHAT: Record<FileKey, string> = {
   passfile: 'passfile', ident: 'pg_ident.conf (managed block on top)', hba: 'pg_hba.conf (managed block on top)', settings: 'settings include file', config: 'postgresql.conf (one include line appended)',
 };
 
+export interface Preview {
+  /** The managed blocks the agent writes on top of pg_hba.conf and pg_ident.conf. */
+  hba: string;
+  ident: string;
+  settings: Record<string, string>;
+  files: string[];
+}
+
 /**
  * What the agent would write on a node with the default paths, without a node: for
  * `pgaccord apply --dry-run` and the plan endpoint, so that an operator who provisions
  * pg_hba.conf themselves sees every setting and file. Certificates are shown under their
- * versioned names (`<slot>-<serial>`), made on the node.
+ * versioned names (`<slot>-<serial>`), made on the node; the agent is assumed to connect as
+ * postgres from the postgres OS user.
  */
-export function previewNode(input: NodeDesired, paths: PreviewPaths = DEFAULT_PREVIEW_PATHS): { settings: Record<string, string>; files: string[] } {
+export function previewNode(input: NodeDesired, paths: PreviewPaths = DEFAULT_PREVIEW_PATHS): Preview {
   const desired: NodeDesired = { ...input, caBundle: input.caBundle.trim() === '' ? '<cluster CA>' : input.caBundle };
   // Patroni rewrites postgresql.conf: the include line goes into postgresql.base.conf (agent/apply/apply.ts)
   const patroni = isPatroni(desired);
@@ -351,5 +360,5 @@ export function previewNode(input: NodeDesired, paths: PreviewPaths = DEFAULT_PR
   const fragment = plan.files.findIndex((f) => f.key === 'patroni-fragment');
   if (fragment >= 0) files[fragment] += `:\n${renderPatroniFragment(desired, layout, { passwords: 'mask' }).trimEnd().split('\n').map((l) => `      ${l}`).join('\n')}`;
   for (const c of certificates) files.push(`${c.keyPath} (0600, made on the node), ${c.certPath} (0644): ${c.slot} key pair`);
-  return { settings: { ...plan.settings, [CONFIG_HASH_SETTING]: '<hash of the managed files>' }, files };
+  return { hba: plan.hbaBlock, ident: plan.identBlock, settings: { ...plan.settings, [CONFIG_HASH_SETTING]: '<hash of the managed files>' }, files };
 }
