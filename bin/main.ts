@@ -5,12 +5,12 @@ import { PGACCORD_VERSION } from '../shared/contract/version.ts';
 type Runner = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, { summary: string; load: () => Promise<Runner> }> = {
-  coordinator: { summary: 'run the coordinator (REST API, per-cluster CA, state store)', load: async () => (await import('../coordinator/main.ts')).runCoordinator },
+  coordinator: { summary: 'run the coordinator (REST API, per-cluster CA, state store)', load: async () => (await import('../coordinator/command.ts')).runCoordinatorCommand },
   agent: { summary: 'run the node agent (pull, write, reload, prove, report)', load: async () => (await import('../agent/command.ts')).runAgentCommand },
-  apply: { summary: 'create or update a cluster from a spec file (--dry-run to preview)', load: async () => (await import('../coordinator/admin-cli.ts')).runApply },
-  status: { summary: 'show per-node generation, state, certificates and probes', load: async () => (await import('../coordinator/admin-cli.ts')).runStatus },
-  token: { summary: 'create a single-use join token for a node', load: async () => (await import('../coordinator/admin-cli.ts')).runToken },
-  cert: { summary: 'list, renew or revoke certificates; rotate the cluster CA', load: async () => (await import('../coordinator/admin-cli.ts')).runCert },
+  apply: { summary: 'create or update a cluster from a spec file (--dry-run to preview)', load: async () => (await import('../coordinator/cli/apply.ts')).runApply },
+  status: { summary: 'show per-node generation, state, certificates and probes', load: async () => (await import('../coordinator/cli/status.ts')).runStatus },
+  token: { summary: 'create a single-use join token for a node', load: async () => (await import('../coordinator/cli/token.ts')).runToken },
+  cert: { summary: 'list, renew or revoke certificates; rotate the cluster CA', load: async () => (await import('../coordinator/cli/cert.ts')).runCert },
   demo: { summary: 'run the whole system on this machine (coordinator, 3 nodes, 3 agents)', load: async () => (await import('./demo.ts')).runDemo },
 };
 

@@ -14,7 +14,7 @@ import { compileCluster } from '../../coordinator/cluster/compile.ts';
 import type { AgentStatus, ClusterSpec } from '../../shared/contract/schema.ts';
 import { ReconcileLoop, peersToReprobe, probeReason, type CoordinatorApi } from '../../agent/runtime/loop.ts';
 import { PhaseClock } from '../../agent/apply/apply.ts';
-import { applyTime } from '../../coordinator/admin-cli.ts';
+import { applyTime } from '../../coordinator/cli/status.ts';
 import { CertificateManager } from '../../agent/runtime/certs.ts';
 import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
 import type { ApplyInput, ApplyResult, NodeContext } from '../../agent/apply/types.ts';

@@ -7,7 +7,7 @@ import type { ClusterStatusResponse, NodeStatusView } from '../../shared/contrac
 import type { ProbeResult } from '../../shared/contract/schema.ts';
 import { esc, pageHeaders, renderLoginPage, renderStatusPage, STYLE_HASH } from '../../coordinator/http/status-page.ts';
 import { formatProbeMatrix, probeMatrix } from '../../coordinator/cluster/probe-matrix.ts';
-import { formatStatus } from '../../coordinator/admin-cli.ts';
+import { formatStatus } from '../../coordinator/cli/status.ts';
 import { SESSION_COOKIE, SESSION_TTL_S, UiSessions } from '../../coordinator/http/ui-session.ts';
 
 const NOW = new Date('2026-12-01T09:00:00Z');
