@@ -19,202 +19,32 @@
 // Shapes: FLEET_CLUSTERS x FLEET_NODES (default 50 x 4), FLEET_PROFILE (pgd,
 // timescaledb-multinode, streaming, pg-auto-failover). FLEET_KEY=ec|rsa (agents' keys),
 // FLEET_TLS_KEY (the coordinator's --tls-key-type, when it has the flag). Last line: JSON.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+// Beside it: fleet-shape.ts (the variables, the specs), fleet-processes.ts (the coordinator
+// process, /proc readings), fleet-agents.ts (the agent processes), fleet-figures.ts.
 import { once } from 'node:events';
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { chmod, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import { Agent, request, type Dispatcher } from 'undici';
 import { freePort } from '../shared/system/pgserver.ts';
-import type { ClusterSpec, ProfileName } from '../shared/contract/schema.ts';
-import { PROFILES } from '../shared/pgconf/profiles.ts';
-import { PACKAGE_ROOT } from '../shared/contract/version.ts';
 import { createCsr } from '../shared/crypto/x509.ts';
-import { keyType, newKey } from './fleet-keys.ts';
-import { wallMs, type AgentAssignment, type FleetEvent, type FromWorker, type ToWorker } from './fleet-agent-worker.ts';
-
-const env = (name: string, dflt: number) => {
-  const v = process.env[name];
-  const n = v === undefined || v === '' ? dflt : Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new Error(`${name}: "${v}" is not a non-negative integer`);
-  return n;
-};
-const CLUSTERS = env('FLEET_CLUSTERS', 50);
-const NODES = env('FLEET_NODES', 4);
-const PROFILE = (process.env.FLEET_PROFILE ?? 'pgd') as ProfileName;
-if (!(PROFILE in PROFILES)) throw new Error(`FLEET_PROFILE: "${PROFILE}" is not one of ${Object.keys(PROFILES).join(', ')}`);
-const PROCS = Math.max(1, Math.min(env('FLEET_PROCS', availableParallelism()), CLUSTERS * NODES));
-const KEY = keyType(process.env.FLEET_KEY);
-const CHANGES = env('FLEET_CHANGES', 3);
-const REPORTS = env('FLEET_REPORTS', 5);
-const STATUS_CONCURRENCY = Math.max(1, env('FLEET_STATUS_CONCURRENCY', 200));
-const ENROLL_CONCURRENCY = Math.max(1, env('FLEET_ENROLL_CONCURRENCY', 16));
-const PUT_CONCURRENCY = Math.max(1, env('FLEET_PUT_CONCURRENCY', 8));
-const LOG_LEVEL = process.env.FLEET_LOG_LEVEL ?? 'info';
-const TIMEOUT_MS = env('FLEET_TIMEOUT_S', 600) * 1000;
-const AGENTS = CLUSTERS * NODES;
-// Loopback source addresses: one 127.0.0.1 -> coordinator pair has ~28k ephemeral ports, and a
-// big fleet holds up to two connections per agent plus the enrolment connections in TIME_WAIT.
-const SOURCES = env('FLEET_SOURCE_ADDRS', AGENTS > 3000 ? Math.ceil(AGENTS / 2500) : 1);
-const PGACCORD = join(PACKAGE_ROOT, 'bin', 'pgaccord.mjs');
-const PROBES = 8;
-
-if (!(CLUSTERS >= 1 && NODES >= 1)) throw new Error('FLEET_CLUSTERS and FLEET_NODES must be >= 1');
-const log = (line: string) => process.stderr.write(`${new Date().toISOString().slice(11, 23)} ${line}\n`);
-
-// --- the coordinator process ---------------------------------------------------------------------
-
-/** dist/ is what `pgaccord` runs: rebuilt first when a source is newer (as bin/run-tests.mjs does). */
-function ensureBuilt(): void {
-  const newest = (p: string): number => {
-    if (!existsSync(p)) return 0;
-    const st = statSync(p);
-    return st.isDirectory() ? Math.max(0, ...readdirSync(p).map((f) => newest(join(p, f)))) : p.endsWith('.ts') ? st.mtimeMs : 0;
-  };
-  const main = join(PACKAGE_ROOT, 'dist', 'bin', 'main.js');
-  const built = existsSync(main) ? statSync(main).mtimeMs : 0;
-  if (built >= Math.max(...['agent', 'coordinator', 'shared', 'bin'].map((d) => newest(join(PACKAGE_ROOT, d))))) return;
-  log('dist/ is older than the sources: npm run build');
-  const b = spawnSync('npm', ['run', '--silent', 'build'], { cwd: PACKAGE_ROOT, stdio: ['ignore', 2, 2] });
-  if (b.status !== 0 && !existsSync(main)) throw new Error('npm run build failed');
-}
-
-/** Open files allowed (soft, hard) from /proc/self/limits: Node has no getrlimit. */
-function nofile(): { soft: number; hard: number } {
-  const m = /^Max open files\s+(\S+)\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
-  const n = (s: string | undefined) => (s === 'unlimited' ? Infinity : Number(s));
-  return { soft: n(m?.[1]), hard: n(m?.[2]) };
-}
-
-/** Children run with the soft open-file limit raised to the hard one (sh's ulimit; Node has no setrlimit). */
-function spawnRaised(args: string[], stdio: ('ignore' | 'inherit' | 'ipc' | number)[]): ChildProcess {
-  return spawn('/bin/sh', ['-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'sh', process.execPath, ...args], { stdio, cwd: PACKAGE_ROOT });
-}
-
-function coordinatorHelp(): string {
-  const r = spawnSync(process.execPath, [PGACCORD, 'coordinator', '--help'], { encoding: 'utf8' });
-  return `${r.stdout}${r.stderr}`;
-}
-
-interface Coordinator {
-  child: ChildProcess;
-  pid: number;
-  startedAt: number;
-  exited: Promise<unknown>;
-}
-
-async function startCoordinatorProcess(dataDir: string, port: number, flags: string[], logFile: string): Promise<Coordinator> {
-  const fd = openSync(logFile, 'a');
-  const startedAt = wallMs();
-  // FLEET_CPU_PROF=DIR: a V8 CPU profile of each coordinator process, written when it exits.
-  const prof = process.env.FLEET_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEET_CPU_PROF] : [];
-  const child = spawnRaised([...prof, PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--log-level', LOG_LEVEL, ...flags], ['ignore', fd, fd]);
-  closeSync(fd);
-  const exited = once(child, 'exit');
-  return { child, pid: child.pid!, startedAt, exited };
-}
-
-/** Until /healthz answers over TLS (the CA is on disk once the data dir is made). */
-async function waitReady(c: Coordinator, dataDir: string, url: string): Promise<number> {
-  const deadline = Date.now() + 120_000;
-  let d: Dispatcher | null = null;
-  try {
-    while (Date.now() < deadline) {
-      if (c.child.exitCode !== null) throw new Error(`coordinator exited with ${c.child.exitCode}: see its log`);
-      if (!d && existsSync(join(dataDir, 'ca.crt'))) d = new Agent({ connect: { ca: readFileSync(join(dataDir, 'ca.crt'), 'utf8') } });
-      if (d) {
-        const ok = await request(`${url}/healthz`, { dispatcher: d }).then(async (r) => (await r.body.text(), r.statusCode === 200), () => false);
-        if (ok) return wallMs();
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  } finally {
-    await d?.destroy();
-  }
-  throw new Error('coordinator not ready in 120 s');
-}
-
-function procStatus(pid: number): { rssMb: number; hwmMb: number } {
-  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB$`, 'm').exec(s)?.[1] ?? NaN);
-  return { rssMb: Math.round(kb('VmRSS') / 102.4) / 10, hwmMb: Math.round(kb('VmHWM') / 102.4) / 10 };
-}
-
-const TICK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
-/** User + system CPU seconds of a process (/proc/PID/stat utime + stime). */
-function cpuSeconds(pid: number): number {
-  const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / TICK;
-}
-
-/** CPU seconds of the embedded store: its postmaster, its live backends and the ones it reaped. */
-function storeCpuSeconds(dataDir: string): number | null {
-  let postmaster: number;
-  try {
-    postmaster = Number(readFileSync(join(dataDir, 'pg', 'data', 'postmaster.pid'), 'utf8').split('\n')[0]);
-  } catch {
-    return null;
-  }
-  let total = 0;
-  for (const p of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
-    try {
-      const s = readFileSync(`/proc/${p}/stat`, 'utf8');
-      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-      if (Number(p) === postmaster) total += (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / TICK;
-      else if (Number(f[1]) === postmaster) total += (Number(f[11]) + Number(f[12])) / TICK;
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return Math.round(total * 100) / 100;
-}
-
-// --- figures -------------------------------------------------------------------------------------
-
-function pct(values: number[]): { n: number; p50: number; p99: number; max: number } {
-  const v = [...values].sort((a, b) => a - b);
-  const at = (q: number) => v[Math.min(v.length - 1, Math.max(0, Math.ceil(q * v.length) - 1))] ?? NaN;
-  const r = (x: number) => Math.round(x * 10) / 10;
-  return { n: v.length, p50: r(at(0.5)), p99: r(at(0.99)), max: r(v.at(-1) ?? NaN) };
-}
-const secs = (ms: number) => Math.round(ms / 10) / 100;
-
-// --- cluster specs -------------------------------------------------------------------------------
-
-/** The first node is the profile's first kind (primary, monitor, access node), the others its last. */
-function kindOf(profile: ProfileName, i: number): string {
-  const { kinds } = PROFILES[profile];
-  return i === 0 ? kinds[0]! : kinds.at(-1)!;
-}
-
-/** 10.x.y.z of a number: an address of its own for every node of the fleet. */
-const ip = (n: number) => `10.${(n >> 16) & 255}.${(n >> 8) & 255}.${n & 255}`;
-
-function spec(name: string, c: number, nodes: number, profile: ProfileName, change: number): ClusterSpec {
-  return {
-    name,
-    profile,
-    auth: 'cert',
-    tls: { sslmode: 'verify-full', certLifetime: '90d', keyType: KEY },
-    nodes: Array.from({ length: nodes }, (_, i) => ({ name: `n${i}`, host: `n${i}.${name}.fleet.test`, address: ip(c * nodes + i + 1), port: 5432, kind: kindOf(profile, i) })),
-    // The users a TimescaleDB access node connects to its data nodes as (the profile needs one).
-    ...(profile === 'timescaledb-multinode' ? { roles: [{ name: 'app' }] } : {}),
-    // The change of each round: one HBA rule that differs (a new generation, same shape).
-    ...(change > 0 ? { hba: [{ type: 'hostssl' as const, database: 'postgres', user: 'fleet_bench', address: `10.250.${change % 256}.0/24`, method: 'reject' as const }] } : {}),
-  };
-}
-
-// --- the run -------------------------------------------------------------------------------------
+import { newKey } from './fleet-keys.ts';
+import { wallMs, type AgentAssignment, type ToWorker } from './fleet-agent-worker.ts';
+import { AgentFleet, until as untilWithin } from './fleet-agents.ts';
+import { codes, log, parallel, pct, secs } from './fleet-figures.ts';
+import { cpuSeconds, ensureBuilt, coordinatorHelp, nofile, procStatus, startCoordinatorProcess, storeCpuSeconds, waitReady, type Coordinator } from './fleet-processes.ts';
+import {
+  AGENTS, CHANGES, CLUSTERS, ENROLL_CONCURRENCY, KEY, LOG_LEVEL, NODES, PROBES, PROCS, PROFILE, PUT_CONCURRENCY, REPORTS, SOURCES, spec,
+  STATUS_CONCURRENCY, TIMEOUT_MS,
+} from './fleet-shape.ts';
 
 const base = await mkdtemp(join(tmpdir(), 'pgaccord-fleet-'));
 // As root the embedded store runs as its own OS user, which must reach its directory below this.
 await chmod(base, 0o711);
 const dataDir = join(base, 'coordinator');
 const logFile = join(base, 'coordinator.log');
-const workers: { child: ChildProcess; agents: AgentAssignment[] }[] = [];
+const fleet = new AgentFleet(AGENTS, TIMEOUT_MS);
 let coordinator: Coordinator | null = null;
 let admin: Dispatcher | null = null;
 const probes: { d: Dispatcher; gen: number }[] = [];
@@ -235,7 +65,7 @@ try {
   else if (AGENTS + PROBES + 10 > 1000) {
     // Beyond its connection limit the coordinator closes new connections at once: the run would
     // measure refusals. Raising it takes a coordinator option this one does not have.
-    throw new Error(`${AGENTS} agents hold more long-polls than the coordinator's 1000 connections (coordinator/http/server.ts DEFAULT_MAX_CONNECTIONS) and \`pgaccord coordinator\` has no --max-connections to raise it`);
+    throw new Error(`${AGENTS} agents hold more long-polls than the coordinator's 1000 connections (coordinator/http/connection-limits.ts DEFAULT_MAX_CONNECTIONS) and \`pgaccord coordinator\` has no --max-connections to raise it`);
   } else if (2 * AGENTS + PROBES + 10 > 1000) notes.push(`up to ${2 * AGENTS} connections at once (a long-poll and a report or CSR per agent) against the coordinator's limit of 1000: some may be refused`);
   if (has('--agent-rate-limit') && process.env.FLEET_RATE_LIMIT) flags.push('--agent-rate-limit', process.env.FLEET_RATE_LIMIT);
   const files = nofile();
@@ -272,12 +102,6 @@ try {
         await new Promise((r) => setTimeout(r, 200 * attempt));
       }
     }
-  };
-  const parallel = async <T>(items: T[], n: number, fn: (x: T) => Promise<void>) => {
-    let next = 0;
-    await Promise.all(Array.from({ length: Math.min(n, items.length) }, async () => {
-      while (next < items.length) await fn(items[next++]!);
-    }));
   };
   const rss: Record<string, number> = { started: procStatus(coordinator.pid).rssMb };
   log(`coordinator ${coordinator.pid} at ${url} (TLS key ${tlsKey}); ${CLUSTERS} x ${NODES} ${PROFILE}, ${AGENTS} agents in ${PROCS} processes, ${KEY} keys`);
@@ -328,56 +152,11 @@ try {
   for (let i = 0; i < 20; i++) probeIdle.push(await probeOnce());
 
   // Agent processes.
-  const gen = new Int32Array(AGENTS);
-  const genAt = new Float64Array(AGENTS);
-  const up = new Uint8Array(AGENTS);
-  const upAt = new Float64Array(AGENTS);
-  const downAt = new Float64Array(AGENTS);
-  const onEvents = (ev: FleetEvent[]) => {
-    for (const [kind, i, g, at] of ev) {
-      if (kind === 'gen') {
-        gen[i] = g;
-        genAt[i] = at;
-      } else if (kind === 'up') {
-        up[i] = 1;
-        upAt[i] = at;
-      } else {
-        up[i] = 0;
-        downAt[i] = at;
-      }
-    }
-  };
-  const inbox: FromWorker[][] = [];
-  for (let w = 0; w < PROCS; w++) {
-    const mine = assignments.filter((a) => a.i % PROCS === w);
-    const child = spawnRaised(['--max-old-space-size=8192', '--import', 'tsx', join(PACKAGE_ROOT, 'bench', 'fleet-agent-worker.ts')], ['ignore', 'inherit', 'inherit', 'ipc']);
-    inbox.push([]);
-    child.on('message', (m: FromWorker) => (m.type === 'ev' ? onEvents(m.ev) : inbox[w]!.push(m)));
-    child.on('exit', (code) => {
-      if (code !== 0 && code !== null) log(`agent process ${w} exited with ${code}`);
-    });
-    workers.push({ child, agents: mine });
-  }
-  const broadcast = (m: ToWorker) => workers.forEach((w) => w.child.send(m));
-  const gather = async <K extends FromWorker['type']>(type: K): Promise<Extract<FromWorker, { type: K }>[]> => {
-    const deadline = Date.now() + TIMEOUT_MS;
-    for (;;) {
-      if (inbox.every((q) => q.some((m) => m.type === type))) {
-        return inbox.map((q) => q.splice(q.findIndex((m) => m.type === type), 1)[0] as Extract<FromWorker, { type: K }>);
-      }
-      if (workers.some((w) => w.child.exitCode !== null)) throw new Error(`an agent process exited while waiting for "${type}"`);
-      if (Date.now() > deadline) throw new Error(`agent processes: no "${type}" in ${TIMEOUT_MS / 1000} s`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  };
-  const until = async (what: string, done: () => boolean) => {
-    const deadline = Date.now() + TIMEOUT_MS;
-    while (!done()) {
-      if (Date.now() > deadline) throw new Error(`${what}: not within ${TIMEOUT_MS / 1000} s`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    return wallMs();
-  };
+  fleet.spawn(assignments, PROCS);
+  const { gen, genAt, up, upAt, downAt, workers } = fleet;
+  const broadcast = (m: ToWorker) => fleet.broadcast(m);
+  const gather = fleet.gather.bind(fleet);
+  const until = (what: string, done: () => boolean) => untilWithin(what, done, TIMEOUT_MS);
   const allAgents = Array.from({ length: AGENTS }, (_, i) => i);
 
   workers.forEach((w) => w.child.send({ type: 'init', url, caPem, key: KEY, agents: w.agents } satisfies ToWorker));
@@ -438,10 +217,6 @@ try {
   broadcast({ type: 'status', reports: REPORTS, concurrency: Math.max(1, Math.ceil(STATUS_CONCURRENCY / PROCS)) });
   const st = await gather('status-done');
   const stS = (Math.max(...st.map((s) => s.end)) - Math.min(...st.map((s) => s.start))) / 1000;
-  const codes = (xs: { codes: Record<string, number> }[]) => xs.reduce<Record<string, number>>((acc, x) => {
-    for (const [k, v] of Object.entries(x.codes)) acc[k] = (acc[k] ?? 0) + v;
-    return acc;
-  }, {});
   const stCodes = codes(st);
   const status = { reports: AGENTS * REPORTS, concurrency: Math.min(AGENTS, STATUS_CONCURRENCY), reports_per_s: Math.round((stCodes['204'] ?? 0) / stS), latency_ms: pct(st.flatMap((s) => s.latencies)), codes: stCodes };
   log(`status reports: ${status.reports_per_s}/s, p99 ${status.latency_ms.p99} ms, codes ${JSON.stringify(status.codes)}`);
@@ -544,7 +319,7 @@ try {
   };
   console.log(JSON.stringify(figures));
 } finally {
-  for (const w of workers) if (w.child.exitCode === null) w.child.kill('SIGTERM');
+  fleet.kill();
   await Promise.all(probes.map((p) => p.d.destroy().catch(() => undefined)));
   await admin?.destroy().catch(() => undefined);
   if (coordinator && coordinator.child.exitCode === null) {

@@ -1,0 +1,120 @@
+// The processes bench:fleet runs and what it reads of them from /proc: the coordinator
+// (`pgaccord coordinator` from dist/, as the product starts it), started with the open-file limit
+// raised, until /healthz answers; its memory, its CPU seconds and its embedded store's.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { Agent, request, type Dispatcher } from 'undici';
+import { PACKAGE_ROOT } from '../shared/contract/version.ts';
+import { wallMs } from './fleet-agent-worker.ts';
+import { log } from './fleet-figures.ts';
+import { LOG_LEVEL } from './fleet-shape.ts';
+
+const PGACCORD = join(PACKAGE_ROOT, 'bin', 'pgaccord.mjs');
+
+/** dist/ is what `pgaccord` runs: rebuilt first when a source is newer (as bin/run-tests.mjs does). */
+export function ensureBuilt(): void {
+  const newest = (p: string): number => {
+    if (!existsSync(p)) return 0;
+    const st = statSync(p);
+    return st.isDirectory() ? Math.max(0, ...readdirSync(p).map((f) => newest(join(p, f)))) : p.endsWith('.ts') ? st.mtimeMs : 0;
+  };
+  const main = join(PACKAGE_ROOT, 'dist', 'bin', 'main.js');
+  const built = existsSync(main) ? statSync(main).mtimeMs : 0;
+  if (built >= Math.max(...['agent', 'coordinator', 'shared', 'bin'].map((d) => newest(join(PACKAGE_ROOT, d))))) return;
+  log('dist/ is older than the sources: npm run build');
+  const b = spawnSync('npm', ['run', '--silent', 'build'], { cwd: PACKAGE_ROOT, stdio: ['ignore', 2, 2] });
+  if (b.status !== 0 && !existsSync(main)) throw new Error('npm run build failed');
+}
+
+/** Open files allowed (soft, hard) from /proc/self/limits: Node has no getrlimit. */
+export function nofile(): { soft: number; hard: number } {
+  const m = /^Max open files\s+(\S+)\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+  const n = (s: string | undefined) => (s === 'unlimited' ? Infinity : Number(s));
+  return { soft: n(m?.[1]), hard: n(m?.[2]) };
+}
+
+/** Children run with the soft open-file limit raised to the hard one (sh's ulimit; Node has no setrlimit). */
+export function spawnRaised(args: string[], stdio: ('ignore' | 'inherit' | 'ipc' | number)[]): ChildProcess {
+  return spawn('/bin/sh', ['-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'sh', process.execPath, ...args], { stdio, cwd: PACKAGE_ROOT });
+}
+
+export function coordinatorHelp(): string {
+  const r = spawnSync(process.execPath, [PGACCORD, 'coordinator', '--help'], { encoding: 'utf8' });
+  return `${r.stdout}${r.stderr}`;
+}
+
+export interface Coordinator {
+  child: ChildProcess;
+  pid: number;
+  startedAt: number;
+  exited: Promise<unknown>;
+}
+
+export async function startCoordinatorProcess(dataDir: string, port: number, flags: string[], logFile: string): Promise<Coordinator> {
+  const fd = openSync(logFile, 'a');
+  const startedAt = wallMs();
+  // FLEET_CPU_PROF=DIR: a V8 CPU profile of each coordinator process, written when it exits.
+  const prof = process.env.FLEET_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEET_CPU_PROF] : [];
+  const child = spawnRaised([...prof, PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--log-level', LOG_LEVEL, ...flags], ['ignore', fd, fd]);
+  closeSync(fd);
+  const exited = once(child, 'exit');
+  return { child, pid: child.pid!, startedAt, exited };
+}
+
+/** Until /healthz answers over TLS (the CA is on disk once the data dir is made). */
+export async function waitReady(c: Coordinator, dataDir: string, url: string): Promise<number> {
+  const deadline = Date.now() + 120_000;
+  let d: Dispatcher | null = null;
+  try {
+    while (Date.now() < deadline) {
+      if (c.child.exitCode !== null) throw new Error(`coordinator exited with ${c.child.exitCode}: see its log`);
+      if (!d && existsSync(join(dataDir, 'ca.crt'))) d = new Agent({ connect: { ca: readFileSync(join(dataDir, 'ca.crt'), 'utf8') } });
+      if (d) {
+        const ok = await request(`${url}/healthz`, { dispatcher: d }).then(async (r) => (await r.body.text(), r.statusCode === 200), () => false);
+        if (ok) return wallMs();
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  } finally {
+    await d?.destroy();
+  }
+  throw new Error('coordinator not ready in 120 s');
+}
+
+export function procStatus(pid: number): { rssMb: number; hwmMb: number } {
+  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB$`, 'm').exec(s)?.[1] ?? NaN);
+  return { rssMb: Math.round(kb('VmRSS') / 102.4) / 10, hwmMb: Math.round(kb('VmHWM') / 102.4) / 10 };
+}
+
+const TICK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+/** User + system CPU seconds of a process (/proc/PID/stat utime + stime). */
+export function cpuSeconds(pid: number): number {
+  const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / TICK;
+}
+
+/** CPU seconds of the embedded store: its postmaster, its live backends and the ones it reaped. */
+export function storeCpuSeconds(dataDir: string): number | null {
+  let postmaster: number;
+  try {
+    postmaster = Number(readFileSync(join(dataDir, 'pg', 'data', 'postmaster.pid'), 'utf8').split('\n')[0]);
+  } catch {
+    return null;
+  }
+  let total = 0;
+  for (const p of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+    try {
+      const s = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+      if (Number(p) === postmaster) total += (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / TICK;
+      else if (Number(f[1]) === postmaster) total += (Number(f[11]) + Number(f[12])) / TICK;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return Math.round(total * 100) / 100;
+}
