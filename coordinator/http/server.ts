@@ -37,6 +37,7 @@ import { pageHeaders, renderLoginPage, renderStatusPage } from './status-page.ts
 import { UiSessions } from './ui-session.ts';
 import { AGENT_CN, parseIdentityUri, type AgentPrincipal, type CoordinatorService } from '../service.ts';
 import type { CoordinatorMetrics } from './metrics.ts';
+import { DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS_LIMIT, validMaxConnections } from './connection-limits.ts';
 
 type Auth = 'none' | 'admin' | 'agent';
 
@@ -85,18 +86,6 @@ export interface ServerLimits {
 }
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
-export const DEFAULT_MAX_CONNECTIONS = 1000;
-/** The most --max-connections accepts (each is a file descriptor; the open-files limit bounds it too). */
-export const MAX_CONNECTIONS_LIMIT = 1_000_000;
-
-/** --max-connections N: a whole number of connections, 1..MAX_CONNECTIONS_LIMIT. */
-export function parseMaxConnections(text: string): number {
-  const n = /^\d+$/.test(text) ? Number(text) : NaN;
-  if (!validMaxConnections(n)) throw new Error(`--max-connections: "${text}" is not a number of connections (1..${MAX_CONNECTIONS_LIMIT})`);
-  return n;
-}
-
-const validMaxConnections = (n: number) => Number.isInteger(n) && n >= 1 && n <= MAX_CONNECTIONS_LIMIT;
 /** Beyond the long-poll's own maximum, before a silent connection is closed. */
 const IDLE_MARGIN_MS = 30_000;
 

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { CertificateAuthority } from '../ca/ca.ts';
 import { certInfo, certMatchesKey, createCsr, generateKey, keyTypeOf, readCsrKey, type KeyType } from '../../shared/crypto/x509.ts';
 import { installFile } from '../../shared/system/atomic-file.ts';
-import { FILES } from './datadir-layout.ts';
+import { DEFAULT_TLS_KEY_TYPE, FILES } from './datadir-layout.ts';
 
 export { DEFAULT_DATA_DIR, FILES } from './datadir-layout.ts';
 export const SERVER_CERT_LIFETIME_S = 365 * 86400;
@@ -64,14 +64,6 @@ export async function readOrCreateStorePassword(dir: string): Promise<string> {
   if (!/^[A-Za-z0-9_-]{32,}$/.test(password)) throw new Error(`${join(dir, FILES.storePassword)} does not hold a store password (32 or more of [A-Za-z0-9_-]): remove it and a new one is made at the next start`);
   return password;
 }
-
-/**
- * The default type of the coordinator's HTTPS key. Every agent and admin CLI holds a TLS session
- * to it, and a restart makes them all shake hands at once: the server's signature is the
- * handshake's main cost, and an ECDSA P-256 one costs a fraction of an RSA-2048 one. Node's TLS
- * (undici) takes either.
- */
-export const DEFAULT_TLS_KEY_TYPE: KeyType = 'ecdsa-p256';
 
 export interface DataDirOptions {
   /** Type of the HTTPS key (default DEFAULT_TLS_KEY_TYPE); a key of another type is replaced. */

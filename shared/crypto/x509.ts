@@ -4,6 +4,7 @@
 import { constants, createHash, createPrivateKey, createPublicKey, generateKeyPair, sign as cryptoSign, verify as cryptoVerify, X509Certificate, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
 import forge from 'node-forge';
+import type { KeyType } from './key-types.ts';
 
 const { pki, asn1 } = forge;
 
@@ -17,14 +18,7 @@ export class X509Error extends Error {
   }
 }
 
-/**
- * The key types pgaccord makes: RSA 2048 (the default for node certificates, what every
- * PostgreSQL client stack takes) and ECDSA P-256 (agent identities, the coordinator's HTTPS key,
- * node certificates of a cluster with tls.keyType ecdsa-p256: cheaper handshakes, keys made in
- * microseconds). The key policy (KEY_POLICY) on what the coordinator signs is wider.
- */
-export const KEY_TYPES = ['rsa-2048', 'ecdsa-p256'] as const;
-export type KeyType = (typeof KEY_TYPES)[number];
+export { KEY_TYPES, type KeyType } from './key-types.ts';
 
 /** A fresh key of `type`, PKCS#8 PEM, from OpenSSL (off the event loop). */
 export async function generateKey(type: KeyType): Promise<{ privateKeyPem: string }> {
