@@ -1,27 +1,25 @@
-// `pgaccord coordinator`: open (or initialise) the data directory, open the store (embedded
-// PostgreSQL in DIR/pg, or --database-url), migrate, and serve HTTPS until SIGTERM/SIGINT.
-import { parseDuration } from './cluster/duration.ts';
+// `pgaccord coordinator`'s runtime (its command line is coordinator/command.ts): open (or
+// initialise) the data directory, open the store (embedded PostgreSQL in DIR/pg, or
+// --database-url), migrate, and serve HTTPS until SIGTERM/SIGINT.
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import type pino from 'pino';
-import { parseCommand } from '../shared/system/cli.ts';
+import { DEFAULT_LISTEN, parseListen, parseMetricsListen } from './command.ts';
 import { openOrCreatePgInstance, storeOsUser, type PgInstance } from '../shared/system/pgserver.ts';
-import { DEFAULT_DATA_DIR, DEFAULT_TLS_KEY_TYPE, FILES, openDataDir, readOrCreateStorePassword, type DataDir } from './store/datadir.ts';
-import { KEY_TYPES, type KeyType } from '../shared/crypto/x509.ts';
+import { FILES, openDataDir, readOrCreateStorePassword, type DataDir } from './store/datadir.ts';
+import type { KeyType } from '../shared/crypto/x509.ts';
 import { createLogger } from '../shared/system/log.ts';
 import { SdNotifier, takeNotifyEnv } from '../shared/system/sd-notify.ts';
 import { SecretBox } from './store/secrets.ts';
 import type { RateLimit } from './http/rate-limit.ts';
 import { CoordinatorMetrics, serveMetrics } from './http/metrics.ts';
-import { buildServer, DEFAULT_MAX_CONNECTIONS, parseMaxConnections } from './http/server.ts';
+import { buildServer } from './http/server.ts';
 import { CoordinatorService } from './service.ts';
 import { SigningPool } from './ca/signing-pool.ts';
 import { Store } from './store/store.ts';
-import { parseCoordinatorUrls } from '../shared/contract/coordinator-urls.ts';
 
-export const DEFAULT_LISTEN = '127.0.0.1:7432';
 export const EMBEDDED_DB = 'pgaccord';
 
 export interface CoordinatorOptions {
@@ -66,23 +64,6 @@ export interface RunningCoordinator {
   metricsUrl: string | null;
   signing: SigningPool;
   close(): Promise<void>;
-}
-
-export function parseListen(text: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
-  const host = m?.[1] ?? m?.[2];
-  const port = Number(m?.[3]);
-  if (!m || !host || port > 65535 || (m[1] !== undefined && isIP(m[1]) !== 6)) throw new Error(`--listen: "${text}" is not HOST:PORT (e.g. 127.0.0.1:7432, [::1]:7432)`);
-  return { host, port };
-}
-
-/** --metrics-listen: HOST:PORT, or a bare PORT on loopback. */
-export function parseMetricsListen(text: string): { host: string; port: number } {
-  try {
-    return parseListen(/^\d{1,5}$/.test(text) ? `127.0.0.1:${text}` : text);
-  } catch {
-    throw new Error(`--metrics-listen: "${text}" is not HOST:PORT or PORT (e.g. 9464, 127.0.0.1:9464, [::1]:9464)`);
-  }
 }
 
 const urlHost = (host: string) => (isIP(host) === 6 ? `[${host}]` : host === '0.0.0.0' || host === '::' ? 'localhost' : host);
@@ -189,67 +170,6 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
   }
 }
 
-const COMMAND = {
-  usage: 'pgaccord coordinator [--data-dir DIR] [--listen HOST:PORT] [--database-url URL] [--public-url URL] [--log-level LEVEL]',
-  summary: 'Run the coordinator: the REST API (HTTPS only), the per-cluster CAs and the state store.',
-  details: `
-options:
-  --data-dir DIR        state directory (default ${DEFAULT_DATA_DIR}). The first start creates in it:
-                          ca.crt              coordinator CA (admin CLIs verify the server with it)
-                          coordinator-ca.key  its key (0600)
-                          server.crt/.key     the HTTPS certificate (localhost, 127.0.0.1, ::1, the listen host)
-                          master.key          32 random bytes (0600) sealing CA keys and passwords at rest
-                          admin.token         bearer token for admin calls (0600)
-                          pg/                 the embedded PostgreSQL store (without --database-url): Unix
-                                              socket only, run as this OS user (as root: pgaccord-store,
-                                              created on first use), SCRAM only
-                          store.password      its superuser password (0600), set again at every start
-  --listen HOST:PORT    address to serve on (default ${DEFAULT_LISTEN})
-  --database-url URL    keep state in this PostgreSQL database instead of the embedded one
-                        (env PGACCORD_DATABASE_URL, which keeps a password off the command line);
-                        several coordinators may share it if they share master.key, the
-                        coordinator CA files and admin.token (copy the data directory).
-                        A store with a standby: list its hosts, libpq-style, e.g.
-                        postgresql://u:pw@h1:5432,h2:5432/pgaccord?target_session_attrs=read-write
-                        (read-write is the default; primary and any are accepted): the first
-                        writable host is used, and another is looked for when it fails
-  --public-url URL      coordinator URL written into join tokens (default https://<listen>);
-                        several coordinators on one store: every one's URL, comma-separated
-                        (each gives the same list), and the agents move between them
-  --log-level LEVEL     trace, debug, info (default), warn, error
-  --metrics-listen A    serve Prometheus metrics at http://A/metrics, plain HTTP, no token (A is
-                        HOST:PORT, or PORT for 127.0.0.1:PORT; e.g. 9464); none without it
-  --long-poll SECONDS   how long agents' desired-state polls are held (default 30)
-  --identity-lifetime D lifetime of agent identity certificates (default 30d; env
-                        PGACCORD_IDENTITY_LIFETIME; from 1m, for tests)
-  --crl-lifetime D      validity of each issued CRL (default 7d; env PGACCORD_CRL_LIFETIME);
-                        re-issued when less than half of it remains
-  --signing-workers N   threads that check CSRs and sign certificates and CRLs, off the event
-                        loop (default: one per core)
-  --max-connections N   open HTTPS connections at most (default ${DEFAULT_MAX_CONNECTIONS}; more are closed at
-                        once): an agent holds its long-poll and sometimes one more, so allow
-                        about 2 per agent (and raise the open-files limit with it)
-  --tls-key-type T      the HTTPS key: ${KEY_TYPES.join(' or ')} (default ${DEFAULT_TLS_KEY_TYPE}: a
-                        fraction of RSA's handshake cost); a key of another type is replaced
-
-Logs are JSON lines on stdout; secrets are never logged. SIGTERM or SIGINT stops it cleanly
-(and the embedded PostgreSQL with it); SIGHUP is logged and changes nothing.`,
-  options: {
-    'data-dir': { type: 'string' },
-    listen: { type: 'string' },
-    'database-url': { type: 'string' },
-    'public-url': { type: 'string' },
-    'log-level': { type: 'string' },
-    'metrics-listen': { type: 'string' },
-    'long-poll': { type: 'string' },
-    'identity-lifetime': { type: 'string' },
-    'crl-lifetime': { type: 'string' },
-    'signing-workers': { type: 'string' },
-    'tls-key-type': { type: 'string' },
-    'max-connections': { type: 'string' },
-  },
-} as const;
-
 /** One line for systemd's STATUS=, from what the store answers. */
 export function coordinatorSummary(c: { clusters: number; agents: number; inContact: number }): string {
   return `${c.clusters} cluster${c.clusters === 1 ? '' : 's'}, ${c.agents} agent${c.agents === 1 ? '' : 's'} enrolled, ${c.inContact} in contact (last 2 min)`;
@@ -272,42 +192,12 @@ async function storeSummary(store: Store, timeoutMs: number): Promise<string> {
   }
 }
 
-export async function runCoordinator(argv: string[]): Promise<number> {
-  const parsed = parseCommand(COMMAND, argv);
-  if (!parsed) return 0;
+/** Start, tell systemd (Type=notify) when ready, serve until SIGTERM/SIGINT; the exit status. */
+export async function serveCoordinator(opts: CoordinatorOptions): Promise<number> {
   // Before anything spawns (useradd, pg_ctl and the store's PostgreSQL): no child inherits
   // NOTIFY_SOCKET/WATCHDOG_* (PostgreSQL would send its own READY=1 to our unit).
   const sd = takeNotifyEnv();
-  const v = parsed.values;
-  const longPoll = v['long-poll'] !== undefined ? Number(v['long-poll']) : undefined;
-  if (longPoll !== undefined && !(longPoll > 0 && longPoll <= 300)) throw new Error('--long-poll must be 1..300 seconds');
-  const duration = (flag: string, text: string | undefined): number | undefined => {
-    if (text === undefined || text === '') return undefined;
-    const s = parseDuration(text);
-    if (s === null || s < 60) throw new Error(`--${flag}: "${text}" is not a duration of at least 1m (examples: 30d, 2m)`);
-    return s;
-  };
-  const identityLifetimeSeconds = duration('identity-lifetime', v['identity-lifetime'] ?? process.env.PGACCORD_IDENTITY_LIFETIME);
-  const crlLifetimeSeconds = duration('crl-lifetime', v['crl-lifetime'] ?? process.env.PGACCORD_CRL_LIFETIME);
-  const tlsKeyType = v['tls-key-type'];
-  if (tlsKeyType !== undefined && !(KEY_TYPES as readonly string[]).includes(tlsKeyType)) throw new Error(`--tls-key-type: "${tlsKeyType}" is not one of ${KEY_TYPES.join(', ')}`);
-  const signingWorkers = v['signing-workers'] !== undefined ? Number(v['signing-workers']) : undefined;
-  if (signingWorkers !== undefined && !(Number.isInteger(signingWorkers) && signingWorkers >= 1 && signingWorkers <= 256)) throw new Error(`--signing-workers: "${v['signing-workers']}" is not a number of threads (1..256)`);
-  const maxConnections = v['max-connections'] !== undefined ? parseMaxConnections(v['max-connections']) : undefined;
-  const running = await startCoordinator({
-    maxConnections,
-    identityLifetimeSeconds,
-    crlLifetimeSeconds,
-    dataDir: v['data-dir'] ?? DEFAULT_DATA_DIR,
-    listen: v.listen,
-    databaseUrl: v['database-url'] ?? process.env.PGACCORD_DATABASE_URL,
-    publicUrl: v['public-url'] !== undefined ? parseCoordinatorUrls([v['public-url']]).join(',') : undefined,
-    logLevel: v['log-level'],
-    metricsListen: v['metrics-listen'],
-    longPollMs: longPoll !== undefined ? longPoll * 1000 : undefined,
-    signingWorkers,
-    tlsKeyType: tlsKeyType as KeyType | undefined,
-  });
+  const running = await startCoordinator(opts);
   process.stderr.write(`pgaccord coordinator listening on ${running.url} (admin token in ${join(running.dataDir.dir, FILES.adminToken)})\n`);
   // systemd (Type=notify): ready once HTTPS is served and the store answers; then a timer asks
   // the store again and feeds the watchdog only when it answered (a wedged event loop or store

@@ -70,3 +70,42 @@ test('an admin request (status against an unreachable coordinator) loads no HTTP
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('coordinator --help and its flag errors load only the CLI: no HTTP server, PostgreSQL driver, CA code or logger', () => {
+  const cases: { args: string[]; status: number; stderr?: RegExp }[] = [
+    { args: ['coordinator', '--help'], status: 0 },
+    { args: ['coordinator', '--no-such-flag'], status: 2, stderr: /pgaccord coordinator: Unknown option '--no-such-flag'/ },
+    // Checked before the runtime loads: a bad flag in a unit starts nothing (no store, no CA).
+    { args: ['coordinator', '--long-poll', '0'], status: 1, stderr: /--long-poll must be 1\.\.300 seconds/ },
+    { args: ['coordinator', '--tls-key-type', 'dsa'], status: 1, stderr: /--tls-key-type: "dsa" is not one of/ },
+    { args: ['coordinator', '--max-connections', '0'], status: 1, stderr: /--max-connections: "0" is not a number of connections/ },
+    { args: ['coordinator', '--identity-lifetime', '30s'], status: 1, stderr: /--identity-lifetime: "30s" is not a duration of at least 1m/ },
+  ];
+  for (const c of cases) {
+    const r = packagesLoaded(c.args);
+    assert.equal(r.status, c.status, `${c.args.join(' ')}: ${r.stderr}`);
+    if (c.stderr) assert.match(r.stderr, c.stderr);
+    assert.deepEqual(r.packages.filter((p) => HEAVY.includes(p)), [], `pgaccord ${c.args.join(' ')} loaded`);
+  }
+});
+
+test('coordinator --help starts about as fast as --version (it loaded the whole coordinator: ~10 times slower)', () => {
+  // Against --version measured in the same moments rather than a fixed bound in ms: a loaded
+  // machine slows both alike. Medians of interleaved runs: the lazy command costs 1.1-1.4 times
+  // --version (measured at a load average of 10 on two cores), the whole coordinator 7-10 times.
+  const wall = (args: string[]) => {
+    const t0 = process.hrtime.bigint();
+    const r = spawnSync(process.execPath, ['bin/pgaccord.mjs', ...args], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, 0, `${args.join(' ')}: ${r.stderr}`);
+    return Number(process.hrtime.bigint() - t0) / 1e6;
+  };
+  const median = (xs: number[]) => xs.sort((a, b) => a - b)[(xs.length - 1) >> 1]!;
+  const version: number[] = [];
+  const help: number[] = [];
+  wall(['coordinator', '--help']); // the page cache
+  for (let i = 0; i < 7; i++) {
+    version.push(wall(['--version']));
+    help.push(wall(['coordinator', '--help']));
+  }
+  assert.ok(median(help) < 2.5 * median(version), `coordinator --help ${median(help).toFixed(0)} ms against --version ${median(version).toFixed(0)} ms`);
+});
