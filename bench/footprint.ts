@@ -1,6 +1,7 @@
 // npm run bench:footprint (as root: a real PostgreSQL server): what pgaccord costs a host.
 //   version_ms        wall time of `pgaccord --version` (median of BENCH_RUNS)
 //   status_help_ms    wall time of `pgaccord status --help` (median), status_help_max_rss_mb its peak RSS
+//   agent_help_ms / coordinator_help_ms   the same for `pgaccord agent --help` and `pgaccord coordinator --help`
 //   status_ms         wall time of `pgaccord status demo` against a local coordinator (median)
 //   agent_idle_rss_mb / agent_idle_cpu_pct   one agent, converged, nothing changing, over BENCH_IDLE_S
 //   coordinator_idle_rss_mb / coordinator_idle_cpu_pct   the coordinator over the same window
@@ -75,6 +76,8 @@ const CLK_TCK = 100; // Linux's USER_HZ on every architecture Node ships for
 const bare = await median([process.execPath, '-e', '0']);
 const version = await median([process.execPath, BIN, '--version']);
 const help = await median([process.execPath, BIN, 'status', '--help']);
+const agentHelp = await median([process.execPath, BIN, 'agent', '--help']);
+const coordinatorHelp = await median([process.execPath, BIN, 'coordinator', '--help']);
 
 const cluster = await LocalCluster.create({ dir: await mkdtemp('/tmp/pgaccord-footprint-') });
 try {
@@ -108,6 +111,10 @@ try {
     version_max_rss_mb: version.maxRssMb,
     status_help_ms: help.ms,
     status_help_max_rss_mb: help.maxRssMb,
+    agent_help_ms: agentHelp.ms,
+    agent_help_max_rss_mb: agentHelp.maxRssMb,
+    coordinator_help_ms: coordinatorHelp.ms,
+    coordinator_help_max_rss_mb: coordinatorHelp.maxRssMb,
     status_ms: status.ms,
     status_max_rss_mb: status.maxRssMb,
     agent_idle_rss_mb: after.agent.rssMb,
