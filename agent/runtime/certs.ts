@@ -17,19 +17,18 @@ import { createPrivateKey } from 'node:crypto';
 import { certInfo, certMatchesKey, createCsr, generateKey, keyTypeOf, normaliseIp, verifiesAgainst, type CertInfo, type KeyType } from '../../shared/crypto/x509.ts';
 import { normaliseSerial, revokedSerials } from '../../shared/crypto/crl.ts';
 import { RenewalSchedule, type Clock } from './backoff.ts';
-import { ensureDir, fsyncDir, readIfExists, removeIfExists, writeFileAtomic, type Owner } from './statefile.ts';
+import { ensurePrivateDir, readIfExists, writeFileAtomic, type Owner } from './statefile.ts';
+import { fsyncDir, removeFile } from '../../shared/system/atomic-file.ts';
+import { stateDirLayout } from '../../shared/pgconf/layout.ts';
+import type { Problem } from '../../shared/contract/problem.ts';
 import type { InstalledCertificate } from '../apply/types.ts';
 import { rename, stat, utimes } from 'node:fs/promises';
-import { CoordinatorError, newer } from './client.ts';
+import { CoordinatorError } from './client.ts';
+import { newer } from './identity.ts';
 
-export const tlsDir = (stateDir: string): string => join(stateDir, 'tls');
+export const tlsDir = (stateDir: string): string => stateDirLayout(stateDir).tlsDir;
 const SLOT_ID = /^[a-z0-9][a-z0-9_-]{0,80}$/;
 const VERSIONED = /^(.+)-([0-9a-f]+)\.(crt|key)$/;
-
-export interface CertIssue {
-  code: string;
-  message: string;
-}
 
 /**
  * Why a pair cannot be used for a slot, or null when it can: the certificate matches the key,
@@ -76,7 +75,7 @@ export interface CertManagerDeps {
 export interface EnsureResult {
   installed: InstalledCertificate[];
   /** Slots without a usable pair, or whose renewal failed (the old pair is still installed). */
-  errors: CertIssue[];
+  errors: Problem[];
   /** Slots that got a new pair in this call. */
   issued: string[];
 }
@@ -134,7 +133,7 @@ export class CertificateManager {
    * is unreachable: existing pairs are used (even past their renewal time), nothing is requested.
    */
   async ensure(desired: NodeDesired, opts: { online: boolean }): Promise<EnsureResult> {
-    await ensureDir(this.dir, 0o700, this.deps.owner);
+    await ensurePrivateDir(this.dir, this.deps.owner);
     const result: EnsureResult = { installed: [], errors: [], issued: [] };
     const now = this.deps.now();
     // A revoked pair is never used again; one the operator asked to renew is replaced early.
@@ -294,7 +293,7 @@ export class CertificateManager {
     const resp = await this.deps.requestCertificate({ slot: slot.id, csr });
     const problem = checkPair({ certPem: resp.certificate, keyPem, slot, caBundle, now: this.deps.now() });
     if (problem) {
-      await removeIfExists(pendingPath);
+      await removeFile(pendingPath);
       throw new Error(`the coordinator's certificate is refused: ${problem}`);
     }
     const info = certInfo(resp.certificate);
@@ -326,14 +325,14 @@ export class CertificateManager {
       const m = VERSIONED.exec(name);
       const pending = /^(.+)\.pending\.key$/.exec(name);
       if (pending) {
-        await removeIfExists(join(this.dir, name));
+        await removeFile(join(this.dir, name));
         continue;
       }
       if (!m) continue;
       const slot = m[1]!;
       const isManagedName = managed.has(slot) || slot === 'server' || slot.startsWith('client-');
       if (!isManagedName || keep.has(`${slot}-${m[2]}`)) continue;
-      await removeIfExists(join(this.dir, name));
+      await removeFile(join(this.dir, name));
       removed.push(name);
     }
     if (removed.length > 0) this.deps.log.info({ removed }, 'old certificate versions removed');

@@ -1,36 +1,38 @@
-// The agent's HTTPS client to the coordinator, and the agent identity kept in the state
-// directory. Trust is bootstrapped from the join token: the coordinator CA is fetched once
-// without verification, accepted only if its sha256 matches the fingerprint the token carries,
-// and pinned for every later call. Every agent call after enrolment uses mTLS with the identity
-// key, which is generated on the node and never leaves it.
-import { readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+// The agent's HTTPS client to the coordinator. Trust is bootstrapped from the join token: the
+// coordinator CA is fetched once without verification, accepted only if its sha256 matches the
+// fingerprint the token carries, and pinned for every later call. Every agent call after
+// enrolment uses mTLS with the identity key (kept by agent/runtime/identity.ts), which is
+// generated on the node and never leaves it.
 import { Value } from '@sinclair/typebox/value';
 import type { TSchema, Static } from '@sinclair/typebox';
 import { Agent, request, type Dispatcher } from './undici-lean.ts';
 import { CsrResponse, EnrollResponse, JoinTokenPayload, PeerWake, type CsrRequest, type EnrollRequest } from '../../shared/contract/api.ts';
-import { AgentStatus, NodeDesired } from '../../shared/contract/schema.ts';
-import { certInfo, certMatchesKey, createCsr, fingerprint256, generateKey, splitPemBundle, verifiesAgainst, type CertInfo } from '../../shared/crypto/x509.ts';
-import { ensureDir, readIfExists, removeIfExists, writeFileAtomic } from './statefile.ts';
+import type { AgentStatus } from '../../shared/contract/schema.ts';
+import { fingerprint256, splitPemBundle, type CertInfo } from '../../shared/crypto/x509.ts';
+import { CodedError } from '../../shared/contract/problem.ts';
 import { failoverDelay, sleep, type Random } from './backoff.ts';
 import { normaliseFingerprint, parseJoinToken } from '../../shared/contract/join-token.ts';
 
+export type CoordinatorErrorCode =
+  | 'E_TOKEN' // join token malformed or for another node
+  | 'E_PIN' // coordinator CA does not match the token's fingerprint
+  | 'E_UNREACHABLE' // network / TLS failure
+  | 'E_HTTP' // the coordinator answered with an error status
+  | 'E_RESPONSE' // the answer does not match its schema
+  | 'E_NODE_REMOVED' // 410: the node is no longer in the cluster
+  | 'E_IDENTITY'; // no usable identity and no join token
+
 /** A coded error: what went wrong with the coordinator, and the HTTP status when there was one. */
-export class CoordinatorError extends Error {
+export class CoordinatorError extends CodedError {
+  declare readonly code: CoordinatorErrorCode;
+
   constructor(
-    readonly code:
-      | 'E_TOKEN' // join token malformed or for another node
-      | 'E_PIN' // coordinator CA does not match the token's fingerprint
-      | 'E_UNREACHABLE' // network / TLS failure
-      | 'E_HTTP' // the coordinator answered with an error status
-      | 'E_RESPONSE' // the answer does not match its schema
-      | 'E_NODE_REMOVED' // 410: the node is no longer in the cluster
-      | 'E_IDENTITY', // no usable identity and no join token
+    code: CoordinatorErrorCode,
     message: string,
     readonly status?: number,
     options?: { cause?: unknown; apiCode?: string },
   ) {
-    super(message, options);
+    super(code, message, options);
     this.apiCode = options?.apiCode;
   }
 
@@ -323,148 +325,3 @@ export async function fetchPinnedCa(baseUrl: string | readonly string[], expecte
     await dispatcher.destroy().catch(() => undefined);
   }
 }
-
-// --- identity in the state directory -----------------------------------------------------------
-
-export interface Enrollment {
-  cluster: string;
-  node: string;
-  coordinatorUrl: string;
-}
-
-export const identityDir = (stateDir: string): string => join(stateDir, 'identity');
-const CA_FILE = 'coordinator-ca.crt';
-const ENROLLMENT_FILE = 'enrollment.json';
-const PENDING_KEY = 'pending.key';
-
-export interface StoredIdentity {
-  enrollment: Enrollment;
-  caPem: string;
-  identity: Identity;
-}
-
-/**
- * The identity stored by an earlier enrolment, or null when there is none. The newest pair whose
- * key matches and which chains to the pinned coordinator CA wins; an expired one is returned too
- * (the caller reports it), since only the coordinator can say whether it still works.
- */
-export async function loadIdentity(stateDir: string): Promise<StoredIdentity | null> {
-  const dir = identityDir(stateDir);
-  const enrollmentText = await readIfExists(join(dir, ENROLLMENT_FILE));
-  const caPem = await readIfExists(join(dir, CA_FILE));
-  if (enrollmentText === null || caPem === null) return null;
-  const enrollment = JSON.parse(enrollmentText) as Enrollment;
-  let best: Identity | null = null;
-  let bestMtime = 0;
-  for (const name of await readdir(dir)) {
-    const m = /^identity-([0-9a-f]+)\.crt$/.exec(name);
-    if (!m) continue;
-    const certPem = await readIfExists(join(dir, name));
-    const keyPem = await readIfExists(join(dir, `identity-${m[1]}.key`));
-    if (!certPem || !keyPem || !certMatchesKey(certPem, keyPem) || !verifiesAgainst(certPem, caPem)) continue;
-    const info = certInfo(certPem);
-    const mtime = (await stat(join(dir, name))).mtimeMs;
-    // Newest notAfter wins; on a tie (same second), the pair written last.
-    if (!best || newer(info, mtime, best.info, bestMtime)) {
-      best = { keyPem, certPem, info };
-      bestMtime = mtime;
-    }
-  }
-  return best ? { enrollment, caPem, identity: best } : null;
-}
-
-/** Whether a certificate should be preferred over another: later notAfter, then later notBefore, then written later. */
-export function newer(a: { notAfter: Date; notBefore: Date }, aMtime: number, b: { notAfter: Date; notBefore: Date }, bMtime: number): boolean {
-  if (a.notAfter.getTime() !== b.notAfter.getTime()) return a.notAfter > b.notAfter;
-  if (a.notBefore.getTime() !== b.notBefore.getTime()) return a.notBefore > b.notBefore;
-  return aMtime > bMtime;
-}
-
-/**
- * Generate a key in the identity directory, 0600 from the instant it exists. ECDSA P-256: made
- * in microseconds, and cheaper for the agent's side of every mTLS handshake than RSA.
- */
-async function newPendingKey(stateDir: string): Promise<string> {
-  const { privateKeyPem } = await generateKey('ecdsa-p256');
-  await writeFileAtomic(join(identityDir(stateDir), PENDING_KEY), privateKeyPem, { mode: 0o600 });
-  return privateKeyPem;
-}
-
-/** Store a signed identity under its serial: certificate first, then the key moves into place. */
-async function storeIdentity(stateDir: string, keyPem: string, certPem: string): Promise<Identity> {
-  const dir = identityDir(stateDir);
-  const info = certInfo(certPem);
-  await writeFileAtomic(join(dir, `identity-${info.serial}.crt`), certPem, { mode: 0o644 });
-  await writeFileAtomic(join(dir, `identity-${info.serial}.key`), keyPem, { mode: 0o600 });
-  await removeIfExists(join(dir, PENDING_KEY));
-  return { keyPem, certPem, info };
-}
-
-/** Remove every stored identity version except `keepSerial`. */
-export async function pruneIdentities(stateDir: string, keepSerial: string): Promise<void> {
-  const dir = identityDir(stateDir);
-  for (const name of await readdir(dir)) {
-    const m = /^identity-([0-9a-f]+)\.(crt|key)$/.exec(name);
-    if (m && m[1] !== keepSerial) await removeIfExists(join(dir, name));
-  }
-}
-
-function checkIssued(certPem: string, keyPem: string, caPem: string, now: number): void {
-  if (!certMatchesKey(certPem, keyPem)) throw new CoordinatorError('E_RESPONSE', 'the identity certificate does not match the key this node generated');
-  if (!verifiesAgainst(certPem, caPem)) throw new CoordinatorError('E_RESPONSE', 'the identity certificate does not chain to the pinned coordinator CA');
-  const info = certInfo(certPem);
-  if (now < info.notBefore.getTime() - 5 * 60_000 || now >= info.notAfter.getTime()) {
-    throw new CoordinatorError('E_RESPONSE', `the identity certificate is not valid now (${info.notBefore.toISOString()} .. ${info.notAfter.toISOString()})`);
-  }
-}
-
-export interface EnrollOptions {
-  stateDir: string;
-  /** One coordinator, or several (tried in order, see HttpOptions.baseUrl). */
-  coordinatorUrl: string | readonly string[];
-  random?: Random;
-  onFailover?: HttpOptions['onFailover'];
-  cluster: string;
-  node: string;
-  joinToken: string;
-  now: () => number;
-}
-
-/** Enrol with a join token: pin the CA, make the identity key here, send only a CSR. */
-export async function enroll(opts: EnrollOptions): Promise<StoredIdentity> {
-  const payload = decodeJoinToken(opts.joinToken);
-  if (payload.cluster !== opts.cluster || payload.node !== opts.node) {
-    throw new CoordinatorError('E_TOKEN', `the join token is for ${payload.cluster}/${payload.node}, not ${opts.cluster}/${opts.node}`);
-  }
-  const caPem = await fetchPinnedCa(opts.coordinatorUrl, payload.caFingerprint);
-  await ensureDir(identityDir(opts.stateDir), 0o700);
-  const keyPem = await newPendingKey(opts.stateDir);
-  const client = new CoordinatorClient({ baseUrl: opts.coordinatorUrl, caPem, ...(opts.random ? { random: opts.random } : {}), ...(opts.onFailover ? { onFailover: opts.onFailover } : {}) });
-  let resp: EnrollResponse;
-  try {
-    resp = await client.enroll({ token: opts.joinToken, csr: createCsr(keyPem, `${opts.cluster}/${opts.node}`) });
-  } finally {
-    await client.close();
-  }
-  const answered = splitPemBundle(resp.coordinatorCa)[0];
-  if (answered === undefined || fingerprint256(answered) !== normaliseFingerprint(payload.caFingerprint)) {
-    throw new CoordinatorError('E_PIN', 'the enrolment answer names a coordinator CA other than the pinned one');
-  }
-  checkIssued(resp.certificate, keyPem, caPem, opts.now());
-  const dir = identityDir(opts.stateDir);
-  await writeFileAtomic(join(dir, CA_FILE), caPem, { mode: 0o644 });
-  const identity = await storeIdentity(opts.stateDir, keyPem, resp.certificate);
-  const enrollment: Enrollment = { cluster: opts.cluster, node: opts.node, coordinatorUrl: typeof opts.coordinatorUrl === 'string' ? opts.coordinatorUrl : opts.coordinatorUrl[0]! };
-  await writeFileAtomic(join(dir, ENROLLMENT_FILE), `${JSON.stringify(enrollment, null, 2)}\n`, { mode: 0o644 });
-  return { enrollment, caPem, identity };
-}
-
-/** Renew the agent identity over mTLS with the current one; the caller switches the client. */
-export async function renewIdentity(stateDir: string, client: CoordinatorClient, caPem: string, subject: string, now: () => number): Promise<Identity> {
-  const keyPem = await newPendingKey(stateDir);
-  const resp = await client.csr({ slot: 'identity', csr: createCsr(keyPem, subject) });
-  checkIssued(resp.certificate, keyPem, caPem, now());
-  return storeIdentity(stateDir, keyPem, resp.certificate);
-}
-
-export { AgentStatus, NodeDesired };

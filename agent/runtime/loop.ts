@@ -4,218 +4,43 @@
 // empty, shrunken, garbled, foreign or older than the last good one is refused: the node keeps
 // its last good state. When the coordinator cannot be reached, the node keeps serving and being
 // reconciled locally, and its status says 'stale'.
-import { join } from 'node:path';
-import { Value } from '@sinclair/typebox/value';
-import type { Logger } from 'pino';
-import { NodeDesired, type ApplyTimings, type FileReport, type ProbeResult } from '../../shared/contract/schema.ts';
-import type { Static } from '@sinclair/typebox';
-
-type FileReportT = Static<typeof FileReport>;
-import { backoffDelay, DEFAULT_BACKOFF, sleep, type BackoffPolicy, type Clock, type Random } from './backoff.ts';
-import { CertificateManager, certReports } from './certs.ts';
-import { CoordinatorError, type CoordinatorClient } from './client.ts';
-import { probeAll, type ProbeOptions, type ProbeReason } from '../probe/probes.ts';
-import { withSession } from '../apply/pgconf.ts';
-import { terminateRevokedSessions } from '../probe/revocation.ts';
+import type { NodeDesired, ApplyTimings, ProbeResult, AgentStatus } from '../../shared/contract/schema.ts';
+import type { Problem } from '../../shared/contract/problem.ts';
 import { crlInfo } from '../../shared/crypto/crl.ts';
+import { backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.ts';
+import { certReports, type EnsureResult } from './certs.ts';
+import { CoordinatorError } from './client.ts';
+import { probeAll, type ProbeReason } from '../probe/probes.ts';
 import { buildStatus, writeLocalStatus } from './status.ts';
-import { readIfExists, writeFileAtomic, type Owner } from './statefile.ts';
-import type { AgentStatus } from '../../shared/contract/schema.ts';
-import type { ApplyInput, ApplyResult, NodeContext } from '../apply/types.ts';
-
-/** Retry delays after an apply that did not converge: 0.5-1 s, doubling up to 7.5-15 s. */
-const APPLY_RETRY: BackoffPolicy = { baseMs: 1000, capMs: 15_000 };
-/** Apply failures that only mean the node's server is not there (yet): retried without limit. */
-const WAITING_FOR_SERVER = new Set(['E_PG_CONNECT', 'E_WRONG_SERVER']);
-/** The reason of the pass the safety timer starts after a failed probe. */
-const PROBE_RETRY = 'probing again after a failed probe';
-/** After an event (a newer generation, a peer wake with news) the next poll follows this soon; otherwise minCycleMs. */
-const EVENT_MIN_CYCLE_MS = 20;
-
-/** Why the probes of a pass ran, from the pass's reason. */
-export function probeReason(passReason: string): ProbeReason {
-  return passReason === PROBE_RETRY ? 'retry' : 'apply';
-}
-
-/**
- * Which peers' edges to probe again after a peer wake. Pure. `seen`: the peers already known to
- * have applied the generation; `failing`: the peers an edge of this node failed to reach at its
- * last probe. Every peer in the wake not seen before is seen now, and the failing ones among
- * them are probed again: their apply may be what the edge waited for. A passing edge is not
- * probed again (on a full mesh that would be a psql per edge and change for nothing).
- */
-export function peersToReprobe(wake: string[], seen: Set<string>, failing: Set<string>): { fresh: string[]; reprobe: Set<string> } {
-  const fresh = wake.filter((n) => !seen.has(n));
-  return { fresh, reprobe: new Set(fresh.filter((n) => failing.has(n))) };
-}
-
-export type ApplyFn = (ctx: NodeContext, input: ApplyInput) => Promise<ApplyResult>;
-
-export interface RuntimeError {
-  code: string;
-  message: string;
-}
-
-// --- judging an answer -------------------------------------------------------------------------
-
-export type Judgement = { ok: true; desired: NodeDesired } | { ok: false; error: RuntimeError };
-
-/**
- * Whether a desired-state answer may replace the last good one. Pure. Refuses: an empty answer;
- * one that fails the NodeDesired schema; one for another cluster or node; one whose generation is
- * not newer; one that would wipe what the node has (every HBA rule, every role, the certificates
- * or CA bundle while TLS is on, the passwords its connections need).
- */
-export function judgeDesired(answer: unknown, lastGood: NodeDesired | null, expect: { cluster: string; node: string }): Judgement {
-  const refuse = (code: string, message: string): Judgement => ({ ok: false, error: { code, message: `refused desired state: ${message}; keeping the last good state${lastGood ? ` (generation ${lastGood.generation})` : ''}` } });
-  if (answer === null || answer === undefined || answer === '' || (typeof answer === 'object' && !Array.isArray(answer) && Object.keys(answer).length === 0)) {
-    return refuse('E_DESIRED_EMPTY', 'the answer is empty');
-  }
-  if (!Value.Check(NodeDesired, answer)) {
-    const first = [...Value.Errors(NodeDesired, answer)][0];
-    return refuse('E_DESIRED_GARBLED', `the answer does not match the NodeDesired schema${first ? ` (${first.path || '/'}: ${first.message})` : ''}`);
-  }
-  const d = answer;
-  if (d.cluster !== expect.cluster || d.node !== expect.node) {
-    return refuse('E_DESIRED_FOREIGN', `the answer is for ${d.cluster}/${d.node}, this node is ${expect.cluster}/${expect.node}`);
-  }
-  if (d.tls && d.caBundle.trim() === '') return refuse('E_DESIRED_SHRUNK', 'TLS is on but the CA bundle is empty');
-  if (d.tls && d.certificates.every((c) => c.usage !== 'server')) return refuse('E_DESIRED_SHRUNK', 'TLS is on but there is no server certificate slot');
-  const passfileRoles = new Set(d.edges.filter((e) => e.usesPassfile).map((e) => e.role));
-  const secrets = new Set(d.clientSecrets.map((s) => s.role));
-  const missing = [...passfileRoles].filter((r) => !secrets.has(r));
-  if (missing.length > 0) return refuse('E_DESIRED_SHRUNK', `connections use a passfile but there is no password for ${missing.join(', ')}`);
-  if (lastGood) {
-    if (d.generation < lastGood.generation) return refuse('E_DESIRED_OLDER', `generation ${d.generation} is older than the applied ${lastGood.generation} (no rollback)`);
-    if (d.generation === lastGood.generation) return refuse('E_DESIRED_OLDER', `generation ${d.generation} is not newer than the last good one`);
-    // No rules at all is what a node has once its last peer is gone; with peers left it is a wiped answer.
-    if (lastGood.hba.length > 0 && d.hba.length === 0 && d.alone !== true) return refuse('E_DESIRED_SHRUNK', `it has no HBA rules where the node has ${lastGood.hba.length}, and it is not alone in its cluster`);
-    if (lastGood.roles.length > 0 && d.roles.length === 0) return refuse('E_DESIRED_SHRUNK', `it has no roles where the node has ${lastGood.roles.length}`);
-  }
-  return { ok: true, desired: d };
-}
-
-// --- the last good state on disk ---------------------------------------------------------------
-
-export const desiredFile = (stateDir: string): string => join(stateDir, 'desired.json');
-
-/** The last good desired state, or null. A file that no longer validates is ignored (and reported). */
-export async function loadLastGood(stateDir: string, expect: { cluster: string; node: string }): Promise<{ desired: NodeDesired | null; error: RuntimeError | null }> {
-  const text = await readIfExists(desiredFile(stateDir));
-  if (text === null) return { desired: null, error: null };
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    return { desired: null, error: { code: 'E_STATE_CORRUPT', message: `${desiredFile(stateDir)} is not JSON; ignoring it` } };
-  }
-  const j = judgeDesired(parsed, null, expect);
-  return j.ok ? { desired: j.desired, error: null } : { desired: null, error: { code: 'E_STATE_CORRUPT', message: `${desiredFile(stateDir)}: ${j.error.message}` } };
-}
-
-/** Persist atomically, 0600: it holds client passwords. */
-export async function saveLastGood(stateDir: string, desired: NodeDesired, owner?: Owner): Promise<void> {
-  await writeFileAtomic(desiredFile(stateDir), `${JSON.stringify(desired)}\n`, { mode: 0o600, ...(owner ? { owner } : {}) });
-}
-
-// --- the loop ----------------------------------------------------------------------------------
-
-/** What a drift watcher saw: a managed file edited, chmod'ed, chown'ed or removed by hand. */
-export interface DriftNotice {
-  path: string;
-  kinds: string[];
-}
-
-/**
- * Watches the managed files. Paused while a reconcile writes (so our own writes are not drift),
- * resumed with the files the last proved apply reported.
- */
-export interface DriftHook {
-  pause(): void;
-  resume(files: FileReportT[], onDrift: (notice: DriftNotice) => void): void;
-  /** Compare the files with the baseline now (drift goes to onDrift as usual); how many drifted. */
-  check?(): Promise<number>;
-  close(): Promise<void>;
-}
-
-export type CoordinatorApi = Pick<CoordinatorClient, 'desired' | 'status'>;
-
-export interface LoopDeps {
-  ctx: NodeContext;
-  cluster: string;
-  node: string;
-  client: CoordinatorApi;
-  apply: ApplyFn;
-  certs: CertificateManager;
-  probe: ProbeOptions;
-  /** Who owns the state files the server's user must read (PGDATA owner). */
-  owner?: Owner;
-  now: Clock;
-  random: Random;
-  backoff?: BackoffPolicy;
-  /** After a failed probe, reconcile and probe again this soon, ms. */
-  reprobeMs?: number;
-  /** Reconcile at least this often even when nothing happens, ms (while steady: the cheap checks only). */
-  resyncMs?: number;
-  /**
-   * The steady state (0/absent: off, every cycle proves): while the last pass proved the desired
-   * generation with every probe passing and nothing pending, a long-poll cycle checks only the
-   * files (drift.check), the server's fingerprint and address, and reports the last proof; it
-   * proves again (apply, SQL checks, probes) once this long after the last proving pass, ms.
-   */
-  proofEveryMs?: number;
-  /** What changes when the local server restarts (PGDATA/postmaster.pid), or null when it does not run. */
-  serverFingerprint?: () => string | null;
-  /** A long-poll cycle never repeats faster than this, ms (guards against a coordinator that does not wait). */
-  minCycleMs?: number;
-  log: Logger;
-  drift?: DriftHook;
-  /** Called before each poll: e.g. renew the agent identity when due. Errors are logged. */
-  maintain?: () => Promise<void>;
-  /** Called before each pass: the context to use now (the local server may have moved). */
-  refreshContext?: (ctx: NodeContext) => NodeContext;
-  /** Called after successful contact with the coordinator (e.g. prune old identity versions). */
-  onContact?: () => Promise<void>;
-  /** When `maintain` has work next (ms since the epoch; e.g. the identity's renewal time), or null. */
-  nextMaintenanceAt?: () => number | null;
-  /** notAfter of the agent identity (ms), for survivesUntil. */
-  identityNotAfter?: () => number | null;
-  /** End the sessions that authenticated with a revoked certificate (default: over the local socket). */
-  terminateRevoked?: (ctx: NodeContext, crl: string) => Promise<{ pid: number; serial: string }[]>;
-  postgresVersion: () => Promise<string>;
-  onReady?: () => void;
-  /** Once the loop runs (before the first apply: the coordinator or the server may be away). */
-  onRunning?: (summary: string) => void;
-  /** After each pass: a one-line summary (systemd STATUS=). */
-  onSummary?: (line: string) => void;
-  /** Keep-alive (systemd WATCHDOG=1), fed from the loop's own tick only while it makes progress. */
-  watchdog?: { everyMs: number; feed: () => void; stuckAfterMs?: number };
-}
-
-/** A reconcile pass or a poll turn running longer than this is stuck (long-poll <= 300 s plus client timeouts stay well below). */
-export const STUCK_AFTER_MS = 600_000;
-
-/** Is the loop making progress: neither the pass in flight nor the poll turn older than the bound. */
-export function loopAlive(now: number, since: { pass: number | null; turn: number | null }, stuckAfterMs = STUCK_AFTER_MS): boolean {
-  return [since.pass, since.turn].every((t) => t === null || now - t < stuckAfterMs);
-}
-
-/** The STATUS= line: applied generation (and the desired one when behind), phase, probes. */
-export function summaryLine(s: { desired: number | null; applied: number; phase: string | null; probesOk: number; probes: number; reachable: boolean }): string {
-  if (s.desired === null) return `waiting for the first desired state${s.reachable ? '' : ' (coordinator unreachable)'}`;
-  const gen = s.applied === s.desired ? `generation ${s.applied}` : `generation ${s.applied} (desired ${s.desired})`;
-  return `${gen}, ${s.phase ?? 'not applied'}, probes ${s.probesOk}/${s.probes} ok${s.reachable ? '' : ', coordinator unreachable'}`;
-}
-
-export type LoopExit = 'stopped' | 'removed';
+import { loadLastGood, saveLastGood } from './last-good.ts';
+import { afterProof, ensureAndApply } from './pass.ts';
+import type { FileReportT, LoopDeps, LoopExit } from './loop-deps.ts';
+import type { ApplyResult, NodeContext } from '../apply/types.ts';
+import {
+  APPLY_RETRY,
+  contactRetryDelay,
+  errMessage,
+  EVENT_MIN_CYCLE_MS,
+  isSteady,
+  judgeDesired,
+  loopAlive,
+  peersToReprobe,
+  PROBE_RETRY,
+  probeReason,
+  renewalWake,
+  retryApplySoon,
+  STUCK_AFTER_MS,
+  summaryLine,
+  survivesUntil,
+} from './judge.ts';
 
 export class ReconcileLoop {
   private lastGood: NodeDesired | null = null;
   private appliedGeneration = 0;
   private reachable = true;
-  private refusal: RuntimeError | null = null;
-  private contactError: RuntimeError | null = null;
-  private stateError: RuntimeError | null = null;
+  private refusal: Problem | null = null;
+  private contactError: Problem | null = null;
+  private stateError: Problem | null = null;
   private lastApply: ApplyResult | null = null;
   private ready = false;
   private running: Promise<void> = Promise.resolve();
@@ -231,7 +56,7 @@ export class ReconcileLoop {
   /** Files the last proved apply reported: the drift baseline. */
   private baseline: FileReportT[] | null = null;
   /** Drift seen since the last status, reported once. */
-  private driftNotes: RuntimeError[] = [];
+  private driftNotes: Problem[] = [];
   /** The status last built (for tests and for the local mirror). */
   lastStatus: AgentStatus | null = null;
   /** When the reconcile pass in flight and the current poll turn began (the watchdog's view). */
@@ -240,8 +65,8 @@ export class ReconcileLoop {
   private watchdogTimer: NodeJS.Timeout | undefined;
   /** What the last pass had, for a probe-only pass (peer wake) to report with. */
   private lastProbes: ProbeResult[] = [];
-  private lastCertErrors: RuntimeError[] = [];
-  private lastInstalled: Awaited<ReturnType<CertificateManager['ensure']>>['installed'] = [];
+  private lastCertErrors: Problem[] = [];
+  private lastInstalled: EnsureResult['installed'] = [];
   /** The phases of the pass that applied the current generation (report: filled in once its post returned). */
   private timings: ApplyTimings | null = null;
   /**
@@ -281,18 +106,15 @@ export class ReconcileLoop {
    */
   private scheduleRenewalWake(): void {
     if (this.signal.aborted) return;
-    const candidates = [this.deps.certs.nextRenewalAt, this.deps.nextMaintenanceAt?.() ?? null].filter((x): x is number => x !== null);
-    if (candidates.length === 0) return;
-    // A little after the instant, so that the schedule says "due" when we look.
-    const at = Math.min(...candidates) + 250;
+    const renewals = this.renewals();
+    if (renewals.every((x) => x === null)) return;
+    const at = Math.min(...renewals.filter((x): x is number => x !== null)) + 250;
     if (this.renewalTimerAt === at && this.renewalTimer) return;
     clearTimeout(this.renewalTimer);
-    const now = this.deps.now();
-    // Already due: renewal happens on the next contact; while the coordinator is away the retry
-    // loop (its delay capped near expiry) brings it, and a failing CSR is retried every 10 s.
-    if (at <= now && !this.reachable) return;
-    const delay = at <= now ? 10_000 : Math.min(Math.max(at - now, 1000), 24 * 3600_000);
-    this.renewalTimerAt = at;
+    const wake = renewalWake(renewals, this.deps.now(), this.reachable);
+    if (wake === null) return;
+    const delay = wake.delayMs;
+    this.renewalTimerAt = wake.at;
     this.renewalTimer = setTimeout(() => {
       this.renewalTimer = undefined;
       this.renewalTimerAt = null;
@@ -303,18 +125,19 @@ export class ReconcileLoop {
     this.renewalTimer.unref();
   }
 
-  /**
-   * The retry delay after a failure, shortened when a certificate is past its renewal time and
-   * heading for expiry: retry at least every tenth of the time left (but not faster than 1 s),
-   * so that a returning coordinator is used before anything expires.
-   */
+  /** When a certificate pair and the agent identity are next due for renewal (ms), each or null. */
+  private renewals(): (number | null)[] {
+    return [this.deps.certs.nextRenewalAt, this.deps.nextMaintenanceAt?.() ?? null];
+  }
+
+  /** When a certificate pair and the agent identity expire (ms), each or null. */
+  private expiries(): (number | null)[] {
+    return [this.deps.certs.earliestExpiry, this.deps.identityNotAfter?.() ?? null];
+  }
+
+  /** The retry delay after a failure (see contactRetryDelay). */
   private retryDelay(): number {
-    let delay = backoffDelay(Math.min(this.failures, 30), this.deps.random, this.deps.backoff ?? DEFAULT_BACKOFF);
-    const now = this.deps.now();
-    const due = [this.deps.certs.nextRenewalAt, this.deps.nextMaintenanceAt?.() ?? null].some((t) => t !== null && t <= now);
-    const ends = [this.deps.certs.earliestExpiry, this.deps.identityNotAfter?.() ?? null].filter((x): x is number => x !== null);
-    if (due && ends.length > 0) delay = Math.min(delay, Math.max(1000, (Math.min(...ends) - now) / 10));
-    return Math.floor(delay);
+    return contactRetryDelay(this.failures, this.deps.random, this.deps.backoff ?? DEFAULT_BACKOFF, this.deps.now(), this.renewals(), this.expiries());
   }
 
   private reprobeTimer: NodeJS.Timeout | undefined;
@@ -415,16 +238,21 @@ export class ReconcileLoop {
    * end it before then: a file's drift, the server restarted or moved.
    */
   private steady(now: number): boolean {
-    const every = this.deps.proofEveryMs ?? 0;
-    const proof = this.lastProof;
     const d = this.lastGood;
-    const a = this.lastApply;
-    if (every <= 0 || !proof || !d || !a || !this.deps.drift?.check || !this.reachable) return false;
-    if (now - proof.at >= every || proof.generation !== d.generation || this.appliedGeneration !== d.generation) return false;
-    if (a.phase !== 'converged' || a.errors.length > 0 || a.pendingRestart.length > 0 || !this.lastProbes.every((p) => p.ok)) return false;
-    if (this.lastCertErrors.length > 0 || this.runtimeErrors([]).length > 0 || this.driftNotes.length > 0 || this.reprobeTimer) return false;
-    const due = [this.deps.certs.nextRenewalAt, this.deps.nextMaintenanceAt?.() ?? null].some((t) => t !== null && t <= now);
-    return !due && this.lastStatus !== null;
+    return isSteady({
+      now,
+      proofEveryMs: this.deps.proofEveryMs ?? 0,
+      lastProof: this.lastProof,
+      desiredGeneration: d?.generation ?? null,
+      appliedGeneration: this.appliedGeneration,
+      lastApply: this.lastApply,
+      probesOk: this.lastProbes.every((p) => p.ok),
+      unsettled: this.lastCertErrors.length > 0 || this.runtimeErrors([]).length > 0 || this.driftNotes.length > 0 || this.reprobeTimer !== undefined,
+      renewalDue: this.renewals().some((t) => t !== null && t <= now),
+      canCheckFiles: this.deps.drift?.check !== undefined,
+      reachable: this.reachable,
+      reported: this.lastStatus !== null,
+    });
   }
 
   /**
@@ -623,20 +451,17 @@ export class ReconcileLoop {
 
   /** The earliest of the certificates' notAfter (identity included) and the CRL's nextUpdate. */
   private survivesUntil(desired: NodeDesired | null): string | null {
-    const ends = [this.deps.certs.earliestExpiry, this.deps.identityNotAfter?.() ?? null].filter((x): x is number => x !== null);
-    if (desired?.crl) {
-      try {
-        const next = crlInfo(desired.crl).nextUpdate;
-        if (next) ends.push(next.getTime());
-      } catch {
-        // reported by the certificate manager
-      }
+    let next: number | null = null;
+    try {
+      next = desired?.crl ? (crlInfo(desired.crl).nextUpdate?.getTime() ?? null) : null;
+    } catch {
+      // reported by the certificate manager
     }
-    return ends.length > 0 ? new Date(Math.min(...ends)).toISOString() : null;
+    return survivesUntil(this.expiries(), next);
   }
 
-  private runtimeErrors(extra: RuntimeError[]): RuntimeError[] {
-    return [this.stateError, this.refusal, this.contactError, ...extra].filter((e): e is RuntimeError => e !== null);
+  private runtimeErrors(extra: Problem[]): Problem[] {
+    return [this.stateError, this.refusal, this.contactError, ...extra].filter((e): e is Problem => e !== null);
   }
 
   /** One level-triggered pass: certificates, apply, prune, probes, status. */
@@ -644,9 +469,9 @@ export class ReconcileLoop {
     if (this.deps.refreshContext) this.deps = { ...this.deps, ctx: this.deps.refreshContext(this.deps.ctx) };
     const { log, ctx } = this.deps;
     const desired = this.lastGood;
-    let certErrors: RuntimeError[] = [];
+    let certErrors: Problem[] = [];
     let probes: ProbeResult[] = [];
-    let installed: Awaited<ReturnType<CertificateManager['ensure']>>['installed'] = [];
+    let installed: EnsureResult['installed'] = [];
     if (desired) {
       log.debug({ reason, generation: desired.generation }, 'reconciling');
       this.cycles.proved += 1;
@@ -654,41 +479,18 @@ export class ReconcileLoop {
       const startedAt = new Date(this.deps.now()).toISOString();
       const t0 = performance.now();
       this.deps.drift?.pause();
-      const certs = await this.deps.certs.ensure(desired, { online: this.reachable }).catch((e): Awaited<ReturnType<CertificateManager['ensure']>> => ({
-        installed: [],
-        issued: [],
-        errors: [{ code: 'E_CERT', message: errMessage(e) }],
-      }));
+      const { result, proved, certs, certsMs } = await ensureAndApply(this.deps, ctx, desired, this.reachable, this.lastApply?.files ?? []);
       certErrors = certs.errors;
       installed = certs.installed;
-      const certsMs = performance.now() - t0;
-      let result: ApplyResult;
-      try {
-        result = await this.deps.apply(ctx, { desired, certificates: certs.installed });
-      } catch (e) {
-        result = { phase: 'failed', changed: false, errors: [{ code: 'E_APPLY', message: errMessage(e) }], files: this.lastApply?.files ?? [], pendingRestart: [], servedCertificate: null, clientConnections: [] };
-      }
       this.lastApply = result;
-      const proved = result.phase === 'converged' || result.phase === 'pending-restart';
       const newlyApplied = proved && this.appliedGeneration !== desired.generation;
       if (proved) {
         if (newlyApplied) log.info({ generation: desired.generation, phase: result.phase, changed: result.changed }, 'generation applied and proved');
         this.appliedGeneration = desired.generation;
-        await this.deps.certs.prune(certs.installed, desired.certificates.map((c) => c.id)).catch((e) => log.warn({ err: errMessage(e) }, 'pruning old certificate versions failed'));
-        if (desired.crl !== null) {
-          // The new CRL is loaded (proved): end the live sessions of revoked certificates.
-          const terminate = this.deps.terminateRevoked ?? ((c: NodeContext, crl: string) => withSession(c, (s) => terminateRevokedSessions(s, crl)));
-          try {
-            const ended = await terminate(ctx, desired.crl);
-            if (ended.length > 0) log.warn({ sessions: ended }, 'ended sessions that authenticated with a revoked certificate');
-          } catch (e) {
-            certErrors = [...certErrors, { code: 'E_REVOKED_SESSIONS', message: `could not end the sessions of revoked certificates: ${errMessage(e)}` }];
-          }
-        }
+        certErrors = [...certErrors, ...(await afterProof(this.deps, ctx, desired, certs))];
         if (!this.ready) {
           this.ready = true;
           log.info({ generation: desired.generation, phase: result.phase }, 'agent ready: first reconcile succeeded');
-          this.deps.onReady?.();
         }
       } else {
         log.error({ generation: desired.generation, phase: result.phase, errors: result.errors }, 'apply did not converge');
@@ -697,11 +499,8 @@ export class ReconcileLoop {
       if (proved) this.baseline = result.files;
       // Not converged: try again soon rather than at the next resync, e.g. an agent started
       // before its server (pg_autoctl create) applies within seconds of the server appearing.
-      // Waiting for the server, for as long as it takes; anything else a few times, then the
-      // resync takes over (a refused rule does not go away by retrying every 15 s).
       this.applyFailures = proved ? 0 : this.applyFailures + 1;
-      const waitingForServer = result.errors.length > 0 && result.errors.every((e) => WAITING_FOR_SERVER.has(e.code));
-      if (!proved && (waitingForServer || this.applyFailures <= 3)) this.scheduleRetry(backoffDelay(Math.min(this.applyFailures - 1, 30), this.deps.random, APPLY_RETRY), 'applying again after a failed apply');
+      if (!proved && retryApplySoon(this.applyFailures, result.errors)) this.scheduleRetry(backoffDelay(Math.min(this.applyFailures - 1, 30), this.deps.random, APPLY_RETRY), 'applying again after a failed apply');
       if (this.baseline) {
         this.deps.drift?.resume(this.baseline, (d) => {
           log.warn({ path: d.path, kinds: d.kinds }, 'drift in a managed file: repairing');
@@ -730,7 +529,7 @@ export class ReconcileLoop {
   }
 
   /** Build the status, report it (the coordinator and the local mirror). */
-  private async publish(desired: NodeDesired | null, probes: ProbeResult[], certErrors: RuntimeError[], installed: Awaited<ReturnType<CertificateManager['ensure']>>['installed'], knownPostgresVersion?: string): Promise<void> {
+  private async publish(desired: NodeDesired | null, probes: ProbeResult[], certErrors: Problem[], installed: EnsureResult['installed'], knownPostgresVersion?: string): Promise<void> {
     const { log, ctx } = this.deps;
     const notes = this.driftNotes.splice(0);
     this.scheduleRenewalWake();
@@ -766,7 +565,3 @@ export class ReconcileLoop {
 }
 
 const round1 = (ms: number): number => Math.round(ms * 10) / 10;
-
-function errMessage(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}

@@ -1,8 +1,8 @@
 // The runtime's own small files in the state directory (identity, last good desired state,
 // certificate versions, local status): written atomically, with their mode (and owner) set
 // before the rename, so they are never torn and never wider than asked, not even for an instant.
-import { readFile, unlink } from 'node:fs/promises';
-import { ensureDirectory, fsyncDir, installFile, isRoot } from '../../shared/system/atomic-file.ts';
+import { readFile } from 'node:fs/promises';
+import { ensureDirectory, installFile, isRoot } from '../../shared/system/atomic-file.ts';
 
 export interface Owner {
   uid: number;
@@ -19,8 +19,15 @@ export async function writeFileAtomic(path: string, data: string | Buffer, opts:
   await installFile({ path, content: Buffer.isBuffer(data) ? data : Buffer.from(data, 'utf8'), mode: opts.mode, ...owner });
 }
 
-// A directory of exactly this mode (and owner when root), never through a symlink.
-export { ensureDirectory as ensureDir, fsyncDir, isRoot };
+/**
+ * The agent's one rule for a directory it makes: 0700 (they hold keys, passwords, the desired
+ * state), owned by `owner` (the PGDATA owner) when root, never through a symlink.
+ */
+export const PRIVATE_DIR_MODE = 0o700;
+
+export function ensurePrivateDir(path: string, owner?: Owner): Promise<void> {
+  return ensureDirectory(path, PRIVATE_DIR_MODE, owner);
+}
 
 /** File contents, or null when it does not exist. */
 export async function readIfExists(path: string): Promise<string | null> {
@@ -30,10 +37,4 @@ export async function readIfExists(path: string): Promise<string | null> {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw e;
   }
-}
-
-export async function removeIfExists(path: string): Promise<void> {
-  await unlink(path).catch((e: NodeJS.ErrnoException) => {
-    if (e.code !== 'ENOENT') throw e;
-  });
 }

@@ -1,10 +1,11 @@
 // Status: what the agent reports to the coordinator (POST /v1/agent/status), and mirrors into
 // <stateDir>/status.json so an operator (and the tests) can see it while the coordinator is down.
-import { join } from 'node:path';
 import pg from 'pg';
 import type { AgentStatus, ApplyTimings, CertReport, Phase, ProbeResult } from '../../shared/contract/schema.ts';
 import type { ApplyResult } from '../apply/types.ts';
 import { writeFileAtomic, type Owner } from './statefile.ts';
+import { stateDirLayout } from '../../shared/pgconf/layout.ts';
+import type { Problem } from '../../shared/contract/problem.ts';
 import { PGACCORD_VERSION } from '../../shared/contract/version.ts';
 
 export const AGENT_VERSION = PGACCORD_VERSION;
@@ -14,7 +15,7 @@ export interface StatusInput {
   appliedGeneration: number;
   apply: ApplyResult | null;
   /** Errors of the runtime itself: refused desired states, certificate requests, enrolment... */
-  runtimeErrors: { code: string; message: string }[];
+  runtimeErrors: Problem[];
   certificates: CertReport[];
   probes: ProbeResult[];
   coordinatorReachable: boolean;
@@ -67,7 +68,7 @@ export async function postgresVersion(conn: { host: string; port: number; user: 
   }
 }
 
-export const statusFile = (stateDir: string): string => join(stateDir, 'status.json');
+export const statusFile = (stateDir: string): string => stateDirLayout(stateDir).status;
 
 /** Local mirror of the last status, with when it was made and whether it reached the coordinator. */
 export async function writeLocalStatus(stateDir: string, status: AgentStatus, meta: { at: string; reported: boolean }, owner?: Owner): Promise<void> {

@@ -31,7 +31,31 @@ export interface Layout {
   passfile: string;
 }
 
+/**
+ * The agent's state directory: the one place its entries are named. The planner needs tls/,
+ * client/ and server/, the runtime the rest; each module owns what goes inside its directory.
+ */
+export function stateDirLayout(stateDir: string) {
+  return {
+    /** The last good desired state (0600: it holds client passwords). */
+    desired: join(stateDir, 'desired.json'),
+    /** The local mirror of the last status report. */
+    status: join(stateDir, 'status.json'),
+    /** The agent identity: coordinator CA, enrolment, identity-<serial>.{crt,key}. */
+    identityDir: join(stateDir, 'identity'),
+    /** Versioned key/certificate pairs and the content-addressed CA bundle and CRL. */
+    tlsDir: join(stateDir, 'tls'),
+    clientDir: join(stateDir, 'client'),
+    passfile: join(stateDir, 'client', 'passfile'),
+    /** The server's TLS files under fixed names (stableServerPaths). */
+    serverDir: join(stateDir, 'server'),
+    /** Patroni's fragment and certificate files (patroniPaths). */
+    patroniDir: join(stateDir, 'patroni'),
+  };
+}
+
 export function layoutFor(stateDir: string, server: ServerPaths, home: string | null = null): Layout {
+  const dirs = stateDirLayout(stateDir);
   return {
     stateDir,
     home,
@@ -39,9 +63,9 @@ export function layoutFor(stateDir: string, server: ServerPaths, home: string | 
     identFile: server.identFile,
     configFile: server.configFile,
     includeFile: join(dirname(server.configFile), INCLUDE_FILE),
-    tlsDir: join(stateDir, 'tls'),
-    clientDir: join(stateDir, 'client'),
-    passfile: join(stateDir, 'client', 'passfile'),
+    tlsDir: dirs.tlsDir,
+    clientDir: dirs.clientDir,
+    passfile: dirs.passfile,
   };
 }
 
@@ -67,7 +91,7 @@ export interface StableServerPaths {
 }
 
 export const stableServerPaths = (layout: Layout): StableServerPaths => {
-  const dir = join(layout.stateDir, 'server');
+  const dir = stateDirLayout(layout.stateDir).serverDir;
   return { dir, pem: join(dir, 'server.pem'), ca: join(dir, 'root.crt'), crl: join(dir, 'root.crl') };
 };
 

@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { compileCluster } from '../../coordinator/cluster/compile.ts';
 import type { AgentStatus, ClusterSpec } from '../../shared/contract/schema.ts';
-import { ReconcileLoop, type CoordinatorApi, type DriftHook } from '../../agent/runtime/loop.ts';
+import { ReconcileLoop } from '../../agent/runtime/loop.ts';
+import type { CoordinatorApi, DriftHook } from '../../agent/runtime/loop-deps.ts';
 import { CertificateManager } from '../../agent/runtime/certs.ts';
 import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
 import type { ApplyResult, NodeContext } from '../../agent/apply/types.ts';
@@ -137,7 +138,7 @@ test('steady: a drifted file or a restarted server is proved again at once', asy
 });
 
 test('--prove-every: the steady proof cadence, 300 s by default, from a flag or the config file; anything but 1-86400 seconds is refused naming the option', async () => {
-  const { resolveConfig } = await import('../../agent/main.ts');
+  const { resolveConfig } = await import('../../agent/config.ts');
   const pgdata = await mkdtemp(join(tmpdir(), 'pgaccord-pgdata-'));
   try {
     const base = { coordinator: 'https://c', node: 'a/b', pgdata };

@@ -12,7 +12,9 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { compileCluster } from '../../coordinator/cluster/compile.ts';
 import type { AgentStatus, ClusterSpec } from '../../shared/contract/schema.ts';
-import { ReconcileLoop, peersToReprobe, probeReason, type CoordinatorApi } from '../../agent/runtime/loop.ts';
+import { ReconcileLoop } from '../../agent/runtime/loop.ts';
+import { peersToReprobe, probeReason } from '../../agent/runtime/judge.ts';
+import type { CoordinatorApi } from '../../agent/runtime/loop-deps.ts';
 import { PhaseClock } from '../../agent/apply/apply.ts';
 import { applyTime } from '../../coordinator/cli/status.ts';
 import { CertificateManager } from '../../agent/runtime/certs.ts';
@@ -223,7 +225,7 @@ test('probes run the newest versioned psql directly when PATH has Debian\'s pg_w
 });
 
 test('--probe-retry: the safety timer, 2 s by default; a value that is not a number of seconds is refused naming the option', async () => {
-  const { resolveConfig } = await import('../../agent/main.ts');
+  const { resolveConfig } = await import('../../agent/config.ts');
   const base = { coordinator: 'https://c', node: 'a/b', pgdata: await mkdtemp(join(tmpdir(), 'pgaccord-pgdata-')) };
   dirs.push(base.pgdata);
   assert.equal(resolveConfig({}, base).probeRetryMs, 2000);

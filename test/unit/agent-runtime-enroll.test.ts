@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import forge from 'node-forge';
 import { CertificateAuthority } from '../../coordinator/ca/ca.ts';
-import { checkPinnedCa, CoordinatorClient, CoordinatorError, decodeJoinToken, enroll, fetchPinnedCa, loadIdentity, pruneIdentities, renewIdentity } from '../../agent/runtime/client.ts';
+import { checkPinnedCa, CoordinatorClient, CoordinatorError, decodeJoinToken, fetchPinnedCa } from '../../agent/runtime/client.ts';
+import { enroll, loadIdentity, pruneIdentities, renewIdentity } from '../../agent/runtime/identity.ts';
 import { fingerprint256, generateRsaKey, readCsrKey } from '../../shared/crypto/x509.ts';
 
 const encode = (payload: unknown) => `pga1.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;

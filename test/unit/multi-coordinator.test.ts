@@ -12,7 +12,7 @@ import forge from 'node-forge';
 import { CertificateAuthority } from '../../coordinator/ca/ca.ts';
 import { CoordinatorClient, CoordinatorError } from '../../agent/runtime/client.ts';
 import { failoverDelay, FAILOVER_BACKOFF, seededRandom } from '../../agent/runtime/backoff.ts';
-import { readConfigFile, resolveConfig } from '../../agent/main.ts';
+import { readConfigFile, resolveConfig } from '../../agent/config.ts';
 import { parseCoordinatorUrls } from '../../shared/contract/coordinator-urls.ts';
 import { encodeJoinToken, parseJoinToken, tokenUrls } from '../../shared/contract/join-token.ts';
 import { freePort } from '../../shared/system/pgserver.ts';

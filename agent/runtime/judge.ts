@@ -1,0 +1,163 @@
+// The reconcile loop's judgement, pure: whether a desired-state answer may replace the last good
+// one, which peers to probe again after a wake, whether the node is steady, how long to wait
+// before the next try. No I/O, no clock of its own: agent/runtime/loop.ts does the acting.
+import { Value } from '@sinclair/typebox/value';
+import { NodeDesired } from '../../shared/contract/schema.ts';
+import type { Problem } from '../../shared/contract/problem.ts';
+import { backoffDelay, type BackoffPolicy, type Random } from './backoff.ts';
+import type { ProbeReason } from '../probe/probes.ts';
+
+/** Retry delays after an apply that did not converge: 0.5-1 s, doubling up to 7.5-15 s. */
+export const APPLY_RETRY: BackoffPolicy = { baseMs: 1000, capMs: 15_000 };
+/** Apply failures that only mean the node's server is not there (yet): retried without limit. */
+export const WAITING_FOR_SERVER = new Set(['E_PG_CONNECT', 'E_WRONG_SERVER']);
+/** The reason of the pass the safety timer starts after a failed probe. */
+export const PROBE_RETRY = 'probing again after a failed probe';
+/** After an event (a newer generation, a peer wake with news) the next poll follows this soon; otherwise minCycleMs. */
+export const EVENT_MIN_CYCLE_MS = 20;
+
+/** Why the probes of a pass ran, from the pass's reason. */
+export function probeReason(passReason: string): ProbeReason {
+  return passReason === PROBE_RETRY ? 'retry' : 'apply';
+}
+
+/**
+ * Which peers' edges to probe again after a peer wake. Pure. `seen`: the peers already known to
+ * have applied the generation; `failing`: the peers an edge of this node failed to reach at its
+ * last probe. Every peer in the wake not seen before is seen now, and the failing ones among
+ * them are probed again: their apply may be what the edge waited for. A passing edge is not
+ * probed again (on a full mesh that would be a psql per edge and change for nothing).
+ */
+export function peersToReprobe(wake: string[], seen: Set<string>, failing: Set<string>): { fresh: string[]; reprobe: Set<string> } {
+  const fresh = wake.filter((n) => !seen.has(n));
+  return { fresh, reprobe: new Set(fresh.filter((n) => failing.has(n))) };
+}
+
+export type Judgement = { ok: true; desired: NodeDesired } | { ok: false; error: Problem };
+
+/**
+ * Whether a desired-state answer may replace the last good one. Pure. Refuses: an empty answer;
+ * one that fails the NodeDesired schema; one for another cluster or node; one whose generation is
+ * not newer; one that would wipe what the node has (every HBA rule, every role, the certificates
+ * or CA bundle while TLS is on, the passwords its connections need).
+ */
+export function judgeDesired(answer: unknown, lastGood: NodeDesired | null, expect: { cluster: string; node: string }): Judgement {
+  const refuse = (code: string, message: string): Judgement => ({ ok: false, error: { code, message: `refused desired state: ${message}; keeping the last good state${lastGood ? ` (generation ${lastGood.generation})` : ''}` } });
+  if (answer === null || answer === undefined || answer === '' || (typeof answer === 'object' && !Array.isArray(answer) && Object.keys(answer).length === 0)) {
+    return refuse('E_DESIRED_EMPTY', 'the answer is empty');
+  }
+  if (!Value.Check(NodeDesired, answer)) {
+    const first = [...Value.Errors(NodeDesired, answer)][0];
+    return refuse('E_DESIRED_GARBLED', `the answer does not match the NodeDesired schema${first ? ` (${first.path || '/'}: ${first.message})` : ''}`);
+  }
+  const d = answer;
+  if (d.cluster !== expect.cluster || d.node !== expect.node) {
+    return refuse('E_DESIRED_FOREIGN', `the answer is for ${d.cluster}/${d.node}, this node is ${expect.cluster}/${expect.node}`);
+  }
+  if (d.tls && d.caBundle.trim() === '') return refuse('E_DESIRED_SHRUNK', 'TLS is on but the CA bundle is empty');
+  if (d.tls && d.certificates.every((c) => c.usage !== 'server')) return refuse('E_DESIRED_SHRUNK', 'TLS is on but there is no server certificate slot');
+  const passfileRoles = new Set(d.edges.filter((e) => e.usesPassfile).map((e) => e.role));
+  const secrets = new Set(d.clientSecrets.map((s) => s.role));
+  const missing = [...passfileRoles].filter((r) => !secrets.has(r));
+  if (missing.length > 0) return refuse('E_DESIRED_SHRUNK', `connections use a passfile but there is no password for ${missing.join(', ')}`);
+  if (lastGood) {
+    if (d.generation < lastGood.generation) return refuse('E_DESIRED_OLDER', `generation ${d.generation} is older than the applied ${lastGood.generation} (no rollback)`);
+    if (d.generation === lastGood.generation) return refuse('E_DESIRED_OLDER', `generation ${d.generation} is not newer than the last good one`);
+    // No rules at all is what a node has once its last peer is gone; with peers left it is a wiped answer.
+    if (lastGood.hba.length > 0 && d.hba.length === 0 && d.alone !== true) return refuse('E_DESIRED_SHRUNK', `it has no HBA rules where the node has ${lastGood.hba.length}, and it is not alone in its cluster`);
+    if (lastGood.roles.length > 0 && d.roles.length === 0) return refuse('E_DESIRED_SHRUNK', `it has no roles where the node has ${lastGood.roles.length}`);
+  }
+  return { ok: true, desired: d };
+}
+
+/** A reconcile pass or a poll turn running longer than this is stuck (long-poll <= 300 s plus client timeouts stay well below). */
+export const STUCK_AFTER_MS = 600_000;
+
+/** Is the loop making progress: neither the pass in flight nor the poll turn older than the bound. */
+export function loopAlive(now: number, since: { pass: number | null; turn: number | null }, stuckAfterMs = STUCK_AFTER_MS): boolean {
+  return [since.pass, since.turn].every((t) => t === null || now - t < stuckAfterMs);
+}
+
+/** The STATUS= line: applied generation (and the desired one when behind), phase, probes. */
+export function summaryLine(s: { desired: number | null; applied: number; phase: string | null; probesOk: number; probes: number; reachable: boolean }): string {
+  if (s.desired === null) return `waiting for the first desired state${s.reachable ? '' : ' (coordinator unreachable)'}`;
+  const gen = s.applied === s.desired ? `generation ${s.applied}` : `generation ${s.applied} (desired ${s.desired})`;
+  return `${gen}, ${s.phase ?? 'not applied'}, probes ${s.probesOk}/${s.probes} ok${s.reachable ? '' : ', coordinator unreachable'}`;
+}
+
+/**
+ * Whether an apply that did not converge is tried again soon, rather than at the next resync:
+ * while it only waits for the node's server, for as long as it takes; anything else the first
+ * three times (a refused rule does not go away by retrying every 15 s).
+ */
+export function retryApplySoon(failures: number, errors: Problem[]): boolean {
+  const waitingForServer = errors.length > 0 && errors.every((e) => WAITING_FOR_SERVER.has(e.code));
+  return waitingForServer || failures <= 3;
+}
+
+/**
+ * The retry delay after `failures` failed contacts, shortened when a renewal is due and
+ * something heads for expiry: at least every tenth of the time left (but not faster than 1 s),
+ * so that a returning coordinator is used before anything expires.
+ */
+export function contactRetryDelay(failures: number, random: Random, policy: BackoffPolicy, now: number, renewals: (number | null)[], expiries: (number | null)[]): number {
+  let delay = backoffDelay(Math.min(failures, 30), random, policy);
+  const due = renewals.some((t) => t !== null && t <= now);
+  const ends = expiries.filter((x): x is number => x !== null);
+  if (due && ends.length > 0) delay = Math.min(delay, Math.max(1000, (Math.min(...ends) - now) / 10));
+  return Math.floor(delay);
+}
+
+/**
+ * When to wake for the next renewal (a certificate pair or the agent identity), or null for no
+ * timer: a little after the earliest instant, so that the schedule says "due" when we look.
+ * Already due: renewal happens on the next contact; while the coordinator is away the retry
+ * loop (its delay capped near expiry) brings it, and a failing CSR is retried every 10 s.
+ */
+export function renewalWake(renewals: (number | null)[], now: number, reachable: boolean): { at: number; delayMs: number } | null {
+  const candidates = renewals.filter((x): x is number => x !== null);
+  if (candidates.length === 0) return null;
+  const at = Math.min(...candidates) + 250;
+  if (at <= now && !reachable) return null;
+  return { at, delayMs: at <= now ? 10_000 : Math.min(Math.max(at - now, 1000), 24 * 3600_000) };
+}
+
+/** What the steady state is judged on: the last proof, and what the node has now. */
+export interface SteadyView {
+  now: number;
+  proofEveryMs: number;
+  lastProof: { at: number; generation: number } | null;
+  desiredGeneration: number | null;
+  appliedGeneration: number;
+  lastApply: { phase: string; errors: unknown[]; pendingRestart: unknown[] } | null;
+  probesOk: boolean;
+  /** Anything waiting to be reported or retried: certificate or runtime errors, drift notes, a retry timer. */
+  unsettled: boolean;
+  renewalDue: boolean;
+  canCheckFiles: boolean;
+  reachable: boolean;
+  reported: boolean;
+}
+
+/**
+ * Steady: the last pass proved the desired generation (converged, every probe passing, no
+ * error, nothing pending or due) less than proofEveryMs ago.
+ */
+export function isSteady(v: SteadyView): boolean {
+  const { lastProof: proof, lastApply: a } = v;
+  if (v.proofEveryMs <= 0 || !proof || v.desiredGeneration === null || !a || !v.canCheckFiles || !v.reachable) return false;
+  if (v.now - proof.at >= v.proofEveryMs || proof.generation !== v.desiredGeneration || v.appliedGeneration !== v.desiredGeneration) return false;
+  if (a.phase !== 'converged' || a.errors.length > 0 || a.pendingRestart.length > 0 || !v.probesOk) return false;
+  return !v.unsettled && !v.renewalDue && v.reported;
+}
+
+/** The earliest of the expiries (certificates, identity) and the CRL's nextUpdate, or null. */
+export function survivesUntil(expiries: (number | null)[], crlNextUpdate: number | null): string | null {
+  const ends = [...expiries, crlNextUpdate].filter((x): x is number => x !== null);
+  return ends.length > 0 ? new Date(Math.min(...ends)).toISOString() : null;
+}
+
+/** An error's message for a log line or a problem (never the object: it may carry secrets). */
+export function errMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
