@@ -22,8 +22,10 @@ import { fileSettings, hbaFileRules, openSession, identFileMappings, pendingRest
 import { planNode, PlanError, type Plan } from '../../shared/pgconf/plan.ts';
 import { checkVerifiers, NO_ROLE_CHANGES, protectedRoleProblems, RoleError, stageRoles, type StagedRoles } from './roles.ts';
 import { runSeedChecks, checkCertificates, checkCrl, checkFileSettings, checkHbaRows, checkIdentRows, keyModeProblem, type Problem } from './verify.ts';
-import type { ApplyInput, ApplyResult, InstalledCertificate, NodeContext } from './types.ts';
-import { isPatroni, patroniBaseConf, patroniPaths, patroniSlots, provePatroni, regularFileOf } from './patroni.ts';
+import type { ApplyInput, ApplyResult, NodeContext } from './types.ts';
+import type { InstalledCertificate } from '../../shared/pgconf/types.ts';
+import { provePatroni, regularFileOf } from './patroni.ts';
+import { isPatroni, patroniBaseConf, patroniPaths, patroniSlots } from '../../shared/pgconf/patroni.ts';
 
 export interface ApplyOptions {
   /** The clock (certificate and CRL validity). */
@@ -141,7 +143,7 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
     log.error({ error: server }, 'a file the server names is refused; nothing read or written');
     return failed([server]);
   }
-  // Patroni rewrites postgresql.conf; the include line goes into its postgresql.base.conf (agent/apply/patroni.ts)
+  // Patroni rewrites postgresql.conf; the include line goes into its postgresql.base.conf (shared/pgconf/patroni.ts)
   if (isPatroni(input.desired) && (await regularFileOf(patroniBaseConf(server.configFile), ctx.serverOsUser.uid))) server.configFile = patroniBaseConf(server.configFile);
   const layout = layoutFor(ctx.stateDir, server, ctx.serverOsUser.home);
   try {

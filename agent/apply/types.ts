@@ -1,8 +1,9 @@
-// The agent's internal seams: configuration, the certificates the runtime hands to the apply
-// engine, and what one apply reports.
+// The agent's internal seams: configuration, what the runtime hands to the apply engine (the
+// installed pairs are shared/pgconf/types.ts, the planner's), and what one apply reports.
 import type { Logger } from 'pino';
 import type { CertReport, FileReport, NodeDesired, Phase } from '../../shared/contract/schema.ts';
 import type { OsUser } from '../../shared/system/pgserver.ts';
+import type { ClientConnection, InstalledCertificate } from '../../shared/pgconf/types.ts';
 import type { Static } from '@sinclair/typebox';
 
 export interface AgentConfig {
@@ -37,30 +38,9 @@ export interface NodeContext {
   log: Logger;
 }
 
-/**
- * A key and certificate pair already on disk, written by the certificate manager under
- * versioned names (e.g. tls/server-<serial>.crt), so that switching to a new pair is one atomic
- * rename of the settings include file or passfile that names it, never two separate renames.
- */
-export interface InstalledCertificate {
-  slot: string;
-  certPath: string;
-  keyPath: string;
-  serial: string;
-  notAfter: string;
-}
-
 export interface ApplyInput {
   desired: NodeDesired;
   certificates: InstalledCertificate[];
-}
-
-export interface ClientConnection {
-  to: string;
-  role: string;
-  /** libpq connection string the profile's client uses; never holds a password. */
-  conninfo: string;
-  replication: boolean;
 }
 
 export interface ApplyResult {

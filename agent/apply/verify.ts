@@ -6,7 +6,7 @@ import { certInfo, certMatchesKey, verifiesAgainst } from '../../shared/crypto/x
 import { parseCidr } from '../../shared/pgconf/net.ts';
 import { normaliseIp } from '../../shared/crypto/x509.ts';
 import type { FileSettingRow, HbaRow, IdentRow } from './pgconf.ts';
-import type { InstalledCertificate } from './types.ts';
+import type { InstalledCertificate } from '../../shared/pgconf/types.ts';
 import { crlInfo, crlSignedBy } from '../../shared/crypto/crl.ts';
 
 export interface Problem {

@@ -8,7 +8,7 @@ import { existsSync, readdirSync, realpathSync } from 'node:fs';
 import { basename, delimiter, join } from 'node:path';
 import type { ProbeResult } from '../../shared/contract/schema.ts';
 import type { OsUser } from '../../shared/system/pgserver.ts';
-import type { ClientConnection } from '../apply/types.ts';
+import type { ClientConnection } from '../../shared/pgconf/types.ts';
 
 export interface ProbeOptions {
   /** OS user the client runs as (the PGDATA owner). */

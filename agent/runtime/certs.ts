@@ -21,7 +21,7 @@ import { ensurePrivateDir, readIfExists, writeFileAtomic, type Owner } from './s
 import { fsyncDir, removeFile } from '../../shared/system/atomic-file.ts';
 import { stateDirLayout } from '../../shared/pgconf/layout.ts';
 import type { Problem } from '../../shared/contract/problem.ts';
-import type { InstalledCertificate } from '../apply/types.ts';
+import type { InstalledCertificate } from '../../shared/pgconf/types.ts';
 import { rename, stat, utimes } from 'node:fs/promises';
 import { CoordinatorError } from './client.ts';
 import { newer } from './identity.ts';

@@ -5,9 +5,9 @@ import { conninfo, passfileField } from './escape.ts';
 import { CONFIG_HASH_SETTING, configHash, renderHbaBlock, renderIdentBlock, renderPassfile, renderSettings, withManagedBlock, type PassfileEntry } from './render.ts';
 import type { NodeDesired } from '../contract/schema.ts';
 import { allowedSettings, PROFILES, PATRONI_API_SLOT, PATRONI_CLIENT_SLOT } from './profiles.ts';
-import type { ClientConnection, InstalledCertificate } from '../../agent/apply/types.ts';
+import type { ClientConnection, InstalledCertificate } from './types.ts';
 import { INCLUDE_FILE, INCLUDE_LINE, caBundlePath, layoutFor, clientPaths, crlPath, dirsBetween, stableServerPaths, type ClientPaths, type Layout } from './layout.ts';
-import { isPatroni, patroniBaseConf, patroniPaths, renderPatroniFragment } from '../../agent/apply/patroni.ts';
+import { isPatroni, patroniBaseConf, patroniPaths, renderPatroniFragment } from './patroni.ts';
 
 export class PlanError extends Error {
   readonly code: string;

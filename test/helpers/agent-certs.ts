@@ -6,7 +6,7 @@ import { chmod, chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/p
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { OsUser } from '../../shared/system/pgserver.ts';
-import type { InstalledCertificate } from '../../agent/apply/types.ts';
+import type { InstalledCertificate } from '../../shared/pgconf/types.ts';
 
 const run = promisify(execFile);
 

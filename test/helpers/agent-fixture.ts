@@ -14,7 +14,8 @@ import { compileCluster, type RoleCredential } from '../../coordinator/cluster/c
 import { runPg, type PgInstance } from '../../shared/system/pgserver.ts';
 import type { AuthModel, ClusterSpec, NodeDesired, SslMode } from '../../shared/contract/schema.ts';
 import { scramVerifier } from '../../shared/crypto/scram.ts';
-import type { InstalledCertificate, NodeContext } from '../../agent/apply/types.ts';
+import type { NodeContext } from '../../agent/apply/types.ts';
+import type { InstalledCertificate } from '../../shared/pgconf/types.ts';
 import { throwawayPg } from './pg.ts';
 import { issueLeaf, makeCa, type TestCa } from './agent-certs.ts';
 

@@ -13,7 +13,8 @@ import { chmod, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { applyDesired, type ApplyOptions } from '../../agent/apply/apply.ts';
-import type { ApplyResult, InstalledCertificate } from '../../agent/apply/types.ts';
+import type { ApplyResult } from '../../agent/apply/types.ts';
+import type { InstalledCertificate } from '../../shared/pgconf/types.ts';
 import { snapshotFile, type FileSnapshot } from '../../shared/system/atomic-file.ts';
 import type { NodeDesired } from '../../shared/contract/schema.ts';
 import { runPg } from '../../shared/system/pgserver.ts';

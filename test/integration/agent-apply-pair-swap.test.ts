@@ -24,7 +24,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { applyDesired } from '../../agent/apply/apply.ts';
 import { installFile, installFiles, type FileSpec } from '../../shared/system/atomic-file.ts';
-import type { InstalledCertificate } from '../../agent/apply/types.ts';
+import type { InstalledCertificate } from '../../shared/pgconf/types.ts';
 import { agentFixture, psqlAs, ROLE } from '../helpers/agent-fixture.ts';
 import { editConninfo } from '../helpers/libpq.ts';
 

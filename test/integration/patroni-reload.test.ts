@@ -11,7 +11,8 @@ import { chmod, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { patroniPaths, provePatroni } from '../../agent/apply/patroni.ts';
+import { provePatroni } from '../../agent/apply/patroni.ts';
+import { patroniPaths } from '../../shared/pgconf/patroni.ts';
 import { issueLeaf, makeCa } from '../helpers/agent-certs.ts';
 import type { OsUser } from '../../shared/system/pgserver.ts';
 

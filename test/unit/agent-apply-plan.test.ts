@@ -8,7 +8,7 @@ import { BLOCK_BEGIN, splitManagedBlock } from '../../shared/pgconf/render.ts';
 import type { ClusterSpec } from '../../shared/contract/schema.ts';
 import { layoutFor } from '../../shared/pgconf/layout.ts';
 import { hasIncludeLine, planNode, PlanError, withIncludeLine, type PlanInput } from '../../shared/pgconf/plan.ts';
-import type { InstalledCertificate } from '../../agent/apply/types.ts';
+import type { InstalledCertificate } from '../../shared/pgconf/types.ts';
 
 const CA = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n';
 const layout = layoutFor('/var/lib/pgaccord', { hbaFile: '/etc/pg/pg_hba.conf', identFile: '/etc/pg/pg_ident.conf', configFile: '/etc/pg/postgresql.conf' });

@@ -7,7 +7,7 @@ import { scramVerifier } from '../../shared/crypto/scram.ts';
 import type { AuthModel, ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
 import { planNode, previewNode } from '../../shared/pgconf/plan.ts';
 import { layoutFor } from '../../shared/pgconf/layout.ts';
-import { patroniBaseConf } from '../../agent/apply/patroni.ts';
+import { patroniBaseConf } from '../../shared/pgconf/patroni.ts';
 import { validateSpec } from '../../coordinator/cluster/spec.ts';
 
 const spec = (auth: AuthModel): ClusterSpec => ({
