@@ -22,7 +22,8 @@ import { freePort } from '../../shared/system/pgserver.ts';
 import { PACKAGE_ROOT } from '../../shared/contract/version.ts';
 import { query } from '../helpers/pg.ts';
 import { watchCluster } from '../helpers/lifecycle-e2e.ts';
-import { storePair, until, type StorePair } from '../helpers/store-pair.ts';
+import { storePair, type StorePair } from '../helpers/store-pair.ts';
+import { waitFor } from '../helpers/wait.ts';
 import { httpsClient, type Client } from '../helpers/coordinator-harness.ts';
 
 const PGACCORD = join(PACKAGE_ROOT, 'bin', 'pgaccord.mjs');
@@ -114,10 +115,10 @@ async function failover(sc: Scenario): Promise<void> {
     child.stdout!.pipe(log);
     child.stderr!.pipe(log);
     const url = `https://127.0.0.1:${port}`;
-    await until(`coordinator ${name} serving`, 60_000, async () => {
+    await waitFor(`coordinator ${name} serving`, async () => {
       if (child.exitCode !== null) throw new Error(`coordinator ${name} exited ${child.exitCode}: ${await readFile(join(dir, `${name}.log`), 'utf8')}`);
       return existsSync(join(dir, `${name}.log`)) && (await readFile(join(dir, `${name}.log`), 'utf8')).includes('pgaccord coordinator listening on');
-    }, 300);
+    }, 60_000, 300, { throwEnds: true });
     const client = httpsClient(url, await readFile(join(dataDir, 'ca.crt'), 'utf8'));
     clients.push(client);
     assert.equal((await client.call('GET', '/healthz')).status, 200);
@@ -149,7 +150,7 @@ async function failover(sc: Scenario): Promise<void> {
   const bLog = () => readFile(join(dir, 'coordinator-b.log'), 'utf8');
   // Both agents are held in a long-poll on B for the generation after the current one.
   const g0 = converged.generation;
-  await until('both agents long-polling B', 30_000, async () => (await bLog()).split(`desired?after=${g0}`).length - 1 >= 2, 100);
+  await waitFor('both agents long-polling B', async () => (await bLog()).split(`desired?after=${g0}`).length - 1 >= 2, 30_000, 100, { throwEnds: true });
   const startTimes = async () => Promise.all([n1, n2].map(async (n) => (await query<{ t: Date }>(n.pg, 'SELECT pg_postmaster_start_time() AS t'))[0]!.t.toISOString()));
   const started = await startTimes();
   const applied = async (n: typeof n1) => (JSON.parse(await readFile(join(n.stateDir, 'status.json'), 'utf8')) as { status: { generation: number } }).status.generation;
@@ -162,7 +163,7 @@ async function failover(sc: Scenario): Promise<void> {
   const atOnceBefore = await answerAtOnce();
   toPrimary.cut();
   toStandby.cut();
-  await until('coordinator B deaf (its LISTEN lost)', 10_000, async () => (await bLog()).includes('LISTEN connection lost'), 50);
+  await waitFor('coordinator B deaf (its LISTEN lost)', async () => (await bLog()).includes('LISTEN connection lost'), 10_000, 50, { throwEnds: true });
   const before = await put(1);
   assert.equal(before.status, 200, before.text);
   await store.killPrimary();
@@ -178,25 +179,25 @@ async function failover(sc: Scenario): Promise<void> {
   assert.equal((await a.client.call('GET', '/healthz')).status, 503);
 
   // A failover manager takes a while: promote once B has retried LISTEN a few times.
-  await until('coordinator B retrying LISTEN', 20_000, async () => (await retries()) >= 3, 100);
+  await waitFor('coordinator B retrying LISTEN', async () => (await retries()) >= 3, 20_000, 100, { throwEnds: true });
   // Each agent's held poll ran out (503) and its next one (wait=0) came in: held at authentication.
-  if (sc.outlastLongPolls) await until('both agents polling B again', 30_000, async () => (await answerAtOnce()) >= atOnceBefore + 2, 100);
+  if (sc.outlastLongPolls) await waitFor('both agents polling B again', async () => (await answerAtOnce()) >= atOnceBefore + 2, 30_000, 100, { throwEnds: true });
   if (OUTAGE_MS > 0) await new Promise((r) => setTimeout(r, Math.max(0, diedAt + OUTAGE_MS - Date.now())));
   await store.promote();
   const promotedAt = Date.now();
   let refusals = 1;
-  const written = await until('the first admin write after the failover', 30_000, async () => {
+  const written = await waitFor('the first admin write after the failover', async () => {
     const r = await put(2);
     if (r.status === 200) return r.body as { generation: number };
     assert.equal(r.body?.code, 'E_STORE_UNAVAILABLE', r.text);
     refusals += 1;
     return null;
-  }, 100);
+  }, 30_000, 100, { throwEnds: true });
   const firstWriteAt = Date.now();
   // B's way to the store is back: its LISTEN holds again, then its held long-polls re-read.
   toPrimary.restore();
   toStandby.restore();
-  await until('both agents on the new generation', 30_000, async () => (await applied(n1)) >= written.generation && (await applied(n2)) >= written.generation, 50);
+  await waitFor('both agents on the new generation', async () => (await applied(n1)) >= written.generation && (await applied(n2)) >= written.generation, 30_000, 50, { throwEnds: true });
   const agentsAt = Date.now();
   await cluster.waitConverged('storefo', 30_000);
   await watch.stop();

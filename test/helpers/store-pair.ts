@@ -7,6 +7,7 @@ import { appendFile, chmod, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createPgInstance, freePort, ownedDir, PgInstance, runPg } from '../../shared/system/pgserver.ts';
 import { query } from './pg.ts';
+import { waitFor } from './wait.ts';
 
 export interface StorePair {
   primary: PgInstance;
@@ -18,17 +19,6 @@ export interface StorePair {
   killPrimary(): Promise<void>;
   promote(): Promise<void>;
   destroy(): Promise<void>;
-}
-
-/** Poll until `probe` gives a value (its exceptions end the wait). */
-export async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | null | undefined | false>, everyMs = 100): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
 }
 
 export async function storePair(dir: string): Promise<StorePair> {
@@ -53,7 +43,7 @@ export async function storePair(dir: string): Promise<StorePair> {
     // the clone, so that the promoted standby does not wait for a standby of its own).
     await query(primary, `ALTER SYSTEM SET synchronous_standby_names = '*'`);
     await query(primary, 'SELECT pg_reload_conf()');
-    await until('the standby streaming synchronously', 30_000, async () => (await query<{ s: string }>(primary, 'SELECT sync_state AS s FROM pg_stat_replication'))[0]?.s === 'sync');
+    await waitFor('the standby streaming synchronously', async () => (await query<{ s: string }>(primary, 'SELECT sync_state AS s FROM pg_stat_replication'))[0]?.s === 'sync', 30_000, 100, { throwEnds: true });
   } catch (e) {
     await Promise.all([primary.destroy(), standby?.destroy()]);
     throw e;

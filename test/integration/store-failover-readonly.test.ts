@@ -10,7 +10,8 @@ import pino from 'pino';
 import { NOTIFY_CHANNEL, Store } from '../../coordinator/store/store.ts';
 import { StoreUnavailableError } from '../../coordinator/store/store-hosts.ts';
 import { query } from '../helpers/pg.ts';
-import { storePair, until } from '../helpers/store-pair.ts';
+import { storePair } from '../helpers/store-pair.ts';
+import { waitFor } from '../helpers/wait.ts';
 
 test('a primary turned read-only: writes refused with 503, then on the promoted standby, LISTEN moved with them', async () => {
   const dir = await mkdtemp('/tmp/pgaccord-store-ro-');
@@ -29,7 +30,7 @@ test('a primary turned read-only: writes refused with 503, then on the promoted 
 
   await query(pair.primary, 'ALTER SYSTEM SET default_transaction_read_only = on');
   await query(pair.primary, 'SELECT pg_reload_conf()');
-  await until('the primary read-only', 10_000, async () => (await query<{ r: string }>(pair.primary, "SELECT current_setting('default_transaction_read_only') AS r"))[0]?.r === 'on');
+  await waitFor('the primary read-only', async () => (await query<{ r: string }>(pair.primary, "SELECT current_setting('default_transaction_read_only') AS r"))[0]?.r === 'on', 10_000, 100, { throwEnds: true });
   for (const attempt of [write, () => store.tx((c) => c.query(`UPDATE meta SET value = 'x' WHERE key = 'failover-test'`))]) {
     const e = await attempt().then(() => null, (err: unknown) => err);
     assert.ok(e instanceof StoreUnavailableError, `refused as unavailable: ${String(e)}`);
@@ -40,19 +41,19 @@ test('a primary turned read-only: writes refused with 503, then on the promoted 
   const woken: string[] = [];
   store.events.on('cluster', (c: string) => woken.push(c));
   await pair.promote();
-  await until('a write on the promoted standby', 15_000, async () => write().then(() => true, (e: unknown) => {
+  await waitFor('a write on the promoted standby', async () => write().then(() => true, (e: unknown) => {
     if (!(e instanceof StoreUnavailableError)) throw e;
     return false;
-  }));
+  }), 15_000, 100, { throwEnds: true });
   assert.equal(store.hosts.host.name, `127.0.0.1:${pair.standby.port}`);
   // Its LISTEN followed: a NOTIFY on the new primary is heard (sent until it is, LISTEN may take a moment).
   const other = new pg.Client(pair.standby.socketConfig('pgaccord'));
   await other.connect();
   try {
-    await until('a NOTIFY on the new primary heard', 15_000, async () => {
+    await waitFor('a NOTIFY on the new primary heard', async () => {
       await other.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, 'heard-there']);
       return woken.includes('heard-there');
-    }, 200);
+    }, 15_000, 200, { throwEnds: true });
   } finally {
     await other.end();
   }
