@@ -6,7 +6,8 @@ import { call, CONNECTION_HELP, CONNECTION_OPTIONS, withConn } from './http.ts';
 import { table } from './table.ts';
 
 const CERT = {
-  usage: 'pgaccord cert list CLUSTER | revoke CLUSTER SERIAL | renew CLUSTER [SERIAL] [--node NODE] | crl CLUSTER | rotate-ca CLUSTER --start|--status|--finish | rotate-passwords CLUSTER [--role ROLE]  [--json] [connection options]',
+  usage: 'pgaccord cert list CLUSTER | revoke CLUSTER SERIAL | renew CLUSTER [SERIAL] [--node NODE] | crl CLUSTER'
+    + ' | rotate-ca CLUSTER --start|--status|--finish | rotate-passwords CLUSTER [--role ROLE]  [--json] [connection options]',
   summary: 'List a cluster\'s certificates with their days left and expiry level; revoke one; force early renewal; print the CRL.',
   details: `
 subcommands:
@@ -46,13 +47,20 @@ options:
   --node NODE            (renew) every live certificate of this node
   --json                 print the API answer as JSON
 ${CONNECTION_HELP}`,
-  options: { json: { type: 'boolean' }, node: { type: 'string' }, start: { type: 'boolean' }, role: { type: 'string' }, finish: { type: 'boolean' }, status: { type: 'boolean' }, ...CONNECTION_OPTIONS },
+  options: {
+    json: { type: 'boolean' }, node: { type: 'string' }, role: { type: 'string' },
+    start: { type: 'boolean' }, finish: { type: 'boolean' }, status: { type: 'boolean' },
+    ...CONNECTION_OPTIONS,
+  },
   positionals: { min: 2, max: 3 },
 } as const;
 
 export async function runCert(argv: string[]): Promise<number> {
   const sub = argv[0];
-  if (!['list', 'revoke', 'renew', 'crl', 'rotate-ca', 'rotate-passwords'].includes(sub ?? '') && !argv.includes('--help') && !argv.includes('-h')) throw new UsageError(`unknown or missing subcommand${sub ? ` "${sub}"` : ''}\nusage: ${CERT.usage}`);
+  const help = argv.includes('--help') || argv.includes('-h');
+  if (!['list', 'revoke', 'renew', 'crl', 'rotate-ca', 'rotate-passwords'].includes(sub ?? '') && !help) {
+    throw new UsageError(`unknown or missing subcommand${sub ? ` "${sub}"` : ''}\nusage: ${CERT.usage}`);
+  }
   const parsed = parseCommand(CERT, argv);
   if (!parsed) return 0;
   const cluster = parsed.positionals[1]!;
@@ -63,10 +71,12 @@ export async function runCert(argv: string[]): Promise<number> {
   if (sub === 'revoke') {
     if (!arg) throw new UsageError(`cert revoke needs CLUSTER SERIAL\nusage: ${CERT.usage}`);
     return withConn(v, async (conn) => {
-      const res = await call<{ serial: string; revokedAt: string; generation: number; alreadyRevoked: boolean; sameKey?: string[] }>(conn, 'POST', `${base}/certificates/${encodeURIComponent(arg.toLowerCase().replace(/:/g, ''))}/revoke`, {});
+      type Revoked = { serial: string; revokedAt: string; generation: number; alreadyRevoked: boolean; sameKey?: string[] };
+      const res = await call<Revoked>(conn, 'POST', `${base}/certificates/${encodeURIComponent(arg.toLowerCase().replace(/:/g, ''))}/revoke`, {});
       const sameKey = res.sameKey ?? []; // absent from a coordinator older than key revocation
       const also = sameKey.length > 0 ? `; also revoked, same key: ${sameKey.join(', ')}` : '';
-      print(res, `${res.alreadyRevoked ? 'already revoked' : 'revoked'}: ${res.serial} at ${res.revokedAt} (cluster ${cluster}, generation ${res.generation})${also}\n`);
+      const what = res.alreadyRevoked ? 'already revoked' : 'revoked';
+      print(res, `${what}: ${res.serial} at ${res.revokedAt} (cluster ${cluster}, generation ${res.generation})${also}\n`);
       return 0;
     });
   }
@@ -74,7 +84,8 @@ export async function runCert(argv: string[]): Promise<number> {
     return withConn(v, async (conn) => {
       const body = { ...(arg ? { serial: arg } : {}), ...(v.node ? { node: v.node } : {}) };
       const res = await call<{ generation: number; serials: string[] }>(conn, 'POST', `${base}/renew`, body);
-      print(res, `renewal requested for ${res.serials.length} certificate(s) (generation ${res.generation}):\n${res.serials.map((x) => `  ${x}`).join('\n')}\n`);
+      const serials = res.serials.map((x) => `  ${x}`).join('\n');
+      print(res, `renewal requested for ${res.serials.length} certificate(s) (generation ${res.generation}):\n${serials}\n`);
       return 0;
     });
   }
@@ -96,7 +107,11 @@ export async function runCert(argv: string[]): Promise<number> {
       const lines = [`cluster ${cluster}: CA rotation phase ${res.phase} (generation ${res.generation})`];
       for (const ca of res.cas) lines.push(`  ${ca.role.padEnd(7)} CA ${ca.serial}  ${ca.commonName}  until ${ca.notAfter}`);
       for (const n of res.nodes) lines.push(`  ${n.node}: ${n.waiting.length === 0 ? 'ready' : `waiting: ${n.waiting.join('; ')}`}`);
-      if (res.phase === 'reissue') lines.push(res.canFinish ? `every node proved leaves from the new CA: pgaccord cert rotate-ca ${cluster} --finish` : 'old leaves are still being replaced; --finish is refused until every node is ready');
+      if (res.phase === 'reissue') {
+        lines.push(res.canFinish
+          ? `every node proved leaves from the new CA: pgaccord cert rotate-ca ${cluster} --finish`
+          : 'old leaves are still being replaced; --finish is refused until every node is ready');
+      }
       if (res.phase === 'trust') lines.push('waiting for every node to prove the two-CA bundle; the new CA then issues by itself');
       print(res, `${lines.join('\n')}\n`);
       return 0;
@@ -117,7 +132,8 @@ export async function runCert(argv: string[]): Promise<number> {
     }
     const rows = [['SERIAL', 'NODE', 'SLOT', 'CN', 'NOT AFTER', 'DAYS LEFT', 'LEVEL', 'STATE']];
     for (const c of res.certificates) {
-      const state = c.revoked ? 'revoked' : c.daysLeft < 0 ? 'expired' : c.current === false ? 'superseded' : c.renewRequested ? 'current (renewal requested)' : 'current';
+      const state = c.revoked ? 'revoked' : c.daysLeft < 0 ? 'expired' : c.current === false ? 'superseded'
+        : c.renewRequested ? 'current (renewal requested)' : 'current';
       rows.push([c.serial, c.node, c.slot, c.commonName, c.notAfter, c.daysLeft.toFixed(c.daysLeft < 1 ? 3 : 1), c.revoked ? '-' : (c.level ?? '-'), state]);
     }
     process.stdout.write(`${res.certificates.length ? table(rows) : `cluster ${cluster}: no certificates issued yet`}\n`);

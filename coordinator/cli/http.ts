@@ -101,7 +101,8 @@ export async function call<T>(conn: Conn, method: string, path: string, body?: u
     } catch (e) {
       const err = e as Error & { code?: string };
       if (change && conn.urls.length > 1 && !NOT_SENT_CODES.has(err.code ?? '')) {
-        throw new Error(`the coordinator at ${url} failed after the request was sent (${err.message || err.code}): it may or may not have been done; look (pgaccord status) before trying again`);
+        throw new Error(`the coordinator at ${url} failed after the request was sent (${err.message || err.code}): `
+          + 'it may or may not have been done; look (pgaccord status) before trying again');
       }
       failures.push(`${url}: ${err.message || err.code}`);
       conn.current = (conn.current + 1) % conn.urls.length;
@@ -124,7 +125,10 @@ function callOne(conn: Conn, url: string, method: string, path: string, body?: u
     const req = request(`${url}${path}`, {
       method,
       agent: conn.agent,
-      headers: { authorization: `Bearer ${conn.token}`, ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}) },
+      headers: {
+        authorization: `Bearer ${conn.token}`,
+        ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}),
+      },
     }, (r) => {
       const chunks: Buffer[] = [];
       r.on('data', (c: Buffer) => chunks.push(c));

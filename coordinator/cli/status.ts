@@ -55,7 +55,9 @@ export async function runStatus(argv: string[]): Promise<number> {
         if (v.json) process.stdout.write(`${JSON.stringify(only ? statuses[0] : statuses, null, 2)}\n`);
         else process.stdout.write(statuses.length ? statuses.map(formatStatus).join('\n') : 'no clusters\n');
         if (v.wait && !done) {
-          process.stderr.write(converged ? `no report since the wait began from ${notReported.join(', ')} after ${timeoutS}s\n` : `not converged after ${timeoutS}s: ${statuses.flatMap(notConverged).join(', ')}\n`);
+          process.stderr.write(converged
+            ? `no report since the wait began from ${notReported.join(', ')} after ${timeoutS}s\n`
+            : `not converged after ${timeoutS}s: ${statuses.flatMap(notConverged).join(', ')}\n`);
           return 1;
         }
         return 0;
@@ -96,7 +98,8 @@ function certExpiry(n: NodeStatusView): string {
 }
 
 export function formatStatus(s: ClusterStatus): string {
-  const head = `cluster ${s.cluster}  generation ${s.generation}  auth ${s.auth}${s.insecure ? ' (INSECURE: trust rules)' : ''}  sslmode ${s.sslmode}  ${s.converged ? 'CONVERGED' : 'NOT CONVERGED'}`;
+  const auth = `auth ${s.auth}${s.insecure ? ' (INSECURE: trust rules)' : ''}`;
+  const head = `cluster ${s.cluster}  generation ${s.generation}  ${auth}  sslmode ${s.sslmode}  ${s.converged ? 'CONVERGED' : 'NOT CONVERGED'}`;
   const rows = [['NODE', 'DESIRED', 'APPLIED', 'PHASE', 'CERT', 'CONTACT', 'PROBES', 'APPLY', 'ERRORS']];
   for (const n of s.nodes) {
     const ok = n.probes.filter((p) => p.ok).length;
@@ -115,7 +118,8 @@ export function formatStatus(s: ClusterStatus): string {
   const failed = s.nodes.flatMap((n) => [
     ...n.probes.filter((p) => !p.ok).map((p) => `  probe ${n.node} -> ${p.to} as ${p.role}: ${p.error ?? 'failed'}`),
     // the profile's verification queries: the failed ones, and the ones with a note (pgd without bdr: "bdr not installed")
-    ...(n.checks ?? []).filter((c) => !c.ok || c.note !== null).map((c) => `  check ${n.node} ${c.name}: ${c.ok ? 'ok' : 'FAILED'}${c.note ? ` (${c.note})` : ''}`),
+    ...(n.checks ?? []).filter((c) => !c.ok || c.note !== null)
+      .map((c) => `  check ${n.node} ${c.name}: ${c.ok ? 'ok' : 'FAILED'}${c.note ? ` (${c.note})` : ''}`),
   ]);
   // the matrix only says something once there are two nodes
   const grid = s.nodes.length > 1 ? formatProbeMatrix(probeMatrix(s)) : '';

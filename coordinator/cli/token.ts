@@ -17,14 +17,16 @@ The token is printed alone on standard output; its expiry goes to standard error
 } as const;
 
 export async function runToken(argv: string[]): Promise<number> {
-  if (argv[0] !== 'create' && !argv.includes('--help') && !argv.includes('-h')) throw new UsageError(`unknown or missing subcommand${argv[0] ? ` "${argv[0]}"` : ''}\nusage: ${TOKEN.usage}`);
+  const help = argv.includes('--help') || argv.includes('-h');
+  if (argv[0] !== 'create' && !help) throw new UsageError(`unknown or missing subcommand${argv[0] ? ` "${argv[0]}"` : ''}\nusage: ${TOKEN.usage}`);
   const parsed = parseCommand(TOKEN, argv);
   if (!parsed) return 0;
   const [, cluster, node] = parsed.positionals as [string, string, string];
   const v = parsed.values;
   if (v.ttl !== undefined && parseDuration(v.ttl) === null) throw new UsageError(`--ttl: "${v.ttl}" is not a duration (e.g. 30m, 1h, 1d)`);
   return withConn(v, async (conn) => {
-    const res = await call<{ token: string; expiresAt: string }>(conn, 'POST', `/v1/clusters/${encodeURIComponent(cluster)}/nodes/${encodeURIComponent(node)}/tokens`, v.ttl ? { ttl: v.ttl } : {});
+    const path = `/v1/clusters/${encodeURIComponent(cluster)}/nodes/${encodeURIComponent(node)}/tokens`;
+    const res = await call<{ token: string; expiresAt: string }>(conn, 'POST', path, v.ttl ? { ttl: v.ttl } : {});
     process.stdout.write(`${res.token}\n`);
     process.stderr.write(`single-use join token for ${cluster}/${node}, expires ${res.expiresAt}\n`);
     return 0;
