@@ -6,7 +6,9 @@
 import { availableParallelism } from 'node:os';
 import { CertificateAuthority, type LeafRequest } from '../coordinator/ca/ca.ts';
 import { SigningPool } from '../coordinator/ca/signing-pool.ts';
-import { createCsr, generateKey, readCsrKey, type KeyType } from '../shared/crypto/x509.ts';
+import { createCsr, readCsrKey } from '../shared/crypto/csr.ts';
+import type { KeyType } from '../shared/crypto/key-types.ts';
+import { generateKey } from '../shared/crypto/keys.ts';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 4);
 const threads = Number(process.env.BENCH_THREADS ?? availableParallelism());

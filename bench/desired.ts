@@ -14,8 +14,10 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { Agent, request } from 'undici';
 import { startCoordinator } from '../coordinator/main.ts';
-import type { AgentStatus, ClusterSpec } from '../shared/contract/schema.ts';
-import { createCsr, generateRsaKey } from '../shared/crypto/x509.ts';
+import type { ClusterSpec } from '../shared/contract/schema.ts';
+import type { AgentStatus } from '../shared/contract/status.ts';
+import { createCsr } from '../shared/crypto/csr.ts';
+import { generateRsaKey } from '../shared/crypto/keys.ts';
 
 const N = Number(process.env.BENCH_NODES ?? 200);
 const RUNS = Number(process.env.BENCH_RUNS ?? 20);

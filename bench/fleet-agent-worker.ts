@@ -8,7 +8,7 @@
 // batches, each stamped with the wall clock when it happened (one clock for every process).
 import { Agent, request, type Dispatcher } from 'undici';
 import { backoffDelay, sleep } from '../agent/runtime/backoff.ts';
-import { createCsr } from '../shared/crypto/x509.ts';
+import { createCsr } from '../shared/crypto/csr.ts';
 import { newKey, type KeyType } from './fleet-keys.ts';
 
 export interface AgentAssignment {

@@ -1,7 +1,8 @@
 // Keys for bench:fleet's simulated agents: FLEET_KEY=ec (ECDSA P-256, what the agent makes:
 // microseconds per key) or rsa (RSA-2048: tens of milliseconds per key from OpenSSL's thread
-// pool, minutes for ten thousand). Keys and CSRs come from the product's own shared/crypto/x509.ts.
-import { generateKey, type KeyType } from '../shared/crypto/x509.ts';
+// pool, minutes for ten thousand). Keys and CSRs come from the product's own shared/crypto/keys.ts and csr.ts.
+import type { KeyType } from '../shared/crypto/key-types.ts';
+import { generateKey } from '../shared/crypto/keys.ts';
 
 export type { KeyType };
 

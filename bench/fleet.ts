@@ -28,7 +28,7 @@ import { join } from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import { Agent, request, type Dispatcher } from 'undici';
 import { freePort } from '../shared/system/pgserver.ts';
-import { createCsr } from '../shared/crypto/x509.ts';
+import { createCsr } from '../shared/crypto/csr.ts';
 import { newKey } from './fleet-keys.ts';
 import { wallMs, type AgentAssignment, type ToWorker } from './fleet-agent-worker.ts';
 import { AgentFleet, until as untilWithin } from './fleet-agents.ts';

@@ -9,7 +9,7 @@ import type pino from 'pino';
 import { DEFAULT_LISTEN, parseListen, parseMetricsListen } from './command.ts';
 import { openOrCreatePgInstance, storeOsUser, type PgInstance } from '../shared/system/pgserver.ts';
 import { FILES, openDataDir, readOrCreateStorePassword, type DataDir } from './store/datadir.ts';
-import type { KeyType } from '../shared/crypto/x509.ts';
+import type { KeyType } from '../shared/crypto/key-types.ts';
 import { createLogger } from '../shared/system/log.ts';
 import { SdNotifier, takeNotifyEnv } from '../shared/system/sd-notify.ts';
 import { SecretBox } from './store/secrets.ts';

@@ -13,10 +13,12 @@ import { DesiredCache, type ClusterDesired, type NodeCompiler } from './cluster/
 import { EscapeError } from '../shared/pgconf/escape.ts';
 import { previewNode } from '../shared/pgconf/plan.ts';
 import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from '../shared/pgconf/render.ts';
-import type { AgentStatus, ClusterSpec, NodeDesired } from '../shared/contract/schema.ts';
+import type { ClusterSpec, NodeDesired } from '../shared/contract/schema.ts';
+import type { AgentStatus } from '../shared/contract/status.ts';
 import { scramVerifier } from '../shared/crypto/scram.ts';
 import { validateSpec } from './cluster/spec.ts';
-import { certInfo, fingerprint256, publicKeyId, splitPemBundle, verifiesAgainst, X509Error, type SubjectPublicKey } from '../shared/crypto/x509.ts';
+import { certInfo, fingerprint256, splitPemBundle, verifiesAgainst, X509Error } from '../shared/crypto/x509.ts';
+import { publicKeyId, type SubjectPublicKey } from '../shared/crypto/csr.ts';
 import { CertificateAuthority } from './ca/ca.ts';
 import type { SigningPool } from './ca/signing-pool.ts';
 import { ApiError, badRequest, conflict, gone, notFound, unauthorized } from './errors.ts';

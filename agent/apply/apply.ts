@@ -13,7 +13,7 @@ import { basename, dirname, join } from 'node:path';
 import { existsSync } from 'node:fs';
 import type pg from 'pg';
 import { certInfo } from '../../shared/crypto/x509.ts';
-import type { CertReport, FileReport } from '../../shared/contract/schema.ts';
+import type { CertReport, FileReport } from '../../shared/contract/status.ts';
 import type { Static } from '@sinclair/typebox';
 import { observeFile } from '../runtime/drift.ts';
 import { ensureDirectory, InstallError, installFiles, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from '../../shared/system/atomic-file.ts';

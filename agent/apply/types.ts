@@ -1,7 +1,8 @@
 // The agent's internal seams: configuration, what the runtime hands to the apply engine (the
 // installed pairs are shared/pgconf/types.ts, the planner's), and what one apply reports.
 import type { Logger } from 'pino';
-import type { CertReport, FileReport, NodeDesired, Phase } from '../../shared/contract/schema.ts';
+import type { NodeDesired } from '../../shared/contract/schema.ts';
+import type { CertReport, FileReport, Phase } from '../../shared/contract/status.ts';
 import type { OsUser } from '../../shared/system/pgserver.ts';
 import type { ClientConnection, InstalledCertificate } from '../../shared/pgconf/types.ts';
 import type { Static } from '@sinclair/typebox';

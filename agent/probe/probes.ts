@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, realpathSync } from 'node:fs';
 import { basename, delimiter, join } from 'node:path';
-import type { ProbeResult } from '../../shared/contract/schema.ts';
+import type { ProbeResult } from '../../shared/contract/status.ts';
 import type { OsUser } from '../../shared/system/pgserver.ts';
 import type { ClientConnection } from '../../shared/pgconf/types.ts';
 

@@ -7,7 +7,7 @@ import { Value } from '@sinclair/typebox/value';
 import type { TSchema, Static } from '@sinclair/typebox';
 import { Agent, request, type Dispatcher } from './undici-lean.ts';
 import { CsrResponse, EnrollResponse, JoinTokenPayload, PeerWake, type CsrRequest, type EnrollRequest } from '../../shared/contract/api.ts';
-import type { AgentStatus } from '../../shared/contract/schema.ts';
+import type { AgentStatus } from '../../shared/contract/status.ts';
 import { fingerprint256, splitPemBundle, type CertInfo } from '../../shared/crypto/x509.ts';
 import { CodedError } from '../../shared/contract/problem.ts';
 import { failoverDelay, sleep, type Random } from './backoff.ts';

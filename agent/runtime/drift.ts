@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { lstat, readFile } from 'node:fs/promises';
 import chokidar from 'chokidar';
 import type { Static } from '@sinclair/typebox';
-import type { FileReport } from '../../shared/contract/schema.ts';
+import type { FileReport } from '../../shared/contract/status.ts';
 
 export type ExpectedFile = Static<typeof FileReport>;
 

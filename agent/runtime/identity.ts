@@ -4,7 +4,9 @@
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { EnrollResponse } from '../../shared/contract/api.ts';
-import { certInfo, certMatchesKey, createCsr, fingerprint256, generateKey, splitPemBundle, verifiesAgainst } from '../../shared/crypto/x509.ts';
+import { certInfo, certMatchesKey, fingerprint256, splitPemBundle, verifiesAgainst } from '../../shared/crypto/x509.ts';
+import { createCsr } from '../../shared/crypto/csr.ts';
+import { generateKey } from '../../shared/crypto/keys.ts';
 import { normaliseFingerprint } from '../../shared/contract/join-token.ts';
 import { stateDirLayout } from '../../shared/pgconf/layout.ts';
 import { removeFile } from '../../shared/system/atomic-file.ts';

@@ -2,7 +2,7 @@
 // certificate manager, the drift watcher, systemd's hooks) and what it ends with.
 import type { Logger } from 'pino';
 import type { Static } from '@sinclair/typebox';
-import type { FileReport } from '../../shared/contract/schema.ts';
+import type { FileReport } from '../../shared/contract/status.ts';
 import type { BackoffPolicy, Clock, Random } from './backoff.ts';
 import type { CertificateManager } from './certs.ts';
 import type { CoordinatorClient } from './client.ts';

@@ -4,7 +4,8 @@
 // empty, shrunken, garbled, foreign or older than the last good one is refused: the node keeps
 // its last good state. When the coordinator cannot be reached, the node keeps serving and being
 // reconciled locally, and its status says 'stale'.
-import type { NodeDesired, ApplyTimings, ProbeResult, AgentStatus } from '../../shared/contract/schema.ts';
+import type { NodeDesired } from '../../shared/contract/schema.ts';
+import type { ApplyTimings, ProbeResult, AgentStatus } from '../../shared/contract/status.ts';
 import type { Problem } from '../../shared/contract/problem.ts';
 import { crlInfo } from '../../shared/crypto/crl.ts';
 import { backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.ts';

@@ -1,7 +1,7 @@
 // Status: what the agent reports to the coordinator (POST /v1/agent/status), and mirrors into
 // <stateDir>/status.json so an operator (and the tests) can see it while the coordinator is down.
 import pg from 'pg';
-import type { AgentStatus, ApplyTimings, CertReport, Phase, ProbeResult } from '../../shared/contract/schema.ts';
+import type { AgentStatus, ApplyTimings, CertReport, Phase, ProbeResult } from '../../shared/contract/status.ts';
 import type { ApplyResult } from '../apply/types.ts';
 import { writeFileAtomic, type Owner } from './statefile.ts';
 import { stateDirLayout } from '../../shared/pgconf/layout.ts';

@@ -3,7 +3,8 @@
 // through node:crypto, makes the keys and computes the signatures.
 import { createHash, createPrivateKey, randomBytes, sign as cryptoSign, type KeyObject } from 'node:crypto';
 import forge from 'node-forge';
-import { forgePublicKeyFromPem, generateRsaKey, nativeSign, parseDer, type SubjectPublicKey } from '../../shared/crypto/x509.ts';
+import { parseDer, type SubjectPublicKey } from '../../shared/crypto/csr.ts';
+import { forgePublicKeyFromPem, generateRsaKey, nativeSign } from '../../shared/crypto/keys.ts';
 
 const { pki, asn1 } = forge;
 const { Class, Type } = asn1;

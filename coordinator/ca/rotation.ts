@@ -5,7 +5,7 @@
 // converged, every probe ok, not stale): only then does the new CA issue, and every leaf from the
 // old CA is named for renewal. 'finish' (the old CA leaves the bundles) is refused until every
 // node serves and holds only leaves from the new CA, proved the same way.
-import type { AgentStatus } from '../../shared/contract/schema.ts';
+import type { AgentStatus } from '../../shared/contract/status.ts';
 
 export interface NodeEvidence {
   node: string;

@@ -7,7 +7,8 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { randomSerial, type CertificateAuthority, type CrlRequest, type IssuedCertificate, type LeafRequest } from './ca.ts';
 import { ApiError } from '../errors.ts';
-import { X509Error, type SubjectPublicKey } from '../../shared/crypto/x509.ts';
+import { X509Error } from '../../shared/crypto/x509.ts';
+import type { SubjectPublicKey } from '../../shared/crypto/csr.ts';
 import type { WorkerReply, WorkerRequest } from './signing-worker.ts';
 
 /**

@@ -5,7 +5,8 @@
 import type { KeyObject } from 'node:crypto';
 import { parentPort, threadId } from 'node:worker_threads';
 import { CertificateAuthority, type CrlRequest, type LeafRequest } from './ca.ts';
-import { readCsrKey, X509Error } from '../../shared/crypto/x509.ts';
+import { X509Error } from '../../shared/crypto/x509.ts';
+import { readCsrKey } from '../../shared/crypto/csr.ts';
 
 export type WorkerRequest =
   | { op: 'ca'; id: string; certPem: string; key: KeyObject }

@@ -1,6 +1,6 @@
 // Pure: the inter-node probe matrix of one cluster status, rows = from, columns = to. The status
 // page draws it as a coloured grid and `pgaccord status` as a text grid; both read it from here.
-import type { ProbeResult } from '../../shared/contract/schema.ts';
+import type { ProbeResult } from '../../shared/contract/status.ts';
 
 /** ok: every probe of the edge passed; failing: at least one did not; none: no probe reported; self: the diagonal. */
 export type EdgeState = 'ok' | 'failing' | 'none' | 'self';

@@ -7,7 +7,7 @@ import { createServer, type Server } from 'node:http';
 import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { RENEW_AT_FRACTION } from '../../shared/contract/renewal.ts';
-import type { ApplyTimings, Phase } from '../../shared/contract/schema.ts';
+import type { ApplyTimings, Phase } from '../../shared/contract/status.ts';
 import type { Store } from '../store/store.ts';
 
 export const METRICS_PATH = '/metrics';

@@ -29,7 +29,8 @@ import {
   TokenResponse,
 } from '../../shared/contract/api.ts';
 import { parseDuration } from '../cluster/duration.ts';
-import { ClusterSpec, NAME_PATTERN, type AgentStatus } from '../../shared/contract/schema.ts';
+import { ClusterSpec, NAME_PATTERN } from '../../shared/contract/schema.ts';
+import type { AgentStatus } from '../../shared/contract/status.ts';
 import { certInfo } from '../../shared/crypto/x509.ts';
 import { ApiError, badRequest, unauthorized } from '../errors.ts';
 import { AGENT_RATE_LIMIT, RateLimiter, type RateLimit } from './rate-limit.ts';

@@ -7,7 +7,10 @@ import { chmod, mkdir, readFile, stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { CertificateAuthority } from '../ca/ca.ts';
-import { certInfo, certMatchesKey, createCsr, generateKey, keyTypeOf, readCsrKey, type KeyType } from '../../shared/crypto/x509.ts';
+import { certInfo, certMatchesKey, keyTypeOf } from '../../shared/crypto/x509.ts';
+import { createCsr, readCsrKey } from '../../shared/crypto/csr.ts';
+import type { KeyType } from '../../shared/crypto/key-types.ts';
+import { generateKey } from '../../shared/crypto/keys.ts';
 import { installFile } from '../../shared/system/atomic-file.ts';
 import { DEFAULT_TLS_KEY_TYPE, FILES } from './datadir-layout.ts';
 

@@ -2,7 +2,8 @@
 // schemas live here, so both sides validate against the same definitions, and every route
 // declares what it may return (fastify serialises only the declared fields).
 import { Type, type Static } from '@sinclair/typebox';
-import { AgentStatus, ApplyTimings, ClusterSpec, NodeDesired, Phase, ProbeResult, CertReport, SeedCheckReport } from './schema.ts';
+import { ClusterSpec, NodeDesired } from './schema.ts';
+import { AgentStatus, ApplyTimings, Phase, ProbeResult, CertReport, SeedCheckReport } from './status.ts';
 
 export const API_PREFIX = '/v1';
 

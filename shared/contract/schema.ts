@@ -1,8 +1,10 @@
-// The single source of the types shared by coordinator and agent. Every TypeBox schema here is
-// both a JSON Schema (validation, fastify response serialisation, OpenAPI) and a TypeScript type.
+// The single source of the types shared by coordinator and agent: the cluster spec and the desired
+// state of a node (what agents report back: ./status.ts). Every TypeBox schema here is both a JSON
+// Schema (validation, fastify response serialisation, OpenAPI) and a TypeScript type.
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 
-const Nullable = <T extends TSchema>(t: T) => Type.Union([t, Type.Null()]);
+/** A schema or null (JSON null, not an absent field). */
+export const Nullable = <T extends TSchema>(t: T) => Type.Union([t, Type.Null()]);
 
 // ---------------------------------------------------------------------------------------------
 // Cluster spec: what `pgaccord apply -f FILE` takes and what PUT /v1/clusters/{name} carries.
@@ -80,7 +82,7 @@ export const HbaRuleSpec = Type.Object(
 );
 export type HbaRuleSpec = Static<typeof HbaRuleSpec>;
 
-/** Key types of node certificates (shared/crypto/x509.ts KEY_TYPES). */
+/** Key types of node certificates (shared/crypto/key-types.ts KEY_TYPES). */
 export const NodeKeyType = Type.Union([Type.Literal('rsa-2048'), Type.Literal('ecdsa-p256')]);
 export type NodeKeyType = Static<typeof NodeKeyType>;
 
@@ -306,112 +308,3 @@ export const NodeDesired = Type.Object(
   { additionalProperties: false },
 );
 export type NodeDesired = Static<typeof NodeDesired>;
-
-// ---------------------------------------------------------------------------------------------
-// Agent status, reported to the coordinator.
-
-export const Phase = Type.Union([
-  Type.Literal('converged'),
-  Type.Literal('applying'),
-  Type.Literal('failed'),
-  Type.Literal('pending-restart'),
-  Type.Literal('stale'),
-  Type.Literal('unknown'),
-]);
-export type Phase = Static<typeof Phase>;
-
-export const FileReport = Type.Object(
-  { path: Type.String(), sha256: Type.String(), owner: Type.String(), mode: Type.String() },
-  { additionalProperties: false },
-);
-
-export const ProbeResult = Type.Object(
-  {
-    to: Type.String(),
-    role: Type.String(),
-    ok: Type.Boolean(),
-    /** The connection string used, never with a password. */
-    conninfo: Type.String(),
-    tlsVersion: Nullable(Type.String()),
-    cipher: Nullable(Type.String()),
-    error: Nullable(Type.String()),
-    at: Type.String(),
-    /**
-     * What made the agent run this probe: apply (after applying, or re-applying, its state), retry
-     * (the safety timer after a failed probe), peer-applied (the coordinator said the peer applied
-     * a new generation). Absent from older agents.
-     */
-    reason: Type.Optional(Type.String({ maxLength: 32 })),
-  },
-  { additionalProperties: false },
-);
-export type ProbeResult = Static<typeof ProbeResult>;
-
-/** The phases of the pass that applied the node's current generation, each in milliseconds. */
-export const APPLY_PHASES = ['certs', 'render', 'install', 'validate', 'reload', 'prove', 'finish', 'probe', 'report'] as const;
-export type ApplyPhaseName = (typeof APPLY_PHASES)[number];
-export const ApplyTimings = Type.Object(
-  {
-    generation: Type.Integer({ minimum: 0 }),
-    /** When the pass began (the agent's clock). */
-    startedAt: Type.String(),
-    /**
-     * Milliseconds per phase, each measured on its own: certs (certificate pairs ensured), render,
-     * install, validate, reload, prove, finish (the apply engine; finish: pending restarts,
-     * clean-up, the profile's checks, file reports), probe (the inter-node probes), report
-     * (the status post that carried the pass: known once it returned, so sent from the next
-     * report on). A phase the pass did not reach is absent.
-     */
-    phases: Type.Record(Type.String({ pattern: '^[a-z][a-z-]{0,31}$' }), Type.Number({ minimum: 0 }), { maxProperties: 16 }),
-    /** From the beginning of the pass to the end of its probes (report excluded). */
-    totalMs: Type.Number({ minimum: 0 }),
-  },
-  { additionalProperties: false },
-);
-export type ApplyTimings = Static<typeof ApplyTimings>;
-
-export const CertReport = Type.Object(
-  { id: Type.String(), serial: Type.String(), notAfter: Type.String() },
-  { additionalProperties: false },
-);
-export type CertReport = Static<typeof CertReport>;
-
-/** One of a profile's own verification queries (pgd: seed 004's three), run after each apply. */
-export const SeedCheckReport = Type.Object(
-  {
-    name: Type.String(),
-    query: Type.String(),
-    ok: Type.Boolean(),
-    rows: Type.Array(Type.Record(Type.String(), Type.Unknown())),
-    /** e.g. "bdr not installed" */
-    note: Nullable(Type.String()),
-  },
-  { additionalProperties: false },
-);
-export type SeedCheckReport = Static<typeof SeedCheckReport>;
-
-export const AgentStatus = Type.Object(
-  {
-    generation: Type.Integer({ minimum: 0 }),
-    phase: Phase,
-    errors: Type.Array(Type.Object({ code: Type.String(), message: Type.String() }, { additionalProperties: false })),
-    files: Type.Array(FileReport),
-    servedCertificate: Nullable(CertReport),
-    certificates: Type.Array(CertReport),
-    probes: Type.Array(ProbeResult),
-    pendingRestart: Type.Array(Type.String()),
-    coordinatorReachable: Type.Boolean(),
-    /**
-     * How long the node lasts without the coordinator: the earliest of its certificates' notAfter
-     * (identity included) and its CRL's nextUpdate. Absent from older agents.
-     */
-    survivesUntil: Type.Optional(Nullable(Type.String())),
-    /** The profile's verification queries after the last apply (pgd). Absent from older agents and other profiles. */
-    checks: Type.Optional(Type.Array(SeedCheckReport)),
-    /** How long each phase of the pass that applied `generation` took. Absent from older agents. */
-    timings: Type.Optional(ApplyTimings),
-    versions: Type.Object({ agent: Type.String(), postgres: Type.String() }, { additionalProperties: false }),
-  },
-  { additionalProperties: false },
-);
-export type AgentStatus = Static<typeof AgentStatus>;

@@ -7,7 +7,8 @@ import pino from 'pino';
 import { Agent, request } from 'undici';
 import { startCoordinator, type CoordinatorOptions, type RunningCoordinator } from '../../coordinator/main.ts';
 import type { ClusterSpec } from '../../shared/contract/schema.ts';
-import { createCsr, generateRsaKey } from '../../shared/crypto/x509.ts';
+import { createCsr } from '../../shared/crypto/csr.ts';
+import { generateRsaKey } from '../../shared/crypto/keys.ts';
 
 export interface Reply {
   status: number;

@@ -11,8 +11,11 @@ import { join } from 'node:path';
 import forge from 'node-forge';
 import { CertificateAuthority } from '../../coordinator/ca/ca.ts';
 import { compileCluster } from '../../coordinator/cluster/compile.ts';
-import type { AgentStatus, ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
-import { fingerprint256, generateRsaKey, readCsrKey } from '../../shared/crypto/x509.ts';
+import type { ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
+import type { AgentStatus } from '../../shared/contract/status.ts';
+import { fingerprint256 } from '../../shared/crypto/x509.ts';
+import { readCsrKey } from '../../shared/crypto/csr.ts';
+import { generateRsaKey } from '../../shared/crypto/keys.ts';
 import { throwawayPg, query } from '../helpers/pg.ts';
 import { startAgent, waitFor } from '../helpers/agent-process.ts';
 

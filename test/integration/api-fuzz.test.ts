@@ -15,7 +15,8 @@ import { Agent, request } from 'undici';
 import { CertificateAuthority } from '../../coordinator/ca/ca.ts';
 import { AGENT_CN, identityUri } from '../../coordinator/service.ts';
 import { NAME_PATTERN } from '../../shared/contract/schema.ts';
-import { createCsr, forgePublicKeyFromPem, generateRsaKey } from '../../shared/crypto/x509.ts';
+import { createCsr } from '../../shared/crypto/csr.ts';
+import { forgePublicKeyFromPem, generateRsaKey } from '../../shared/crypto/keys.ts';
 import { enroll, pgdSpec, startHarness, type EnrolledNode, type Harness } from '../helpers/coordinator-harness.ts';
 
 const REQUESTS = Number(process.env.PGACCORD_FUZZ_REQUESTS ?? 10_000);

@@ -16,8 +16,11 @@ import { MIGRATIONS } from '../../coordinator/store/store.ts';
 import { encodeJoinToken, parseJoinToken } from '../../shared/contract/join-token.ts';
 
 const decodeJoinToken = (t: string) => { const r = parseJoinToken(t); return r.ok ? r.payload : null; };
-import type { AgentStatus, NodeDesired } from '../../shared/contract/schema.ts';
-import { certInfo, createCsr, generateRsaKey, readCsrKey, verifiesAgainst } from '../../shared/crypto/x509.ts';
+import type { NodeDesired } from '../../shared/contract/schema.ts';
+import type { AgentStatus } from '../../shared/contract/status.ts';
+import { certInfo, verifiesAgainst } from '../../shared/crypto/x509.ts';
+import { createCsr, readCsrKey } from '../../shared/crypto/csr.ts';
+import { generateRsaKey } from '../../shared/crypto/keys.ts';
 import { throwawayPg, query } from '../helpers/pg.ts';
 import type { PgInstance } from '../../shared/system/pgserver.ts';
 import { enroll, httpsClient, pgdSpec, sleep, startHarness, type EnrolledNode, type Harness } from '../helpers/coordinator-harness.ts';

@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type TLSSocket } from 'node:tls';
 import { freePort } from '../../shared/system/pgserver.ts';
-import { createCsr, generateRsaKey } from '../../shared/crypto/x509.ts';
+import { createCsr } from '../../shared/crypto/csr.ts';
+import { generateRsaKey } from '../../shared/crypto/keys.ts';
 import { waitFor } from '../helpers/wait.ts';
 import { httpsClient, pgdSpec } from '../helpers/coordinator-harness.ts';
 

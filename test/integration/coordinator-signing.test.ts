@@ -6,7 +6,9 @@ import assert from 'node:assert/strict';
 import { request } from 'undici';
 import { ApiError } from '../../coordinator/errors.ts';
 import { crlSignedBy } from '../../shared/crypto/crl.ts';
-import { createCsr, generateRsaKey, readCsrKey, verifiesAgainst } from '../../shared/crypto/x509.ts';
+import { verifiesAgainst } from '../../shared/crypto/x509.ts';
+import { createCsr, readCsrKey } from '../../shared/crypto/csr.ts';
+import { generateRsaKey } from '../../shared/crypto/keys.ts';
 import { enroll, pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
 
 let h: Harness;

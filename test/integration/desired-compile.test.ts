@@ -6,8 +6,11 @@ import pino from 'pino';
 import { CoordinatorService } from '../../coordinator/service.ts';
 import { SecretBox } from '../../coordinator/store/secrets.ts';
 import { compileNode, type NodeCompileInput } from '../../coordinator/cluster/compile.ts';
-import type { AgentStatus, ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
-import { certInfo, createCsr, generateRsaKey } from '../../shared/crypto/x509.ts';
+import type { ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
+import type { AgentStatus } from '../../shared/contract/status.ts';
+import { certInfo } from '../../shared/crypto/x509.ts';
+import { createCsr } from '../../shared/crypto/csr.ts';
+import { generateRsaKey } from '../../shared/crypto/keys.ts';
 import { enroll, pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
 
 let h: Harness;

@@ -15,7 +15,8 @@ import { CertificateManager } from '../../agent/runtime/certs.ts';
 import { CoordinatorClient } from '../../agent/runtime/client.ts';
 import { enroll, renewIdentity, type StoredIdentity } from '../../agent/runtime/identity.ts';
 import type { ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
-import { certInfo, createCsr } from '../../shared/crypto/x509.ts';
+import { certInfo } from '../../shared/crypto/x509.ts';
+import { createCsr } from '../../shared/crypto/csr.ts';
 import { agentFixture, psqlAs, ROLE, silentLogger } from '../helpers/agent-fixture.ts';
 import { startHarness, type Harness } from '../helpers/coordinator-harness.ts';
 

@@ -7,7 +7,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { enroll, pgdSpec, startHarness } from '../helpers/coordinator-harness.ts';
-import type { AgentStatus } from '../../shared/contract/schema.ts';
+import type { AgentStatus } from '../../shared/contract/status.ts';
 
 const h = await startHarness({ longPollMs: 3000 });
 after(() => h.close());

@@ -10,7 +10,9 @@ import forge from 'node-forge';
 import { CertificateAuthority } from '../../coordinator/ca/ca.ts';
 import { checkPinnedCa, CoordinatorClient, CoordinatorError, decodeJoinToken, fetchPinnedCa } from '../../agent/runtime/client.ts';
 import { enroll, loadIdentity, pruneIdentities, renewIdentity } from '../../agent/runtime/identity.ts';
-import { fingerprint256, generateRsaKey, readCsrKey } from '../../shared/crypto/x509.ts';
+import { fingerprint256 } from '../../shared/crypto/x509.ts';
+import { readCsrKey } from '../../shared/crypto/csr.ts';
+import { generateRsaKey } from '../../shared/crypto/keys.ts';
 
 const encode = (payload: unknown) => `pga1.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
 const good = { v: 1, url: 'https://127.0.0.1:7432', cluster: 'sales', node: 'node-1', id: 'tid', secret: 's3cret', caFingerprint: 'ab'.repeat(32) };

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { notProved, notReissued, type NodeEvidence } from '../../coordinator/ca/rotation.ts';
-import type { AgentStatus, Phase, ProbeResult } from '../../shared/contract/schema.ts';
+import type { AgentStatus, Phase, ProbeResult } from '../../shared/contract/status.ts';
 
 const TRUST = 3;
 const REISSUE = 4;

@@ -1,4 +1,4 @@
-// X.509 helpers (shared/crypto/x509.ts), the CA built on them, secrets at rest and join token text.
+// X.509 helpers (shared/crypto/x509.ts, keys.ts, csr.ts), the CA built on them, secrets at rest and join token text.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -11,7 +11,9 @@ import { canonicalJson, parseIdentityUri } from '../../coordinator/service.ts';
 import { encodeJoinToken, parseJoinToken } from '../../shared/contract/join-token.ts';
 
 const decodeJoinToken = (t: string) => { const r = parseJoinToken(t); return r.ok ? r.payload : null; };
-import { certInfo, certMatchesKey, createCsr, generateRsaKey, normaliseIp, readCsr, splitPemBundle, verifiesAgainst } from '../../shared/crypto/x509.ts';
+import { certInfo, certMatchesKey, normaliseIp, splitPemBundle, verifiesAgainst } from '../../shared/crypto/x509.ts';
+import { createCsr, readCsr } from '../../shared/crypto/csr.ts';
+import { generateRsaKey } from '../../shared/crypto/keys.ts';
 
 const now = new Date('2030-01-01T00:00:00Z');
 const caP = CertificateAuthority.create('unit CA', new Date());
@@ -47,7 +49,7 @@ test('the CA issues what its caller decides; openssl agrees; certInfo reads it b
   const { ca } = await caP;
   const { privateKeyPem } = await generateRsaKey();
   const csr = readCsr(createCsr(privateKeyPem, 'evil'));
-  const { publicKey } = await import('../../shared/crypto/x509.ts').then((m) => m.readCsrKey(createCsr(privateKeyPem, 'evil')));
+  const { publicKey } = await import('../../shared/crypto/csr.ts').then((m) => m.readCsrKey(createCsr(privateKeyPem, 'evil')));
   assert.ok(csr.publicKeyPem);
   const issued = ca.issue({ publicKey, commonName: 'db1.example.com', dnsNames: ['db1.example.com'], ipAddresses: ['10.0.0.1', '::1'], usage: 'server', lifetimeSeconds: 90 * 86400, now: new Date() });
   const text = openssl(['x509', '-in', 'c.crt', '-noout', '-text'], { 'c.crt': issued.pem });
@@ -76,7 +78,7 @@ test('the CA issues what its caller decides; openssl agrees; certInfo reads it b
 
 test('no leaf outlives its CA; notBefore is backdated five minutes; serials are positive 16 bytes', async () => {
   const { privateKeyPem } = await generateRsaKey();
-  const { readCsrKey } = await import('../../shared/crypto/x509.ts');
+  const { readCsrKey } = await import('../../shared/crypto/csr.ts');
   const { publicKey } = readCsrKey(createCsr(privateKeyPem, 'x'));
   const short = await CertificateAuthority.create('short CA', now, 86400);
   const leaf = short.ca.issue({ publicKey, commonName: 'pgd_replication', usage: 'client', lifetimeSeconds: 90 * 86400, now });
@@ -169,7 +171,7 @@ test('a new CA is basicConstraints critical, CA:TRUE, pathlen:0: openssl refuses
 
 test('CSR key policy: RSA >= 2048 with e = 65537 or EC P-256/P-384; anything else refused with E_CSR_KEY_POLICY', async () => {
   const { generateKeyPairSync } = await import('node:crypto');
-  const { readCsrKey } = await import('../../shared/crypto/x509.ts');
+  const { readCsrKey } = await import('../../shared/crypto/csr.ts');
   const rsa = (bits: number, e = 65537) => generateKeyPairSync('rsa', { modulusLength: bits, publicExponent: e }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
   const ec = (curve: string) => generateKeyPairSync('ec', { namedCurve: curve }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
   const ecCsr = (keyPem: string) => openssl(['req', '-new', '-key', 'k.pem', '-subj', '/CN=x', '-sha256'], { 'k.pem': keyPem });

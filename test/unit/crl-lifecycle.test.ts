@@ -18,7 +18,7 @@ import { checkCrl } from '../../agent/apply/verify.ts';
 import { decimalSerialToHex } from '../../agent/probe/revocation.ts';
 import { CertificateManager } from '../../agent/runtime/certs.ts';
 import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
-import { readCsr } from '../../shared/crypto/x509.ts';
+import { readCsr } from '../../shared/crypto/csr.ts';
 import type { CertificateSlot, NodeDesired } from '../../shared/contract/schema.ts';
 
 const run = promisify(execFile);
@@ -37,7 +37,7 @@ const T0 = Date.parse('2031-03-01T00:00:00Z');
 test('CRL: v2, sha256WithRSA, issuer = CA subject, CRL number and AKI; OpenSSL verifies it and refuses the revoked leaf', async () => {
   const { ca, keyPem } = await CertificateAuthority.create('pgaccord crl CA', new Date());
   const now = new Date();
-  const { privateKeyPem: leafKey } = await import('../../shared/crypto/x509.ts').then((m) => m.generateRsaKey());
+  const { privateKeyPem: leafKey } = await import('../../shared/crypto/keys.ts').then((m) => m.generateRsaKey());
   const leaf = ca.issue({ publicKey: pub(leafKey), commonName: 'replicator', usage: 'client', lifetimeSeconds: 3600, now });
   const other = ca.issue({ publicKey: pub(leafKey), commonName: 'other', usage: 'client', lifetimeSeconds: 3600, now });
   const pem = ca.issueCrl({ revoked: [{ serial: leaf.serial, revokedAt: now }], number: 42, thisUpdate: new Date(now.getTime() - 60_000), nextUpdate: new Date(now.getTime() + 7 * 86400_000) });
@@ -158,7 +158,7 @@ test('certificate manager: a revoked pair and a pair the operator asked to renew
 
 test('short lifetimes: a 2-minute certificate is back-dated 6 s, not 5 min, so its renewal falls after its issue', async () => {
   const { ca } = await CertificateAuthority.create('short CA', new Date(T0 - 3600_000));
-  const { generateRsaKey } = await import('../../shared/crypto/x509.ts');
+  const { generateRsaKey } = await import('../../shared/crypto/keys.ts');
   const key = (await generateRsaKey()).privateKeyPem;
   const issued = ca.issue({ publicKey: pub(key), commonName: 'x', usage: 'client', lifetimeSeconds: 120, now: new Date(T0) });
   assert.equal(issued.notBefore.getTime(), T0 - 6000);

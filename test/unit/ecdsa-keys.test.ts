@@ -17,7 +17,9 @@ import { FILES, openDataDir } from '../../coordinator/store/datadir.ts';
 import { compileCluster } from '../../coordinator/cluster/compile.ts';
 import type { ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
 import { validateSpec } from '../../coordinator/cluster/spec.ts';
-import { certInfo, createCsr, generateKey, readCsrKey } from '../../shared/crypto/x509.ts';
+import { certInfo } from '../../shared/crypto/x509.ts';
+import { createCsr, readCsrKey } from '../../shared/crypto/csr.ts';
+import { generateKey } from '../../shared/crypto/keys.ts';
 
 const dirs: string[] = [];
 after(() => Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true }))));

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import pino from 'pino';
 import { CoordinatorMetrics } from '../../coordinator/http/metrics.ts';
-import type { ApplyTimings } from '../../shared/contract/schema.ts';
+import type { ApplyTimings } from '../../shared/contract/status.ts';
 
 const store = { query: async () => [{ generation: 9, updated_at: new Date(0) }] } as never;
 

@@ -16,7 +16,7 @@ import { readConfigFile, resolveConfig } from '../../agent/config.ts';
 import { parseCoordinatorUrls } from '../../shared/contract/coordinator-urls.ts';
 import { encodeJoinToken, parseJoinToken, tokenUrls } from '../../shared/contract/join-token.ts';
 import { freePort } from '../../shared/system/pgserver.ts';
-import { generateRsaKey } from '../../shared/crypto/x509.ts';
+import { generateRsaKey } from '../../shared/crypto/keys.ts';
 
 const dirs: string[] = [];
 after(async () => {

@@ -8,7 +8,9 @@ import { CertificateAuthority, randomSerial } from '../../coordinator/ca/ca.ts';
 import { ApiError } from '../../coordinator/errors.ts';
 import { SigningPool } from '../../coordinator/ca/signing-pool.ts';
 import { crlInfo, crlSignedBy } from '../../shared/crypto/crl.ts';
-import { certInfo, certMatchesKey, createCsr, generateRsaKey, readCsrKey, verifiesAgainst, X509Error } from '../../shared/crypto/x509.ts';
+import { certInfo, certMatchesKey, verifiesAgainst, X509Error } from '../../shared/crypto/x509.ts';
+import { createCsr, readCsrKey } from '../../shared/crypto/csr.ts';
+import { generateRsaKey } from '../../shared/crypto/keys.ts';
 
 const caP = CertificateAuthority.create('pool CA', new Date());
 const leaf = (publicKey: ReturnType<typeof readCsrKey>['publicKey'], serial?: string) => ({

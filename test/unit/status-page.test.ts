@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import type { ClusterStatusResponse, NodeStatusView } from '../../shared/contract/api.ts';
-import type { ProbeResult } from '../../shared/contract/schema.ts';
+import type { ProbeResult } from '../../shared/contract/status.ts';
 import { esc, pageHeaders, renderLoginPage, renderStatusPage, STYLE_HASH } from '../../coordinator/http/status-page.ts';
 import { formatProbeMatrix, probeMatrix } from '../../coordinator/cluster/probe-matrix.ts';
 import { formatStatus } from '../../coordinator/cli/status.ts';
