@@ -2,104 +2,40 @@
 // role credentials, join tokens and enrollment, agent identities, desired state, status.
 // The clock is a parameter (`now`), so token expiry and staleness can be tested.
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import pg from 'pg';
 import type { Logger } from 'pino';
 import type { CaRotationStatus, CertExpiry, ClusterStatusResponse, CsrResponse, EnrollResponse, JoinTokenPayload, NodeStatusView, PeerWake, PlanResponse } from '../shared/contract/api.ts';
 import { EventEmitter } from 'node:events';
 import { normaliseSerial } from '../shared/crypto/crl.ts';
 import { caLevel, daysLeft, expiryLevel } from './cluster/lifecycle.ts';
-import { certificateSlots, certLifetimeSeconds, compileCluster, compileNode, credentialRecord, indexSpec, rolesNeedingPasswords, trustWarnings, type CredentialSource, type RoleCredential } from './cluster/compile.ts';
+import { certificateSlots, certLifetimeSeconds, credentialRecord, indexSpec, rolesNeedingPasswords, trustWarnings, type CredentialSource, type RoleCredential } from './cluster/compile.ts';
 import { DesiredCache, type ClusterDesired, type NodeCompiler } from './cluster/desired-cache.ts';
-import { EscapeError } from '../shared/pgconf/escape.ts';
 import { previewNode } from '../shared/pgconf/plan.ts';
 import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from '../shared/pgconf/render.ts';
 import type { ClusterSpec, NodeDesired } from '../shared/contract/schema.ts';
 import type { AgentStatus } from '../shared/contract/status.ts';
 import { scramVerifier } from '../shared/crypto/scram.ts';
-import { validateSpec } from './cluster/spec.ts';
-import { certInfo, fingerprint256, splitPemBundle, verifiesAgainst, X509Error } from '../shared/crypto/x509.ts';
-import { publicKeyId, type SubjectPublicKey } from '../shared/crypto/csr.ts';
+import { certInfo, splitPemBundle, verifiesAgainst } from '../shared/crypto/x509.ts';
+import { publicKeyId } from '../shared/crypto/csr.ts';
 import { CertificateAuthority } from './ca/ca.ts';
 import type { SigningPool } from './ca/signing-pool.ts';
-import { ApiError, badRequest, conflict, gone, notFound, unauthorized } from './errors.ts';
+import { badRequest, conflict, gone, notFound, unauthorized } from './errors.ts';
 import { notProved, notReissued, type NodeEvidence } from './ca/rotation.ts';
 import type { SecretBox } from './store/secrets.ts';
-import { SPEC_SEAL_BINDING_MIGRATION, SPEC_SEAL_MIGRATION, type Queryable, type Store } from './store/store.ts';
+import type { Queryable, Store } from './store/store.ts';
 import { StoreUnavailableError } from './store/store-hosts.ts';
 import { encodeJoinToken, parseCoordinatorUrls, parseJoinToken } from '../shared/contract/join-token.ts';
+import { ServiceContext, TASK_CA_ROTATION, TASK_CRL_REFRESH, tryClusterTask, type AgentPrincipal, type ServiceOptions } from './service/context.ts';
+import { checkMasterKey } from './service/master-key.ts';
+import { canonicalJson, CLUSTER_COLUMNS, type ClusterRow } from './service/stored-specs.ts';
+
+export { CRL_LIFETIME_S, IDENTITY_LIFETIME_S, type AgentPrincipal, type ServiceOptions } from './service/context.ts';
+export { canonicalJson } from './service/stored-specs.ts';
 
 export const DEFAULT_TOKEN_TTL_S = 3600;
-const MASTER_KEY_MISMATCH = 'master.key does not match the one this database was initialised with: coordinators sharing a database need copies of the same master.key';
-export const IDENTITY_LIFETIME_S = 30 * 86400;
-/** Validity of an issued CRL; it is re-issued once less than half of it is left. */
-export const CRL_LIFETIME_S = 7 * 86400;
 export const AGENT_CN = 'pgaccord-agent';
 export const IDENTITY_URI_PREFIX = 'pgaccord://agent/';
 
-export interface ServiceOptions {
-  store: Store;
-  box: SecretBox;
-  coordinatorCa: CertificateAuthority;
-  /** Checks CSRs and signs certificates and CRLs off the event loop. */
-  signing: SigningPool;
-  /** URL put into join tokens. */
-  publicUrl: string;
-  log: Logger;
-  now?: () => Date;
-  /** How long GET /v1/agent/desired holds a request when nothing is newer (ms). */
-  longPollMs?: number;
-  /** Lifetime of agent identity certificates (s); default 30 days. */
-  identityLifetimeSeconds?: number;
-  /** Validity of each CRL (s); default 7 days. */
-  crlLifetimeSeconds?: number;
-  /** How one node's desired state is compiled (tests count the calls); default compileNode. */
-  compileNode?: NodeCompiler;
-}
-
-export interface AgentPrincipal {
-  cluster: string;
-  node: string;
-  serial: string;
-}
-
-interface ClusterRow {
-  name: string;
-  spec: ClusterSpec;
-  spec_canonical: string;
-  generation: number;
-  /** Random, per creation of the row: a deleted cluster's seals do not open for a new one of the same name. */
-  incarnation: string;
-  /** The spec's digest with the incarnation and generation, sealed with the master key (see #sealSpec). */
-  spec_seal?: string | null;
-}
-
-const CLUSTER_COLUMNS = 'name, spec, spec_canonical, generation, incarnation, spec_seal';
-/** The spec column as PostgreSQL sent it (jsonb text), parsed by #cluster itself: what its check remembers. */
-const JSONB_OID = 3802;
-const SPEC_AS_TEXT = { getTypeParser: ((oid: number, format?: 'text' | 'binary') => (oid === JSONB_OID ? (text: string) => text : pg.types.getTypeParser(oid, format))) as typeof pg.types.getTypeParser };
-/** Clusters whose last checked row is remembered (#checkStored); the oldest is forgotten first. */
-const CHECKED_ROWS_MAX = 10_000;
-
-/** JSON with object keys sorted: equal specs give equal text. */
-export function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
-  if (value && typeof value === 'object') {
-    const obj = value as Record<string, unknown>;
-    return `{${Object.keys(obj).filter((k) => obj[k] !== undefined).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson(obj[k])}`).join(',')}}`;
-  }
-  return JSON.stringify(value);
-}
-
 const sha256 = (s: string) => createHash('sha256').update(s).digest();
-
-/** What a stored spec's seal holds: the form, the row's incarnation and generation, the spec's digest. */
-function sealedText(row: Pick<ClusterRow, 'incarnation' | 'generation'>, canonical: string): string {
-  return `v2 ${row.incarnation} ${row.generation} ${createHash('sha256').update(canonical).digest('hex')}`;
-}
-
-function storedSpecInvalid(cluster: string, why: string): ApiError {
-  return new ApiError(500, 'E_STORED_SPEC_INVALID', `the stored spec of cluster "${cluster}" is refused: ${why}; check the spec and apply it again (pgaccord apply -f FILE)`);
-}
 
 /**
  * The identity `serial` of cluster/node ($1, $2, $3) when it may authenticate: the node's current
@@ -129,6 +65,7 @@ function insecureWarnings(spec: ClusterSpec): string[] {
 }
 
 export class CoordinatorService {
+  readonly #ctx: ServiceContext;
   readonly store: Store;
   readonly now: () => Date;
   readonly longPollMs: number;
@@ -142,13 +79,6 @@ export class CoordinatorService {
   publicUrl: string;
   readonly #log: Logger;
   readonly #cas = new Map<string, { certPem: string; ca: CertificateAuthority }>();
-  /** Per cluster, the canonical spec last found valid when read (validation compiles it). */
-  readonly #validated = new Map<string, string>();
-  /** Per cluster, the last row that passed #checkStored (incarnation, generation, seal, spec text digest). */
-  readonly #checked = new Map<string, string>();
-  /** Per cluster, the highest generation read (see #cluster) and when (#reads, a counter of reads issued and completed). */
-  readonly #highWater = new Map<string, { incarnation: string; generation: number; at: number }>();
-  #reads = 0;
   readonly #compileNode: NodeCompiler;
   /** Each node's desired state, compiled once per cluster generation (and trust files). */
   readonly #desired: DesiredCache;
@@ -166,19 +96,30 @@ export class CoordinatorService {
   readonly #stagingMs = new Map<string, Map<string, number>>();
 
   constructor(opts: ServiceOptions) {
-    this.store = opts.store;
-    this.#box = opts.box;
-    this.#coordinatorCa = opts.coordinatorCa;
-    this.#signing = opts.signing;
-    this.#caFingerprint = fingerprint256(opts.coordinatorCa.certPem);
-    this.publicUrl = opts.publicUrl;
-    this.#log = opts.log;
-    this.now = opts.now ?? (() => new Date());
-    this.longPollMs = opts.longPollMs ?? 30_000;
-    this.identityLifetimeSeconds = opts.identityLifetimeSeconds ?? IDENTITY_LIFETIME_S;
-    this.crlLifetimeSeconds = opts.crlLifetimeSeconds ?? CRL_LIFETIME_S;
-    this.#compileNode = opts.compileNode ?? compileNode;
+    const ctx = (this.#ctx = new ServiceContext(opts));
+    this.store = ctx.store;
+    this.#box = ctx.box;
+    this.#coordinatorCa = ctx.coordinatorCa;
+    this.#signing = ctx.signing;
+    this.#caFingerprint = ctx.caFingerprint;
+    this.publicUrl = ctx.publicUrl;
+    this.#log = ctx.log;
+    this.now = ctx.now;
+    this.longPollMs = ctx.longPollMs;
+    this.identityLifetimeSeconds = ctx.identityLifetimeSeconds;
+    this.crlLifetimeSeconds = ctx.crlLifetimeSeconds;
+    this.#compileNode = ctx.compileNode;
     this.#desired = new DesiredCache({ compile: this.#compileNode });
+  }
+
+  /** Refuse to run with a master key other than the one that sealed this store's secrets. */
+  checkMasterKey(): Promise<void> {
+    return checkMasterKey(this.store, this.#box);
+  }
+
+  /** See StoredSpecs.resealAfterMigrations. */
+  resealAfterMigrations(applied: number[]): Promise<void> {
+    return this.#ctx.specs.resealAfterMigrations(applied);
   }
 
   get coordinatorCaPem(): string {
@@ -189,70 +130,10 @@ export class CoordinatorService {
     return this.#caFingerprint;
   }
 
-  /** Refuse to run with a master key other than the one that sealed this store's secrets. */
-  async checkMasterKey(): Promise<void> {
-    const probe = 'pgaccord master key check';
-    const rows = await this.store.query<{ value: string }>(`SELECT value FROM meta WHERE key = 'master_key_check'`);
-    if (rows.length === 0) {
-      // No check row (a store from before it, or one whose row was lost): before writing one with
-      // this key, the key must open what the store already holds. Otherwise a second coordinator
-      // with another key would write its own check row and lock out the right one.
-      if (!(await this.#opensStoredSecret())) throw new Error(MASTER_KEY_MISMATCH);
-      await this.store.query(`INSERT INTO meta (key, value) VALUES ('master_key_check', $1) ON CONFLICT (key) DO NOTHING`, [this.#box.seal(probe, 'meta:master_key_check')]);
-      return this.checkMasterKey();
-    }
-    try {
-      if (this.#box.open(rows[0]!.value, 'meta:master_key_check') === probe) return;
-    } catch {
-      // fall through
-    }
-    throw new Error(MASTER_KEY_MISMATCH);
-  }
-
-  /** Whether this master key opens a secret the store holds (true when it holds none yet). */
-  async #opensStoredSecret(): Promise<boolean> {
-    const ca = (await this.store.query<{ cluster: string; key_sealed: string }>(`SELECT cluster, key_sealed FROM cluster_cas LIMIT 1`))[0];
-    const role = ca ? undefined : (await this.store.query<{ cluster: string; role: string; password_sealed: string }>(`SELECT cluster, role, password_sealed FROM role_credentials LIMIT 1`))[0];
-    try {
-      if (ca) this.#box.open(ca.key_sealed, `cluster-ca:${ca.cluster}`);
-      else if (role) this.#box.open(role.password_sealed, `role-password:${role.cluster}/${role.role}`);
-      return true;
-    } catch {
-      return false;
-    }
-  }
-
   // --- clusters -------------------------------------------------------------------------------
 
-  #validate(name: string, body: unknown): ClusterSpec {
-    const result = validateSpec(body);
-    if (!result.ok) {
-      throw badRequest('E_SPEC_INVALID', `the cluster spec is invalid: ${result.errors.map((e) => `${e.field}: ${e.message}`).join('; ')}`, result.errors);
-    }
-    if (result.spec.name !== name) {
-      throw badRequest('E_SPEC_INVALID', `name: "${result.spec.name}" does not match the cluster in the URL ("${name}")`, [{ field: 'name', message: `does not match the cluster in the URL ("${name}")` }]);
-    }
-    // Everything the spec would produce must be renderable by the one escaper.
-    try {
-      this.#renderCheck(result.spec);
-    } catch (e) {
-      if (e instanceof EscapeError) throw badRequest('E_SPEC_INVALID', e.message, [{ field: 'hba', message: e.message }]);
-      throw e;
-    }
-    return result.spec;
-  }
-
-  #renderCheck(spec: ClusterSpec): void {
-    const placeholder: Record<string, RoleCredential> = {};
-    for (const r of rolesNeedingPasswords(spec)) placeholder[r] = { password: 'x', verifier: 'x' };
-    for (const d of compileCluster({ spec, generation: 1, credentials: placeholder, caBundle: '', crl: null }).values()) {
-      d.hba.forEach(renderHbaLine);
-      d.ident.forEach(renderIdentLine);
-    }
-  }
-
   async putCluster(name: string, body: unknown): Promise<{ generation: number; spec: ClusterSpec; warnings: string[]; changed: boolean }> {
-    const spec = this.#validate(name, body);
+    const spec = this.#ctx.specs.validate(name, body);
     const canonical = canonicalJson(spec);
     const now = this.now();
     const existingCa = await this.store.query(`SELECT 1 FROM cluster_cas WHERE cluster = $1`, [name]);
@@ -262,18 +143,18 @@ export class CoordinatorService {
       const incarnation = randomUUID();
       const inserted = await c.query(
         `INSERT INTO clusters (name, spec, spec_canonical, generation, created_at, updated_at, incarnation, spec_seal) VALUES ($1, $2, $3, 1, $4, $4, $5, $6) ON CONFLICT (name) DO NOTHING`,
-        [name, JSON.stringify(spec), canonical, now, incarnation, this.#sealSpec({ name, incarnation, generation: 1 }, canonical)],
+        [name, JSON.stringify(spec), canonical, now, incarnation, this.#ctx.specs.seal({ name, incarnation, generation: 1 }, canonical)],
       );
       const row = (await c.query<ClusterRow>(`SELECT ${CLUSTER_COLUMNS} FROM clusters WHERE name = $1 FOR UPDATE`, [name])).rows[0]!;
       let generation = row.generation;
       // A row changed behind the API (seal broken) is rewritten by applying the spec again.
-      const changed = inserted.rowCount === 1 || row.spec_canonical !== canonical || !this.#sealHolds(row);
+      const changed = inserted.rowCount === 1 || row.spec_canonical !== canonical || !this.#ctx.specs.sealHolds(row);
       if (changed && inserted.rowCount !== 1) {
         generation += 1;
         const kept = new Set(spec.nodes.map((n) => n.name));
         const removed = row.spec.nodes.map((n) => n.name).filter((n) => !kept.has(n));
         if (removed.length > 0) await this.#revokeNodes(c, name, removed, now);
-        await c.query(`UPDATE clusters SET spec = $2, spec_canonical = $3, generation = $4, updated_at = $5, spec_seal = $6 WHERE name = $1`, [name, JSON.stringify(spec), canonical, generation, now, this.#sealSpec({ name, incarnation: row.incarnation, generation }, canonical)]);
+        await c.query(`UPDATE clusters SET spec = $2, spec_canonical = $3, generation = $4, updated_at = $5, spec_seal = $6 WHERE name = $1`, [name, JSON.stringify(spec), canonical, generation, now, this.#ctx.specs.seal({ name, incarnation: row.incarnation, generation }, canonical)]);
       }
       if (newCa) {
         await c.query(`INSERT INTO cluster_cas (cluster, cert_pem, key_sealed, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (cluster) DO NOTHING`, [
@@ -306,121 +187,8 @@ export class CoordinatorService {
     }
   }
 
-  /**
-   * Every read of a stored spec goes through here: it is checked (#checkStored) before any use,
-   * and refused if its generation is lower than one this process already read for the same
-   * incarnation (a whole older row put back, seal and generation included). Only reads that
-   * completed before this one was issued count (a slower concurrent read may see an older,
-   * committed generation), and only reads outside a transaction (which cannot see its own
-   * uncommitted bump, later rolled back).
-   */
-  async #cluster(name: string, c: Queryable = this.store.pool): Promise<ClusterRow | null> {
-    const issued = ++this.#reads;
-    const read = (await c.query<Omit<ClusterRow, 'spec'> & { spec: string }>({ text: `SELECT ${CLUSTER_COLUMNS} FROM clusters WHERE name = $1`, values: [name], types: SPEC_AS_TEXT })).rows[0] ?? null;
-    if (!read) return null;
-    const row: ClusterRow = { ...read, spec: JSON.parse(read.spec) as ClusterSpec };
-    this.#checkStored(row, read.spec);
-    const seen = this.#highWater.get(name);
-    if (seen && seen.incarnation === row.incarnation && row.generation < seen.generation && seen.at < issued) {
-      throw storedSpecInvalid(name, `its generation ${row.generation} is lower than generation ${seen.generation} already served (an older row put back)`);
-    }
-    if (c === this.store.pool && (!seen || seen.incarnation !== row.incarnation || row.generation > seen.generation)) {
-      this.#highWater.set(name, { incarnation: row.incarnation, generation: row.generation, at: ++this.#reads });
-    }
-    return row;
-  }
-
-  /**
-   * The seal of a stored spec: its digest with the row's incarnation and generation, sealed for
-   * this cluster. Every change of the generation re-seals (putCluster, #bump), so a pair copied
-   * from an earlier generation or from a deleted row of the same name does not open.
-   */
-  #sealSpec(row: Pick<ClusterRow, 'name' | 'incarnation' | 'generation'>, canonical: string): string {
-    return this.#box.seal(sealedText(row, canonical), `cluster-spec:${row.name}`);
-  }
-
-  #sealHolds(row: ClusterRow): boolean {
-    return this.#sealOpens(row) === sealedText(row, canonicalJson(row.spec));
-  }
-
-  #sealOpens(row: ClusterRow): string | null {
-    if (!row.spec_seal) return null;
-    try {
-      return this.#box.open(row.spec_seal, `cluster-spec:${row.name}`);
-    } catch {
-      return null;
-    }
-  }
-
-  /**
-   * A stored spec is used only when the master key's seal holds (whoever reaches the database
-   * cannot write one) and it still validates under this version's rules; anything else is
-   * refused with E_STORED_SPEC_INVALID, never compiled.
-   */
-  #checkStored(row: ClusterRow, specText?: string): ClusterRow {
-    // A row already checked, read again: the same incarnation, generation, seal and spec text
-    // (the spec is parsed from that text, so it gives the same verdict). Serialising the spec
-    // and opening its seal on every read was a third of the coordinator's busy time at 200
-    // nodes; anything read that differs is checked in full below.
-    const checked = specText === undefined ? null : `${row.incarnation}\n${row.generation}\n${row.spec_seal ?? ''}\n${createHash('sha256').update(specText).digest('hex')}`;
-    if (checked !== null && this.#checked.get(row.name) === checked) return row;
-    const canonical = canonicalJson(row.spec);
-    if (this.#sealOpens(row) !== sealedText(row, canonical)) {
-      throw storedSpecInvalid(row.name, row.spec_seal ? 'it does not match its seal (changed other than through the API, an earlier version put back, or sealed with another master key)' : 'it has no seal (written other than through the API)');
-    }
-    if (this.#validated.get(row.name) !== canonical) {
-      try {
-        this.#validate(row.name, row.spec);
-      } catch (e) {
-        if (e instanceof ApiError) throw storedSpecInvalid(row.name, `it no longer validates: ${e.message}`);
-        throw e;
-      }
-      this.#validated.set(row.name, canonical);
-    }
-    if (checked !== null) {
-      this.#checked.delete(row.name);
-      this.#checked.set(row.name, checked);
-      if (this.#checked.size > CHECKED_ROWS_MAX) this.#checked.delete(this.#checked.keys().next().value!);
-    }
-    return row;
-  }
-
-  /**
-   * Right after the migrations that changed seals (only then): seal the rows older versions
-   * wrote unsealed (migration 4), if they validate; re-seal the rows whose seal of the older
-   * form (the digest alone) holds (migration 5). Any other row stays refused until applied again.
-   */
-  async resealAfterMigrations(applied: number[]): Promise<void> {
-    if (!applied.includes(SPEC_SEAL_BINDING_MIGRATION)) return;
-    for (const row of await this.store.query<ClusterRow>(`SELECT ${CLUSTER_COLUMNS} FROM clusters`)) {
-      const canonical = canonicalJson(row.spec);
-      const opened = this.#sealOpens(row);
-      if (opened === sealedText(row, canonical)) continue;
-      if (opened !== createHash('sha256').update(canonical).digest('hex')) {
-        if (row.spec_seal || !applied.includes(SPEC_SEAL_MIGRATION)) {
-          this.#log.warn({ cluster: row.name }, 'stored spec left as is: its seal does not hold; it is refused until applied again');
-          continue;
-        }
-        try {
-          this.#validate(row.name, row.spec);
-        } catch (e) {
-          this.#log.warn({ cluster: row.name, err: (e as Error).message }, 'stored spec left unsealed: it does not validate; it is refused until applied again');
-          continue;
-        }
-      }
-      await this.store.query(`UPDATE clusters SET spec_seal = $4 WHERE name = $1 AND incarnation = $2 AND generation = $3`, [row.name, row.incarnation, row.generation, this.#sealSpec(row, canonical)]);
-      this.#log.info({ cluster: row.name }, 'stored spec sealed');
-    }
-  }
-
-  async #requireCluster(name: string): Promise<ClusterRow> {
-    const row = await this.#cluster(name);
-    if (!row) throw notFound(`no cluster "${name}"`);
-    return row;
-  }
-
   async getCluster(name: string): Promise<{ generation: number; spec: ClusterSpec; warnings: string[] }> {
-    const row = await this.#requireCluster(name);
+    const row = await this.#ctx.requireCluster(name);
     return { generation: row.generation, spec: row.spec, warnings: insecureWarnings(row.spec) };
   }
 
@@ -458,7 +226,7 @@ export class CoordinatorService {
    * phase 'trust', the old one in phase 'reissue') after it.
    */
   async clusterCaPem(name: string, c: Queryable = this.store.pool): Promise<string> {
-    if (!(await this.#cluster(name, c))) throw notFound(`no cluster "${name}"`);
+    if (!(await this.#ctx.cluster(name, c))) throw notFound(`no cluster "${name}"`);
     return (await this.#trustFiles(name, c)).caBundle;
   }
 
@@ -554,14 +322,6 @@ export class CoordinatorService {
     return new Map(await Promise.all(row.spec.nodes.map(async (n) => [n.name, await entry.node(n.name)] as const)));
   }
 
-  /** The row of an agent's cluster, when its node is still part of it (410 otherwise). */
-  async #requireNode(agent: AgentPrincipal): Promise<ClusterRow> {
-    const row = await this.#cluster(agent.cluster);
-    if (!row) throw gone(`cluster "${agent.cluster}" no longer exists`);
-    if (!row.spec.nodes.some((n) => n.name === agent.node)) throw gone(`node "${agent.node}" is no longer part of cluster "${agent.cluster}"`);
-    return row;
-  }
-
   // --- revocation, CRL, forced renewal ----------------------------------------------------------
 
   /** Revoke every live certificate of removed nodes (cluster leaves and agent identities). */
@@ -614,22 +374,6 @@ export class CoordinatorService {
   }
 
   /**
-   * A new generation without a spec change (new CRL, renewal request, revocation, rotations):
-   * wakes every agent. The seal names the generation, so it is made again here, under the row
-   * lock, and only when the current one holds: a bump never blesses a row changed behind the API.
-   */
-  async #bump(c: Queryable, cluster: string, now: Date): Promise<number> {
-    const row = (await c.query<ClusterRow>(`SELECT ${CLUSTER_COLUMNS} FROM clusters WHERE name = $1 FOR UPDATE`, [cluster])).rows[0];
-    // Deleted since the caller looked it up (a CA rotation start spends its key generation outside the transaction).
-    if (!row) throw notFound(`no cluster "${cluster}"`);
-    const generation = row.generation + 1;
-    const seal = this.#sealHolds(row) ? this.#sealSpec({ ...row, generation }, canonicalJson(row.spec)) : row.spec_seal;
-    await c.query(`UPDATE clusters SET generation = $2, updated_at = $3, spec_seal = $4 WHERE name = $1`, [cluster, generation, now, seal]);
-    await this.store.notify(c, cluster);
-    return generation;
-  }
-
-  /**
    * Re-issue the cluster's CRL when less than half of its validity is left (and bump the
    * generation so that every node installs it). Called on every desired-state poll and by the
    * maintenance timer; cheap when nothing is due. Returns true when it re-issued.
@@ -647,7 +391,7 @@ export class CoordinatorService {
       await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
       if ((await c.query(dueSql, [cluster, now])).rowCount === 0) return null; // another coordinator did it
       await this.#issueCrl(c, cluster, now);
-      await this.#bump(c, cluster, now);
+      await this.#ctx.bump(c, cluster, now);
       return (await c.query<{ number: string }>(`SELECT number FROM cluster_crls WHERE cluster = $1`, [cluster])).rows[0]!.number;
     });
     if (number === null) return false;
@@ -665,7 +409,7 @@ export class CoordinatorService {
 
   /** The cluster CRL (PEM), issued with the cluster and kept fresh. */
   async crlPem(cluster: string): Promise<string> {
-    await this.#requireCluster(cluster);
+    await this.#ctx.requireCluster(cluster);
     await this.refreshCrl(cluster);
     return (await this.store.query<{ pem: string }>(`SELECT pem FROM cluster_crls WHERE cluster = $1`, [cluster]))[0]!.pem;
   }
@@ -677,7 +421,7 @@ export class CoordinatorService {
    * identity stops authenticating at once.
    */
   async revoke(cluster: string, serialText: string): Promise<{ cluster: string; serial: string; revokedAt: string; generation: number; alreadyRevoked: boolean; sameKey: string[] }> {
-    await this.#requireCluster(cluster);
+    await this.#ctx.requireCluster(cluster);
     const serial = normaliseSerial(serialText);
     const now = this.now();
     const out = await this.store.tx(async (c) => {
@@ -705,7 +449,7 @@ export class CoordinatorService {
       let generation = gen;
       if (row.issuer === 'cluster') {
         await this.#issueCrl(c, cluster, now);
-        generation = await this.#bump(c, cluster, now);
+        generation = await this.#ctx.bump(c, cluster, now);
       }
       return { revokedAt: now, generation, alreadyRevoked: false, sameKey };
     });
@@ -720,7 +464,7 @@ export class CoordinatorService {
    * a new generation; the agent re-keys and replaces those pairs, the old ones stay valid.
    */
   async requestRenewal(cluster: string, target: { serial?: string; node?: string }): Promise<{ cluster: string; generation: number; serials: string[] }> {
-    const row = await this.#requireCluster(cluster);
+    const row = await this.#ctx.requireCluster(cluster);
     if (target.node !== undefined && !row.spec.nodes.some((n) => n.name === target.node)) throw notFound(`cluster "${cluster}" has no node "${target.node}"`);
     const now = this.now();
     const out = await this.store.tx(async (c) => {
@@ -736,7 +480,7 @@ export class CoordinatorService {
       }
       const r = await c.query<{ serial: string }>(`UPDATE certificates SET renew_requested_at = $2 WHERE ${where} RETURNING serial`, params);
       if (r.rowCount === 0) throw notFound(`no live cluster certificate matches${target.serial ? ` serial ${target.serial}` : ''}${target.node ? ` on node ${target.node}` : ''}`);
-      const generation = await this.#bump(c, cluster, now);
+      const generation = await this.#ctx.bump(c, cluster, now);
       return { generation, serials: r.rows.map((x) => x.serial).sort() };
     });
     this.store.events.emit('cluster', cluster);
@@ -758,7 +502,7 @@ export class CoordinatorService {
    * verifiers then, after staging and proving the rest: both halves of every edge change together.
    */
   async rotatePasswords(cluster: string, role?: string): Promise<{ cluster: string; generation: number; roles: string[] }> {
-    const row = await this.#requireCluster(cluster);
+    const row = await this.#ctx.requireCluster(cluster);
     const all = rolesNeedingPasswords(row.spec);
     const roles = role === undefined ? all : all.filter((r) => r === role);
     if (roles.length === 0) throw notFound(role === undefined ? `cluster "${cluster}" has no role with a password (auth ${row.spec.auth})` : `cluster "${cluster}" has no role "${role}" with a password (roles: ${all.join(', ') || 'none'})`);
@@ -769,7 +513,7 @@ export class CoordinatorService {
         const verifier = scramVerifier(password, randomBytes(16));
         await c.query(`UPDATE role_credentials SET password_sealed = $3, verifier = $4 WHERE cluster = $1 AND role = $2`, [cluster, r, this.#box.seal(password, `role-password:${cluster}/${r}`), verifier]);
       }
-      const g = await this.#bump(c, cluster, now);
+      const g = await this.#ctx.bump(c, cluster, now);
       // Before the commit wakes the long-polls (NOTIFY): the first answer must carry the instant.
       this.#passwordsAt.set(cluster, { generation: g, at: new Date(Date.now() + this.#switchLeadMs(cluster)) });
       return g;
@@ -835,7 +579,7 @@ export class CoordinatorService {
    * bundle; then the coordinator moves on by itself (#advanceRotation).
    */
   async startCaRotation(cluster: string): Promise<CaRotationStatus> {
-    await this.#requireCluster(cluster);
+    await this.#ctx.requireCluster(cluster);
     const now = this.now();
     // Distinct subject: two CAs with one name would make OpenSSL's issuer and CRL lookups guess.
     const fresh = await CertificateAuthority.create(`pgaccord ${cluster} CA ${now.toISOString().replace(/\.\d+Z$/, 'Z')}`, now);
@@ -843,7 +587,7 @@ export class CoordinatorService {
       await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
       const existing = await this.#rotationRow(cluster, c);
       if (existing) throw conflict('E_ROTATION_IN_PROGRESS', `cluster "${cluster}" is already rotating its CA (phase ${existing.phase}, started ${existing.started_at.toISOString()}); finish it first`);
-      const generation = await this.#bump(c, cluster, now);
+      const generation = await this.#ctx.bump(c, cluster, now);
       await c.query(
         `INSERT INTO ca_rotations (cluster, phase, other_cert_pem, other_key_sealed, started_at, trust_generation) VALUES ($1, 'trust', $2, $3, $4, $5)`,
         [cluster, fresh.ca.certPem, this.#box.seal(fresh.keyPem, `cluster-ca:${cluster}`), now, generation],
@@ -861,7 +605,7 @@ export class CoordinatorService {
    * No leaf of the new CA exists before that moment, so no node can be shown one it cannot check.
    */
   async #advanceRotation(cluster: string): Promise<void> {
-    const row = await this.#cluster(cluster);
+    const row = await this.#ctx.cluster(cluster);
     const rot = row ? await this.#rotationRow(cluster) : null;
     if (!row || !rot || rot.phase !== 'trust') return;
     if ((await this.#evidence(row)).some((n) => notProved(n, rot.trust_generation).length > 0)) return;
@@ -882,7 +626,7 @@ export class CoordinatorService {
       await c.query(`UPDATE ca_rotations SET phase = 'reissue', other_cert_pem = $2, other_key_sealed = $3, reissued_at = $4 WHERE cluster = $1`, [cluster, old.cert_pem, old.key_sealed, now]);
       this.#cas.delete(cluster);
       await this.#issueCrl(c, cluster, now);
-      const g = await this.#bump(c, cluster, now);
+      const g = await this.#ctx.bump(c, cluster, now);
       await c.query(`UPDATE ca_rotations SET reissue_generation = $2 WHERE cluster = $1`, [cluster, g]);
       return g;
     });
@@ -895,7 +639,7 @@ export class CoordinatorService {
   /** Where the rotation stands and what each node still waits for. */
   async caRotationStatus(cluster: string): Promise<CaRotationStatus> {
     await this.#advanceRotation(cluster);
-    const row = await this.#requireCluster(cluster);
+    const row = await this.#ctx.requireCluster(cluster);
     const rot = await this.#rotationRow(cluster);
     const issuingPem = (await this.#clusterCa(cluster)).certPem;
     const describe = (pem: string, role: 'issuing' | 'old' | 'new') => {
@@ -951,7 +695,7 @@ export class CoordinatorService {
       if (locked?.phase !== 'reissue') throw conflict('E_ROTATION_NOT_READY', `cluster "${cluster}": the rotation changed meanwhile; look again`);
       await c.query(`DELETE FROM ca_rotations WHERE cluster = $1`, [cluster]);
       await this.#issueCrl(c, cluster, now);
-      await this.#bump(c, cluster, now);
+      await this.#ctx.bump(c, cluster, now);
     });
     this.store.events.emit('cluster', cluster);
     this.#log.warn({ cluster }, 'CA rotation finished: the old CA left every bundle');
@@ -959,8 +703,8 @@ export class CoordinatorService {
   }
 
   async plan(name: string, body: unknown): Promise<PlanResponse> {
-    const spec = this.#validate(name, body);
-    const current = await this.#cluster(name);
+    const spec = this.#ctx.specs.validate(name, body);
+    const current = await this.#ctx.cluster(name);
     const changed = !current || current.spec_canonical !== canonicalJson(spec);
     const generation = current ? current.generation + (changed ? 1 : 0) : 1;
     // A role without a credential yet gets one when the spec is stored.
@@ -994,7 +738,7 @@ export class CoordinatorService {
   // --- join tokens and enrollment -------------------------------------------------------------
 
   async createToken(cluster: string, node: string, ttlSeconds = DEFAULT_TOKEN_TTL_S): Promise<{ token: string; expiresAt: string }> {
-    const row = await this.#requireCluster(cluster);
+    const row = await this.#ctx.requireCluster(cluster);
     if (!row.spec.nodes.some((n) => n.name === node)) throw notFound(`cluster "${cluster}" has no node "${node}"`);
     if (!Number.isFinite(ttlSeconds) || ttlSeconds < 60 || ttlSeconds > 30 * 86400) throw badRequest('E_TTL', 'ttl must be between 1m and 30d');
     const id = randomBytes(12).toString('base64url');
@@ -1026,7 +770,7 @@ export class CoordinatorService {
       [payload.id, sha256(payload.secret), payload.cluster, payload.node, now],
     );
     if (live.length === 0) throw await this.#refuseToken(payload, now);
-    const publicKey = await csrPublicKey(this.#signing, csrPem);
+    const publicKey = await this.#ctx.csrPublicKey(csrPem);
     const result = await this.store.tx(async (c) => {
       const used = await c.query<{ cluster: string; node: string }>(
         `UPDATE join_tokens SET used_at = $5
@@ -1035,7 +779,7 @@ export class CoordinatorService {
         [payload.id, sha256(payload.secret), payload.cluster, payload.node, now],
       );
       if (used.rowCount !== 1) return null;
-      const row = await this.#cluster(payload.cluster, c);
+      const row = await this.#ctx.cluster(payload.cluster, c);
       if (!row || !row.spec.nodes.some((n) => n.name === payload.node)) throw gone(`node "${payload.cluster}/${payload.node}" no longer exists`);
       const issued = await this.#signing.issue(this.#coordinatorCa, {
         publicKey,
@@ -1045,7 +789,7 @@ export class CoordinatorService {
         lifetimeSeconds: this.identityLifetimeSeconds,
         now,
       });
-      await this.#recordCert(c, { cluster: payload.cluster, node: payload.node, slot: 'identity', issuer: 'coordinator', commonName: AGENT_CN, ...issued });
+      await this.#ctx.recordCert(c, { cluster: payload.cluster, node: payload.node, slot: 'identity', issuer: 'coordinator', commonName: AGENT_CN, ...issued });
       await c.query(
         `INSERT INTO agents (cluster, node, identity_serial, previous_serial, enrolled_at) VALUES ($1, $2, $3, NULL, $4)
          ON CONFLICT (cluster, node) DO UPDATE SET identity_serial = EXCLUDED.identity_serial, previous_serial = NULL, enrolled_at = EXCLUDED.enrolled_at`,
@@ -1077,13 +821,6 @@ export class CoordinatorService {
     return 'the token cannot be used';
   }
 
-  async #recordCert(c: Queryable, r: { cluster: string; node: string; slot: string; issuer: 'cluster' | 'coordinator'; commonName: string; serial: string; notBefore: Date; notAfter: Date; pem: string }): Promise<void> {
-    await c.query(
-      `INSERT INTO certificates (serial, cluster, node, slot, issuer, common_name, not_before, not_after, pem) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-      [r.serial, r.cluster, r.node, r.slot, r.issuer, r.commonName, r.notBefore, r.notAfter, r.pem],
-    );
-  }
-
   /**
    * The agent behind a verified client certificate: the identity it names must be the node's
    * current (or, until the current one has been used, the previous) identity and not revoked.
@@ -1093,7 +830,7 @@ export class CoordinatorService {
     if (rows.length === 0) {
       // Removing a node revokes its identity; its agent must still learn that the node is gone
       // (410, it stops) rather than retry forever with an identity it cannot renew.
-      const row = await this.#cluster(identity.cluster);
+      const row = await this.#ctx.cluster(identity.cluster);
       const known = await this.store.query(`SELECT 1 FROM certificates WHERE serial = $1 AND cluster = $2 AND node = $3 AND slot = 'identity'`, [serial, identity.cluster, identity.node]);
       if (known.length > 0 && (!row || !row.spec.nodes.some((n) => n.name === identity.node))) throw gone(`node "${identity.node}" is no longer part of cluster "${identity.cluster}"`);
       throw unauthorized(IDENTITY_INVALID);
@@ -1135,7 +872,7 @@ export class CoordinatorService {
       this.store.events.on('cluster', onEvent);
       if (peersKnown !== undefined) this.#peerEvents.on('applied', onEvent);
       try {
-        const row = await this.#cluster(agent.cluster);
+        const row = await this.#ctx.cluster(agent.cluster);
         if (!row) throw gone(`cluster "${agent.cluster}" no longer exists`);
         if (!row.spec.nodes.some((n) => n.name === agent.node)) throw gone(`node "${agent.node}" is no longer part of cluster "${agent.cluster}"`);
         if (await this.refreshCrl(agent.cluster)) continue;
@@ -1193,10 +930,10 @@ export class CoordinatorService {
   }
 
   async signCsr(agent: AgentPrincipal, slot: string, csrPem: string): Promise<CsrResponse> {
-    const publicKey = await csrPublicKey(this.#signing, csrPem);
+    const publicKey = await this.#ctx.csrPublicKey(csrPem);
     const now = this.now();
     if (slot === 'identity') {
-      await this.#requireNode(agent); // the node must still exist
+      await this.#ctx.requireNode(agent); // the node must still exist
       const issued = await this.store.tx(async (c) => {
         // Serialised with revoke (which holds the cluster row FOR UPDATE): an identity revoked or
         // retired since it authenticated this request gets no successor.
@@ -1213,7 +950,7 @@ export class CoordinatorService {
           }
         }
         const issued = await this.#signing.issue(this.#coordinatorCa, { publicKey, commonName: AGENT_CN, uris: [identityUri(agent.cluster, agent.node)], usage: 'client', lifetimeSeconds: this.identityLifetimeSeconds, now });
-        await this.#recordCert(c, { cluster: agent.cluster, node: agent.node, slot: 'identity', issuer: 'coordinator', commonName: AGENT_CN, ...issued });
+        await this.#ctx.recordCert(c, { cluster: agent.cluster, node: agent.node, slot: 'identity', issuer: 'coordinator', commonName: AGENT_CN, ...issued });
         // The identity used for this call stays valid until the new one is used (or renewed again).
         await c.query(`UPDATE agents SET previous_serial = $3, identity_serial = $4 WHERE cluster = $1 AND node = $2`, [agent.cluster, agent.node, agent.serial, issued.serial]);
         return issued;
@@ -1221,7 +958,7 @@ export class CoordinatorService {
       this.#log.info({ cluster: agent.cluster, node: agent.node, serial: issued.serial }, 'agent identity renewed');
       return { certificate: issued.pem, serial: issued.serial, notAfter: issued.notAfter.toISOString() };
     }
-    const row = await this.#requireNode(agent);
+    const row = await this.#ctx.requireNode(agent);
     // The node's slots follow from the spec alone: nothing is compiled to check a CSR.
     const slots = certificateSlots(indexSpec(row.spec), agent.node);
     const s = slots.find((c) => c.id === slot);
@@ -1239,7 +976,7 @@ export class CoordinatorService {
       const hit = revoked.find((r) => publicKeyId(r.pem) === keyId);
       if (hit) throw conflict('E_KEY_REVOKED', `the key in this CSR belongs to revoked certificate ${hit.serial}: make a new key`);
       const cert = await this.#signing.issue(ca, { publicKey, commonName: s.commonName, dnsNames: s.dnsNames, ipAddresses: s.ipAddresses, usage: s.usage, lifetimeSeconds: certLifetimeSeconds(row.spec), now });
-      await this.#recordCert(c, { cluster: agent.cluster, node: agent.node, slot, issuer: 'cluster', commonName: s.commonName, ...cert });
+      await this.#ctx.recordCert(c, { cluster: agent.cluster, node: agent.node, slot, issuer: 'cluster', commonName: s.commonName, ...cert });
       return cert;
     });
     this.#log.info({ cluster: agent.cluster, node: agent.node, slot, serial: issued.serial, notAfter: issued.notAfter }, 'certificate issued');
@@ -1249,7 +986,7 @@ export class CoordinatorService {
   async reportStatus(agent: AgentPrincipal, report: AgentStatus): Promise<void> {
     const badInstants = unparsableInstants(report);
     if (badInstants.length > 0) throw badRequest('E_STATUS_INVALID', `${badInstants.map((e) => e.field).join(', ')}: not a date and time`, badInstants);
-    await this.#requireNode(agent); // the node must still exist; nothing is compiled
+    await this.#ctx.requireNode(agent); // the node must still exist; nothing is compiled
     const now = this.now();
     await this.store.query(
       `INSERT INTO node_status (cluster, node, report, reported_at, last_contact) VALUES ($1, $2, $3, $4, $4)
@@ -1273,7 +1010,7 @@ export class CoordinatorService {
   // --- admin views -----------------------------------------------------------------------------
 
   async status(name: string): Promise<ClusterStatusResponse> {
-    const row = await this.#requireCluster(name);
+    const row = await this.#ctx.requireCluster(name);
     const statuses = await this.store.query<{ node: string; report: AgentStatus | null; reported_at: Date | null; last_contact: Date }>(
       `SELECT node, report, reported_at, last_contact FROM node_status WHERE cluster = $1`,
       [name],
@@ -1359,7 +1096,7 @@ export class CoordinatorService {
   }
 
   async listCertificates(name: string) {
-    await this.#requireCluster(name);
+    await this.#ctx.requireCluster(name);
     const rows = await this.store.query<{ serial: string; node: string; slot: string; common_name: string; not_before: Date; not_after: Date; revoked_at: Date | null; renew_requested_at: Date | null }>(
       `SELECT serial, node, slot, common_name, not_before, not_after, revoked_at, renew_requested_at FROM certificates WHERE cluster = $1 ORDER BY node, slot, not_before, not_after`,
       [name],
@@ -1387,25 +1124,6 @@ export class CoordinatorService {
   }
 }
 
-/**
- * Tasks that must be done once, by one coordinator, whichever sees them due first: a CRL refresh
- * and a CA-rotation step. Each takes a transaction-scoped advisory lock keyed on (task, cluster)
- * with pg_try_advisory_xact_lock. Chosen over a lease because it needs no clock and no expiry:
- * PostgreSQL releases it when the transaction ends or its connection dies, so a coordinator
- * SIGKILLed mid-step holds nothing for anyone to wait out. Chosen over FOR UPDATE SKIP LOCKED on
- * the cluster row because that row is locked by other work too (signing holds it FOR SHARE):
- * skipping on it would postpone a refresh during a renewal storm. A coordinator that does not get
- * the lock skips (another one is doing it); the step's own row lock and re-check, inside the
- * lock, stay what makes it correct; the advisory lock only keeps the others from queueing.
- */
-const TASK_CRL_REFRESH = 0x70676131; // "pga1"
-const TASK_CA_ROTATION = 0x70676132; // "pga2"
-
-async function tryClusterTask(c: Queryable, task: number, cluster: string): Promise<boolean> {
-  // hashtext collisions between two cluster names only make one skip a round (it is retried).
-  const r = await c.query<{ got: boolean }>(`SELECT pg_try_advisory_xact_lock($1::int, hashtext($2)) AS got`, [task, cluster]);
-  return r.rows[0]!.got;
-}
 
 function waitFor(emitters: NodeJS.EventEmitter[], cluster: string, ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -1467,18 +1185,4 @@ function diffNodes(old: NodeDesired, next: NodeDesired): string[] {
   if (old.sslmode !== next.sslmode) changes.push(`~ sslmode: ${old.sslmode} -> ${next.sslmode}`);
   if (old.certLifetimeSeconds !== next.certLifetimeSeconds) changes.push(`~ certificate lifetime: ${old.certLifetimeSeconds}s -> ${next.certLifetimeSeconds}s`);
   return changes.length > 0 ? changes : ['no change'];
-}
-
-/**
- * The public key of a CSR whose signature verifies and whose key meets the policy (400
- * E_CSR_KEY_POLICY otherwise), checked by a signing worker; anything else is the client's
- * error too (E_CSR_INVALID).
- */
-async function csrPublicKey(signing: SigningPool, csrPem: string): Promise<SubjectPublicKey> {
-  try {
-    return (await signing.readCsrKey(csrPem)).publicKey;
-  } catch (e) {
-    if (e instanceof ApiError) throw e; // the pool's own refusal (busy, stopping): not the CSR's fault
-    throw badRequest(e instanceof X509Error && e.code === 'E_CSR_KEY_POLICY' ? 'E_CSR_KEY_POLICY' : 'E_CSR_INVALID', (e as Error).message);
-  }
 }
