@@ -1,0 +1,82 @@
+// Who is calling, from the route's declared `config.auth`, in the onRequest hook: before the
+// body is read or validated, so an unauthenticated client never gets a body parsed. Admin: the
+// bearer admin token. Agent: an identity certificate from the coordinator CA (mTLS), whose
+// serial is still the node's current identity in the store; then the per-node rate limit.
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { certInfo } from '../../shared/crypto/x509.ts';
+import { ApiError, unauthorized } from '../errors.ts';
+import { AGENT_CN, parseIdentityUri, type CoordinatorService } from '../service.ts';
+import type { RateLimiter } from './rate-limit.ts';
+
+/** The long-poll is held at authentication while the store is away at least this long (ms). */
+const MIN_STORE_WAIT_MS = 20_000;
+
+export function bearerMatches(header: string | undefined, expected: string): boolean {
+  if (!header || !header.startsWith('Bearer ')) return false;
+  // Compare fixed-length digests in constant time: neither content nor length leaks.
+  const a = createHash('sha256').update(header.slice(7).trim()).digest();
+  const b = createHash('sha256').update(expected).digest();
+  return timingSafeEqual(a, b);
+}
+
+/** The agent identity the client certificate names: exactly one identity URI, the agent CN, clientAuth. */
+function agentIdentity(req: FastifyRequest): { cluster: string; node: string; serial: string } {
+  const sock = req.raw.socket as TLSSocket;
+  if (typeof sock.getPeerX509Certificate !== 'function') throw unauthorized('agent calls need TLS');
+  const peer = sock.getPeerX509Certificate();
+  if (!peer) throw unauthorized('agent calls need a client certificate (mTLS)');
+  if (!sock.authorized) throw unauthorized('the client certificate is not valid for this coordinator');
+  const info = certInfo(peer.toString());
+  const ids = info.uris.map(parseIdentityUri).filter((x) => x !== null);
+  if (info.commonName !== AGENT_CN || ids.length !== 1 || info.uris.length !== 1 || !info.extKeyUsage.includes('clientAuth')) {
+    throw unauthorized('the client certificate is not a pgaccord agent identity');
+  }
+  return { ...ids[0]!, serial: info.serial };
+}
+
+/**
+ * The raw (not yet validated) ?wait= of a long-poll, in ms, capped at the long-poll maximum.
+ * The hook runs before validation: a value the schema will refuse counts as absent here.
+ */
+function rawWaitMs(query: unknown, longPollMs: number): number {
+  const wait = typeof query === 'object' && query !== null && 'wait' in query ? Number(query.wait) : NaN;
+  return wait >= 0 ? Math.min(wait * 1000, longPollMs) : longPollMs;
+}
+
+export interface AuthDeps {
+  service: CoordinatorService;
+  adminToken: string;
+  limiter: RateLimiter;
+}
+
+/** The onRequest hook of every route. */
+export function authenticate({ service, adminToken, limiter }: AuthDeps) {
+  return async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    const { auth = 'none', longPoll = false } = req.routeOptions.config;
+    if (auth === 'admin') {
+      if (!bearerMatches(req.headers.authorization, adminToken)) throw unauthorized('admin calls need "Authorization: Bearer <admin token>"');
+    } else if (auth === 'agent') {
+      const id = agentIdentity(req);
+      if (longPoll) {
+        // A long-poll arriving while the store fails over is held until the store is back (at
+        // most its own wait, at least 20 s), not refused into the agent's backoff; it then waits
+        // what is left of its wait.
+        const waitMs = rawWaitMs(req.query, service.longPollMs);
+        const held = await service.store.whileAway(Math.max(waitMs, MIN_STORE_WAIT_MS), () => service.authenticateAgent(id, id.serial));
+        req.agent = held.value;
+        req.storeWaitMs = held.heldMs;
+      } else {
+        req.agent = await service.authenticateAgent(id, id.serial);
+      }
+      const waitMs = limiter.take(`${id.cluster}/${id.node}`, Date.now());
+      if (waitMs > 0) {
+        const seconds = Math.ceil(waitMs / 1000);
+        reply.header('retry-after', String(seconds));
+        throw new ApiError(429, 'E_RATE_LIMITED', `too many requests from agent ${id.cluster}/${id.node}: retry in ${seconds} s`);
+      }
+      await service.recordContact(req.agent);
+    }
+  };
+}
