@@ -1,9 +1,9 @@
 // The coordinator's logic, independent of HTTP: cluster specs and generations, per-cluster CAs,
 // role credentials, join tokens and enrollment, agent identities, desired state, status.
 // The clock is a parameter (`now`), so token expiry and staleness can be tested.
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { CaRotationStatus, CertExpiry, ClusterStatusResponse, CsrResponse, EnrollResponse, JoinTokenPayload, NodeStatusView, PeerWake, PlanResponse } from '../shared/contract/api.ts';
+import type { CaRotationStatus, CertExpiry, ClusterStatusResponse, CsrResponse, EnrollResponse, NodeStatusView, PeerWake, PlanResponse } from '../shared/contract/api.ts';
 import { EventEmitter } from 'node:events';
 import { normaliseSerial } from '../shared/crypto/crl.ts';
 import { caLevel, daysLeft, expiryLevel } from './cluster/lifecycle.ts';
@@ -18,43 +18,22 @@ import { certInfo, splitPemBundle, verifiesAgainst } from '../shared/crypto/x509
 import { publicKeyId } from '../shared/crypto/csr.ts';
 import { CertificateAuthority } from './ca/ca.ts';
 import type { SigningPool } from './ca/signing-pool.ts';
-import { badRequest, conflict, gone, notFound, unauthorized } from './errors.ts';
+import { badRequest, conflict, gone, notFound } from './errors.ts';
 import { notProved, notReissued, type NodeEvidence } from './ca/rotation.ts';
 import type { SecretBox } from './store/secrets.ts';
 import type { Queryable, Store } from './store/store.ts';
 import { StoreUnavailableError } from './store/store-hosts.ts';
-import { encodeJoinToken, parseCoordinatorUrls, parseJoinToken } from '../shared/contract/join-token.ts';
 import { ServiceContext, TASK_CA_ROTATION, TASK_CRL_REFRESH, tryClusterTask, type AgentPrincipal, type ServiceOptions } from './service/context.ts';
+import { assertIdentityValid, Identities } from './service/identities.ts';
 import { checkMasterKey } from './service/master-key.ts';
 import { canonicalJson, CLUSTER_COLUMNS, type ClusterRow } from './service/stored-specs.ts';
 
 export { CRL_LIFETIME_S, IDENTITY_LIFETIME_S, type AgentPrincipal, type ServiceOptions } from './service/context.ts';
+export { AGENT_CN, DEFAULT_TOKEN_TTL_S, IDENTITY_URI_PREFIX, identityUri, parseIdentityUri } from './service/identities.ts';
 export { canonicalJson } from './service/stored-specs.ts';
 
-export const DEFAULT_TOKEN_TTL_S = 3600;
-export const AGENT_CN = 'pgaccord-agent';
-export const IDENTITY_URI_PREFIX = 'pgaccord://agent/';
 
-const sha256 = (s: string) => createHash('sha256').update(s).digest();
 
-/**
- * The identity `serial` of cluster/node ($1, $2, $3) when it may authenticate: the node's current
- * one, or its previous one until the current one has been used; not revoked.
- */
-const VALID_IDENTITY_SQL = `SELECT a.identity_serial = $3 AS current, a.previous_serial AS previous
-  FROM agents a JOIN certificates c ON c.serial = $3 AND c.cluster = a.cluster AND c.node = a.node AND c.slot = 'identity'
-  WHERE a.cluster = $1 AND a.node = $2 AND (a.identity_serial = $3 OR a.previous_serial = $3) AND c.revoked_at IS NULL`;
-const IDENTITY_INVALID = 'this agent identity is not (or no longer) valid: enroll again with a new join token';
-
-export function identityUri(cluster: string, node: string): string {
-  return `${IDENTITY_URI_PREFIX}${cluster}/${node}`;
-}
-
-/** cluster/node from an identity URI SAN, or null when it is not exactly one. */
-export function parseIdentityUri(uri: string): { cluster: string; node: string } | null {
-  const m = /^pgaccord:\/\/agent\/([a-z0-9-]{1,63})\/([a-z0-9-]{1,63})$/.exec(uri);
-  return m ? { cluster: m[1]!, node: m[2]! } : null;
-}
 
 function insecureWarnings(spec: ClusterSpec): string[] {
   // Every rendered rule with method trust, operator rules included (issue 14).
@@ -66,6 +45,7 @@ function insecureWarnings(spec: ClusterSpec): string[] {
 
 export class CoordinatorService {
   readonly #ctx: ServiceContext;
+  readonly #identities: Identities;
   readonly store: Store;
   readonly now: () => Date;
   readonly longPollMs: number;
@@ -75,8 +55,6 @@ export class CoordinatorService {
   readonly #coordinatorCa: CertificateAuthority;
   readonly #signing: SigningPool;
   readonly #caFingerprint: string;
-  /** URL written into join tokens. */
-  publicUrl: string;
   readonly #log: Logger;
   readonly #cas = new Map<string, { certPem: string; ca: CertificateAuthority }>();
   readonly #compileNode: NodeCompiler;
@@ -102,7 +80,6 @@ export class CoordinatorService {
     this.#coordinatorCa = ctx.coordinatorCa;
     this.#signing = ctx.signing;
     this.#caFingerprint = ctx.caFingerprint;
-    this.publicUrl = ctx.publicUrl;
     this.#log = ctx.log;
     this.now = ctx.now;
     this.longPollMs = ctx.longPollMs;
@@ -110,6 +87,7 @@ export class CoordinatorService {
     this.crlLifetimeSeconds = ctx.crlLifetimeSeconds;
     this.#compileNode = ctx.compileNode;
     this.#desired = new DesiredCache({ compile: this.#compileNode });
+    this.#identities = new Identities(ctx);
   }
 
   /** Refuse to run with a master key other than the one that sealed this store's secrets. */
@@ -120,6 +98,15 @@ export class CoordinatorService {
   /** See StoredSpecs.resealAfterMigrations. */
   resealAfterMigrations(applied: number[]): Promise<void> {
     return this.#ctx.specs.resealAfterMigrations(applied);
+  }
+
+  /** URL written into join tokens. */
+  get publicUrl(): string {
+    return this.#ctx.publicUrl;
+  }
+
+  set publicUrl(url: string) {
+    this.#ctx.publicUrl = url;
   }
 
   get coordinatorCaPem(): string {
@@ -735,120 +722,23 @@ export class CoordinatorService {
     return { cluster: name, generation, nodes, warnings };
   }
 
-  // --- join tokens and enrollment -------------------------------------------------------------
+  // --- join tokens, enrolment, identities (coordinator/service/identities.ts) -------------------
 
-  async createToken(cluster: string, node: string, ttlSeconds = DEFAULT_TOKEN_TTL_S): Promise<{ token: string; expiresAt: string }> {
-    const row = await this.#ctx.requireCluster(cluster);
-    if (!row.spec.nodes.some((n) => n.name === node)) throw notFound(`cluster "${cluster}" has no node "${node}"`);
-    if (!Number.isFinite(ttlSeconds) || ttlSeconds < 60 || ttlSeconds > 30 * 86400) throw badRequest('E_TTL', 'ttl must be between 1m and 30d');
-    const id = randomBytes(12).toString('base64url');
-    const secret = randomBytes(32).toString('base64url');
-    const now = this.now();
-    const expiresAt = new Date(now.getTime() + ttlSeconds * 1000);
-    await this.store.query(
-      `INSERT INTO join_tokens (id, cluster, node, secret_sha256, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)`,
-      [id, cluster, node, sha256(secret), now, expiresAt],
-    );
-    this.#log.info({ cluster, node, tokenId: id, expiresAt }, 'join token created');
-    // Several coordinators (--public-url A,B): the token lists them all; `url` stays the first,
-    // so an agent that knows only `url` still enrols, and a one-coordinator token is unchanged.
-    const urls = parseCoordinatorUrls([this.publicUrl]);
-    const token = encodeJoinToken({ v: 1, url: urls[0]!, ...(urls.length > 1 ? { urls } : {}), cluster, node, id, secret, caFingerprint: this.#caFingerprint });
-    return { token, expiresAt: expiresAt.toISOString() };
+  createToken(cluster: string, node: string, ttlSeconds?: number): Promise<{ token: string; expiresAt: string }> {
+    return this.#identities.createToken(cluster, node, ttlSeconds);
   }
 
   /** Join token + CSR → agent identity certificate. The token is consumed atomically, once. */
-  async enroll(token: string, csrPem: string): Promise<EnrollResponse> {
-    const parsed = parseJoinToken(token);
-    if (!parsed.ok) throw unauthorized('not a pgaccord join token');
-    const { payload } = parsed;
-    const now = this.now();
-    // The token first (one indexed lookup of its hash): no public-key work for a caller who
-    // does not hold a live token. It is consumed below, atomically, once the CSR is good.
-    const live = await this.store.query(
-      `SELECT 1 FROM join_tokens WHERE id = $1 AND secret_sha256 = $2 AND cluster = $3 AND node = $4 AND used_at IS NULL AND expires_at > $5`,
-      [payload.id, sha256(payload.secret), payload.cluster, payload.node, now],
-    );
-    if (live.length === 0) throw await this.#refuseToken(payload, now);
-    const publicKey = await this.#ctx.csrPublicKey(csrPem);
-    const result = await this.store.tx(async (c) => {
-      const used = await c.query<{ cluster: string; node: string }>(
-        `UPDATE join_tokens SET used_at = $5
-          WHERE id = $1 AND secret_sha256 = $2 AND cluster = $3 AND node = $4 AND used_at IS NULL AND expires_at > $5
-          RETURNING cluster, node`,
-        [payload.id, sha256(payload.secret), payload.cluster, payload.node, now],
-      );
-      if (used.rowCount !== 1) return null;
-      const row = await this.#ctx.cluster(payload.cluster, c);
-      if (!row || !row.spec.nodes.some((n) => n.name === payload.node)) throw gone(`node "${payload.cluster}/${payload.node}" no longer exists`);
-      const issued = await this.#signing.issue(this.#coordinatorCa, {
-        publicKey,
-        commonName: AGENT_CN,
-        uris: [identityUri(payload.cluster, payload.node)],
-        usage: 'client',
-        lifetimeSeconds: this.identityLifetimeSeconds,
-        now,
-      });
-      await this.#ctx.recordCert(c, { cluster: payload.cluster, node: payload.node, slot: 'identity', issuer: 'coordinator', commonName: AGENT_CN, ...issued });
-      await c.query(
-        `INSERT INTO agents (cluster, node, identity_serial, previous_serial, enrolled_at) VALUES ($1, $2, $3, NULL, $4)
-         ON CONFLICT (cluster, node) DO UPDATE SET identity_serial = EXCLUDED.identity_serial, previous_serial = NULL, enrolled_at = EXCLUDED.enrolled_at`,
-        [payload.cluster, payload.node, issued.serial, now],
-      );
-      return issued;
-    });
-    if (!result) throw await this.#refuseToken(payload, now);
-    this.#log.info({ cluster: payload.cluster, node: payload.node, serial: result.serial }, 'agent enrolled');
-    return { cluster: payload.cluster, node: payload.node, certificate: result.pem, coordinatorCa: this.#coordinatorCa.certPem };
+  enroll(token: string, csrPem: string): Promise<EnrollResponse> {
+    return this.#identities.enroll(token, csrPem);
   }
 
-  async #refuseToken(p: JoinTokenPayload, now: Date): Promise<Error> {
-    const reason = await this.#tokenRefusal(p, now);
-    this.#log.warn({ tokenId: p.id, cluster: p.cluster, node: p.node, reason }, 'enrollment refused');
-    return unauthorized(`join token refused: ${reason}`);
+  authenticateAgent(identity: { cluster: string; node: string }, serial: string): Promise<AgentPrincipal> {
+    return this.#identities.authenticate(identity, serial);
   }
 
-  async #tokenRefusal(p: JoinTokenPayload, now: Date): Promise<string> {
-    const row = (await this.store.query<{ cluster: string; node: string; secret_sha256: Buffer; expires_at: Date; used_at: Date | null }>(
-      `SELECT cluster, node, secret_sha256, expires_at, used_at FROM join_tokens WHERE id = $1`,
-      [p.id],
-    ))[0];
-    // Say why only to someone who holds the real secret; otherwise nothing about the token.
-    if (!row || !row.secret_sha256.equals(sha256(p.secret))) return 'unknown token';
-    if (row.cluster !== p.cluster || row.node !== p.node) return 'the token is bound to another node';
-    if (row.used_at) return 'the token has already been used';
-    if (row.expires_at.getTime() <= now.getTime()) return 'the token has expired';
-    return 'the token cannot be used';
-  }
-
-  /**
-   * The agent behind a verified client certificate: the identity it names must be the node's
-   * current (or, until the current one has been used, the previous) identity and not revoked.
-   */
-  async authenticateAgent(identity: { cluster: string; node: string }, serial: string): Promise<AgentPrincipal> {
-    const rows = await this.store.query<{ current: boolean; previous: string | null }>(VALID_IDENTITY_SQL, [identity.cluster, identity.node, serial]);
-    if (rows.length === 0) {
-      // Removing a node revokes its identity; its agent must still learn that the node is gone
-      // (410, it stops) rather than retry forever with an identity it cannot renew.
-      const row = await this.#ctx.cluster(identity.cluster);
-      const known = await this.store.query(`SELECT 1 FROM certificates WHERE serial = $1 AND cluster = $2 AND node = $3 AND slot = 'identity'`, [serial, identity.cluster, identity.node]);
-      if (known.length > 0 && (!row || !row.spec.nodes.some((n) => n.name === identity.node))) throw gone(`node "${identity.node}" is no longer part of cluster "${identity.cluster}"`);
-      throw unauthorized(IDENTITY_INVALID);
-    }
-    // The new identity has been used, so the agent has it: the one before it stops working.
-    if (rows[0]!.current && rows[0]!.previous !== null) {
-      const r = await this.store.query<{ node: string }>(`UPDATE agents SET previous_serial = NULL WHERE cluster = $1 AND node = $2 AND identity_serial = $3 AND previous_serial IS NOT NULL RETURNING node`, [identity.cluster, identity.node, serial]);
-      if (r.length > 0) this.#log.info({ cluster: identity.cluster, node: identity.node, serial, retired: rows[0]!.previous }, 'agent used its new identity: the previous one no longer authenticates');
-    }
-    return { ...identity, serial };
-  }
-
-  /** An authenticated agent request that is going to be served (not one refused by the rate limit): the node is in contact. */
-  async recordContact(agent: AgentPrincipal): Promise<void> {
-    await this.store.query(
-      `INSERT INTO node_status (cluster, node, last_contact) VALUES ($1, $2, $3) ON CONFLICT (cluster, node) DO UPDATE SET last_contact = EXCLUDED.last_contact`,
-      [agent.cluster, agent.node, this.now()],
-    );
+  recordContact(agent: AgentPrincipal): Promise<void> {
+    return this.#identities.recordContact(agent);
   }
 
   // --- agent API -------------------------------------------------------------------------------
@@ -931,33 +821,8 @@ export class CoordinatorService {
 
   async signCsr(agent: AgentPrincipal, slot: string, csrPem: string): Promise<CsrResponse> {
     const publicKey = await this.#ctx.csrPublicKey(csrPem);
+    if (slot === 'identity') return this.#identities.renew(agent, publicKey);
     const now = this.now();
-    if (slot === 'identity') {
-      await this.#ctx.requireNode(agent); // the node must still exist
-      const issued = await this.store.tx(async (c) => {
-        // Serialised with revoke (which holds the cluster row FOR UPDATE): an identity revoked or
-        // retired since it authenticated this request gets no successor.
-        await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR SHARE`, [agent.cluster]);
-        const valid = (await c.query<{ current: boolean }>(`${VALID_IDENTITY_SQL} FOR UPDATE OF a`, [agent.cluster, agent.node, agent.serial])).rows[0];
-        if (!valid) throw unauthorized(IDENTITY_INVALID);
-        // The previous identity renews only with the current one's key: the retry of an agent
-        // whose answer was lost (it keeps its pending key), never a holder of the old identity
-        // pushing out the one the agent has just installed.
-        if (!valid.current) {
-          const cur = (await c.query<{ pem: string }>(`SELECT c.pem FROM agents a JOIN certificates c ON c.serial = a.identity_serial WHERE a.cluster = $1 AND a.node = $2`, [agent.cluster, agent.node])).rows[0];
-          if (!cur || publicKeyId(cur.pem) !== publicKeyId(publicKey)) {
-            throw conflict('E_IDENTITY_SUPERSEDED', 'this identity has already been renewed: renew with the newer identity (or, retrying a renewal whose answer was lost, with the same key)');
-          }
-        }
-        const issued = await this.#signing.issue(this.#coordinatorCa, { publicKey, commonName: AGENT_CN, uris: [identityUri(agent.cluster, agent.node)], usage: 'client', lifetimeSeconds: this.identityLifetimeSeconds, now });
-        await this.#ctx.recordCert(c, { cluster: agent.cluster, node: agent.node, slot: 'identity', issuer: 'coordinator', commonName: AGENT_CN, ...issued });
-        // The identity used for this call stays valid until the new one is used (or renewed again).
-        await c.query(`UPDATE agents SET previous_serial = $3, identity_serial = $4 WHERE cluster = $1 AND node = $2`, [agent.cluster, agent.node, agent.serial, issued.serial]);
-        return issued;
-      });
-      this.#log.info({ cluster: agent.cluster, node: agent.node, serial: issued.serial }, 'agent identity renewed');
-      return { certificate: issued.pem, serial: issued.serial, notAfter: issued.notAfter.toISOString() };
-    }
     const row = await this.#ctx.requireNode(agent);
     // The node's slots follow from the spec alone: nothing is compiled to check a CSR.
     const slots = certificateSlots(indexSpec(row.spec), agent.node);
@@ -971,7 +836,7 @@ export class CoordinatorService {
       await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR SHARE`, [agent.cluster]);
       // Under that lock, as for an identity: an identity revoked since it authenticated this
       // request (its revocation committed first) gets no certificate.
-      if ((await c.query(VALID_IDENTITY_SQL, [agent.cluster, agent.node, agent.serial])).rowCount === 0) throw unauthorized(IDENTITY_INVALID);
+      await assertIdentityValid(c, agent);
       const revoked = (await c.query<{ serial: string; pem: string }>(`SELECT serial, pem FROM certificates WHERE cluster = $1 AND node = $2 AND issuer = 'cluster' AND revoked_at IS NOT NULL`, [agent.cluster, agent.node])).rows;
       const hit = revoked.find((r) => publicKeyId(r.pem) === keyId);
       if (hit) throw conflict('E_KEY_REVOKED', `the key in this CSR belongs to revoked certificate ${hit.serial}: make a new key`);

@@ -1,0 +1,215 @@
+// Join tokens, enrolment and agent identities: a token is spent once for the node's first
+// identity; an identity renews itself; the one issuer of identity certificates.
+import { createHash, randomBytes } from 'node:crypto';
+import type { CsrResponse, EnrollResponse, JoinTokenPayload } from '../../shared/contract/api.ts';
+import { encodeJoinToken, parseCoordinatorUrls, parseJoinToken } from '../../shared/contract/join-token.ts';
+import { publicKeyId, type SubjectPublicKey } from '../../shared/crypto/csr.ts';
+import { badRequest, conflict, gone, unauthorized } from '../errors.ts';
+import type { Queryable } from '../store/store.ts';
+import { hasNode, type AgentPrincipal, type ServiceContext } from './context.ts';
+
+export const DEFAULT_TOKEN_TTL_S = 3600;
+export const AGENT_CN = 'pgaccord-agent';
+export const IDENTITY_URI_PREFIX = 'pgaccord://agent/';
+
+export function identityUri(cluster: string, node: string): string {
+  return `${IDENTITY_URI_PREFIX}${cluster}/${node}`;
+}
+
+/** cluster/node from an identity URI SAN, or null when it is not exactly one. */
+export function parseIdentityUri(uri: string): { cluster: string; node: string } | null {
+  const m = /^pgaccord:\/\/agent\/([a-z0-9-]{1,63})\/([a-z0-9-]{1,63})$/.exec(uri);
+  return m ? { cluster: m[1]!, node: m[2]! } : null;
+}
+
+const sha256 = (s: string) => createHash('sha256').update(s).digest();
+
+/**
+ * The identity `serial` of cluster/node ($1, $2, $3) when it may authenticate: the node's current
+ * one, or its previous one until the current one has been used; not revoked.
+ */
+const VALID_IDENTITY_SQL = `SELECT a.identity_serial = $3 AS current, a.previous_serial AS previous
+  FROM agents a JOIN certificates c ON c.serial = $3 AND c.cluster = a.cluster AND c.node = a.node AND c.slot = 'identity'
+  WHERE a.cluster = $1 AND a.node = $2 AND (a.identity_serial = $3 OR a.previous_serial = $3) AND c.revoked_at IS NULL`;
+const IDENTITY_INVALID = 'this agent identity is not (or no longer) valid: enroll again with a new join token';
+
+/**
+ * Inside a transaction that issues for an agent (after it took the cluster row FOR SHARE): an
+ * identity revoked or retired since it authenticated the request (its revocation committed
+ * first) is refused (401).
+ */
+export async function assertIdentityValid(c: Queryable, agent: AgentPrincipal, forUpdate = false): Promise<{ current: boolean }> {
+  const valid = (await c.query<{ current: boolean }>(`${VALID_IDENTITY_SQL}${forUpdate ? ' FOR UPDATE OF a' : ''}`, [agent.cluster, agent.node, agent.serial])).rows[0];
+  if (!valid) throw unauthorized(IDENTITY_INVALID);
+  return valid;
+}
+
+export class Identities {
+  readonly #ctx: ServiceContext;
+
+  constructor(ctx: ServiceContext) {
+    this.#ctx = ctx;
+  }
+
+  async createToken(cluster: string, node: string, ttlSeconds = DEFAULT_TOKEN_TTL_S): Promise<{ token: string; expiresAt: string }> {
+    const ctx = this.#ctx;
+    ctx.requireSpecNode(await ctx.requireCluster(cluster), node);
+    if (!Number.isFinite(ttlSeconds) || ttlSeconds < 60 || ttlSeconds > 30 * 86400) throw badRequest('E_TTL', 'ttl must be between 1m and 30d');
+    const id = randomBytes(12).toString('base64url');
+    const secret = randomBytes(32).toString('base64url');
+    const now = ctx.now();
+    const expiresAt = new Date(now.getTime() + ttlSeconds * 1000);
+    await ctx.store.query(
+      `INSERT INTO join_tokens (id, cluster, node, secret_sha256, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)`,
+      [id, cluster, node, sha256(secret), now, expiresAt],
+    );
+    ctx.log.info({ cluster, node, tokenId: id, expiresAt }, 'join token created');
+    // Several coordinators (--public-url A,B): the token lists them all; `url` stays the first,
+    // so an agent that knows only `url` still enrols, and a one-coordinator token is unchanged.
+    const urls = parseCoordinatorUrls([ctx.publicUrl]);
+    const token = encodeJoinToken({ v: 1, url: urls[0]!, ...(urls.length > 1 ? { urls } : {}), cluster, node, id, secret, caFingerprint: ctx.caFingerprint });
+    return { token, expiresAt: expiresAt.toISOString() };
+  }
+
+  /** Join token + CSR → agent identity certificate. The token is consumed atomically, once. */
+  async enroll(token: string, csrPem: string): Promise<EnrollResponse> {
+    const ctx = this.#ctx;
+    const parsed = parseJoinToken(token);
+    if (!parsed.ok) throw unauthorized('not a pgaccord join token');
+    const { payload } = parsed;
+    const now = ctx.now();
+    // The token first (one indexed lookup of its hash): no public-key work for a caller who
+    // does not hold a live token. It is consumed below, atomically, once the CSR is good.
+    const live = await ctx.store.query(
+      `SELECT 1 FROM join_tokens WHERE id = $1 AND secret_sha256 = $2 AND cluster = $3 AND node = $4 AND used_at IS NULL AND expires_at > $5`,
+      [payload.id, sha256(payload.secret), payload.cluster, payload.node, now],
+    );
+    if (live.length === 0) throw await this.#refuseToken(payload, now);
+    const publicKey = await ctx.csrPublicKey(csrPem);
+    const result = await ctx.store.tx(async (c) => {
+      const used = await c.query<{ cluster: string; node: string }>(
+        `UPDATE join_tokens SET used_at = $5
+          WHERE id = $1 AND secret_sha256 = $2 AND cluster = $3 AND node = $4 AND used_at IS NULL AND expires_at > $5
+          RETURNING cluster, node`,
+        [payload.id, sha256(payload.secret), payload.cluster, payload.node, now],
+      );
+      if (used.rowCount !== 1) return null;
+      const row = await ctx.cluster(payload.cluster, c);
+      if (!row || !hasNode(row.spec, payload.node)) throw gone(`node "${payload.cluster}/${payload.node}" no longer exists`);
+      const issued = await this.#issue(c, payload, publicKey, now);
+      await c.query(
+        `INSERT INTO agents (cluster, node, identity_serial, previous_serial, enrolled_at) VALUES ($1, $2, $3, NULL, $4)
+         ON CONFLICT (cluster, node) DO UPDATE SET identity_serial = EXCLUDED.identity_serial, previous_serial = NULL, enrolled_at = EXCLUDED.enrolled_at`,
+        [payload.cluster, payload.node, issued.serial, now],
+      );
+      return issued;
+    });
+    if (!result) throw await this.#refuseToken(payload, now);
+    ctx.log.info({ cluster: payload.cluster, node: payload.node, serial: result.serial }, 'agent enrolled');
+    return { cluster: payload.cluster, node: payload.node, certificate: result.pem, coordinatorCa: ctx.coordinatorCa.certPem };
+  }
+
+  /** A new identity for an agent, signed with its current identity (or its previous one, retrying with the same key). */
+  async renew(agent: AgentPrincipal, publicKey: SubjectPublicKey): Promise<CsrResponse> {
+    const ctx = this.#ctx;
+    const now = ctx.now();
+    await ctx.requireNode(agent); // the node must still exist
+    const issued = await ctx.store.tx(async (c) => {
+      // Serialised with revoke (which holds the cluster row FOR UPDATE): an identity revoked or
+      // retired since it authenticated this request gets no successor.
+      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR SHARE`, [agent.cluster]);
+      const valid = await assertIdentityValid(c, agent, true);
+      // The previous identity renews only with the current one's key: the retry of an agent
+      // whose answer was lost (it keeps its pending key), never a holder of the old identity
+      // pushing out the one the agent has just installed.
+      if (!valid.current) {
+        const cur = (await c.query<{ pem: string }>(
+          `SELECT c.pem FROM agents a JOIN certificates c ON c.serial = a.identity_serial WHERE a.cluster = $1 AND a.node = $2`,
+          [agent.cluster, agent.node],
+        )).rows[0];
+        if (!cur || publicKeyId(cur.pem) !== publicKeyId(publicKey)) {
+          throw conflict('E_IDENTITY_SUPERSEDED',
+            'this identity has already been renewed: renew with the newer identity (or, retrying a renewal whose answer was lost, with the same key)');
+        }
+      }
+      const issued = await this.#issue(c, agent, publicKey, now);
+      // The identity used for this call stays valid until the new one is used (or renewed again).
+      await c.query(`UPDATE agents SET previous_serial = $3, identity_serial = $4 WHERE cluster = $1 AND node = $2`, [agent.cluster, agent.node, agent.serial, issued.serial]);
+      return issued;
+    });
+    ctx.log.info({ cluster: agent.cluster, node: agent.node, serial: issued.serial }, 'agent identity renewed');
+    return { certificate: issued.pem, serial: issued.serial, notAfter: issued.notAfter.toISOString() };
+  }
+
+  /** The one issuer of agent identities: signed by the coordinator CA, named by URI, recorded. */
+  async #issue(c: Queryable, who: { cluster: string; node: string }, publicKey: SubjectPublicKey, now: Date) {
+    const ctx = this.#ctx;
+    const issued = await ctx.signing.issue(ctx.coordinatorCa, {
+      publicKey,
+      commonName: AGENT_CN,
+      uris: [identityUri(who.cluster, who.node)],
+      usage: 'client',
+      lifetimeSeconds: ctx.identityLifetimeSeconds,
+      now,
+    });
+    await ctx.recordCert(c, { cluster: who.cluster, node: who.node, slot: 'identity', issuer: 'coordinator', commonName: AGENT_CN, ...issued });
+    return issued;
+  }
+
+  async #refuseToken(p: JoinTokenPayload, now: Date): Promise<Error> {
+    const reason = await this.#tokenRefusal(p, now);
+    this.#ctx.log.warn({ tokenId: p.id, cluster: p.cluster, node: p.node, reason }, 'enrollment refused');
+    return unauthorized(`join token refused: ${reason}`);
+  }
+
+  async #tokenRefusal(p: JoinTokenPayload, now: Date): Promise<string> {
+    const row = (await this.#ctx.store.query<{ cluster: string; node: string; secret_sha256: Buffer; expires_at: Date; used_at: Date | null }>(
+      `SELECT cluster, node, secret_sha256, expires_at, used_at FROM join_tokens WHERE id = $1`,
+      [p.id],
+    ))[0];
+    // Say why only to someone who holds the real secret; otherwise nothing about the token.
+    if (!row || !row.secret_sha256.equals(sha256(p.secret))) return 'unknown token';
+    if (row.cluster !== p.cluster || row.node !== p.node) return 'the token is bound to another node';
+    if (row.used_at) return 'the token has already been used';
+    if (row.expires_at.getTime() <= now.getTime()) return 'the token has expired';
+    return 'the token cannot be used';
+  }
+
+  /**
+   * The agent behind a verified client certificate: the identity it names must be the node's
+   * current (or, until the current one has been used, the previous) identity and not revoked.
+   */
+  async authenticate(identity: { cluster: string; node: string }, serial: string): Promise<AgentPrincipal> {
+    const ctx = this.#ctx;
+    const rows = await ctx.store.query<{ current: boolean; previous: string | null }>(VALID_IDENTITY_SQL, [identity.cluster, identity.node, serial]);
+    if (rows.length === 0) {
+      // Removing a node revokes its identity; its agent must still learn that the node is gone
+      // (410, it stops) rather than retry forever with an identity it cannot renew.
+      const row = await ctx.cluster(identity.cluster);
+      const known = await ctx.store.query(
+        `SELECT 1 FROM certificates WHERE serial = $1 AND cluster = $2 AND node = $3 AND slot = 'identity'`,
+        [serial, identity.cluster, identity.node],
+      );
+      if (known.length > 0 && (!row || !hasNode(row.spec, identity.node))) throw gone(`node "${identity.node}" is no longer part of cluster "${identity.cluster}"`);
+      throw unauthorized(IDENTITY_INVALID);
+    }
+    // The new identity has been used, so the agent has it: the one before it stops working.
+    if (rows[0]!.current && rows[0]!.previous !== null) {
+      const r = await ctx.store.query<{ node: string }>(
+        `UPDATE agents SET previous_serial = NULL WHERE cluster = $1 AND node = $2 AND identity_serial = $3 AND previous_serial IS NOT NULL RETURNING node`,
+        [identity.cluster, identity.node, serial],
+      );
+      const retired = rows[0]!.previous;
+      if (r.length > 0) ctx.log.info({ cluster: identity.cluster, node: identity.node, serial, retired }, 'agent used its new identity: the previous one no longer authenticates');
+    }
+    return { ...identity, serial };
+  }
+
+  /** An authenticated agent request that is going to be served (not one refused by the rate limit): the node is in contact. */
+  async recordContact(agent: AgentPrincipal): Promise<void> {
+    await this.#ctx.store.query(
+      `INSERT INTO node_status (cluster, node, last_contact) VALUES ($1, $2, $3) ON CONFLICT (cluster, node) DO UPDATE SET last_contact = EXCLUDED.last_contact`,
+      [agent.cluster, agent.node, this.#ctx.now()],
+    );
+  }
+}
