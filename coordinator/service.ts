@@ -5,9 +5,8 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { CaRotationStatus, CertExpiry, ClusterStatusResponse, CsrResponse, EnrollResponse, NodeStatusView, PeerWake, PlanResponse } from '../shared/contract/api.ts';
 import { EventEmitter } from 'node:events';
-import { normaliseSerial } from '../shared/crypto/crl.ts';
 import { caLevel, daysLeft, expiryLevel } from './cluster/lifecycle.ts';
-import { certificateSlots, certLifetimeSeconds, credentialRecord, indexSpec, rolesNeedingPasswords, trustWarnings, type CredentialSource, type RoleCredential } from './cluster/compile.ts';
+import { certLifetimeSeconds, credentialRecord, indexSpec, rolesNeedingPasswords, trustWarnings, type CredentialSource, type RoleCredential } from './cluster/compile.ts';
 import { DesiredCache, type ClusterDesired, type NodeCompiler } from './cluster/desired-cache.ts';
 import { previewNode } from '../shared/pgconf/plan.ts';
 import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from '../shared/pgconf/render.ts';
@@ -15,7 +14,6 @@ import type { ClusterSpec, NodeDesired } from '../shared/contract/schema.ts';
 import type { AgentStatus } from '../shared/contract/status.ts';
 import { scramVerifier } from '../shared/crypto/scram.ts';
 import { certInfo, splitPemBundle, verifiesAgainst } from '../shared/crypto/x509.ts';
-import { publicKeyId } from '../shared/crypto/csr.ts';
 import { CertificateAuthority } from './ca/ca.ts';
 import type { SigningPool } from './ca/signing-pool.ts';
 import { badRequest, conflict, gone, notFound } from './errors.ts';
@@ -23,8 +21,11 @@ import { notProved, notReissued, type NodeEvidence } from './ca/rotation.ts';
 import type { SecretBox } from './store/secrets.ts';
 import type { Queryable, Store } from './store/store.ts';
 import { StoreUnavailableError } from './store/store-hosts.ts';
-import { ServiceContext, TASK_CA_ROTATION, TASK_CRL_REFRESH, tryClusterTask, type AgentPrincipal, type ServiceOptions } from './service/context.ts';
-import { assertIdentityValid, Identities } from './service/identities.ts';
+import { Certificates, type Revocation } from './service/certificates.ts';
+import { ClusterCas } from './service/cluster-cas.ts';
+import { ServiceContext, TASK_CA_ROTATION, tryClusterTask, type AgentPrincipal, type ServiceOptions } from './service/context.ts';
+import { Crls } from './service/crls.ts';
+import { Identities } from './service/identities.ts';
 import { checkMasterKey } from './service/master-key.ts';
 import { canonicalJson, CLUSTER_COLUMNS, type ClusterRow } from './service/stored-specs.ts';
 
@@ -45,6 +46,9 @@ function insecureWarnings(spec: ClusterSpec): string[] {
 
 export class CoordinatorService {
   readonly #ctx: ServiceContext;
+  readonly #cas: ClusterCas;
+  readonly #crls: Crls;
+  readonly #certificates: Certificates;
   readonly #identities: Identities;
   readonly store: Store;
   readonly now: () => Date;
@@ -56,7 +60,6 @@ export class CoordinatorService {
   readonly #signing: SigningPool;
   readonly #caFingerprint: string;
   readonly #log: Logger;
-  readonly #cas = new Map<string, { certPem: string; ca: CertificateAuthority }>();
   readonly #compileNode: NodeCompiler;
   /** Each node's desired state, compiled once per cluster generation (and trust files). */
   readonly #desired: DesiredCache;
@@ -88,6 +91,9 @@ export class CoordinatorService {
     this.#compileNode = ctx.compileNode;
     this.#desired = new DesiredCache({ compile: this.#compileNode });
     this.#identities = new Identities(ctx);
+    this.#cas = new ClusterCas(ctx);
+    this.#crls = new Crls(ctx, this.#cas);
+    this.#certificates = new Certificates(ctx, this.#cas, this.#crls);
   }
 
   /** Refuse to run with a master key other than the one that sealed this store's secrets. */
@@ -140,7 +146,7 @@ export class CoordinatorService {
         generation += 1;
         const kept = new Set(spec.nodes.map((n) => n.name));
         const removed = row.spec.nodes.map((n) => n.name).filter((n) => !kept.has(n));
-        if (removed.length > 0) await this.#revokeNodes(c, name, removed, now);
+        if (removed.length > 0) await this.#crls.revokeNodes(c, name, removed, now);
         await c.query(`UPDATE clusters SET spec = $2, spec_canonical = $3, generation = $4, updated_at = $5, spec_seal = $6 WHERE name = $1`, [name, JSON.stringify(spec), canonical, generation, now, this.#ctx.specs.seal({ name, incarnation: row.incarnation, generation }, canonical)]);
       }
       if (newCa) {
@@ -154,7 +160,7 @@ export class CoordinatorService {
       await this.#ensureCredentials(c, spec, now);
       // A cluster has a CRL from its first generation: pg_autoctl create refuses an
       // --ssl-crl-file that does not exist yet, and a server should check revocation from day one.
-      if (inserted.rowCount === 1) await this.#issueCrl(c, name, now);
+      if (inserted.rowCount === 1) await this.#crls.issue(c, name, now);
       if (changed) await this.store.notify(c, name);
       return { generation, changed };
     });
@@ -189,52 +195,13 @@ export class CoordinatorService {
       if (r.rowCount === 0) throw notFound(`no cluster "${name}"`);
       await this.store.notify(c, name);
     });
-    this.#cas.delete(name);
+    this.#cas.forget(name);
     this.#desired.drop(name);
     this.#applied.delete(name);
     this.#passwordsAt.delete(name);
     this.#stagingMs.delete(name);
     this.store.events.emit('cluster', name);
     this.#log.info({ cluster: name }, 'cluster deleted');
-  }
-
-  async #clusterCa(name: string, c: Queryable = this.store.pool): Promise<CertificateAuthority> {
-    const row = (await c.query<{ cert_pem: string; key_sealed: string }>(`SELECT cert_pem, key_sealed FROM cluster_cas WHERE cluster = $1`, [name])).rows[0];
-    if (!row) throw notFound(`cluster "${name}" has no CA`);
-    const cached = this.#cas.get(name);
-    if (cached && cached.certPem === row.cert_pem) return cached.ca;
-    const ca = new CertificateAuthority(row.cert_pem, this.#box.open(row.key_sealed, `cluster-ca:${name}`));
-    this.#cas.set(name, { certPem: row.cert_pem, ca });
-    return ca;
-  }
-
-  /**
-   * The cluster's CA bundle: the issuing CA, and during a rotation the other one (the new CA in
-   * phase 'trust', the old one in phase 'reissue') after it.
-   */
-  async clusterCaPem(name: string, c: Queryable = this.store.pool): Promise<string> {
-    if (!(await this.#ctx.cluster(name, c))) throw notFound(`no cluster "${name}"`);
-    return (await this.#trustFiles(name, c)).caBundle;
-  }
-
-  /** The trust files every node is given, of a cluster row already read: the CA bundle (clusterCaPem) and the CRL, in one read. */
-  async #trustFiles(name: string, c: Queryable = this.store.pool): Promise<{ caBundle: string; crl: string | null }> {
-    const row = (await c.query<{ cert_pem: string; other: string | null; crl: string | null }>(
-      `SELECT a.cert_pem, r.other_cert_pem AS other, l.pem AS crl FROM cluster_cas a LEFT JOIN ca_rotations r USING (cluster) LEFT JOIN cluster_crls l USING (cluster) WHERE a.cluster = $1`,
-      [name],
-    )).rows[0];
-    if (!row) throw notFound(`cluster "${name}" has no CA`);
-    return { caBundle: row.other ? `${row.cert_pem.trimEnd()}\n${row.other.trimEnd()}\n` : row.cert_pem, crl: row.crl };
-  }
-
-  /** The CA that is not issuing during a rotation (its key signs its own CRL), or null. */
-  async #otherCa(name: string, c: Queryable): Promise<{ ca: CertificateAuthority; phase: 'trust' | 'reissue' } | null> {
-    const row = (await c.query<{ other_cert_pem: string; other_key_sealed: string; phase: 'trust' | 'reissue' }>(
-      `SELECT other_cert_pem, other_key_sealed, phase FROM ca_rotations WHERE cluster = $1`,
-      [name],
-    )).rows[0];
-    if (!row) return null;
-    return { ca: new CertificateAuthority(row.other_cert_pem, this.#box.open(row.other_key_sealed, `cluster-ca:${name}`)), phase: row.phase };
   }
 
   /**
@@ -270,7 +237,7 @@ export class CoordinatorService {
    * indexed read) and key the entry too; the credentials only when a node is first compiled.
    */
   async #entry(row: ClusterRow): Promise<ClusterDesired> {
-    const inputs = { spec: row.spec, incarnation: row.incarnation, generation: row.generation, ...(await this.#trustFiles(row.name)) };
+    const inputs = { spec: row.spec, incarnation: row.incarnation, generation: row.generation, ...(await this.#cas.trustFiles(row.name)) };
     // Only scram clusters have credentials to read (compile asks for none otherwise).
     const load = rolesNeedingPasswords(row.spec).length > 0 ? () => this.#credentials(row.name) : async () => credentialRecord({});
     return this.#desired.entry(row.name, inputs, load);
@@ -309,170 +276,41 @@ export class CoordinatorService {
     return new Map(await Promise.all(row.spec.nodes.map(async (n) => [n.name, await entry.node(n.name)] as const)));
   }
 
-  // --- revocation, CRL, forced renewal ----------------------------------------------------------
-
-  /** Revoke every live certificate of removed nodes (cluster leaves and agent identities). */
-  async #revokeNodes(c: Queryable, cluster: string, nodes: string[], now: Date): Promise<void> {
-    const r = await c.query<{ serial: string; issuer: string }>(
-      `UPDATE certificates SET revoked_at = $3 WHERE cluster = $1 AND node = ANY($2) AND revoked_at IS NULL AND not_after > $3 RETURNING serial, issuer`,
-      [cluster, nodes, now],
-    );
-    this.#log.info({ cluster, nodes, revoked: r.rows.map((x) => x.serial) }, 'certificates of removed nodes revoked');
-    if (r.rows.some((x) => x.issuer === 'cluster')) await this.#issueCrl(c, cluster, now);
+  /** The cluster's CA bundle (during a rotation, the other CA after the issuing one). */
+  clusterCaPem(name: string, c?: Queryable): Promise<string> {
+    return this.#cas.bundle(name, c);
   }
 
-  /**
-   * Build and store a new CRL for the cluster: every revoked cluster certificate not yet expired,
-   * a CRL number one above the last, nextUpdate = now + the CRL lifetime.
-   */
-  async #issueCrl(c: Queryable, cluster: string, now: Date): Promise<string> {
-    const ca = await this.#clusterCa(cluster, c);
-    const other = await this.#otherCa(cluster, c);
-    const revokedRows = (await c.query<{ serial: string; revoked_at: Date; pem: string }>(
-      `SELECT serial, revoked_at, pem FROM certificates WHERE cluster = $1 AND issuer = 'cluster' AND revoked_at IS NOT NULL AND not_after > $2 ORDER BY serial`,
-      [cluster, now],
-    )).rows;
-    // Each CA signs its own CRL, listing what it issued. During a rotation both are published in
-    // one PEM file: with CRL checking on, OpenSSL (the server's ssl_crl_file, libpq's sslcrl)
-    // refuses a certificate whose issuer has no CRL, so the new CA needs one from the start.
-    const revoked = other ? revokedRows.filter((r) => !verifiesAgainst(r.pem, other.ca.certPem)) : revokedRows;
-    const otherRevoked = other ? revokedRows.filter((r) => verifiesAgainst(r.pem, other.ca.certPem)) : [];
-    // The number comes from the store, whichever coordinator issues: one UPSERT takes the next
-    // one under the counter row's lock, held until this transaction ends, so concurrent issuers
-    // (on any coordinator) queue there and each gets its own; a rollback gives it back.
-    const number = Number((await c.query<{ last_number: string }>(
-      `INSERT INTO crl_numbers (cluster, last_number) VALUES ($1, 1) ON CONFLICT (cluster) DO UPDATE SET last_number = crl_numbers.last_number + 1 RETURNING last_number`,
-      [cluster],
-    )).rows[0]!.last_number);
-    const prev = (await c.query<{ this_update: Date }>(`SELECT this_update FROM cluster_crls WHERE cluster = $1`, [cluster])).rows[0];
-    // thisUpdate a little in the past: a node whose clock lags must not see a CRL from the future;
-    // and never before the last CRL's (another coordinator's clock may be ahead of this one's).
-    const thisUpdate = new Date(Math.max(Math.floor(now.getTime() / 1000) * 1000 - 60_000, prev?.this_update.getTime() ?? 0));
-    const nextUpdate = new Date(Math.floor(now.getTime() / 1000) * 1000 + this.crlLifetimeSeconds * 1000);
-    let pem = await this.#signing.issueCrl(ca, { revoked: revoked.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at })), number, thisUpdate, nextUpdate });
-    if (other) pem = `${pem.trimEnd()}\n${(await this.#signing.issueCrl(other.ca, { revoked: otherRevoked.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at })), number, thisUpdate, nextUpdate })).trimEnd()}\n`;
-    await c.query(
-      `INSERT INTO cluster_crls (cluster, pem, number, this_update, next_update) VALUES ($1, $2, $3, $4, $5)
-       ON CONFLICT (cluster) DO UPDATE SET pem = EXCLUDED.pem, number = EXCLUDED.number, this_update = EXCLUDED.this_update, next_update = EXCLUDED.next_update`,
-      [cluster, pem, number, thisUpdate, nextUpdate],
-    );
-    this.#log.info({ cluster, number, revoked: revoked.length, nextUpdate }, 'CRL issued');
-    return pem;
+  // --- certificates and CRLs (coordinator/service/certificates.ts, crls.ts) ---------------------
+
+  refreshCrl(cluster: string): Promise<boolean> {
+    return this.#crls.refresh(cluster);
   }
 
-  /**
-   * Re-issue the cluster's CRL when less than half of its validity is left (and bump the
-   * generation so that every node installs it). Called on every desired-state poll and by the
-   * maintenance timer; cheap when nothing is due. Returns true when it re-issued.
-   */
-  async refreshCrl(cluster: string): Promise<boolean> {
-    const now = this.now();
-    // Due: less than half its validity left, or no CRL at all (a cluster stored by a coordinator
-    // older than CRLs-from-creation).
-    const dueSql = `SELECT 1 FROM clusters k LEFT JOIN cluster_crls r ON r.cluster = k.name
-                     WHERE k.name = $1 AND (r.cluster IS NULL OR r.next_update - $2::timestamptz < (r.next_update - r.this_update) / 2)`;
-    if ((await this.store.query(dueSql, [cluster, now])).length === 0) return false;
-    const number = await this.store.tx(async (c) => {
-      // One coordinator refreshes: the others skip at once rather than queue behind it.
-      if (!(await tryClusterTask(c, TASK_CRL_REFRESH, cluster))) return null;
-      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
-      if ((await c.query(dueSql, [cluster, now])).rowCount === 0) return null; // another coordinator did it
-      await this.#issueCrl(c, cluster, now);
-      await this.#ctx.bump(c, cluster, now);
-      return (await c.query<{ number: string }>(`SELECT number FROM cluster_crls WHERE cluster = $1`, [cluster])).rows[0]!.number;
-    });
-    if (number === null) return false;
-    this.store.events.emit('cluster', cluster);
-    this.#log.info({ cluster, number: Number(number) }, 'CRL refreshed');
-    return true;
+  refreshAllCrls(): Promise<void> {
+    return this.#crls.refreshAll();
   }
 
-  /** Refresh every cluster's CRL that is due (the coordinator runs this on a timer). */
-  async refreshAllCrls(): Promise<void> {
-    for (const r of await this.store.query<{ cluster: string }>(`SELECT name AS cluster FROM clusters`)) {
-      await this.refreshCrl(r.cluster).catch((e) => this.#log.error({ cluster: r.cluster, err: e }, 'CRL refresh failed'));
-    }
+  crlPem(cluster: string): Promise<string> {
+    return this.#crls.pem(cluster);
   }
 
-  /** The cluster CRL (PEM), issued with the cluster and kept fresh. */
-  async crlPem(cluster: string): Promise<string> {
-    await this.#ctx.requireCluster(cluster);
-    await this.refreshCrl(cluster);
-    return (await this.store.query<{ pem: string }>(`SELECT pem FROM cluster_crls WHERE cluster = $1`, [cluster]))[0]!.pem;
+  revoke(cluster: string, serial: string): Promise<Revocation> {
+    return this.#certificates.revoke(cluster, serial);
   }
 
-  /**
-   * Revoke one certificate. A cluster certificate goes into a new CRL and the generation moves
-   * on, so every node installs it at once; the node that held it gets a new pair (its agent
-   * stops using a revoked one) and every agent ends the sessions it authenticated. An agent
-   * identity stops authenticating at once.
-   */
-  async revoke(cluster: string, serialText: string): Promise<{ cluster: string; serial: string; revokedAt: string; generation: number; alreadyRevoked: boolean; sameKey: string[] }> {
-    await this.#ctx.requireCluster(cluster);
-    const serial = normaliseSerial(serialText);
-    const now = this.now();
-    const out = await this.store.tx(async (c) => {
-      // The cluster row first: it serialises revocations with each other and with signCsr (which
-      // holds it FOR SHARE), so a certificate for this key cannot be issued while it is revoked.
-      const locked = (await c.query<{ generation: number }>(`SELECT generation FROM clusters WHERE name = $1 FOR UPDATE`, [cluster])).rows[0];
-      if (!locked) throw notFound(`no cluster "${cluster}"`); // deleted since the look-up above
-      const gen = locked.generation;
-      const row = (await c.query<{ issuer: string; node: string; pem: string; revoked_at: Date | null }>(`SELECT issuer, node, pem, revoked_at FROM certificates WHERE cluster = $1 AND serial = $2 FOR UPDATE`, [cluster, serial])).rows[0];
-      if (!row) throw notFound(`cluster "${cluster}" has no certificate with serial ${serial}`);
-      if (row.revoked_at) return { revokedAt: row.revoked_at, generation: gen, alreadyRevoked: true, sameKey: [] };
-      // Agents renew fixed-name client certificates for the same key: revoking one certificate
-      // revokes the key, so every live certificate of that node that carries it goes too.
-      const keyId = publicKeyId(row.pem);
-      const live = (await c.query<{ serial: string; pem: string }>(
-        `SELECT serial, pem FROM certificates WHERE cluster = $1 AND node = $2 AND issuer = $3 AND serial <> $4 AND revoked_at IS NULL AND not_after > $5`,
-        [cluster, row.node, row.issuer, serial, now],
-      )).rows;
-      const sameKey = live.filter((x) => publicKeyId(x.pem) === keyId).map((x) => x.serial);
-      // An agent identity: every live identity of the node goes with it. The one before a renewal
-      // (or its successor) would otherwise go on authenticating and renew itself.
-      const identities = row.issuer === 'coordinator' ? live.map((x) => x.serial).filter((x) => !sameKey.includes(x)) : [];
-      if (identities.length > 0) this.#log.warn({ cluster, node: row.node, serial, identities }, 'agent identity revoked: every live identity of the node goes with it');
-      await c.query(`UPDATE certificates SET revoked_at = $3 WHERE cluster = $1 AND serial = ANY($2)`, [cluster, [serial, ...sameKey, ...identities], now]);
-      let generation = gen;
-      if (row.issuer === 'cluster') {
-        await this.#issueCrl(c, cluster, now);
-        generation = await this.#ctx.bump(c, cluster, now);
-      }
-      return { revokedAt: now, generation, alreadyRevoked: false, sameKey };
-    });
-    this.store.events.emit('cluster', cluster);
-    this.#log.warn({ cluster, serial, sameKey: out.sameKey, generation: out.generation }, 'certificate revoked');
-    return { cluster, serial, revokedAt: out.revokedAt.toISOString(), generation: out.generation, alreadyRevoked: out.alreadyRevoked, sameKey: out.sameKey };
+  requestRenewal(cluster: string, target: { serial?: string; node?: string }): Promise<{ cluster: string; generation: number; serials: string[] }> {
+    return this.#certificates.requestRenewal(cluster, target);
   }
 
-  /**
-   * Ask for new certificates before their time: one serial, or every live cluster certificate of
-   * a node (or of the cluster). The serials go into the nodes' desired state (renewSerials) with
-   * a new generation; the agent re-keys and replaces those pairs, the old ones stay valid.
-   */
-  async requestRenewal(cluster: string, target: { serial?: string; node?: string }): Promise<{ cluster: string; generation: number; serials: string[] }> {
-    const row = await this.#ctx.requireCluster(cluster);
-    if (target.node !== undefined && !row.spec.nodes.some((n) => n.name === target.node)) throw notFound(`cluster "${cluster}" has no node "${target.node}"`);
-    const now = this.now();
-    const out = await this.store.tx(async (c) => {
-      const params: unknown[] = [cluster, now];
-      let where = `cluster = $1 AND issuer = 'cluster' AND revoked_at IS NULL AND not_after > $2`;
-      if (target.serial !== undefined) {
-        params.push(normaliseSerial(target.serial));
-        where += ` AND serial = $${params.length}`;
-      }
-      if (target.node !== undefined) {
-        params.push(target.node);
-        where += ` AND node = $${params.length}`;
-      }
-      const r = await c.query<{ serial: string }>(`UPDATE certificates SET renew_requested_at = $2 WHERE ${where} RETURNING serial`, params);
-      if (r.rowCount === 0) throw notFound(`no live cluster certificate matches${target.serial ? ` serial ${target.serial}` : ''}${target.node ? ` on node ${target.node}` : ''}`);
-      const generation = await this.#ctx.bump(c, cluster, now);
-      return { generation, serials: r.rows.map((x) => x.serial).sort() };
-    });
-    this.store.events.emit('cluster', cluster);
-    this.#log.info({ cluster, ...out }, 'renewal requested');
-    return { cluster, ...out };
+  listCertificates(name: string): ReturnType<Certificates['list']> {
+    return this.#certificates.list(name);
+  }
+
+  /** An agent's CSR: a new identity (slot 'identity', identities.ts) or a cluster certificate for one of its node's slots. */
+  async signCsr(agent: AgentPrincipal, slot: string, csrPem: string): Promise<CsrResponse> {
+    const publicKey = await this.#ctx.csrPublicKey(csrPem);
+    return slot === 'identity' ? this.#identities.renew(agent, publicKey) : this.#certificates.sign(agent, slot, publicKey);
   }
 
   // --- password rotation -----------------------------------------------------------------------
@@ -523,7 +361,7 @@ export class CoordinatorService {
   async #oldCaLeaves(cluster: string, node: string): Promise<{ serial: string }[]> {
     const rot = (await this.store.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = $1`, [cluster]))[0];
     if (rot?.phase !== 'reissue') return [];
-    const issuing = (await this.#clusterCa(cluster)).certPem;
+    const issuing = (await this.#cas.issuing(cluster)).certPem;
     const rows = await this.store.query<{ node: string; serial: string; pem: string }>(
       `SELECT serial, pem FROM certificates WHERE cluster = $1 AND node = $3 AND issuer = 'cluster' AND revoked_at IS NULL AND not_after > $2`,
       [cluster, this.now(), node],
@@ -555,7 +393,7 @@ export class CoordinatorService {
 
   /** Serials the (new) issuing CA issued for this cluster. */
   async #issuedByCurrent(cluster: string): Promise<Set<string>> {
-    const issuing = (await this.#clusterCa(cluster)).certPem;
+    const issuing = (await this.#cas.issuing(cluster)).certPem;
     const rows = await this.store.query<{ serial: string; pem: string }>(`SELECT serial, pem FROM certificates WHERE cluster = $1 AND issuer = 'cluster' AND not_after > $2`, [cluster, this.now()]);
     return new Set(rows.filter((r) => verifiesAgainst(r.pem, issuing)).map((r) => r.serial));
   }
@@ -579,7 +417,7 @@ export class CoordinatorService {
         `INSERT INTO ca_rotations (cluster, phase, other_cert_pem, other_key_sealed, started_at, trust_generation) VALUES ($1, 'trust', $2, $3, $4, $5)`,
         [cluster, fresh.ca.certPem, this.#box.seal(fresh.keyPem, `cluster-ca:${cluster}`), now, generation],
       );
-      await this.#issueCrl(c, cluster, now);
+      await this.#crls.issue(c, cluster, now);
     });
     this.store.events.emit('cluster', cluster);
     this.#log.warn({ cluster, newCa: certInfo(fresh.ca.certPem).serial }, 'CA rotation started: both CAs trusted');
@@ -611,14 +449,14 @@ export class CoordinatorService {
       const fresh = (await c.query<{ other_cert_pem: string; other_key_sealed: string }>(`SELECT other_cert_pem, other_key_sealed FROM ca_rotations WHERE cluster = $1`, [cluster])).rows[0]!;
       await c.query(`UPDATE cluster_cas SET cert_pem = $2, key_sealed = $3 WHERE cluster = $1`, [cluster, fresh.other_cert_pem, fresh.other_key_sealed]);
       await c.query(`UPDATE ca_rotations SET phase = 'reissue', other_cert_pem = $2, other_key_sealed = $3, reissued_at = $4 WHERE cluster = $1`, [cluster, old.cert_pem, old.key_sealed, now]);
-      this.#cas.delete(cluster);
-      await this.#issueCrl(c, cluster, now);
+      this.#cas.forget(cluster);
+      await this.#crls.issue(c, cluster, now);
       const g = await this.#ctx.bump(c, cluster, now);
       await c.query(`UPDATE ca_rotations SET reissue_generation = $2 WHERE cluster = $1`, [cluster, g]);
       return g;
     });
     if (generation === null) return;
-    this.#cas.delete(cluster);
+    this.#cas.forget(cluster);
     this.store.events.emit('cluster', cluster);
     this.#log.warn({ cluster, generation }, 'CA rotation: every node proved the two-CA bundle; the new CA issues, old leaves are being replaced');
   }
@@ -628,7 +466,7 @@ export class CoordinatorService {
     await this.#advanceRotation(cluster);
     const row = await this.#ctx.requireCluster(cluster);
     const rot = await this.#rotationRow(cluster);
-    const issuingPem = (await this.#clusterCa(cluster)).certPem;
+    const issuingPem = (await this.#cas.issuing(cluster)).certPem;
     const describe = (pem: string, role: 'issuing' | 'old' | 'new') => {
       const i = certInfo(pem);
       return { role, serial: i.serial, commonName: i.commonName ?? '', notAfter: i.notAfter.toISOString() };
@@ -681,7 +519,7 @@ export class CoordinatorService {
       const locked = (await c.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0];
       if (locked?.phase !== 'reissue') throw conflict('E_ROTATION_NOT_READY', `cluster "${cluster}": the rotation changed meanwhile; look again`);
       await c.query(`DELETE FROM ca_rotations WHERE cluster = $1`, [cluster]);
-      await this.#issueCrl(c, cluster, now);
+      await this.#crls.issue(c, cluster, now);
       await this.#ctx.bump(c, cluster, now);
     });
     this.store.events.emit('cluster', cluster);
@@ -696,7 +534,7 @@ export class CoordinatorService {
     const generation = current ? current.generation + (changed ? 1 : 0) : 1;
     // A role without a credential yet gets one when the spec is stored.
     const credentials = await this.#credentials(name, { password: '(new)', verifier: '(new)' });
-    const caBundle = current ? await this.clusterCaPem(name) : '';
+    const caBundle = current ? await this.#cas.bundle(name) : '';
     // A new cluster gets its CRL with its first generation; an existing one keeps its current one.
     const crl = current ? ((await this.store.query<{ pem: string }>(`SELECT pem FROM cluster_crls WHERE cluster = $1`, [name]))[0]?.pem ?? null) : '(the CRL issued with the cluster)';
     const index = indexSpec(spec);
@@ -765,7 +603,7 @@ export class CoordinatorService {
         const row = await this.#ctx.cluster(agent.cluster);
         if (!row) throw gone(`cluster "${agent.cluster}" no longer exists`);
         if (!row.spec.nodes.some((n) => n.name === agent.node)) throw gone(`node "${agent.node}" is no longer part of cluster "${agent.cluster}"`);
-        if (await this.refreshCrl(agent.cluster)) continue;
+        if (await this.#crls.refresh(agent.cluster)) continue;
         if (row.generation > after) {
           const d = await this.#nodeDesired(row, agent.node);
           const rotation = opts.passwordsAt ? this.#passwordsAt.get(agent.cluster) : undefined;
@@ -817,35 +655,6 @@ export class CoordinatorService {
   async #peersApplied(cluster: string, spec: ClusterSpec, self: string, generation: number): Promise<PeerWake['applied']> {
     const applied = await this.#appliedOf(cluster);
     return spec.nodes.filter((n) => n.name !== self && (applied.get(n.name) ?? -1) >= generation).map((n) => ({ node: n.name, generation: applied.get(n.name)! }));
-  }
-
-  async signCsr(agent: AgentPrincipal, slot: string, csrPem: string): Promise<CsrResponse> {
-    const publicKey = await this.#ctx.csrPublicKey(csrPem);
-    if (slot === 'identity') return this.#identities.renew(agent, publicKey);
-    const now = this.now();
-    const row = await this.#ctx.requireNode(agent);
-    // The node's slots follow from the spec alone: nothing is compiled to check a CSR.
-    const slots = certificateSlots(indexSpec(row.spec), agent.node);
-    const s = slots.find((c) => c.id === slot);
-    if (!s) throw badRequest('E_SLOT', `node "${agent.node}" has no certificate slot "${slot}" in generation ${row.generation} (slots: ${slots.map((c) => c.id).join(', ') || 'none'})`);
-    const ca = await this.#clusterCa(agent.cluster);
-    const keyId = publicKeyId(publicKey);
-    const issued = await this.store.tx(async (c) => {
-      // Shared lock on the cluster row: a revocation (FOR UPDATE) waits for this issue, or this
-      // issue sees its result. A key whose certificate was revoked is never certified again.
-      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR SHARE`, [agent.cluster]);
-      // Under that lock, as for an identity: an identity revoked since it authenticated this
-      // request (its revocation committed first) gets no certificate.
-      await assertIdentityValid(c, agent);
-      const revoked = (await c.query<{ serial: string; pem: string }>(`SELECT serial, pem FROM certificates WHERE cluster = $1 AND node = $2 AND issuer = 'cluster' AND revoked_at IS NOT NULL`, [agent.cluster, agent.node])).rows;
-      const hit = revoked.find((r) => publicKeyId(r.pem) === keyId);
-      if (hit) throw conflict('E_KEY_REVOKED', `the key in this CSR belongs to revoked certificate ${hit.serial}: make a new key`);
-      const cert = await this.#signing.issue(ca, { publicKey, commonName: s.commonName, dnsNames: s.dnsNames, ipAddresses: s.ipAddresses, usage: s.usage, lifetimeSeconds: certLifetimeSeconds(row.spec), now });
-      await this.#ctx.recordCert(c, { cluster: agent.cluster, node: agent.node, slot, issuer: 'cluster', commonName: s.commonName, ...cert });
-      return cert;
-    });
-    this.#log.info({ cluster: agent.cluster, node: agent.node, slot, serial: issued.serial, notAfter: issued.notAfter }, 'certificate issued');
-    return { certificate: issued.pem, serial: issued.serial, notAfter: issued.notAfter.toISOString() };
   }
 
   async reportStatus(agent: AgentPrincipal, report: AgentStatus): Promise<void> {
@@ -938,7 +747,7 @@ export class CoordinatorService {
         ...(report?.timings !== undefined ? { timings: report.timings } : {}),
       };
     });
-    const caPem = await this.clusterCaPem(name);
+    const caPem = await this.#cas.bundle(name);
     const ca = splitPemBundle(caPem).map((pem) => {
       const info = certInfo(pem);
       const level = caLevel(info, certLifetimeSeconds(row.spec), now);
@@ -960,33 +769,6 @@ export class CoordinatorService {
     };
   }
 
-  async listCertificates(name: string) {
-    await this.#ctx.requireCluster(name);
-    const rows = await this.store.query<{ serial: string; node: string; slot: string; common_name: string; not_before: Date; not_after: Date; revoked_at: Date | null; renew_requested_at: Date | null }>(
-      `SELECT serial, node, slot, common_name, not_before, not_after, revoked_at, renew_requested_at FROM certificates WHERE cluster = $1 ORDER BY node, slot, not_before, not_after`,
-      [name],
-    );
-    const now = this.now().getTime();
-    // The current certificate of a node and slot: the last issued one that is neither revoked nor expired.
-    const current = new Map<string, string>();
-    for (const r of rows) if (!r.revoked_at && r.not_after.getTime() > now) current.set(`${r.node}/${r.slot}`, r.serial);
-    return {
-      cluster: name,
-      certificates: rows.map((r) => ({
-        serial: r.serial,
-        node: r.node,
-        slot: r.slot,
-        commonName: r.common_name,
-        notBefore: r.not_before.toISOString(),
-        notAfter: r.not_after.toISOString(),
-        daysLeft: daysLeft(r.not_after, now),
-        revoked: r.revoked_at !== null,
-        level: expiryLevel({ notBefore: r.not_before, notAfter: r.not_after }, now),
-        current: current.get(`${r.node}/${r.slot}`) === r.serial,
-        renewRequested: r.renew_requested_at !== null,
-      })),
-    };
-  }
 }
 
 

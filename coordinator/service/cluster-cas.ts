@@ -1,0 +1,60 @@
+// Each cluster's CA (and, during a rotation, the other one) and the trust files every node gets.
+import { CertificateAuthority } from '../ca/ca.ts';
+import { notFound } from '../errors.ts';
+import type { Queryable } from '../store/store.ts';
+import type { ServiceContext } from './context.ts';
+
+export class ClusterCas {
+  readonly #ctx: ServiceContext;
+  readonly #cas = new Map<string, { certPem: string; ca: CertificateAuthority }>();
+
+  constructor(ctx: ServiceContext) {
+    this.#ctx = ctx;
+  }
+
+  /** The issuing CA of a cluster; its key is opened once and kept while that CA issues. */
+  async issuing(name: string, c: Queryable = this.#ctx.store.pool): Promise<CertificateAuthority> {
+    const row = (await c.query<{ cert_pem: string; key_sealed: string }>(`SELECT cert_pem, key_sealed FROM cluster_cas WHERE cluster = $1`, [name])).rows[0];
+    if (!row) throw notFound(`cluster "${name}" has no CA`);
+    const cached = this.#cas.get(name);
+    if (cached && cached.certPem === row.cert_pem) return cached.ca;
+    const ca = new CertificateAuthority(row.cert_pem, this.#ctx.box.open(row.key_sealed, `cluster-ca:${name}`));
+    this.#cas.set(name, { certPem: row.cert_pem, ca });
+    return ca;
+  }
+
+  /** The CA that is not issuing during a rotation (its key signs its own CRL), or null. */
+  async other(name: string, c: Queryable): Promise<{ ca: CertificateAuthority; phase: 'trust' | 'reissue' } | null> {
+    const row = (await c.query<{ other_cert_pem: string; other_key_sealed: string; phase: 'trust' | 'reissue' }>(
+      `SELECT other_cert_pem, other_key_sealed, phase FROM ca_rotations WHERE cluster = $1`,
+      [name],
+    )).rows[0];
+    if (!row) return null;
+    return { ca: new CertificateAuthority(row.other_cert_pem, this.#ctx.box.open(row.other_key_sealed, `cluster-ca:${name}`)), phase: row.phase };
+  }
+
+  /**
+   * The cluster's CA bundle: the issuing CA, and during a rotation the other one (the new CA in
+   * phase 'trust', the old one in phase 'reissue') after it.
+   */
+  async bundle(name: string, c: Queryable = this.#ctx.store.pool): Promise<string> {
+    if (!(await this.#ctx.cluster(name, c))) throw notFound(`no cluster "${name}"`);
+    return (await this.trustFiles(name, c)).caBundle;
+  }
+
+  /** The trust files every node is given, of a cluster row already read: the CA bundle and the CRL, in one read. */
+  async trustFiles(name: string, c: Queryable = this.#ctx.store.pool): Promise<{ caBundle: string; crl: string | null }> {
+    const row = (await c.query<{ cert_pem: string; other: string | null; crl: string | null }>(
+      `SELECT a.cert_pem, r.other_cert_pem AS other, l.pem AS crl
+         FROM cluster_cas a LEFT JOIN ca_rotations r USING (cluster) LEFT JOIN cluster_crls l USING (cluster) WHERE a.cluster = $1`,
+      [name],
+    )).rows[0];
+    if (!row) throw notFound(`cluster "${name}" has no CA`);
+    return { caBundle: row.other ? `${row.cert_pem.trimEnd()}\n${row.other.trimEnd()}\n` : row.cert_pem, crl: row.crl };
+  }
+
+  /** Forget the opened key (the cluster is gone, or its issuing CA changed). */
+  forget(name: string): void {
+    this.#cas.delete(name);
+  }
+}
