@@ -1,18 +1,17 @@
 // The coordinator's logic, independent of HTTP: cluster specs and generations, per-cluster CAs,
 // role credentials, join tokens and enrollment, agent identities, desired state, status.
 // The clock is a parameter (`now`), so token expiry and staleness can be tested.
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { CaRotationStatus, CertExpiry, ClusterStatusResponse, CsrResponse, EnrollResponse, NodeStatusView, PeerWake, PlanResponse } from '../shared/contract/api.ts';
 import { EventEmitter } from 'node:events';
 import { caLevel, daysLeft, expiryLevel } from './cluster/lifecycle.ts';
-import { certLifetimeSeconds, credentialRecord, indexSpec, rolesNeedingPasswords, trustWarnings, type CredentialSource, type RoleCredential } from './cluster/compile.ts';
+import { certLifetimeSeconds, credentialRecord, indexSpec, rolesNeedingPasswords, trustWarnings } from './cluster/compile.ts';
 import { DesiredCache, type ClusterDesired, type NodeCompiler } from './cluster/desired-cache.ts';
 import { previewNode } from '../shared/pgconf/plan.ts';
 import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from '../shared/pgconf/render.ts';
 import type { ClusterSpec, NodeDesired } from '../shared/contract/schema.ts';
 import type { AgentStatus } from '../shared/contract/status.ts';
-import { scramVerifier } from '../shared/crypto/scram.ts';
 import { certInfo, splitPemBundle, verifiesAgainst } from '../shared/crypto/x509.ts';
 import { CertificateAuthority } from './ca/ca.ts';
 import type { SigningPool } from './ca/signing-pool.ts';
@@ -27,6 +26,7 @@ import { ServiceContext, TASK_CA_ROTATION, tryClusterTask, type AgentPrincipal, 
 import { Crls } from './service/crls.ts';
 import { Identities } from './service/identities.ts';
 import { checkMasterKey } from './service/master-key.ts';
+import { Passwords } from './service/passwords.ts';
 import { canonicalJson, CLUSTER_COLUMNS, type ClusterRow } from './service/stored-specs.ts';
 
 export { CRL_LIFETIME_S, IDENTITY_LIFETIME_S, type AgentPrincipal, type ServiceOptions } from './service/context.ts';
@@ -49,6 +49,7 @@ export class CoordinatorService {
   readonly #cas: ClusterCas;
   readonly #crls: Crls;
   readonly #certificates: Certificates;
+  readonly #passwords: Passwords;
   readonly #identities: Identities;
   readonly store: Store;
   readonly now: () => Date;
@@ -71,10 +72,6 @@ export class CoordinatorService {
    */
   readonly #applied = new Map<string, Promise<Map<string, number>>>();
   readonly #peerEvents = new EventEmitter().setMaxListeners(0);
-  /** Per cluster, the instant its last password rotation switches at (NodeDesired.passwordsAt), for that generation. In process. */
-  readonly #passwordsAt = new Map<string, { generation: number; at: Date }>();
-  /** Per cluster and node, how long the node's last apply took to stage and prove (its reported phases certs..prove), ms. */
-  readonly #stagingMs = new Map<string, Map<string, number>>();
 
   constructor(opts: ServiceOptions) {
     const ctx = (this.#ctx = new ServiceContext(opts));
@@ -94,6 +91,7 @@ export class CoordinatorService {
     this.#cas = new ClusterCas(ctx);
     this.#crls = new Crls(ctx, this.#cas);
     this.#certificates = new Certificates(ctx, this.#cas, this.#crls);
+    this.#passwords = new Passwords(ctx);
   }
 
   /** Refuse to run with a master key other than the one that sealed this store's secrets. */
@@ -157,7 +155,7 @@ export class CoordinatorService {
           now,
         ]);
       }
-      await this.#ensureCredentials(c, spec, now);
+      await this.#passwords.ensure(c, spec, now);
       // A cluster has a CRL from its first generation: pg_autoctl create refuses an
       // --ssl-crl-file that does not exist yet, and a server should check revocation from day one.
       if (inserted.rowCount === 1) await this.#crls.issue(c, name, now);
@@ -167,17 +165,6 @@ export class CoordinatorService {
     this.store.events.emit('cluster', name);
     this.#log.info({ cluster: name, generation: result.generation, changed: result.changed }, 'cluster spec stored');
     return { generation: result.generation, spec, warnings: insecureWarnings(spec), changed: result.changed };
-  }
-
-  async #ensureCredentials(c: Queryable, spec: ClusterSpec, now: Date): Promise<void> {
-    for (const role of rolesNeedingPasswords(spec)) {
-      const password = randomBytes(24).toString('base64url'); // 32 url-safe characters
-      const verifier = scramVerifier(password, randomBytes(16));
-      await c.query(
-        `INSERT INTO role_credentials (cluster, role, password_sealed, verifier, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (cluster, role) DO NOTHING`,
-        [spec.name, role, this.#box.seal(password, `role-password:${spec.name}/${role}`), verifier, now],
-      );
-    }
   }
 
   async getCluster(name: string): Promise<{ generation: number; spec: ClusterSpec; warnings: string[] }> {
@@ -198,38 +185,9 @@ export class CoordinatorService {
     this.#cas.forget(name);
     this.#desired.drop(name);
     this.#applied.delete(name);
-    this.#passwordsAt.delete(name);
-    this.#stagingMs.delete(name);
+    this.#passwords.forget(name);
     this.store.events.emit('cluster', name);
     this.#log.info({ cluster: name }, 'cluster deleted');
-  }
-
-  /**
-   * The cluster's role credentials as compile reads them: verifiers as stored, and each password
-   * opened only when a node that connects as its role is compiled (the servers get verifiers
-   * only). `fallback` stands in for a role that has none yet (plan); otherwise that throws.
-   */
-  async #credentials(cluster: string, fallback?: RoleCredential): Promise<CredentialSource> {
-    const rows = new Map((await this.store.query<{ role: string; password_sealed: string; verifier: string }>(
-      `SELECT role, password_sealed, verifier FROM role_credentials WHERE cluster = $1`,
-      [cluster],
-    )).map((r) => [r.role, r]));
-    const opened = new Map<string, string>();
-    const row = (role: string) => {
-      const r = rows.get(role);
-      if (!r && !fallback) throw new Error(`no credential for role ${role}`);
-      return r;
-    };
-    return {
-      verifier: (role) => row(role)?.verifier ?? fallback!.verifier,
-      password: (role) => {
-        const r = row(role);
-        if (!r) return fallback!.password;
-        let pw = opened.get(role);
-        if (pw === undefined) opened.set(role, (pw = this.#box.open(r.password_sealed, `role-password:${cluster}/${role}`)));
-        return pw;
-      },
-    };
   }
 
   /**
@@ -239,7 +197,7 @@ export class CoordinatorService {
   async #entry(row: ClusterRow): Promise<ClusterDesired> {
     const inputs = { spec: row.spec, incarnation: row.incarnation, generation: row.generation, ...(await this.#cas.trustFiles(row.name)) };
     // Only scram clusters have credentials to read (compile asks for none otherwise).
-    const load = rolesNeedingPasswords(row.spec).length > 0 ? () => this.#credentials(row.name) : async () => credentialRecord({});
+    const load = rolesNeedingPasswords(row.spec).length > 0 ? () => this.#passwords.source(row.name) : async () => credentialRecord({});
     return this.#desired.entry(row.name, inputs, load);
   }
 
@@ -313,42 +271,10 @@ export class CoordinatorService {
     return slot === 'identity' ? this.#identities.renew(agent, publicKey) : this.#certificates.sign(agent, slot, publicKey);
   }
 
-  // --- password rotation -----------------------------------------------------------------------
+  // --- password rotation (coordinator/service/passwords.ts) ------------------------------------
 
-  /**
-   * New passwords (and SCRAM verifiers) for the cluster's roles, or one role, in ONE new
-   * generation: every agent's long-poll answers at once, and each agent writes the passfile and
-   * alters the role (verifier) in the same apply. PostgreSQL keeps one password per role and libpq
-   * reads only the first matching passfile line, so a short window is unavoidable: a client whose
-   * passfile is updated before (or after) the server's ALTER ROLE fails until the other side has
-   * applied too (measured in test/e2e/password-rotation.test.ts, docs/lifecycle.md). So the
-   * generation names an instant a little ahead (passwordsAt: what the slowest node's last apply
-   * took to stage and prove, with a margin), and each agent switches its passfile and commits its
-   * verifiers then, after staging and proving the rest: both halves of every edge change together.
-   */
-  async rotatePasswords(cluster: string, role?: string): Promise<{ cluster: string; generation: number; roles: string[] }> {
-    const row = await this.#ctx.requireCluster(cluster);
-    const all = rolesNeedingPasswords(row.spec);
-    const roles = role === undefined ? all : all.filter((r) => r === role);
-    if (roles.length === 0) throw notFound(role === undefined ? `cluster "${cluster}" has no role with a password (auth ${row.spec.auth})` : `cluster "${cluster}" has no role "${role}" with a password (roles: ${all.join(', ') || 'none'})`);
-    const now = this.now();
-    const generation = await this.store.tx(async (c) => {
-      for (const r of roles) {
-        const password = randomBytes(24).toString('base64url');
-        const verifier = scramVerifier(password, randomBytes(16));
-        await c.query(`UPDATE role_credentials SET password_sealed = $3, verifier = $4 WHERE cluster = $1 AND role = $2`, [cluster, r, this.#box.seal(password, `role-password:${cluster}/${r}`), verifier]);
-      }
-      const g = await this.#ctx.bump(c, cluster, now);
-      // Before the commit wakes the long-polls (NOTIFY): the first answer must carry the instant.
-      this.#passwordsAt.set(cluster, { generation: g, at: new Date(Date.now() + this.#switchLeadMs(cluster)) });
-      return g;
-    }).catch((e: unknown) => {
-      this.#passwordsAt.delete(cluster);
-      throw e;
-    });
-    this.store.events.emit('cluster', cluster);
-    this.#log.warn({ cluster, roles, generation }, 'role passwords rotated');
-    return { cluster, generation, roles };
+  rotatePasswords(cluster: string, role?: string): Promise<{ cluster: string; generation: number; roles: string[] }> {
+    return this.#passwords.rotate(cluster, role);
   }
 
   // --- CA rotation -------------------------------------------------------------------------------
@@ -533,7 +459,7 @@ export class CoordinatorService {
     const changed = !current || current.spec_canonical !== canonicalJson(spec);
     const generation = current ? current.generation + (changed ? 1 : 0) : 1;
     // A role without a credential yet gets one when the spec is stored.
-    const credentials = await this.#credentials(name, { password: '(new)', verifier: '(new)' });
+    const credentials = await this.#passwords.source(name, { password: '(new)', verifier: '(new)' });
     const caBundle = current ? await this.#cas.bundle(name) : '';
     // A new cluster gets its CRL with its first generation; an existing one keeps its current one.
     const crl = current ? ((await this.store.query<{ pem: string }>(`SELECT pem FROM cluster_crls WHERE cluster = $1`, [name]))[0]?.pem ?? null) : '(the CRL issued with the cluster)';
@@ -606,8 +532,8 @@ export class CoordinatorService {
         if (await this.#crls.refresh(agent.cluster)) continue;
         if (row.generation > after) {
           const d = await this.#nodeDesired(row, agent.node);
-          const rotation = opts.passwordsAt ? this.#passwordsAt.get(agent.cluster) : undefined;
-          return rotation?.generation === d.generation ? { ...d, passwordsAt: rotation.at.toISOString() } : d;
+          const at = opts.passwordsAt ? this.#passwords.switchAt(agent.cluster, d.generation) : undefined;
+          return at ? { ...d, passwordsAt: at.toISOString() } : d;
         }
         if (peersKnown !== undefined) {
           const applied = await this.#peersApplied(agent.cluster, row.spec, agent.node, after);
@@ -626,17 +552,6 @@ export class CoordinatorService {
         this.#peerEvents.off('applied', onEvent);
       }
     }
-  }
-
-  /**
-   * How far ahead a rotation's switch instant is: 1.5 times the slowest node's last staging
-   * (reported timings) plus 250 ms for the long-polls to answer, within 0.3..3 s; 1 s when no
-   * node has reported timings.
-   */
-  #switchLeadMs(cluster: string): number {
-    const m = this.#stagingMs.get(cluster);
-    if (!m || m.size === 0) return 1000;
-    return Math.round(Math.min(3000, Math.max(300, 1.5 * Math.max(...m.values()) + 250)));
   }
 
   /** The cluster's applied generations per node, read from node_status once per process. */
@@ -667,13 +582,7 @@ export class CoordinatorService {
        ON CONFLICT (cluster, node) DO UPDATE SET report = EXCLUDED.report, reported_at = EXCLUDED.reported_at, last_contact = EXCLUDED.last_contact`,
       [agent.cluster, agent.node, JSON.stringify(report), now],
     );
-    if (report.timings) {
-      const p = report.timings.phases;
-      const staging = ['certs', 'render', 'install', 'validate', 'reload', 'prove'].reduce((sum, k) => sum + (p[k] ?? 0), 0);
-      let m = this.#stagingMs.get(agent.cluster);
-      if (!m) this.#stagingMs.set(agent.cluster, (m = new Map()));
-      m.set(agent.node, staging);
-    }
+    this.#passwords.noteTimings(agent, report.timings);
     const applied = await this.#appliedOf(agent.cluster);
     const before = applied.get(agent.node);
     applied.set(agent.node, report.generation);
