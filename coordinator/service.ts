@@ -12,17 +12,17 @@ import { previewNode } from '../shared/pgconf/plan.ts';
 import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from '../shared/pgconf/render.ts';
 import type { ClusterSpec, NodeDesired } from '../shared/contract/schema.ts';
 import type { AgentStatus } from '../shared/contract/status.ts';
-import { certInfo, splitPemBundle, verifiesAgainst } from '../shared/crypto/x509.ts';
+import { certInfo, splitPemBundle } from '../shared/crypto/x509.ts';
 import { CertificateAuthority } from './ca/ca.ts';
 import type { SigningPool } from './ca/signing-pool.ts';
-import { badRequest, conflict, gone, notFound } from './errors.ts';
-import { notProved, notReissued, type NodeEvidence } from './ca/rotation.ts';
+import { badRequest, gone, notFound } from './errors.ts';
 import type { SecretBox } from './store/secrets.ts';
 import type { Queryable, Store } from './store/store.ts';
 import { StoreUnavailableError } from './store/store-hosts.ts';
+import { CaRotations } from './service/ca-rotation.ts';
 import { Certificates, type Revocation } from './service/certificates.ts';
 import { ClusterCas } from './service/cluster-cas.ts';
-import { ServiceContext, TASK_CA_ROTATION, tryClusterTask, type AgentPrincipal, type ServiceOptions } from './service/context.ts';
+import { ServiceContext, type AgentPrincipal, type ServiceOptions } from './service/context.ts';
 import { Crls } from './service/crls.ts';
 import { Identities } from './service/identities.ts';
 import { checkMasterKey } from './service/master-key.ts';
@@ -50,6 +50,7 @@ export class CoordinatorService {
   readonly #crls: Crls;
   readonly #certificates: Certificates;
   readonly #passwords: Passwords;
+  readonly #rotations: CaRotations;
   readonly #identities: Identities;
   readonly store: Store;
   readonly now: () => Date;
@@ -92,6 +93,7 @@ export class CoordinatorService {
     this.#crls = new Crls(ctx, this.#cas);
     this.#certificates = new Certificates(ctx, this.#cas, this.#crls);
     this.#passwords = new Passwords(ctx);
+    this.#rotations = new CaRotations(ctx, this.#cas, this.#crls);
   }
 
   /** Refuse to run with a master key other than the one that sealed this store's secrets. */
@@ -224,7 +226,7 @@ export class CoordinatorService {
               EXISTS (SELECT 1 FROM ca_rotations WHERE cluster = $1 AND phase = 'reissue') AS reissuing`,
       [cluster, this.now(), node],
     ))[0]!;
-    const reissue = r.reissuing ? (await this.#oldCaLeaves(cluster, node)).map((x) => x.serial) : [];
+    const reissue = r.reissuing ? (await this.#rotations.oldCaLeaves(cluster, node)).map((x) => x.serial) : [];
     return [...new Set([...r.renew, ...reissue])].sort();
   }
 
@@ -277,180 +279,19 @@ export class CoordinatorService {
     return this.#passwords.rotate(cluster, role);
   }
 
-  // --- CA rotation -------------------------------------------------------------------------------
+  // --- CA rotation (coordinator/service/ca-rotation.ts) ----------------------------------------
 
-  /**
-   * In phase 'reissue': every live, unrevoked cluster leaf not issued by the (new) issuing CA,
-   * named for renewal in its node's desired state until it expires. Level-triggered: a leaf
-   * leaves the list by being replaced (the agent stops using it) or by expiring.
-   */
-  async #oldCaLeaves(cluster: string, node: string): Promise<{ serial: string }[]> {
-    const rot = (await this.store.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = $1`, [cluster]))[0];
-    if (rot?.phase !== 'reissue') return [];
-    const issuing = (await this.#cas.issuing(cluster)).certPem;
-    const rows = await this.store.query<{ node: string; serial: string; pem: string }>(
-      `SELECT serial, pem FROM certificates WHERE cluster = $1 AND node = $3 AND issuer = 'cluster' AND revoked_at IS NULL AND not_after > $2`,
-      [cluster, this.now(), node],
-    );
-    return rows.filter((r) => !verifiesAgainst(r.pem, issuing)).map((r) => ({ serial: r.serial }));
-  }
-
-  async #rotationRow(cluster: string, c: Queryable = this.store.pool) {
-    return (await c.query<{ phase: 'trust' | 'reissue'; other_cert_pem: string; started_at: Date; trust_generation: number; reissue_generation: number | null }>(
-      `SELECT phase, other_cert_pem, started_at, trust_generation, reissue_generation FROM ca_rotations WHERE cluster = $1`,
-      [cluster],
-    )).rows[0] ?? null;
-  }
-
-  /** What each node of the spec last reported, and whether that report is stale. */
-  async #evidence(row: ClusterRow): Promise<NodeEvidence[]> {
-    const statuses = await this.store.query<{ node: string; report: AgentStatus | null; last_contact: Date }>(
-      `SELECT node, report, last_contact FROM node_status WHERE cluster = $1`,
-      [row.name],
-    );
-    const byNode = new Map(statuses.map((x) => [x.node, x]));
-    const now = this.now().getTime();
-    return row.spec.nodes.map((n) => {
-      const st = byNode.get(n.name);
-      const report = st?.report ?? null;
-      return { node: n.name, report, stale: report?.phase === 'stale' || (st !== undefined && now - st.last_contact.getTime() > 3 * this.longPollMs) };
-    });
-  }
-
-  /** Serials the (new) issuing CA issued for this cluster. */
-  async #issuedByCurrent(cluster: string): Promise<Set<string>> {
-    const issuing = (await this.#cas.issuing(cluster)).certPem;
-    const rows = await this.store.query<{ serial: string; pem: string }>(`SELECT serial, pem FROM certificates WHERE cluster = $1 AND issuer = 'cluster' AND not_after > $2`, [cluster, this.now()]);
-    return new Set(rows.filter((r) => verifiesAgainst(r.pem, issuing)).map((r) => r.serial));
-  }
-
-  /**
-   * Phase 1: a new CA joins every node's bundle (and its CRL the published CRLs, when the cluster
-   * has one), with a new generation. The old CA keeps issuing until every node has proved the
-   * bundle; then the coordinator moves on by itself (#advanceRotation).
-   */
-  async startCaRotation(cluster: string): Promise<CaRotationStatus> {
-    await this.#ctx.requireCluster(cluster);
-    const now = this.now();
-    // Distinct subject: two CAs with one name would make OpenSSL's issuer and CRL lookups guess.
-    const fresh = await CertificateAuthority.create(`pgaccord ${cluster} CA ${now.toISOString().replace(/\.\d+Z$/, 'Z')}`, now);
-    await this.store.tx(async (c) => {
-      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
-      const existing = await this.#rotationRow(cluster, c);
-      if (existing) throw conflict('E_ROTATION_IN_PROGRESS', `cluster "${cluster}" is already rotating its CA (phase ${existing.phase}, started ${existing.started_at.toISOString()}); finish it first`);
-      const generation = await this.#ctx.bump(c, cluster, now);
-      await c.query(
-        `INSERT INTO ca_rotations (cluster, phase, other_cert_pem, other_key_sealed, started_at, trust_generation) VALUES ($1, 'trust', $2, $3, $4, $5)`,
-        [cluster, fresh.ca.certPem, this.#box.seal(fresh.keyPem, `cluster-ca:${cluster}`), now, generation],
-      );
-      await this.#crls.issue(c, cluster, now);
-    });
-    this.store.events.emit('cluster', cluster);
-    this.#log.warn({ cluster, newCa: certInfo(fresh.ca.certPem).serial }, 'CA rotation started: both CAs trusted');
-    return this.caRotationStatus(cluster);
-  }
-
-  /**
-   * Phase 2, taken by the coordinator as soon as every node has proved the two-CA bundle: the new
-   * CA issues from now on and every leaf of the old one is named for renewal (renewSerials).
-   * No leaf of the new CA exists before that moment, so no node can be shown one it cannot check.
-   */
-  async #advanceRotation(cluster: string): Promise<void> {
-    const row = await this.#ctx.cluster(cluster);
-    const rot = row ? await this.#rotationRow(cluster) : null;
-    if (!row || !rot || rot.phase !== 'trust') return;
-    if ((await this.#evidence(row)).some((n) => notProved(n, rot.trust_generation).length > 0)) return;
-    const now = this.now();
-    const generation = await this.store.tx(async (c) => {
-      // One coordinator takes the step (every agent's report, on any coordinator, asks for it);
-      // the others skip at once. Then the cluster row first, as every writer of a CRL or a
-      // generation does: taken after ca_rotations and the CRL counter, it deadlocked with a
-      // revocation (cluster row, then the counter).
-      if (!(await tryClusterTask(c, TASK_CA_ROTATION, cluster))) return null;
-      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
-      const locked = (await c.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0];
-      if (locked?.phase !== 'trust') return null; // another report or coordinator did it
-      // Swap: the new CA becomes the issuing one (cluster_cas), the old one is kept as "other".
-      const old = (await c.query<{ cert_pem: string; key_sealed: string }>(`SELECT cert_pem, key_sealed FROM cluster_cas WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0]!;
-      const fresh = (await c.query<{ other_cert_pem: string; other_key_sealed: string }>(`SELECT other_cert_pem, other_key_sealed FROM ca_rotations WHERE cluster = $1`, [cluster])).rows[0]!;
-      await c.query(`UPDATE cluster_cas SET cert_pem = $2, key_sealed = $3 WHERE cluster = $1`, [cluster, fresh.other_cert_pem, fresh.other_key_sealed]);
-      await c.query(`UPDATE ca_rotations SET phase = 'reissue', other_cert_pem = $2, other_key_sealed = $3, reissued_at = $4 WHERE cluster = $1`, [cluster, old.cert_pem, old.key_sealed, now]);
-      this.#cas.forget(cluster);
-      await this.#crls.issue(c, cluster, now);
-      const g = await this.#ctx.bump(c, cluster, now);
-      await c.query(`UPDATE ca_rotations SET reissue_generation = $2 WHERE cluster = $1`, [cluster, g]);
-      return g;
-    });
-    if (generation === null) return;
-    this.#cas.forget(cluster);
-    this.store.events.emit('cluster', cluster);
-    this.#log.warn({ cluster, generation }, 'CA rotation: every node proved the two-CA bundle; the new CA issues, old leaves are being replaced');
+  startCaRotation(cluster: string): Promise<CaRotationStatus> {
+    return this.#rotations.start(cluster);
   }
 
   /** Where the rotation stands and what each node still waits for. */
-  async caRotationStatus(cluster: string): Promise<CaRotationStatus> {
-    await this.#advanceRotation(cluster);
-    const row = await this.#ctx.requireCluster(cluster);
-    const rot = await this.#rotationRow(cluster);
-    const issuingPem = (await this.#cas.issuing(cluster)).certPem;
-    const describe = (pem: string, role: 'issuing' | 'old' | 'new') => {
-      const i = certInfo(pem);
-      return { role, serial: i.serial, commonName: i.commonName ?? '', notAfter: i.notAfter.toISOString() };
-    };
-    const cas = [describe(issuingPem, 'issuing')];
-    if (rot) cas.push(describe(rot.other_cert_pem, rot.phase === 'trust' ? 'new' : 'old'));
-    let nodes: CaRotationStatus['nodes'] = [];
-    let canFinish = false;
-    if (rot) {
-      const evidence = await this.#evidence(row);
-      if (rot.phase === 'trust') {
-        nodes = evidence.map((n) => ({ node: n.node, waiting: notProved(n, rot.trust_generation).map((w) => `bundle with both CAs not proved: ${w}`) }));
-      } else {
-        const fromNew = await this.#issuedByCurrent(cluster);
-        nodes = evidence.map((n) => ({ node: n.node, waiting: notReissued(n, rot.reissue_generation!, (serial) => fromNew.has(serial)) }));
-        canFinish = nodes.every((n) => n.waiting.length === 0);
-      }
-    }
-    return {
-      cluster,
-      phase: rot?.phase ?? 'none',
-      generation: row.generation,
-      startedAt: rot ? rot.started_at.toISOString() : null,
-      trustGeneration: rot?.trust_generation ?? null,
-      reissueGeneration: rot?.reissue_generation ?? null,
-      cas,
-      nodes,
-      canFinish,
-    };
+  caRotationStatus(cluster: string): Promise<CaRotationStatus> {
+    return this.#rotations.status(cluster);
   }
 
-  /**
-   * Phase 3: the old CA leaves every bundle (and its CRL the published CRLs). Refused (409,
-   * nothing changed) unless every node has proved leaves from the new CA only: applied the
-   * generation that started the re-issue, converged, every probe ok, and its served certificate
-   * and every installed one issued by the new CA.
-   */
-  async finishCaRotation(cluster: string): Promise<CaRotationStatus> {
-    const st = await this.caRotationStatus(cluster);
-    if (st.phase === 'none') throw conflict('E_NO_ROTATION', `cluster "${cluster}" has no CA rotation in progress (start one with pgaccord cert rotate-ca ${cluster} --start)`);
-    if (!st.canFinish) {
-      const why = st.nodes.filter((n) => n.waiting.length > 0).map((n) => `${n.node}: ${n.waiting.join('; ')}`).join(' | ');
-      const phase = st.phase === 'trust' ? 'the new CA is not issuing yet (not every node has proved the two-CA bundle)' : 'not every node has proved leaves from the new CA';
-      throw conflict('E_ROTATION_NOT_READY', `refusing to drop the old CA of cluster "${cluster}": ${phase}. Waiting for: ${why}`);
-    }
-    const now = this.now();
-    await this.store.tx(async (c) => {
-      // The cluster row first (lock order of every CRL and generation writer: see #advanceRotation).
-      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
-      const locked = (await c.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0];
-      if (locked?.phase !== 'reissue') throw conflict('E_ROTATION_NOT_READY', `cluster "${cluster}": the rotation changed meanwhile; look again`);
-      await c.query(`DELETE FROM ca_rotations WHERE cluster = $1`, [cluster]);
-      await this.#crls.issue(c, cluster, now);
-      await this.#ctx.bump(c, cluster, now);
-    });
-    this.store.events.emit('cluster', cluster);
-    this.#log.warn({ cluster }, 'CA rotation finished: the old CA left every bundle');
-    return this.caRotationStatus(cluster);
+  finishCaRotation(cluster: string): Promise<CaRotationStatus> {
+    return this.#rotations.finish(cluster);
   }
 
   async plan(name: string, body: unknown): Promise<PlanResponse> {
@@ -587,7 +428,7 @@ export class CoordinatorService {
     const before = applied.get(agent.node);
     applied.set(agent.node, report.generation);
     if (before === undefined || report.generation > before) this.#peerEvents.emit('applied', agent.cluster);
-    await this.#advanceRotation(agent.cluster).catch((e) => this.#log.error({ cluster: agent.cluster, err: e }, 'CA rotation step failed'));
+    await this.#rotations.advance(agent.cluster).catch((e) => this.#log.error({ cluster: agent.cluster, err: e }, 'CA rotation step failed'));
   }
 
   // --- admin views -----------------------------------------------------------------------------
