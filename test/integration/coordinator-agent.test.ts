@@ -224,7 +224,21 @@ test('allow/deny matrix: every agent and admin route × every principal', async 
     { name: 'renew', kind: 'admin', method: 'POST', path: '/v1/clusters/matrix/renew' },
     { name: 'ca.crt', kind: 'admin', method: 'GET', path: '/v1/clusters/matrix/ca.crt' },
     { name: 'crl', kind: 'admin', method: 'GET', path: '/v1/clusters/matrix/crl' },
+    { name: 'ca rotation', kind: 'admin', method: 'GET', path: '/v1/clusters/matrix/ca-rotation' },
+    // The mutating ones on a cluster that does not exist: the admin gets 404, nothing rotates.
+    { name: 'ca rotation start', kind: 'admin', method: 'POST', path: '/v1/clusters/no-such-cluster/ca-rotation/start' },
+    { name: 'ca rotation finish', kind: 'admin', method: 'POST', path: '/v1/clusters/no-such-cluster/ca-rotation/finish' },
+    { name: 'rotate passwords', kind: 'admin', method: 'POST', path: '/v1/clusters/no-such-cluster/rotate-passwords', body: {} },
   ];
+  // Complete: every route the OpenAPI document says needs a principal is in the matrix.
+  const doc = (await h.anon.call('GET', '/openapi.json')).body as { paths: Record<string, Record<string, { security: unknown[] }>> };
+  for (const [template, methods] of Object.entries(doc.paths)) {
+    const pattern = new RegExp(`^${template.replace(/\{\w+\}/g, '[^/?]+')}(\\?|$)`);
+    for (const [method, op] of Object.entries(methods)) {
+      if (op.security.length === 0) continue;
+      assert.ok(routes.some((r) => r.method === method.toUpperCase() && pattern.test(r.path)), `${method.toUpperCase()} ${template} is in the matrix`);
+    }
+  }
   const allowed = (kind: 'agent' | 'admin', p: P) => (kind === 'admin' ? p === 'admin token' : p === 'own node cert' || p === 'other node cert');
   const matrix: string[] = [];
   for (const r of routes) {
