@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { after } from 'node:test';
 import pg from 'pg';
 import { freePort, type PgInstance } from '../../shared/system/pgserver.ts';
-import { query, throwawayPg } from './pg.ts';
+import { throwawayStore } from './pg.ts';
+import { waitFor } from './wait.ts';
 
 const CLI = join(import.meta.dirname, '../../bin/pgaccord.mjs');
 
@@ -49,9 +50,7 @@ export interface Fleet {
 
 /** `n` coordinator slots on one store; all started. Call at the top level of a test file. */
 export async function coordinatorFleet(n: number, opts: { longPollSeconds?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Fleet> {
-  const store = await throwawayPg();
-  await query(store, 'CREATE DATABASE coord');
-  const databaseUrl = `postgresql://postgres@/coord?host=${encodeURIComponent(store.socketDir)}&port=${store.port}`;
+  const { db: store, databaseUrl } = await throwawayStore();
   const slots: CoordSlot[] = [];
   for (let i = 0; i < n; i++) {
     const port = await freePort();
@@ -94,12 +93,13 @@ export async function coordinatorFleet(n: number, opts: { longPollSeconds?: numb
     },
     async start(slot) {
       const p = fleet.spawn(slot);
-      const deadline = Date.now() + 60_000;
-      while (!p.stderr().includes('listening on')) {
+      await waitFor(`coordinator ${slot.url} listening`, () => {
         if (p.child.exitCode !== null) throw new Error(`coordinator ${slot.url} exited ${p.child.exitCode}: ${p.stderr()}`);
-        if (Date.now() > deadline) throw new Error(`coordinator ${slot.url} not listening within 60 s: ${p.stderr()}`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
+        return p.stderr().includes('listening on');
+      }, 60_000, 100, { throwEnds: true }).catch((e: Error) => {
+        // Still running but not listening in time: what it wrote so far says why.
+        throw p.child.exitCode !== null ? e : new Error(`${e.message}: ${p.stderr()}`);
+      });
       slot.proc = p;
       return p;
     },

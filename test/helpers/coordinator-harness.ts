@@ -136,4 +136,9 @@ export function pgdSpec(name: string, overrides: Partial<ClusterSpec> = {}): Clu
   };
 }
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/**
+ * Long-polls the coordinator holds now: each subscribes to the store's change events before it
+ * reads (coordinator/service/desired-state.ts), so a test waits for this to grow before it makes
+ * the change meant to wake one, instead of sleeping and hoping the request has arrived.
+ */
+export const longPollsHeld = (h: Pick<Harness, 'coord'>) => h.coord.store.events.listenerCount('cluster');

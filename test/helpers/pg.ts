@@ -15,6 +15,16 @@ export async function throwawayPg(opts: PgInstanceOptions = {}): Promise<PgInsta
   return instance;
 }
 
+/**
+ * A throwaway server with an empty `coord` database, and the coordinator's --database-url for it
+ * (over the server's private socket). At a file's top level, like throwawayPg.
+ */
+export async function throwawayStore(): Promise<{ db: PgInstance; databaseUrl: string }> {
+  const db = await throwawayPg();
+  await query(db, 'CREATE DATABASE coord');
+  return { db, databaseUrl: `postgresql://postgres@/coord?host=${encodeURIComponent(db.socketDir)}&port=${db.port}` };
+}
+
 /** Run one query over the instance's private socket as the superuser. */
 export async function query<T extends pg.QueryResultRow = pg.QueryResultRow>(instance: PgInstance, sql: string, params: unknown[] = []): Promise<T[]> {
   const client = new pg.Client(instance.socketConfig());

@@ -10,7 +10,6 @@ import assert from 'node:assert/strict';
 import { createPublicKey } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import fc from 'fast-check';
-import { Ajv, type ValidateFunction } from 'ajv';
 import { Agent, request } from 'undici';
 import { CertificateAuthority } from '../../coordinator/ca/ca.ts';
 import { AGENT_CN, identityUri } from '../../coordinator/service.ts';
@@ -18,23 +17,14 @@ import { NAME_PATTERN } from '../../shared/contract/schema.ts';
 import { createCsr } from '../../shared/crypto/csr.ts';
 import { forgePublicKeyFromPem, generateRsaKey } from '../../shared/crypto/keys.ts';
 import { enroll, pgdSpec, startHarness, type EnrolledNode, type Harness } from '../helpers/coordinator-harness.ts';
+import { operations, violation, type Json, type Operation } from '../helpers/openapi.ts';
 
 const REQUESTS = Number(process.env.PGACCORD_FUZZ_REQUESTS ?? 10_000);
 const SEED = Number(process.env.PGACCORD_FUZZ_SEED ?? Date.now() % 2 ** 31);
 const CONCURRENCY = Number(process.env.PGACCORD_FUZZ_CONCURRENCY ?? 16);
 
-type Json = any; // eslint-disable-line @typescript-eslint/no-explicit-any
 type PrincipalName = 'admin' | 'none' | 'wrong-token' | 'agent' | 'agent-2' | 'other-cluster-agent' | 'forged-identity';
 interface Principal { name: PrincipalName; dispatcher: Agent; token?: string }
-interface Operation {
-  method: string;
-  path: string;
-  security: 'admin' | 'agent' | 'none';
-  pathParams: { name: string; schema: Json }[];
-  query: { name: string; schema: Json }[];
-  body: Json | null;
-  responses: Record<string, { contentType: string | null; schema: Json | null }>;
-}
 interface FuzzRequest { op: number; principal: PrincipalName; path: string; body: { kind: 'json'; value: unknown } | { kind: 'raw'; text: string; contentType: string | null } | null }
 
 let h: Harness;
@@ -91,31 +81,7 @@ after(async () => {
   await h?.close();
 });
 
-// --- the OpenAPI document -------------------------------------------------------------------
-
-function operations(document: Json): Operation[] {
-  const ops: Operation[] = [];
-  for (const [path, methods] of Object.entries<Json>(document.paths)) {
-    for (const [method, op] of Object.entries<Json>(methods)) {
-      const security = op.security.length === 0 ? 'none' : 'adminToken' in op.security[0] ? 'admin' : 'agent';
-      const responses: Operation['responses'] = {};
-      for (const [code, r] of Object.entries<Json>(op.responses)) {
-        const [contentType, media] = r.content ? Object.entries<Json>(r.content)[0]! : [null, null];
-        responses[code] = { contentType, schema: media?.schema ?? null };
-      }
-      ops.push({
-        method: method.toUpperCase(),
-        path,
-        security,
-        pathParams: op.parameters.filter((p: Json) => p.in === 'path').map((p: Json) => ({ name: p.name, schema: p.schema })),
-        query: op.parameters.filter((p: Json) => p.in === 'query').map((p: Json) => ({ name: p.name, schema: p.schema })),
-        body: op.requestBody?.content['application/json']?.schema ?? null,
-        responses,
-      });
-    }
-  }
-  return ops;
-}
+// --- requests from the OpenAPI document --------------------------------------------------
 
 /**
  * Strings matching a pattern: drawn once per pattern (fast-check's stringMatching costs
@@ -226,40 +192,7 @@ function requestArb(ops: Operation[]): fc.Arbitrary<FuzzRequest> {
   });
 }
 
-// --- checking answers -----------------------------------------------------------------------
-
-const ajv = new Ajv({ strict: false, allErrors: false, validateFormats: false });
-// Compiled once per schema text (every route's ErrorBody is the same), found by object after.
-const validators = new Map<string, ValidateFunction>();
-const validatorOf = new Map<Json, ValidateFunction>();
-function validatorFor(schema: Json): ValidateFunction {
-  let v = validatorOf.get(schema);
-  if (!v) {
-    const key = JSON.stringify(schema);
-    v = validators.get(key) ?? ajv.compile(schema);
-    validators.set(key, v);
-    validatorOf.set(schema, v);
-  }
-  return v;
-}
-
-/** What is wrong with an answer, per the document; null when it conforms. */
-function violation(op: Operation, status: number, contentType: string, text: string): string | null {
-  const declared = op.responses[String(status)];
-  if (!declared) return `status ${status} is not declared (declared: ${Object.keys(op.responses).join(', ')})`;
-  if (declared.contentType === null) return text === '' ? null : `a ${status} has no body, got ${JSON.stringify(text.slice(0, 80))}`;
-  if (!contentType.startsWith(declared.contentType)) return `content type ${contentType}, declared ${declared.contentType}`;
-  let value: unknown = text;
-  if (declared.contentType.includes('json')) {
-    try {
-      value = JSON.parse(text);
-    } catch {
-      return `not JSON: ${JSON.stringify(text.slice(0, 80))}`;
-    }
-  }
-  const validate = validatorFor(declared.schema ?? {});
-  return validate(value) ? null : `body breaks the declared schema: ${ajv.errorsText(validate.errors)}`;
-}
+// --- the run (answers checked by test/helpers/openapi.ts's violation) ---------------------
 
 const allowed = (op: Operation, who: PrincipalName) =>
   op.security === 'none' || (op.security === 'admin' ? who === 'admin' : ['agent', 'agent-2', 'other-cluster-agent'].includes(who));

@@ -16,7 +16,8 @@ import { Agent, request } from 'undici';
 import { createPgInstance, lookupOsUser } from '../../shared/system/pgserver.ts';
 import { SecretBox } from '../../coordinator/store/secrets.ts';
 import { canonicalJson } from '../../coordinator/service.ts';
-import { enroll, pgdSpec, startHarness, type EnrolledNode, type Harness } from '../helpers/coordinator-harness.ts';
+import { enroll, longPollsHeld, pgdSpec, startHarness, type EnrolledNode, type Harness } from '../helpers/coordinator-harness.ts';
+import { waitFor } from '../helpers/wait.ts';
 
 const execFileAsync = promisify(execFile);
 const REQUEST_TIMEOUT_MS = 1500;
@@ -200,8 +201,9 @@ test('long-poll: held past the request bound; a second one from the same node re
   assert.ok(r.ms >= 3500, `held ${r.ms} ms`);
   await held.close();
 
+  const polls = longPollsHeld(h);
   const first = agentGet(n, `/v1/agent/desired?after=${gen}`);
-  await new Promise((res) => setTimeout(res, 300)); // let the first one be registered
+  await waitFor('the first long-poll held', () => longPollsHeld(h) > polls, 30_000, 10);
   const second = agentGet(n, `/v1/agent/desired?after=${gen}`);
   const a = await first.done;
   assert.equal(a.status, 204);

@@ -12,15 +12,13 @@ import { join } from 'node:path';
 import { certInfo } from '../../shared/crypto/x509.ts';
 import { createCsr } from '../../shared/crypto/csr.ts';
 import { generateRsaKey } from '../../shared/crypto/keys.ts';
-import { throwawayPg, query } from '../helpers/pg.ts';
-import type { PgInstance } from '../../shared/system/pgserver.ts';
+import { throwawayStore } from '../helpers/pg.ts';
 import { enroll, httpsClient, pgdSpec, startHarness, type Client, type Harness } from '../helpers/coordinator-harness.ts';
+import { waitFor } from '../helpers/wait.ts';
 
 let h: Harness;
 // At the top level, so that throwawayPg's clean-up hook belongs to the file, not to before().
-const db: PgInstance = await throwawayPg();
-await query(db, 'CREATE DATABASE coord');
-const databaseUrl = `postgresql://postgres@/coord?host=${encodeURIComponent(db.socketDir)}&port=${db.port}`;
+const { databaseUrl } = await throwawayStore();
 
 before(async () => {
   h = await startHarness({ databaseUrl });
@@ -121,12 +119,13 @@ test('a slot CSR authenticated just before its identity\'s revocation committed 
     await revoker.query('BEGIN');
     await revoker.query(`SELECT 1 FROM clusters WHERE name = 'ids' FOR NO KEY UPDATE`);
     const csr = n.client.call('POST', '/v1/agent/csr', { body: { slot: 'server', csr: createCsr((await generateRsaKey()).privateKeyPem, 'x') } });
-    for (const deadline = Date.now() + 10_000; ; await new Promise((r) => setTimeout(r, 20))) {
+    await waitFor('the CSR waiting for the cluster row', async () => {
       // From another connection: inside the revoker's transaction pg_stat_activity is one snapshot.
-      const [w] = await h.coord.store.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM clusters WHERE name = $1 FOR SHARE%'`);
-      if (w!.n > 0) break;
-      assert.ok(Date.now() < deadline, 'the CSR never waited for the cluster row');
-    }
+      const [w] = await h.coord.store.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM clusters WHERE name = $1 FOR SHARE%'`,
+      );
+      return w!.n > 0;
+    }, 10_000, 20, { throwEnds: true });
     await revoker.query(`UPDATE certificates SET revoked_at = now() WHERE cluster = 'ids' AND node = 'node-3' AND slot = 'identity' AND revoked_at IS NULL`);
     await revoker.query('COMMIT');
     const r = await csr;

@@ -6,7 +6,8 @@
 // (features=passwords-at): an older one would refuse the unknown field.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { enroll, pgdSpec, startHarness } from '../helpers/coordinator-harness.ts';
+import { enroll, longPollsHeld, pgdSpec, startHarness } from '../helpers/coordinator-harness.ts';
+import { waitFor } from '../helpers/wait.ts';
 import type { AgentStatus } from '../../shared/contract/status.ts';
 
 const h = await startHarness({ longPollMs: 3000 });
@@ -27,8 +28,9 @@ test('peer wake: 202 for agents that ask, once more peers than they know applied
   assert.deepEqual(first.body, { wake: 'peers-applied', applied: [{ node: 'node-2', generation: 1 }] });
   // Knowing node-2: held until node-3 reports, then woken with both.
   const t0 = Date.now();
+  const polls = longPollsHeld(h);
   const waiting = n1!.client.call('GET', '/v1/agent/desired?after=1&peers=1&wait=30');
-  await new Promise((r) => setTimeout(r, 300));
+  await waitFor('the long-poll held', () => longPollsHeld(h) > polls, 30_000, 10);
   assert.equal((await n3!.client.call('POST', '/v1/agent/status', { body: report(1) })).status, 204);
   const second = await waiting;
   assert.equal(second.status, 202, second.text);

@@ -11,6 +11,7 @@ import { test } from 'node:test';
 import { servedCertificate } from '../../agent/apply/pgconf.ts';
 import { issueLeaf, makeCa } from '../helpers/agent-certs.ts';
 import { query, throwawayPg } from '../helpers/pg.ts';
+import { waitFor } from '../helpers/wait.ts';
 
 /** Children of the postmaster still under its own process title: backends before a startup packet. */
 async function unstartedBackends(postmaster: number): Promise<number> {
@@ -33,10 +34,7 @@ test('five served-certificate checks of a PostgreSQL 15 with ssl on: the serial 
     await query(pg, `ALTER SYSTEM SET ssl_key_file = '${leaf.keyPath}'`);
     await query(pg, 'ALTER SYSTEM SET ssl = on');
     await query(pg, 'SELECT pg_reload_conf()');
-    for (const deadline = Date.now() + 15_000; (await query<{ ssl: string }>(pg, 'SHOW ssl'))[0]!.ssl !== 'on';) {
-      assert.ok(Date.now() < deadline, 'ssl did not come on after reload');
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitFor('ssl on after the reload', async () => (await query<{ ssl: string }>(pg, 'SHOW ssl'))[0]!.ssl === 'on', 15_000, 50);
     const postmaster = Number((await readFile(join(pg.dataDir, 'postmaster.pid'), 'latin1')).split('\n')[0]);
     const from = (await stat(pg.logFile)).size;
     const N = 5;
@@ -45,10 +43,7 @@ test('five served-certificate checks of a PostgreSQL 15 with ssl on: the serial 
       assert.equal(served?.serial.replace(/^0+/, ''), leaf.serial.replace(/^0+/, ''));
     }
     // Each backend logs its complaint, if any, before it exits: wait for all of them to be gone.
-    for (const deadline = Date.now() + 30_000; (await unstartedBackends(postmaster)) > 0;) {
-      assert.ok(Date.now() < deadline, 'the checks\' backends did not exit');
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitFor('the checks\' backends to exit', async () => (await unstartedBackends(postmaster)) === 0, 30_000, 50);
     const lines = (await readFile(pg.logFile, 'utf8')).slice(from).split('\n').filter((l) => l.trim() !== '');
     const connections = lines.filter((l) => /connection received: host=127\.0\.0\.1/.test(l));
     assert.equal(connections.length, N, lines.join('\n'));
