@@ -44,7 +44,8 @@ export class AgentFleet {
   spawn(assignments: AgentAssignment[], procs: number): void {
     for (let w = 0; w < procs; w++) {
       const mine = assignments.filter((a) => a.i % procs === w);
-      const child = spawnRaised(['--max-old-space-size=8192', '--import', 'tsx', join(PACKAGE_ROOT, 'bench', 'fleet-agent-worker.ts')], ['ignore', 'inherit', 'inherit', 'ipc']);
+      const worker = join(PACKAGE_ROOT, 'bench', 'fleet-agent-worker.ts');
+      const child = spawnRaised(['--max-old-space-size=8192', '--import', 'tsx', worker], ['ignore', 'inherit', 'inherit', 'ipc']);
       this.inbox.push([]);
       child.on('message', (m: FromWorker) => (m.type === 'ev' ? this.onEvents(m.ev) : this.inbox[w]!.push(m)));
       child.on('exit', (code) => {

@@ -57,7 +57,8 @@ export async function startCoordinatorProcess(dataDir: string, port: number, fla
   const startedAt = wallMs();
   // FLEET_CPU_PROF=DIR: a V8 CPU profile of each coordinator process, written when it exits.
   const prof = process.env.FLEET_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEET_CPU_PROF] : [];
-  const child = spawnRaised([...prof, PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--log-level', LOG_LEVEL, ...flags], ['ignore', fd, fd]);
+  const args = [...prof, PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--log-level', LOG_LEVEL, ...flags];
+  const child = spawnRaised(args, ['ignore', fd, fd]);
   closeSync(fd);
   const exited = once(child, 'exit');
   return { child, pid: child.pid!, startedAt, exited };

@@ -47,10 +47,14 @@ export function spec(name: string, c: number, nodes: number, profile: ProfileNam
     profile,
     auth: 'cert',
     tls: { sslmode: 'verify-full', certLifetime: '90d', keyType: KEY },
-    nodes: Array.from({ length: nodes }, (_, i) => ({ name: `n${i}`, host: `n${i}.${name}.fleet.test`, address: ip(c * nodes + i + 1), port: 5432, kind: kindOf(profile, i) })),
+    nodes: Array.from({ length: nodes }, (_, i) => ({
+      name: `n${i}`, host: `n${i}.${name}.fleet.test`, address: ip(c * nodes + i + 1), port: 5432, kind: kindOf(profile, i),
+    })),
     // The users a TimescaleDB access node connects to its data nodes as (the profile needs one).
     ...(profile === 'timescaledb-multinode' ? { roles: [{ name: 'app' }] } : {}),
     // The change of each round: one HBA rule that differs (a new generation, same shape).
-    ...(change > 0 ? { hba: [{ type: 'hostssl' as const, database: 'postgres', user: 'fleet_bench', address: `10.250.${change % 256}.0/24`, method: 'reject' as const }] } : {}),
+    ...(change > 0
+      ? { hba: [{ type: 'hostssl' as const, database: 'postgres', user: 'fleet_bench', address: `10.250.${change % 256}.0/24`, method: 'reject' as const }] }
+      : {}),
   };
 }

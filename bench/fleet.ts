@@ -33,7 +33,9 @@ import { newKey } from './fleet-keys.ts';
 import { wallMs, type AgentAssignment, type ToWorker } from './fleet-agent-worker.ts';
 import { AgentFleet, until as untilWithin } from './fleet-agents.ts';
 import { codes, log, parallel, pct, secs } from './fleet-figures.ts';
-import { cpuSeconds, ensureBuilt, coordinatorHelp, nofile, procStatus, startCoordinatorProcess, storeCpuSeconds, waitReady, type Coordinator } from './fleet-processes.ts';
+import {
+  coordinatorHelp, cpuSeconds, ensureBuilt, nofile, procStatus, startCoordinatorProcess, storeCpuSeconds, waitReady, type Coordinator,
+} from './fleet-processes.ts';
 import {
   AGENTS, CHANGES, CLUSTERS, ENROLL_CONCURRENCY, KEY, LOG_LEVEL, NODES, PROBES, PROCS, PROFILE, PUT_CONCURRENCY, REPORTS, SOURCES, spec,
   STATUS_CONCURRENCY, TIMEOUT_MS,
@@ -65,13 +67,16 @@ try {
   else if (AGENTS + PROBES + 10 > 1000) {
     // Beyond its connection limit the coordinator closes new connections at once: the run would
     // measure refusals. Raising it takes a coordinator option this one does not have.
-    throw new Error(`${AGENTS} agents hold more long-polls than the coordinator's 1000 connections (coordinator/http/connection-limits.ts DEFAULT_MAX_CONNECTIONS) and \`pgaccord coordinator\` has no --max-connections to raise it`);
-  } else if (2 * AGENTS + PROBES + 10 > 1000) notes.push(`up to ${2 * AGENTS} connections at once (a long-poll and a report or CSR per agent) against the coordinator's limit of 1000: some may be refused`);
+    throw new Error(`${AGENTS} agents hold more long-polls than the coordinator's 1000 connections (coordinator/http/connection-limits.ts `
+      + `DEFAULT_MAX_CONNECTIONS) and \`pgaccord coordinator\` has no --max-connections to raise it`);
+  } else if (2 * AGENTS + PROBES + 10 > 1000) notes.push(`up to ${2 * AGENTS} connections at once (a long-poll and a report or CSR per agent) against `
+    + `the coordinator's limit of 1000: some may be refused`);
   if (has('--agent-rate-limit') && process.env.FLEET_RATE_LIMIT) flags.push('--agent-rate-limit', process.env.FLEET_RATE_LIMIT);
   const files = nofile();
   const perWorker = Math.ceil((2 * AGENTS) / PROCS) + 200;
   if (files.hard < connections + 200 || files.hard < perWorker) {
-    notes.push(`open files: hard limit ${files.hard}, the coordinator needs about ${connections + 200} and each agent process ${perWorker}: raise it first (as root: ulimit -Hn ${2 * (connections + 200)}; ulimit -n ${2 * (connections + 200)})`);
+    notes.push(`open files: hard limit ${files.hard}, the coordinator needs about ${connections + 200} and each agent process ${perWorker}: raise it `
+      + `first (as root: ulimit -Hn ${2 * (connections + 200)}; ulimit -n ${2 * (connections + 200)})`);
   }
   for (const n of notes) log(`WARNING: ${n}`);
 
@@ -81,13 +86,16 @@ try {
   await waitReady(coordinator, dataDir, url);
   const caPem = await readFile(join(dataDir, 'ca.crt'), 'utf8');
   const serverKey = new X509Certificate(await readFile(join(dataDir, 'server.crt'), 'utf8')).publicKey;
-  const tlsKey = serverKey.asymmetricKeyType === 'ec' ? `ec-${serverKey.asymmetricKeyDetails?.namedCurve}` : `${serverKey.asymmetricKeyType}-${serverKey.asymmetricKeyDetails?.modulusLength}`;
+  const tlsKey = serverKey.asymmetricKeyType === 'ec'
+    ? `ec-${serverKey.asymmetricKeyDetails?.namedCurve}`
+    : `${serverKey.asymmetricKeyType}-${serverKey.asymmetricKeyDetails?.modulusLength}`;
   const token = (await readFile(join(dataDir, 'admin.token'), 'utf8')).trim();
   admin = new Agent({ connect: { ca: caPem }, connections: PUT_CONCURRENCY + 2 });
   let adminRetries = 0;
   const api = async (method: 'GET' | 'PUT' | 'POST', path: string, body?: unknown) => {
     // A connection refused or reset (the coordinator at its connection limit) is retried, and counted.
-    const r = await retry(() => request(`${url}${path}`, { method, dispatcher: admin!, headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) }, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) }));
+    const headers = { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) };
+    const r = await retry(() => request(`${url}${path}`, { method, dispatcher: admin!, headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) }));
     const text = await r.body.text();
     if (r.statusCode >= 300) throw new Error(`${method} ${path}: ${r.statusCode} ${text}`);
     return text ? JSON.parse(text) : null;
@@ -129,7 +137,8 @@ try {
     const tok = await api('POST', `/v1/clusters/fleet-probe/nodes/n${i}/tokens`, {});
     const keyPem = await newKey(KEY);
     const anon = new Agent({ connect: { ca: caPem } });
-    const r = await request(`${url}/v1/agent/enroll`, { method: 'POST', dispatcher: anon, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: tok.token, csr: createCsr(keyPem, 'probe') }) });
+    const enrolment = JSON.stringify({ token: tok.token, csr: createCsr(keyPem, 'probe') });
+    const r = await request(`${url}/v1/agent/enroll`, { method: 'POST', dispatcher: anon, headers: { 'content-type': 'application/json' }, body: enrolment });
     const body = (await r.body.json()) as { certificate: string };
     await anon.destroy();
     probes.push({ d: new Agent({ connect: { ca: caPem, key: keyPem, cert: body.certificate } }), gen: 0 });
@@ -181,7 +190,8 @@ try {
   const first = { first_desired_s: secs(firstAll - t), first_desired_ms: pct(allAgents.map((i) => genAt[i]! - t)), all_long_polls_s: secs(heldAll - t) };
   await new Promise((r) => setTimeout(r, 2000)); // let the reports after the first answers drain
   rss.long_polls = procStatus(coordinator.pid).rssMb;
-  log(`first desired states: all in ${first.first_desired_s} s (p50 ${first.first_desired_ms.p50} ms), all long-polls held at ${first.all_long_polls_s} s; coordinator ${rss.long_polls} MB`);
+  log(`first desired states: all in ${first.first_desired_s} s (p50 ${first.first_desired_ms.p50} ms), all long-polls held at `
+    + `${first.all_long_polls_s} s; coordinator ${rss.long_polls} MB`);
 
   // Fan-out of changes.
   const byCluster = new Map<string, number[]>(clusterNames.map((n) => [n, []]));
@@ -201,7 +211,8 @@ try {
       putMs.push(wallMs() - t0);
       generation.set(n, g);
       const members = byCluster.get(n)!;
-      const done = until(`fan-out of ${n} generation ${g}`, () => members.every((i) => gen[i]! >= g)).then(() => members.forEach((i) => fanout.push(genAt[i]! - t0)));
+      const done = until(`fan-out of ${n} generation ${g}`, () => members.every((i) => gen[i]! >= g))
+        .then(() => members.forEach((i) => fanout.push(genAt[i]! - t0)));
       done.catch(() => undefined); // awaited below: not an unhandled rejection meanwhile
       waits.push(done);
     });
@@ -210,7 +221,8 @@ try {
   }
   rss.after_change = procStatus(coordinator.pid).rssMb;
   const fan = { changes: CHANGES * CLUSTERS, latency_ms: pct(fanout), put_ms: pct(putMs), round_s: fanoutWall.map(secs) };
-  log(`fan-out: p50 ${fan.latency_ms.p50} ms, p99 ${fan.latency_ms.p99} ms, max ${fan.latency_ms.max} ms (PUT p50 ${fan.put_ms.p50} ms); coordinator ${rss.after_change} MB`);
+  log(`fan-out: p50 ${fan.latency_ms.p50} ms, p99 ${fan.latency_ms.p99} ms, max ${fan.latency_ms.max} ms (PUT p50 ${fan.put_ms.p50} ms); coordinator `
+    + `${rss.after_change} MB`);
 
   // Status report throughput.
   await settled();
@@ -218,7 +230,10 @@ try {
   const st = await gather('status-done');
   const stS = (Math.max(...st.map((s) => s.end)) - Math.min(...st.map((s) => s.start))) / 1000;
   const stCodes = codes(st);
-  const status = { reports: AGENTS * REPORTS, concurrency: Math.min(AGENTS, STATUS_CONCURRENCY), reports_per_s: Math.round((stCodes['204'] ?? 0) / stS), latency_ms: pct(st.flatMap((s) => s.latencies)), codes: stCodes };
+  const status = {
+    reports: AGENTS * REPORTS, concurrency: Math.min(AGENTS, STATUS_CONCURRENCY), reports_per_s: Math.round((stCodes['204'] ?? 0) / stS),
+    latency_ms: pct(st.flatMap((s) => s.latencies)), codes: stCodes,
+  };
   log(`status reports: ${status.reports_per_s}/s, p99 ${status.latency_ms.p99} ms, codes ${JSON.stringify(status.codes)}`);
 
   // Renewal storm, with a probe's round trips and one PUT while it is signed.
@@ -264,7 +279,9 @@ try {
     put_during_ms: Math.round(midPutMs),
     fanout_during_ms: pct(midMembers.map((i) => genAt[i]! - tPut)),
   };
-  log(`renewal storm: ${AGENTS} CSRs in ${renewal.wall_s} s (${renewal.csr_per_s}/s), CSR p99 ${renewal.csr_latency_ms.p99} ms; probe p99 ${renewal.probe_round_trip_ms.p99} ms (idle ${renewal.probe_round_trip_idle_ms.p99}); PUT during ${renewal.put_during_ms} ms, fan-out max ${renewal.fanout_during_ms.max} ms`);
+  log(`renewal storm: ${AGENTS} CSRs in ${renewal.wall_s} s (${renewal.csr_per_s}/s), CSR p99 ${renewal.csr_latency_ms.p99} ms; probe p99 `
+    + `${renewal.probe_round_trip_ms.p99} ms (idle ${renewal.probe_round_trip_idle_ms.p99}); PUT during ${renewal.put_during_ms} ms, fan-out max `
+    + `${renewal.fanout_during_ms.max} ms`);
 
   // Restart storm.
   await settled();
@@ -292,7 +309,9 @@ try {
     cpu_s_to_all_back: Math.round(cpuBack * 100) / 100,
     store_cpu_s_to_all_back: storeCpu1,
   };
-  log(`restart: stopped in ${restart.stop_s} s, ready ${restart.start_to_ready_s} s after start, every agent back on long-poll ${restart.all_long_polls_s} s after start (${restart.all_long_polls_since_sigterm_s} s after SIGTERM); CPU ${restart.cpu_s_to_all_back} s (${restart.cpu_s_to_ready} s to ready)`);
+  log(`restart: stopped in ${restart.stop_s} s, ready ${restart.start_to_ready_s} s after start, every agent back on long-poll `
+    + `${restart.all_long_polls_s} s after start (${restart.all_long_polls_since_sigterm_s} s after SIGTERM); CPU ${restart.cpu_s_to_all_back} s `
+    + `(${restart.cpu_s_to_ready} s to ready)`);
 
   // Agent processes' own memory, then stop them.
   const workerRss = workers.map((w) => procStatus(w.child.pid!).rssMb);
@@ -302,7 +321,10 @@ try {
   const hwmSecond = procStatus(coordinator.pid).hwmMb;
 
   const figures = {
-    shape: { clusters: CLUSTERS, nodes: NODES, profile: PROFILE, agents: AGENTS, processes: PROCS, agent_key: KEY, coordinator_tls_key: tlsKey, source_addresses: SOURCES, long_poll_s: 'default', log_level: LOG_LEVEL },
+    shape: {
+      clusters: CLUSTERS, nodes: NODES, profile: PROFILE, agents: AGENTS, processes: PROCS, agent_key: KEY, coordinator_tls_key: tlsKey,
+      source_addresses: SOURCES, long_poll_s: 'default', log_level: LOG_LEVEL,
+    },
     machine: { cores: availableParallelism(), node: process.version },
     setup_s: setupS,
     enrol,
