@@ -2,7 +2,7 @@
 // readiness and keep-alives (Type=notify, WatchdogSec=).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 
@@ -30,3 +30,17 @@ for (const [unit, most] of Object.entries(EXPOSURE)) {
     assert.deepEqual(value('WatchdogSec'), ['60s']);
   });
 }
+
+test('pgaccord-agent.service: NODE_OPTIONS is one variable that node accepts: a small young generation, one V8 worker thread', async () => {
+  const text = await readFile('systemd/pgaccord-agent.service', 'utf8');
+  // systemd splits Environment= at spaces outside double quotes: two flags must be quoted as one.
+  const assignments = [...text.matchAll(/^Environment=(.*)$/gm)].flatMap((l) => [...l[1]!.matchAll(/"([^"]*)"|(\S+)/g)].map((m) => m[1] ?? m[2]!));
+  assert.ok(assignments.every((a) => /^[A-Z_]+=/.test(a)), `not VAR=value: ${assignments.join(' | ')}`);
+  const nodeOptions = assignments.filter((a) => a.startsWith('NODE_OPTIONS=')).map((a) => a.slice('NODE_OPTIONS='.length));
+  assert.equal(nodeOptions.length, 1);
+  // Each measured on an idle agent (bench/footprint.ts reads this line): see the unit's comment.
+  assert.deepEqual(nodeOptions[0]!.split(' ').sort(), ['--max-semi-space-size=1', '--v8-pool-size=1']);
+  // node refuses some V8 flags in NODE_OPTIONS (--no-opt, --lite-mode) and exits: not these.
+  const r = spawnSync(process.execPath, ['-e', '0'], { env: { ...process.env, NODE_OPTIONS: nodeOptions[0] }, encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+});
