@@ -3,7 +3,7 @@
 import type { PlanResponse } from '../../shared/contract/api.ts';
 import type { NodeDesired } from '../../shared/contract/schema.ts';
 import { previewNode } from '../../shared/pgconf/plan.ts';
-import { renderHbaBlock, renderHbaLine, renderIdentBlock, renderIdentLine } from '../../shared/pgconf/render.ts';
+import { renderHbaLine, renderIdentLine } from '../../shared/pgconf/render.ts';
 import { indexSpec } from '../cluster/compile.ts';
 import type { ClusterCas } from './cluster-cas.ts';
 import { insecureWarnings } from './clusters.ts';
@@ -34,14 +34,14 @@ export async function planCluster(ctx: ServiceContext, deps: PreviewDeps, name: 
   const proposed = new Map(spec.nodes.map((n) => [n.name, ctx.compileNode({ index, generation, credentials, caBundle, crl }, n.name)]));
   const before = current ? await deps.desired.ofCluster(current) : new Map<string, NodeDesired>();
   const nodes = [...proposed.values()].map((d) => {
-    const rendered = renderNode(d);
     const old = before.get(d.node);
+    // The managed blocks as the agent's own planner writes them (one renderer, shared/pgconf).
     const preview = previewNode(d);
     const names = (c: NodeDesired['certificates'][number]) => [...c.dnsNames, ...c.ipAddresses];
     return {
       node: d.node,
-      hba: rendered.hba,
-      ident: rendered.ident,
+      hba: preview.hba,
+      ident: preview.ident,
       settings: preview.settings,
       roles: d.roles.map((r) => r.name),
       certificates: d.certificates.map((c) => `${c.id}: CN=${c.commonName}${names(c).length ? ` SAN=${names(c).join(',')}` : ''} (${c.usage})`),
@@ -52,14 +52,6 @@ export async function planCluster(ctx: ServiceContext, deps: PreviewDeps, name: 
   const warnings = insecureWarnings(spec);
   for (const gone of before.keys()) if (!proposed.has(gone)) warnings.push(`node "${gone}" is removed from the cluster: its agent will be told it is gone`);
   return { cluster: name, generation, nodes, warnings };
-}
-
-export function renderNode(d: NodeDesired): { hba: string; ident: string } {
-  const managedRoles = d.roles.filter((r) => r.external !== true).map((r) => r.name);
-  return {
-    hba: renderHbaBlock({ cluster: d.cluster, localRole: 'postgres', rules: d.hba, managedRoles }),
-    ident: renderIdentBlock({ cluster: d.cluster, localRole: 'postgres', localOsUsers: ['postgres'], lines: d.ident }),
-  };
 }
 
 /** What changes on a node between two desired states, line by line, as the operator reads it. */
