@@ -5,6 +5,7 @@ import type { NodeDesired } from '../../shared/contract/schema.ts';
 import type { CertReport, FileReport, Phase } from '../../shared/contract/status.ts';
 import type { OsUser } from '../../shared/system/pgserver.ts';
 import type { ClientConnection, InstalledCertificate } from '../../shared/pgconf/types.ts';
+import type { Problem } from '../../shared/contract/problem.ts';
 import type { Static } from '@sinclair/typebox';
 
 export interface AgentConfig {
@@ -48,7 +49,7 @@ export interface ApplyResult {
   phase: Phase;
   /** Whether any file or role changed (and a reload happened). */
   changed: boolean;
-  errors: { code: string; message: string }[];
+  errors: Problem[];
   files: Static<typeof FileReport>[];
   pendingRestart: string[];
   servedCertificate: CertReport | null;

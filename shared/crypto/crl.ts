@@ -5,6 +5,7 @@
 import { constants, verify as cryptoVerify, X509Certificate } from 'node:crypto';
 import forge from 'node-forge';
 import { splitPemBundle } from './x509.ts';
+import { CodedError } from '../contract/problem.ts';
 
 const { asn1 } = forge;
 
@@ -17,8 +18,10 @@ export interface CrlInfo {
   revoked: { serial: string; revokedAt: Date }[];
 }
 
-export class CrlError extends Error {
-  readonly code = 'E_CRL_INVALID';
+export class CrlError extends CodedError {
+  constructor(message: string) {
+    super('E_CRL_INVALID', message);
+  }
 }
 
 function der(pem: string): Buffer {

@@ -4,14 +4,13 @@
 import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
 import type { KeyType } from './key-types.ts';
+import { CodedError } from '../contract/problem.ts';
 
-export class X509Error extends Error {
-  constructor(
-    message: string,
-    /** E_CSR_KEY_POLICY: a well-formed CSR whose key the policy refuses. */
-    readonly code: 'E_X509' | 'E_CSR_KEY_POLICY' = 'E_X509',
-  ) {
-    super(message);
+export class X509Error extends CodedError {
+  /** E_CSR_KEY_POLICY: a well-formed CSR whose key the policy refuses. */
+  declare readonly code: 'E_X509' | 'E_CSR_KEY_POLICY';
+  constructor(message: string, code: 'E_X509' | 'E_CSR_KEY_POLICY' = 'E_X509') {
+    super(code, message);
   }
 }
 

@@ -1,14 +1,14 @@
 // The one escaper. Every identifier or value that reaches pg_hba.conf, pg_ident.conf, a
 // passfile, postgresql.conf, a libpq connection string or SQL goes through a function here.
 // Values that cannot be represented safely are refused with an error, never mangled.
+import { CodedError } from '../contract/problem.ts';
 
 /** PostgreSQL silently truncates identifiers to NAMEDATALEN-1 bytes: refuse instead. */
 export const MAX_IDENTIFIER_BYTES = 63;
 
-export class EscapeError extends Error {
-  readonly code = 'E_UNSAFE_VALUE';
+export class EscapeError extends CodedError {
   constructor(what: string, reason: string) {
-    super(`${what}: ${reason}`);
+    super('E_UNSAFE_VALUE', `${what}: ${reason}`);
   }
 }
 

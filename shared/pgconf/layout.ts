@@ -4,6 +4,7 @@
 import { createHash } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import type { ClientLayout } from '../contract/schema.ts';
+import { CodedError } from '../contract/problem.ts';
 
 /** The settings include file, next to postgresql.conf. */
 export const INCLUDE_FILE = 'pgaccord.conf';
@@ -108,8 +109,10 @@ export interface ClientPaths {
   passfile: string;
 }
 
-export class LayoutError extends Error {
-  readonly code = 'E_LAYOUT';
+export class LayoutError extends CodedError {
+  constructor(message: string) {
+    super('E_LAYOUT', message);
+  }
 }
 
 export function clientPaths(layout: Layout, cl: ClientLayout, role: string): ClientPaths {

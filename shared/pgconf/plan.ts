@@ -8,14 +8,10 @@ import { allowedSettings, PROFILES, PATRONI_API_SLOT, PATRONI_CLIENT_SLOT } from
 import type { ClientConnection, InstalledCertificate } from './types.ts';
 import { INCLUDE_FILE, INCLUDE_LINE, caBundlePath, layoutFor, clientPaths, crlPath, dirsBetween, stableServerPaths, type ClientPaths, type Layout } from './layout.ts';
 import { isPatroni, patroniBaseConf, patroniPaths, renderPatroniFragment } from './patroni.ts';
+import { CodedError } from '../contract/problem.ts';
 
-export class PlanError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.code = code;
-  }
-}
+/** A desired state the planner cannot turn into files: nothing is written. */
+export class PlanError extends CodedError {}
 
 /** Which managed file a planned write is, in the order they are installed. */
 export type FileKey =

@@ -4,6 +4,7 @@ import { createHash } from 'node:crypto';
 import type { HbaRule, HbaToken, IdentLine } from '../contract/schema.ts';
 import { EscapeError, confName, confString, hbaName, identMapName, identSystemUser, passfileField } from './escape.ts';
 import { parseCidr } from './net.ts';
+import { CodedError } from '../contract/problem.ts';
 
 export const BLOCK_BEGIN = '# BEGIN pgaccord managed block: do not edit, the pgaccord agent rewrites it';
 export const BLOCK_END = '# END pgaccord managed block';
@@ -108,8 +109,10 @@ export function renderIdentBlock(input: IdentBlockInput): string {
   return `${lines.join('\n')}\n`;
 }
 
-export class BlockError extends Error {
-  readonly code = 'E_MANAGED_BLOCK';
+export class BlockError extends CodedError {
+  constructor(message: string) {
+    super('E_MANAGED_BLOCK', message);
+  }
 }
 
 /**

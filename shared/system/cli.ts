@@ -1,9 +1,12 @@
 // Argument parsing shared by every subcommand: node's parseArgs, a --help that helps, and
 // usage errors that say what is wrong (exit status 2).
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { CodedError } from '../contract/problem.ts';
 
-export class UsageError extends Error {
-  readonly code = 'E_USAGE';
+export class UsageError extends CodedError {
+  constructor(message: string) {
+    super('E_USAGE', message);
+  }
 }
 
 export interface CommandDef<O extends NonNullable<ParseArgsConfig['options']>> {
