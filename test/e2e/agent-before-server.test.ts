@@ -7,6 +7,7 @@ import { chown, mkdir, mkdtemp, readdir, rename, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LocalCluster } from '../../bin/local-cluster.ts';
 import { demoSpec } from '../../bin/demo.ts';
+import { waitFor } from '../helpers/wait.ts';
 
 test('an agent started on an empty PGDATA installs TLS material first, then converges when the server appears', async () => {
   const cluster = await LocalCluster.create({ dir: await mkdtemp('/tmp/pgaccord-e2e-early-') });
@@ -25,12 +26,11 @@ test('an agent started on an empty PGDATA installs TLS material first, then conv
   await cluster.startAgent('early', 'node-1');
   await cluster.startAgent('early', 'node-2');
 
-  let nodeStatus;
-  for (let i = 0; i < 120; i++) {
-    nodeStatus = (await cluster.status('early')).nodes.find((n) => n.node === 'node-2');
-    if (nodeStatus?.errors.some((e) => e.code === 'E_PG_CONNECT')) break;
-    await new Promise((r) => setTimeout(r, 500));
-  }
+  const nodeStatus = await waitFor('node-2 reporting E_PG_CONNECT', async () => {
+    const n = (await cluster.status('early')).nodes.find((x) => x.node === 'node-2');
+    if (n?.errors.some((e) => e.code === 'E_PG_CONNECT')) return n;
+    throw new Error(`errors: ${JSON.stringify(n?.errors)}`);
+  }, 60_000, 500);
   assert.ok(nodeStatus?.errors.some((e) => e.code === 'E_PG_CONNECT'), JSON.stringify(nodeStatus?.errors));
   assert.match(nodeStatus!.errors.find((e) => e.code === 'E_PG_CONNECT')!.message, /no server runs in \S+ yet: no postmaster\.pid/, 'says why: the server is not there yet');
   assert.notEqual(nodeStatus?.phase, 'converged');

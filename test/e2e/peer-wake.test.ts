@@ -13,6 +13,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp } from 'node:fs/promises';
 import { LocalCluster } from '../../bin/local-cluster.ts';
+import { waitFor } from '../helpers/wait.ts';
 import type { ClusterSpec } from '../../shared/contract/schema.ts';
 
 test('peer wake: a peer that applies the generation wakes the node whose probe to it failed, which probes it again (reason peer-applied)', async () => {
@@ -35,13 +36,11 @@ test('peer wake: a peer that applies the generation wakes the node whose probe t
   assert.equal(r.code, 0, r.stderr);
   const generation = (JSON.parse(r.stdout) as { generation: number }).generation;
   // node-1 applied the new generation; its probe to node-2 fails (old verifier there).
-  const deadline = Date.now() + 60_000;
-  for (;;) {
+  await waitFor(`node-1 applying generation ${generation} with a failing probe`, async () => {
     const row = (await cluster.status('wake')).nodes.find((n) => n.node === 'node-1')!;
-    if (row.appliedGeneration === generation && row.probes.length === 1 && !row.probes[0]!.ok) break;
-    assert.ok(Date.now() < deadline, `node-1 did not apply generation ${generation} with a failing probe: ${JSON.stringify(row)}`);
-    await new Promise((res) => setTimeout(res, 250));
-  }
+    if (row.appliedGeneration === generation && row.probes.length === 1 && !row.probes[0]!.ok) return true;
+    throw new Error(JSON.stringify(row));
+  }, 60_000, 250);
 
   await cluster.startAgent('wake', 'node-2');
   const s = await cluster.waitConverged('wake', 60_000);

@@ -12,6 +12,7 @@ import { LocalCluster } from '../../bin/local-cluster.ts';
 import { demoSpec } from '../../bin/demo.ts';
 import { query } from '../helpers/pg.ts';
 import { Chromium } from '../helpers/chromium.ts';
+import { waitFor } from '../helpers/wait.ts';
 
 const SCREENSHOT = process.env.PGACCORD_SCREENSHOT ?? '/tmp/pgaccord-status-page.png';
 const REFUSAL = 'too many connections for role "pgd_replication"';
@@ -64,15 +65,13 @@ test('status page in headless Chromium: the failing probe cells and PostgreSQL\'
 
   // --- break the edges into node-3 and wait until the status shows it ---------------------
   await query(cluster.nodes.get('node-3')!.pg, 'ALTER ROLE pgd_replication CONNECTION LIMIT 0');
-  const deadline = Date.now() + 180_000;
-  for (;;) {
+  await waitFor('the probes into node-3 failing, the others passing', async () => {
     const s = await cluster.status('shop');
     const failing = s.nodes.flatMap((n) => n.probes.filter((p) => !p.ok).map((p) => `${n.node}->${p.to}`)).sort();
     const ok = s.nodes.flatMap((n) => n.probes.filter((p) => p.ok)).length;
-    if (failing.join() === 'node-1->node-3,node-2->node-3' && ok === 4) break;
-    if (Date.now() > deadline) throw new Error(`the probes into node-3 did not fail in 180 s: ${JSON.stringify(s.nodes.map((n) => ({ node: n.node, probes: n.probes.map((p) => [p.to, p.ok, p.error]) })))}`);
-    await new Promise((r) => setTimeout(r, 1000));
-  }
+    if (failing.join() === 'node-1->node-3,node-2->node-3' && ok === 4) return true;
+    throw new Error(JSON.stringify(s.nodes.map((n) => ({ node: n.node, probes: n.probes.map((p) => [p.to, p.ok, p.error]) }))));
+  }, 180_000, 1000);
 
   // the same matrix in `pgaccord status`
   const text = await cluster.cli(['status', 'shop']);

@@ -8,6 +8,7 @@ import { LocalCluster } from '../../bin/local-cluster.ts';
 import type { ClusterSpec } from '../../shared/contract/schema.ts';
 import { runPg } from '../../shared/system/pgserver.ts';
 import { query } from '../helpers/pg.ts';
+import { waitFor } from '../helpers/wait.ts';
 import { editConninfo } from '../helpers/libpq.ts';
 
 test('a standby built with pg_basebackup through the managed credentials streams over TLS', async () => {
@@ -44,11 +45,10 @@ test('a standby built with pg_basebackup through the managed credentials streams
 
   const [inRecovery] = await query<{ r: boolean }>(standby.pg, 'SELECT pg_is_in_recovery() AS r');
   assert.equal(inRecovery!.r, true, 'the clone is a standby');
-  let rows: { ssl: boolean; usename: string }[] = [];
-  for (let i = 0; i < 60 && rows.length === 0; i++) {
-    rows = await query(primary.pg, 'SELECT ssl, usename FROM pg_stat_ssl JOIN pg_stat_replication USING (pid)');
-    if (rows.length === 0) await new Promise((r) => setTimeout(r, 500));
-  }
+  const rows = await waitFor('a walsender on the primary', async () => {
+    const r = await query<{ ssl: boolean; usename: string }>(primary.pg, 'SELECT ssl, usename FROM pg_stat_ssl JOIN pg_stat_replication USING (pid)');
+    return r.length > 0 ? r : null;
+  }, 30_000, 500);
   assert.deepEqual(rows, [{ ssl: true, usename: 'replicator' }], 'walreceiver streams over TLS as the managed role');
   const hba = await query<{ type: string; database: string[]; user_name: string[]; auth_method: string }>(primary.pg,
     "SELECT type, database, user_name, auth_method FROM pg_hba_file_rules WHERE auth_method IN ('cert', 'scram-sha-256')");
@@ -63,20 +63,19 @@ test('a standby built with pg_basebackup through the managed credentials streams
   // primary_conninfo names fixed files, so it reconnects with the new certificate.
   const before = status.nodes.find((n) => n.node === 'standby')!.certificates.find((c) => c.id === 'client-replicator')!;
   assert.equal((await cluster.cli(['cert', 'renew', 'repl', before.serial])).code, 0);
-  let renewed = before;
-  for (let i = 0; i < 120 && renewed.serial === before.serial; i++) {
-    await new Promise((r) => setTimeout(r, 500));
+  const renewed = await waitFor('the standby holding a new client certificate', async () => {
     status = await cluster.status('repl');
-    renewed = status.nodes.find((n) => n.node === 'standby')!.certificates.find((c) => c.id === 'client-replicator') ?? before;
-  }
+    const c = status.nodes.find((n) => n.node === 'standby')!.certificates.find((x) => x.id === 'client-replicator') ?? before;
+    return c.serial !== before.serial ? c : null;
+  }, 60_000, 500);
   assert.notEqual(renewed.serial, before.serial, 'the standby holds a new client certificate');
   await cluster.waitConverged('repl', 120_000);
   await query(primary.pg, 'SELECT pg_terminate_backend(pid) FROM pg_stat_replication');
-  let again: { ssl: boolean; serial: string }[] = [];
-  for (let i = 0; i < 60 && again.length === 0; i++) {
-    await new Promise((r) => setTimeout(r, 500));
-    again = await query(primary.pg, "SELECT ssl, client_serial::text AS serial FROM pg_stat_ssl JOIN pg_stat_replication USING (pid) WHERE state = 'streaming'");
-  }
+  const again = await waitFor('the walreceiver streaming again', async () => {
+    const r = await query<{ ssl: boolean; serial: string }>(primary.pg,
+      "SELECT ssl, client_serial::text AS serial FROM pg_stat_ssl JOIN pg_stat_replication USING (pid) WHERE state = 'streaming'");
+    return r.length > 0 ? r : null;
+  }, 30_000, 500);
   assert.equal(again.length, 1, 'the walreceiver reconnected after the renewal');
   assert.equal(again[0]!.ssl, true);
   assert.equal(BigInt(again[0]!.serial), BigInt(`0x${renewed.serial}`), 'with the renewed certificate, through the fixed names in primary_conninfo');
@@ -93,11 +92,10 @@ test('a standby built with pg_basebackup through the managed credentials streams
   assert.deepEqual(await query(standby.pg, "SELECT rolname FROM pg_roles WHERE rolname = 'app_reader'"), [], 'not there until the primary creates it');
   await cluster.startAgent('repl', 'primary');
   await cluster.waitConverged('repl', 120_000);
-  let replicated: unknown[] = [];
-  for (let i = 0; i < 60 && replicated.length === 0; i++) {
-    replicated = await query(standby.pg, "SELECT rolname FROM pg_roles WHERE rolname = 'app_reader'");
-    if (replicated.length === 0) await new Promise((r) => setTimeout(r, 500));
-  }
+  const replicated = await waitFor('app_reader replicated to the standby', async () => {
+    const r = await query(standby.pg, "SELECT rolname FROM pg_roles WHERE rolname = 'app_reader'");
+    return r.length > 0 ? r : null;
+  }, 30_000, 500);
   assert.equal(replicated.length, 1, 'created on the primary, replicated to the standby');
 
   // Scale down: the last standby leaves the spec. The primary, now alone, takes a state with no
