@@ -15,6 +15,7 @@ import type { CaRotationStatus, CertificateListResponse } from '../../shared/con
 import { splitCrls } from '../../shared/crypto/crl.ts';
 import { certInfo, splitPemBundle, verifiesAgainst } from '../../shared/crypto/x509.ts';
 import { edgeConninfos, watchCluster } from '../helpers/lifecycle-e2e.ts';
+import { waitFor } from '../helpers/wait.ts';
 
 const run = promisify(execFile);
 
@@ -47,7 +48,10 @@ test('CA rotation: start, every leaf re-issued, finish, with zero failed probes;
   const certs = JSON.parse((await cluster.cli(['cert', 'list', 'carot', '--json'])).stdout) as Static<typeof CertificateListResponse>;
   const victim = certs.certificates.find((c) => c.node === 'node-3' && c.slot.startsWith('client-') && !c.revoked)!;
   assert.equal((await cluster.cli(['cert', 'revoke', 'carot', victim.serial])).code, 0);
-  await new Promise((r) => setTimeout(r, 2000));
+  await waitFor(`node-3 holding a new ${victim.slot} certificate`, async () => {
+    const now = JSON.parse((await cluster.cli(['cert', 'list', 'carot', '--json'])).stdout) as Static<typeof CertificateListResponse>;
+    return now.certificates.some((c) => c.node === 'node-3' && c.slot === victim.slot && !c.revoked && c.serial !== victim.serial);
+  }, 120_000, 500);
   await cluster.waitConverged('carot', 120_000);
 
   const edge = (await edgeConninfos(nodes[0]!.stateDir))[0]!;

@@ -14,6 +14,7 @@ import { CertificateManager } from '../../agent/runtime/certs.ts';
 import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
 import { compileCluster } from '../../coordinator/cluster/compile.ts';
 import type { ApplyResult, NodeContext } from '../../agent/apply/types.ts';
+import { waitFor } from '../helpers/wait.ts';
 
 test('takeNotifyEnv: socket and half of WATCHDOG_USEC, deleted from the environment', () => {
   const env: NodeJS.ProcessEnv = { NOTIFY_SOCKET: '/run/systemd/notify', WATCHDOG_USEC: '60000000', WATCHDOG_PID: '42', PATH: '/bin' };
@@ -89,9 +90,8 @@ test('ReconcileLoop: ready before the first apply, keep-alives from its tick, no
   });
   const running = loop.run();
   const count = () => events.filter((e) => e === 'feed').length;
-  const until = async (what: string, ok: () => boolean) => {
-    for (const end = Date.now() + 20_000; !ok(); await new Promise((r) => setTimeout(r, 10))) if (Date.now() > end) assert.fail(`${what}: ${events.join(', ')}`);
-  };
+  // Not yet: the events so far, which the timeout names.
+  const until = (what: string, ok: () => boolean) => waitFor(what, () => ok() || Promise.reject(new Error(`events: ${events.join(', ')}`)), 20_000, 10);
   await until('the apply starts', () => events.includes('apply'));
   assert.equal(events[0], 'ready waiting for the first desired state', 'ready first, before the apply');
   await until('keep-alives while the pass is young', () => count() >= 3);
