@@ -84,7 +84,7 @@ async function loadApply(): Promise<ApplyFn> {
 /** The drift watcher (agent/runtime/drift.ts), created on the first proved apply. */
 async function loadDrift(ctx: NodeContext, log: Logger): Promise<DriftHook> {
   const { watchManagedFiles } = await import('./runtime/drift.ts');
-  const { ownerNamer } = await import('./apply/apply.ts');
+  const { ownerNamer } = await import('./apply/files.ts');
   let watcher: ReturnType<typeof watchManagedFiles> | null = null;
   return {
     pause: () => watcher?.pause(),

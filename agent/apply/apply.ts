@@ -8,24 +8,31 @@
 // Any failure before the proof puts every file back byte for byte (owner and mode too) and
 // reports PostgreSQL's own message; a failed proof also reloads the restored files. Nothing
 // here restarts PostgreSQL: settings that need it are reported as pending.
-import { lstat, readdir, readFile, realpath } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+//
+// The steps' parts live beside it: server-files.ts (what the server names, refused or read),
+// material.ts (pairs and copies under fixed names, their directories), inspect.ts and verify.ts
+// (the checks), proof.ts (views, hash, handshake), files.ts (cleanup, file reports), step.ts.
+import { realpath } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import type pg from 'pg';
-import { certInfo } from '../../shared/crypto/x509.ts';
-import type { CertReport, FileReport } from '../../shared/contract/status.ts';
-import type { Static } from '@sinclair/typebox';
-import { observeFile } from '../runtime/drift.ts';
-import { ensureDirectory, InstallError, installFiles, removeFile, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from '../../shared/system/atomic-file.ts';
-import { OWN_TLS_FILE, clientPaths, isWithin, layoutFor, stableServerPaths, type Layout, type ServerPaths } from '../../shared/pgconf/layout.ts';
-import { fileSettings, hbaFileRules, openSession, identFileMappings, pendingRestart, reloadConf, serverDataDirectory, serverInfo, servedCertificate, tcpHostFor, waitForConfigHash, type ServerInfo } from './pgconf.ts';
+import type { CertReport } from '../../shared/contract/status.ts';
+import type { Problem } from '../../shared/contract/problem.ts';
+import { InstallError, installFiles, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from '../../shared/system/atomic-file.ts';
+import { layoutFor, type Layout } from '../../shared/pgconf/layout.ts';
 import { planNode, PlanError, type Plan } from '../../shared/pgconf/plan.ts';
+import { isPatroni, patroniBaseConf, patroniPaths } from '../../shared/pgconf/patroni.ts';
+import { openSession, pendingRestart, reloadConf, serverDataDirectory, serverInfo, type ServerInfo } from './pgconf.ts';
 import { checkVerifiers, NO_ROLE_CHANGES, protectedRoleProblems, RoleError, stageRoles, type StagedRoles } from './roles.ts';
-import { runSeedChecks, checkCertificates, checkCrl, checkFileSettings, checkHbaRows, checkIdentRows, keyModeProblem, type Problem } from './verify.ts';
-import type { ApplyInput, ApplyResult, NodeContext } from './types.ts';
-import type { InstalledCertificate } from '../../shared/pgconf/types.ts';
+import { checkCrl } from './verify.ts';
+import { checkCertificates, runSeedChecks } from './inspect.ts';
 import { provePatroni, regularFileOf } from './patroni.ts';
-import { isPatroni, patroniBaseConf, patroniPaths, patroniSlots } from '../../shared/pgconf/patroni.ts';
+import { asProblem, failed, StepFailure } from './step.ts';
+import { readOperatorFile, serverFiles } from './server-files.ts';
+import { ensurePlanDirs, ensureStateDirs, installGroups, installMaterial, neededSlots, readPems } from './material.ts';
+import { proofProblems, validationProblems } from './proof.ts';
+import { cleanup, fileReports } from './files.ts';
+import type { ApplyInput, ApplyResult, NodeContext } from './types.ts';
 
 export interface ApplyOptions {
   /** The clock (certificate and CRL validity). */
@@ -39,22 +46,6 @@ export interface ApplyOptions {
    */
   testOnlySkipValidation?: boolean;
 }
-
-/** Raised inside a step to end the apply as failed with these problems. */
-class StepFailure extends Error {
-  constructor(
-    readonly problems: Problem[],
-    /** The failing state had been loaded: restoring the files needs another reload. */
-    readonly reloaded = false,
-  ) {
-    super(problems.map((p) => p.message).join('; '));
-  }
-}
-
-const asProblem = (e: unknown, fallback: string): Problem => ({
-  code: typeof (e as { code?: unknown }).code === 'string' && String((e as { code: string }).code).startsWith('E_') ? (e as { code: string }).code : fallback,
-  message: (e as Error).message ?? String(e),
-});
 
 /**
  * Milliseconds per phase of one apply, on the monotonic clock: each lap charges the time since
@@ -82,10 +73,6 @@ export function applyDesired(ctx: NodeContext, input: ApplyInput, opts: ApplyOpt
   });
   queue = run.catch(() => undefined);
   return run;
-}
-
-function failed(problems: Problem[], extra: Partial<ApplyResult> = {}): ApplyResult {
-  return { phase: 'failed', changed: false, errors: problems, files: [], pendingRestart: [], servedCertificate: null, clientConnections: [], ...extra };
 }
 
 async function applyOnce(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions, clock: PhaseClock): Promise<ApplyResult> {
@@ -266,137 +253,12 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   };
 }
 
-/**
- * The files the server names (hba_file, ident_file, config_file), resolved. Refused, before
- * anything is read or written, when one resolves outside PGDATA and the server's configuration
- * directory (where config_file is, e.g. /etc/postgresql/15/main), is not a regular file, or is
- * not the PGDATA owner's: a symlink planted there must not make the agent read, rewrite or
- * report (PostgreSQL quotes a refused line) anyone else's file. A missing file (it is then
- * created) is judged by its directory.
- */
-async function serverFiles(ctx: NodeContext, info: ServerInfo): Promise<ServerPaths | Problem> {
-  const refuse = (message: string): Problem => ({ code: 'E_SERVER_FILE', message });
-  const roots = [...new Set(await Promise.all([ctx.pgdata, dirname(info.configFile)].map((d) => realpath(d).catch(() => d))))];
-  const out: Partial<ServerPaths> = {};
-  for (const [key, setting] of [['hbaFile', 'hba_file'], ['identFile', 'ident_file'], ['configFile', 'config_file']] as const) {
-    const named = info[key];
-    let real: string;
-    let exists = true;
-    try {
-      real = await realpath(named);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') return refuse(`${setting} ${named}: cannot be resolved (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); nothing read or written`);
-      const dir = await realpath(dirname(named)).catch(() => null);
-      if (dir === null) return refuse(`${setting} ${named}: its directory does not exist`);
-      real = join(dir, basename(named));
-      exists = false;
-    }
-    if (!roots.some((r) => isWithin(r, real))) return refuse(`${setting} ${named} resolves to ${real}, outside PGDATA and the server's configuration directory (${roots.join(', ')}); nothing read or written`);
-    if (exists) {
-      const st = await lstat(real);
-      if (!st.isFile()) return refuse(`${setting} ${real} is not a regular file; nothing read or written`);
-      if (st.uid !== ctx.serverOsUser.uid) return refuse(`${setting} ${real} is owned by uid ${st.uid}, not by the PGDATA owner ${ctx.serverOsUser.name} (uid ${ctx.serverOsUser.uid}); nothing read or written`);
-    }
-    out[key] = real;
-  }
-  return out as ServerPaths;
-}
-
-/** Files of a plan that PostgreSQL's own files do not name and that need no server: copies under fixed names. */
-const MATERIAL_KEYS = new Set(['server-pem', 'server-ca', 'server-crl', 'client-cert', 'client-key', 'client-ca', 'client-crl', 'passfile', 'patroni-api', 'patroni-client', 'patroni-fragment']);
-
-/**
- * Install only the TLS material and client credentials the desired state puts under fixed
- * names (stable server files, the profile's client layout, the passfile), through the one
- * atomic writer, without PostgreSQL. Used before the server exists: pg_autoctl create refuses
- * --server-cert/--ssl-ca-file paths that do not exist, and connects to the monitor with
- * ~/.postgresql/postgresql.crt. Certificates are checked first, exactly as for a full apply.
- */
-export async function installMaterial(ctx: NodeContext, input: ApplyInput, opts: { now?: () => Date } = {}): Promise<{ written: string[]; errors: Problem[] }> {
-  const layout = layoutFor(ctx.stateDir, { hbaFile: join(ctx.pgdata, 'pg_hba.conf'), identFile: join(ctx.pgdata, 'pg_ident.conf'), configFile: join(ctx.pgdata, 'postgresql.conf') }, ctx.serverOsUser.home);
-  let plan: Plan;
-  try {
-    plan = planNode({ desired: input.desired, certificates: input.certificates, layout, localRole: ctx.pgUser, localOsUsers: [ctx.agentOsUser], existing: { hba: '', ident: '', config: '' }, pems: await readPems(input) });
-  } catch (e) {
-    return { written: [], errors: [asProblem(e, e instanceof PlanError ? e.code : 'E_RENDER')] };
-  }
-  const problems = await checkCertificates({ certificates: input.certificates, neededSlots: neededSlots(input), caBundle: input.desired.caBundle, ownerUid: ctx.serverOsUser.uid, now: (opts.now ?? (() => new Date()))() });
-  if (problems.length > 0) return { written: [], errors: problems };
-  await ensureStateDirs(ctx, layout);
-  await ensurePlanDirs(ctx, plan.dirs);
-  const { uid, gid } = ctx.serverOsUser;
-  const written: string[] = [];
-  for (const group of installGroups(plan.files.filter((x) => MATERIAL_KEYS.has(x.key)))) {
-    const wrote = await installFiles(group.map((f) => ({ path: f.path, content: Buffer.from(f.content, 'utf8'), uid, gid, mode: f.mode })));
-    group.forEach((f, i) => wrote[i] && written.push(f.path));
-  }
-  return { written, errors: [] };
-}
-
-/** The state directory and its TLS and client directories: the server's OS user's, 0700, never through a symlink. */
-async function ensureStateDirs(ctx: NodeContext, layout: Layout): Promise<void> {
-  for (const dir of [ctx.stateDir, layout.tlsDir, layout.clientDir]) await ensureDirectory(dir, 0o700, ctx.serverOsUser);
-}
-
-/**
- * Directories of files the desired state puts under fixed names (stable server files, the
- * profile's client layout, e.g. ~/.postgresql): 0700, owned by the server's OS user.
- */
-async function ensurePlanDirs(ctx: NodeContext, dirs: string[]): Promise<void> {
-  for (const dir of dirs) await ensureDirectory(dir, 0o700, ctx.serverOsUser);
-}
-
-/** PEM contents of the pairs that must be copied under fixed names (only when the desired state wants copies). */
-async function readPems(input: ApplyInput): Promise<Record<string, { cert: string; key: string }>> {
-  const d = input.desired;
-  if (d.stableServerFiles !== true && d.clientLayout === undefined) return {};
-  const out: Record<string, { cert: string; key: string }> = {};
-  const used = new Set(neededSlots(input));
-  for (const c of input.certificates.filter((x) => used.has(x.slot))) {
-    out[c.slot] = { cert: await readFile(c.certPath, 'utf8'), key: await readFile(c.keyPath, 'utf8') };
-  }
-  return out;
-}
-
-function neededSlots(input: ApplyInput): string[] {
-  const slots = input.desired.tls ? ['server'] : [];
-  for (const e of input.desired.edges) if (e.clientCertificate !== null) slots.push(e.clientCertificate);
-  slots.push(...patroniSlots(input.desired));
-  return [...new Set(slots)];
-}
-
-/**
- * A server-named file with operator content (pg_hba.conf, pg_ident.conf, postgresql.conf). Only
- * "no such file" may read as empty (`missingOk`): taking any other read error for an empty file
- * would write back the managed block alone, and the operator's lines would be gone.
- */
-async function readOperatorFile(path: string, missingOk: boolean): Promise<string> {
-  try {
-    return await readFile(path, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' && missingOk) return '';
-    throw new PlanError('E_FILE_READ', `cannot read ${path} (${code ?? (e as Error).message}): its operator lines would be lost; nothing written`);
-  }
-}
-
 async function checkInputs(ctx: NodeContext, session: pg.Client, input: ApplyInput, plan: Plan, now: Date): Promise<Problem[]> {
   const problems = checkVerifiers(input.desired.roles);
   problems.push(...(await protectedRoleProblems(session, input.desired, ctx.pgUser)));
   problems.push(...(await checkCertificates({ certificates: input.certificates, neededSlots: neededSlots(input), caBundle: input.desired.caBundle, ownerUid: ctx.serverOsUser.uid, now })));
   if (plan.crlFile !== null && input.desired.crl !== null) problems.push(...checkCrl(input.desired.crl, input.desired.caBundle, now));
   return problems;
-}
-
-/** Consecutive files of one group (a client certificate and its key) go to installFiles together; every other file alone. */
-function installGroups<F extends { group?: string }>(files: F[]): F[][] {
-  const out: F[][] = [];
-  for (const f of files) {
-    const last = out[out.length - 1];
-    if (f.group !== undefined && last !== undefined && last[0]!.group === f.group) last.push(f);
-    else out.push([f]);
-  }
-  return out;
 }
 
 /** The longest an apply waits for a rotation instant (a coordinator clock far ahead must not stall the node). */
@@ -433,18 +295,6 @@ async function installAll(run: Run, files = run.plan.files): Promise<void> {
   if (run.changed.length > 0) run.log.info({ files: run.changed }, 'installed');
 }
 
-/** What PostgreSQL's validation views say about the files on disk, against what we rendered. */
-async function validationProblems(run: Run): Promise<{ problems: Problem[]; needRestart: string[] }> {
-  const { session, plan, layout } = run;
-  const sslTurningOn = plan.settings.ssl === 'on' && !run.info.ssl;
-  const problems: Problem[] = [];
-  problems.push(...checkHbaRows(await hbaFileRules(session), plan.hbaBlock, { sslTurningOn, file: layout.hbaFile }));
-  problems.push(...checkIdentRows(await identFileMappings(session), plan.identBlock, layout.identFile));
-  const settings = checkFileSettings(await fileSettings(session), layout.includeFile, [...Object.keys(plan.settings), 'pgaccord.config_hash']);
-  problems.push(...settings.problems);
-  return { problems, needRestart: settings.needRestart };
-}
-
 async function validate(run: Run): Promise<void> {
   if (run.skipValidation) return;
   const { problems, needRestart } = await validationProblems(run);
@@ -461,49 +311,6 @@ async function reloadIfNeeded(run: Run): Promise<boolean> {
   }
   await reloadConf(run.session);
   return true;
-}
-
-async function servedFor(run: Run): Promise<{ served: Awaited<ReturnType<typeof servedCertificate>>; problem: Problem | null }> {
-  const host = tcpHostFor(run.info.listenAddresses);
-  if (host === null) return { served: null, problem: { code: 'E_TLS_NOT_PROVED', message: 'listen_addresses is empty: no TCP address to prove the served certificate on' } };
-  try {
-    return { served: await servedCertificate(host, run.ctx.pgPort), problem: null };
-  } catch (e) {
-    return { served: null, problem: { code: 'E_TLS_NOT_PROVED', message: `TLS handshake with ${host}:${run.ctx.pgPort} failed: ${(e as Error).message}` } };
-  }
-}
-
-async function proofProblems(run: Run, timeoutMs: number): Promise<{ problems: Problem[]; served: CertReport | null }> {
-  const problems: Problem[] = [];
-  const hash = await waitForConfigHash(run.ctx, run.plan.hash, timeoutMs);
-  if (!hash.ok) {
-    problems.push({ code: 'E_RELOAD_NOT_PROVED', message: `a new session sees configuration hash ${hash.seen ?? '(none)'} instead of ${run.plan.hash}: PostgreSQL did not load the new configuration` });
-  }
-  const cert = run.plan.serverCertificate;
-  if (cert === null) return { problems, served: null };
-  const expected = certInfo(await readFile(cert.certPath, 'utf8'));
-  // The SSL context is rebuilt in the same SIGHUP as the settings: once the new hash is seen, an
-  // old certificate is final (PostgreSQL refused the new SSL files); allow a short grace only.
-  const deadline = Date.now() + (hash.ok ? Math.min(timeoutMs, 1000) : timeoutMs);
-  for (;;) {
-    const { served, problem } = await servedFor(run);
-    if (problem === null && served !== null && served.fingerprint256 === expected.fingerprint256) {
-      return { problems, served: { id: 'server', serial: served.serial, notAfter: served.notAfter } };
-    }
-    if (Date.now() >= deadline) {
-      if (problem) problems.push(problem);
-      else if (served === null) problems.push({ code: 'E_TLS_NOT_PROVED', message: 'the server answers the SSLRequest with N: ssl is not on' });
-      else {
-        const keyHint = keyModeProblem(cert.keyPath, await lstat(cert.keyPath), run.ctx.serverOsUser.uid);
-        problems.push({
-          code: 'E_TLS_NOT_PROVED',
-          message: `the server still presents certificate serial ${served.serial} instead of ${expected.serial} (${cert.certPath}): PostgreSQL did not load the new SSL configuration ("SSL configuration was not reloaded" in its log)${keyHint ? `; ${keyHint.message}` : ''}`,
-        });
-      }
-      return { problems, served: served ? { id: 'server', serial: served.serial, notAfter: served.notAfter } : null };
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 async function prove(run: Run): Promise<CertReport | null> {
@@ -538,50 +345,3 @@ async function restoreAll(run: Run, reloaded: boolean): Promise<Problem[]> {
   return problems;
 }
 
-/** After the proof: our content-addressed TLS files and a passfile nothing references any more. */
-async function cleanup(run: Run): Promise<void> {
-  const keep = new Set(run.plan.files.map((f) => f.path));
-  const removed: string[] = [];
-  for (const name of await readdir(run.layout.tlsDir).catch(() => [] as string[])) {
-    const path = join(run.layout.tlsDir, name);
-    if (OWN_TLS_FILE.test(name) && !keep.has(path) && (await removeFile(path))) removed.push(path);
-  }
-  if (!keep.has(run.layout.passfile) && (await removeFile(run.layout.passfile))) removed.push(run.layout.passfile);
-  // Files under fixed names in the state directory that this desired state no longer writes
-  // (say cert switched to scram: the client key goes). Files in a home directory are left alone.
-  const owned: string[] = [];
-  const stable = stableServerPaths(run.layout);
-  owned.push(stable.pem, stable.ca, stable.crl);
-  const cl = run.input.desired.clientLayout;
-  if (cl !== undefined && cl.base === 'state-dir') {
-    const roles = new Set([...run.input.desired.roles.map((r) => r.name), ...run.input.desired.edges.map((e) => e.role)]);
-    for (const role of roles) {
-      const p = clientPaths(run.layout, cl, role);
-      owned.push(...[p.cert, p.key, p.ca, p.crl, p.passfile].filter((x): x is string => x !== null));
-    }
-  }
-  for (const path of new Set(owned)) if (!keep.has(path) && (await removeFile(path))) removed.push(path);
-  if (removed.length > 0) run.log.info({ removed }, 'removed files no longer referenced');
-}
-
-/** The owner name FileReport (and the drift watcher) use for a uid. */
-export function ownerNamer(ctx: Pick<NodeContext, 'serverOsUser'>): (uid: number) => string {
-  return (uid) => (uid === ctx.serverOsUser.uid ? ctx.serverOsUser.name : uid === 0 ? 'root' : String(uid));
-}
-
-async function describe(path: string, ctx: NodeContext): Promise<Static<typeof FileReport> | null> {
-  try {
-    return await observeFile(path, ownerNamer(ctx));
-  } catch {
-    return null;
-  }
-}
-
-/** Every managed file, plus the key/certificate pairs the configuration names. */
-async function fileReports(run: Run): Promise<Static<typeof FileReport>[]> {
-  const paths = run.plan.files.map((f) => f.path);
-  const used = new Set(neededSlots(run.input));
-  for (const c of run.input.certificates.filter((x: InstalledCertificate) => used.has(x.slot))) paths.push(c.certPath, c.keyPath);
-  const reports = await Promise.all([...new Set(paths)].map((p) => describe(p, run.ctx)));
-  return reports.filter((r): r is Static<typeof FileReport> => r !== null);
-}

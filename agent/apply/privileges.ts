@@ -8,13 +8,12 @@ import { lstat, mkdir, open, readdir, realpath } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { OsUser } from '../../shared/system/pgserver.ts';
 import { passwdEntry } from '../../shared/system/passwd.ts';
+import { CodedError } from '../../shared/contract/problem.ts';
 
-export class PrivilegeError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(`${code}: ${message}`);
+/** Its message starts with its code, as the agent has always printed it. */
+export class PrivilegeError extends CodedError {
+  constructor(code: string, message: string) {
+    super(code, `${code}: ${message}`);
   }
 }
 

@@ -7,7 +7,7 @@ import { sqlIdentifier, sqlLiteral } from '../../shared/pgconf/escape.ts';
 import { isScramVerifier } from '../../shared/crypto/scram.ts';
 import type { HbaRule, NodeDesired, RoleDesired } from '../../shared/contract/schema.ts';
 import { PROFILES, type Profile, type ProfileRole } from '../../shared/pgconf/profiles.ts';
-import type { Problem } from './verify.ts';
+import { CodedError, type Problem } from '../../shared/contract/problem.ts';
 
 /** Pure, before any SQL: every verifier must be one PostgreSQL stores as a verifier. */
 export function checkVerifiers(roles: RoleDesired[]): Problem[] {
@@ -73,13 +73,7 @@ interface AuthRow {
   rolpassword: string | null;
 }
 
-export class RoleError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.code = code;
-  }
-}
+export class RoleError extends CodedError {}
 
 export interface RolesOutcome {
   changed: boolean;

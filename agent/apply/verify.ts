@@ -1,18 +1,13 @@
-// Checks of what was written, before PostgreSQL is told to reload: the validation views compared
-// with what was rendered (pure functions over their rows), and the TLS material (key matches
-// certificate, chain, validity, the key's owner and mode as PostgreSQL and libpq demand them).
-import { lstat, readFile } from 'node:fs/promises';
-import { certInfo, certMatchesKey, verifiesAgainst } from '../../shared/crypto/x509.ts';
+// Checks of what was written, before PostgreSQL is told to reload, pure: the validation views
+// compared with what was rendered (over their rows), and the TLS material (key matches
+// certificate, chain, validity, the key's owner and mode as PostgreSQL and libpq demand them,
+// over the bytes and the stat already read). The reads and the SQL are agent/apply/inspect.ts.
+import { certInfo, certMatchesKey, normaliseIp, verifiesAgainst } from '../../shared/crypto/x509.ts';
 import { parseCidr } from '../../shared/pgconf/net.ts';
-import { normaliseIp } from '../../shared/crypto/x509.ts';
+import type { Problem } from '../../shared/contract/problem.ts';
 import type { FileSettingRow, HbaRow, IdentRow } from './pgconf.ts';
 import type { InstalledCertificate } from '../../shared/pgconf/types.ts';
 import { crlInfo, crlSignedBy } from '../../shared/crypto/crl.ts';
-
-export interface Problem {
-  code: string;
-  message: string;
-}
 
 /** PostgreSQL's tokenizer, enough for the lines we render: space-separated, "quoted", comma lists. */
 export function tokenizeConfLine(line: string): string[][] {
@@ -184,49 +179,23 @@ export function keyModeProblem(path: string, st: { uid: number; mode: number }, 
   };
 }
 
-export interface CertCheckInput {
-  certificates: InstalledCertificate[];
-  /** Slots the desired state needs (server first when TLS is on). */
-  neededSlots: string[];
-  caBundle: string;
-  ownerUid: number;
-  now: Date;
-}
-
-/** Each needed key/certificate pair: on disk, key matches, chains to the CA, valid now, key mode. */
-export async function checkCertificates(input: CertCheckInput): Promise<Problem[]> {
-  const problems: Problem[] = [];
-  for (const slot of input.neededSlots) {
-    const c = input.certificates.find((x) => x.slot === slot);
-    if (!c) {
-      problems.push({ code: 'E_CERT_MISSING', message: `certificate ${slot} is not installed` });
-      continue;
-    }
-    let certPem: string;
-    let keyPem: string;
-    try {
-      certPem = await readFile(c.certPath, 'utf8');
-      keyPem = await readFile(c.keyPath, 'utf8');
-    } catch (e) {
-      problems.push({ code: 'E_CERT_MISSING', message: `certificate ${slot}: ${(e as Error).message}` });
-      continue;
-    }
-    let info;
-    try {
-      info = certInfo(certPem);
-    } catch (e) {
-      problems.push({ code: 'E_CERT_INVALID', message: `${c.certPath}: ${(e as Error).message}` });
-      continue;
-    }
-    if (!certMatchesKey(certPem, keyPem)) problems.push({ code: 'E_CERT_KEY_MISMATCH', message: `${c.certPath} does not match the key ${c.keyPath}` });
-    if (!verifiesAgainst(certPem, input.caBundle)) problems.push({ code: 'E_CERT_CHAIN', message: `${c.certPath} (serial ${info.serial}) is not signed by the cluster CA bundle` });
-    if (info.notAfter.getTime() <= input.now.getTime()) problems.push({ code: 'E_CERT_EXPIRED', message: `${c.certPath} (serial ${info.serial}) expired at ${info.notAfter.toISOString()}` });
-    if (info.notBefore.getTime() > input.now.getTime()) problems.push({ code: 'E_CERT_NOT_YET_VALID', message: `${c.certPath} (serial ${info.serial}) is valid only from ${info.notBefore.toISOString()}` });
-    const st = await lstat(c.keyPath);
-    const p = keyModeProblem(c.keyPath, st, input.ownerUid);
-    if (p) problems.push(p);
+/**
+ * One installed pair, from its bytes: a certificate, matching its key, signed by the cluster CA
+ * bundle, valid now. `parsed` false: not a certificate at all (nothing else was judged).
+ */
+export function pairProblems(c: Pick<InstalledCertificate, 'certPath' | 'keyPath'>, certPem: string, keyPem: string, caBundle: string, now: Date): { problems: Problem[]; parsed: boolean } {
+  let info;
+  try {
+    info = certInfo(certPem);
+  } catch (e) {
+    return { problems: [{ code: 'E_CERT_INVALID', message: `${c.certPath}: ${(e as Error).message}` }], parsed: false };
   }
-  return problems;
+  const problems: Problem[] = [];
+  if (!certMatchesKey(certPem, keyPem)) problems.push({ code: 'E_CERT_KEY_MISMATCH', message: `${c.certPath} does not match the key ${c.keyPath}` });
+  if (!verifiesAgainst(certPem, caBundle)) problems.push({ code: 'E_CERT_CHAIN', message: `${c.certPath} (serial ${info.serial}) is not signed by the cluster CA bundle` });
+  if (info.notAfter.getTime() <= now.getTime()) problems.push({ code: 'E_CERT_EXPIRED', message: `${c.certPath} (serial ${info.serial}) expired at ${info.notAfter.toISOString()}` });
+  if (info.notBefore.getTime() > now.getTime()) problems.push({ code: 'E_CERT_NOT_YET_VALID', message: `${c.certPath} (serial ${info.serial}) is valid only from ${info.notBefore.toISOString()}` });
+  return { problems, parsed: true };
 }
 
 /**
@@ -264,23 +233,3 @@ export const PGD_CHECKS: { name: string; query: string; needs?: string }[] = [
   { name: 'authentication methods in pg_hba.conf', query: "SELECT type, database, user_name, address, auth_method\nFROM pg_hba_file_rules\nWHERE auth_method IN ('cert', 'scram-sha-256');" },
   { name: 'BDR node states', query: 'SELECT node_name, peer_state_name, peer_target_state_name\nFROM bdr.node_summary;', needs: 'bdr.node_summary' },
 ];
-
-export async function runSeedChecks(session: { query: (q: string, v?: unknown[]) => Promise<{ rows: Record<string, unknown>[] }> }, checks = PGD_CHECKS): Promise<SeedCheck[]> {
-  const out: SeedCheck[] = [];
-  for (const c of checks) {
-    if (c.needs !== undefined) {
-      const { rows } = await session.query('SELECT to_regclass($1) IS NOT NULL AS present', [c.needs]);
-      if (rows[0]?.present !== true) {
-        out.push({ name: c.name, query: c.query, ok: true, rows: [], note: 'bdr not installed' });
-        continue;
-      }
-    }
-    try {
-      const { rows } = await session.query(c.query);
-      out.push({ name: c.name, query: c.query, ok: true, rows, note: null });
-    } catch (e) {
-      out.push({ name: c.name, query: c.query, ok: false, rows: [], note: (e as Error).message });
-    }
-  }
-  return out;
-}

@@ -29,7 +29,7 @@ export interface DriftEvent {
 }
 
 export interface DriftOptions {
-  /** The owner name FileReport uses for a uid (apply.ts ownerNamer(ctx)). */
+  /** The owner name FileReport uses for a uid (agent/apply/files.ts ownerNamer(ctx)). */
   ownerName: (uid: number) => string;
   /** Safety-net poll interval (default DEFAULT_POLL_MS). */
   pollMs?: number;

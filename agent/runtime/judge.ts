@@ -4,6 +4,7 @@
 import { Value } from '@sinclair/typebox/value';
 import { NodeDesired } from '../../shared/contract/schema.ts';
 import type { Problem } from '../../shared/contract/problem.ts';
+import { crlInfo } from '../../shared/crypto/crl.ts';
 import { backoffDelay, type BackoffPolicy, type Random } from './backoff.ts';
 import type { ProbeReason } from '../probe/probes.ts';
 
@@ -31,6 +32,37 @@ export function probeReason(passReason: string): ProbeReason {
 export function peersToReprobe(wake: string[], seen: Set<string>, failing: Set<string>): { fresh: string[]; reprobe: Set<string> } {
   const fresh = wake.filter((n) => !seen.has(n));
   return { fresh, reprobe: new Set(fresh.filter((n) => failing.has(n))) };
+}
+
+/**
+ * Peer wakes for the desired generation: the other nodes known to have applied it, forgotten
+ * when the generation changes. The agent asks for wakes while an edge to a peer not among them fails.
+ */
+export class PeerWatch {
+  private generation = -1;
+  private seen = new Set<string>();
+
+  private at(generation: number): Set<string> {
+    if (this.generation !== generation) {
+      this.generation = generation;
+      this.seen = new Set();
+    }
+    return this.seen;
+  }
+
+  /** The `peers` count to send with the long-poll: the peers seen, while an edge fails to reach one not seen; otherwise none. */
+  known(generation: number, failing: Set<string>): number | undefined {
+    const seen = this.at(generation);
+    return [...failing].some((p) => !seen.has(p)) ? seen.size : undefined;
+  }
+
+  /** A wake naming the nodes that applied some generation: the ones of `generation` (or later) are seen now. */
+  wake(generation: number, applied: { node: string; generation: number }[], failing: Set<string>): { fresh: string[]; reprobe: Set<string> } {
+    const seen = this.at(generation);
+    const r = peersToReprobe(applied.filter((a) => a.generation >= generation).map((a) => a.node), seen, failing);
+    for (const n of r.fresh) seen.add(n);
+    return r;
+  }
 }
 
 export type Judgement = { ok: true; desired: NodeDesired } | { ok: false; error: Problem };
@@ -79,7 +111,14 @@ export function loopAlive(now: number, since: { pass: number | null; turn: numbe
 }
 
 /** The STATUS= line: applied generation (and the desired one when behind), phase, probes. */
-export function summaryLine(s: { desired: number | null; applied: number; phase: string | null; probesOk: number; probes: number; reachable: boolean }): string {
+export function summaryLine(s: {
+  desired: number | null;
+  applied: number;
+  phase: string | null;
+  probesOk: number;
+  probes: number;
+  reachable: boolean;
+}): string {
   if (s.desired === null) return `waiting for the first desired state${s.reachable ? '' : ' (coordinator unreachable)'}`;
   const gen = s.applied === s.desired ? `generation ${s.applied}` : `generation ${s.applied} (desired ${s.desired})`;
   return `${gen}, ${s.phase ?? 'not applied'}, probes ${s.probesOk}/${s.probes} ok${s.reachable ? '' : ', coordinator unreachable'}`;
@@ -100,7 +139,14 @@ export function retryApplySoon(failures: number, errors: Problem[]): boolean {
  * something heads for expiry: at least every tenth of the time left (but not faster than 1 s),
  * so that a returning coordinator is used before anything expires.
  */
-export function contactRetryDelay(failures: number, random: Random, policy: BackoffPolicy, now: number, renewals: (number | null)[], expiries: (number | null)[]): number {
+export function contactRetryDelay(
+  failures: number,
+  random: Random,
+  policy: BackoffPolicy,
+  now: number,
+  renewals: (number | null)[],
+  expiries: (number | null)[],
+): number {
   let delay = backoffDelay(Math.min(failures, 30), random, policy);
   const due = renewals.some((t) => t !== null && t <= now);
   const ends = expiries.filter((x): x is number => x !== null);
@@ -152,8 +198,14 @@ export function isSteady(v: SteadyView): boolean {
 }
 
 /** The earliest of the expiries (certificates, identity) and the CRL's nextUpdate, or null. */
-export function survivesUntil(expiries: (number | null)[], crlNextUpdate: number | null): string | null {
-  const ends = [...expiries, crlNextUpdate].filter((x): x is number => x !== null);
+export function survivesUntil(expiries: (number | null)[], crl: string | null): string | null {
+  let next: number | null = null;
+  try {
+    next = crl ? (crlInfo(crl).nextUpdate?.getTime() ?? null) : null;
+  } catch {
+    // reported by the certificate manager
+  }
+  const ends = [...expiries, next].filter((x): x is number => x !== null);
   return ends.length > 0 ? new Date(Math.min(...ends)).toISOString() : null;
 }
 

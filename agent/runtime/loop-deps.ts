@@ -86,3 +86,15 @@ export interface LoopDeps {
 }
 
 export type LoopExit = 'stopped' | 'removed';
+
+/** When a certificate pair and the agent identity are next due for renewal (ms), each or null. */
+export const renewalsOf = (deps: Pick<LoopDeps, 'certs' | 'nextMaintenanceAt'>): (number | null)[] => [
+  deps.certs.nextRenewalAt,
+  deps.nextMaintenanceAt?.() ?? null,
+];
+
+/** When a certificate pair and the agent identity expire (ms), each or null. */
+export const expiriesOf = (deps: Pick<LoopDeps, 'certs' | 'identityNotAfter'>): (number | null)[] => [
+  deps.certs.earliestExpiry,
+  deps.identityNotAfter?.() ?? null,
+];

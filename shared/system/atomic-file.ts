@@ -7,18 +7,14 @@ import { randomBytes } from 'node:crypto';
 import { constants, renameSync } from 'node:fs';
 import { lstat, mkdir, open, readdir, readFile, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { CodedError } from '../contract/problem.ts';
 
 /** Prefix of every temp file we create: stale ones (from a SIGKILL) are removed by name. */
 export const TEMP_PREFIX = '.pgaccord-tmp-';
 
-export class InstallError extends Error {
-  readonly code: string;
+export class InstallError extends CodedError {
   /** installFiles: the targets already replaced when a later rename failed (the rest untouched). */
   renamed: string[] = [];
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-  }
 }
 
 export interface FileSpec {

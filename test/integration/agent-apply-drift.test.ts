@@ -4,7 +4,8 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmod, lstat, readFile, realpath, unlink, writeFile } from 'node:fs/promises';
-import { applyDesired, ownerNamer } from '../../agent/apply/apply.ts';
+import { applyDesired } from '../../agent/apply/apply.ts';
+import { ownerNamer } from '../../agent/apply/files.ts';
 import { watchManagedFiles, type DriftEvent } from '../../agent/runtime/drift.ts';
 import type { ApplyInput, ApplyResult } from '../../agent/apply/types.ts';
 import { splitManagedBlock } from '../../shared/pgconf/render.ts';
