@@ -9,7 +9,7 @@ export type NodeCompiler = (input: NodeCompileInput, node: string) => NodeDesire
 /**
  * What a cluster's desired states are made of, as read for one request. Every change of the spec,
  * of a credential, of the CRL and of the CA bundle comes with a new generation (putCluster,
- * #bump); the CA bundle and the CRL are compared too, so a trust file changed without one (or by
+ * ServiceContext.bump); the CA bundle and the CRL are compared too, so a trust file changed without one (or by
  * a coordinator of an older version sharing the store) is never served from an older entry.
  */
 export interface ClusterInputs {

@@ -112,7 +112,9 @@ export class Certificates {
       // An agent identity: every live identity of the node goes with it. The one before a renewal
       // (or its successor) would otherwise go on authenticating and renew itself.
       const identities = row.issuer === 'coordinator' ? live.map((x) => x.serial).filter((x) => !sameKey.includes(x)) : [];
-      if (identities.length > 0) ctx.log.warn({ cluster, node: row.node, serial, identities }, 'agent identity revoked: every live identity of the node goes with it');
+      if (identities.length > 0) {
+        ctx.log.warn({ cluster, node: row.node, serial, identities }, 'agent identity revoked: every live identity of the node goes with it');
+      }
       await c.query(`UPDATE certificates SET revoked_at = $3 WHERE cluster = $1 AND serial = ANY($2)`, [cluster, [serial, ...sameKey, ...identities], now]);
       let generation = gen;
       if (row.issuer === 'cluster') {

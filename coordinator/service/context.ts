@@ -108,8 +108,8 @@ export class ServiceContext {
   }
 
   /** The row of an agent's cluster, when its node is still part of it (410 otherwise: the agent stops). */
-  async requireNode(agent: { cluster: string; node: string }, c?: Queryable): Promise<ClusterRow> {
-    const row = await this.cluster(agent.cluster, c);
+  async requireNode(agent: { cluster: string; node: string }): Promise<ClusterRow> {
+    const row = await this.cluster(agent.cluster);
     if (!row) throw gone(`cluster "${agent.cluster}" no longer exists`);
     if (!hasNode(row.spec, agent.node)) throw gone(`node "${agent.node}" is no longer part of cluster "${agent.cluster}"`);
     return row;

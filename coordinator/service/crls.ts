@@ -34,7 +34,8 @@ export class Crls {
     // one under the counter row's lock, held until this transaction ends, so concurrent issuers
     // (on any coordinator) queue there and each gets its own; a rollback gives it back.
     const number = Number((await c.query<{ last_number: string }>(
-      `INSERT INTO crl_numbers (cluster, last_number) VALUES ($1, 1) ON CONFLICT (cluster) DO UPDATE SET last_number = crl_numbers.last_number + 1 RETURNING last_number`,
+      `INSERT INTO crl_numbers (cluster, last_number) VALUES ($1, 1)
+       ON CONFLICT (cluster) DO UPDATE SET last_number = crl_numbers.last_number + 1 RETURNING last_number`,
       [cluster],
     )).rows[0]!.last_number);
     const prev = (await c.query<{ this_update: Date }>(`SELECT this_update FROM cluster_crls WHERE cluster = $1`, [cluster])).rows[0];
@@ -44,7 +45,10 @@ export class Crls {
     const nextUpdate = new Date(Math.floor(now.getTime() / 1000) * 1000 + this.#ctx.crlLifetimeSeconds * 1000);
     const entries = (rows: typeof revokedRows) => rows.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at }));
     let pem = await this.#ctx.signing.issueCrl(ca, { revoked: entries(revoked), number, thisUpdate, nextUpdate });
-    if (other) pem = `${pem.trimEnd()}\n${(await this.#ctx.signing.issueCrl(other.ca, { revoked: entries(otherRevoked), number, thisUpdate, nextUpdate })).trimEnd()}\n`;
+    if (other) {
+      const otherPem = await this.#ctx.signing.issueCrl(other.ca, { revoked: entries(otherRevoked), number, thisUpdate, nextUpdate });
+      pem = `${pem.trimEnd()}\n${otherPem.trimEnd()}\n`;
+    }
     await c.query(
       `INSERT INTO cluster_crls (cluster, pem, number, this_update, next_update) VALUES ($1, $2, $3, $4, $5)
        ON CONFLICT (cluster) DO UPDATE SET pem = EXCLUDED.pem, number = EXCLUDED.number, this_update = EXCLUDED.this_update, next_update = EXCLUDED.next_update`,

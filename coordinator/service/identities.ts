@@ -39,7 +39,8 @@ const IDENTITY_INVALID = 'this agent identity is not (or no longer) valid: enrol
  * first) is refused (401).
  */
 export async function assertIdentityValid(c: Queryable, agent: AgentPrincipal, forUpdate = false): Promise<{ current: boolean }> {
-  const valid = (await c.query<{ current: boolean }>(`${VALID_IDENTITY_SQL}${forUpdate ? ' FOR UPDATE OF a' : ''}`, [agent.cluster, agent.node, agent.serial])).rows[0];
+  const sql = `${VALID_IDENTITY_SQL}${forUpdate ? ' FOR UPDATE OF a' : ''}`;
+  const valid = (await c.query<{ current: boolean }>(sql, [agent.cluster, agent.node, agent.serial])).rows[0];
   if (!valid) throw unauthorized(IDENTITY_INVALID);
   return valid;
 }
@@ -134,7 +135,10 @@ export class Identities {
       }
       const issued = await this.#issue(c, agent, publicKey, now);
       // The identity used for this call stays valid until the new one is used (or renewed again).
-      await c.query(`UPDATE agents SET previous_serial = $3, identity_serial = $4 WHERE cluster = $1 AND node = $2`, [agent.cluster, agent.node, agent.serial, issued.serial]);
+      await c.query(
+        `UPDATE agents SET previous_serial = $3, identity_serial = $4 WHERE cluster = $1 AND node = $2`,
+        [agent.cluster, agent.node, agent.serial, issued.serial],
+      );
       return issued;
     });
     ctx.log.info({ cluster: agent.cluster, node: agent.node, serial: issued.serial }, 'agent identity renewed');
@@ -190,7 +194,9 @@ export class Identities {
         `SELECT 1 FROM certificates WHERE serial = $1 AND cluster = $2 AND node = $3 AND slot = 'identity'`,
         [serial, identity.cluster, identity.node],
       );
-      if (known.length > 0 && (!row || !hasNode(row.spec, identity.node))) throw gone(`node "${identity.node}" is no longer part of cluster "${identity.cluster}"`);
+      if (known.length > 0 && (!row || !hasNode(row.spec, identity.node))) {
+        throw gone(`node "${identity.node}" is no longer part of cluster "${identity.cluster}"`);
+      }
       throw unauthorized(IDENTITY_INVALID);
     }
     // The new identity has been used, so the agent has it: the one before it stops working.
@@ -200,7 +206,9 @@ export class Identities {
         [identity.cluster, identity.node, serial],
       );
       const retired = rows[0]!.previous;
-      if (r.length > 0) ctx.log.info({ cluster: identity.cluster, node: identity.node, serial, retired }, 'agent used its new identity: the previous one no longer authenticates');
+      if (r.length > 0) {
+        ctx.log.info({ cluster: identity.cluster, node: identity.node, serial, retired }, 'agent used its new identity: the previous one no longer authenticates');
+      }
     }
     return { ...identity, serial };
   }

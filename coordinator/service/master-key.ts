@@ -2,7 +2,8 @@
 import type { SecretBox } from '../store/secrets.ts';
 import type { Store } from '../store/store.ts';
 
-const MASTER_KEY_MISMATCH = 'master.key does not match the one this database was initialised with: coordinators sharing a database need copies of the same master.key';
+const MASTER_KEY_MISMATCH =
+  'master.key does not match the one this database was initialised with: coordinators sharing a database need copies of the same master.key';
 
 /** Refuse to run with a master key other than the one that sealed this store's secrets. */
 export async function checkMasterKey(store: Store, box: SecretBox): Promise<void> {

@@ -81,7 +81,9 @@ export class StatusReports {
       for (const c of report?.certificates ?? []) expiry.push(expiryOf(c.id, c.serial, c.notAfter, 'installed'));
       const ident = identities.get(n.name);
       if (ident) expiry.push(expiryOf('identity', ident.serial, ident.not_after.toISOString(), 'identity'));
-      for (const e of expiry) if (e.level !== 'ok') warnings.push(`${n.name}: ${e.source} certificate ${e.id} (serial ${e.serial}) is ${e.level}: ${e.daysLeft} days left`);
+      for (const e of expiry) {
+        if (e.level !== 'ok') warnings.push(`${n.name}: ${e.source} certificate ${e.id} (serial ${e.serial}) is ${e.level}: ${e.daysLeft} days left`);
+      }
       // What the agent says; without it, what the coordinator knows (certificates, CRL).
       let survivesUntil: string | null = report?.survivesUntil ?? null;
       if (!survivesUntil && expiry.length > 0) {
@@ -113,7 +115,9 @@ export class StatusReports {
     const ca = splitPemBundle(caPem).map((pem) => {
       const info = certInfo(pem);
       const level = caLevel(info, certLifetimeSeconds(row.spec), now);
-      if (level !== 'ok') warnings.unshift(`the cluster CA (serial ${info.serial}) ends ${info.notAfter.toISOString()}: ${level}; rotate it (pgaccord cert rotate-ca)`);
+      if (level !== 'ok') {
+        warnings.unshift(`the cluster CA (serial ${info.serial}) ends ${info.notAfter.toISOString()}: ${level}; rotate it (pgaccord cert rotate-ca)`);
+      }
       return { serial: info.serial, notAfter: info.notAfter.toISOString(), daysLeft: daysLeft(info.notAfter, now), level };
     });
     return {

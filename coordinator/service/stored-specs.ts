@@ -26,9 +26,8 @@ export interface ClusterRow {
 export const CLUSTER_COLUMNS = 'name, spec, spec_canonical, generation, incarnation, spec_seal';
 /** The spec column as PostgreSQL sent it (jsonb text), parsed by read() itself: what its check remembers. */
 const JSONB_OID = 3802;
-const SPEC_AS_TEXT = {
-  getTypeParser: ((oid: number, format?: 'text' | 'binary') => (oid === JSONB_OID ? (text: string) => text : pg.types.getTypeParser(oid, format))) as typeof pg.types.getTypeParser,
-};
+const specAsText = (oid: number, format?: 'text' | 'binary') => (oid === JSONB_OID ? (text: string) => text : pg.types.getTypeParser(oid, format));
+const SPEC_AS_TEXT = { getTypeParser: specAsText as typeof pg.types.getTypeParser };
 /** Clusters whose last checked row is remembered (#checkStored); the oldest is forgotten first. */
 const CHECKED_ROWS_MAX = 10_000;
 
@@ -50,7 +49,8 @@ function sealedText(row: Pick<ClusterRow, 'incarnation' | 'generation'>, canonic
 }
 
 function storedSpecInvalid(cluster: string, why: string): ApiError {
-  return new ApiError(500, 'E_STORED_SPEC_INVALID', `the stored spec of cluster "${cluster}" is refused: ${why}; check the spec and apply it again (pgaccord apply -f FILE)`);
+  const message = `the stored spec of cluster "${cluster}" is refused: ${why}; check the spec and apply it again (pgaccord apply -f FILE)`;
+  return new ApiError(500, 'E_STORED_SPEC_INVALID', message);
 }
 
 export class StoredSpecs {

@@ -30,7 +30,7 @@ async function proved(generation: number): Promise<void> {
 
 /**
  * Hold the cluster row as a revocation does, run `step`, wait until it waits on a lock, then take
- * the next CRL number as the revocation's #issueCrl does, and commit.
+ * the next CRL number as the revocation's CRL issue (coordinator/service/crls.ts) does, and commit.
  */
 async function raceWithRevocation<T>(step: () => Promise<T>): Promise<T> {
   const c: pg.PoolClient = await h.coord.store.pool.connect();
