@@ -6,7 +6,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCoordinator } from '../coordinator/main.ts';
-import { CoordinatorMetrics, readFleet } from '../coordinator/http/metrics.ts';
+import { CoordinatorMetrics } from '../coordinator/http/metrics.ts';
+import { readFleet } from '../coordinator/http/metrics-fleet.ts';
 
 const CLUSTERS = Number(process.argv[2] ?? 50);
 const NODES = 10;

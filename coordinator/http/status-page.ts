@@ -56,7 +56,8 @@ export function pageHeaders(): Record<string, string> {
 }
 
 function doc(title: string, body: string): string {
-  return `<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>${esc(title)}</title><style>${CSS}</style></head><body>\n${body}\n</body></html>\n`;
+  const head = `<meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>${esc(title)}</title><style>${CSS}</style>`;
+  return `<!DOCTYPE html>\n<html lang="en"><head>${head}</head><body>\n${body}\n</body></html>\n`;
 }
 
 /** The page a visitor without a session gets (401): a form for the admin token, nothing about any cluster. */
@@ -88,12 +89,14 @@ function nodesTable(s: ClusterStatusResponse, now: Date): string {
     const phase = `${n.phase}${n.stale ? ' (stale)' : ''}${n.enrolled ? '' : ' (not enrolled)'}`;
     const daysClass = days === null ? '' : days < 0 ? 'bad' : days < 14 ? 'warn' : 'good';
     return `<tr data-node="${esc(n.node)}"><td>${esc(n.node)}</td><td><span class="badge ${phaseClass}">${esc(phase)}</span></td>`
-      + `<td>${lag === 0 ? '0' : `<span class="badge warn">${esc(lag)}</span>`} <span class="meta">(${esc(n.appliedGeneration)} of ${esc(s.generation)})</span></td>`
+      + `<td>${lag === 0 ? '0' : `<span class="badge warn">${esc(lag)}</span>`} `
+      + `<span class="meta">(${esc(n.appliedGeneration)} of ${esc(s.generation)})</span></td>`
       + `<td title="${esc(n.lastContact ?? '')}">${esc(ago(n.lastContact, now))}</td>`
       + `<td>${days === null ? '-' : `<span class="badge ${daysClass}">${days < 0 ? 'EXPIRED' : esc(days.toFixed(days < 10 ? 1 : 0))}</span>`}</td>`
       + `<td>${n.pendingRestart.length ? esc(n.pendingRestart.join(', ')) : '-'}</td></tr>`;
   });
-  return `<table class="nodes"><thead><tr><th>Node</th><th>Phase</th><th>Generation lag</th><th>Last contact</th><th>Certificate days left</th><th>Pending restart</th></tr></thead><tbody>${rows.join('')}</tbody></table>`;
+  const heads = ['Node', 'Phase', 'Generation lag', 'Last contact', 'Certificate days left', 'Pending restart'].map((h) => `<th>${h}</th>`).join('');
+  return `<table class="nodes"><thead><tr>${heads}</tr></thead><tbody>${rows.join('')}</tbody></table>`;
 }
 
 function matrixTable(s: ClusterStatusResponse): string {
@@ -103,17 +106,21 @@ function matrixTable(s: ClusterStatusResponse): string {
   const rows = m.cells.map((row, i) => `<tr><th class="from" scope="row">${esc(m.nodes[i])}</th>${row.map((c) => {
     const detail = c.probes.map((p) => `${p.role}: ${p.ok ? `ok${p.tlsVersion ? ` (${p.tlsVersion})` : ''}` : p.error ?? 'failed'}`).join('; ');
     const title = `${c.from} → ${c.to}: ${CELL_WORD[c.state]}${detail ? ` (${detail})` : ''}`;
-    return `<td class="cell-${c.state}" data-from="${esc(c.from)}" data-to="${esc(c.to)}" data-state="${c.state}" title="${esc(title)}">${CELL_TEXT[c.state]}</td>`;
+    const attrs = `class="cell-${c.state}" data-from="${esc(c.from)}" data-to="${esc(c.to)}" data-state="${c.state}" title="${esc(title)}"`;
+    return `<td ${attrs}>${CELL_TEXT[c.state]}</td>`;
   }).join('')}</tr>`);
-  const legend = `<p class="legend meta"><span class="cell-ok">✓ ok</span><span class="cell-failing">✗ failing</span><span class="cell-none">· not probed</span>rows: from, columns: to</p>`;
+  const legend = '<p class="legend meta"><span class="cell-ok">✓ ok</span><span class="cell-failing">✗ failing</span><span class="cell-none">· not probed</span>'
+    + 'rows: from, columns: to</p>';
   return `<table class="matrix">${head}${rows.join('')}</table>${legend}`;
 }
 
 function errorList(s: ClusterStatusResponse): string {
   const items = s.nodes.flatMap((n) => [
     ...n.errors.map((e) => `<li><b>${esc(n.node)}</b> <code>${esc(e.code)}</code> <span class="pg">${esc(e.message)}</span></li>`),
-    ...n.probes.filter((p) => !p.ok).map((p) => `<li class="probe-error"><b>${esc(n.node)} → ${esc(p.to)}</b> as <code>${esc(p.role)}</code> at ${esc(p.at)}: <span class="pg">${esc(p.error ?? 'failed')}</span></li>`),
-    ...(n.checks ?? []).filter((c) => !c.ok).map((c) => `<li><b>${esc(n.node)}</b> check <code>${esc(c.name)}</code> failed${c.note ? `: <span class="pg">${esc(c.note)}</span>` : ''}</li>`),
+    ...n.probes.filter((p) => !p.ok).map((p) => `<li class="probe-error"><b>${esc(n.node)} → ${esc(p.to)}</b> as <code>${esc(p.role)}</code> `
+      + `at ${esc(p.at)}: <span class="pg">${esc(p.error ?? 'failed')}</span></li>`),
+    ...(n.checks ?? []).filter((c) => !c.ok).map((c) => `<li><b>${esc(n.node)}</b> check <code>${esc(c.name)}</code> `
+      + `failed${c.note ? `: <span class="pg">${esc(c.note)}</span>` : ''}</li>`),
   ]);
   return items.length ? `<ul class="errors">${items.join('')}</ul>` : '<p class="meta">None.</p>';
 }

@@ -2,7 +2,7 @@
 // one 0/1 series per phase, one probe series per edge and role, bounded labels.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { fleetSeries, PHASES, type NodeRow } from '../../coordinator/http/metrics.ts';
+import { fleetSeries, PHASES, type NodeRow } from '../../coordinator/http/metrics-fleet.ts';
 
 const day = 86400_000;
 const t0 = Date.UTC(2026, 0, 1);

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { PHASES } from '../../coordinator/http/metrics.ts';
+import { PHASES } from '../../coordinator/http/metrics-fleet.ts';
 
 const dir = join(import.meta.dirname, '..', '..', 'docs', 'prometheus');
 const hasPromtool = spawnSync('promtool', ['--version']).status === 0;

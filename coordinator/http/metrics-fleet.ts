@@ -1,0 +1,153 @@
+// The fleet gauges' samples, read from the store when scraped: three queries whatever the number
+// of clusters and nodes (readFleet), then a pure mapping of their rows to samples (fleetSeries).
+import { RENEW_AT_FRACTION } from '../../shared/contract/renewal.ts';
+import type { Phase } from '../../shared/contract/status.ts';
+import type { Store } from '../store/store.ts';
+
+/** Every phase gets a 0/1 series, so `pgaccord_node_phase{phase="failed"} == 1` needs no absent(). */
+export const PHASES: readonly Phase[] = ['converged', 'applying', 'failed', 'pending-restart', 'stale', 'unknown'];
+
+/** One node as the store holds it: the spec's node list joined with its status, identity and CRL. */
+export interface NodeRow {
+  cluster: string;
+  generation: number;
+  node: string;
+  applied: number | null;
+  phase: string | null;
+  reported_at: Date | null;
+  last_contact: Date | null;
+  pending_restarts: number | null;
+  probes: { to: string; role: string; ok: boolean }[] | null;
+  /** served + installed certificates as reported: {id, serial, notAfter} */
+  certificates: { id: string; serial: string; notAfter: string }[] | null;
+  identity_serial: string | null;
+}
+
+export interface CertRow {
+  serial: string;
+  not_before: Date;
+  not_after: Date;
+  renew_requested_at: Date | null;
+}
+
+export interface CrlRow {
+  cluster: string;
+  this_update: Date;
+  next_update: Date;
+}
+
+export interface Sample {
+  labels: Record<string, string>;
+  value: number;
+}
+
+export interface FleetSeries {
+  certExpiration: Sample[];
+  certNotBefore: Sample[];
+  certRenewal: Sample[];
+  crlNextUpdate: Sample[];
+  crlThisUpdate: Sample[];
+  clusterGeneration: Sample[];
+  desired: Sample[];
+  applied: Sample[];
+  phase: Sample[];
+  lastReport: Sample[];
+  lastContact: Sample[];
+  pendingRestarts: Sample[];
+  probe: Sample[];
+}
+
+const seconds = (d: Date) => d.getTime() / 1000;
+
+const noSeries = (): FleetSeries => ({
+  certExpiration: [], certNotBefore: [], certRenewal: [], crlNextUpdate: [], crlThisUpdate: [], clusterGeneration: [],
+  desired: [], applied: [], phase: [], lastReport: [], lastContact: [], pendingRestarts: [], probe: [],
+});
+
+/**
+ * The gauges' samples from the store's rows (pure). A node's certificates are the ones it uses,
+ * as status() counts them: the served and installed ones it reports, and its agent identity. Not
+ * before and renewal come from the coordinator's records of the serial; the renewal instant is
+ * the agent's schedule (RENEW_AT_FRACTION of the lifetime; its jitter can only bring it earlier)
+ * or, when a renewal was requested and the certificate is still in use, that request.
+ */
+export function fleetSeries(nodes: NodeRow[], certs: CertRow[], crls: CrlRow[]): FleetSeries {
+  const out = noSeries();
+  const known = new Map(certs.map((c) => [c.serial, c]));
+  const clusters = new Map<string, number>();
+  for (const n of nodes) {
+    clusters.set(n.cluster, n.generation);
+    const id = { cluster: n.cluster, node: n.node };
+    out.desired.push({ labels: id, value: n.generation });
+    out.applied.push({ labels: id, value: n.applied ?? 0 });
+    const phase = n.phase ?? 'unknown';
+    for (const p of PHASES) out.phase.push({ labels: { ...id, phase: p }, value: p === phase ? 1 : 0 });
+    if (n.reported_at) out.lastReport.push({ labels: id, value: seconds(n.reported_at) });
+    if (n.last_contact) out.lastContact.push({ labels: id, value: seconds(n.last_contact) });
+    out.pendingRestarts.push({ labels: id, value: n.pending_restarts ?? 0 });
+    // One series per edge and role (a node may reach the same peer as several roles); two
+    // probes of the same edge and role (two addresses) count as failed if either failed.
+    const edges = new Map<string, Sample>();
+    for (const p of n.probes ?? []) {
+      const key = `${p.to}\0${p.role}`;
+      const seen = edges.get(key);
+      if (seen) seen.value = Math.min(seen.value, p.ok ? 1 : 0);
+      else edges.set(key, { labels: { cluster: n.cluster, from: n.node, to: p.to, role: p.role }, value: p.ok ? 1 : 0 });
+    }
+    out.probe.push(...edges.values());
+    const used = new Map<string, { slot: string; serial: string; notAfter: number }>();
+    for (const c of n.certificates ?? []) {
+      const at = Date.parse(c.notAfter);
+      if (!Number.isNaN(at)) used.set(`${c.id}\0${c.serial}`, { slot: c.id, serial: c.serial, notAfter: at / 1000 });
+    }
+    const ident = n.identity_serial ? known.get(n.identity_serial) : undefined;
+    if (ident) used.set(`identity\0${ident.serial}`, { slot: 'identity', serial: ident.serial, notAfter: seconds(ident.not_after) });
+    for (const u of used.values()) {
+      const labels = { ...id, slot: u.slot, serial: u.serial };
+      out.certExpiration.push({ labels, value: u.notAfter });
+      const k = known.get(u.serial);
+      if (!k) continue;
+      const nb = seconds(k.not_before);
+      out.certNotBefore.push({ labels, value: nb });
+      const planned = nb + (u.notAfter - nb) * RENEW_AT_FRACTION;
+      out.certRenewal.push({ labels, value: k.renew_requested_at ? Math.min(planned, seconds(k.renew_requested_at)) : planned });
+    }
+  }
+  for (const [cluster, generation] of clusters) out.clusterGeneration.push({ labels: { cluster }, value: generation });
+  for (const r of crls) {
+    out.crlNextUpdate.push({ labels: { cluster: r.cluster }, value: seconds(r.next_update) });
+    out.crlThisUpdate.push({ labels: { cluster: r.cluster }, value: seconds(r.this_update) });
+  }
+  return out;
+}
+
+// The spec's node list drives the rows (a node never enrolled shows applied 0; a removed node's
+// leftover status row shows nothing). Only names are read from the spec, never compiled.
+const NODES_SQL = `
+  SELECT k.name AS cluster, k.generation, n.name AS node,
+         (s.report->>'generation')::int AS applied, s.report->>'phase' AS phase, s.reported_at, s.last_contact,
+         jsonb_array_length(COALESCE(s.report->'pendingRestart', '[]'::jsonb)) AS pending_restarts,
+         (SELECT jsonb_agg(jsonb_build_object('to', p->>'to', 'role', p->>'role', 'ok', (p->>'ok')::boolean))
+            FROM jsonb_array_elements(COALESCE(s.report->'probes', '[]'::jsonb)) p) AS probes,
+         (SELECT jsonb_agg(c) FROM (SELECT s.report->'servedCertificate' AS c WHERE jsonb_typeof(s.report->'servedCertificate') = 'object'
+                                    UNION ALL SELECT jsonb_array_elements(COALESCE(s.report->'certificates', '[]'::jsonb))) x) AS certificates,
+         a.identity_serial
+    FROM clusters k
+    CROSS JOIN LATERAL jsonb_to_recordset(COALESCE(k.spec->'nodes', '[]'::jsonb)) AS n(name text)
+    LEFT JOIN node_status s ON s.cluster = k.name AND s.node = n.name
+    LEFT JOIN agents a ON a.cluster = k.name AND a.node = n.name
+   ORDER BY k.name, n.name`;
+const CERTS_SQL = `SELECT serial, not_before, not_after, renew_requested_at FROM certificates WHERE serial = ANY($1)`;
+const CRLS_SQL = `SELECT cluster, this_update, next_update FROM cluster_crls`;
+
+/** Read the fleet from the store: three queries, whatever the number of clusters and nodes. */
+export async function readFleet(store: Pick<Store, 'query'>): Promise<FleetSeries> {
+  const nodes = await store.query<NodeRow & { generation: number }>(NODES_SQL);
+  const serials = new Set<string>();
+  for (const n of nodes) {
+    for (const c of n.certificates ?? []) serials.add(c.serial);
+    if (n.identity_serial) serials.add(n.identity_serial);
+  }
+  const [certs, crls] = await Promise.all([store.query<CertRow>(CERTS_SQL, [[...serials]]), store.query<CrlRow>(CRLS_SQL)]);
+  return fleetSeries(nodes, certs, crls);
+}
