@@ -15,7 +15,9 @@ export function parseListen(text: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
   const host = m?.[1] ?? m?.[2];
   const port = Number(m?.[3]);
-  if (!m || !host || port > 65535 || (m[1] !== undefined && isIP(m[1]) !== 6)) throw new Error(`--listen: "${text}" is not HOST:PORT (e.g. 127.0.0.1:7432, [::1]:7432)`);
+  if (!m || !host || port > 65535 || (m[1] !== undefined && isIP(m[1]) !== 6)) {
+    throw new Error(`--listen: "${text}" is not HOST:PORT (e.g. 127.0.0.1:7432, [::1]:7432)`);
+  }
   return { host, port };
 }
 
@@ -104,7 +106,9 @@ export function coordinatorOptionsFrom(v: Values, env: NodeJS.ProcessEnv) {
   const identityLifetimeSeconds = duration('identity-lifetime', v['identity-lifetime'] ?? env.PGACCORD_IDENTITY_LIFETIME);
   const crlLifetimeSeconds = duration('crl-lifetime', v['crl-lifetime'] ?? env.PGACCORD_CRL_LIFETIME);
   const tlsKeyType = v['tls-key-type'];
-  if (tlsKeyType !== undefined && !(KEY_TYPES as readonly string[]).includes(tlsKeyType)) throw new Error(`--tls-key-type: "${tlsKeyType}" is not one of ${KEY_TYPES.join(', ')}`);
+  if (tlsKeyType !== undefined && !(KEY_TYPES as readonly string[]).includes(tlsKeyType)) {
+    throw new Error(`--tls-key-type: "${tlsKeyType}" is not one of ${KEY_TYPES.join(', ')}`);
+  }
   const signingWorkers = v['signing-workers'] !== undefined ? Number(v['signing-workers']) : undefined;
   if (signingWorkers !== undefined && !(Number.isInteger(signingWorkers) && signingWorkers >= 1 && signingWorkers <= 256)) {
     throw new Error(`--signing-workers: "${v['signing-workers']}" is not a number of threads (1..256)`);

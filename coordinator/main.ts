@@ -91,7 +91,11 @@ async function embeddedStore(dir: string, log: Logger): Promise<{ instance: PgIn
 }
 
 export async function startCoordinator(opts: CoordinatorOptions): Promise<RunningCoordinator> {
-  const log = createLogger({ service: 'pgaccord-coordinator', ...(opts.logLevel ? { level: opts.logLevel } : {}), ...(opts.logDestination ? { destination: opts.logDestination } : {}) });
+  const log = createLogger({
+    service: 'pgaccord-coordinator',
+    ...(opts.logLevel ? { level: opts.logLevel } : {}),
+    ...(opts.logDestination ? { destination: opts.logDestination } : {}),
+  });
   const now = opts.now ?? (() => new Date());
   const { host, port } = parseListen(opts.listen ?? DEFAULT_LISTEN);
   const dataDir = await openDataDir(opts.dataDir, [host], now(), { tlsKeyType: opts.tlsKeyType });
@@ -110,12 +114,30 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
   try {
     store = await Store.open(connection, log);
     const publicUrl = opts.publicUrl ?? `https://${urlHost(host)}:${port}`;
-    const service = new CoordinatorService({ store, box: new SecretBox(dataDir.masterKey), coordinatorCa: dataDir.ca, signing, publicUrl, log, now, longPollMs: opts.longPollMs, identityLifetimeSeconds: opts.identityLifetimeSeconds, crlLifetimeSeconds: opts.crlLifetimeSeconds });
+    const service = new CoordinatorService({
+      store,
+      box: new SecretBox(dataDir.masterKey),
+      coordinatorCa: dataDir.ca,
+      signing,
+      publicUrl,
+      log,
+      now,
+      longPollMs: opts.longPollMs,
+      identityLifetimeSeconds: opts.identityLifetimeSeconds,
+      crlLifetimeSeconds: opts.crlLifetimeSeconds,
+    });
     await service.checkMasterKey();
     await service.resealAfterMigrations(store.applied);
     const metricsAt = opts.metricsListen !== undefined ? parseMetricsListen(opts.metricsListen) : null;
     const metrics = metricsAt ? new CoordinatorMetrics({ store, log, now, signing }) : undefined;
-    const { app } = await buildServer({ metrics, service, adminToken: dataDir.adminToken, tls: { key: dataDir.serverKeyPem, cert: dataDir.serverCertPem, ca: dataDir.caPem }, log, limits: { requestTimeoutMs: opts.requestTimeoutMs, maxConnections: opts.maxConnections, agentRateLimit: opts.agentRateLimit } });
+    const { app } = await buildServer({
+      metrics,
+      service,
+      adminToken: dataDir.adminToken,
+      tls: { key: dataDir.serverKeyPem, cert: dataDir.serverCertPem, ca: dataDir.caPem },
+      log,
+      limits: { requestTimeoutMs: opts.requestTimeoutMs, maxConnections: opts.maxConnections, agentRateLimit: opts.agentRateLimit },
+    });
     await app.listen({ host, port });
     const metricsServer = metrics && metricsAt ? await serveMetrics(metrics, metricsAt.host, metricsAt.port, log).catch(async (e: unknown) => {
       await app.close();
@@ -130,7 +152,8 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
     let closed = false;
     // CRLs are re-issued well before their nextUpdate even when no agent asks (they also are on
     // every desired-state poll): check often relative to their lifetime, at least every minute.
-    const crlTimer = setInterval(() => void service.refreshAllCrls().catch((e) => log.error({ err: e }, 'CRL refresh failed')), Math.min(60_000, (service.crlLifetimeSeconds * 1000) / 20));
+    const crlEveryMs = Math.min(60_000, (service.crlLifetimeSeconds * 1000) / 20);
+    const crlTimer = setInterval(() => void service.refreshAllCrls().catch((e) => log.error({ err: e }, 'CRL refresh failed')), crlEveryMs);
     crlTimer.unref();
     return {
       url,

@@ -24,8 +24,10 @@ export async function resolve(specifier, context, next) {
     // CommonJS requires) is in the shared CommonJS cache, listed at exit.
     writeFileSync(
       join(dir, 'register.mjs'),
-      `import { register, createRequire } from 'node:module';\nimport { appendFileSync } from 'node:fs';\nregister(${JSON.stringify(`file://${join(dir, 'hooks.mjs')}`)});\n` +
-        `const cache = createRequire(import.meta.url).cache;\nprocess.on('exit', () => appendFileSync(${JSON.stringify(trace)}, Object.keys(cache).join('\\n') + '\\n'));`,
+      `import { register, createRequire } from 'node:module';\nimport { appendFileSync } from 'node:fs';\n` +
+        `register(${JSON.stringify(`file://${join(dir, 'hooks.mjs')}`)});\n` +
+        `const cache = createRequire(import.meta.url).cache;\n` +
+        `process.on('exit', () => appendFileSync(${JSON.stringify(trace)}, Object.keys(cache).join('\\n') + '\\n'));`,
     );
     const r = spawnSync(process.execPath, ['--import', join(dir, 'register.mjs'), 'bin/pgaccord.mjs', ...args], { encoding: 'utf8', timeout: 30_000 });
     const urls = readFileSync(trace, 'utf8').split('\n').filter(Boolean);
