@@ -17,17 +17,17 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type pg from 'pg';
 import type { CertReport } from '../../shared/contract/status.ts';
-import type { Problem } from '../../shared/contract/problem.ts';
+import { problemOf, type Problem } from '../../shared/contract/problem.ts';
 import { InstallError, installFiles, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from '../../shared/system/atomic-file.ts';
 import { layoutFor, type Layout } from '../../shared/pgconf/layout.ts';
-import { planNode, PlanError, type Plan } from '../../shared/pgconf/plan.ts';
+import { planNode, type Plan } from '../../shared/pgconf/plan.ts';
 import { isPatroni, patroniBaseConf, patroniPaths } from '../../shared/pgconf/patroni.ts';
 import { openSession, pendingRestart, reloadConf, serverDataDirectory, serverInfo, type ServerInfo } from './pgconf.ts';
-import { checkVerifiers, NO_ROLE_CHANGES, protectedRoleProblems, RoleError, stageRoles, type StagedRoles } from './roles.ts';
+import { checkVerifiers, NO_ROLE_CHANGES, protectedRoleProblems, stageRoles, type StagedRoles } from './roles.ts';
 import { checkCrl } from './verify.ts';
 import { checkCertificates, runSeedChecks } from './inspect.ts';
 import { provePatroni, regularFileOf } from './patroni.ts';
-import { asProblem, failed, StepFailure } from './step.ts';
+import { failed, StepFailure } from './step.ts';
 import { readOperatorFile, serverFiles } from './server-files.ts';
 import { ensurePlanDirs, ensureStateDirs, installGroups, installMaterial, neededSlots, readPems } from './material.ts';
 import { proofProblems, validationProblems } from './proof.ts';
@@ -99,7 +99,7 @@ async function applyOnce(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   // PostgreSQL is not there yet (pg_autoctl create has not run, or it is stopped): still put
   // the TLS material and client credentials under their fixed names, so that a tool that must
   // find them at create time (pg_autoctl --server-cert, ~/.postgresql) can.
-  const material = await installMaterial(ctx, input).catch((err: unknown) => ({ written: [] as string[], errors: [asProblem(err, 'E_INSTALL')] }));
+  const material = await installMaterial(ctx, input).catch((err: unknown) => ({ written: [] as string[], errors: [problemOf(err, 'E_INSTALL')] }));
   if (material.written.length > 0) log.info({ files: material.written }, 'PostgreSQL not running in PGDATA: TLS material and client credentials installed');
   clock.lap('install');
   return failed([notOurs, ...material.errors]);
@@ -136,7 +136,7 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   try {
     await ensureStateDirs(ctx, layout);
   } catch (e) {
-    return failed([asProblem(e, 'E_INSTALL')]);
+    return failed([problemOf(e, 'E_INSTALL')]);
   }
   for (const dir of new Set([dirname(layout.hbaFile), dirname(layout.identFile), dirname(layout.includeFile), layout.tlsDir, layout.clientDir])) {
     const removed = await removeStaleTemps(dir);
@@ -162,12 +162,12 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
       existing,
     });
   } catch (e) {
-    return failed([asProblem(e, e instanceof PlanError ? e.code : 'E_RENDER')]);
+    return failed([problemOf(e, 'E_RENDER')]);
   }
   try {
     await ensurePlanDirs(ctx, plan.dirs);
   } catch (e) {
-    return failed([asProblem(e, 'E_INSTALL')], { clientConnections: plan.clientConnections });
+    return failed([problemOf(e, 'E_INSTALL')], { clientConnections: plan.clientConnections });
   }
   for (const dir of plan.dirs) {
     const removed = await removeStaleTemps(dir);
@@ -215,7 +215,7 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
     if (roles.actions.length > 0) log.info({ actions: roles.actions }, 'roles changed');
   } catch (e) {
     await roles.rollback();
-    const problems = e instanceof StepFailure ? e.problems : [asProblem(e, e instanceof RoleError ? e.code : 'E_APPLY')];
+    const problems = e instanceof StepFailure ? e.problems : [problemOf(e, 'E_APPLY')];
     const restoreProblems = await restoreAll(run, e instanceof StepFailure && e.reloaded);
     log.error({ errors: problems, restored: run.changed }, 'apply failed; files and roles restored');
     return failed([...problems, ...restoreProblems], { files: await fileReports(run).catch(() => []), clientConnections: plan.clientConnections, changed: false });
@@ -226,15 +226,15 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   const problems: Problem[] = [];
   // Only settings pgaccord writes can hold its state back: pg_autoctl, for one, leaves its own
   // `port` and `recovery_target_timeline` pending a restart after every promotion.
-  const serverPending = await pendingRestart(session).catch((e) => (problems.push(asProblem(e, 'E_PENDING_RESTART')), [] as string[]));
+  const serverPending = await pendingRestart(session).catch((e) => (problems.push(problemOf(e, 'E_PENDING_RESTART')), [] as string[]));
   const others = serverPending.filter((name) => !(name in run.plan.settings));
   if (others.length > 0) log.debug({ settings: others }, 'settings pgaccord does not manage are pending a restart; not ours to wait for');
   const pending = [...new Set([...serverPending.filter((name) => name in run.plan.settings), ...run.pendingFromFiles])].sort();
-  await cleanup(run).catch((e) => problems.push(asProblem(e, 'E_CLEANUP')));
+  await cleanup(run).catch((e) => problems.push(problemOf(e, 'E_CLEANUP')));
   // Patroni: its REST API serves the certificate on disk (SIGHUP when not), or the node has not converged
-  const patroni = isPatroni(input.desired) ? await provePatroni({ uid: ctx.serverOsUser.uid, paths: patroniPaths(run.layout), caBundle: input.desired.caBundle, fragmentChanged: run.changed.includes(patroniPaths(run.layout).fragment) }).catch((e: unknown) => ({ problems: [asProblem(e, 'E_PATRONI')] })) : { problems: [] };
+  const patroni = isPatroni(input.desired) ? await provePatroni({ uid: ctx.serverOsUser.uid, paths: patroniPaths(run.layout), caBundle: input.desired.caBundle, fragmentChanged: run.changed.includes(patroniPaths(run.layout).fragment) }).catch((e: unknown) => ({ problems: [problemOf(e, 'E_PATRONI')] })) : { problems: [] };
   problems.push(...patroni.problems);
-  const checks = input.desired.profile === 'pgd' ? await runSeedChecks(session).catch((e) => (problems.push(asProblem(e, 'E_SEED_CHECKS')), undefined)) : undefined;
+  const checks = input.desired.profile === 'pgd' ? await runSeedChecks(session).catch((e) => (problems.push(problemOf(e, 'E_SEED_CHECKS')), undefined)) : undefined;
   const changed = run.changed.length > 0 || roles.changed || reloaded;
   const phase = patroni.problems.length > 0 ? 'failed' : pending.length > 0 ? 'pending-restart' : 'converged';
   // Level-triggered: most passes change nothing, and say so only at debug level.

@@ -3,14 +3,13 @@
 // go in, and the groups of files installed together.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Problem } from '../../shared/contract/problem.ts';
+import { problemOf, type Problem } from '../../shared/contract/problem.ts';
 import { installFiles } from '../../shared/system/atomic-file.ts';
 import { layoutFor, type Layout } from '../../shared/pgconf/layout.ts';
-import { planNode, PlanError, type Plan } from '../../shared/pgconf/plan.ts';
+import { planNode, type Plan } from '../../shared/pgconf/plan.ts';
 import { patroniSlots } from '../../shared/pgconf/patroni.ts';
 import { ensurePrivateDir } from '../runtime/statefile.ts';
 import { checkCertificates } from './inspect.ts';
-import { asProblem } from './step.ts';
 import type { ApplyInput, NodeContext } from './types.ts';
 
 /** PEM contents of the pairs that must be copied under fixed names (only when the desired state wants copies). */
@@ -65,7 +64,7 @@ export async function installMaterial(ctx: NodeContext, input: ApplyInput, opts:
     const existing = { hba: '', ident: '', config: '' };
     plan = planNode({ desired: input.desired, certificates: input.certificates, layout, localRole: ctx.pgUser, localOsUsers: [ctx.agentOsUser], existing, pems: await readPems(input) });
   } catch (e) {
-    return { written: [], errors: [asProblem(e, e instanceof PlanError ? e.code : 'E_RENDER')] };
+    return { written: [], errors: [problemOf(e, 'E_RENDER')] };
   }
   const now = (opts.now ?? (() => new Date()))();
   const problems = await checkCertificates({ certificates: input.certificates, neededSlots: neededSlots(input), caBundle: input.desired.caBundle, ownerUid: ctx.serverOsUser.uid, now });

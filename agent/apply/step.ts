@@ -1,5 +1,5 @@
-// How an apply step fails: a StepFailure carries the Problems that end the apply, `failed` is
-// the result it ends with, and `asProblem` is the Problem an unexpected error stands for.
+// How an apply step fails: a StepFailure carries the Problems that end the apply, and `failed`
+// is the result it ends with (an unexpected error's Problem is problemOf's, shared/contract/problem.ts).
 import type { Problem } from '../../shared/contract/problem.ts';
 import type { ApplyResult } from './types.ts';
 
@@ -13,15 +13,6 @@ export class StepFailure extends Error {
     super(problems.map((p) => p.message).join('; '));
   }
 }
-
-/**
- * The problem an error stands for: its own code when it carries an E_* one, `fallback`
- * otherwise. (problemOf once every coded error class of shared/ extends CodedError.)
- */
-export const asProblem = (e: unknown, fallback: string): Problem => ({
-  code: typeof (e as { code?: unknown }).code === 'string' && String((e as { code: string }).code).startsWith('E_') ? (e as { code: string }).code : fallback,
-  message: (e as Error).message ?? String(e),
-});
 
 export function failed(problems: Problem[], extra: Partial<ApplyResult> = {}): ApplyResult {
   return { phase: 'failed', changed: false, errors: problems, files: [], pendingRestart: [], servedCertificate: null, clientConnections: [], ...extra };
