@@ -32,7 +32,8 @@ export async function findPatroni(fragment: string, uid: number): Promise<number
     const config = resolve(cwd, args[args.length - 1]!);
     const cst = await stat(config).catch(() => null);
     if (cst === null) continue;
-    const candidates = cst.isDirectory() ? (await readdir(config).catch(() => [] as string[])).filter((f) => /\.ya?ml$/.test(f)).map((f) => join(config, f)) : [config];
+    const yamlIn = async (dir: string) => (await readdir(dir).catch(() => [] as string[])).filter((f) => /\.ya?ml$/.test(f)).map((f) => join(dir, f));
+    const candidates = cst.isDirectory() ? await yamlIn(config) : [config];
     for (const c of candidates) if ((await realpath(c).catch(() => null)) === want) return Number(entry);
   }
   return null;
@@ -74,9 +75,15 @@ export async function listeningAddresses(pid: number): Promise<{ host: string; p
 }
 
 /** The certificate the REST API serves, seen in a verified TLS handshake with the client certificate. */
-export async function servedApiCertificate(addr: { host: string; port: number }, client: { pem: string; ca: string }, timeoutMs = 5000): Promise<ServedCertificate> {
+export async function servedApiCertificate(
+  addr: { host: string; port: number },
+  client: { pem: string; ca: string },
+  timeoutMs = 5000,
+): Promise<ServedCertificate> {
   // The chain is checked against the cluster CA; the name is not (we dial the listen address).
-  const s = tlsConnect({ host: addr.host, port: addr.port, ca: client.ca, cert: client.pem, key: client.pem, checkServerIdentity: () => undefined, ALPNProtocols: ['http/1.1'] });
+  const s = tlsConnect({
+    host: addr.host, port: addr.port, ca: client.ca, cert: client.pem, key: client.pem, checkServerIdentity: () => undefined, ALPNProtocols: ['http/1.1'],
+  });
   s.setTimeout(timeoutMs, () => s.destroy(new Error(`TLS handshake with Patroni's REST API at ${addr.host}:${addr.port} timed out`)));
   try {
     // No request follows: Patroni's handler reads EOF after close_notify and closes quietly.
@@ -108,7 +115,11 @@ export async function provePatroni(args: {
   kill?: (pid: number, signal: NodeJS.Signals) => void;
 }): Promise<PatroniProof> {
   const pid = await findPatroni(args.paths.fragment, args.uid);
-  if (pid === null) return { problems: [{ code: 'E_PATRONI_NOT_FOUND', message: `no running Patroni includes ${args.paths.fragment} (none of the PGDATA owner's patroni processes has it, or a link to it, in its configuration path): the REST API certificate cannot be proved` }], signalled: false, served: null };
+  if (pid === null) {
+    const message = `no running Patroni includes ${args.paths.fragment} (none of the PGDATA owner's patroni processes has it, or a link to it,`
+      + ' in its configuration path): the REST API certificate cannot be proved';
+    return { problems: [{ code: 'E_PATRONI_NOT_FOUND', message }], signalled: false, served: null };
+  }
   const kill = args.kill ?? ((p, s) => process.kill(p, s));
   const [apiPem, clientPem] = await Promise.all([readFile(args.paths.apiPem, 'utf8'), readFile(args.paths.clientPem, 'utf8')]);
   const onDisk = certInfo(apiPem);
@@ -133,7 +144,8 @@ export async function provePatroni(args: {
   }
   if (current(now)) return { problems: [], signalled: true, served: now.served };
   const why = now.error ?? `it still serves serial ${now.served?.serial} instead of ${onDisk.serial} (${args.paths.apiPem})`;
-  return { problems: [{ code: 'E_PATRONI_RELOAD_NOT_PROVED', message: `SIGHUP sent to Patroni (pid ${pid}), but its REST API does not serve the certificate on disk: ${why}` }], signalled: true, served: now.served };
+  const message = `SIGHUP sent to Patroni (pid ${pid}), but its REST API does not serve the certificate on disk: ${why}`;
+  return { problems: [{ code: 'E_PATRONI_RELOAD_NOT_PROVED', message }], signalled: true, served: now.served };
 }
 
 /** Whether a path is a regular file (not a symlink) owned by uid: the base configuration the agent may append to. */

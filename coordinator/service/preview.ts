@@ -2,7 +2,7 @@
 // files as the agent's own planner lays them out) and what changes against the current generation.
 import type { PlanResponse } from '../../shared/contract/api.ts';
 import type { NodeDesired } from '../../shared/contract/schema.ts';
-import { previewNode } from '../../shared/pgconf/plan.ts';
+import { previewNode } from '../../shared/pgconf/preview.ts';
 import { renderHbaLine, renderIdentLine } from '../../shared/pgconf/render.ts';
 import { indexSpec } from '../cluster/compile.ts';
 import type { ClusterCas } from './cluster-cas.ts';

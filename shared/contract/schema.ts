@@ -118,7 +118,10 @@ export type ClusterSpec = Static<typeof ClusterSpec>;
 
 /** A pg_hba.conf database/user entry: a keyword, or a name that can only mean itself. */
 export const HbaToken = Type.Union([
-  Type.Object({ keyword: Type.Union([Type.Literal('all'), Type.Literal('replication'), Type.Literal('sameuser'), Type.Literal('samerole')]) }, { additionalProperties: false }),
+  Type.Object(
+    { keyword: Type.Union([Type.Literal('all'), Type.Literal('replication'), Type.Literal('sameuser'), Type.Literal('samerole')]) },
+    { additionalProperties: false },
+  ),
   Type.Object({ name: Type.String() }, { additionalProperties: false }),
 ]);
 export type HbaToken = Static<typeof HbaToken>;

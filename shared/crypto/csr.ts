@@ -23,7 +23,9 @@ export function createCsr(privateKeyPem: string, commonName: string): string {
   const spki = createPublicKey(key).export({ type: 'spki', format: 'der' });
   const info = seq([
     asn1.create(Class.UNIVERSAL, Type.INTEGER, false, String.fromCharCode(0)), // v1
-    seq([asn1.create(Class.UNIVERSAL, Type.SET, true, [seq([oid(pki.oids.commonName!), asn1.create(Class.UNIVERSAL, Type.UTF8, false, forge.util.encodeUtf8(commonName))])])]),
+    seq([asn1.create(Class.UNIVERSAL, Type.SET, true, [
+      seq([oid(pki.oids.commonName!), asn1.create(Class.UNIVERSAL, Type.UTF8, false, forge.util.encodeUtf8(commonName))]),
+    ])]),
     asn1.fromDer(spki.toString('binary')),
     asn1.create(Class.CONTEXT_SPECIFIC, 0, true, []), // no attributes
   ]);
@@ -91,7 +93,8 @@ export function readCsr(pem: string): CsrInfo {
 
 const { Class, Type } = asn1;
 const bytesOf = (a: forge.asn1.Asn1): string => (typeof a.value === 'string' ? a.value : '');
-const isTag = (a: forge.asn1.Asn1 | undefined, type: number, constructed: boolean): a is forge.asn1.Asn1 => a !== undefined && a.tagClass === Class.UNIVERSAL && a.type === type && a.constructed === constructed;
+const isTag = (a: forge.asn1.Asn1 | undefined, type: number, constructed: boolean): a is forge.asn1.Asn1 =>
+  a !== undefined && a.tagClass === Class.UNIVERSAL && a.type === type && a.constructed === constructed;
 
 /** An INTEGER's magnitude, big-endian, without leading zero bytes; null when negative. */
 function unsigned(a: forge.asn1.Asn1 | undefined): Buffer | null {
@@ -107,7 +110,8 @@ const bitLength = (b: Buffer): number => (b.length === 0 || (b.length === 1 && b
 
 /** Strict DER parse; BIT STRINGs kept as bytes (forge's types do not know the options). */
 export function parseDer(bytes: Buffer): forge.asn1.Asn1 {
-  return (asn1.fromDer as unknown as (b: string, o: object) => forge.asn1.Asn1)(bytes.toString('binary'), { strict: true, parseAllBytes: true, decodeBitStrings: false });
+  const fromDer = asn1.fromDer as unknown as (b: string, o: object) => forge.asn1.Asn1;
+  return fromDer(bytes.toString('binary'), { strict: true, parseAllBytes: true, decodeBitStrings: false });
 }
 
 function der(a: forge.asn1.Asn1): Buffer {
@@ -199,14 +203,17 @@ export function readCsrKey(pem: string): CsrInfo & { publicKey: SubjectPublicKey
   }
   const publicKey = subjectKey(infoParts[2]);
   const alg = SIG_ALGS[sigOid];
-  if (!alg || alg[1] !== publicKey.type) throw new X509Error(`CSR signature algorithm ${sigOid} is not ${publicKey.type === 'rsa' ? 'RSA' : 'ECDSA'} with SHA-2`);
+  if (!alg || alg[1] !== publicKey.type) {
+    throw new X509Error(`CSR signature algorithm ${sigOid} is not ${publicKey.type === 'rsa' ? 'RSA' : 'ECDSA'} with SHA-2`);
+  }
   const key = createPublicKey({ key: publicKey.jwk, format: 'jwk' });
   const signature = Buffer.from(bytesOf(sig).slice(1), 'binary');
   const ok = cryptoVerify(alg[0], der(info), publicKey.type === 'rsa' ? { key, padding: constants.RSA_PKCS1_PADDING } : key, signature);
   if (!ok) throw new X509Error('CSR signature does not verify: the request was not signed by the key it carries');
   let commonName: string | null = null;
   try {
-    const attrs = (pki as unknown as { RDNAttributesAsArray(a: forge.asn1.Asn1): { shortName?: string; value: string; valueTagClass: number }[] }).RDNAttributesAsArray(infoParts[1]);
+    type Rdn = { shortName?: string; value: string; valueTagClass: number };
+    const attrs = (pki as unknown as { RDNAttributesAsArray(a: forge.asn1.Asn1): Rdn[] }).RDNAttributesAsArray(infoParts[1]);
     const cn = attrs.filter((a) => a.shortName === 'CN').at(-1);
     if (cn) commonName = cn.valueTagClass === Type.UTF8 ? forge.util.decodeUtf8(cn.value) : cn.value;
   } catch {
@@ -229,7 +236,8 @@ export function readCsrKey(pem: string): CsrInfo & { publicKey: SubjectPublicKey
  * key comes from a certificate (PEM) or a CSR: certificates that share a key share a fate.
  */
 export function publicKeyId(key: SubjectPublicKey | string): string {
-  const jwk = (typeof key === 'string' ? new X509Certificate(key).publicKey.export({ format: 'jwk' }) : key.jwk) as { kty?: string; n?: string; e?: string; crv?: string; x?: string; y?: string };
+  type Jwk = { kty?: string; n?: string; e?: string; crv?: string; x?: string; y?: string };
+  const jwk = (typeof key === 'string' ? new X509Certificate(key).publicKey.export({ format: 'jwk' }) : key.jwk) as Jwk;
   const text = jwk.kty === 'RSA' ? `${jwk.n}.${jwk.e}` : jwk.kty === 'EC' ? `${jwk.crv}.${jwk.x}.${jwk.y}` : null;
   if (text === null) throw new X509Error(`no key id for a ${jwk.kty ?? 'unknown'} key`);
   return createHash('sha256').update(text).digest('hex');

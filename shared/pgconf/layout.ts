@@ -117,10 +117,13 @@ export class LayoutError extends CodedError {
 
 export function clientPaths(layout: Layout, cl: ClientLayout, role: string): ClientPaths {
   const base = cl.base === 'home' ? layout.home : layout.stateDir;
-  if (base === null || base === '' || base === '/') throw new LayoutError(`the client layout needs the home directory of the client's OS user, and it has none (${JSON.stringify(base)})`);
+  if (base === null || base === '' || base === '/') {
+    throw new LayoutError(`the client layout needs the home directory of the client's OS user, and it has none (${JSON.stringify(base)})`);
+  }
   const dir = join(base, cl.dir);
   // {role}: the role name itself (ROLE_PATTERN: lower-case letters, digits, underscores)
-  const name = (pattern: string | null): string | null => (pattern === null ? null : join(dir, pattern.replace(/\{md5\}/g, md5Hex(role)).replace(/\{role\}/g, role)));
+  const name = (pattern: string | null): string | null =>
+    (pattern === null ? null : join(dir, pattern.replace(/\{md5\}/g, md5Hex(role)).replace(/\{role\}/g, role)));
   const paths = { base, dir, cert: name(cl.cert), key: name(cl.key), ca: name(cl.ca), crl: name(cl.crl), passfile: join(base, cl.passfile) };
   // The schema already refuses '..' and absolute paths; a desired state must never reach outside its base.
   for (const p of [paths.dir, paths.cert, paths.key, paths.ca, paths.crl, paths.passfile]) {

@@ -11,7 +11,7 @@
 import { basename, dirname, join } from 'node:path';
 import type { NodeDesired } from '../contract/schema.ts';
 import { PATRONI_API_SLOT, PATRONI_CLIENT_SLOT, PATRONI_REPLICATION_USER, PATRONI_REWIND_USER } from './profiles.ts';
-import { clientPaths, type Layout } from './layout.ts';
+import { clientPaths, stateDirLayout, type Layout } from './layout.ts';
 
 export const isPatroni = (d: Pick<NodeDesired, 'profile'>): boolean => d.profile === 'patroni';
 
@@ -28,7 +28,7 @@ export interface PatroniPaths {
 }
 
 export function patroniPaths(layout: Pick<Layout, 'stateDir'>): PatroniPaths {
-  const dir = join(layout.stateDir, 'patroni');
+  const dir = stateDirLayout(layout.stateDir).patroniDir;
   return { dir, fragment: join(dir, 'pgaccord.yml'), apiPem: join(dir, 'api.pem'), clientPem: join(dir, 'client.pem'), pgpass: join(dir, 'pgpass') };
 }
 
@@ -42,7 +42,9 @@ type Yaml = { [key: string]: string | boolean | Yaml };
 
 /** YAML of nested maps, every string double-quoted (JSON escaping is valid YAML). */
 function renderYaml(v: Yaml, indent = ''): string {
-  return Object.entries(v).map(([k, x]) => (typeof x === 'object' ? `${indent}${k}:\n${renderYaml(x, `${indent}  `)}` : `${indent}${k}: ${typeof x === 'boolean' ? String(x) : JSON.stringify(x)}\n`)).join('');
+  const line = ([k, x]: [string, string | boolean | Yaml]): string =>
+    typeof x === 'object' ? `${indent}${k}:\n${renderYaml(x, `${indent}  `)}` : `${indent}${k}: ${typeof x === 'boolean' ? String(x) : JSON.stringify(x)}\n`;
+  return Object.entries(v).map(line).join('');
 }
 
 /**

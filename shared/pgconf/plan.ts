@@ -2,12 +2,14 @@
 // its files and what the operator wrote outside the managed blocks. No I/O, no clock: the same
 // input gives the same bytes, so a second apply finds nothing to write and reloads nothing.
 import { conninfo, passfileField } from './escape.ts';
-import { CONFIG_HASH_SETTING, configHash, renderHbaBlock, renderIdentBlock, renderPassfile, renderSettings, withManagedBlock, type PassfileEntry } from './render.ts';
+import {
+  CONFIG_HASH_SETTING, configHash, renderHbaBlock, renderIdentBlock, renderPassfile, renderSettings, withManagedBlock, type PassfileEntry,
+} from './render.ts';
 import type { NodeDesired } from '../contract/schema.ts';
 import { allowedSettings, PROFILES, PATRONI_API_SLOT, PATRONI_CLIENT_SLOT } from './profiles.ts';
 import type { ClientConnection, InstalledCertificate } from './types.ts';
-import { INCLUDE_FILE, INCLUDE_LINE, caBundlePath, layoutFor, clientPaths, crlPath, dirsBetween, stableServerPaths, type ClientPaths, type Layout } from './layout.ts';
-import { isPatroni, patroniBaseConf, patroniPaths, renderPatroniFragment } from './patroni.ts';
+import { INCLUDE_FILE, INCLUDE_LINE, caBundlePath, clientPaths, crlPath, dirsBetween, stableServerPaths, type ClientPaths, type Layout } from './layout.ts';
+import { isPatroni, patroniPaths, renderPatroniFragment } from './patroni.ts';
 import { CodedError } from '../contract/problem.ts';
 
 /** A desired state the planner cannot turn into files: nothing is written. */
@@ -105,7 +107,8 @@ function passfileEntries(desired: NodeDesired): PassfileEntry[] {
 
 /** TimescaleDB's passfile: one `*:*:*:role:password` line per role, postgres first (seed 000). */
 function renderAnyPassfile(entries: PassfileEntry[]): string {
-  const roles = [...new Map(entries.map((e) => [e.user, e.password])).entries()].sort(([a], [b]) => (a === 'postgres' ? -1 : b === 'postgres' ? 1 : a < b ? -1 : a > b ? 1 : 0));
+  const roles = [...new Map(entries.map((e) => [e.user, e.password])).entries()]
+    .sort(([a], [b]) => (a === 'postgres' ? -1 : b === 'postgres' ? 1 : a < b ? -1 : a > b ? 1 : 0));
   return roles.map(([user, password]) => `*:*:*:${passfileField(user)}:${passfileField(password)}\n`).join('');
 }
 
@@ -115,7 +118,13 @@ interface ClientFiles {
   passfile: string | null;
 }
 
-function clientConnections(desired: NodeDesired, certs: Map<string, InstalledCertificate>, caFile: string | null, crlFile: string | null, client: ClientFiles): ClientConnection[] {
+function clientConnections(
+  desired: NodeDesired,
+  certs: Map<string, InstalledCertificate>,
+  caFile: string | null,
+  crlFile: string | null,
+  client: ClientFiles,
+): ClientConnection[] {
   const cl = desired.clientLayout;
   return desired.edges.map((e) => {
     const tls = e.sslmode !== 'disable';
@@ -127,7 +136,13 @@ function clientConnections(desired: NodeDesired, certs: Map<string, InstalledCer
     const passfile = e.usesPassfile && client.passfile !== null ? client.passfile : undefined;
     let ssl: Record<string, string | undefined>;
     if (cl === undefined || paths === undefined) {
-      ssl = { sslrootcert: tls && caFile !== null ? caFile : undefined, sslcert: cert?.certPath, sslkey: cert?.keyPath, sslcrl: tls && crlFile !== null ? crlFile : undefined, passfile };
+      ssl = {
+        sslrootcert: tls && caFile !== null ? caFile : undefined,
+        sslcert: cert?.certPath,
+        sslkey: cert?.keyPath,
+        sslcrl: tls && crlFile !== null ? crlFile : undefined,
+        passfile,
+      };
     } else if (cl.conninfo === 'libpq-defaults') {
       // pg_autoctl: only sslrootcert/sslcrl (its --ssl-ca-file/--ssl-crl-file); the client
       // certificate and the passfile are libpq's defaults in the home directory
@@ -175,7 +190,12 @@ export function checkSettings(desired: NodeDesired): void {
   const names = [...Object.keys(desired.settings), ...Object.keys(desired.clientLayout?.settings ?? {})];
   const refused = [...new Set(names.filter((name) => !allowed.has(name)))].sort();
   if (refused.length > 0) {
-    throw new PlanError('E_SETTING_REFUSED', `setting${refused.length > 1 ? 's' : ''} ${refused.join(', ')} ${refused.length > 1 ? 'are' : 'is'} not among those the ${desired.profile} profile may set (${[...allowed].sort().join(', ')}): refused, nothing written`);
+    const many = refused.length > 1;
+    throw new PlanError(
+      'E_SETTING_REFUSED',
+      `setting${many ? 's' : ''} ${refused.join(', ')} ${many ? 'are' : 'is'} not among those the ${desired.profile} profile may set`
+        + ` (${[...allowed].sort().join(', ')}): refused, nothing written`,
+    );
   }
 }
 
@@ -245,13 +265,16 @@ export function planNode(input: PlanInput): Plan {
     for (const e of desired.edges) {
       const paths = client.byRole.get(e.role)!;
       if (e.clientCertificate !== null && paths.cert !== null && paths.key !== null) {
-        if (!certs.has(e.clientCertificate)) throw new PlanError('E_NO_CLIENT_CERT', `edge to ${e.to} as ${e.role} needs client certificate ${e.clientCertificate}, which is not installed yet`);
+        if (!certs.has(e.clientCertificate)) {
+          throw new PlanError('E_NO_CLIENT_CERT', `edge to ${e.to} as ${e.role} needs client certificate ${e.clientCertificate}, which is not installed yet`);
+        }
         const pem = pemFor(input, e.clientCertificate);
         if (written.has(paths.cert) && files.find((f) => f.path === paths.cert)?.content.startsWith(withNewline(pem.cert)) !== true) {
           throw new PlanError('E_RENDER', `client layout: two client certificates would be written to ${paths.cert}`);
         }
         // certificate first, then its key, renamed back to back: libpq reads sslcert, then sslkey
-        add({ key: 'client-cert', path: paths.cert, content: withNewline(pem.cert) + (cl.chain ? withNewline(desired.caBundle) : ''), mode: 0o644, secret: false, group: paths.cert });
+        const content = withNewline(pem.cert) + (cl.chain ? withNewline(desired.caBundle) : '');
+        add({ key: 'client-cert', path: paths.cert, content, mode: 0o644, secret: false, group: paths.cert });
         add({ key: 'client-key', path: paths.key, content: withNewline(pem.key), mode: 0o600, secret: true, group: paths.cert });
       }
     }
@@ -259,7 +282,8 @@ export function planNode(input: PlanInput): Plan {
     if (needsCa && any.crl !== null && desired.crl !== null) add({ key: 'client-crl', path: any.crl, content: desired.crl, mode: 0o644, secret: false });
     if (entries.length > 0) {
       client.passfile = any.passfile;
-      add({ key: 'passfile', path: any.passfile, content: cl.passfileLines === 'any' ? renderAnyPassfile(entries) : renderPassfile(entries), mode: 0o600, secret: true });
+      const content = cl.passfileLines === 'any' ? renderAnyPassfile(entries) : renderPassfile(entries);
+      add({ key: 'passfile', path: any.passfile, content, mode: 0o600, secret: true });
     }
     for (const [name, what] of Object.entries(cl.settings)) {
       if (what === 'passfile') settings[name] = any.passfile;
@@ -278,7 +302,8 @@ export function planNode(input: PlanInput): Plan {
       const pem = pemFor(input, slot);
       files.push({ key, path, content: withNewline(pem.cert) + withNewline(pem.key), mode: 0o600, secret: true });
     }
-    files.push({ key: 'patroni-fragment', path: p.fragment, content: renderPatroniFragment(desired, layout), mode: 0o600, secret: desired.auth === 'scram-sha-256' });
+    const content = renderPatroniFragment(desired, layout);
+    files.push({ key: 'patroni-fragment', path: p.fragment, content, mode: 0o600, secret: desired.auth === 'scram-sha-256' });
   }
 
   if (!stable) {
@@ -307,54 +332,4 @@ export function planNode(input: PlanInput): Plan {
     clientConnections: clientConnections(desired, certs, caFile, crlFile, client),
     dirs,
   };
-}
-
-/** Where a node keeps its files by default (the agent's --state-dir and the postgres OS user's home). */
-export interface PreviewPaths {
-  stateDir: string;
-  home: string;
-  dataDir: string;
-}
-
-export const DEFAULT_PREVIEW_PATHS: PreviewPaths = { stateDir: '/var/lib/pgaccord', home: '/var/lib/postgresql', dataDir: '<PGDATA>' };
-
-const FILE_WHAT: Record<FileKey, string> = {
-  ca: 'CA bundle', crl: 'CRL',
-  'server-pem': 'server certificate chain + key (one file: ssl_cert_file and ssl_key_file)', 'server-ca': 'CA bundle (ssl_ca_file)', 'server-crl': 'CRL (ssl_crl_file)',
-  'client-cert': 'client certificate', 'client-key': 'client key', 'client-ca': 'CA bundle for the client', 'client-crl': 'CRL for the client',
-  'patroni-api': 'Patroni REST API certificate chain + key (restapi.certfile and keyfile)', 'patroni-client': 'Patroni client certificate + key (ctl, member calls, etcd3)', 'patroni-fragment': 'Patroni configuration fragment',
-  passfile: 'passfile', ident: 'pg_ident.conf (managed block on top)', hba: 'pg_hba.conf (managed block on top)', settings: 'settings include file', config: 'postgresql.conf (one include line appended)',
-};
-
-export interface Preview {
-  /** The managed blocks the agent writes on top of pg_hba.conf and pg_ident.conf. */
-  hba: string;
-  ident: string;
-  settings: Record<string, string>;
-  files: string[];
-}
-
-/**
- * What the agent would write on a node with the default paths, without a node: for
- * `pgaccord apply --dry-run` and the plan endpoint, so that an operator who provisions
- * pg_hba.conf themselves sees every setting and file. Certificates are shown under their
- * versioned names (`<slot>-<serial>`), made on the node; the agent is assumed to connect as
- * postgres from the postgres OS user.
- */
-export function previewNode(input: NodeDesired, paths: PreviewPaths = DEFAULT_PREVIEW_PATHS): Preview {
-  const desired: NodeDesired = { ...input, caBundle: input.caBundle.trim() === '' ? '<cluster CA>' : input.caBundle };
-  // Patroni rewrites postgresql.conf: the include line goes into postgresql.base.conf (agent/apply/apply.ts)
-  const patroni = isPatroni(desired);
-  const configFile = patroni ? patroniBaseConf(`${paths.dataDir}/postgresql.conf`) : `${paths.dataDir}/postgresql.conf`;
-  const layout = layoutFor(paths.stateDir, { hbaFile: `${paths.dataDir}/pg_hba.conf`, identFile: `${paths.dataDir}/pg_ident.conf`, configFile }, paths.home);
-  const certificates: InstalledCertificate[] = desired.certificates.map((c) => ({ slot: c.id, certPath: `${layout.tlsDir}/${c.id}-<serial>.crt`, keyPath: `${layout.tlsDir}/${c.id}-<serial>.key`, serial: '<serial>', notAfter: '' }));
-  const pems = Object.fromEntries(desired.certificates.map((c) => [c.id, { cert: '', key: '' }]));
-  const plan = planNode({ desired, certificates, layout, localRole: 'postgres', localOsUsers: ['postgres'], existing: { hba: '', ident: '', config: '' }, pems });
-  const what = (k: FileKey): string => (k === 'config' && patroni ? "Patroni's base configuration, included first (one include line appended)" : FILE_WHAT[k]);
-  const files = plan.files.map((f) => `${f.path} (${f.mode.toString(8).padStart(4, '0')}${f.secret ? ', secret' : ''}): ${what(f.key)}`);
-  // Patroni: the fragment itself, passwords masked, for the operator to read before including it
-  const fragment = plan.files.findIndex((f) => f.key === 'patroni-fragment');
-  if (fragment >= 0) files[fragment] += `:\n${renderPatroniFragment(desired, layout, { passwords: 'mask' }).trimEnd().split('\n').map((l) => `      ${l}`).join('\n')}`;
-  for (const c of certificates) files.push(`${c.keyPath} (0600, made on the node), ${c.certPath} (0644): ${c.slot} key pair`);
-  return { hba: plan.hbaBlock, ident: plan.identBlock, settings: { ...plan.settings, [CONFIG_HASH_SETTING]: '<hash of the managed files>' }, files };
 }

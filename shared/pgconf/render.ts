@@ -71,7 +71,8 @@ export interface HbaBlockInput {
 export function renderHbaBlock(input: HbaBlockInput): string {
   const lines = [BLOCK_BEGIN, `# cluster ${input.cluster}`];
   lines.push('# anti-lockout: the agent itself, over the local socket');
-  lines.push(renderHbaLine({ type: 'local', databases: [{ keyword: 'all' }], users: [{ name: input.localRole }], method: 'peer', options: { map: LOCAL_MAP } }));
+  const local: HbaRule = { type: 'local', databases: [{ keyword: 'all' }], users: [{ name: input.localRole }], method: 'peer', options: { map: LOCAL_MAP } };
+  lines.push(renderHbaLine(local));
   for (const rule of input.rules) {
     // PostgreSQL 15 joins a line ending in a backslash with the next one: a comment ending in
     // a backslash would swallow the rule below it (pg_hba_file_rules then simply has no row for it).
@@ -168,7 +169,10 @@ export interface PassfileEntry {
 
 export function renderPassfile(entries: PassfileEntry[]): string {
   return entries
-    .map((e) => [passfileField(e.host), String(e.port), e.database === '*' ? '*' : passfileField(e.database), passfileField(e.user), passfileField(e.password)].join(':'))
+    .map((e) => {
+      const database = e.database === '*' ? '*' : passfileField(e.database);
+      return [passfileField(e.host), String(e.port), database, passfileField(e.user), passfileField(e.password)].join(':');
+    })
     .map((l) => `${l}\n`)
     .join('');
 }

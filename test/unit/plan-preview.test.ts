@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { compileCluster, rolesNeedingPasswords } from '../../coordinator/cluster/compile.ts';
 import { validateSpec } from '../../coordinator/cluster/spec.ts';
 import { scramVerifier } from '../../shared/crypto/scram.ts';
-import { previewNode } from '../../shared/pgconf/plan.ts';
+import { previewNode } from '../../shared/pgconf/preview.ts';
 import { PROFILES } from '../../shared/pgconf/profiles.ts';
 import { renderHbaBlock, renderIdentBlock } from '../../shared/pgconf/render.ts';
 import type { AuthModel, ClusterSpec, NodeDesired, ProfileName } from '../../shared/contract/schema.ts';
