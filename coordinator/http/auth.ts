@@ -7,7 +7,8 @@ import type { TLSSocket } from 'node:tls';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { certInfo } from '../../shared/crypto/x509.ts';
 import { ApiError, unauthorized } from '../errors.ts';
-import { AGENT_CN, parseIdentityUri, type CoordinatorService } from '../service.ts';
+import { AGENT_CN, parseIdentityUri, type AgentPrincipal, type CoordinatorService } from '../service.ts';
+import { StoreUnavailableError } from '../store/store-hosts.ts';
 import type { RateLimiter } from './rate-limit.ts';
 
 /** The long-poll is held at authentication while the store is away at least this long (ms). */
@@ -45,14 +46,52 @@ function rawWaitMs(query: unknown, longPollMs: number): number {
   return wait >= 0 ? Math.min(wait * 1000, longPollMs) : longPollMs;
 }
 
+/**
+ * `work`, unless the server starts closing first: then a 503 at once, and the agent moves on to
+ * another coordinator. What `work` does after that (its wait for the store ends with the store's
+ * close) is dropped.
+ */
+function unlessClosing<T>(closing: AbortSignal, work: Promise<T>): Promise<T> {
+  work.catch(() => undefined);
+  return new Promise<T>((resolve, reject) => {
+    const refuse = () => reject(new StoreUnavailableError('closing: a long-poll waiting for the store at authentication was answered'));
+    if (closing.aborted) return refuse();
+    closing.addEventListener('abort', refuse, { once: true });
+    work.then(resolve, reject).finally(() => closing.removeEventListener('abort', refuse));
+  });
+}
+
+/**
+ * A long-poll's authentication. While the store fails over it is held until the store is back (at
+ * most the poll's own wait, at least 20 s), not refused into the agent's backoff; it then waits
+ * what is left of its wait. Closing, a poll held for the store is answered at once, as a poll held
+ * for a change is; one that finds the store there is served as any other request.
+ */
+async function authenticateLongPoll(
+  service: CoordinatorService, closing: AbortSignal, id: { cluster: string; node: string; serial: string }, query: unknown,
+): Promise<{ value: AgentPrincipal; heldMs: number }> {
+  const start = Date.now();
+  try {
+    const value = await service.authenticateAgent(id, id.serial);
+    return { value, heldMs: Date.now() - start };
+  } catch (e) {
+    if (!(e instanceof StoreUnavailableError)) throw e;
+  }
+  const budgetMs = Math.max(rawWaitMs(query, service.longPollMs), MIN_STORE_WAIT_MS) - (Date.now() - start);
+  const held = await unlessClosing(closing, service.store.whileAway(budgetMs, () => service.authenticateAgent(id, id.serial)));
+  return { value: held.value, heldMs: Date.now() - start };
+}
+
 export interface AuthDeps {
   service: CoordinatorService;
   adminToken: string;
   limiter: RateLimiter;
+  /** Aborted when the server starts closing: a long-poll waiting for the store stops waiting. */
+  closing: AbortSignal;
 }
 
 /** The onRequest hook of every route. */
-export function authenticate({ service, adminToken, limiter }: AuthDeps) {
+export function authenticate({ service, adminToken, limiter, closing }: AuthDeps) {
   return async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
     const { auth = 'none', longPoll = false } = req.routeOptions.config;
     if (auth === 'admin') {
@@ -60,11 +99,7 @@ export function authenticate({ service, adminToken, limiter }: AuthDeps) {
     } else if (auth === 'agent') {
       const id = agentIdentity(req);
       if (longPoll) {
-        // A long-poll arriving while the store fails over is held until the store is back (at
-        // most its own wait, at least 20 s), not refused into the agent's backoff; it then waits
-        // what is left of its wait.
-        const waitMs = rawWaitMs(req.query, service.longPollMs);
-        const held = await service.store.whileAway(Math.max(waitMs, MIN_STORE_WAIT_MS), () => service.authenticateAgent(id, id.serial));
+        const held = await authenticateLongPoll(service, closing, id, req.query);
         req.agent = held.value;
         req.storeWaitMs = held.heldMs;
       } else {

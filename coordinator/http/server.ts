@@ -2,7 +2,7 @@
 // authenticate with mTLS), the limits one client may hold, the auth and metrics hooks, one
 // error shape, and the routes, one plugin per resource under routes/. Every route declares its
 // response schemas: fastify serialises only declared fields, so nothing else can leak.
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Logger } from 'pino';
 import type { ErrorBody } from '../../shared/contract/api.ts';
@@ -52,11 +52,6 @@ class RequestLinesAtDebug extends LogController {
     if (this.isLogDisabled(request)) return;
     if (error) reply.log.error({ res: reply, err: error, responseTime: reply.elapsedTime }, 'request errored');
     else reply.log.debug({ res: reply, responseTime: reply.elapsedTime }, 'request completed');
-  }
-
-  /** Once per request refused while closing: a restart with thousands of agents would log thousands. */
-  override serviceUnavailable(logger: FastifyBaseLogger): void {
-    logger.debug({ res: { statusCode: 503 } }, 'request refused: the server is closing');
   }
 }
 
@@ -116,6 +111,10 @@ export async function buildServer(opts: ServerOptions) {
     requestTimeout: requestTimeoutMs,
     connectionTimeout: service.longPollMs + IDLE_MARGIN_MS,
     keepAliveTimeout: 10_000,
+    // Closing, a request on a connection already open is served (the store is still there; a
+    // long-poll answers at once) with "connection: close", not refused with fastify's 503, which
+    // is neither our error body nor true: the agent would count a failure and back off.
+    return503OnClosing: false,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
   const maxConnections = opts.limits?.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
@@ -145,7 +144,7 @@ export async function buildServer(opts: ServerOptions) {
 
   // One agent looping on its routes must not take the event loop from the others.
   const limiter = new RateLimiter(opts.limits?.agentRateLimit ?? AGENT_RATE_LIMIT);
-  app.addHook('onRequest', authenticate({ service, adminToken, limiter }));
+  app.addHook('onRequest', authenticate({ service, adminToken, limiter, closing: closing.signal }));
   // By route pattern (req.routeOptions.url), never the raw URL: bounded label values.
   if (metrics) app.addHook('onResponse', async (req, reply) => metrics.request(req.method, req.routeOptions.url, reply.statusCode));
 
