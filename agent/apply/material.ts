@@ -62,12 +62,14 @@ export async function installMaterial(ctx: NodeContext, input: ApplyInput, opts:
   let plan: Plan;
   try {
     const existing = { hba: '', ident: '', config: '' };
-    plan = planNode({ desired: input.desired, certificates: input.certificates, layout, localRole: ctx.pgUser, localOsUsers: [ctx.agentOsUser], existing, pems: await readPems(input) });
+    const pems = await readPems(input);
+    plan = planNode({ desired: input.desired, certificates: input.certificates, layout, localRole: ctx.pgUser, localOsUsers: [ctx.agentOsUser], existing, pems });
   } catch (e) {
     return { written: [], errors: [problemOf(e, 'E_RENDER')] };
   }
   const now = (opts.now ?? (() => new Date()))();
-  const problems = await checkCertificates({ certificates: input.certificates, neededSlots: neededSlots(input), caBundle: input.desired.caBundle, ownerUid: ctx.serverOsUser.uid, now });
+  const { certificates, desired } = input;
+  const problems = await checkCertificates({ certificates, neededSlots: neededSlots(input), caBundle: desired.caBundle, ownerUid: ctx.serverOsUser.uid, now });
   if (problems.length > 0) return { written: [], errors: problems };
   await ensureStateDirs(ctx, layout);
   await ensurePlanDirs(ctx, plan.dirs);

@@ -127,7 +127,12 @@ export async function enroll(opts: EnrollOptions): Promise<StoredIdentity> {
   const caPem = await fetchPinnedCa(opts.coordinatorUrl, payload.caFingerprint);
   await ensurePrivateDir(identityDir(opts.stateDir));
   const keyPem = await newPendingKey(opts.stateDir);
-  const client = new CoordinatorClient({ baseUrl: opts.coordinatorUrl, caPem, ...(opts.random ? { random: opts.random } : {}), ...(opts.onFailover ? { onFailover: opts.onFailover } : {}) });
+  const client = new CoordinatorClient({
+    baseUrl: opts.coordinatorUrl,
+    caPem,
+    ...(opts.random ? { random: opts.random } : {}),
+    ...(opts.onFailover ? { onFailover: opts.onFailover } : {}),
+  });
   let resp: EnrollResponse;
   try {
     resp = await client.enroll({ token: opts.joinToken, csr: createCsr(keyPem, `${opts.cluster}/${opts.node}`) });
@@ -142,7 +147,8 @@ export async function enroll(opts: EnrollOptions): Promise<StoredIdentity> {
   const dir = identityDir(opts.stateDir);
   await writeFileAtomic(join(dir, CA_FILE), caPem, { mode: 0o644 });
   const identity = await storeIdentity(opts.stateDir, keyPem, resp.certificate);
-  const enrollment: Enrollment = { cluster: opts.cluster, node: opts.node, coordinatorUrl: typeof opts.coordinatorUrl === 'string' ? opts.coordinatorUrl : opts.coordinatorUrl[0]! };
+  const coordinatorUrl = typeof opts.coordinatorUrl === 'string' ? opts.coordinatorUrl : opts.coordinatorUrl[0]!;
+  const enrollment: Enrollment = { cluster: opts.cluster, node: opts.node, coordinatorUrl };
   await writeFileAtomic(join(dir, ENROLLMENT_FILE), `${JSON.stringify(enrollment, null, 2)}\n`, { mode: 0o644 });
   return { enrollment, caPem, identity };
 }

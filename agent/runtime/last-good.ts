@@ -9,7 +9,10 @@ import { readIfExists, writeFileAtomic, type Owner } from './statefile.ts';
 export const desiredFile = (stateDir: string): string => stateDirLayout(stateDir).desired;
 
 /** The last good desired state, or null. A file that no longer validates is ignored (and reported). */
-export async function loadLastGood(stateDir: string, expect: { cluster: string; node: string }): Promise<{ desired: NodeDesired | null; error: Problem | null }> {
+export async function loadLastGood(
+  stateDir: string,
+  expect: { cluster: string; node: string },
+): Promise<{ desired: NodeDesired | null; error: Problem | null }> {
   const text = await readIfExists(desiredFile(stateDir));
   if (text === null) return { desired: null, error: null };
   let parsed: unknown;
@@ -19,7 +22,8 @@ export async function loadLastGood(stateDir: string, expect: { cluster: string; 
     return { desired: null, error: { code: 'E_STATE_CORRUPT', message: `${desiredFile(stateDir)} is not JSON; ignoring it` } };
   }
   const j = judgeDesired(parsed, null, expect);
-  return j.ok ? { desired: j.desired, error: null } : { desired: null, error: { code: 'E_STATE_CORRUPT', message: `${desiredFile(stateDir)}: ${j.error.message}` } };
+  if (j.ok) return { desired: j.desired, error: null };
+  return { desired: null, error: { code: 'E_STATE_CORRUPT', message: `${desiredFile(stateDir)}: ${j.error.message}` } };
 }
 
 /** Persist atomically, 0600: it holds client passwords. */

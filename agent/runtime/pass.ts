@@ -19,7 +19,13 @@ export interface Applied {
 }
 
 /** Pairs first (`online`: new ones may be requested), then the apply; a thrown apply is a failed one. */
-export async function ensureAndApply(deps: Pick<LoopDeps, 'certs' | 'apply'>, ctx: NodeContext, desired: NodeDesired, online: boolean, lastFiles: FileReportT[]): Promise<Applied> {
+export async function ensureAndApply(
+  deps: Pick<LoopDeps, 'certs' | 'apply'>,
+  ctx: NodeContext,
+  desired: NodeDesired,
+  online: boolean,
+  lastFiles: FileReportT[],
+): Promise<Applied> {
   const t0 = performance.now();
   const certs = await deps.certs.ensure(desired, { online }).catch((e): EnsureResult => ({
     installed: [],
@@ -31,15 +37,22 @@ export async function ensureAndApply(deps: Pick<LoopDeps, 'certs' | 'apply'>, ct
   try {
     result = await deps.apply(ctx, { desired, certificates: certs.installed });
   } catch (e) {
-    result = { phase: 'failed', changed: false, errors: [{ code: 'E_APPLY', message: errMessage(e) }], files: lastFiles, pendingRestart: [], servedCertificate: null, clientConnections: [] };
+    const errors = [{ code: 'E_APPLY', message: errMessage(e) }];
+    result = { phase: 'failed', changed: false, errors, files: lastFiles, pendingRestart: [], servedCertificate: null, clientConnections: [] };
   }
   return { result, proved: result.phase === 'converged' || result.phase === 'pending-restart', certs, certsMs };
 }
 
 /** After the proof: old pair versions go, and (the new CRL is loaded) revoked sessions end. Returns new problems. */
-export async function afterProof(deps: Pick<LoopDeps, 'certs' | 'log' | 'terminateRevoked'>, ctx: NodeContext, desired: NodeDesired, certs: EnsureResult): Promise<Problem[]> {
+export async function afterProof(
+  deps: Pick<LoopDeps, 'certs' | 'log' | 'terminateRevoked'>,
+  ctx: NodeContext,
+  desired: NodeDesired,
+  certs: EnsureResult,
+): Promise<Problem[]> {
   const { log } = deps;
-  await deps.certs.prune(certs.installed, desired.certificates.map((c) => c.id)).catch((e) => log.warn({ err: errMessage(e) }, 'pruning old certificate versions failed'));
+  const slots = desired.certificates.map((c) => c.id);
+  await deps.certs.prune(certs.installed, slots).catch((e) => log.warn({ err: errMessage(e) }, 'pruning old certificate versions failed'));
   if (desired.crl === null) return [];
   const terminate = deps.terminateRevoked ?? ((c: NodeContext, crl: string) => withSession(c, (s) => terminateRevokedSessions(s, crl)));
   try {

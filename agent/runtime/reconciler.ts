@@ -349,7 +349,8 @@ export class Reconciler {
     this.lastStatus = status;
     const phase = desired ? (this.lastApply?.phase ?? null) : null;
     const probesOk = probes.filter((p) => p.ok).length;
-    this.deps.onSummary?.(summaryLine({ desired: desired?.generation ?? null, applied: this.appliedGeneration, phase, probesOk, probes: probes.length, reachable: this.view.reachable() }));
+    const summary = { desired: desired?.generation ?? null, applied: this.appliedGeneration, phase, probesOk, probes: probes.length, reachable: this.view.reachable() };
+    this.deps.onSummary?.(summaryLine(summary));
     let reported = false;
     if (this.view.reachable()) {
       try {
@@ -365,7 +366,8 @@ export class Reconciler {
       }
     }
     const at = new Date(this.deps.now()).toISOString();
-    await writeLocalStatus(ctx.stateDir, status, { at, reported }, this.deps.owner).catch((e) => log.warn({ err: errMessage(e) }, 'writing the local status failed'));
+    const mirrored = writeLocalStatus(ctx.stateDir, status, { at, reported }, this.deps.owner);
+    await mirrored.catch((e) => log.warn({ err: errMessage(e) }, 'writing the local status failed'));
   }
 }
 
