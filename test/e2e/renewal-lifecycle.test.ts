@@ -12,6 +12,7 @@ import type { CertificateListResponse } from '../../shared/contract/api.ts';
 import type { Static } from '@sinclair/typebox';
 import { query } from '../helpers/pg.ts';
 import { edgeConninfos, longSession, watchCluster } from '../helpers/lifecycle-e2e.ts';
+import { waitFor } from '../helpers/wait.ts';
 
 const RUN_MS = Number(process.env.PGACCORD_RENEWAL_RUN_MS ?? 240_000);
 
@@ -38,8 +39,11 @@ test('2-minute certificates renew for four minutes with no failed probe, no drop
   const edge = (await edgeConninfos(n1.stateDir)).find((e) => e.to === 'node-2')!;
   assert.match(edge.conninfo, /sslmode=verify-full/);
   const session = longSession(edge.conninfo, 'SELECT pg_sleep(200)', 260_000);
-  await new Promise((r) => setTimeout(r, 1000));
-  const [live] = await query<{ n: string; serial: string | null }>(n2.pg, "SELECT count(*)::text AS n, max(client_serial)::text AS serial FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE query LIKE 'SELECT pg_sleep%' AND pid <> pg_backend_pid()");
+  const live = await waitFor('the long session running on node-2', async () => {
+    const [row] = await query<{ n: string; serial: string | null }>(n2.pg,
+      "SELECT count(*)::text AS n, max(client_serial)::text AS serial FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE query LIKE 'SELECT pg_sleep%' AND pid <> pg_backend_pid()");
+    return row!.n !== '0' ? row : null;
+  }, 30_000, 100);
   assert.equal(live!.n, '1', 'the long session is on node-2');
   assert.ok(live!.serial, 'it authenticated with a client certificate');
 

@@ -16,6 +16,8 @@ import { serverOsUser } from '../../shared/system/pgserver.ts';
 import { readFile } from 'node:fs/promises';
 import { editConninfo, psql } from '../helpers/libpq.ts';
 import { edgeConninfos, longSession } from '../helpers/lifecycle-e2e.ts';
+import { query } from '../helpers/pg.ts';
+import { waitFor } from '../helpers/wait.ts';
 
 const REFUSED_WITHIN_MS = 15_000;
 
@@ -62,7 +64,8 @@ test('a revoked client certificate is refused on every node within seconds and i
     assert.ok(r.ok, `before revocation the pair works on ${node.name}: ${r.error}`);
   }
   const session = longSession(stolen(n2), 'SELECT pg_sleep(120)', 150_000);
-  await new Promise((r) => setTimeout(r, 1000));
+  await waitFor('the long session running on node-2', async () =>
+    (await query(n2.pg, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND pid <> pg_backend_pid()")).length > 0, 30_000, 100);
 
   const t0 = Date.now();
   const revoked = await cluster.cli(['cert', 'revoke', 'revoke', serial]);
