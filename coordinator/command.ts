@@ -1,34 +1,13 @@
 // `pgaccord coordinator`'s command line: its options, help and the checks of every flag, apart
 // from the runtime (coordinator/main.ts) so that `--help` and a bad flag load only this: the
 // runtime's packages (fastify, pg, node-forge, pino, typebox) are tens of MB and half a second.
-import { isIP } from 'node:net';
 import { parseDuration } from './cluster/duration.ts';
 import { DEFAULT_MAX_CONNECTIONS, parseMaxConnections } from './http/connection-limits.ts';
+import { DEFAULT_LISTEN, parseListen, parseMetricsListen } from './http/listen.ts';
 import { DEFAULT_DATA_DIR, DEFAULT_TLS_KEY_TYPE } from './store/datadir-layout.ts';
 import { parseCommand } from '../shared/system/cli.ts';
 import { parseCoordinatorUrls } from '../shared/contract/coordinator-urls.ts';
 import { KEY_TYPES, type KeyType } from '../shared/crypto/key-types.ts';
-
-export const DEFAULT_LISTEN = '127.0.0.1:7432';
-
-export function parseListen(text: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
-  const host = m?.[1] ?? m?.[2];
-  const port = Number(m?.[3]);
-  if (!m || !host || port > 65535 || (m[1] !== undefined && isIP(m[1]) !== 6)) {
-    throw new Error(`--listen: "${text}" is not HOST:PORT (e.g. 127.0.0.1:7432, [::1]:7432)`);
-  }
-  return { host, port };
-}
-
-/** --metrics-listen: HOST:PORT, or a bare PORT on loopback. */
-export function parseMetricsListen(text: string): { host: string; port: number } {
-  try {
-    return parseListen(/^\d{1,5}$/.test(text) ? `127.0.0.1:${text}` : text);
-  } catch {
-    throw new Error(`--metrics-listen: "${text}" is not HOST:PORT or PORT (e.g. 9464, 127.0.0.1:9464, [::1]:9464)`);
-  }
-}
 
 export const COORDINATOR_COMMAND = {
   usage: 'pgaccord coordinator [--data-dir DIR] [--listen HOST:PORT] [--database-url URL] [--public-url URL] [--log-level LEVEL]',

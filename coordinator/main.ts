@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import type pino from 'pino';
-import { DEFAULT_LISTEN, parseListen, parseMetricsListen } from './command.ts';
+import { DEFAULT_LISTEN, parseListen, parseMetricsListen } from './http/listen.ts';
 import { openOrCreatePgInstance, storeOsUser, type PgInstance } from '../shared/system/pgserver.ts';
 import { FILES, openDataDir, readOrCreateStorePassword, type DataDir } from './store/datadir.ts';
 import type { KeyType } from '../shared/crypto/key-types.ts';

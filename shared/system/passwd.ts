@@ -2,9 +2,16 @@
 // every look-up, by name (the server's and the store's OS users) or by uid (the owner of PGDATA).
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import type { OsUser } from './pgserver.ts';
 
 const execFileAsync = promisify(execFile);
+
+/** An OS user as the passwd database answers for it. */
+export interface OsUser {
+  name: string;
+  uid: number;
+  gid: number;
+  home: string;
+}
 
 /** name:passwd:uid:gid:gecos:home:shell, or null when the line is not one. An empty home is /. */
 export function parsePasswdLine(line: string): OsUser | null {

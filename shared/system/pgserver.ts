@@ -11,18 +11,13 @@ import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { ensureDirectory } from './atomic-file.ts';
-import { passwdEntry } from './passwd.ts';
+import { passwdEntry, type OsUser } from './passwd.ts';
+
+export type { OsUser };
 import { confName, confString } from '../pgconf/escape.ts';
 import { scramVerifier } from '../crypto/scram.ts';
 
 const execFileAsync = promisify(execFile);
-
-export interface OsUser {
-  name: string;
-  uid: number;
-  gid: number;
-  home: string;
-}
 
 /** The OS user PostgreSQL runs as: `postgres` when we are root, ourselves otherwise. */
 export async function serverOsUser(): Promise<OsUser> {

@@ -68,7 +68,7 @@ test('one probe series per edge and role, 1 for success and 0 for failure (of an
 });
 
 test('--metrics-listen: a bare port is loopback; HOST:PORT and [v6]:PORT as --listen; anything else a clear error', async () => {
-  const { parseMetricsListen } = await import('../../coordinator/command.ts');
+  const { parseMetricsListen } = await import('../../coordinator/http/listen.ts');
   assert.deepEqual(parseMetricsListen('9464'), { host: '127.0.0.1', port: 9464 });
   assert.deepEqual(parseMetricsListen('0.0.0.0:9464'), { host: '0.0.0.0', port: 9464 });
   assert.deepEqual(parseMetricsListen('[::1]:9464'), { host: '::1', port: 9464 });
