@@ -5,7 +5,7 @@ import { closeSync, existsSync, fstatSync, openSync, readFileSync, statSync } fr
 import { readFile } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { UsageError } from '../shared/system/cli.ts';
-import { DEFAULT_SOCKET_DIR, DEFAULT_STATE_DIR, KEYS, LOG_LEVELS, camel, type Key } from './command.ts';
+import { DEFAULT_SOCKET_DIR, DEFAULT_STATE_DIR, KEYS, LOG_LEVELS, camel, type Key } from './options.ts';
 import { parseCoordinatorUrls, tokenUrls } from '../shared/contract/join-token.ts';
 import { NAME_PATTERN } from '../shared/contract/schema.ts';
 import { decodeJoinToken } from './runtime/client.ts';

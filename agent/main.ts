@@ -7,7 +7,7 @@ import { join, resolve } from 'node:path';
 import type pino from 'pino';
 import type { Logger } from 'pino';
 import { parseCommand, UsageError } from '../shared/system/cli.ts';
-import { AGENT_COMMAND as COMMAND, DEFAULT_STATE_DIR, KEYS } from './command.ts';
+import { AGENT_COMMAND as COMMAND, DEFAULT_STATE_DIR, KEYS } from './options.ts';
 import { followPostmaster, readConfigFile, readJoinTokenFile, resolveConfig, serverFingerprint, type RawConfig, type ResolvedConfig } from './config.ts';
 import { createLogger } from '../shared/system/log.ts';
 import { SdNotifier, takeNotifyEnv } from '../shared/system/sd-notify.ts';

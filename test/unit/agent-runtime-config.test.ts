@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { createLogger } from '../../shared/system/log.ts';
 import { followPostmaster, readConfigFile, resolveConfig } from '../../agent/config.ts';
-import { DEFAULT_STATE_DIR, DEFAULT_SOCKET_DIR } from '../../agent/command.ts';
+import { DEFAULT_STATE_DIR, DEFAULT_SOCKET_DIR } from '../../agent/options.ts';
 import type { NodeContext } from '../../agent/apply/types.ts';
 import { parseSslLine, scrubSecrets } from '../../agent/probe/probes.ts';
 import { buildStatus } from '../../agent/runtime/status.ts';
