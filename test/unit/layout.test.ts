@@ -3,7 +3,7 @@
 // the sources' own import statements, so a new arrow fails here rather than in a review.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
@@ -83,4 +83,14 @@ test(`no source file over ${MAX_LINES} lines (product, tests, benchmarks)`, () =
   const files = [...PRODUCT, 'test', 'bench'].flatMap((d) => sources(join(ROOT, d)));
   const long = files.map((f) => ({ f: relative(ROOT, f), n: readFileSync(f, 'utf8').split('\n').length - 1 })).filter(({ n }) => n > MAX_LINES);
   assert.deepEqual(long.map(({ f, n }) => `${f}: ${n}`), []);
+});
+
+test('every source path the README and docs/ name exists', () => {
+  const docs = ['README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+  const named = docs.flatMap((doc) =>
+    [...readFileSync(join(ROOT, doc), 'utf8').matchAll(/(?<![\w./])((?:agent|coordinator|shared|bin|bench|test|systemd)\/[\w./-]+\.(?:ts|mjs|service))\b/g)].map((m) => ({ doc, path: m[1]! })),
+  );
+  assert.ok(named.length > 20, `found ${named.length} paths`);
+  const missing = named.filter(({ path }) => !existsSync(join(ROOT, path))).map(({ doc, path }) => `${doc}: ${path}`);
+  assert.deepEqual([...new Set(missing)], []);
 });
