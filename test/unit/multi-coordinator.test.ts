@@ -3,12 +3,9 @@
 // moving from a coordinator it cannot reach (or that answers 503) to the next, over real HTTPS.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { createPublicKey } from 'node:crypto';
-import { createServer, type Server } from 'node:https';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import forge from 'node-forge';
 import { CertificateAuthority } from '../../coordinator/ca/ca.ts';
 import { CoordinatorClient, CoordinatorError } from '../../agent/runtime/client.ts';
 import { failoverDelay, FAILOVER_BACKOFF, seededRandom } from '../../agent/runtime/backoff.ts';
@@ -16,7 +13,7 @@ import { readConfigFile, resolveConfig } from '../../agent/config.ts';
 import { parseCoordinatorUrls } from '../../shared/contract/coordinator-urls.ts';
 import { encodeJoinToken, parseJoinToken, tokenUrls } from '../../shared/contract/join-token.ts';
 import { freePort } from '../../shared/system/pgserver.ts';
-import { generateRsaKey } from '../../shared/crypto/keys.ts';
+import { httpsServer } from '../helpers/https-server.ts';
 
 const dirs: string[] = [];
 after(async () => {
@@ -79,23 +76,6 @@ test('agent config: --coordinator repeated/comma-separated, a YAML list, or the 
   await writeFile(file, 'coordinator:\n  - 7\n');
   await assert.rejects(readConfigFile(file), /must be a URL or a non-empty list of URLs/);
 });
-
-async function httpsServer(ca: CertificateAuthority, answer: (path: string) => number | 'die'): Promise<{ url: string; hits: string[]; close(): Promise<void> }> {
-  const { privateKeyPem } = await generateRsaKey();
-  const pub = forge.pki.publicKeyFromPem(createPublicKey(privateKeyPem).export({ type: 'spki', format: 'pem' }).toString());
-  const cert = ca.issue({ publicKey: pub, commonName: '127.0.0.1', ipAddresses: ['127.0.0.1'], usage: 'server', lifetimeSeconds: 3600, now: new Date() });
-  const hits: string[] = [];
-  const srv: Server = createServer({ key: privateKeyPem, cert: cert.pem }, (req, res) => {
-    hits.push(req.url ?? '');
-    const status = answer(req.url ?? '');
-    // A coordinator that dies having read the request (and perhaps signed the CSR), before answering.
-    if (status === 'die') return req.on('data', () => undefined).on('end', () => req.socket.destroy());
-    res.writeHead(status, { 'content-type': 'application/json' });
-    res.end(status === 503 ? JSON.stringify({ code: 'E_STORE_UNAVAILABLE', message: 'down' }) : '');
-  });
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  return { url: `https://127.0.0.1:${(srv.address() as { port: number }).port}`, hits, close: () => new Promise((r) => srv.close(() => r())) };
-}
 
 test('agent client: moves on from a coordinator it cannot reach or that answers 503, stays on the one that answers; a 4xx is not failed over; all down is E_UNREACHABLE', async () => {
   const { ca } = await CertificateAuthority.create('test coordinator CA', new Date());
