@@ -72,7 +72,12 @@ export class Identities {
     return { token, expiresAt: expiresAt.toISOString() };
   }
 
-  /** Join token + CSR → agent identity certificate. The token is consumed atomically, once. */
+  /**
+   * Join token + CSR → agent identity certificate. The token is consumed atomically, once, and
+   * names the identity it was spent for: the same token with a CSR of that identity's key (the
+   * agent's retry after a lost answer) is answered with that certificate again; any other key
+   * is refused as a spent token.
+   */
   async enroll(token: string, csrPem: string): Promise<EnrollResponse> {
     const ctx = this.#ctx;
     const parsed = parseJoinToken(token);
@@ -81,13 +86,13 @@ export class Identities {
     const now = ctx.now();
     // The token first (one indexed lookup of its hash): no public-key work for a caller who
     // does not hold a live token. It is consumed below, atomically, once the CSR is good.
-    const live = await ctx.store.query(
-      `SELECT 1 FROM join_tokens WHERE id = $1 AND secret_sha256 = $2 AND cluster = $3 AND node = $4 AND used_at IS NULL AND expires_at > $5`,
+    const live = await ctx.store.query<{ spent: boolean }>(
+      `SELECT used_at IS NOT NULL AS spent FROM join_tokens WHERE id = $1 AND secret_sha256 = $2 AND cluster = $3 AND node = $4 AND expires_at > $5`,
       [payload.id, sha256(payload.secret), payload.cluster, payload.node, now],
     );
     if (live.length === 0) throw await this.#refuseToken(payload, now);
-    const publicKey = await ctx.csrPublicKey(csrPem);
-    const result = await ctx.store.tx(async (c) => {
+    const publicKey = await ctx.csrPublicKey(csrPem); // verifies the CSR's self-signature: the sender holds the key
+    const result = live[0]!.spent ? null : await ctx.store.tx(async (c) => {
       const used = await c.query<{ cluster: string; node: string }>(
         `UPDATE join_tokens SET used_at = $5
           WHERE id = $1 AND secret_sha256 = $2 AND cluster = $3 AND node = $4 AND used_at IS NULL AND expires_at > $5
@@ -98,6 +103,7 @@ export class Identities {
       const row = await ctx.cluster(payload.cluster, c);
       if (!row || !hasNode(row.spec, payload.node)) throw gone(`node "${payload.cluster}/${payload.node}" no longer exists`);
       const issued = await this.#issue(c, payload, publicKey, now);
+      await c.query(`UPDATE join_tokens SET identity_serial = $2 WHERE id = $1`, [payload.id, issued.serial]);
       await c.query(
         `INSERT INTO agents (cluster, node, identity_serial, previous_serial, enrolled_at) VALUES ($1, $2, $3, NULL, $4)
          ON CONFLICT (cluster, node) DO UPDATE SET identity_serial = EXCLUDED.identity_serial, previous_serial = NULL, enrolled_at = EXCLUDED.enrolled_at`,
@@ -105,9 +111,31 @@ export class Identities {
       );
       return issued;
     });
-    if (!result) throw await this.#refuseToken(payload, now);
-    ctx.log.info({ cluster: payload.cluster, node: payload.node, serial: result.serial }, 'agent enrolled');
-    return { cluster: payload.cluster, node: payload.node, certificate: result.pem, coordinatorCa: ctx.coordinatorCa.certPem };
+    const pem = result?.pem ?? (await this.#answerAgain(payload, publicKey, now));
+    if (!pem) throw await this.#refuseToken(payload, now);
+    if (result) ctx.log.info({ cluster: payload.cluster, node: payload.node, serial: result.serial }, 'agent enrolled');
+    return { cluster: payload.cluster, node: payload.node, certificate: pem, coordinatorCa: ctx.coordinatorCa.certPem };
+  }
+
+  /**
+   * A spent token's certificate again, for a CSR of the same key: the agent whose first answer
+   * was lost (its coordinator died after the commit) retries with the key it kept. Not a second
+   * issuance: the certificate issued at the spend, which only the holder of that key can use and
+   * which nobody else could have received. Only while it is still the node's current identity,
+   * unrevoked and unexpired, so that an old key can never push out a renewed or newer identity.
+   */
+  async #answerAgain(p: JoinTokenPayload, publicKey: SubjectPublicKey, now: Date): Promise<string | null> {
+    const row = (await this.#ctx.store.query<{ pem: string; serial: string }>(
+      `SELECT c.pem, c.serial FROM join_tokens t
+         JOIN agents a ON a.cluster = t.cluster AND a.node = t.node AND a.identity_serial = t.identity_serial
+         JOIN certificates c ON c.serial = t.identity_serial AND c.slot = 'identity' AND c.revoked_at IS NULL AND c.not_after > $5
+        WHERE t.id = $1 AND t.secret_sha256 = $2 AND t.cluster = $3 AND t.node = $4 AND t.used_at IS NOT NULL AND t.expires_at > $5`,
+      [p.id, sha256(p.secret), p.cluster, p.node, now],
+    ))[0];
+    if (!row || publicKeyId(row.pem) !== publicKeyId(publicKey)) return null;
+    const who = { cluster: p.cluster, node: p.node, serial: row.serial, tokenId: p.id };
+    this.#ctx.log.info(who, 'agent enrolment retried with the same key: its certificate answered again');
+    return row.pem;
   }
 
   /** A new identity for an agent, signed with its current identity (or its previous one, retrying with the same key). */

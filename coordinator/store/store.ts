@@ -157,6 +157,16 @@ export const MIGRATIONS: Migration[] = [
       INSERT INTO crl_numbers (cluster, last_number) SELECT cluster, number FROM cluster_crls;
     `,
   },
+  {
+    version: 7,
+    name: 'join tokens name the identity certified when they were spent',
+    sql: `
+      -- The serial of the identity certificate a token was spent for: an enrolment whose answer
+      -- was lost is answered again, for the same key only (coordinator/service/identities.ts).
+      -- No foreign key: certificates are never deleted but with their cluster, as tokens are.
+      ALTER TABLE join_tokens ADD COLUMN identity_serial text;
+    `,
+  },
 ];
 
 export type Queryable = Pick<pg.PoolClient, 'query'>;
