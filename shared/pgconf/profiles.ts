@@ -99,7 +99,10 @@ export const PATRONI_CLIENT_SLOT = 'patroni-client';
 function patroniCertificates(spec: ClusterSpec, node: NodeSpec): CertificateSlot[] {
   const address = node.address ?? node.host;
   return [
-    { id: PATRONI_API_SLOT, usage: 'server', commonName: node.host, dnsNames: isIP(node.host) ? [] : [node.host], ipAddresses: [...new Set([address, ...(isIP(node.host) ? [node.host] : [])])].filter((a) => isIP(a)) },
+    {
+      id: PATRONI_API_SLOT, usage: 'server', commonName: node.host, dnsNames: isIP(node.host) ? [] : [node.host],
+      ipAddresses: [...new Set([address, ...(isIP(node.host) ? [node.host] : [])])].filter((a) => isIP(a)),
+    },
     { id: PATRONI_CLIENT_SLOT, usage: 'client', commonName: 'patroni', dnsNames: [], ipAddresses: [] },
   ];
 }
@@ -112,7 +115,10 @@ export const PROFILES: Record<ProfileName, Profile> = {
     roles: [{ name: 'replicator', replication: true, inRoles: [] }],
     links: [
       // walreceiver and pg_basebackup, then pg_rewind's connection to the postgres database
-      { from: 'standby', to: 'primary', roles: fixed('replicator'), databases: [kw('replication'), db('postgres')], dbname: constant('postgres'), replication: true },
+      {
+        from: 'standby', to: 'primary', roles: fixed('replicator'),
+        databases: [kw('replication'), db('postgres')], dbname: constant('postgres'), replication: true,
+      },
     ],
     settings: {},
     // The connection string ends up in primary_conninfo (pg_basebackup -R, or by hand): it must
@@ -152,9 +158,15 @@ export const PROFILES: Record<ProfileName, Profile> = {
       { name: PGAF_HEALTH_USER, replication: false, inRoles: [], kinds: ['postgres'], external: true, password: false, knownPassword: PGAF_HEALTH_USER },
     ],
     links: [
-      { from: 'postgres', to: 'monitor', roles: fixed('autoctl_node'), databases: [db('pg_auto_failover')], dbname: constant('pg_auto_failover'), replication: false },
+      {
+        from: 'postgres', to: 'monitor', roles: fixed('autoctl_node'),
+        databases: [db('pg_auto_failover')], dbname: constant('pg_auto_failover'), replication: false,
+      },
       { from: 'monitor', to: 'postgres', roles: fixed(PGAF_HEALTH_USER), databases: [db('postgres')], dbname: constant('postgres'), replication: false },
-      { from: 'postgres', to: 'postgres', roles: fixed('pgautofailover_replicator'), databases: [kw('replication'), db('postgres')], dbname: constant('postgres'), replication: true, includeSelf: true },
+      {
+        from: 'postgres', to: 'postgres', roles: fixed('pgautofailover_replicator'),
+        databases: [kw('replication'), db('postgres')], dbname: constant('postgres'), replication: true, includeSelf: true,
+      },
     ],
     settings: {},
     certIdentity: { commonName: 'postgres', map: 'pgautofailover' },
@@ -180,9 +192,15 @@ export const PROFILES: Record<ProfileName, Profile> = {
     ],
     links: [
       // walreceiver and pg_basebackup (replication), Patroni's replication=database checks (postgres)
-      { from: 'member', to: 'member', roles: fixed(PATRONI_REPLICATION_USER), databases: [kw('replication'), db('postgres')], dbname: constant('postgres'), replication: true, includeSelf: true },
+      {
+        from: 'member', to: 'member', roles: fixed(PATRONI_REPLICATION_USER),
+        databases: [kw('replication'), db('postgres')], dbname: constant('postgres'), replication: true, includeSelf: true,
+      },
       // pg_rewind --source-server and Patroni's checkpoint/timeline checks on the leader
-      { from: 'member', to: 'member', roles: fixed(PATRONI_REWIND_USER), databases: [db('postgres')], dbname: constant('postgres'), replication: false, includeSelf: true },
+      {
+        from: 'member', to: 'member', roles: fixed(PATRONI_REWIND_USER),
+        databases: [db('postgres')], dbname: constant('postgres'), replication: false, includeSelf: true,
+      },
     ],
     settings: {},
     // Named in the agent's Patroni fragment (postgresql.authentication.*.sslcert/sslkey...), which
