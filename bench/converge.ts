@@ -9,7 +9,7 @@
 //                     to what `pgaccord status --wait` waits for: every node applied and proved the
 //                     generation, every probe passed, every node reported since the change began.
 //                     Polled every 25 ms (the CLI looks once a second, too coarse for this).
-//   phases_ms         per phase of the agents' applies (shared/contract/schema.ts ApplyTimings), p50 and
+//   phases_ms         per phase of the agents' applies (shared/contract/status.ts ApplyTimings), p50 and
 //                     p99 over every node and change: where the time goes
 //   rss_mb            resident memory of the coordinator and of each agent (VmRSS), idle, after
 // Last line: JSON with the figures. BENCH_NODES (default 3) sets N.
