@@ -75,8 +75,10 @@ async function harness(script: (call: { after: number; peers: number | undefined
   const apply = async (_ctx: NodeContext, _input: ApplyInput): Promise<ApplyResult> => {
     applies += 1;
     const clock = new PhaseClock();
+    // 20 ms a phase: long beside what a loaded machine adds between the pass's own laps, so the
+    // 80 % the phases must account for measures the agent's bookkeeping, not the scheduler.
     for (const phase of ['render', 'install', 'validate', 'reload', 'prove', 'finish']) {
-      await sleep(4);
+      await sleep(20);
       clock.lap(phase);
     }
     return {
@@ -173,7 +175,7 @@ test('phase timings: the status carries every phase of the pass that applied the
   assert.equal(t.generation, 1);
   assert.ok(!Number.isNaN(Date.parse(t.startedAt)));
   for (const phase of ['certs', 'render', 'install', 'validate', 'reload', 'prove', 'finish', 'probe']) assert.equal(typeof t.phases[phase], 'number', `phase ${phase}`);
-  for (const phase of ['render', 'install', 'validate', 'reload', 'prove', 'finish']) assert.ok(t.phases[phase]! >= 3, `${phase} ${t.phases[phase]} ms: the apply's own 4 ms`);
+  for (const phase of ['render', 'install', 'validate', 'reload', 'prove', 'finish']) assert.ok(t.phases[phase]! >= 19, `${phase} ${t.phases[phase]} ms: the apply's own 20 ms`);
   assert.equal(t.phases.report, undefined, 'the post that carries the pass cannot carry its own length');
   const sum = Object.values(t.phases).reduce((a, b) => a + b, 0);
   assert.ok(sum <= t.totalMs + 0.5, `phases ${sum} ms <= total ${t.totalMs} ms`);

@@ -55,12 +55,14 @@ test('signing runs in a worker thread, with the serial chosen by the caller; res
     const checked = await pool.readCsrKey(csr);
     assert.deepEqual(checked.publicKey, readCsrKey(csr).publicKey, 'the worker parses the CSR as the main thread does');
     const serial = randomSerial();
-    const issued = await pool.issue(ca, leaf(checked.publicKey, serial));
+    // One request for both issues: built twice, its `now` could fall either side of a second.
+    const request = leaf(checked.publicKey, serial);
+    const issued = await pool.issue(ca, request);
     assert.equal(issued.serial, serial);
     assert.equal(certInfo(issued.pem).serial, serial);
     assert.ok(issued.notAfter instanceof Date && issued.notBefore instanceof Date);
     assert.ok(verifiesAgainst(issued.pem, ca.certPem) && certMatchesKey(issued.pem, privateKeyPem));
-    const inline = ca.issue(leaf(checked.publicKey, serial));
+    const inline = ca.issue(request);
     assert.deepEqual({ ...certInfo(issued.pem), fingerprint256: '' }, { ...certInfo(inline.pem), fingerprint256: '' }, 'same fields as an inline issue');
     const crl = await pool.issueCrl(ca, { revoked: [{ serial, revokedAt: new Date() }], number: 7, thisUpdate: new Date(Date.now() - 60_000), nextUpdate: new Date(Date.now() + 86400_000) });
     assert.ok(crlSignedBy(crl, ca.certPem));
