@@ -243,7 +243,9 @@ export class CoordinatorClient {
   }
 
   async enroll(req: EnrollRequest): Promise<EnrollResponse> {
-    const a = await this.call('POST', '/v1/agent/enroll', req);
+    // Idempotent for the same key: a coordinator that spent the token and died before answering
+    // is followed by the next, which answers the same CSR with the certificate issued at the spend.
+    const a = await this.call('POST', '/v1/agent/enroll', req, undefined, { idempotent: true });
     return this.expect('POST', '/v1/agent/enroll', a, EnrollResponse);
   }
 

@@ -1,6 +1,7 @@
 // The agent identity kept in the state directory's identity/ (stateDirLayout): the pinned
 // coordinator CA, the enrolment, and identity-<serial>.{crt,key} pairs. The key is made here,
 // 0600 from the instant it exists, and only a CSR leaves the node.
+import { createPrivateKey } from 'node:crypto';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { EnrollResponse } from '../../shared/contract/api.ts';
@@ -11,7 +12,7 @@ import { normaliseFingerprint } from '../../shared/contract/join-token.ts';
 import { stateDirLayout } from '../../shared/pgconf/layout.ts';
 import { removeFile } from '../../shared/system/atomic-file.ts';
 import { ensurePrivateDir, readIfExists, writeFileAtomic } from './statefile.ts';
-import type { Random } from './backoff.ts';
+import { backoffDelay, sleep, type Random } from './backoff.ts';
 import { CoordinatorClient, CoordinatorError, decodeJoinToken, fetchPinnedCa, type HttpOptions, type Identity } from './client.ts';
 
 export interface Enrollment {
@@ -78,6 +79,32 @@ async function newPendingKey(stateDir: string): Promise<string> {
   return privateKeyPem;
 }
 
+/**
+ * The enrolment key: the one a failed enrolment left (its answer may have been lost after the
+ * coordinator spent the token, and only that key's CSR is answered again), else a new one. Only a
+ * key still private (0600) and readable is taken again.
+ */
+async function enrolmentKey(stateDir: string): Promise<string> {
+  const path = join(identityDir(stateDir), PENDING_KEY);
+  const kept = await readIfExists(path);
+  if (kept !== null && ((await stat(path)).mode & 0o077) === 0) {
+    try {
+      createPrivateKey(kept);
+      return kept;
+    } catch {
+      // Unreadable (a torn write cannot happen with writeFileAtomic, but a hand edit can): a new key.
+    }
+  }
+  return newPendingKey(stateDir);
+}
+
+/** Rounds of the enrolment (each one try of every coordinator) before it gives up; the key stays for the next start. */
+const ENROLL_ROUNDS = 3;
+
+/** A failure after which the same enrolment may be sent again: no answer, or a coordinator fault (5xx). */
+const retryable = (e: unknown): boolean =>
+  e instanceof CoordinatorError && (e.code === 'E_UNREACHABLE' || (e.code === 'E_HTTP' && e.status !== undefined && e.status >= 500));
+
 /** Store a signed identity under its serial: certificate first, then the key moves into place. */
 async function storeIdentity(stateDir: string, keyPem: string, certPem: string): Promise<Identity> {
   const dir = identityDir(stateDir);
@@ -126,16 +153,27 @@ export async function enroll(opts: EnrollOptions): Promise<StoredIdentity> {
   }
   const caPem = await fetchPinnedCa(opts.coordinatorUrl, payload.caFingerprint);
   await ensurePrivateDir(identityDir(opts.stateDir));
-  const keyPem = await newPendingKey(opts.stateDir);
+  const keyPem = await enrolmentKey(opts.stateDir);
   const client = new CoordinatorClient({
     baseUrl: opts.coordinatorUrl,
     caPem,
     ...(opts.random ? { random: opts.random } : {}),
     ...(opts.onFailover ? { onFailover: opts.onFailover } : {}),
   });
+  // One CSR for every retry: the same key, so that a coordinator answering after another one
+  // spent the token and died gives the certificate issued then (coordinator/service/identities.ts).
+  const req = { token: opts.joinToken, csr: createCsr(keyPem, `${opts.cluster}/${opts.node}`) };
   let resp: EnrollResponse;
   try {
-    resp = await client.enroll({ token: opts.joinToken, csr: createCsr(keyPem, `${opts.cluster}/${opts.node}`) });
+    for (let round = 0; ; round++) {
+      try {
+        resp = await client.enroll(req);
+        break;
+      } catch (e) {
+        if (!retryable(e) || round + 1 >= ENROLL_ROUNDS) throw e;
+        await sleep(backoffDelay(round, opts.random ?? Math.random));
+      }
+    }
   } finally {
     await client.close();
   }
