@@ -56,8 +56,9 @@ async function standIn(onEnroll: () => OnEnroll, stateDir: string): Promise<Stan
         const what = onEnroll();
         if (what === 'die') return req.socket.destroy();
         if (typeof what === 'number') return res.writeHead(what, { 'content-type': 'application/json' }).end(JSON.stringify({ code: 'E_X', message: 'no' }));
-        const certificate = ca.issue({ publicKey: readCsrKey(csr).publicKey, commonName: 'pgaccord-agent', usage: 'client', lifetimeSeconds: 3600, now: new Date() }).pem;
-        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ cluster: 'sales', node: 'node-1', certificate, coordinatorCa: ca.certPem }));
+        const leaf = { publicKey: readCsrKey(csr).publicKey, commonName: 'pgaccord-agent', usage: 'client' as const, lifetimeSeconds: 3600, now: new Date() };
+        const answer = { cluster: 'sales', node: 'node-1', certificate: ca.issue(leaf).pem, coordinatorCa: ca.certPem };
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(answer));
       });
     });
   });
@@ -70,7 +71,8 @@ async function standIn(onEnroll: () => OnEnroll, stateDir: string): Promise<Stan
 async function setup() {
   const stateDir = await mkdtemp(join(tmpdir(), 'pgaccord-enroll-retry-'));
   dirs.push(stateDir);
-  const token = (url: string) => encode({ v: 1, url, cluster: 'sales', node: 'node-1', id: 'tid', secret: 's3cret', caFingerprint: fingerprint256(ca.certPem) });
+  const caFingerprint = fingerprint256(ca.certPem);
+  const token = (url: string) => encode({ v: 1, url, cluster: 'sales', node: 'node-1', id: 'tid', secret: 's3cret', caFingerprint });
   return { stateDir, token };
 }
 
