@@ -62,6 +62,11 @@ export class CoordinatorService {
     return this.#ctx.longPollMs;
   }
 
+  /** Long-polls held now (tests wait for one to be held before the change meant to wake it). */
+  get longPollsHeld(): number {
+    return this.#desired.held;
+  }
+
   get identityLifetimeSeconds(): number {
     return this.#ctx.identityLifetimeSeconds;
   }

@@ -1,7 +1,6 @@
 // What each agent is told to apply: its node's desired state, compiled once per generation
 // (DesiredCache), with the renewals asked of it now, handed out by long-poll; and the peer
 // wakes (other nodes applied) the long-polls that ask for them.
-import { EventEmitter } from 'node:events';
 import type { PeerWake } from '../../shared/contract/api.ts';
 import type { ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
 import { credentialRecord, rolesNeedingPasswords } from '../cluster/compile.ts';
@@ -34,17 +33,29 @@ export class DesiredStates {
   readonly #desired: DesiredCache;
   /**
    * Per cluster, each node's last reported applied generation (seeded from node_status on first
-   * use), and an 'applied' event (cluster name) when one goes up: what wakes the long-polls that
-   * asked for peer wakes. In process: with several coordinators, a report to another one wakes
-   * nobody here, and the agents' probe retry timer covers it.
+   * use); when one goes up, the cluster's long-polls that asked for peer wakes wake. In process:
+   * with several coordinators, a report to another one wakes nobody here, and the agents' probe
+   * retry timer covers it.
    */
   readonly #applied = new Map<string, Promise<Map<string, number>>>();
-  readonly #peerEvents = new EventEmitter().setMaxListeners(0);
+  /**
+   * The held long-polls by cluster. One listener on the store's change events hands each change
+   * to its own cluster's polls: a listener per poll made every change call every poll of the
+   * fleet, and every poll's end search them all (O(fleet) per change; issue 13).
+   */
+  readonly #waiting = new Map<string, Set<Wake>>();
+  #held = 0;
 
   constructor(ctx: ServiceContext, deps: DesiredStateDeps) {
     this.#ctx = ctx;
     this.#deps = deps;
     this.#desired = new DesiredCache({ compile: ctx.compileNode });
+    ctx.store.events.on('cluster', (cluster: string) => this.#wake(cluster, false));
+  }
+
+  /** Long-polls subscribed now (each subscribes before it reads, so a change is never missed). */
+  get held(): number {
+    return this.#held;
   }
 
   /**
@@ -59,13 +70,8 @@ export class DesiredStates {
     const { peersKnown } = opts;
     const deadline = Date.now() + waitMs;
     for (;;) {
-      let woke = false;
-      const onEvent = (cluster: string) => {
-        if (cluster === agent.cluster || cluster === '*') woke = true;
-      };
       // Subscribe before reading, so a change between the read and the wait is not missed.
-      ctx.store.events.on('cluster', onEvent);
-      if (peersKnown !== undefined) this.#peerEvents.on('applied', onEvent);
+      const wake = this.#subscribe(agent.cluster, peersKnown !== undefined);
       try {
         const row = await ctx.requireNode(agent);
         if (await this.#deps.crls.refresh(agent.cluster)) continue;
@@ -80,15 +86,14 @@ export class DesiredStates {
         }
         const remaining = deadline - Date.now();
         if (remaining <= 0 || signal?.aborted) return null;
-        if (!woke) await waitFor(peersKnown !== undefined ? [ctx.store.events, this.#peerEvents] : [ctx.store.events], agent.cluster, remaining, signal);
+        await wake.until(remaining, signal);
       } catch (e) {
         // The store failing over: the long-poll is held rather than failed (the agent would back
         // off); the store wakes every waiter ('*') once its LISTEN holds again. At the deadline, the 503.
         if (!(e instanceof StoreUnavailableError) || Date.now() >= deadline || signal?.aborted) throw e;
-        if (!woke) await waitFor([ctx.store.events], agent.cluster, deadline - Date.now(), signal);
+        await wake.until(deadline - Date.now(), signal);
       } finally {
-        ctx.store.events.off('cluster', onEvent);
-        this.#peerEvents.off('applied', onEvent);
+        this.#unsubscribe(agent.cluster, wake);
       }
     }
   }
@@ -104,7 +109,29 @@ export class DesiredStates {
     const applied = await this.#appliedOf(agent.cluster);
     const before = applied.get(agent.node);
     applied.set(agent.node, generation);
-    if (before === undefined || generation > before) this.#peerEvents.emit('applied', agent.cluster);
+    if (before === undefined || generation > before) this.#wake(agent.cluster, true);
+  }
+
+  #subscribe(cluster: string, peers: boolean): Wake {
+    const wake = new Wake(peers);
+    let set = this.#waiting.get(cluster);
+    if (!set) this.#waiting.set(cluster, (set = new Set()));
+    set.add(wake);
+    this.#held += 1;
+    return wake;
+  }
+
+  #unsubscribe(cluster: string, wake: Wake): void {
+    const set = this.#waiting.get(cluster);
+    if (!set?.delete(wake)) return;
+    this.#held -= 1;
+    if (set.size === 0) this.#waiting.delete(cluster);
+  }
+
+  /** A change of the cluster ('*': of every cluster, the store's LISTEN regained), or a peer of it applied (only polls that asked). */
+  #wake(cluster: string, peerApplied: boolean): void {
+    const sets = cluster === '*' ? [...this.#waiting.values()] : [this.#waiting.get(cluster)];
+    for (const set of sets) for (const w of set ?? []) if (!peerApplied || w.peers) w.wake();
   }
 
   forget(cluster: string): void {
@@ -170,19 +197,31 @@ export class DesiredStates {
   }
 }
 
-function waitFor(emitters: NodeJS.EventEmitter[], cluster: string, ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      for (const e of emitters) e.off('cluster', onEvent).off('applied', onEvent);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    };
-    const onEvent = (c: string) => {
-      if (c === cluster || c === '*') done();
-    };
-    const timer = setTimeout(done, ms);
-    for (const e of emitters) e.on('cluster', onEvent).on('applied', onEvent);
-    signal?.addEventListener('abort', done, { once: true });
-  });
+/** One pass of a held long-poll: woken by a change of its cluster (or a peer applying, when it asked for that). */
+class Wake {
+  woke = false;
+  #resolve: (() => void) | null = null;
+
+  constructor(readonly peers: boolean) {}
+
+  wake(): void {
+    this.woke = true;
+    this.#resolve?.();
+  }
+
+  /** Until woken (at once when it already was), `ms` have passed or the signal aborts. */
+  until(ms: number, signal?: AbortSignal): Promise<void> {
+    if (this.woke) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', done);
+        this.#resolve = null;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal?.addEventListener('abort', done, { once: true });
+      this.#resolve = done;
+    });
+  }
 }

@@ -137,8 +137,8 @@ export function pgdSpec(name: string, overrides: Partial<ClusterSpec> = {}): Clu
 }
 
 /**
- * Long-polls the coordinator holds now: each subscribes to the store's change events before it
- * reads (coordinator/service/desired-state.ts), so a test waits for this to grow before it makes
- * the change meant to wake one, instead of sleeping and hoping the request has arrived.
+ * Long-polls the coordinator holds now: each subscribes to its cluster's changes before it reads
+ * (coordinator/service/desired-state.ts), so a test waits for this to grow before it makes the
+ * change meant to wake one, instead of sleeping and hoping the request has arrived.
  */
-export const longPollsHeld = (h: Pick<Harness, 'coord'>) => h.coord.store.events.listenerCount('cluster');
+export const longPollsHeld = (h: Pick<Harness, 'coord'>) => h.coord.service.longPollsHeld;

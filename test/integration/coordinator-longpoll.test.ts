@@ -81,6 +81,38 @@ test('a second coordinator on the same database: its long-polls wake on the firs
   }
 });
 
+test('held long-polls wait per cluster: a change calls its own cluster\'s polls, not one listener per poll of the fleet (issue 13)', async () => {
+  // With a listener per held poll on the store's events, every change called every poll of the
+  // fleet (and each poll's end searched them all): O(fleet) per change, O(fleet^2) per round of changes.
+  await h.admin.call('PUT', '/v1/clusters/quiet', { body: pgdSpec('quiet', { nodes: pgdSpec('quiet').nodes.slice(0, 2) }) });
+  await h.admin.call('PUT', '/v1/clusters/busy', { body: pgdSpec('busy', { nodes: pgdSpec('busy').nodes.slice(0, 1) }) });
+  const quiet = [await enroll(h, 'quiet', 'node-1'), await enroll(h, 'quiet', 'node-2')];
+  const busy = await enroll(h, 'busy', 'node-1');
+  const genOf = async (c: string) => (await h.admin.call('GET', `/v1/clusters/${c}`)).body.generation as number;
+  const listenersBefore = h.coord.store.events.listenerCount('cluster');
+  const polls = longPollsHeld(h);
+  const qGen = await genOf('quiet');
+  const quietPolls = quiet.map((n) => n.client.call('GET', `/v1/agent/desired?after=${qGen}&wait=20`));
+  const bGen = await genOf('busy');
+  const busyPoll = busy.client.call('GET', `/v1/agent/desired?after=${bGen}&wait=20`);
+  await waitFor('three long-polls held', () => longPollsHeld(h) >= polls + 3, 30_000, 10);
+  assert.ok(h.coord.store.events.listenerCount('cluster') <= Math.max(1, listenersBefore),
+    `${h.coord.store.events.listenerCount('cluster')} listeners on the store's change events for ${longPollsHeld(h)} held polls (${listenersBefore} before)`);
+  const spec = (await h.admin.call('GET', '/v1/clusters/busy')).body.spec;
+  const changedAt = Date.now();
+  assert.equal((await h.admin.call('PUT', '/v1/clusters/busy', { body: { ...spec, roles: [{ name: 'wake_role' }] } })).status, 200);
+  const woke = await busyPoll;
+  assert.equal(woke.status, 200);
+  assert.equal(woke.body.generation, bGen + 1);
+  assert.ok(Date.now() - changedAt < 1000, `woke ${Date.now() - changedAt}ms after the change`);
+  // The other cluster's polls are still held (not answered by the change), then answered by theirs.
+  await waitFor('only the busy poll answered', () => longPollsHeld(h) === polls + 2, 10_000, 10);
+  const qSpec = (await h.admin.call('GET', '/v1/clusters/quiet')).body.spec;
+  assert.equal((await h.admin.call('PUT', '/v1/clusters/quiet', { body: { ...qSpec, roles: [{ name: 'wake_role' }] } })).status, 200);
+  for (const r of await Promise.all(quietPolls)) assert.deepEqual([r.status, r.body.generation], [200, qGen + 1]);
+  assert.equal(longPollsHeld(h), polls);
+});
+
 test('status: reports make a node converged; silence makes it stale', async () => {
   await h.admin.call('PUT', '/v1/clusters/conv', { body: pgdSpec('conv', { nodes: pgdSpec('conv').nodes.slice(0, 2) }) });
   const a = await enroll(h, 'conv', 'node-1');
