@@ -6,6 +6,7 @@
 // ask again with wait=0. Nothing is applied: the bench measures the coordinator.
 // Events (a generation received, a long-poll held again, contact lost) go to the parent in
 // batches, each stamped with the wall clock when it happened (one clock for every process).
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Agent, request, type Dispatcher } from 'undici';
 import { backoffDelay, sleep } from '../agent/runtime/backoff.ts';
 import { createCsr } from '../shared/crypto/csr.ts';
@@ -28,6 +29,7 @@ export type ToWorker =
   | { type: 'status'; reports: number; concurrency: number }
   | { type: 'storm-prepare' }
   | { type: 'storm' }
+  | { type: 'lag' }
   | { type: 'stop' };
 
 /** [kind, agent index, generation, wall-clock ms]. gen: a new generation; up: a long-poll sent after a new generation or regained contact; down: contact lost. */
@@ -39,6 +41,7 @@ export type FromWorker =
   | { type: 'ev'; ev: FleetEvent[] }
   | { type: 'status-done'; latencies: number[]; start: number; end: number; codes: Record<string, number> }
   | { type: 'storm-ready' }
+  | { type: 'lag'; p50: number; p99: number; max: number }
   | { type: 'storm-done'; latencies: number[]; start: number; end: number; codes: Record<string, number> }
   | { type: 'counters'; codes: Record<string, number> };
 
@@ -67,6 +70,9 @@ const stop = new AbortController();
 /** Answers by status code in the loop (429s would mean the rate limiter throttles the bench). */
 const loopCodes: Record<string, number> = {};
 let pending: FleetEvent[] = [];
+// This process's event-loop delay since the last 'lag' message: the time stamps of its events lag by as much.
+const lag = monitorEventLoopDelay({ resolution: 10 });
+lag.enable();
 
 const send = (m: FromWorker) => {
   if (process.connected) process.send!(m);
@@ -263,6 +269,12 @@ async function handle(m: ToWorker): Promise<void> {
         count(codes, r.status);
       }));
       send({ type: 'storm-done', latencies, start, end: wallMs(), codes });
+      return;
+    }
+    case 'lag': {
+      const ms = (ns: number) => Math.round(ns / 1e5) / 10;
+      send({ type: 'lag', p50: ms(lag.percentile(50)), p99: ms(lag.percentile(99)), max: ms(lag.max) });
+      lag.reset();
       return;
     }
     case 'stop':

@@ -6,7 +6,9 @@
 //               flight per process): agents/s
 //   first       the agents start their loops: every first desired state, every long-poll held
 //   fanout      FLEET_CHANGES rounds of a PUT to every cluster (an HBA rule): from each PUT to
-//               each of that cluster's agents holding the new generation, p50/p99/max
+//               each of that cluster's agents holding the new generation, p50/p99/max, and from
+//               the PUT's answer; the coordinator's CPU per change, the cores each process kept
+//               busy; then FLEET_SINGLE (20) changes one at a time (a change alone, no queue)
 //   status      every agent posts FLEET_REPORTS status reports back to back, beside its held
 //               long-poll, FLEET_STATUS_CONCURRENCY (200) agents at a time: accepted reports/s
 //   storm       every agent posts a CSR (its first slot; FLEET_STORM_SLOT=identity for the
@@ -23,7 +25,7 @@
 // process, /proc readings), fleet-agents.ts (the agent processes), fleet-figures.ts.
 import { once } from 'node:events';
 import { chmod, mkdtemp, readFile, rm } from 'node:fs/promises';
-import { availableParallelism, tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import { Agent, request, type Dispatcher } from 'undici';
@@ -37,7 +39,7 @@ import {
   coordinatorHelp, cpuSeconds, ensureBuilt, nofile, procStatus, startCoordinatorProcess, storeCpuSeconds, waitReady, type Coordinator,
 } from './fleet-processes.ts';
 import {
-  AGENTS, CHANGES, CLUSTERS, ENROLL_CONCURRENCY, KEY, LOG_LEVEL, NODES, PROBES, PROCS, PROFILE, PUT_CONCURRENCY, REPORTS, SOURCES, spec,
+  AGENTS, CHANGES, CLUSTERS, ENROLL_CONCURRENCY, KEY, LOG_LEVEL, NODES, PROBES, PROCS, PROFILE, PUT_CONCURRENCY, REPORTS, SINGLE, SOURCES, spec,
   STATUS_CONCURRENCY, TIMEOUT_MS,
 } from './fleet-shape.ts';
 
@@ -164,7 +166,10 @@ try {
   fleet.spawn(assignments, PROCS);
   const { gen, genAt, up, upAt, downAt, workers } = fleet;
   const broadcast = (m: ToWorker) => fleet.broadcast(m);
-  const gather = fleet.gather.bind(fleet);
+  const gather = <K extends Parameters<AgentFleet['gather']>[0]>(type: K) => {
+    if (type === 'lag') broadcast({ type: 'lag' }); // asked, not pushed: each process answers at once
+    return fleet.gather(type);
+  };
   const until = (what: string, done: () => boolean) => untilWithin(what, done, TIMEOUT_MS);
   const allAgents = Array.from({ length: AGENTS }, (_, i) => i);
 
@@ -197,8 +202,14 @@ try {
   const byCluster = new Map<string, number[]>(clusterNames.map((n) => [n, []]));
   assignments.forEach((a) => byCluster.get(a.cluster)!.push(a.i));
   const fanout: number[] = [];
+  const delivery: number[] = [];
   const putMs: number[] = [];
   const fanoutWall: number[] = [];
+  // What the machine spent meanwhile: with the agents on the same cores, a saturated machine
+  // measures its own queue (CPU seconds per process over the rounds, the agent processes' loop delay).
+  const agentCpu = () => workers.map((w) => cpuSeconds(w.child.pid!));
+  const cpu0 = { coordinator: cpuSeconds(coordinator.pid), store: storeCpuSeconds(dataDir) ?? NaN, agents: agentCpu() };
+  await gather('lag'); // resets each process's delay histogram
   // An agent is ready for the next change once its long-poll is out again (a cycle lasts >= 1 s).
   const settled = () => until('agents back on long-poll', () => allAgents.every((i) => up[i] === 1 && upAt[i]! > genAt[i]!));
   for (let round = 1; round <= CHANGES; round++) {
@@ -208,21 +219,53 @@ try {
     await parallel(clusterNames.map((n, c) => [n, c] as const), PUT_CONCURRENCY, async ([n, c]) => {
       const t0 = wallMs();
       const g = (await api('PUT', `/v1/clusters/${n}`, spec(n, c, NODES, PROFILE, round))).generation as number;
-      putMs.push(wallMs() - t0);
+      const t1 = wallMs();
+      putMs.push(t1 - t0);
       generation.set(n, g);
       const members = byCluster.get(n)!;
+      // From the PUT (its own queue at the coordinator included), and from its answer (the wake and delivery alone).
       const done = until(`fan-out of ${n} generation ${g}`, () => members.every((i) => gen[i]! >= g))
-        .then(() => members.forEach((i) => fanout.push(genAt[i]! - t0)));
+        .then(() => members.forEach((i) => (fanout.push(genAt[i]! - t0), delivery.push(genAt[i]! - t1))));
       done.catch(() => undefined); // awaited below: not an unhandled rejection meanwhile
       waits.push(done);
     });
     await Promise.all(waits);
     fanoutWall.push(wallMs() - r0);
   }
+  const coordinatorCpuS = cpuSeconds(coordinator.pid) - cpu0.coordinator;
+  const cpu1 = { store: storeCpuSeconds(dataDir) ?? NaN, agents: agentCpu() };
+  const lags = await gather('lag');
+  // The rounds above change every cluster at once (PUT_CONCURRENCY in flight): each change waits
+  // behind the others and their fan-outs, so they measure the coordinator's throughput. One change
+  // alone: FLEET_SINGLE clusters (default 20), one PUT at a time, each once its fan-out is done.
+  const single: number[] = [];
+  await settled();
+  for (const [c, n] of clusterNames.slice(0, SINGLE).entries()) {
+    const t0 = wallMs();
+    const g = (await api('PUT', `/v1/clusters/${n}`, spec(n, c, NODES, PROFILE, CHANGES + 2))).generation as number;
+    const members = byCluster.get(n)!;
+    await until(`fan-out of ${n} alone`, () => members.every((i) => gen[i]! >= g));
+    members.forEach((i) => single.push(genAt[i]! - t0));
+  }
   rss.after_change = procStatus(coordinator.pid).rssMb;
-  const fan = { changes: CHANGES * CLUSTERS, latency_ms: pct(fanout), put_ms: pct(putMs), round_s: fanoutWall.map(secs) };
-  log(`fan-out: p50 ${fan.latency_ms.p50} ms, p99 ${fan.latency_ms.p99} ms, max ${fan.latency_ms.max} ms (PUT p50 ${fan.put_ms.p50} ms); coordinator `
-    + `${rss.after_change} MB`);
+  const wallS = fanoutWall.reduce((a, b) => a + b, 0) / 1000;
+  const spent = (a: number, b: number) => Math.round(((b - a) / wallS) * 100) / 100;
+  const fan = {
+    changes: CHANGES * CLUSTERS, latency_ms: pct(fanout), delivery_ms: pct(delivery), put_ms: pct(putMs), round_s: fanoutWall.map(secs),
+    // What a change costs the coordinator, its fan-out included: its CPU over the rounds per change (whatever share of the cores it got).
+    coordinator_cpu_ms_per_change: Math.round((coordinatorCpuS * 1000 * 10) / (CHANGES * CLUSTERS)) / 10,
+    single_change_ms: pct(single),
+    // Cores busy over the rounds (CPU seconds / wall seconds), of 2 on this machine with others' work beside.
+    cores_busy: {
+      coordinator: spent(0, coordinatorCpuS), store: spent(cpu0.store, cpu1.store), agents: cpu1.agents.map((c, k) => spent(cpu0.agents[k]!, c)),
+    },
+    agent_loop_delay_ms: lags.map(({ p50, p99, max }) => ({ p50, p99, max })),
+    load_average: loadavg().map((x) => Math.round(x * 100) / 100),
+  };
+  log(`fan-out: p50 ${fan.latency_ms.p50} ms, p99 ${fan.latency_ms.p99} ms, max ${fan.latency_ms.max} ms (PUT p50 ${fan.put_ms.p50} ms; from its answer `
+    + `p50 ${fan.delivery_ms.p50} ms, p99 ${fan.delivery_ms.p99} ms); ${fan.coordinator_cpu_ms_per_change} ms of coordinator CPU per change; one change alone `
+    + `p50 ${fan.single_change_ms.p50} ms, p99 ${fan.single_change_ms.p99} ms; cores busy ${JSON.stringify(fan.cores_busy)}; `
+    + `coordinator ${rss.after_change} MB`);
 
   // Status report throughput.
   await settled();
