@@ -7,7 +7,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { UsageError } from '../shared/system/cli.ts';
 import { DEFAULT_SOCKET_DIR, DEFAULT_STATE_DIR, KEYS, LOG_LEVELS, camel, type Key } from './options.ts';
 import { parseCoordinatorUrls, tokenUrls } from '../shared/contract/join-token.ts';
-import { NAME_PATTERN } from '../shared/contract/checks.generated.ts';
+import { NAME_PATTERN } from '../shared/contract/schema.ts';
 import { decodeJoinToken } from './runtime/client.ts';
 import type { AgentConfig, NodeContext } from './apply/types.ts';
 

@@ -6,7 +6,6 @@
 //   agent_idle_rss_mb / agent_idle_cpu_pct   one agent, converged, nothing changing, over BENCH_IDLE_S
 //   coordinator_idle_rss_mb / coordinator_idle_cpu_pct   the coordinator over the same window
 //   node_bare_ms      `node -e 0`, the floor every figure above stands on
-//   agent_runtime_modules   modules the agent's runtime loads (agent/main.js and what it imports lazily), of them typebox_modules
 // PGACCORD_BIN (default bin/pgaccord.mjs of this checkout) measures another copy, e.g. an installed one.
 // The agent runs as its unit runs it: settings from a YAML file (--config), and the unit's
 // NODE_OPTIONS (systemd/pgaccord-agent.service); BENCH_AGENT_NODE_OPTIONS overrides them ('' for none).
@@ -14,10 +13,9 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { demoSpec } from '../bin/demo.ts';
 import { LocalCluster } from '../bin/local-cluster.ts';
-import { agentRuntimeLoaded } from '../test/helpers/loaded-modules.ts';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 10);
 const IDLE_S = Number(process.env.BENCH_IDLE_S ?? 60);
@@ -80,8 +78,6 @@ const version = await median([process.execPath, BIN, '--version']);
 const help = await median([process.execPath, BIN, 'status', '--help']);
 const agentHelp = await median([process.execPath, BIN, 'agent', '--help']);
 const coordinatorHelp = await median([process.execPath, BIN, 'coordinator', '--help']);
-const runtime = agentRuntimeLoaded(join(dirname(BIN), '..', 'dist'));
-if (runtime.status !== 0) throw new Error(`loading the agent runtime: ${runtime.stderr}`);
 
 const cluster = await LocalCluster.create({ dir: await mkdtemp('/tmp/pgaccord-footprint-') });
 try {
@@ -119,8 +115,6 @@ try {
     agent_help_max_rss_mb: agentHelp.maxRssMb,
     coordinator_help_ms: coordinatorHelp.ms,
     coordinator_help_max_rss_mb: coordinatorHelp.maxRssMb,
-    agent_runtime_modules: runtime.modules.length,
-    agent_runtime_typebox_modules: runtime.modules.filter((m) => m.includes('/@sinclair/typebox/')).length,
     status_ms: status.ms,
     status_max_rss_mb: status.maxRssMb,
     agent_idle_rss_mb: after.agent.rssMb,

@@ -3,10 +3,10 @@
 // fingerprint the token carries, and pinned for every later call. Every agent call after
 // enrolment uses mTLS with the identity key (kept by agent/runtime/identity.ts), which is
 // generated on the node and never leaves it.
+import { Value } from '@sinclair/typebox/value';
+import type { TSchema, Static } from '@sinclair/typebox';
 import { Agent, request, type Dispatcher } from './undici-lean.ts';
-import type { CsrResponse, EnrollResponse, JoinTokenPayload, PeerWake, CsrRequest, EnrollRequest } from '../../shared/contract/api.ts';
-import { CsrResponseCheck, EnrollResponseCheck, PeerWakeCheck, type Checker } from '../../shared/contract/checks.generated.ts';
-import { firstError } from '../../shared/contract/first-error.ts';
+import { CsrResponse, EnrollResponse, JoinTokenPayload, PeerWake, type CsrRequest, type EnrollRequest } from '../../shared/contract/api.ts';
 import type { AgentStatus } from '../../shared/contract/status.ts';
 import { fingerprint256, splitPemBundle, type CertInfo } from '../../shared/crypto/x509.ts';
 import { CodedError } from '../../shared/contract/problem.ts';
@@ -233,25 +233,25 @@ export class CoordinatorClient {
     return { status: res.statusCode, body: parsed };
   }
 
-  private expect<T>(method: string, path: string, answer: Answer, checker: Checker<T>, ok = 200): T {
+  private expect<T extends TSchema>(method: string, path: string, answer: Answer, schema: T, ok = 200): Static<T> {
     if (answer.status !== ok) throw httpError(method, path, answer);
-    if (!checker.check(answer.body)) {
-      const first = firstError(checker.schema, answer.body);
+    if (!Value.Check(schema, answer.body)) {
+      const first = [...Value.Errors(schema, answer.body)][0];
       throw new CoordinatorError('E_RESPONSE', `${method} ${path}: answer does not match its schema${first ? ` at ${first.path || '/'}: ${first.message}` : ''}`, answer.status);
     }
-    return answer.body;
+    return answer.body as Static<T>;
   }
 
   async enroll(req: EnrollRequest): Promise<EnrollResponse> {
     // Idempotent for the same key: a coordinator that spent the token and died before answering
     // is followed by the next, which answers the same CSR with the certificate issued at the spend.
     const a = await this.call('POST', '/v1/agent/enroll', req, undefined, { idempotent: true });
-    return this.expect('POST', '/v1/agent/enroll', a, EnrollResponseCheck);
+    return this.expect('POST', '/v1/agent/enroll', a, EnrollResponse);
   }
 
   async csr(req: CsrRequest): Promise<CsrResponse> {
     const a = await this.call('POST', '/v1/agent/csr', req);
-    return this.expect('POST', '/v1/agent/csr', a, CsrResponseCheck);
+    return this.expect('POST', '/v1/agent/csr', a, CsrResponse);
   }
 
   async status(status: AgentStatus): Promise<void> {
@@ -273,7 +273,7 @@ export class CoordinatorClient {
     // heartbeat does not wait a whole long-poll on top of the one that failed.
     const a = await this.call('GET', path, undefined, signal, { idempotent: true, retryPath: answerAtOnce(path) });
     if (a.status === 200) return { kind: 'newer', body: a.body };
-    if (a.status === 202 && peersKnown !== undefined) return { kind: 'peers', body: this.expect('GET', path, a, PeerWakeCheck, 202) };
+    if (a.status === 202 && peersKnown !== undefined) return { kind: 'peers', body: this.expect('GET', path, a, PeerWake, 202) };
     if (a.status === 204) return { kind: 'unchanged' };
     if (a.status === 410) return { kind: 'removed' };
     throw httpError('GET', path, a);

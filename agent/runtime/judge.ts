@@ -1,9 +1,8 @@
 // The reconcile loop's judgement, pure: whether a desired-state answer may replace the last good
 // one, which peers to probe again after a wake, whether the node is steady, how long to wait
 // before the next try. No I/O, no clock of its own: agent/runtime/loop.ts does the acting.
-import type { NodeDesired } from '../../shared/contract/schema.ts';
-import { NodeDesiredCheck } from '../../shared/contract/checks.generated.ts';
-import { firstError } from '../../shared/contract/first-error.ts';
+import { Value } from '@sinclair/typebox/value';
+import { NodeDesired } from '../../shared/contract/schema.ts';
 import type { Problem } from '../../shared/contract/problem.ts';
 import { crlInfo } from '../../shared/crypto/crl.ts';
 import { backoffDelay, type BackoffPolicy, type Random } from './backoff.ts';
@@ -79,8 +78,8 @@ export function judgeDesired(answer: unknown, lastGood: NodeDesired | null, expe
   if (answer === null || answer === undefined || answer === '' || (typeof answer === 'object' && !Array.isArray(answer) && Object.keys(answer).length === 0)) {
     return refuse('E_DESIRED_EMPTY', 'the answer is empty');
   }
-  if (!NodeDesiredCheck.check(answer)) {
-    const first = firstError(NodeDesiredCheck.schema, answer);
+  if (!Value.Check(NodeDesired, answer)) {
+    const first = [...Value.Errors(NodeDesired, answer)][0];
     return refuse('E_DESIRED_GARBLED', `the answer does not match the NodeDesired schema${first ? ` (${first.path || '/'}: ${first.message})` : ''}`);
   }
   const d = answer;

@@ -2,9 +2,8 @@
 // One codec for the coordinator that issues them and the agent that spends them. Error reasons
 // never echo the token. A token of several coordinators (sharing one store) lists them all in
 // `urls`; `url` stays the first, so a token names a coordinator the way every agent reads it.
-import type { JoinTokenPayload } from './api.ts';
-import { JoinTokenPayloadCheck } from './checks.generated.ts';
-import { firstError } from './first-error.ts';
+import { Value } from '@sinclair/typebox/value';
+import { JoinTokenPayload } from './api.ts';
 import { coordinatorUrlProblem } from './coordinator-urls.ts';
 
 export { parseCoordinatorUrls } from './coordinator-urls.ts';
@@ -31,8 +30,8 @@ export function parseJoinToken(token: string): { ok: true; payload: JoinTokenPay
   } catch {
     return { ok: false, reason: 'join token does not decode to JSON' };
   }
-  if (!JoinTokenPayloadCheck.check(payload)) {
-    const first = firstError(JoinTokenPayloadCheck.schema, payload);
+  if (!Value.Check(JoinTokenPayload, payload)) {
+    const first = [...Value.Errors(JoinTokenPayload, payload)][0];
     return { ok: false, reason: `join token payload is invalid${first ? ` at ${first.path || '/'}: ${first.message}` : ''}` };
   }
   if (!/^[0-9a-f]{64}$/.test(normaliseFingerprint(payload.caFingerprint))) return { ok: false, reason: 'join token caFingerprint is not a sha256 hex digest' };
