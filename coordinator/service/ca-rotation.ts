@@ -119,9 +119,12 @@ export class CaRotations {
    */
   async advance(cluster: string): Promise<void> {
     const ctx = this.#ctx;
+    // The rotation row first: every status report asks, and a cluster is rarely rotating, so the
+    // spec row is read (and its seal checked) only while a rotation waits in phase 'trust'.
+    const rot = await this.#rotationRow(cluster);
+    if (rot?.phase !== 'trust') return;
     const row = await ctx.cluster(cluster);
-    const rot = row ? await this.#rotationRow(cluster) : null;
-    if (!row || !rot || rot.phase !== 'trust') return;
+    if (!row) return;
     if ((await this.#evidence(row)).some((n) => notProved(n, rot.trust_generation).length > 0)) return;
     const now = ctx.now();
     const generation = await ctx.change(cluster, async (c) => {
