@@ -22,19 +22,38 @@ export function bearerMatches(header: string | undefined, expected: string): boo
   return timingSafeEqual(a, b);
 }
 
+type AgentIdentity = Readonly<{ cluster: string; node: string; serial: string }>;
+
+/** How many client certificates agentIdentity has parsed: read by a test (one parse per connection). */
+export const certificateParses = { count: 0 };
+
+/**
+ * The parsed client certificate of each TLS connection, with its DER: the parse, never the
+ * verdict (authorized, and the identity's validity in the store, are checked on every request).
+ * Keyed by the socket AND checked against the DER the socket holds now: the coordinator accepts
+ * TLS 1.2, where a client may renegotiate and present another certificate on the same connection.
+ */
+const parsedPeers = new WeakMap<TLSSocket, { der: Buffer; identity: AgentIdentity }>();
+
 /** The agent identity the client certificate names: exactly one identity URI, the agent CN, clientAuth. */
-function agentIdentity(req: FastifyRequest): { cluster: string; node: string; serial: string } {
+function agentIdentity(req: FastifyRequest): AgentIdentity {
   const sock = req.raw.socket as TLSSocket;
   if (typeof sock.getPeerX509Certificate !== 'function') throw unauthorized('agent calls need TLS');
   const peer = sock.getPeerX509Certificate();
   if (!peer) throw unauthorized('agent calls need a client certificate (mTLS)');
   if (!sock.authorized) throw unauthorized('the client certificate is not valid for this coordinator');
+  const der = peer.raw;
+  const cached = parsedPeers.get(sock);
+  if (cached && cached.der.equals(der)) return cached.identity;
+  certificateParses.count++;
   const info = certInfo(peer.toString());
   const ids = info.uris.map(parseIdentityUri).filter((x) => x !== null);
   if (info.commonName !== AGENT_CN || ids.length !== 1 || info.uris.length !== 1 || !info.extKeyUsage.includes('clientAuth')) {
     throw unauthorized('the client certificate is not a pgaccord agent identity');
   }
-  return { ...ids[0]!, serial: info.serial };
+  const identity = Object.freeze({ ...ids[0]!, serial: info.serial });
+  parsedPeers.set(sock, { der, identity });
+  return identity;
 }
 
 /**
@@ -68,7 +87,7 @@ function unlessClosing<T>(closing: AbortSignal, work: Promise<T>): Promise<T> {
  * for a change is; one that finds the store there is served as any other request.
  */
 async function authenticateLongPoll(
-  service: CoordinatorService, closing: AbortSignal, id: { cluster: string; node: string; serial: string }, query: unknown,
+  service: CoordinatorService, closing: AbortSignal, id: AgentIdentity, query: unknown,
 ): Promise<{ value: AgentPrincipal; heldMs: number }> {
   const start = Date.now();
   try {
@@ -93,7 +112,7 @@ export interface AuthDeps {
 /** The onRequest hook of every route. */
 export function authenticate({ service, adminToken, limiter, closing }: AuthDeps) {
   return async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
-    const { auth = 'none', longPoll = false } = req.routeOptions.config;
+    const { auth = 'none', longPoll = false, recordsContact = false } = req.routeOptions.config;
     if (auth === 'admin') {
       if (!bearerMatches(req.headers.authorization, adminToken)) throw unauthorized('admin calls need "Authorization: Bearer <admin token>"');
     } else if (auth === 'agent') {
@@ -111,7 +130,9 @@ export function authenticate({ service, adminToken, limiter, closing }: AuthDeps
         reply.header('retry-after', String(seconds));
         throw new ApiError(429, 'E_RATE_LIMITED', `too many requests from agent ${id.cluster}/${id.node}: retry in ${seconds} s`);
       }
-      await service.recordContact(req.agent);
+      // One write of last_contact a request: a status report's own upsert writes it (a report
+      // refused before it is stored, 400 or 410, is no contact; the agent's long-poll is).
+      if (!recordsContact) await service.recordContact(req.agent);
     }
   };
 }

@@ -65,7 +65,7 @@ export const agentRoutes: RoutePlugin = async (app, { service, metrics, closing 
   });
 
   app.post('/v1/agent/status', {
-    config: { auth: 'agent', summary: 'report this node\'s applied generation, phase, certificates and probes' },
+    config: { auth: 'agent', recordsContact: true, summary: 'report this node\'s applied generation, phase, certificates and probes' },
     schema: { body: StatusRequest, response: { 204: NoContent, ...errors } },
   }, async (req, reply) => {
     const agent = agentOf(req);

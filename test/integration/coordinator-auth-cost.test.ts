@@ -1,0 +1,131 @@
+// The agent's client certificate is parsed once per TLS connection (issue 13: re-parsing it on
+// every request was ~15 % of the coordinator's busy time under a fleet), and what is cached is
+// the parse, never the verdict: an identity revoked while its keep-alive connection is open is
+// refused on that same connection. A request writes last_contact once: a status report's own
+// write, no second one from the authentication.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Agent, request } from 'undici';
+import { certificateParses } from '../../coordinator/http/auth.ts';
+import type { AgentStatus } from '../../shared/contract/status.ts';
+import { createCsr } from '../../shared/crypto/csr.ts';
+import { generateRsaKey } from '../../shared/crypto/keys.ts';
+import { certInfo } from '../../shared/crypto/x509.ts';
+import { throwawayStore } from '../helpers/pg.ts';
+import { enroll, pgdSpec, startHarness, type EnrolledNode, type Harness } from '../helpers/coordinator-harness.ts';
+
+let h: Harness;
+const { databaseUrl } = await throwawayStore();
+
+before(async () => {
+  h = await startHarness({ databaseUrl });
+  const put = await h.admin.call('PUT', '/v1/clusters/cache', { body: pgdSpec('cache') });
+  assert.equal(put.status, 200, put.text);
+});
+after(() => h?.close());
+
+/** One keep-alive connection (undici opens no second one with connections: 1). */
+function oneConnection(n: EnrolledNode) {
+  const dispatcher = new Agent({ connections: 1, connect: { ca: h.caPem, cert: n.certPem, key: n.keyPem, rejectUnauthorized: true } });
+  let connects = 0;
+  dispatcher.on('connect', () => connects++);
+  return {
+    get connects() { return connects; },
+    async get(path: string): Promise<{ status: number; text: string }> {
+      const res = await request(`${h.coord.url}${path}`, { dispatcher });
+      return { status: res.statusCode, text: await res.body.text() };
+    },
+    close: () => dispatcher.close(),
+  };
+}
+
+const DESIRED = '/v1/agent/desired?after=0&wait=0';
+
+test('five requests on one keep-alive connection parse the client certificate once', async () => {
+  const n = await enroll(h, 'cache', 'node-1');
+  const conn = oneConnection(n);
+  try {
+    const before = certificateParses.count;
+    for (let i = 0; i < 5; i++) {
+      const r = await conn.get(DESIRED);
+      assert.equal(r.status, 200, r.text);
+    }
+    assert.equal(conn.connects, 1, 'the five requests went over one connection');
+    assert.equal(certificateParses.count - before, 1, 'parses of the client certificate for five requests on one connection');
+  } finally {
+    await conn.close();
+  }
+});
+
+test('an identity revoked while its keep-alive connection is open is refused on that connection', async () => {
+  const n = await enroll(h, 'cache', 'node-2');
+  const conn = oneConnection(n);
+  try {
+    const ok = await conn.get(DESIRED);
+    assert.equal(ok.status, 200, ok.text);
+    const revoked = await h.admin.call('POST', `/v1/clusters/cache/certificates/${certInfo(n.certPem).serial}/revoke`, { body: {} });
+    assert.equal(revoked.status, 200, revoked.text);
+    const r = await conn.get(DESIRED);
+    assert.equal(r.status, 401, `after the revocation, same connection: ${r.status} ${r.text}`);
+    assert.equal(conn.connects, 1, 'both requests went over one connection');
+  } finally {
+    await conn.close();
+  }
+});
+
+const STATUS: AgentStatus = {
+  generation: 1, phase: 'converged', errors: [], files: [], servedCertificate: null, certificates: [], probes: [], pendingRestart: [],
+  coordinatorReachable: true, versions: { agent: '0.1.0', postgres: '15' },
+};
+
+test('last_contact advances on every kind of agent call (desired, csr, status), written once by a status report', async () => {
+  const n = await enroll(h, 'cache', 'node-3');
+  const lastContact = async () =>
+    (await h.coord.store.query<{ t: Date }>(`SELECT last_contact AS t FROM node_status WHERE cluster = 'cache' AND node = 'node-3'`))[0]?.t.getTime() ?? 0;
+  const { privateKeyPem } = await generateRsaKey();
+  const calls: [string, string, unknown][] = [
+    ['GET', DESIRED, undefined],
+    ['POST', '/v1/agent/csr', { slot: 'server', csr: createCsr(privateKeyPem, 'x') }],
+    ['POST', '/v1/agent/status', STATUS],
+  ];
+  const store = h.coord.store;
+  const query = store.query.bind(store);
+  let contactWrites = 0;
+  store.query = ((sql: string, ...rest: unknown[]) => {
+    if (/^\s*(INSERT INTO|UPDATE) node_status/i.test(sql) && /last_contact/.test(sql)) contactWrites++;
+    return (query as (...a: unknown[]) => unknown)(sql, ...rest);
+  }) as typeof store.query;
+  try {
+    let offset = 0;
+    for (const [method, path, body] of calls) {
+      const before = await lastContact();
+      h.setClockOffset((offset += 60_000)); // the coordinator's clock a minute on: the write is seen
+      contactWrites = 0;
+      const r = await n.client.call(method, path, body === undefined ? {} : { body });
+      assert.ok(r.status === 200 || r.status === 204, `${method} ${path}: ${r.status} ${r.text}`);
+      assert.ok((await lastContact()) > before, `${method} ${path} advanced last_contact`);
+      if (path === '/v1/agent/status') assert.equal(contactWrites, 1, 'writes of last_contact for one status report');
+    }
+  } finally {
+    delete (store as { query?: unknown }).query;
+    h.setClockOffset(0);
+  }
+});
+
+test('a status report of a cluster that is not rotating its CA reads the spec row once (the CA rotation step looks for its row first)', async () => {
+  const n = await enroll(h, 'cache', 'node-1');
+  const pool = h.coord.store.pool;
+  const query = pool.query.bind(pool);
+  let specReads = 0;
+  pool.query = ((q: string | { text: string }, ...rest: unknown[]) => {
+    if (/^SELECT .* FROM clusters WHERE name = \$1$/s.test(typeof q === 'string' ? q : q.text)) specReads++;
+    return (query as (...a: unknown[]) => unknown)(q, ...rest);
+  }) as typeof pool.query;
+  try {
+    const r = await n.client.call('POST', '/v1/agent/status', { body: STATUS });
+    assert.equal(r.status, 204, r.text);
+    assert.equal(specReads, 1, 'reads of the cluster spec row for one status report');
+  } finally {
+    delete (pool as { query?: unknown }).query;
+  }
+});
