@@ -33,27 +33,36 @@ export const certificateParses = { count: 0 };
  * Keyed by the socket AND checked against the DER the socket holds now: the coordinator accepts
  * TLS 1.2, where a client may renegotiate and present another certificate on the same connection.
  */
-const parsedPeers = new WeakMap<TLSSocket, { der: Buffer; identity: AgentIdentity }>();
+const parsedPeers = new WeakMap<TLSSocket, { der: Buffer; identity: AgentIdentity; notAfter: number }>();
 
-/** The agent identity the client certificate names: exactly one identity URI, the agent CN, clientAuth. */
-function agentIdentity(req: FastifyRequest): AgentIdentity {
+/**
+ * The agent identity the client certificate names: exactly one identity URI, the agent CN,
+ * clientAuth; not expired now (the handshake checked the dates once, a connection lives on).
+ */
+function agentIdentity(req: FastifyRequest, now: Date): AgentIdentity {
   const sock = req.raw.socket as TLSSocket;
   if (typeof sock.getPeerX509Certificate !== 'function') throw unauthorized('agent calls need TLS');
   const peer = sock.getPeerX509Certificate();
   if (!peer) throw unauthorized('agent calls need a client certificate (mTLS)');
   if (!sock.authorized) throw unauthorized('the client certificate is not valid for this coordinator');
   const der = peer.raw;
-  const cached = parsedPeers.get(sock);
-  if (cached && cached.der.equals(der)) return cached.identity;
+  let parsed = parsedPeers.get(sock);
+  if (!parsed || !parsed.der.equals(der)) {
+    parsed = parsePeer(peer.toString(), der);
+    parsedPeers.set(sock, parsed);
+  }
+  if (now.getTime() >= parsed.notAfter) throw unauthorized('the client certificate has expired: enroll again with a new join token');
+  return parsed.identity;
+}
+
+function parsePeer(pem: string, der: Buffer): { der: Buffer; identity: AgentIdentity; notAfter: number } {
   certificateParses.count++;
-  const info = certInfo(peer.toString());
+  const info = certInfo(pem);
   const ids = info.uris.map(parseIdentityUri).filter((x) => x !== null);
   if (info.commonName !== AGENT_CN || ids.length !== 1 || info.uris.length !== 1 || !info.extKeyUsage.includes('clientAuth')) {
     throw unauthorized('the client certificate is not a pgaccord agent identity');
   }
-  const identity = Object.freeze({ ...ids[0]!, serial: info.serial });
-  parsedPeers.set(sock, { der, identity });
-  return identity;
+  return { der, identity: Object.freeze({ ...ids[0]!, serial: info.serial }), notAfter: info.notAfter.getTime() };
 }
 
 /**
@@ -116,7 +125,7 @@ export function authenticate({ service, adminToken, limiter, closing }: AuthDeps
     if (auth === 'admin') {
       if (!bearerMatches(req.headers.authorization, adminToken)) throw unauthorized('admin calls need "Authorization: Bearer <admin token>"');
     } else if (auth === 'agent') {
-      const id = agentIdentity(req);
+      const id = agentIdentity(req, service.now());
       if (longPoll) {
         const held = await authenticateLongPoll(service, closing, id, req.query);
         req.agent = held.value;

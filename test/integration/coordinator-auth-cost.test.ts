@@ -129,3 +129,20 @@ test('a status report of a cluster that is not rotating its CA reads the spec ro
     delete (pool as { query?: unknown }).query;
   }
 });
+
+test('an identity that expires while its keep-alive connection is open is refused on that connection', async () => {
+  const n = await enroll(h, 'cache', 'node-3');
+  const conn = oneConnection(n);
+  try {
+    const ok = await conn.get(DESIRED);
+    assert.equal(ok.status, 200, ok.text);
+    // The TLS handshake checked the certificate's dates once; the coordinator's clock moves past its notAfter.
+    h.setClockOffset(certInfo(n.certPem).notAfter.getTime() - Date.now() + 60_000);
+    const r = await conn.get(DESIRED);
+    assert.equal(r.status, 401, `after the identity's notAfter, same connection: ${r.status} ${r.text}`);
+    assert.equal(conn.connects, 1, 'both requests went over one connection');
+  } finally {
+    h.setClockOffset(0);
+    await conn.close();
+  }
+});
