@@ -9,7 +9,7 @@ import { notProved, notReissued, type NodeEvidence } from '../ca/rotation.ts';
 import { conflict } from '../errors.ts';
 import type { Queryable } from '../store/store.ts';
 import type { ClusterCas } from './cluster-cas.ts';
-import { TASK_CA_ROTATION, tryClusterTask, type ServiceContext } from './context.ts';
+import { lockCluster, TASK_CA_ROTATION, tryClusterTask, type ServiceContext } from './context.ts';
 import type { Crls } from './crls.ts';
 import type { ClusterRow } from './stored-specs.ts';
 
@@ -94,7 +94,7 @@ export class CaRotations {
     // Distinct subject: two CAs with one name would make OpenSSL's issuer and CRL lookups guess.
     const fresh = await CertificateAuthority.create(`pgaccord ${cluster} CA ${now.toISOString().replace(/\.\d+Z$/, 'Z')}`, now);
     await ctx.change(cluster, async (c) => {
-      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
+      await lockCluster(c, cluster, 'update');
       const existing = await this.#rotationRow(cluster, c);
       if (existing) {
         const since = `phase ${existing.phase}, started ${existing.started_at.toISOString()}`;
@@ -133,7 +133,7 @@ export class CaRotations {
       // generation does: taken after ca_rotations and the CRL counter, it deadlocked with a
       // revocation (cluster row, then the counter).
       if (!(await tryClusterTask(c, TASK_CA_ROTATION, cluster))) return null;
-      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
+      await lockCluster(c, cluster, 'update');
       const locked = (await c.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0];
       if (locked?.phase !== 'trust') return null; // another report or coordinator did it
       // Swap: the new CA becomes the issuing one (cluster_cas), the old one is kept as "other".
@@ -220,7 +220,7 @@ export class CaRotations {
     const now = ctx.now();
     await ctx.change(cluster, async (c) => {
       // The cluster row first (lock order of every CRL and generation writer: see advance).
-      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
+      await lockCluster(c, cluster, 'update');
       const locked = (await c.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = $1 FOR UPDATE`, [cluster])).rows[0];
       if (locked?.phase !== 'reissue') throw conflict('E_ROTATION_NOT_READY', `cluster "${cluster}": the rotation changed meanwhile; look again`);
       await c.query(`DELETE FROM ca_rotations WHERE cluster = $1`, [cluster]);

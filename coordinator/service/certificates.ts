@@ -7,7 +7,7 @@ import { certificateSlots, certLifetimeSeconds, indexSpec } from '../cluster/com
 import { daysLeft, expiryLevel } from '../cluster/lifecycle.ts';
 import { badRequest, conflict, notFound } from '../errors.ts';
 import type { ClusterCas } from './cluster-cas.ts';
-import type { AgentPrincipal, ServiceContext } from './context.ts';
+import { lockCluster, type AgentPrincipal, type ServiceContext } from './context.ts';
 import type { Crls } from './crls.ts';
 import { assertIdentityValid } from './identities.ts';
 
@@ -59,7 +59,7 @@ export class Certificates {
     const issued = await ctx.store.tx(async (c) => {
       // Shared lock on the cluster row: a revocation (FOR UPDATE) waits for this issue, or this
       // issue sees its result. A key whose certificate was revoked is never certified again.
-      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR SHARE`, [agent.cluster]);
+      await lockCluster(c, agent.cluster, 'share');
       // Under that lock, as for an identity: an identity revoked since it authenticated this
       // request (its revocation committed first) gets no certificate.
       await assertIdentityValid(c, agent);

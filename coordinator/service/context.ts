@@ -18,6 +18,16 @@ export const IDENTITY_LIFETIME_S = 30 * 86400;
 /** Validity of an issued CRL; it is re-issued once less than half of it is left. */
 export const CRL_LIFETIME_S = 7 * 86400;
 
+/**
+ * Take the cluster row's lock, first in every transaction that touches what belongs to the
+ * cluster, so that all of them queue in one order (no deadlock between coordinators). FOR UPDATE
+ * where the transaction changes the cluster (revocation, CRL, rotation), FOR SHARE where it only
+ * must not race one (a certificate or identity issued: a revocation waits, or is seen).
+ */
+export async function lockCluster(c: Queryable, cluster: string, mode: 'update' | 'share'): Promise<void> {
+  await c.query(mode === 'update' ? `SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE` : `SELECT 1 FROM clusters WHERE name = $1 FOR SHARE`, [cluster]);
+}
+
 export interface ServiceOptions {
   store: Store;
   box: SecretBox;

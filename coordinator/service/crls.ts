@@ -3,7 +3,7 @@
 import { verifiesAgainst } from '../../shared/crypto/x509.ts';
 import type { Queryable } from '../store/store.ts';
 import type { ClusterCas } from './cluster-cas.ts';
-import { TASK_CRL_REFRESH, tryClusterTask, type ServiceContext } from './context.ts';
+import { lockCluster, TASK_CRL_REFRESH, tryClusterTask, type ServiceContext } from './context.ts';
 
 export class Crls {
   readonly #ctx: ServiceContext;
@@ -84,7 +84,7 @@ export class Crls {
     const number = await ctx.change(cluster, async (c) => {
       // One coordinator refreshes: the others skip at once rather than queue behind it.
       if (!(await tryClusterTask(c, TASK_CRL_REFRESH, cluster))) return null;
-      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR UPDATE`, [cluster]);
+      await lockCluster(c, cluster, 'update');
       if ((await c.query(dueSql, [cluster, now])).rowCount === 0) return null; // another coordinator did it
       await this.issue(c, cluster, now);
       await ctx.bump(c, cluster, now);

@@ -6,7 +6,7 @@ import { encodeJoinToken, parseCoordinatorUrls, parseJoinToken } from '../../sha
 import { publicKeyId, type SubjectPublicKey } from '../../shared/crypto/csr.ts';
 import { badRequest, conflict, gone, unauthorized } from '../errors.ts';
 import type { Queryable } from '../store/store.ts';
-import { hasNode, type AgentPrincipal, type ServiceContext } from './context.ts';
+import { hasNode, lockCluster, type AgentPrincipal, type ServiceContext } from './context.ts';
 
 export const DEFAULT_TOKEN_TTL_S = 3600;
 export const AGENT_CN = 'pgaccord-agent';
@@ -146,7 +146,7 @@ export class Identities {
     const issued = await ctx.store.tx(async (c) => {
       // Serialised with revoke (which holds the cluster row FOR UPDATE): an identity revoked or
       // retired since it authenticated this request gets no successor.
-      await c.query(`SELECT 1 FROM clusters WHERE name = $1 FOR SHARE`, [agent.cluster]);
+      await lockCluster(c, agent.cluster, 'share');
       const valid = await assertIdentityValid(c, agent, true);
       // The previous identity renews only with the current one's key: the retry of an agent
       // whose answer was lost (it keeps its pending key), never a holder of the old identity
