@@ -69,6 +69,9 @@ export interface IssuedRecord {
 
 export const hasNode = (spec: ClusterSpec, node: string): boolean => spec.nodes.some((n) => n.name === node);
 
+/** The 410 an agent of a removed node gets (it stops), whether its request or its identity finds the node gone. */
+export const nodeGone = (cluster: string, node: string): ApiError => gone(`node "${node}" is no longer part of cluster "${cluster}"`);
+
 export class ServiceContext {
   readonly store: Store;
   readonly box: SecretBox;
@@ -121,7 +124,7 @@ export class ServiceContext {
   async requireNode(agent: { cluster: string; node: string }): Promise<ClusterRow> {
     const row = await this.cluster(agent.cluster);
     if (!row) throw gone(`cluster "${agent.cluster}" no longer exists`);
-    if (!hasNode(row.spec, agent.node)) throw gone(`node "${agent.node}" is no longer part of cluster "${agent.cluster}"`);
+    if (!hasNode(row.spec, agent.node)) throw nodeGone(agent.cluster, agent.node);
     return row;
   }
 

@@ -6,7 +6,7 @@ import { encodeJoinToken, parseCoordinatorUrls, parseJoinToken } from '../../sha
 import { publicKeyId, type SubjectPublicKey } from '../../shared/crypto/csr.ts';
 import { badRequest, conflict, gone, unauthorized } from '../errors.ts';
 import type { Queryable } from '../store/store.ts';
-import { hasNode, lockCluster, type AgentPrincipal, type ServiceContext } from './context.ts';
+import { hasNode, lockCluster, nodeGone, type AgentPrincipal, type ServiceContext } from './context.ts';
 
 export const DEFAULT_TOKEN_TTL_S = 3600;
 export const AGENT_CN = 'pgaccord-agent';
@@ -223,7 +223,7 @@ export class Identities {
         [serial, identity.cluster, identity.node],
       );
       if (known.length > 0 && (!row || !hasNode(row.spec, identity.node))) {
-        throw gone(`node "${identity.node}" is no longer part of cluster "${identity.cluster}"`);
+        throw nodeGone(identity.cluster, identity.node);
       }
       throw unauthorized(IDENTITY_INVALID);
     }

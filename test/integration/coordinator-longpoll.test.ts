@@ -55,8 +55,14 @@ test('long-poll: answers at once when newer, wakes the moment a generation is st
   await waitFor('the long-poll held', () => longPollsHeld(h) > polls, 30_000, 10);
   const without = { ...changedSpec, nodes: changedSpec.nodes.filter((n: { name: string }) => n.name !== 'node-2') };
   assert.equal((await h.admin.call('PUT', '/v1/clusters/matrix', { body: without })).status, 200);
-  assert.equal((await held).status, 410);
-  assert.equal((await n2.client.call('POST', '/v1/agent/csr', { body: { slot: 'server', csr: createCsr((await generateRsaKey()).privateKeyPem, 'node-2') } })).status, 410);
+  // The same refusal whether the node's removal is seen by the request (requireNode) or by its identity, revoked with it (authenticate).
+  const gone = { code: 'E_GONE', message: 'node "node-2" is no longer part of cluster "matrix"' };
+  const heldReply = await held;
+  assert.equal(heldReply.status, 410);
+  assert.deepEqual({ code: heldReply.body.code, message: heldReply.body.message }, gone);
+  const csr = await n2.client.call('POST', '/v1/agent/csr', { body: { slot: 'server', csr: createCsr((await generateRsaKey()).privateKeyPem, 'node-2') } });
+  assert.equal(csr.status, 410);
+  assert.deepEqual({ code: csr.body.code, message: csr.body.message }, gone);
   assert.equal((await h.admin.call('POST', '/v1/clusters/matrix/nodes/node-2/tokens', { body: {} })).status, 404);
 });
 
