@@ -4,10 +4,10 @@
 import { parseDuration } from './cluster/duration.ts';
 import { DEFAULT_MAX_CONNECTIONS, parseMaxConnections } from './http/connection-limits.ts';
 import { DEFAULT_LISTEN, parseListen, parseMetricsListen } from './http/listen.ts';
-import { DEFAULT_DATA_DIR, DEFAULT_TLS_KEY_TYPE } from './store/datadir-layout.ts';
+import { DEFAULT_DATA_DIR } from './store/datadir-layout.ts';
 import { parseCommand } from '../shared/system/cli.ts';
 import { parseCoordinatorUrls } from '../shared/contract/coordinator-urls.ts';
-import { KEY_TYPES, type KeyType } from '../shared/crypto/key-types.ts';
+import { DEFAULT_TLS_KEY_TYPE, KEY_TYPES, type KeyType } from '../shared/crypto/key-types.ts';
 
 export const COORDINATOR_COMMAND = {
   usage: 'pgaccord coordinator [--data-dir DIR] [--listen HOST:PORT] [--database-url URL] [--public-url URL] [--log-level LEVEL]',

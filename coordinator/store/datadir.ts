@@ -9,10 +9,10 @@ import { join } from 'node:path';
 import { CertificateAuthority } from '../ca/ca.ts';
 import { certInfo, certMatchesKey, keyTypeOf } from '../../shared/crypto/x509.ts';
 import { createCsr, readCsrKey } from '../../shared/crypto/csr.ts';
-import type { KeyType } from '../../shared/crypto/key-types.ts';
+import { DEFAULT_TLS_KEY_TYPE, type KeyType } from '../../shared/crypto/key-types.ts';
 import { generateKey } from '../../shared/crypto/keys.ts';
 import { installFile } from '../../shared/system/atomic-file.ts';
-import { DEFAULT_TLS_KEY_TYPE, FILES } from './datadir-layout.ts';
+import { FILES } from './datadir-layout.ts';
 
 export { DEFAULT_DATA_DIR, FILES } from './datadir-layout.ts';
 export const SERVER_CERT_LIFETIME_S = 365 * 86400;
