@@ -24,9 +24,6 @@ export function bearerMatches(header: string | undefined, expected: string): boo
 
 type AgentIdentity = Readonly<{ cluster: string; node: string; serial: string }>;
 
-/** How many client certificates agentIdentity has parsed: read by a test (one parse per connection). */
-export const certificateParses = { count: 0 };
-
 /**
  * The parsed client certificate of each TLS connection, with its DER: the parse, never the
  * verdict (authorized, and the identity's validity in the store, are checked on every request).
@@ -38,6 +35,7 @@ const parsedPeers = new WeakMap<TLSSocket, { der: Buffer; identity: AgentIdentit
 /**
  * The agent identity the client certificate names: exactly one identity URI, the agent CN,
  * clientAuth; not expired now (the handshake checked the dates once, a connection lives on).
+ * One frozen object per parse: every request of a connection gets the same one.
  */
 function agentIdentity(req: FastifyRequest, now: Date): AgentIdentity {
   const sock = req.raw.socket as TLSSocket;
@@ -56,7 +54,6 @@ function agentIdentity(req: FastifyRequest, now: Date): AgentIdentity {
 }
 
 function parsePeer(pem: string, der: Buffer): { der: Buffer; identity: AgentIdentity; notAfter: number } {
-  certificateParses.count++;
   const info = certInfo(pem);
   const ids = info.uris.map(parseIdentityUri).filter((x) => x !== null);
   if (info.commonName !== AGENT_CN || ids.length !== 1 || info.uris.length !== 1 || !info.extKeyUsage.includes('clientAuth')) {
