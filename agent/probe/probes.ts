@@ -80,66 +80,140 @@ export function resolvePsql(path = process.env.PATH ?? '', root = '/usr/lib/post
 
 let defaultPsql: string | null = null;
 
-/** Run one probe; never throws. */
-export async function probe(conn: ClientConnection, opts: ProbeOptions): Promise<ProbeResult> {
-  const now = opts.now ?? (() => new Date());
-  const connectTimeout = opts.connectTimeoutSeconds ?? 5;
-  const base = { to: conn.to, role: conn.role, conninfo: scrubSecrets(conn.conninfo) };
-  if (/\bpassword\s*=/i.test(conn.conninfo)) {
-    return { ...base, ok: false, tlsVersion: null, cipher: null, error: 'refused to probe: the connection string carries a password', at: now().toISOString() };
+/** Why a probe ran (ProbeResult.reason). */
+export type ProbeReason = 'apply' | 'retry' | 'peer-applied';
+
+/** psql processes at once at most, each over its share of the edges (one psql run probes several). */
+export const PROBE_CONCURRENCY = 2;
+
+/** Marks where an edge's output begins, on stdout (\echo) and on stderr (\warn), and where the run ended. */
+const MARK = '@@pgaccord-probe ';
+
+/** A psql meta-command argument: single-quoted, quotes doubled, backslashes escaped. */
+const metaQuote = (s: string): string => `'${s.replace(/\\/g, '\\\\').replace(/'/g, "''")}'`;
+
+/**
+ * The psql arguments that probe `conns` in order in one run: the first is psql's own connection,
+ * each next one a `\connect` with exactly its connection string (a new libpq connection, no
+ * parameter taken from the previous one); before each, a mark on both streams. Without
+ * ON_ERROR_STOP a refused `\connect` does not end the run: the next edge is tried.
+ */
+export function batchArgs(conns: ClientConnection[]): string[] {
+  const args = [conns[0]!.conninfo, '-X', '-q', '-w', '-A', '-t'];
+  conns.forEach((c, i) => {
+    args.push('-c', `\\echo ${MARK}${i}`, '-c', `\\warn ${MARK}${i}`);
+    if (i > 0) args.push('-c', `\\connect ${metaQuote(c.conninfo)}`);
+    args.push('-c', '\\conninfo', '-c', c.replication ? 'IDENTIFY_SYSTEM' : 'SELECT 1');
+  });
+  args.push('-c', `\\echo ${MARK}end`, '-c', `\\warn ${MARK}end`);
+  return args;
+}
+
+/** A stream cut at the marks: the text before the first mark, the text after each mark, and whether the end mark came. */
+function segments(text: string): { head: string; parts: Map<number, string>; ended: boolean } {
+  const parts = new Map<number, string>();
+  const pieces = text.split(new RegExp(`^${MARK}`, 'm'));
+  let ended = false;
+  for (const piece of pieces.slice(1)) {
+    const nl = piece.indexOf('\n');
+    const tag = nl < 0 ? piece : piece.slice(0, nl);
+    if (tag === 'end') ended = true;
+    else parts.set(Number(tag), nl < 0 ? '' : piece.slice(nl + 1));
   }
-  const query = conn.replication ? 'IDENTIFY_SYSTEM' : 'SELECT 1';
-  const args = [conn.conninfo, '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-c', '\\conninfo', '-c', query];
+  return { head: pieces[0]!, parts, ended };
+}
+
+/** What psql says when not connected: the consequence of an edge's refused \connect, not its cause. */
+const NOT_CONNECTED = /^You are currently not connected to a database\.$/;
+
+export interface EdgeOutcome { ok: boolean; stdout: string; error: string | null }
+
+/**
+ * The verdict on each edge one psql run got to (pure): ok when the edge's query answered (its
+ * rows follow \conninfo's lines); otherwise the edge's own messages. The first edge's refused
+ * connection ends the run, its message before any mark; an edge cut short by the end of the run
+ * (psql killed) gets `cutShort`. Edges after the last one reached are absent from the answer.
+ */
+export function parseBatch(conns: ClientConnection[], stdout: string, stderr: string, cutShort: string): EdgeOutcome[] {
+  const out = segments(stdout);
+  const err = segments(stderr);
+  const reached = out.parts.size;
+  if (reached === 0) {
+    const why = err.head.trim().replace(/^psql: (error: )?/, '') || cutShort;
+    return [{ ok: false, stdout: '', error: why }];
+  }
+  const outcomes: EdgeOutcome[] = [];
+  for (let i = 0; i < reached && i < conns.length; i++) {
+    const text = out.parts.get(i) ?? '';
+    const rows = text.split('\n').filter((l) => l !== '' && !/^You are (connected|now connected|currently not connected)/.test(l) && !/^SSL connection \(/.test(l));
+    const complete = i < reached - 1 || out.ended;
+    const ok = complete && (conns[i]!.replication ? rows.some((l) => l.includes('|')) : rows.includes('1'));
+    const messages = `${i === 0 ? err.head : ''}${err.parts.get(i) ?? ''}`.split('\n').filter((l) => l.trim() !== '' && !NOT_CONNECTED.test(l.trim())).join('\n').trim();
+    const error = ok ? null : messages.replace(/^\\connect: /, '').replace(/^psql:[^:]*: (error: )?/, '') || (complete ? 'the probe query returned no row' : cutShort);
+    outcomes.push({ ok, stdout: text, error });
+  }
+  return outcomes;
+}
+
+/** One psql run over `conns` (none carries a password); the outcomes of the edges it got to, at least the first. */
+async function runBatch(conns: ClientConnection[], opts: ProbeOptions): Promise<EdgeOutcome[]> {
+  const connectTimeout = opts.connectTimeoutSeconds ?? 5;
+  const killAfterMs = opts.killAfterMs ?? (connectTimeout + 10) * 1000;
   const asOther = process.getuid?.() === 0 && opts.osUser.uid !== 0;
-  const { code, stdout, stderr, timedOut } = await new Promise<{ code: number | null; stdout: string; stderr: string; timedOut: boolean }>((resolve) => {
+  const { stdout, stderr, error } = await new Promise<{ stdout: string; stderr: string; error: string | null }>((resolve) => {
     let out = '';
     let err = '';
-    let timedOut = false;
-    const child = spawn(opts.psql ?? (defaultPsql ??= resolvePsql()), args, {
+    const child = spawn(opts.psql ?? (defaultPsql ??= resolvePsql()), batchArgs(conns), {
       env: cleanEnv(opts.osUser, connectTimeout),
       cwd: '/',
       stdio: ['ignore', 'pipe', 'pipe'],
       ...(asOther ? { uid: opts.osUser.uid, gid: opts.osUser.gid } : {}),
     });
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-    }, opts.killAfterMs ?? (connectTimeout + 10) * 1000);
+    // Each edge has its own budget: the run may take as many as it has edges.
+    const timer = setTimeout(() => child.kill('SIGKILL'), killAfterMs * conns.length);
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     child.on('error', (e) => {
       clearTimeout(timer);
-      resolve({ code: -1, stdout: out, stderr: `${err}${e.message}`, timedOut });
+      resolve({ stdout: out, stderr: err, error: e.message });
     });
-    child.on('close', (c) => {
+    child.on('close', (code, signal) => {
       clearTimeout(timer);
-      resolve({ code: c, stdout: out, stderr: err, timedOut });
+      resolve({ stdout: out, stderr: err, error: signal === 'SIGKILL' ? `probe timed out after ${killAfterMs} ms` : code === 0 ? null : `psql exited with status ${code}` });
     });
   });
-  const { tlsVersion, cipher } = parseSslLine(stdout);
-  const at = now().toISOString();
-  if (code === 0) return { ...base, ok: true, tlsVersion, cipher, error: null, at };
-  const error = timedOut ? `probe timed out after ${opts.killAfterMs ?? (connectTimeout + 10) * 1000} ms` : scrubSecrets(stderr.trim().replace(/^psql: (error: )?/, '')) || `psql exited with status ${code}`;
-  return { ...base, ok: false, tlsVersion, cipher, error, at };
+  return parseBatch(conns, stdout, stderr, error ?? 'psql ended before the probe did').map((o) => ({ ...o, error: o.error === null ? null : scrubSecrets(o.error) }));
 }
 
-/** Why a probe ran (ProbeResult.reason). */
-export type ProbeReason = 'apply' | 'retry' | 'peer-applied';
-
-/** Probes at once at most: a full mesh of dozens of edges is probed in a few rounds, not one psql at a time. */
-export const PROBE_CONCURRENCY = 4;
-
-/** Probe every connection, a few at a time; results in the order of `conns`. */
+/** Probe every connection (never throws): a few psql runs at once, each over its share; results in the order of `conns`. */
 export async function probeAll(conns: ClientConnection[], opts: ProbeOptions, reason?: ProbeReason): Promise<ProbeResult[]> {
+  const now = opts.now ?? (() => new Date());
   const out: ProbeResult[] = new Array(conns.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < conns.length) {
-      const i = next++;
-      const r = await probe(conns[i]!, opts);
-      out[i] = reason ? { ...r, reason } : r;
-    }
+  const result = (i: number, o: EdgeOutcome): ProbeResult => {
+    const c = conns[i]!;
+    const { tlsVersion, cipher } = parseSslLine(o.stdout);
+    const r: ProbeResult = { to: c.to, role: c.role, conninfo: scrubSecrets(c.conninfo), ok: o.ok, tlsVersion, cipher, error: o.ok ? null : o.error, at: now().toISOString() };
+    return reason ? { ...r, reason } : r;
   };
-  await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? PROBE_CONCURRENCY, conns.length) }, worker));
+  const todo: number[] = [];
+  conns.forEach((c, i) => {
+    if (/\bpassword\s*=/i.test(c.conninfo)) out[i] = result(i, { ok: false, stdout: '', error: 'refused to probe: the connection string carries a password' });
+    else todo.push(i);
+  });
+  const k = Math.min(opts.concurrency ?? PROBE_CONCURRENCY, todo.length);
+  const shares = Array.from({ length: k }, (_, w) => todo.filter((_, j) => j % k === w));
+  await Promise.all(shares.map(async (share) => {
+    // A run ends early only when its first connection is refused: go on from the next edge.
+    for (let from = 0; from < share.length;) {
+      const outcomes = await runBatch(share.slice(from).map((i) => conns[i]!), opts);
+      outcomes.forEach((o, j) => (out[share[from + j]!] = result(share[from + j]!, o)));
+      from += Math.max(1, outcomes.length);
+    }
+  }));
   return out;
+}
+
+/** Probe one connection; never throws. */
+export async function probe(conn: ClientConnection, opts: ProbeOptions): Promise<ProbeResult> {
+  return (await probeAll([conn], opts))[0]!;
 }
