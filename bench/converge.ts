@@ -11,6 +11,11 @@
 //                     Polled every 25 ms (the CLI looks once a second, too coarse for this).
 //   phases_ms         per phase of the agents' applies (shared/contract/status.ts ApplyTimings), p50 and
 //                     p99 over every node and change: where the time goes
+//   rotation          during each password rotation, new connections over a ring of edges every
+//                     100 ms (bench/rotation-window.ts): per rotation its failures (probes started
+//                     between its command and its convergence) and its window, first to last
+//                     failure (resolution: probe_period_ms); how many rotations had none;
+//                     failures outside every rotation
 //   rss_mb            resident memory of the coordinator and of each agent (VmRSS), idle, after
 // Last line: JSON with the figures. BENCH_NODES (default 3) sets N.
 import { readFile, mkdtemp } from 'node:fs/promises';
@@ -20,6 +25,7 @@ import { demoSpec } from '../bin/demo.ts';
 import { LocalCluster } from '../bin/local-cluster.ts';
 import type { ClusterStatusResponse } from '../shared/contract/api.ts';
 import type { ClusterSpec } from '../shared/contract/schema.ts';
+import { probePeriodMs, ringEdges, rotationWindows, watchEdges, type Rotation, type WindowProbe } from './rotation-window.ts';
 
 const N = Number(process.env.BENCH_NODES ?? 3);
 const CHANGES = Number(process.env.CHANGES ?? 20);
@@ -69,7 +75,12 @@ try {
   const reportTimes = async () => new Map((await status()).nodes.map((n) => [n.node, n.reportedAt ? Date.parse(n.reportedAt) : -Infinity]));
 
   const ports: Record<string, number> = {};
-  for (let i = 0; i < N; i++) ports[`node-${i + 1}`] = (await cluster.addNode(`node-${i + 1}`, `127.0.0.${11 + i}`)).pg.port;
+  const nodes: { name: string; stateDir: string }[] = [];
+  for (let i = 0; i < N; i++) {
+    const n = await cluster.addNode(`node-${i + 1}`, `127.0.0.${11 + i}`);
+    ports[n.name] = n.pg.port;
+    nodes.push(n);
+  }
   let spec: ClusterSpec = demoSpec(ports);
 
   let t0 = performance.now();
@@ -83,6 +94,15 @@ try {
   const cycle: Kind[] = ['auth_switch', 'password_rotation', 'new_role', 'hba_rule', 'auth_switch', 'revocation'];
   const results: { kind: Kind; ms: number; generation: number }[] = [];
   const phases = new Map<string, number[]>();
+  const rotations: Rotation[] = [];
+  const windowProbes: WindowProbe[] = [];
+  const noteTimings = (s: ClusterStatusResponse, generation: number) => {
+    for (const n of s.nodes) {
+      if (n.timings?.generation !== generation) continue;
+      for (const [p, v] of Object.entries(n.timings.phases)) phases.set(p, [...(phases.get(p) ?? []), v]);
+      phases.set('total', [...(phases.get('total') ?? []), n.timings.totalMs]);
+    }
+  };
   for (let i = 0; i < CHANGES; i++) {
     const kind = cycle[i % cycle.length]!;
     const before = await reportTimes();
@@ -93,8 +113,18 @@ try {
       t0 = performance.now();
       generation = (await admin<{ generation: number }>('POST', `/v1/clusters/${CLUSTER}/certificates/${victim.serial}/revoke`)).generation;
     } else if (kind === 'password_rotation') {
+      const watch = watchEdges(await ringEdges(nodes));
+      const wall0 = Date.now();
       t0 = performance.now();
       generation = (await admin<{ generation: number }>('POST', `/v1/clusters/${CLUSTER}/rotate-passwords`, {})).generation;
+      const done = await until(generation, before, t0);
+      rotations.push({ t0: wall0, convergedAt: Date.now() });
+      await watch.stop();
+      windowProbes.push(...watch.probes);
+      results.push({ kind, ms: done.ms, generation });
+      noteTimings(done.s, generation);
+      console.log(`change ${i + 1}/${CHANGES} ${kind}: generation ${generation} proved everywhere in ${Math.round(done.ms)} ms`);
+      continue;
     } else {
       if (kind === 'auth_switch') spec = { ...spec, auth: spec.auth === 'cert' ? 'scram-sha-256' : 'cert' };
       if (kind === 'new_role') spec = { ...spec, roles: [...(spec.roles ?? []), { name: `bench_role_${i}` }] };
@@ -104,11 +134,7 @@ try {
     }
     const { ms, s } = await until(generation, before, t0);
     results.push({ kind, ms, generation });
-    for (const n of s.nodes) {
-      if (n.timings?.generation !== generation) continue;
-      for (const [p, v] of Object.entries(n.timings.phases)) phases.set(p, [...(phases.get(p) ?? []), v]);
-      phases.set('total', [...(phases.get('total') ?? []), n.timings.totalMs]);
-    }
+    noteTimings(s, generation);
     console.log(`change ${i + 1}/${CHANGES} ${kind}: generation ${generation} proved everywhere in ${Math.round(ms)} ms`);
   }
 
@@ -129,10 +155,27 @@ try {
     p99_ms: Math.round(quantile(all, 0.99)),
     max_ms: Math.round(Math.max(...all)),
     per_kind: perKind,
+    rotation: (() => {
+      const { windows, unattributed } = rotationWindows(windowProbes, rotations);
+      const ms = windows.map((w) => w.windowMs ?? 0);
+      return {
+        n: windows.length,
+        without_failure: windows.filter((w) => w.failures === 0).length,
+        window_p50_ms: quantile(ms, 0.5),
+        window_p99_ms: quantile(ms, 0.99),
+        windows_ms: windows.map((w) => w.windowMs),
+        failures: windows.map((w) => w.failures),
+        probes: windowProbes.length,
+        probe_period_ms: probePeriodMs(windowProbes),
+        unattributed: unattributed.length,
+      };
+    })(),
     phases_ms: Object.fromEntries([...phases].map(([p, xs]) => [p, { p50: r1(quantile(xs, 0.5)), p99: r1(quantile(xs, 0.99)) }])),
     rss_mb: rss,
   };
   console.log(`nodes ${N}: first converge ${figures.first_converge_s} s; ${results.length} changes proved everywhere p50 ${figures.p50_ms} ms, p99 ${figures.p99_ms} ms`);
+  const rot = figures.rotation;
+  console.log(`password rotations: ${rot.without_failure} of ${rot.n} without a failed connection; window p50 ${rot.window_p50_ms} ms, p99 ${rot.window_p99_ms} ms (${rot.probes} probes, one per edge every ${rot.probe_period_ms} ms, ${rot.unattributed} failures outside a rotation)`);
   console.log(`resident memory (MB): ${Object.entries(rss).map(([k, v]) => `${k} ${v}`).join(', ')}`);
   await dispatcher.close();
   console.log(JSON.stringify(figures));
