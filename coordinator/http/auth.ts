@@ -118,7 +118,7 @@ export interface AuthDeps {
 /** The onRequest hook of every route. */
 export function authenticate({ service, adminToken, limiter, closing }: AuthDeps) {
   return async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
-    const { auth = 'none', longPoll = false, recordsContact = false } = req.routeOptions.config;
+    const { auth = 'none', longPoll = false } = req.routeOptions.config;
     if (auth === 'admin') {
       if (!bearerMatches(req.headers.authorization, adminToken)) throw unauthorized('admin calls need "Authorization: Bearer <admin token>"');
     } else if (auth === 'agent') {
@@ -136,9 +136,6 @@ export function authenticate({ service, adminToken, limiter, closing }: AuthDeps
         reply.header('retry-after', String(seconds));
         throw new ApiError(429, 'E_RATE_LIMITED', `too many requests from agent ${id.cluster}/${id.node}: retry in ${seconds} s`);
       }
-      // One write of last_contact a request: a status report's own upsert writes it (a report
-      // refused before it is stored, 400 or 410, is no contact; the agent's long-poll is).
-      if (!recordsContact) await service.recordContact(req.agent);
     }
   };
 }

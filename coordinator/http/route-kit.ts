@@ -25,8 +25,6 @@ declare module 'fastify' {
     produces?: string;
     /** The long-poll: while the store is away, authentication waits for it instead of refusing. */
     longPoll?: boolean;
-    /** The handler writes the agent's last_contact itself (the status report): the auth hook does not. */
-    recordsContact?: boolean;
   }
   interface FastifyRequest {
     /** Set by the auth hook on agent routes. */

@@ -1,7 +1,8 @@
 // The agent's routes: enrollment (a join token, no certificate yet) and, with its identity
 // certificate (mTLS, checked by the auth hook), the desired-state long-poll, CSRs for its
 // certificate slots and its status reports. An agent only ever gets its own node's share:
-// every call takes the node from the authenticated principal, never from the request.
+// every call takes the node from the authenticated principal, never from the request. Each
+// route writes the node's last_contact once (a status report with its own upsert of node_status).
 import { CsrRequest, CsrResponse, DesiredResponse, EnrollRequest, EnrollResponse, PeerWake, StatusRequest } from '../../../shared/contract/api.ts';
 import { agentOf, type RoutePlugin } from '../route-kit.ts';
 import { DesiredQuery, NoContent, errors } from '../schemas.ts';
@@ -44,6 +45,7 @@ export const agentRoutes: RoutePlugin = async (app, { service, metrics, closing 
     const waitMs = Math.max(0, (q.wait !== undefined ? Math.min(q.wait * 1000, service.longPollMs) : service.longPollMs) - req.storeWaitMs);
     const opts = { ...(q.peers !== undefined ? { peersKnown: q.peers } : {}), passwordsAt: (q.features ?? '').split(',').includes('passwords-at') };
     try {
+      await service.recordContact(agent);
       const desired = await service.desired(agent, q.after ?? 0, abort.signal, waitMs, opts);
       // The connection ends with this answer: the server's close does not wait for it to idle out.
       if (closing.aborted) reply.header('connection', 'close');
@@ -61,11 +63,12 @@ export const agentRoutes: RoutePlugin = async (app, { service, metrics, closing 
     schema: { body: CsrRequest, response: { 200: CsrResponse, ...errors } },
   }, async (req) => {
     const agent = agentOf(req);
+    await service.recordContact(agent);
     return signed(() => service.signCsr(agent, req.body.slot, req.body.csr));
   });
 
   app.post('/v1/agent/status', {
-    config: { auth: 'agent', recordsContact: true, summary: 'report this node\'s applied generation, phase, certificates and probes' },
+    config: { auth: 'agent', summary: 'report this node\'s applied generation, phase, certificates and probes' },
     schema: { body: StatusRequest, response: { 204: NoContent, ...errors } },
   }, async (req, reply) => {
     const agent = agentOf(req);
