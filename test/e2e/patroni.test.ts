@@ -49,6 +49,14 @@ function apiGet(m: Member, ca: string, clientPem: string | null): Promise<number
   });
 }
 
+/** The last lines of each log, on stderr, for a failure CI must explain without its files. */
+async function dumpTails(auth: string, files: string[], lines = 60): Promise<void> {
+  for (const f of files) {
+    const text = await readFile(f, 'utf8').catch((e: Error) => `(unreadable: ${e.message})`);
+    process.stderr.write(`# patroni ${auth}: --- last ${lines} lines of ${f}\n${text.split('\n').slice(-lines).map((l) => `#   ${l}`).join('\n')}\n`);
+  }
+}
+
 async function walkthrough(auth: 'cert' | 'scram-sha-256'): Promise<void> {
   const t0 = Date.now();
   const lap = (what: string) => process.stderr.write(`# patroni ${auth}: ${what} at ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
@@ -98,6 +106,17 @@ async function walkthrough(auth: 'cert' | 'scram-sha-256'): Promise<void> {
       await cluster.spawnAgent('pat', m.name, { stateDir: m.stateDir, args: ['--pgdata', m.pgdata, '--client-home', m.home], user: osUser, env: { ...process.env, HOME: m.home } });
     }
     const P = (m: Member, f: string) => join(m.stateDir, 'patroni', f);
+    /**
+     * `leader` leads and both others stream from it. Not yet: a throw naming what patronictl and
+     * pg_stat_replication said, so a timeout says where the cluster was stuck.
+     */
+    const streamingFrom = async (leader: Member) => {
+      const rows = await list(m1, osUser);
+      const senders = await sql<{ application_name: string; state: string }>(leader, osUser, 'SELECT application_name, state FROM pg_stat_replication');
+      const replicas = rows.filter((r) => r.Member !== leader.name && r.Role === 'Replica' && r.State === 'running');
+      if (rows.find((r) => r.Member === leader.name)?.Role === 'Leader' && replicas.length === 2 && senders.length === 2) return rows;
+      throw new Error(`patronictl list ${JSON.stringify(rows.map((r) => [r.Member, r.Role, r.State, r.TL]))}, ${leader.name}'s walsenders ${JSON.stringify(senders)}`);
+    };
     for (const m of members) {
       const files = ['api.pem', 'client.pem', 'pgaccord.yml', 'root.crt', 'root.crl', ...(auth === 'cert' ? ['replicator.crt', 'replicator.key', 'rewind_user.crt', 'rewind_user.key'] : ['passfile'])].map((f) => P(m, f));
       await waitFor(`${m.name}: Patroni material installed`, async () => (files.every((f) => existsSync(f)) && existsSync(join(m.stateDir, 'server', 'server.pem')) ? true : null), 60_000);
@@ -179,11 +198,7 @@ async function walkthrough(auth: 'cert' | 'scram-sha-256'): Promise<void> {
 
     // Switchover m1 -> m2.
     await patronictl(m1, osUser, ['switchover', '--leader', 'm1', '--candidate', 'm2', '--force'], 120_000);
-    await waitFor('m2 leader, m1 and m3 streaming from it', async () => {
-      const rows = await list(m1, osUser);
-      if ((await sql(m2, osUser, 'SELECT 1 FROM pg_stat_replication')).length !== 2) return null;
-      return rows.find((r) => r.Member === 'm2')?.Role === 'Leader' && rows.filter((r) => r.Role === 'Replica' && r.State === 'running').length === 2 ? rows : null;
-    }, 120_000);
+    await waitFor('m2 leader, m1 and m3 streaming from it', () => streamingFrom(m2), 120_000);
     // Patroni rewrote the demoted m1's postgresql.conf (its recovery parameters live there): an
     // include line there would be gone. pgaccord's, in postgresql.base.conf, still sets ssl on every member.
     assert.match(await readFile(join(m1.pgdata, 'postgresql.conf'), 'utf8'), /primary_conninfo/);
@@ -205,11 +220,7 @@ async function walkthrough(auth: 'cert' | 'scram-sha-256'): Promise<void> {
     await run(join(PG_BIN, 'psql'), ['-XAtq', '-h', m2.runDir, '-p', String(m2.pgPort), '-U', 'postgres', '-d', 'postgres', '-c', 'CREATE TABLE diverged AS SELECT g FROM generate_series(1, 10000) g'], { uid: osUser.uid, gid: osUser.gid });
     await run(join(PG_BIN, 'pg_ctl'), ['stop', '-m', 'fast', '-D', m2.pgdata], { uid: osUser.uid, gid: osUser.gid, env: { PATH: `${PG_BIN}:/usr/bin:/bin` } });
     startPatroni(m2, osUser);
-    await waitFor('m2 back as a replica, streaming from the new leader', async () => {
-      const rows = await list(m1, osUser);
-      if ((await sql(newLeader!, osUser, 'SELECT 1 FROM pg_stat_replication')).length !== 2) return null;
-      return rows.find((r) => r.Member === 'm2')?.Role === 'Replica' && rows.filter((r) => r.Role === 'Replica' && r.State === 'running').length === 2 ? rows : null;
-    }, 120_000);
+    await waitFor('m2 back as a replica, streaming from the new leader', () => streamingFrom(newLeader!), 120_000);
     const patroniLog = await readFile(m2.log, 'utf8');
     // pg_rewind ran with the fragment's rewind credentials, over verify-full, and rewound a real divergence
     assert.match(patroniLog, /running pg_rewind from dbname=postgres user=rewind_user host=\S+ port=\d+ sslmode=verify-full/);
@@ -222,6 +233,10 @@ async function walkthrough(auth: 'cert' | 'scram-sha-256'): Promise<void> {
     const after = await cluster.cli(['status', 'pat', '--wait', '--timeout', '120']);
     assert.equal(after.code, 0, `${after.stdout}\n${after.stderr}`);
     lap('converged again');
+  } catch (e) {
+    // CI keeps no working directory: what Patroni, PostgreSQL and the agents last said goes to stderr
+    await dumpTails(auth, [...members.flatMap((m) => [m.log, join(m.logDir, 'postgresql.log'), join(T, `agent-${m.name}.log`)])]);
+    throw e;
   } finally {
     for (const m of members) killGroup(m.proc, 'SIGTERM');
     await waitFor('Patroni stopped', async () => (members.every((m) => m.proc === null || m.proc.exitCode !== null || m.proc.signalCode !== null) ? true : null), 30_000).catch(() => undefined);
