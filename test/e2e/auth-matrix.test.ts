@@ -1,15 +1,14 @@
 // End to end: a coordinator, three real PostgreSQL 15 nodes and three agent processes. For each
 // auth model, every edge connects with the credentials the agent installed, the connections that
 // must fail do fail, and switching models never restarts PostgreSQL.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
-import { LocalCluster } from '../../bin/local-cluster.ts';
 import { demoSpec } from '../../bin/demo.ts';
 import type { AuthModel, SslMode } from '../../shared/contract/schema.ts';
 import { query } from '../helpers/pg.ts';
 import { editConninfo, foreignClientCert, psql } from '../helpers/libpq.ts';
+import { startLocalNodes } from '../helpers/local-nodes.ts';
 
 interface Row { model: string; sslmode: string; case: string; expected: 'connects' | 'refused'; seen: string }
 
@@ -23,12 +22,7 @@ const MODELS: { auth: AuthModel; sslmode: SslMode }[] = [
 const WHO = "SELECT current_user || ' ssl=' || ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
 
 test('auth matrix over a live three-node cluster, switching models without a restart', async (t) => {
-  const dir = await mkdtemp('/tmp/pgaccord-e2e-');
-  const cluster = await LocalCluster.create({ dir });
-  after(() => cluster.close());
-  await cluster.startCoordinator();
-  const ports: Record<string, number> = {};
-  for (const [i, name] of ['node-1', 'node-2', 'node-3'].entries()) ports[name] = (await cluster.addNode(name, `127.0.0.${11 + i}`)).pg.port;
+  const { dir, cluster, ports } = await startLocalNodes();
   const nodes = [...cluster.nodes.values()];
   const startTimes = async () => Promise.all(nodes.map(async (n) => (await query<{ t: Date }>(n.pg, 'SELECT pg_postmaster_start_time() AS t'))[0]!.t.toISOString()));
   const before = await startTimes();

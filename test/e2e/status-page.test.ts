@@ -5,25 +5,20 @@
 // save a screenshot. Without a session the page is a 401 with no cluster data.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
-import { LocalCluster } from '../../bin/local-cluster.ts';
 import { demoSpec } from '../../bin/demo.ts';
 import { query } from '../helpers/pg.ts';
 import { Chromium } from '../helpers/chromium.ts';
+import { startLocalNodes } from '../helpers/local-nodes.ts';
 import { waitFor } from '../helpers/wait.ts';
 
 const SCREENSHOT = process.env.PGACCORD_SCREENSHOT ?? '/tmp/pgaccord-status-page.png';
 const REFUSAL = 'too many connections for role "pgd_replication"';
 
 test('status page in headless Chromium: the failing probe cells and PostgreSQL\'s message; 401 without a session', async (t) => {
-  const dir = await mkdtemp('/tmp/pgaccord-e2e-');
-  const cluster = await LocalCluster.create({ dir });
-  after(() => cluster.close());
-  await cluster.startCoordinator();
-  const ports: Record<string, number> = {};
-  for (const [i, name] of ['node-1', 'node-2', 'node-3'].entries()) ports[name] = (await cluster.addNode(name, `127.0.0.${11 + i}`)).pg.port;
+  const { cluster, ports } = await startLocalNodes();
   const applied = await cluster.apply({ ...demoSpec(ports), name: 'shop' });
   assert.equal(applied.code, 0, applied.stderr);
   // A role's CONNECTION LIMIT is outside what the agents manage: a converged node sees it at its
