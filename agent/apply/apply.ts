@@ -18,7 +18,7 @@ import { dirname, join } from 'node:path';
 import type pg from 'pg';
 import type { CertReport } from '../../shared/contract/status.ts';
 import { problemOf, type Problem } from '../../shared/contract/problem.ts';
-import { InstallError, installFiles, removeStaleTemps, restoreFile, snapshotFile, type FileSnapshot } from '../../shared/system/atomic-file.ts';
+import { InstallError, installFiles, removeStaleTemps, restoreFile, snapshotFile, stageFiles, type FileSnapshot } from '../../shared/system/atomic-file.ts';
 import { layoutFor, type Layout } from '../../shared/pgconf/layout.ts';
 import { planNode, type Plan } from '../../shared/pgconf/plan.ts';
 import { isPatroni, patroniBaseConf, patroniPaths } from '../../shared/pgconf/patroni.ts';
@@ -193,6 +193,7 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   // instant, on every node at once; the rest is staged and proved before it.
   const switchAt = passwordSwitchAt(input.desired);
   const deferred = switchAt === null ? [] : plan.files.filter((f) => f.key === 'passfile');
+  let staged: Staged | null = null;
   try {
     await installAll(run, plan.files.filter((f) => !deferred.includes(f)));
     clock.lap('install');
@@ -204,16 +205,23 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
     served = await prove(run);
     clock.lap('prove');
     if (switchAt !== null) {
+      // Only the COMMIT and a rename are left for the instant: the passfile is written and synced now.
+      staged = await stageAll(run, deferred);
+      clock.lap('install');
       const waitMs = Math.min(MAX_SWITCH_WAIT_MS, switchAt - Date.now());
       if (waitMs > 0) await new Promise((r) => setTimeout(r, waitMs));
       clock.lap('wait');
-      await installAll(run, deferred);
+      // The verifier first: it is visible once the COMMIT returns (after the WAL flush); the
+      // passfile a rename after it. This node is never a client with the new password while
+      // it still accepts the old one only.
       await roles.commit();
+      await staged.commit();
       log.info({ lateMs: Math.max(0, Date.now() - switchAt), waitedMs: Math.max(0, waitMs) }, 'password rotation: passfile and verifiers switched at the rotation instant');
     } else await roles.commit();
     clock.lap('prove');
     if (roles.actions.length > 0) log.info({ actions: roles.actions }, 'roles changed');
   } catch (e) {
+    await staged?.abort();
     await roles.rollback();
     const problems = e instanceof StepFailure ? e.problems : [problemOf(e, 'E_APPLY')];
     const restoreProblems = await restoreAll(run, e instanceof StepFailure && e.reloaded);
@@ -271,28 +279,61 @@ export function passwordSwitchAt(desired: { passwordsAt?: string }): number | nu
   return Number.isNaN(at) ? null : at;
 }
 
-async function installAll(run: Run, files = run.plan.files): Promise<void> {
+type PlanFile = Plan['files'][number];
+
+function specsOf(run: Run, group: PlanFile[]) {
   const { uid, gid } = run.ctx.serverOsUser;
-  for (const group of installGroups(files)) {
-    const specs = group.map((f) => {
-      const snap = run.snapshots.get(f.path)!;
-      // postgresql.conf keeps its own owner and mode: we only append one line to it.
-      const owner = f.key === 'config' && snap.exists ? { uid: snap.uid, gid: snap.gid, mode: snap.mode } : { uid, gid, mode: f.mode };
-      return { path: f.path, content: Buffer.from(f.content, 'utf8'), ...owner };
-    });
-    let wrote: boolean[];
-    try {
-      wrote = await installFiles(specs);
-    } catch (e) {
-      // A rename failed part way through the group: the files renamed before it are new and
-      // go back with the rest; the others were not touched (nothing is renamed if staging failed).
-      const renamed = e instanceof InstallError ? e.renamed : group.map((f) => f.path);
-      for (const path of renamed) if (!run.changed.includes(path)) run.changed.push(path);
-      throw e;
-    }
-    group.forEach((f, i) => wrote[i] && run.changed.push(f.path));
+  return group.map((f) => {
+    const snap = run.snapshots.get(f.path)!;
+    // postgresql.conf keeps its own owner and mode: we only append one line to it.
+    const owner = f.key === 'config' && snap.exists ? { uid: snap.uid, gid: snap.gid, mode: snap.mode } : { uid, gid, mode: f.mode };
+    return { path: f.path, content: Buffer.from(f.content, 'utf8'), ...owner };
+  });
+}
+
+interface Staged {
+  commit(): Promise<void>;
+  abort(): Promise<void>;
+}
+
+/** installAll in two halves: the files written and synced now, put in place (in order) by commit(). */
+async function stageAll(run: Run, files: PlanFile[]): Promise<Staged> {
+  const groups: { group: PlanFile[]; staged: Awaited<ReturnType<typeof stageFiles>> }[] = [];
+  const abort = async () => {
+    for (const g of groups) await g.staged.abort();
+  };
+  try {
+    for (const group of installGroups(files)) groups.push({ group, staged: await stageFiles(specsOf(run, group)) });
+  } catch (e) {
+    await abort();
+    throw e;
   }
+  return {
+    abort,
+    commit: async () => {
+      for (const { group, staged } of groups) await installGroup(run, group, () => staged.commit());
+    },
+  };
+}
+
+async function installAll(run: Run, files = run.plan.files): Promise<void> {
+  for (const group of installGroups(files)) await installGroup(run, group, () => installFiles(specsOf(run, group)));
   if (run.changed.length > 0) run.log.info({ files: run.changed }, 'installed');
+}
+
+/** One group put in place by `install`; what it changed is noted for the restore. */
+async function installGroup(run: Run, group: PlanFile[], install: () => Promise<boolean[]>): Promise<void> {
+  let wrote: boolean[];
+  try {
+    wrote = await install();
+  } catch (e) {
+    // A rename failed part way through the group: the files renamed before it are new and
+    // go back with the rest; the others were not touched (nothing is renamed if staging failed).
+    const renamed = e instanceof InstallError ? e.renamed : group.map((f) => f.path);
+    for (const path of renamed) if (!run.changed.includes(path)) run.changed.push(path);
+    throw e;
+  }
+  group.forEach((f, i) => wrote[i] && run.changed.push(f.path));
 }
 
 async function validate(run: Run): Promise<void> {

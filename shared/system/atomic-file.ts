@@ -159,28 +159,48 @@ export async function installFile(spec: FileSpec): Promise<boolean> {
  * settles them). Returns, per spec, whether it was written.
  */
 export async function installFiles(specs: FileSpec[]): Promise<boolean[]> {
+  return (await stageFiles(specs)).commit();
+}
+
+/** Files written, synced, owned and moded under temporary names: commit() puts them in place (installFiles' second half), abort() removes them. */
+export interface StagedFiles {
+  commit(): Promise<boolean[]>;
+  abort(): Promise<void>;
+}
+
+/**
+ * installFiles in two halves, for a switch at an instant (a password rotation): the slow half
+ * (write and sync) before it, only the renames at it.
+ */
+export async function stageFiles(specs: FileSpec[]): Promise<StagedFiles> {
   const staged: (Staged | null)[] = [];
+  const abort = async () => {
+    for (const s of staged) if (s !== null) await unlink(s.tmp).catch(() => undefined);
+  };
   try {
     for (const spec of specs) staged.push(await stage(spec));
   } catch (e) {
-    for (const s of staged) if (s !== null) await unlink(s.tmp).catch(() => undefined);
+    await abort();
     throw e;
   }
-  let i = 0;
-  try {
-    for (; i < staged.length; i++) {
-      const s = staged[i];
-      // synchronous on purpose: no trip through the event loop and the thread pool between two renames
-      if (s !== null) renameSync(s.tmp, s.spec.path);
+  const commit = async (): Promise<boolean[]> => {
+    let i = 0;
+    try {
+      for (; i < staged.length; i++) {
+        const s = staged[i];
+        // synchronous on purpose: no trip through the event loop and the thread pool between two renames
+        if (s !== null) renameSync(s.tmp, s.spec.path);
+      }
+      for (const dir of new Set(staged.filter((s): s is Staged => s !== null).map((s) => dirname(s.spec.path)))) await fsyncDir(dir);
+      return staged.map((s) => s !== null);
+    } catch (e) {
+      for (const s of staged.slice(i)) if (s !== null) await unlink(s.tmp).catch(() => undefined);
+      const err = asInstallError(e, staged[Math.min(i, staged.length - 1)]?.spec.path ?? '');
+      err.renamed = staged.slice(0, i).filter((s): s is Staged => s !== null).map((s) => s.spec.path);
+      throw err;
     }
-    for (const dir of new Set(staged.filter((s): s is Staged => s !== null).map((s) => dirname(s.spec.path)))) await fsyncDir(dir);
-    return staged.map((s) => s !== null);
-  } catch (e) {
-    for (const s of staged.slice(i)) if (s !== null) await unlink(s.tmp).catch(() => undefined);
-    const err = asInstallError(e, staged[Math.min(i, staged.length - 1)]?.spec.path ?? '');
-    err.renamed = staged.slice(0, i).filter((s): s is Staged => s !== null).map((s) => s.spec.path);
-    throw err;
-  }
+  };
+  return { commit, abort };
 }
 
 /** Remove a file (if present) and make the removal durable. Returns whether it existed. */

@@ -9,6 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { applyDesired } from '../../agent/apply/apply.ts';
 import { agentFixture, psqlAs, ROLE, type AgentFixture } from '../helpers/agent-fixture.ts';
 import { query } from '../helpers/pg.ts';
+import { waitFor } from '../helpers/wait.ts';
 
 const f: AgentFixture = await agentFixture();
 
@@ -54,4 +55,39 @@ test('passwordsAt: passfile and verifier switch together at the instant, after t
   assert.equal(r3.phase, 'converged', JSON.stringify(r3.errors));
   assert.equal(await psqlAs(f.pg, r3.clientConnections[0]!.conninfo), ROLE);
   assert.notEqual((await look()).passfile, after.passfile);
+});
+
+// The two halves of an edge are on two nodes, each switching at the instant: the one that
+// lands last sets the window. A node's verifier is visible only once its COMMIT returns (after
+// the WAL flush); its passfile switches with a rename. The rename comes after the COMMIT has
+// returned, never before it, so a node is never a client with the new password while it still
+// accepts only the old one; and only the rename is left at the instant (the line staged and
+// fsynced before). A synchronous standby that never answers holds the COMMIT, so the order is
+// seen, not timed.
+test('passwordsAt: the passfile switches only once the verifier is committed', async () => {
+  const certs = await f.issue('scram-sha-256');
+  const first = await applyDesired(f.ctx, { desired: f.desired({ auth: 'scram-sha-256', sslmode: 'verify-full', password: 'first of the held', generation: 10 }), certificates: certs });
+  assert.equal(first.phase, 'converged', JSON.stringify(first.errors));
+  const passfile = first.files.find((x) => x.path.endsWith('/client/passfile'))!.path;
+  const old = await readFile(passfile, 'utf8');
+  await query(f.pg, `ALTER SYSTEM SET synchronous_standby_names = 'nobody'`);
+  await query(f.pg, 'SELECT pg_reload_conf()');
+  try {
+    const rotated = { ...f.desired({ auth: 'scram-sha-256', sslmode: 'verify-full', password: 'second of the held', generation: 11 }), passwordsAt: new Date(Date.now() + 300).toISOString() };
+    const applying = applyDesired(f.ctx, { desired: rotated, certificates: certs });
+    await waitFor('the COMMIT of the new verifier held by the synchronous standby', async () => {
+      const rows = await query<{ n: number }>(f.pg, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event = 'SyncRep'`);
+      return rows[0]!.n > 0;
+    }, 30_000, 20);
+    assert.equal(await readFile(passfile, 'utf8'), old, 'the passfile is still the old one while the verifier is not committed');
+    await query(f.pg, 'ALTER SYSTEM RESET synchronous_standby_names');
+    await query(f.pg, 'SELECT pg_reload_conf()');
+    const r = await applying;
+    assert.equal(r.phase, 'converged', JSON.stringify(r.errors));
+    assert.notEqual(await readFile(passfile, 'utf8'), old);
+    assert.equal(await psqlAs(f.pg, r.clientConnections[0]!.conninfo), ROLE, 'the edge connects with the new passfile line and verifier');
+  } finally {
+    await query(f.pg, 'ALTER SYSTEM RESET synchronous_standby_names');
+    await query(f.pg, 'SELECT pg_reload_conf()');
+  }
 });
