@@ -19,6 +19,13 @@ import type { WorkerReply, WorkerRequest } from './signing-worker.ts';
 export const DEFAULT_MAX_QUEUE = 16_384;
 /** CAs one worker keeps; the least recently used is forgotten past it (2,500 clusters fit). */
 const MAX_CAS_PER_WORKER = 4096;
+/**
+ * Jobs posted to one worker at a time; the rest wait here, signatures first. A worker's own
+ * message queue is FIFO: with every job posted at once, a signature (its caller holds a store
+ * connection, a transaction and the cluster row's lock) waited behind every CSR check of a
+ * renewal storm, and so did every request waiting for a store connection (issue 13).
+ */
+const IN_FLIGHT_PER_WORKER = 2;
 
 export interface SigningPoolOptions {
   /** Worker threads (default: one per core). */
@@ -39,6 +46,12 @@ interface Pending {
   op: string;
 }
 
+interface Queued extends Pending {
+  job: number;
+  message: WorkerRequest;
+  ca: CertificateAuthority | undefined;
+}
+
 interface Slot {
   worker: Worker;
   inFlight: Map<number, Pending>;
@@ -50,6 +63,9 @@ export class SigningPool {
   readonly size: number;
   readonly maxQueue: number;
   readonly #slots: (Slot | null)[];
+  /** Submitted, not yet posted to a worker: signatures (a caller's transaction waits) before CSR checks. */
+  readonly #urgent: Queued[] = [];
+  readonly #normal: Queued[] = [];
   #nextJob = 1;
   #depth = 0;
   #answered = 0;
@@ -119,6 +135,11 @@ export class SigningPool {
       ]);
       clearTimeout(timer);
     }
+    // Not posted to a worker within the drain: failed, as the jobs the threads still hold are.
+    for (const q of this.#urgent.splice(0).concat(this.#normal.splice(0))) {
+      this.#depth--;
+      q.reject(signingUnavailable('the coordinator is stopping'));
+    }
     await Promise.all(this.#slots.map(async (slot, i) => {
       if (!slot) return;
       this.#slots[i] = null;
@@ -130,31 +151,40 @@ export class SigningPool {
   #submit(make: (job: number) => WorkerRequest, ca?: CertificateAuthority): Promise<unknown> {
     if (this.#closed) return Promise.reject(signingUnavailable('the coordinator is stopping'));
     if (this.#depth >= this.maxQueue) return Promise.reject(signingBusy(this.#depth));
-    const slot = this.#pick();
     const job = this.#nextJob++;
-    if (ca) this.#ensureCa(slot, ca);
     const message = make(job);
     return new Promise((resolve, reject) => {
-      slot.inFlight.set(job, { resolve, reject, op: message.op });
       this.#depth++;
-      // Referenced only while it has work: an idle pool does not keep the process alive.
-      if (slot.inFlight.size === 1) slot.worker.ref();
-      slot.worker.postMessage(message);
+      (message.op === 'issue' || message.op === 'crl' ? this.#urgent : this.#normal).push({ resolve, reject, op: message.op, job, message, ca });
+      this.#pump();
     });
   }
 
-  /** The least loaded thread, started if it is not running. */
-  #pick(): Slot {
+  /** Post queued jobs, signatures first, to workers with room (started when not running). */
+  #pump(): void {
+    for (;;) {
+      const queue = this.#urgent.length > 0 ? this.#urgent : this.#normal;
+      if (queue.length === 0) return;
+      const slot = this.#pick();
+      if (!slot) return;
+      const q = queue.shift()!;
+      if (q.ca) this.#ensureCa(slot, q.ca);
+      slot.inFlight.set(q.job, q);
+      // Referenced only while it has work: an idle pool does not keep the process alive.
+      if (slot.inFlight.size === 1) slot.worker.ref();
+      slot.worker.postMessage(q.message);
+    }
+  }
+
+  /** The least loaded thread with room (started if it is not running), or null when all are full. */
+  #pick(): Slot | null {
     let best = -1;
     for (let i = 0; i < this.#slots.length; i++) {
       const s = this.#slots[i];
-      if (!s) {
-        best = i;
-        break;
-      }
-      if (best === -1 || s.inFlight.size < this.#slots[best]!.inFlight.size) best = i;
+      if (!s) return this.#start(i);
+      if (s.inFlight.size < IN_FLIGHT_PER_WORKER && (best === -1 || s.inFlight.size < this.#slots[best]!.inFlight.size)) best = i;
     }
-    return this.#slots[best] ?? this.#start(best);
+    return best === -1 ? null : this.#slots[best]!;
   }
 
   #start(i: number): Slot {
@@ -196,6 +226,7 @@ export class SigningPool {
     if (!p) return;
     this.#answered++;
     this.#settled(slot, reply.job);
+    this.#pump();
     if (reply.ok) p.resolve(reply.result);
     else if (reply.x509Code && p.op === 'csr') p.reject(new X509Error(reply.message, reply.x509Code));
     else p.reject(new ApiError(500, 'E_SIGNING_FAILED', `signing failed: ${reply.message}`));
@@ -213,5 +244,7 @@ export class SigningPool {
       this.#settled(slot, job);
       p.reject(signingUnavailable(why));
     }
+    // The jobs still queued go to the other threads, or to one started for them.
+    this.#pump();
   }
 }

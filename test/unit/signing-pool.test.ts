@@ -135,3 +135,22 @@ test('close() lets submitted jobs finish, stops every thread, and later jobs fai
   assert.equal(pool.queueDepth, 0);
   await assert.rejects(pool.issue(ca, leaf(publicKey)), (e: unknown) => e instanceof ApiError && e.status === 503 && e.code === 'E_SIGNING_UNAVAILABLE');
 });
+
+test('a signature does not wait behind queued CSR checks: its caller holds a transaction and a cluster lock', async () => {
+  const { ca } = await caP;
+  const { privateKeyPem } = await generateRsaKey();
+  const csr = createCsr(privateKeyPem, 'x');
+  const { publicKey } = readCsrKey(csr);
+  const pool = new SigningPool({ size: 1 });
+  try {
+    await pool.issue(ca, leaf(publicKey)); // the thread started, the CA sent
+    // A renewal storm: every CSR is checked first, then each is signed inside its transaction.
+    let checked = 0;
+    const checks = Array.from({ length: 40 }, () => pool.readCsrKey(csr).then(() => checked++));
+    const checkedBeforeIssue = await pool.issue(ca, leaf(publicKey)).then(() => checked);
+    await Promise.all(checks);
+    assert.ok(checkedBeforeIssue <= 4, `the signature was answered after ${checkedBeforeIssue} of the 40 CSR checks submitted before it`);
+  } finally {
+    await pool.close();
+  }
+});
