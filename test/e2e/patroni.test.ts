@@ -197,7 +197,17 @@ async function walkthrough(auth: 'cert' | 'scram-sha-256'): Promise<void> {
     lap(`REST API renewed (${serial0} -> ${renewed.serial})`);
 
     // Switchover m1 -> m2.
-    await patronictl(m1, osUser, ['switchover', '--leader', 'm1', '--candidate', 'm2', '--force'], 120_000);
+    // patronictl exits 0 when Patroni refuses a switchover ("Switchover failed, details: 412, ...
+    // no good candidates have been found": the leader could not fetch m2's REST API status in
+    // time, as on a loaded machine or while m2's Patroni reloads a renewed certificate). CI once
+    // waited 120 s for a switchover that had been refused: each attempt must be accepted, or it
+    // is asked again.
+    const switched = await waitFor('a switchover m1 -> m2 that Patroni accepts', async () => {
+      const { stdout } = await patronictl(m1, osUser, ['switchover', '--leader', 'm1', '--candidate', 'm2', '--force'], 120_000);
+      if (/Successfully switched over to "m2"/.test(stdout) || (await list(m1, osUser)).some((r) => r.Member === 'm2' && r.Role === 'Leader')) return stdout;
+      throw new Error(`patronictl switchover: ${stdout.split('\n').find((l) => /failed|unknown|not possible/i.test(l)) ?? stdout.trim()}`);
+    }, 180_000, 2000);
+    lap(`switchover accepted: ${switched.split('\n').find((l) => /switched over/i.test(l))?.trim() ?? 'm2 is the leader'}`);
     await waitFor('m2 leader, m1 and m3 streaming from it', () => streamingFrom(m2), 120_000);
     // Patroni rewrote the demoted m1's postgresql.conf (its recovery parameters live there): an
     // include line there would be gone. pgaccord's, in postgresql.base.conf, still sets ssl on every member.
