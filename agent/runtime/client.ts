@@ -100,6 +100,8 @@ interface CallOptions {
   idempotent?: boolean;
   /** The path to send to the next coordinator instead (a long-poll asks it to answer at once). */
   retryPath?: string;
+  /** A long-poll: held on the agent's one kept connection, the others made meanwhile beside it. */
+  longPoll?: boolean;
 }
 
 /** Failures of the connection itself, before any byte of the request left: nothing was done. */
@@ -122,7 +124,17 @@ function neverSent(e: CoordinatorError): boolean {
 export const AGENT_FEATURES = 'passwords-at';
 
 export class CoordinatorClient {
+  // One kept connection per coordinator (`dispatcher`): the long-poll, and every call made in
+  // turn with it. Each connection is a file descriptor of a coordinator that holds thousands of
+  // agents: undici opens a new one for a request made less than an event-loop turn after the
+  // last answer (it waits that turn before it reuses a socket), so one at most, and the request
+  // queues for the turn. A call made while a long-poll holds it does not wait the long-poll: it
+  // goes `beside`, on a connection closed as soon as it is answered (reset) rather than kept
+  // idle for the keep-alive (the coordinator's 10 s, undici's 8 s of it).
   private dispatcher: Agent;
+  private beside: Agent;
+  /** Long-polls in flight on `dispatcher`. */
+  private longPolls = 0;
   private identity: Identity | undefined;
   private readonly urls: readonly string[];
   /** The coordinator calls go to until it fails. */
@@ -132,7 +144,8 @@ export class CoordinatorClient {
     this.identity = opts.identity;
     this.urls = typeof opts.baseUrl === 'string' ? [opts.baseUrl] : opts.baseUrl;
     if (this.urls.length === 0) throw new CoordinatorError('E_UNREACHABLE', 'no coordinator URL');
-    this.dispatcher = this.makeDispatcher();
+    this.dispatcher = this.makeDispatcher(1);
+    this.beside = this.makeDispatcher();
   }
 
   /** The coordinator the next call goes to. */
@@ -140,8 +153,9 @@ export class CoordinatorClient {
     return this.urls[this.current]!;
   }
 
-  private makeDispatcher(): Agent {
+  private makeDispatcher(connections?: number): Agent {
     return new Agent({
+      ...(connections ? { connections } : {}),
       connect: {
         ca: this.opts.caPem,
         rejectUnauthorized: true,
@@ -159,14 +173,15 @@ export class CoordinatorClient {
 
   /** Switch to a new identity (after renewal): later calls present it. */
   async setIdentity(identity: Identity): Promise<void> {
-    const old = this.dispatcher;
+    const old = [this.dispatcher, this.beside];
     this.identity = identity;
-    this.dispatcher = this.makeDispatcher();
-    await old.close().catch(() => undefined);
+    this.dispatcher = this.makeDispatcher(1);
+    this.beside = this.makeDispatcher();
+    await Promise.all(old.map((d) => d.close().catch(() => undefined)));
   }
 
   async close(): Promise<void> {
-    await this.dispatcher.destroy().catch(() => undefined);
+    await Promise.all([this.dispatcher, this.beside].map((d) => d.destroy().catch(() => undefined)));
   }
 
   /**
@@ -179,7 +194,7 @@ export class CoordinatorClient {
       const base = this.urls[this.current]!;
       let failure: CoordinatorError;
       try {
-        const a = await this.callOne(base, method, tried > 1 && how.retryPath ? how.retryPath : path, body, signal);
+        const a = await this.callOne(base, method, tried > 1 && how.retryPath ? how.retryPath : path, body, signal, how.longPoll === true);
         // Not idempotent (a CSR): only a 503 says for sure nothing was done; a proxy's 502/504 does not.
         const moveOn = FAILOVER_STATUSES.has(a.status) && (how.idempotent === true || a.status === 503);
         if (this.urls.length === 1 || !moveOn) return a;
@@ -207,21 +222,29 @@ export class CoordinatorClient {
     }
   }
 
-  private async callOne(baseUrl: string, method: 'GET' | 'POST', path: string, body?: unknown, signal?: AbortSignal): Promise<Answer> {
+  private async callOne(baseUrl: string, method: 'GET' | 'POST', path: string, body?: unknown, signal?: AbortSignal, longPoll = false): Promise<Answer> {
     const url = new URL(path, baseUrl).toString();
+    const beside = !longPoll && this.longPolls > 0;
+    if (longPoll) this.longPolls += 1;
     let res: Dispatcher.ResponseData;
+    let text: string;
     try {
-      res = await request(url, {
-        method,
-        dispatcher: this.dispatcher,
-        ...(body !== undefined ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } } : {}),
-        ...(signal ? { signal } : {}),
-      });
-    } catch (e) {
-      if (signal?.aborted) throw e;
-      throw new CoordinatorError('E_UNREACHABLE', `${method} ${path}: ${describeNetworkError(e)}`, undefined, { cause: e });
+      try {
+        res = await request(url, {
+          method,
+          dispatcher: beside ? this.beside : this.dispatcher,
+          ...(beside ? { reset: true } : {}),
+          ...(body !== undefined ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } } : {}),
+          ...(signal ? { signal } : {}),
+        });
+      } catch (e) {
+        if (signal?.aborted) throw e;
+        throw new CoordinatorError('E_UNREACHABLE', `${method} ${path}: ${describeNetworkError(e)}`, undefined, { cause: e });
+      }
+      text = await res.body.text();
+    } finally {
+      if (longPoll) this.longPolls -= 1;
     }
-    const text = await res.body.text();
     let parsed: unknown = null;
     if (text.length > 0) {
       try {
@@ -271,7 +294,7 @@ export class CoordinatorClient {
     const path = `/v1/agent/desired?after=${after}${waitSeconds !== undefined ? `&wait=${Math.max(0, Math.floor(waitSeconds))}` : ''}${peersKnown !== undefined ? `&peers=${Math.max(0, Math.floor(peersKnown))}` : ''}&features=${AGENT_FEATURES}`;
     // Moved to another coordinator: it answers at once, so that the report that is this agent's
     // heartbeat does not wait a whole long-poll on top of the one that failed.
-    const a = await this.call('GET', path, undefined, signal, { idempotent: true, retryPath: answerAtOnce(path) });
+    const a = await this.call('GET', path, undefined, signal, { idempotent: true, retryPath: answerAtOnce(path), longPoll: waitSeconds !== 0 });
     if (a.status === 200) return { kind: 'newer', body: a.body };
     if (a.status === 202 && peersKnown !== undefined) return { kind: 'peers', body: this.expect('GET', path, a, PeerWake, 202) };
     if (a.status === 204) return { kind: 'unchanged' };
