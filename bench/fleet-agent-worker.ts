@@ -52,6 +52,8 @@ interface SimAgent extends AgentAssignment {
   keyPem: string;
   certPem: string;
   dispatcher: Dispatcher | null;
+  /** For the calls made beside the held long-poll, as agent/runtime/client.ts: closed once answered. */
+  beside: Dispatcher | null;
   generation: number;
   slots: string[];
   failures: number;
@@ -88,15 +90,16 @@ setInterval(() => {
   pending = [];
 }, 20).unref();
 
-function dispatcher(a: { localAddress: string }, identity?: { keyPem: string; certPem: string }): Dispatcher {
+function dispatcher(a: { localAddress: string }, identity?: { keyPem: string; certPem: string }, connections?: number): Dispatcher {
   return new Agent({
     connect: { ca: caPem, rejectUnauthorized: true, ...(identity ? { key: identity.keyPem, cert: identity.certPem } : {}) },
     // A client option (undici hands it to its connector), not a connect option.
     ...(a.localAddress ? { localAddress: a.localAddress } : {}),
-    // Its long-poll and one more: a report made while a heartbeat is in flight waits for it
-    // rather than open a third connection (three per agent took 400 agents past the
-    // coordinator's 1000 connections: resets).
-    connections: 2,
+    // As agent/runtime/client.ts: one kept connection (the long-poll and the calls made in turn
+    // with it; a call less than an event-loop turn after an answer waits the turn undici takes
+    // before it reuses a socket, instead of opening another), and `beside` for the calls made
+    // while the long-poll is held, each on a connection closed once answered (reset).
+    ...(connections ? { connections } : {}),
     // As agent/runtime/client.ts: a long-poll may take its whole length before the headers arrive.
     headersTimeout: 120_000,
     bodyTimeout: 60_000,
@@ -104,8 +107,8 @@ function dispatcher(a: { localAddress: string }, identity?: { keyPem: string; ce
   });
 }
 
-async function call(d: Dispatcher, method: 'GET' | 'POST', path: string, body?: unknown, signal?: AbortSignal): Promise<{ status: number; body: any }> { // eslint-disable-line @typescript-eslint/no-explicit-any
-  const res = await request(`${url}${path}`, { method, dispatcher: d, ...(body !== undefined ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } } : {}), ...(signal ? { signal } : {}) });
+async function call(d: Dispatcher, method: 'GET' | 'POST', path: string, body?: unknown, signal?: AbortSignal, reset = false): Promise<{ status: number; body: any }> { // eslint-disable-line @typescript-eslint/no-explicit-any
+  const res = await request(`${url}${path}`, { method, dispatcher: d, reset, ...(body !== undefined ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } } : {}), ...(signal ? { signal } : {}) });
   const text = await res.body.text();
   return { status: res.statusCode, body: text && String(res.headers['content-type'] ?? '').includes('json') ? JSON.parse(text) : null };
 }
@@ -197,7 +200,7 @@ async function handle(m: ToWorker): Promise<void> {
       agents = [];
       // RSA keys come from OpenSSL's thread pool: a few at a time keeps the pool busy.
       await pool(m.agents, 8, async (x) => {
-        agents.push({ ...x, keyPem: await newKey(keyKind), certPem: '', dispatcher: null, generation: 0, slots: [], failures: 0, up: false, held: false, storm: null });
+        agents.push({ ...x, keyPem: await newKey(keyKind), certPem: '', dispatcher: null, beside: null, generation: 0, slots: [], failures: 0, up: false, held: false, storm: null });
       });
       agents.sort((p, q) => p.i - q.i);
       send({ type: 'ready', keygenMs: performance.now() - t0 });
@@ -228,7 +231,8 @@ async function handle(m: ToWorker): Promise<void> {
     }
     case 'run':
       for (const a of agents) {
-        a.dispatcher = dispatcher(a, a);
+        a.dispatcher = dispatcher(a, a, 1);
+        a.beside = dispatcher(a, a);
         void loop(a);
       }
       return;
@@ -237,12 +241,13 @@ async function handle(m: ToWorker): Promise<void> {
       const codes: Record<string, number> = {};
       const start = wallMs();
       // `concurrency` agents at a time, each beside its held long-poll on a second connection
-      // (its first report pays that handshake), so that all of them at once do not measure the
-      // coordinator's connection limit instead of its reports.
+      // closed once answered (each report pays its handshake, as the real agent's beside its
+      // long-poll), so that all of them at once do not measure the coordinator's connection
+      // limit instead of its reports.
       await pool(agents, m.concurrency, async (a) => {
         for (let k = 0; k < m.reports; k++) {
           const t = wallMs();
-          const r = await call(a.dispatcher!, 'POST', '/v1/agent/status', report(a)).catch((e: Error) => ({ status: e.message }));
+          const r = await call(a.beside!, 'POST', '/v1/agent/status', report(a), undefined, true).catch((e: Error) => ({ status: e.message }));
           latencies.push(wallMs() - t);
           count(codes, r.status);
         }
@@ -264,7 +269,7 @@ async function handle(m: ToWorker): Promise<void> {
       const start = wallMs();
       await Promise.all(agents.map(async (a) => {
         const t = wallMs();
-        const r = await call(a.dispatcher!, 'POST', '/v1/agent/csr', a.storm!).catch((e: Error) => ({ status: e.message }));
+        const r = await call(a.beside!, 'POST', '/v1/agent/csr', a.storm!, undefined, true).catch((e: Error) => ({ status: e.message }));
         latencies.push(wallMs() - t);
         count(codes, r.status);
       }));
@@ -280,7 +285,7 @@ async function handle(m: ToWorker): Promise<void> {
     case 'stop':
       stop.abort();
       send({ type: 'counters', codes: loopCodes });
-      await Promise.all(agents.map((a) => a.dispatcher?.destroy().catch(() => undefined)));
+      await Promise.all(agents.flatMap((a) => [a.dispatcher, a.beside].map((d) => d?.destroy().catch(() => undefined))));
       process.disconnect(); // and so exits
       return;
   }

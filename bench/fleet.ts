@@ -63,7 +63,10 @@ try {
     if (!has('--tls-key-type')) throw new Error('FLEET_TLS_KEY: this coordinator has no --tls-key-type');
     flags.push('--tls-key-type', process.env.FLEET_TLS_KEY);
   }
-  // Two connections per agent at most (its long-poll, a report or CSR beside it), and the probes.
+  // One kept connection per agent (its long-poll and the calls in turn with it, as
+  // agent/runtime/client.ts), a second only for a call beside the held long-poll, closed once
+  // answered: the status phase (STATUS_CONCURRENCY agents at a time) and the renewal storm (every
+  // agent at once: the peak, two per agent). And the probes.
   const connections = 2 * AGENTS + 100;
   if (has('--max-connections')) flags.push('--max-connections', String(connections));
   else if (AGENTS + PROBES + 10 > 1000) {
@@ -77,7 +80,8 @@ try {
   const files = nofile();
   const perWorker = Math.ceil((2 * AGENTS) / PROCS) + 200;
   if (files.hard < connections + 200 || files.hard < perWorker) {
-    notes.push(`open files: hard limit ${files.hard}, the coordinator needs about ${connections + 200} and each agent process ${perWorker}: raise it `
+    notes.push(`open files: hard limit ${files.hard}, the coordinator needs about ${connections + 200} in the renewal storm (`
+      + `${AGENTS + STATUS_CONCURRENCY + 300} before it) and each agent process ${perWorker}: raise it `
       + `first (as root: ulimit -Hn ${2 * (connections + 200)}; ulimit -n ${2 * (connections + 200)})`);
   }
   for (const n of notes) log(`WARNING: ${n}`);
