@@ -5,9 +5,18 @@ import type { Queryable } from '../store/store.ts';
 import type { ClusterCas } from './cluster-cas.ts';
 import { lockCluster, TASK_CRL_REFRESH, tryClusterTask, type ServiceContext } from './context.ts';
 
+/** A not-due answer is trusted at most this long (a CRL issued elsewhere with a shorter lifetime). */
+const DUE_RECHECK_MS = 60_000;
+
 export class Crls {
   readonly #ctx: ServiceContext;
   readonly #cas: ClusterCas;
+  /**
+   * Per cluster, until when its CRL is not due, as last read (issue 13: the check was a store
+   * query on every pass of every long-poll). A CRL is replaced only by a fresher one, so before
+   * the instant read nothing can be due; re-read at least every DUE_RECHECK_MS.
+   */
+  readonly #notDueUntil = new Map<string, number>();
 
   constructor(ctx: ServiceContext, cas: ClusterCas) {
     this.#ctx = ctx;
@@ -80,7 +89,19 @@ export class Crls {
     // older than CRLs-from-creation).
     const dueSql = `SELECT 1 FROM clusters k LEFT JOIN cluster_crls r ON r.cluster = k.name
                      WHERE k.name = $1 AND (r.cluster IS NULL OR r.next_update - $2::timestamptz < (r.next_update - r.this_update) / 2)`;
-    if ((await ctx.store.query(dueSql, [cluster, now])).length === 0) return false;
+    if (now.getTime() < (this.#notDueUntil.get(cluster) ?? 0)) return false;
+    const due = (await ctx.store.query<{ due: boolean; due_at: Date | null }>(
+      `SELECT (r.cluster IS NULL OR r.next_update - $2::timestamptz < (r.next_update - r.this_update) / 2) AS due,
+              r.this_update + (r.next_update - r.this_update) / 2 AS due_at
+         FROM clusters k LEFT JOIN cluster_crls r ON r.cluster = k.name WHERE k.name = $1`,
+      [cluster, now],
+    ))[0];
+    if (!due) return false; // no such cluster
+    if (!due.due) {
+      this.#notDueUntil.set(cluster, Math.min(due.due_at!.getTime(), now.getTime() + DUE_RECHECK_MS));
+      return false;
+    }
+    this.#notDueUntil.delete(cluster);
     const number = await ctx.change(cluster, async (c) => {
       // One coordinator refreshes: the others skip at once rather than queue behind it.
       if (!(await tryClusterTask(c, TASK_CRL_REFRESH, cluster))) return null;
