@@ -211,11 +211,10 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
       const waitMs = Math.min(MAX_SWITCH_WAIT_MS, switchAt - Date.now());
       if (waitMs > 0) await new Promise((r) => setTimeout(r, waitMs));
       clock.lap('wait');
-      // The verifier first: it is visible once the COMMIT returns (after the WAL flush); the
-      // passfile a rename after it. This node is never a client with the new password while
-      // it still accepts the old one only.
-      await roles.commit();
-      await staged.commit();
+      // The passfile first (its renames run before the first await), the verifier's COMMIT
+      // right after: a client reads its passfile before it connects, the server checks the
+      // verifier a TLS handshake later.
+      await Promise.all([staged.commit(), roles.commit()]);
       log.info({ lateMs: Math.max(0, Date.now() - switchAt), waitedMs: Math.max(0, waitMs) }, 'password rotation: passfile and verifiers switched at the rotation instant');
     } else await roles.commit();
     clock.lap('prove');

@@ -5,8 +5,10 @@
 // and the old verifier; after the apply, both are new and the edge connects with them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { applyDesired } from '../../agent/apply/apply.ts';
+import { TEMP_PREFIX } from '../../shared/system/atomic-file.ts';
 import { agentFixture, psqlAs, ROLE, type AgentFixture } from '../helpers/agent-fixture.ts';
 import { query } from '../helpers/pg.ts';
 import { waitFor } from '../helpers/wait.ts';
@@ -58,33 +60,46 @@ test('passwordsAt: passfile and verifier switch together at the instant, after t
 });
 
 // The two halves of an edge are on two nodes, each switching at the instant: the one that
-// lands last sets the window. A node's verifier is visible only once its COMMIT returns (after
-// the WAL flush); its passfile switches with a rename. The rename comes after the COMMIT has
-// returned, never before it, so a node is never a client with the new password while it still
-// accepts only the old one; and only the rename is left at the instant (the line staged and
-// fsynced before). A synchronous standby that never answers holds the COMMIT, so the order is
-// seen, not timed.
-test('passwordsAt: the passfile switches only once the verifier is committed', async () => {
+// lands last sets the window. A client reads its passfile before it connects, and the server
+// checks the verifier a TLS handshake later, so the passfile goes first and the verifier's
+// COMMIT right after it: only a rename and the COMMIT are left for the instant, the new line
+// written and synced under a temporary name before it. A synchronous standby that never
+// answers holds the COMMIT, so the order is seen, not timed.
+test('passwordsAt: the passfile line is staged before the instant, renamed at it, then the verifier committed', async () => {
   const certs = await f.issue('scram-sha-256');
   const first = await applyDesired(f.ctx, { desired: f.desired({ auth: 'scram-sha-256', sslmode: 'verify-full', password: 'first of the held', generation: 10 }), certificates: certs });
   assert.equal(first.phase, 'converged', JSON.stringify(first.errors));
   const passfile = first.files.find((x) => x.path.endsWith('/client/passfile'))!.path;
   const old = await readFile(passfile, 'utf8');
+  const staged = async () => {
+    for (const name of (await readdir(dirname(passfile))).filter((n) => n.startsWith(TEMP_PREFIX))) {
+      if ((await readFile(join(dirname(passfile), name), 'utf8').catch(() => '')).includes('second of the held')) return true;
+    }
+    return false;
+  };
   await query(f.pg, `ALTER SYSTEM SET synchronous_standby_names = 'nobody'`);
   await query(f.pg, 'SELECT pg_reload_conf()');
   try {
-    const rotated = { ...f.desired({ auth: 'scram-sha-256', sslmode: 'verify-full', password: 'second of the held', generation: 11 }), passwordsAt: new Date(Date.now() + 300).toISOString() };
+    const at = Date.now() + 2000;
+    const rotated = { ...f.desired({ auth: 'scram-sha-256', sslmode: 'verify-full', password: 'second of the held', generation: 11 }), passwordsAt: new Date(at).toISOString() };
     const applying = applyDesired(f.ctx, { desired: rotated, certificates: certs });
+    let seenStaged = false;
+    while (Date.now() < at - 100 && !seenStaged) {
+      seenStaged = await staged();
+      if (!seenStaged) await new Promise((r) => setTimeout(r, 10));
+    }
+    if (seenStaged) assert.equal(await readFile(passfile, 'utf8'), old, 'staged, not in place, before the instant');
+    assert.ok(seenStaged || Date.now() >= at, 'waited for the staged line or the instant');
+    assert.ok(seenStaged, 'the new passfile line was written under a temporary name before the instant');
     await waitFor('the COMMIT of the new verifier held by the synchronous standby', async () => {
       const rows = await query<{ n: number }>(f.pg, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event = 'SyncRep'`);
       return rows[0]!.n > 0;
     }, 30_000, 20);
-    assert.equal(await readFile(passfile, 'utf8'), old, 'the passfile is still the old one while the verifier is not committed');
+    assert.notEqual(await readFile(passfile, 'utf8'), old, 'the passfile is in place before the verifier is committed');
     await query(f.pg, 'ALTER SYSTEM RESET synchronous_standby_names');
     await query(f.pg, 'SELECT pg_reload_conf()');
     const r = await applying;
     assert.equal(r.phase, 'converged', JSON.stringify(r.errors));
-    assert.notEqual(await readFile(passfile, 'utf8'), old);
     assert.equal(await psqlAs(f.pg, r.clientConnections[0]!.conninfo), ROLE, 'the edge connects with the new passfile line and verifier');
   } finally {
     await query(f.pg, 'ALTER SYSTEM RESET synchronous_standby_names');
