@@ -9,7 +9,12 @@ import { badRequest, conflict, notFound } from '../errors.ts';
 import type { ClusterCas } from './cluster-cas.ts';
 import { lockCluster, type AgentPrincipal, type ServiceContext } from './context.ts';
 import type { Crls } from './crls.ts';
+import { Gate } from './gate.ts';
 import { assertIdentityValid } from './identities.ts';
+import { signingBusy } from '../ca/signing-pool.ts';
+
+/** Fewer than half the store's connections (store.ts opens 10). */
+const MAX_CSR_TRANSACTIONS = 4;
 
 export interface Revocation {
   cluster: string;
@@ -35,15 +40,27 @@ export class Certificates {
   readonly #ctx: ServiceContext;
   readonly #cas: ClusterCas;
   readonly #crls: Crls;
+  /**
+   * CSRs in their store work at once: a few per signing thread, at most half the store's
+   * connections. In a renewal storm every CSR took a connection for its transaction (and its
+   * reads before it), and a long-poll or status report beside it waited for a connection behind
+   * them all, at each of its queries (issue 13). The others wait here, holding nothing.
+   */
+  readonly #gate: Gate;
 
   constructor(ctx: ServiceContext, cas: ClusterCas, crls: Crls) {
     this.#ctx = ctx;
     this.#cas = cas;
     this.#crls = crls;
+    this.#gate = new Gate(Math.min(2 * ctx.signing.size, MAX_CSR_TRANSACTIONS), ctx.signing.maxQueue, signingBusy);
   }
 
   /** A certificate of the cluster CA for one of the node's slots, never for a key whose certificate was revoked. */
-  async sign(agent: AgentPrincipal, slot: string, publicKey: SubjectPublicKey): Promise<CsrResponse> {
+  sign(agent: AgentPrincipal, slot: string, publicKey: SubjectPublicKey): Promise<CsrResponse> {
+    return this.#gate.run(() => this.#sign(agent, slot, publicKey));
+  }
+
+  async #sign(agent: AgentPrincipal, slot: string, publicKey: SubjectPublicKey): Promise<CsrResponse> {
     const ctx = this.#ctx;
     const now = ctx.now();
     const row = await ctx.requireNode(agent);

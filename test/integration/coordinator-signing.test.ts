@@ -48,6 +48,35 @@ test('enrolment, node CSRs and CRLs are signed by the pool\'s worker threads; th
   assert.match(metrics, /^pgaccord_signing_workers 2$/m);
 });
 
+test('a renewal storm is signed a few transactions at a time: the store\'s connections stay free for the long-polls beside it', async () => {
+  const put = await h.admin.call('PUT', '/v1/clusters/storm', { body: pgdSpec('storm') });
+  assert.equal(put.status, 200, put.text);
+  const nodes = await Promise.all(['node-1', 'node-2', 'node-3'].map((n) => enroll(h, 'storm', n)));
+  const csrs = await Promise.all(Array.from({ length: 30 }, async () => createCsr((await generateRsaKey()).privateKeyPem, 'x')));
+  // Signatures in flight at once: each is made inside its CSR's transaction, which holds a store connection.
+  const pool = h.coord.signing;
+  const issue = pool.issue.bind(pool);
+  let inFlight = 0;
+  let most = 0;
+  pool.issue = async (...args) => {
+    most = Math.max(most, ++inFlight);
+    try {
+      // A loaded machine's signature: each transaction holds its connection the longer.
+      await new Promise((r) => setTimeout(r, 30));
+      return await issue(...args);
+    } finally {
+      inFlight--;
+    }
+  };
+  try {
+    const answers = await Promise.all(csrs.map((csr, i) => nodes[i % 3]!.client.call('POST', '/v1/agent/csr', { body: { slot: 'server', csr } })));
+    assert.deepEqual(answers.map((a) => a.status), csrs.map(() => 200), answers.find((a) => a.status !== 200)?.text);
+  } finally {
+    pool.issue = issue;
+  }
+  assert.ok(most <= 4, `${most} CSR transactions held a store connection at once (the store has 10)`);
+});
+
 test('closing the coordinator stops the signing threads; the pool then refuses with E_SIGNING_UNAVAILABLE', async () => {
   const pool = h.coord.signing;
   const { publicKey } = readCsrKey(createCsr((await generateRsaKey()).privateKeyPem, 'x'));
