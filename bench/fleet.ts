@@ -39,7 +39,7 @@ import {
   coordinatorHelp, cpuSeconds, ensureBuilt, nofile, procStatus, startCoordinatorProcess, storeCpuSeconds, waitReady, type Coordinator,
 } from './fleet-processes.ts';
 import {
-  AGENTS, CHANGES, CLUSTERS, ENROLL_CONCURRENCY, KEY, LOG_LEVEL, NODES, PROBES, PROCS, PROFILE, PUT_CONCURRENCY, REPORTS, SINGLE, SOURCES, spec,
+  AGENTS, CHANGES, CLUSTERS, ENROLL_CONCURRENCY, KEY, LOG_LEVEL, NODES, PROBES, PROCS, PROFILE, PUT_CONCURRENCY, REPORTS, RESTART, SINGLE, SOURCES, spec,
   STATUS_CONCURRENCY, TIMEOUT_MS,
 } from './fleet-shape.ts';
 
@@ -330,35 +330,38 @@ try {
     + `${renewal.probe_round_trip_ms.p99} ms (idle ${renewal.probe_round_trip_idle_ms.p99}); PUT during ${renewal.put_during_ms} ms, fan-out max `
     + `${renewal.fanout_during_ms.max} ms`);
 
-  // Restart storm.
+  // Restart storm (FLEET_RESTART=0 skips it).
   await settled();
   const hwmFirst = procStatus(coordinator.pid).hwmMb;
-  const tTerm = wallMs();
-  coordinator.child.kill('SIGTERM');
-  await coordinator.exited;
-  const tExit = wallMs();
-  coordinator = await startCoordinatorProcess(dataDir, port, flags, logFile);
-  const tReady = await waitReady(coordinator, dataDir, url);
-  const cpuReady = cpuSeconds(coordinator.pid);
-  const backAll = await until('every agent back on long-poll', () => allAgents.every((i) => downAt[i]! > tTerm && up[i] === 1 && upAt[i]! > downAt[i]!));
-  const cpuBack = cpuSeconds(coordinator.pid);
-  const storeCpu1 = storeCpuSeconds(dataDir);
-  const back = allAgents.map((i) => upAt[i]! - coordinator!.startedAt);
-  await new Promise((r) => setTimeout(r, 2000));
-  rss.after_restart = procStatus(coordinator.pid).rssMb;
-  const restart = {
-    stop_s: secs(tExit - tTerm),
-    start_to_ready_s: secs(tReady - coordinator.startedAt),
-    all_long_polls_s: secs(backAll - coordinator.startedAt),
-    all_long_polls_since_sigterm_s: secs(backAll - tTerm),
-    back_ms: pct(back),
-    cpu_s_to_ready: Math.round(cpuReady * 100) / 100,
-    cpu_s_to_all_back: Math.round(cpuBack * 100) / 100,
-    store_cpu_s_to_all_back: storeCpu1,
-  };
-  log(`restart: stopped in ${restart.stop_s} s, ready ${restart.start_to_ready_s} s after start, every agent back on long-poll `
-    + `${restart.all_long_polls_s} s after start (${restart.all_long_polls_since_sigterm_s} s after SIGTERM); CPU ${restart.cpu_s_to_all_back} s `
-    + `(${restart.cpu_s_to_ready} s to ready)`);
+  let restart: Record<string, unknown> | null = null;
+  if (RESTART) {
+    const tTerm = wallMs();
+    coordinator.child.kill('SIGTERM');
+    await coordinator.exited;
+    const tExit = wallMs();
+    coordinator = await startCoordinatorProcess(dataDir, port, flags, logFile);
+    const tReady = await waitReady(coordinator, dataDir, url);
+    const cpuReady = cpuSeconds(coordinator.pid);
+    const backAll = await until('every agent back on long-poll', () => allAgents.every((i) => downAt[i]! > tTerm && up[i] === 1 && upAt[i]! > downAt[i]!));
+    const cpuBack = cpuSeconds(coordinator.pid);
+    const storeCpu1 = storeCpuSeconds(dataDir);
+    const back = allAgents.map((i) => upAt[i]! - coordinator!.startedAt);
+    await new Promise((r) => setTimeout(r, 2000));
+    rss.after_restart = procStatus(coordinator.pid).rssMb;
+    restart = {
+      stop_s: secs(tExit - tTerm),
+      start_to_ready_s: secs(tReady - coordinator.startedAt),
+      all_long_polls_s: secs(backAll - coordinator.startedAt),
+      all_long_polls_since_sigterm_s: secs(backAll - tTerm),
+      back_ms: pct(back),
+      cpu_s_to_ready: Math.round(cpuReady * 100) / 100,
+      cpu_s_to_all_back: Math.round(cpuBack * 100) / 100,
+      store_cpu_s_to_all_back: storeCpu1,
+    };
+    log(`restart: stopped in ${restart.stop_s} s, ready ${restart.start_to_ready_s} s after start, every agent back on long-poll `
+      + `${restart.all_long_polls_s} s after start (${restart.all_long_polls_since_sigterm_s} s after SIGTERM); CPU ${restart.cpu_s_to_all_back} s `
+      + `(${restart.cpu_s_to_ready} s to ready)`);
+  }
 
   // Agent processes' own memory, then stop them.
   const workerRss = workers.map((w) => procStatus(w.child.pid!).rssMb);
