@@ -11,6 +11,7 @@
 //                     Polled every 25 ms (the CLI looks once a second, too coarse for this).
 //   phases_ms         per phase of the agents' applies (shared/contract/status.ts ApplyTimings), p50 and
 //                     p99 over every node and change: where the time goes
+//   probe_reasons     the proving probes of every change by what ran them (apply, peer-applied, retry)
 //   rotation          during each password rotation, new connections over a ring of edges every
 //                     100 ms (bench/rotation-window.ts): per rotation its failures (probes started
 //                     between its command and its convergence) and its window, first to last
@@ -96,7 +97,10 @@ try {
   const phases = new Map<string, number[]>();
   const rotations: Rotation[] = [];
   const windowProbes: WindowProbe[] = [];
+  // What ran the probes that proved each change: the pass that applied, a peer's wake, the 2 s timer.
+  const reasons: Record<string, number> = {};
   const noteTimings = (s: ClusterStatusResponse, generation: number) => {
+    for (const p of s.nodes.flatMap((n) => n.probes)) reasons[p.reason ?? 'unknown'] = (reasons[p.reason ?? 'unknown'] ?? 0) + 1;
     for (const n of s.nodes) {
       if (n.timings?.generation !== generation) continue;
       for (const [p, v] of Object.entries(n.timings.phases)) phases.set(p, [...(phases.get(p) ?? []), v]);
@@ -155,6 +159,7 @@ try {
     p99_ms: Math.round(quantile(all, 0.99)),
     max_ms: Math.round(Math.max(...all)),
     per_kind: perKind,
+    probe_reasons: reasons,
     rotation: (() => {
       const { windows, unattributed } = rotationWindows(windowProbes, rotations);
       const ms = windows.map((w) => w.windowMs ?? 0);
