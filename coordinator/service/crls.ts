@@ -12,9 +12,10 @@ export class Crls {
   readonly #ctx: ServiceContext;
   readonly #cas: ClusterCas;
   /**
-   * Per cluster, until when its CRL is not due, as last read (issue 13: the check was a store
-   * query on every pass of every long-poll). A CRL is replaced only by a fresher one, so before
-   * the instant read nothing can be due; re-read at least every DUE_RECHECK_MS.
+   * Per cluster, until when its CRL is not due, as last read: trusted by the long-poll's passes
+   * (recentRead; issue 13: the check was a store query on every pass of every long-poll). A CRL
+   * is replaced only by a fresher one, so before the instant read nothing can be due; re-read at
+   * least every DUE_RECHECK_MS. The timer's and the admin's refreshes always read.
    */
   readonly #notDueUntil = new Map<string, number>();
 
@@ -82,14 +83,14 @@ export class Crls {
    * generation so that every node installs it). Called on every desired-state poll and by the
    * maintenance timer; cheap when nothing is due. Returns true when it re-issued.
    */
-  async refresh(cluster: string): Promise<boolean> {
+  async refresh(cluster: string, opts: { recentRead?: boolean } = {}): Promise<boolean> {
     const ctx = this.#ctx;
     const now = ctx.now();
     // Due: less than half its validity left, or no CRL at all (a cluster stored by a coordinator
     // older than CRLs-from-creation).
     const dueSql = `SELECT 1 FROM clusters k LEFT JOIN cluster_crls r ON r.cluster = k.name
                      WHERE k.name = $1 AND (r.cluster IS NULL OR r.next_update - $2::timestamptz < (r.next_update - r.this_update) / 2)`;
-    if (now.getTime() < (this.#notDueUntil.get(cluster) ?? 0)) return false;
+    if (opts.recentRead && now.getTime() < (this.#notDueUntil.get(cluster) ?? 0)) return false;
     const due = (await ctx.store.query<{ due: boolean; due_at: Date | null }>(
       `SELECT (r.cluster IS NULL OR r.next_update - $2::timestamptz < (r.next_update - r.this_update) / 2) AS due,
               r.this_update + (r.next_update - r.this_update) / 2 AS due_at

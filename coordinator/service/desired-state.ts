@@ -74,7 +74,7 @@ export class DesiredStates {
       const wake = this.#subscribe(agent.cluster, peersKnown !== undefined);
       try {
         const row = await ctx.requireNode(agent);
-        if (await this.#deps.crls.refresh(agent.cluster)) continue;
+        if (await this.#deps.crls.refresh(agent.cluster, { recentRead: true })) continue;
         if (row.generation > after) {
           const d = await this.#nodeDesired(row, agent.node);
           const at = opts.passwordsAt ? this.#deps.passwords.switchAt(agent.cluster, d.generation) : undefined;
