@@ -18,18 +18,20 @@
 //                     failure (resolution: probe_period_ms); how many rotations had none;
 //                     failures outside every rotation
 //   rss_mb            resident memory of the coordinator and of each agent (VmRSS), idle, after
-// Last line: JSON with the figures. BENCH_NODES (default 3) sets N.
+// Last line: JSON with the figures. BENCH_NODES (default 3) sets N, BENCH_KEY_TYPE the node certificates' key type.
 import { readFile, mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
 import { demoSpec } from '../bin/demo.ts';
 import { LocalCluster } from '../bin/local-cluster.ts';
 import type { ClusterStatusResponse } from '../shared/contract/api.ts';
-import type { ClusterSpec } from '../shared/contract/schema.ts';
+import type { ClusterSpec, NodeKeyType } from '../shared/contract/schema.ts';
 import { probePeriodMs, ringEdges, rotationWindows, watchEdges, type Rotation, type WindowProbe } from './rotation-window.ts';
 
 const N = Number(process.env.BENCH_NODES ?? 3);
 const CHANGES = Number(process.env.CHANGES ?? 20);
+/** BENCH_KEY_TYPE=ecdsa-p256: node certificates with P-256 keys (cheaper TLS handshakes); default the cluster's rsa-2048. */
+const KEY_TYPE = process.env.BENCH_KEY_TYPE as NodeKeyType | undefined;
 const CLUSTER = 'demo';
 const POLL_MS = 25;
 
@@ -83,6 +85,7 @@ try {
     nodes.push(n);
   }
   let spec: ClusterSpec = demoSpec(ports);
+  if (KEY_TYPE) spec = { ...spec, tls: { ...spec.tls, keyType: KEY_TYPE } };
 
   let t0 = performance.now();
   const first = await admin<{ generation: number }>('PUT', `/v1/clusters/${CLUSTER}`, spec);
@@ -117,8 +120,11 @@ try {
       t0 = performance.now();
       generation = (await admin<{ generation: number }>('POST', `/v1/clusters/${CLUSTER}/certificates/${victim.serial}/revoke`)).generation;
     } else if (kind === 'password_rotation') {
-      const watch = watchEdges(await ringEdges(nodes));
+      const ring = await ringEdges(nodes);
+      // From the first probe on: a probe begun just before the command may meet the switch (a
+      // connection takes seconds on a loaded machine), and belongs to this rotation.
       const wall0 = Date.now();
+      const watch = watchEdges(ring);
       t0 = performance.now();
       generation = (await admin<{ generation: number }>('POST', `/v1/clusters/${CLUSTER}/rotate-passwords`, {})).generation;
       const done = await until(generation, before, t0);
@@ -152,6 +158,7 @@ try {
   }));
   const figures = {
     nodes: N,
+    key_type: KEY_TYPE ?? 'rsa-2048',
     edges: N * (N - 1),
     first_converge_s: r1(firstConverge),
     changes: results.length,
