@@ -337,14 +337,12 @@ try {
   if (RESTART) {
     const tTerm = wallMs();
     coordinator.child.kill('SIGTERM');
-    await coordinator.exited;
-    const tExit = wallMs();
+    const tExit = await coordinator.exited.then(wallMs);
     coordinator = await startCoordinatorProcess(dataDir, port, flags, logFile);
     const tReady = await waitReady(coordinator, dataDir, url);
     const cpuReady = cpuSeconds(coordinator.pid);
     const backAll = await until('every agent back on long-poll', () => allAgents.every((i) => downAt[i]! > tTerm && up[i] === 1 && upAt[i]! > downAt[i]!));
-    const cpuBack = cpuSeconds(coordinator.pid);
-    const storeCpu1 = storeCpuSeconds(dataDir);
+    const [cpuBack, storeCpu1] = [cpuSeconds(coordinator.pid), storeCpuSeconds(dataDir)];
     const back = allAgents.map((i) => upAt[i]! - coordinator!.startedAt);
     await new Promise((r) => setTimeout(r, 2000));
     rss.after_restart = procStatus(coordinator.pid).rssMb;
@@ -358,9 +356,8 @@ try {
       cpu_s_to_all_back: Math.round(cpuBack * 100) / 100,
       store_cpu_s_to_all_back: storeCpu1,
     };
-    log(`restart: stopped in ${restart.stop_s} s, ready ${restart.start_to_ready_s} s after start, every agent back on long-poll `
-      + `${restart.all_long_polls_s} s after start (${restart.all_long_polls_since_sigterm_s} s after SIGTERM); CPU ${restart.cpu_s_to_all_back} s `
-      + `(${restart.cpu_s_to_ready} s to ready)`);
+    log(`restart: stopped in ${restart.stop_s} s, ready ${restart.start_to_ready_s} s after start, every agent back on long-poll ${restart.all_long_polls_s} `
+      + `s after start (${restart.all_long_polls_since_sigterm_s} s after SIGTERM); CPU ${restart.cpu_s_to_all_back} s (${restart.cpu_s_to_ready} s to ready)`);
   }
 
   // Agent processes' own memory, then stop them.
