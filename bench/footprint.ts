@@ -9,6 +9,7 @@
 // PGACCORD_BIN (default bin/pgaccord.mjs of this checkout) measures another copy, e.g. an installed one.
 // The agent runs as its unit runs it: settings from a YAML file (--config), and the unit's
 // NODE_OPTIONS (systemd/pgaccord-agent.service); BENCH_AGENT_NODE_OPTIONS overrides them ('' for none).
+// agent_node_flags: the node flags on its command line (those `pgaccord agent` re-executes itself with).
 // Last line: JSON with the figures.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -95,6 +96,10 @@ try {
   const status = await median([process.execPath, BIN, 'status', CLUSTER], env);
 
   const pids = cluster.pids();
+  // The node flags the agent runs with: the unit's NODE_OPTIONS and the ones `pgaccord agent`
+  // re-executes itself with (bin/pgaccord.mjs).
+  const agentArgv = (await readFile(`/proc/${pids['agent-node-1']!}/cmdline`, 'utf8')).split('\0');
+  const agentFlags = agentArgv.slice(1, agentArgv.findIndex((a, i) => i > 0 && !a.startsWith('--')));
   const before = { agent: await proc(pids['agent-node-1']!), coordinator: await proc(pids.coordinator!) };
   await new Promise((r) => setTimeout(r, IDLE_S * 1000));
   const after = { agent: await proc(pids['agent-node-1']!), coordinator: await proc(pids.coordinator!) };
@@ -106,6 +111,7 @@ try {
     runs: RUNS,
     idle_s: IDLE_S,
     agent_node_options: AGENT_NODE_OPTIONS,
+    agent_node_flags: agentFlags.join(' '),
     node_bare_ms: bare.ms,
     version_ms: version.ms,
     version_max_rss_mb: version.maxRssMb,

@@ -111,3 +111,28 @@ test('coordinator --help starts about as fast as --version (it loaded the whole 
   }
   assert.ok(median(help) < 2.5 * median(version), `coordinator --help ${median(help).toFixed(0)} ms against --version ${median(version).toFixed(0)} ms`);
 });
+
+test('pgaccord agent re-executes itself, same pid, without the optimising compilers of V8; the other commands run as started', { skip: typeof (process as { execve?: unknown }).execve !== 'function' && 'this node has no process.execve' }, () => {
+  // A preload records each process image that starts: the launcher's, then the agent's after execve.
+  const dir = mkdtempSync('/tmp/pgaccord-cli-footprint-');
+  try {
+    const trace = join(dir, 'trace');
+    writeFileSync(join(dir, 'record.mjs'), `import { appendFileSync } from 'node:fs';\nappendFileSync(${JSON.stringify(trace)}, JSON.stringify({ pid: process.pid, execArgv: process.execArgv }) + '\\n');\n`);
+    const images = (args: string[], status: number) => {
+      writeFileSync(trace, '');
+      const r = spawnSync(process.execPath, ['--import', join(dir, 'record.mjs'), 'bin/pgaccord.mjs', ...args], { encoding: 'utf8', timeout: 30_000 });
+      assert.equal(r.status, status, `${args.join(' ')}: ${r.stderr}`);
+      return { stderr: r.stderr, images: readFileSync(trace, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { pid: number; execArgv: string[] }) };
+    };
+    const agent = images(['agent', '--no-such-flag'], 2);
+    assert.match(agent.stderr, /pgaccord agent: Unknown option '--no-such-flag'/);
+    assert.equal(agent.images.length, 2, JSON.stringify(agent.images));
+    assert.equal(agent.images[1]!.pid, agent.images[0]!.pid, 'execve keeps the pid');
+    assert.ok(!agent.images[0]!.execArgv.includes('--no-opt'));
+    for (const f of ['--no-opt', '--no-maglev', '--liftoff-only']) assert.ok(agent.images[1]!.execArgv.includes(f), JSON.stringify(agent.images[1]));
+    assert.ok(agent.images[1]!.execArgv.includes('--import'), 'the node options it was started with are kept');
+    for (const args of [['--version'], ['status', '--help']]) assert.equal(images(args, 0).images.length, 1, `pgaccord ${args.join(' ')} re-executed`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
