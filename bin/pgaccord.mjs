@@ -11,7 +11,8 @@ import { existsSync } from 'node:fs';
 // them: execve keeps the pid, so systemd's MAINPID and NOTIFY_SOCKET stay right. A node without
 // process.execve runs as it is. --lite-mode and --jitless turn WebAssembly off.
 const AGENT_NODE_FLAGS = ['--no-opt', '--no-maglev', '--liftoff-only', '--no-wasm-tier-up'];
-if (process.argv[2] === 'agent' && typeof process.execve === 'function' && !AGENT_NODE_FLAGS.every((f) => process.execArgv.includes(f))) {
+const agentHelp = process.argv.includes('--help') || process.argv.includes('-h'); // printed without a second start
+if (process.argv[2] === 'agent' && !agentHelp && typeof process.execve === 'function' && !AGENT_NODE_FLAGS.every((f) => process.execArgv.includes(f))) {
   process.execve(process.execPath, [process.execPath, ...AGENT_NODE_FLAGS, ...process.execArgv, ...process.argv.slice(1)]);
 }
 

@@ -131,7 +131,7 @@ test('pgaccord agent re-executes itself, same pid, without the optimising compil
     assert.ok(!agent.images[0]!.execArgv.includes('--no-opt'));
     for (const f of ['--no-opt', '--no-maglev', '--liftoff-only']) assert.ok(agent.images[1]!.execArgv.includes(f), JSON.stringify(agent.images[1]));
     assert.ok(agent.images[1]!.execArgv.includes('--import'), 'the node options it was started with are kept');
-    for (const args of [['--version'], ['status', '--help']]) assert.equal(images(args, 0).images.length, 1, `pgaccord ${args.join(' ')} re-executed`);
+    for (const args of [['--version'], ['status', '--help'], ['agent', '--help']]) assert.equal(images(args, 0).images.length, 1, `pgaccord ${args.join(' ')} re-executed`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
