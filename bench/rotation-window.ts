@@ -26,8 +26,8 @@ export async function ringEdges(nodes: { name: string; stateDir: string }[]): Pr
   return out;
 }
 
-/** Probe the edges until stopped; every probe's start time and outcome. */
-export function watchEdges(edges: { name: string; conninfo: string }[]): { probes: WindowProbe[]; stop(): Promise<void> } {
+/** Probe the edges every `periodMs` until stopped; every probe's start time and outcome (also the password-rotation e2e's). */
+export function watchEdges(edges: { name: string; conninfo: string }[], periodMs = PERIOD_MS): { probes: WindowProbe[]; stop(): Promise<void> } {
   const probes: WindowProbe[] = [];
   let running = true;
   const loop = (async () => {
@@ -39,7 +39,7 @@ export function watchEdges(edges: { name: string; conninfo: string }[]): { probe
         const r = await psql(e.conninfo, 'SELECT 1', { PGPASSFILE: '' });
         probes.push({ at, ok: r.ok && r.stdout === '1', edge: e.name, error: r.error });
       }));
-      const left = PERIOD_MS - (Date.now() - t0);
+      const left = periodMs - (Date.now() - t0);
       if (left > 0 && running) await new Promise((r) => setTimeout(r, left));
     }
   })();

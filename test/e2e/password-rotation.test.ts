@@ -14,14 +14,13 @@ import { mkdtemp } from 'node:fs/promises';
 import { LocalCluster } from '../../bin/local-cluster.ts';
 import type { ClusterSpec } from '../../shared/contract/schema.ts';
 import { query } from '../helpers/pg.ts';
-import { psql } from '../helpers/libpq.ts';
+import { waitFor } from '../helpers/wait.ts';
+import { rotationWindows, watchEdges } from '../../bench/rotation-window.ts';
 import { edgeConninfos, longSession } from '../helpers/lifecycle-e2e.ts';
 
 const ROTATIONS = 3;
 const BOUND_MS = 5000;
 const SETTLE_MS = 2000;
-
-interface Probe { at: number; ok: boolean; edge: string; error: string }
 
 test('password rotation: measured window of failed new connections, live session survives', async () => {
   const cluster = await LocalCluster.create({ dir: await mkdtemp('/tmp/pgaccord-e2e-pwrot-') });
@@ -45,26 +44,10 @@ test('password rotation: measured window of failed new connections, live session
   // A session over node-1 -> node-2 with the passfile, open through every rotation.
   const session = longSession(edges[0]!.conninfo.replace('passfile=/nonexistent', ''), 'SELECT pg_sleep(60)', 120_000);
 
-  const probes: Probe[] = [];
-  let running = true;
-  const loop = (async () => {
-    while (running) {
-      const t0 = Date.now();
-      await Promise.all(edges.map(async (e) => {
-        const at = Date.now();
-        const r = await psql(e.conninfo, 'SELECT 1', { PGPASSFILE: '' });
-        probes.push({ at, ok: r.ok && r.stdout === '1', edge: e.name, error: r.error });
-      }));
-      const left = 150 - (Date.now() - t0);
-      if (left > 0) await new Promise((r) => setTimeout(r, left));
-    }
-  })();
-  after(async () => {
-    running = false;
-    await loop;
-  });
-
-  await new Promise((r) => setTimeout(r, 3000));
+  const watch = watchEdges(edges, 150);
+  const probes = watch.probes;
+  after(() => watch.stop());
+  await waitFor('a first probe of every edge', () => edges.every((e) => probes.some((p) => p.edge === e.name)));
   // Each rotation owns the probes started from its command until its convergence plus SETTLE_MS
   // (a probe started just before convergence may still meet the old passfile line). The
   // intervals are disjoint by construction (the next command starts after this one's settle),
@@ -83,21 +66,19 @@ test('password rotation: measured window of failed new connections, live session
     const waits = st.nodes.map((n) => (n.timings?.generation === res.generation ? n.timings.phases.wait : undefined));
     assert.ok(waits.every((w) => w !== undefined), `every node switched at the rotation instant: ${JSON.stringify(st.nodes.map((n) => ({ node: n.node, timings: n.timings })))}`);
     rotations.push({ t0, end: convergedAt + SETTLE_MS, convergedMs: convergedAt - t0, waitsMs: waits as number[] });
-    await new Promise((r2) => setTimeout(r2, 3000));
     assert.notEqual(await verifier(), v0, 'a new verifier is in place');
-    const tail = probes.filter((p) => p.at > Date.now() - 2000);
-    assert.ok(tail.length > 0 && tail.every((p) => p.ok), 'every edge connects after the rotation');
+    // Past the settle, outside every rotation: each edge probed again, and connecting.
+    const settled = convergedAt + SETTLE_MS;
+    await waitFor('a probe of every edge after the settle', () => edges.every((e) => probes.some((p) => p.edge === e.name && p.at > settled)), 30_000);
+    const tail = probes.filter((p) => p.at > settled);
+    assert.ok(tail.every((p) => p.ok), `every edge connects after the rotation: ${JSON.stringify(tail.filter((p) => !p.ok))}`);
   }
-  running = false;
-  await loop;
+  await watch.stop();
   const s = await session;
   const failed = probes.filter((p) => !p.ok);
-  const windows = rotations.map((rot) => {
-    const mine = failed.filter((p) => p.at >= rot.t0 && p.at <= rot.end);
-    const ms = mine.length === 0 ? 0 : Math.max(...mine.map((p) => p.at)) - Math.min(...mine.map((p) => p.at));
-    return { ms, failures: mine.length, convergedMs: rot.convergedMs, waitsMs: rot.waitsMs };
-  });
-  const unattributed = failed.filter((p) => !rotations.some((rot) => p.at >= rot.t0 && p.at <= rot.end));
+  const attributed = rotationWindows(probes, rotations.map((rot) => ({ t0: rot.t0, convergedAt: rot.end })));
+  const windows = rotations.map((rot, i) => ({ ms: attributed.windows[i]!.windowMs ?? 0, failures: attributed.windows[i]!.failures, convergedMs: rot.convergedMs, waitsMs: rot.waitsMs }));
+  const unattributed = attributed.unattributed;
   const report = { probes: probes.length, failures: failed.length, windows, unattributed: unattributed.length, session: { ok: s.ok, ms: s.ms } };
   console.log(`# password-rotation e2e: ${JSON.stringify(report)}`);
   for (const f of failed) assert.match(f.error, /password authentication failed/, `${f.edge}: ${f.error}`);
