@@ -67,7 +67,8 @@ test('CA rotation: start, every leaf re-issued, finish, with zero failed probes;
 
   const watch = watchCluster(cluster, 700);
   after(() => watch.stop());
-  await new Promise((r) => setTimeout(r, 3000));
+  // A baseline before the rotation: every node's served certificate seen and its edges probed.
+  await waitFor('the watch over every node and its edges', () => nodes.every((n) => watch.served.has(n.name)) && watch.probes >= 2 * nodes.length);
   // node-3's agent is away when the rotation starts: it cannot prove the two-CA bundle, so the
   // new CA must not issue yet, and --finish must be refused.
   await cluster.stopAgent('node-3');
@@ -97,16 +98,15 @@ test('CA rotation: start, every leaf re-issued, finish, with zero failed probes;
   await cluster.startAgent('carot', 'node-3');
 
   // Wait for the coordinator to move to reissue and every node to prove new leaves.
-  let st = afterEarly;
   let sawReissue = false;
   let twoCrls = false;
-  const deadline = Date.now() + 180_000;
-  while (!(st.phase === 'reissue' && st.canFinish) && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 1000));
-    st = (await rotation('--status')).json!;
-    if (st.phase === 'reissue') sawReissue = true;
+  const st = await waitFor('the rotation ready to finish (reissue, every node proved new leaves)', async () => {
+    const now = (await rotation('--status')).json!;
+    if (now.phase === 'reissue') sawReissue = true;
     if (!twoCrls) twoCrls = splitCrls((await cluster.cli(['cert', 'crl', 'carot'])).stdout).length === 2;
-  }
+    if (now.phase === 'reissue' && now.canFinish) return now;
+    throw new Error(`phase ${now.phase}, canFinish ${now.canFinish}`);
+  }, 180_000, 1000);
   assert.ok(sawReissue && st.canFinish, `rotation ready to finish: ${JSON.stringify(st)}`);
   assert.equal(st.cas[0]!.serial, newSerial, 'the new CA issues');
   assert.ok(twoCrls, 'both CAs had a CRL published while both were trusted');
