@@ -24,43 +24,50 @@ export function probeReason(passReason: string): ProbeReason {
 
 /**
  * Which peers' edges to probe again after a peer wake. Pure. `seen`: the peers already known to
- * have applied the generation; `failing`: the peers an edge of this node failed to reach at its
- * last probe. Every peer in the wake not seen before is seen now, and the failing ones among
- * them are probed again: their apply may be what the edge waited for. A passing edge is not
- * probed again (on a full mesh that would be a psql per edge and change for nothing).
+ * have applied the generation; `unproved`: the peers whose edges were last probed before they
+ * were seen (passing or not). Every peer in the wake not seen before is seen now, and the
+ * unproved ones among them are probed again: a probe that passed against the peer's old
+ * configuration (its old server certificate, its old HBA rules) proved nothing of the new one.
  */
-export function peersToReprobe(wake: string[], seen: Set<string>, failing: Set<string>): { fresh: string[]; reprobe: Set<string> } {
+export function peersToReprobe(wake: string[], seen: Set<string>, unproved: Set<string>): { fresh: string[]; reprobe: Set<string> } {
   const fresh = wake.filter((n) => !seen.has(n));
-  return { fresh, reprobe: new Set(fresh.filter((n) => failing.has(n))) };
+  return { fresh, reprobe: new Set(fresh.filter((n) => unproved.has(n))) };
 }
 
 /**
- * Peer wakes for the desired generation: the other nodes known to have applied it, forgotten
- * when the generation changes. The agent asks for wakes while an edge to a peer not among them fails.
+ * Peer wakes for the desired generation: the other nodes known to have applied it (and which
+ * generation), forgotten when the generation changes. The agent asks for wakes while an edge's
+ * last probe was made before its peer was seen.
  */
 export class PeerWatch {
   private generation = -1;
-  private seen = new Set<string>();
+  private seen = new Map<string, number>();
 
-  private at(generation: number): Set<string> {
+  private at(generation: number): Map<string, number> {
     if (this.generation !== generation) {
       this.generation = generation;
-      this.seen = new Set();
+      this.seen = new Map();
     }
     return this.seen;
   }
 
-  /** The `peers` count to send with the long-poll: the peers seen, while an edge fails to reach one not seen; otherwise none. */
-  known(generation: number, failing: Set<string>): number | undefined {
+  /** The generation `peer` is known to have applied (`generation` or later), 0 when not known: a probe's peerGeneration. */
+  generationOf(generation: number, peer: string): number {
+    return this.at(generation).get(peer) ?? 0;
+  }
+
+  /** The `peers` count to send with the long-poll: the peers seen, while an `unproved` edge's peer is not seen; otherwise none. */
+  known(generation: number, unproved: Set<string>): number | undefined {
     const seen = this.at(generation);
-    return [...failing].some((p) => !seen.has(p)) ? seen.size : undefined;
+    return [...unproved].some((p) => !seen.has(p)) ? seen.size : undefined;
   }
 
   /** A wake naming the nodes that applied some generation: the ones of `generation` (or later) are seen now. */
-  wake(generation: number, applied: { node: string; generation: number }[], failing: Set<string>): { fresh: string[]; reprobe: Set<string> } {
+  wake(generation: number, applied: { node: string; generation: number }[], unproved: Set<string>): { fresh: string[]; reprobe: Set<string> } {
     const seen = this.at(generation);
-    const r = peersToReprobe(applied.filter((a) => a.generation >= generation).map((a) => a.node), seen, failing);
-    for (const n of r.fresh) seen.add(n);
+    const current = applied.filter((a) => a.generation >= generation);
+    const r = peersToReprobe(current.map((a) => a.node), new Set(seen.keys()), unproved);
+    for (const a of current) if (!seen.has(a.node)) seen.set(a.node, a.generation);
     return r;
   }
 }

@@ -15,6 +15,8 @@ import { buildStatus, writeLocalStatus } from './status.ts';
 import { afterProof, ensureAndApply } from './pass.ts';
 import { expiriesOf, renewalsOf, type FileReportT, type LoopDeps } from './loop-deps.ts';
 import type { ApplyResult, NodeContext } from '../apply/types.ts';
+
+type ClientConnections = ApplyResult['clientConnections'];
 import { APPLY_RETRY, errMessage, isSteady, PeerWatch, PROBE_RETRY, probeReason, retryApplySoon, summaryLine, survivesUntil } from './judge.ts';
 
 /** What the reconciler needs of the loop: its contact with the coordinator. */
@@ -79,11 +81,11 @@ export class Reconciler {
     return this.running;
   }
 
-  /** A peer wake: the nodes that applied a generation. Probes again the failing edges to the ones not seen before; whether there were any. */
+  /** A peer wake: the nodes that applied a generation. Probes again the unproved edges to the ones not seen before; whether there were any. */
   async peerWake(applied: { node: string; generation: number }[]): Promise<boolean> {
     const d = this.lastGood;
     if (!d) return false;
-    const { fresh, reprobe } = this.peers.wake(d.generation, applied, this.failingPeers());
+    const { fresh, reprobe } = this.peers.wake(d.generation, applied, this.unprovedPeers(d.generation));
     if (reprobe.size > 0) await this.reprobe(reprobe, 'peer-applied');
     return fresh.length > 0;
   }
@@ -121,14 +123,26 @@ export class Reconciler {
     return new Set(this.lastProbes.filter((p) => !p.ok).map((p) => p.to));
   }
 
+  /** The peers an edge of this node was last probed to before they were known to have applied `generation` (passing or not). */
+  private unprovedPeers(generation: number): Set<string> {
+    return new Set(this.lastProbes.filter((p) => (p.peerGeneration ?? 0) < generation).map((p) => p.to));
+  }
+
+  /** Probe `conns`, each result stamped with the generation its peer was known to have applied when the probe began. */
+  private async probeStamped(conns: ClientConnections, generation: number, reason: ProbeReason): Promise<ProbeResult[]> {
+    const known = conns.map((c) => this.peers.generationOf(generation, c.to));
+    const results = await probeAll(conns, this.deps.probe, reason);
+    return results.map((p, i) => ({ ...p, peerGeneration: known[i]! }));
+  }
+
   /**
    * The `peers` count to send with the long-poll: the peers seen, while this node applied the
-   * desired generation and an edge of it fails to reach a peer not seen; otherwise no peer wakes.
+   * desired generation and an edge of it was probed before its peer was seen; otherwise no peer wakes.
    */
   peersKnown(): number | undefined {
     const d = this.lastGood;
     if (!d || this.appliedGeneration !== d.generation || !this.lastApply) return undefined;
-    return this.peers.known(d.generation, this.failingPeers());
+    return this.peers.known(d.generation, this.unprovedPeers(d.generation));
   }
 
   /** Queue a probe-only pass over the edges to `peers` (a full pass queued already covers it). */
@@ -163,7 +177,7 @@ export class Reconciler {
     if (idx.length === 0) return;
     this.deps.log.debug({ peers: [...peers], generation: desired.generation, reason }, 'probing edges again without applying');
     this.probePasses[reason] += 1;
-    const fresh = await probeAll(idx.map((i) => conns[i]!), this.deps.probe, reason);
+    const fresh = await this.probeStamped(idx.map((i) => conns[i]!), desired.generation, reason);
     const probes = [...this.lastProbes];
     idx.forEach((i, k) => (probes[i] = fresh[k]!));
     for (const p of fresh.filter((p) => !p.ok)) this.deps.log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
@@ -305,7 +319,7 @@ export class Reconciler {
         });
       }
       const tProbe = performance.now();
-      probes = await probeAll(result.clientConnections, this.deps.probe, probeReason(reason));
+      probes = await this.probeStamped(result.clientConnections, desired.generation, probeReason(reason));
       this.probePasses[probeReason(reason)] += 1;
       for (const p of probes.filter((p) => !p.ok)) log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
       // A peer may simply not have caught up yet. Its agent's report wakes this one (peer wake:

@@ -1,7 +1,7 @@
 // What the agents report and what the admin sees of it: each node's status, the expiry of every
 // certificate it holds, the cluster CA's, and whether the cluster is converged.
 import type { CertExpiry, ClusterStatusResponse, NodeStatusView } from '../../shared/contract/api.ts';
-import type { AgentStatus } from '../../shared/contract/status.ts';
+import type { AgentStatus, ProbeResult } from '../../shared/contract/status.ts';
 import { certInfo, splitPemBundle } from '../../shared/crypto/x509.ts';
 import { certLifetimeSeconds, trustWarnings } from '../cluster/compile.ts';
 import { caLevel, daysLeft, expiryLevel } from '../cluster/lifecycle.ts';
@@ -128,12 +128,28 @@ export class StatusReports {
       auth: row.spec.auth,
       sslmode: row.spec.tls.sslmode,
       insecure: trustWarnings(row.spec).length > 0,
-      // Converged means proved end to end: every node applied this generation and every
-      // inter-node connection it makes works with the credentials it was given.
-      converged: nodes.every((n) => n.appliedGeneration === row.generation && n.phase === 'converged' && !n.stale && n.probes.every((p) => p.ok)),
+      converged: clusterConverged(nodes, row.generation),
       nodes,
     };
   }
+}
+
+/**
+ * A probe made before its peer was known to have applied `generation` (peerGeneration lower):
+ * it passed against the peer's old configuration, and its agent probes it again once the peer
+ * applied. A probe without the field (an older agent) is judged by its verdict alone.
+ */
+export function probePending(p: ProbeResult, generation: number): boolean {
+  return p.peerGeneration !== undefined && p.peerGeneration < generation;
+}
+
+/**
+ * Converged means proved end to end: every node applied this generation and every inter-node
+ * connection it makes works with the credentials it was given, against its peer's configuration
+ * of this generation.
+ */
+export function clusterConverged(nodes: NodeStatusView[], generation: number): boolean {
+  return nodes.every((n) => n.appliedGeneration === generation && n.phase === 'converged' && !n.stale && n.probes.every((p) => p.ok && !probePending(p, generation)));
 }
 
 /** The instants status() computes days left from: one that does not parse is refused when reported, not stored to break every status view. */

@@ -35,6 +35,12 @@ export const ProbeResult = Type.Object(
      * a new generation). Absent from older agents.
      */
     reason: Type.Optional(Type.String({ maxLength: 32 })),
+    /**
+     * The generation the peer was known to have applied when the probe began (0: not known): a
+     * probe made before the peer applied the prober's generation proved its old configuration.
+     * Absent from older agents.
+     */
+    peerGeneration: Type.Optional(Type.Integer({ minimum: 0 })),
   },
   { additionalProperties: false },
 );

@@ -53,4 +53,30 @@ test('peer wake: a peer that applies the generation wakes the node whose probe t
   const peerApplied = Date.parse(n2!.timings!.startedAt) + n2!.timings!.totalMs;
   assert.ok(Date.parse(n2!.timings!.startedAt) < Date.parse(p.at), `node-2 applied (${n2!.timings!.startedAt}) before node-1 re-probed (${p.at})`);
   console.log(`# peer-wake e2e: ${JSON.stringify({ generation, peerAppliedAndProbed: new Date(peerApplied).toISOString(), reprobeAt: p.at, latencyMs: Date.parse(p.at) - peerApplied, peerTimings: n2!.timings })}`);
+
+  // A change that leaves node-1's edge passing while node-2 still runs the old generation: that
+  // probe proved node-2's old configuration, so converged waits until node-1 probed node-2 again
+  // once node-2 applied (peer-applied, against node-2's generation), not the apply's probe.
+  await cluster.stopAgent('node-2');
+  const changed = { ...spec, tls: { ...spec.tls, certLifetime: '2h' } };
+  assert.equal((await cluster.apply(changed)).code, 0);
+  const g2 = (await cluster.status('wake')).generation;
+  assert.ok(g2 > generation);
+  const early = await waitFor(`node-1 applying generation ${g2} with a passing probe made before node-2 applied`, async () => {
+    const st = await cluster.status('wake');
+    const row = st.nodes.find((n) => n.node === 'node-1')!;
+    if (row.appliedGeneration === g2 && row.probes.length === 1 && row.probes[0]!.ok) return row.probes[0]!;
+    throw new Error(JSON.stringify(row));
+  }, 60_000, 250);
+  assert.equal(early.reason, 'apply');
+  assert.ok((early.peerGeneration ?? -1) < g2, `probed before node-2 was seen at ${g2}: ${JSON.stringify(early)}`);
+  await cluster.startAgent('wake', 'node-2');
+  const s2 = await cluster.waitConverged('wake', 60_000);
+  const [w1, w2] = ['node-1', 'node-2'].map((name) => s2.nodes.find((n) => n.node === name)!);
+  const q = w1!.probes[0]!;
+  assert.equal(q.reason, 'peer-applied', `converged only once node-1 probed node-2 again after node-2 applied ${g2}: ${JSON.stringify(q)}`);
+  assert.ok((q.peerGeneration ?? 0) >= g2, JSON.stringify(q));
+  assert.equal(w2!.timings?.generation, g2);
+  assert.ok(Date.parse(w2!.timings!.startedAt) < Date.parse(q.at), `node-2 applied (${w2!.timings!.startedAt}) before node-1 re-probed (${q.at})`);
+  for (const n of s2.nodes) for (const pr of n.probes) assert.ok((pr.peerGeneration ?? 0) >= g2, `${n.node}: ${JSON.stringify(pr)}`);
 });

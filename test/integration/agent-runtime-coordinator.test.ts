@@ -60,7 +60,8 @@ async function converged(generation: number, timeoutMs = 90_000) {
   try {
     return await waitFor(`both nodes converged at generation ${generation}`, async () => {
       const s = await clusterStatus();
-      const ok = s.nodes.every((n) => n.appliedGeneration === generation && n.phase === 'converged' && n.probes.every((p) => p.ok));
+      // The coordinator's verdict too: every probe made against its peer's current generation.
+      const ok = s.converged && s.nodes.every((n) => n.appliedGeneration === generation && n.phase === 'converged' && n.probes.every((p) => p.ok));
       return ok && s.nodes.length === 2 ? s : null;
     }, timeoutMs, 500);
   } catch (e) {

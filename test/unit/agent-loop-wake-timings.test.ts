@@ -14,7 +14,7 @@ import { compileCluster } from '../../coordinator/cluster/compile.ts';
 import type { ClusterSpec } from '../../shared/contract/schema.ts';
 import type { AgentStatus } from '../../shared/contract/status.ts';
 import { ReconcileLoop } from '../../agent/runtime/loop.ts';
-import { peersToReprobe, probeReason } from '../../agent/runtime/judge.ts';
+import { PeerWatch, peersToReprobe, probeReason } from '../../agent/runtime/judge.ts';
 import type { CoordinatorApi } from '../../agent/runtime/loop-deps.ts';
 import { PhaseClock } from '../../agent/apply/apply.ts';
 import { applyTime } from '../../coordinator/cli/status.ts';
@@ -44,12 +44,29 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 type Answer = Awaited<ReturnType<CoordinatorApi['desired']>>;
 
 /** A loop whose apply takes measurable phases and whose edges go to node-2 and node-3. */
-async function harness(script: (call: { after: number; peers: number | undefined; n: number }) => Promise<Answer | null>, opts: { reprobeMs?: number } = {}) {
+async function harness(script: (call: { after: number; peers: number | undefined; n: number }) => Promise<Answer | null>, opts: { reprobeMs?: number; edges?: string[] } = {}) {
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-loop-wake-'));
   dirs.push(dir);
   // The stand-in psql: connects to a node once its flag file exists.
   const psql = join(dir, 'psql');
-  await writeFile(psql, `#!/bin/sh\nfor a in "$@"; do case "$a" in *host=*) h=$(echo "$a" | sed 's/.*host=\\([^ ]*\\).*/\\1/');; esac; done\n[ -e "${dir}/up-$h" ] && echo 1 && exit 0\necho "psql: error: $h not ready" >&2; exit 2\n`);
+  // It speaks the batch protocol of agent/probe/probes.ts (marks echoed, \connect per next edge).
+  await writeFile(psql, String.raw`#!/bin/sh
+host() { echo "$1" | sed 's/.*host=\([^ ]*\).*/\1/'; }
+h=$(host "$1"); shift
+[ -e "DIR/up-$h" ] || { echo "psql: error: $h not ready" >&2; exit 2; }
+up=1
+while [ $# -gt 0 ]; do
+  if [ "$1" = "-c" ]; then
+    c="$2"; shift 2
+    case "$c" in
+      '\echo '*) printf '%s\n' "$c" | cut -c7-;;
+      '\warn '*) printf '%s\n' "$c" | cut -c7- >&2;;
+      '\connect '*) h=$(host "$c"); if [ -e "DIR/up-$h" ]; then up=1; else up=0; echo "$h not ready" >&2; fi;;
+      'SELECT 1') [ $up = 1 ] && echo 1;;
+    esac
+  else shift; fi
+done
+`.replaceAll('DIR', dir));
   await chmod(psql, 0o755);
   const reported: AgentStatus[] = [];
   const calls: { after: number; peers: number | undefined }[] = [];
@@ -83,7 +100,7 @@ async function harness(script: (call: { after: number; peers: number | undefined
     }
     return {
       phase: 'converged', changed: true, errors: [], files: [], pendingRestart: [], servedCertificate: null, phases: clock.phases,
-      clientConnections: ['node-2', 'node-3'].map((to) => ({ to, role: 'pgd_replication', conninfo: `host=${to} dbname=postgres`, replication: false })),
+      clientConnections: (opts.edges ?? ['node-2', 'node-3']).map((to) => ({ to, role: 'pgd_replication', conninfo: `host=${to} dbname=postgres`, replication: false })),
     };
   };
   const certs = new CertificateManager({ stateDir: dir, owner: { uid: process.getuid!(), gid: process.getgid!() }, requestCertificate: async () => assert.fail('no certificate expected'), now: Date.now, schedule: new RenewalSchedule(seededRandom(1)), log });
@@ -235,4 +252,39 @@ test('--probe-retry: the safety timer, 2 s by default; a value that is not a num
   assert.equal(resolveConfig({ 'probe-retry': '0.5' }, base).probeRetryMs, 500);
   assert.equal(resolveConfig({}, { ...base, 'probe-retry': '120' }).probeRetryMs, 120_000, 'from the config file');
   for (const bad of ['0', 'soon', '-1', '99999']) assert.throws(() => resolveConfig({ 'probe-retry': bad }, base), /--probe-retry/);
+});
+
+test('peer wake: a passing edge probed before its peer applied is probed again once the peer is seen, and says against which generation', async () => {
+  // One edge (the stand-in psql answers single-edge runs only), to node-2, which answers from the
+  // start (still on its old configuration): the apply's probe passes before node-2 applied.
+  const h = await harness(async ({ n }) => {
+    if (n === 1) {
+      await h.up('node-2');
+      return { kind: 'newer', body: g1 };
+    }
+    if (n === 2) return { kind: 'peers', body: { wake: 'peers-applied', applied: [{ node: 'node-2', generation: 1 }] } };
+    return null;
+  }, { edges: ['node-2'] });
+  assert.equal(await h.loop.run(), 'stopped');
+  // Wakes are asked while an edge's peer is not seen at the generation, passing or not.
+  assert.deepEqual(h.calls.map((c) => c.peers), [undefined, 0, undefined]);
+  assert.deepEqual(h.loop.probePasses, { apply: 1, retry: 0, 'peer-applied': 1 });
+  assert.deepEqual(h.reported.map((s) => s.probes.map((p) => [p.to, p.ok, p.reason, p.peerGeneration])), [
+    [['node-2', true, 'apply', 0]],
+    [['node-2', true, 'peer-applied', 1]],
+  ], 'probed before node-2 was seen, then again against its generation 1');
+});
+
+test('peer wake: the peers to probe again are the fresh ones whose edges were probed before they were seen', () => {
+  // node-2's passing edge was probed before node-2 was seen: probed again.
+  assert.deepEqual(peersToReprobe(['node-2'], new Set(), new Set(['node-2'])), { fresh: ['node-2'], reprobe: new Set(['node-2']) });
+  const w = new PeerWatch();
+  const edges = new Set(['node-2', 'node-3']);
+  assert.equal(w.known(1, edges), 0, 'wakes are asked while an edge\'s peer is not seen, failing or not');
+  assert.equal(w.generationOf(1, 'node-2'), 0);
+  assert.deepEqual(w.wake(1, [{ node: 'node-2', generation: 1 }], edges).reprobe, new Set(['node-2']));
+  assert.equal(w.generationOf(1, 'node-2'), 1);
+  assert.equal(w.known(1, new Set(['node-3'])), 1);
+  assert.equal(w.known(1, new Set()), undefined, 'every edge proved against its peer\'s generation: no wakes');
+  assert.equal(w.generationOf(2, 'node-2'), 0, 'forgotten with a new generation');
 });
