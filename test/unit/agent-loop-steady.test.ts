@@ -44,7 +44,19 @@ async function harness(script: (n: number) => Promise<Answer | null>, opts: { re
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-loop-steady-'));
   dirs.push(dir);
   const psql = join(dir, 'psql'); // every edge connects
-  await writeFile(psql, '#!/bin/sh\necho 1\n');
+  // Speaks the batched probe protocol of agent/probe/probes.ts: the marks echoed, a row per query.
+  await writeFile(psql, String.raw`#!/bin/sh
+while [ $# -gt 0 ]; do
+  if [ "$1" = "-c" ]; then
+    case "$2" in
+      '\echo '*) printf '%s\n' "$2" | cut -c7-;;
+      '\warn '*) printf '%s\n' "$2" | cut -c7- >&2;;
+      'SELECT 1') echo 1;;
+    esac
+    shift 2
+  else shift; fi
+done
+`);
   await chmod(psql, 0o755);
   const state = { clock: 1_000_000, drifted: false, server: 'pid 100 started 1', applies: 0, versions: 0 };
   const reported: AgentStatus[] = [];
