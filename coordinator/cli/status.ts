@@ -77,10 +77,18 @@ function notConverged(s: ClusterStatus): string[] {
       ...(n.phase !== 'converged' ? [n.phase] : []),
       ...(n.stale ? ['stale'] : []),
       ...(n.probes.some((p) => !p.ok) ? ['probe failing'] : []),
+      ...(n.probes.some((p) => pending(p, s.generation)) ? ['probe pending (made before its peer applied)'] : []),
     ];
     return why.length ? [`${s.cluster}/${n.node} (${why.join(', ')})`] : [];
   });
 }
+
+/** A probe made before its peer applied the generation (the coordinator's probePending): it proved the peer's old configuration. */
+const pending = (p: NodeStatusView['probes'][number], generation: number): boolean => p.peerGeneration !== undefined && p.peerGeneration < generation;
+const pendingOf = (n: NodeStatusView, generation: number): string => {
+  const k = n.probes.filter((p) => pending(p, generation)).length;
+  return k > 0 ? `, ${k} pending` : '';
+};
 
 /** How long the node's apply of its generation took, and its slowest phase (every phase: --json). */
 export function applyTime(n: Pick<NodeStatusView, 'timings'>): string {
@@ -110,7 +118,7 @@ export function formatStatus(s: ClusterStatus): string {
       `${n.phase}${n.stale ? ' (stale)' : ''}${n.enrolled ? '' : ' (not enrolled)'}`,
       certExpiry(n),
       ago(n.lastContact, new Date()),
-      n.probes.length ? `${ok}/${n.probes.length} ok` : '-',
+      n.probes.length ? `${ok}/${n.probes.length} ok${pendingOf(n, s.generation)}` : '-',
       applyTime(n),
       n.errors.length ? n.errors.map((e) => `${e.code}: ${e.message}`).join('; ') : '-',
     ]);

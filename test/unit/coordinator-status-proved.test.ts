@@ -23,3 +23,11 @@ test('converged: every probe passed against its peer at the current generation; 
   assert.equal(probePending(probe({ peerGeneration: 5 }), 5), false);
   assert.equal(probePending(probe({}), 5), false);
 });
+
+test('status output: a probe made before its peer applied shows as pending', async () => {
+  const { formatStatus } = await import('../../coordinator/cli/status.ts');
+  const view = { cluster: 'c', generation: 5, auth: 'cert', sslmode: 'verify-full', insecure: false, converged: false, ca: [], warnings: [], nodes: [node([probe({ peerGeneration: 4 })])] } as never;
+  assert.match(formatStatus(view), /1\/1 ok, 1 pending/);
+  const older = { cluster: 'c', generation: 5, auth: 'cert', sslmode: 'verify-full', insecure: false, converged: true, ca: [], warnings: [], nodes: [node([probe({})])] } as never;
+  assert.doesNotMatch(formatStatus(older), /pending/);
+});
