@@ -128,9 +128,14 @@ export class Reconciler {
     return new Set(this.lastProbes.filter((p) => (p.peerGeneration ?? 0) < generation).map((p) => p.to));
   }
 
-  /** Probe `conns`, each result stamped with the generation its peer was known to have applied when the probe began. */
-  private async probeStamped(conns: ClientConnections, generation: number, reason: ProbeReason): Promise<ProbeResult[]> {
-    const known = conns.map((c) => this.peers.generationOf(generation, c.to));
+  /**
+   * Probe `conns`, each result stamped with the generation its peer was known to have applied
+   * when the probe began. An edge to this node itself (a Patroni member probes every member)
+   * meets the generation this node applied: no wake will ever name it.
+   */
+  private async probeStamped(conns: ClientConnections, desired: { node: string; generation: number }, reason: ProbeReason): Promise<ProbeResult[]> {
+    const { node, generation } = desired;
+    const known = conns.map((c) => (c.to === node ? generation : this.peers.generationOf(generation, c.to)));
     const results = await probeAll(conns, this.deps.probe, reason);
     return results.map((p, i) => ({ ...p, peerGeneration: known[i]! }));
   }
@@ -177,7 +182,7 @@ export class Reconciler {
     if (idx.length === 0) return;
     this.deps.log.debug({ peers: [...peers], generation: desired.generation, reason }, 'probing edges again without applying');
     this.probePasses[reason] += 1;
-    const fresh = await this.probeStamped(idx.map((i) => conns[i]!), desired.generation, reason);
+    const fresh = await this.probeStamped(idx.map((i) => conns[i]!), desired, reason);
     const probes = [...this.lastProbes];
     idx.forEach((i, k) => (probes[i] = fresh[k]!));
     for (const p of fresh.filter((p) => !p.ok)) this.deps.log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
@@ -319,7 +324,7 @@ export class Reconciler {
         });
       }
       const tProbe = performance.now();
-      probes = await this.probeStamped(result.clientConnections, desired.generation, probeReason(reason));
+      probes = await this.probeStamped(result.clientConnections, desired, probeReason(reason));
       this.probePasses[probeReason(reason)] += 1;
       for (const p of probes.filter((p) => !p.ok)) log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
       // A peer may simply not have caught up yet. Its agent's report wakes this one (peer wake:

@@ -288,3 +288,16 @@ test('peer wake: the peers to probe again are the fresh ones whose edges were pr
   assert.equal(w.known(1, new Set()), undefined, 'every edge proved against its peer\'s generation: no wakes');
   assert.equal(w.generationOf(2, 'node-2'), 0, 'forgotten with a new generation');
 });
+
+test('an edge to the node itself (Patroni members probe every member) is proved by its own apply: no wake asked, not pending', async () => {
+  const h = await harness(async ({ n }) => {
+    if (n === 1) {
+      await h.up('node-1');
+      return { kind: 'newer', body: g1 };
+    }
+    return null;
+  }, { edges: ['node-1'] });
+  assert.equal(await h.loop.run(), 'stopped');
+  assert.deepEqual(h.calls.map((c) => c.peers), [undefined, undefined], 'no peer wake waited for: the node is its own peer');
+  assert.deepEqual(h.reported.map((s) => s.probes.map((p) => [p.to, p.ok, p.peerGeneration])), [[['node-1', true, 1]]]);
+});
