@@ -2,7 +2,7 @@
 import type { Static } from '@sinclair/typebox';
 import type { ClusterStatusResponse, NodeStatusView } from '../../shared/contract/api.ts';
 import { parseCommand, UsageError } from '../../shared/system/cli.ts';
-import { formatProbeMatrix, probeMatrix } from '../cluster/probe-matrix.ts';
+import { formatProbeMatrix, probeMatrix, probePending } from '../cluster/probe-matrix.ts';
 import { ago } from '../cluster/lifecycle.ts';
 import { call, CONNECTION_HELP, CONNECTION_OPTIONS, withConn } from './http.ts';
 import { table } from './table.ts';
@@ -77,16 +77,14 @@ function notConverged(s: ClusterStatus): string[] {
       ...(n.phase !== 'converged' ? [n.phase] : []),
       ...(n.stale ? ['stale'] : []),
       ...(n.probes.some((p) => !p.ok) ? ['probe failing'] : []),
-      ...(n.probes.some((p) => pending(p, s.generation)) ? ['probe pending (made before its peer applied)'] : []),
+      ...(n.probes.some((p) => probePending(p, s.generation)) ? ['probe pending (made before its peer applied)'] : []),
     ];
     return why.length ? [`${s.cluster}/${n.node} (${why.join(', ')})`] : [];
   });
 }
 
-/** A probe made before its peer applied the generation (the coordinator's probePending): it proved the peer's old configuration. */
-const pending = (p: NodeStatusView['probes'][number], generation: number): boolean => p.peerGeneration !== undefined && p.peerGeneration < generation;
 const pendingOf = (n: NodeStatusView, generation: number): string => {
-  const k = n.probes.filter((p) => pending(p, generation)).length;
+  const k = n.probes.filter((p) => probePending(p, generation)).length;
   return k > 0 ? `, ${k} pending` : '';
 };
 

@@ -2,6 +2,15 @@
 // page draws it as a coloured grid and `pgaccord status` as a text grid; both read it from here.
 import type { ProbeResult } from '../../shared/contract/status.ts';
 
+/**
+ * A probe made before its peer was known to have applied `generation` (peerGeneration lower):
+ * it passed against the peer's old configuration, and its agent probes it again once the peer
+ * applied. The coordinator's converged and `pgaccord status` judge by it. A probe without the field (an older agent) is judged by its verdict alone.
+ */
+export function probePending(p: ProbeResult, generation: number): boolean {
+  return p.peerGeneration !== undefined && p.peerGeneration < generation;
+}
+
 /** ok: every probe of the edge passed; failing: at least one did not; none: no probe reported; self: the diagonal. */
 export type EdgeState = 'ok' | 'failing' | 'none' | 'self';
 

@@ -1,10 +1,11 @@
 // What the agents report and what the admin sees of it: each node's status, the expiry of every
 // certificate it holds, the cluster CA's, and whether the cluster is converged.
 import type { CertExpiry, ClusterStatusResponse, NodeStatusView } from '../../shared/contract/api.ts';
-import type { AgentStatus, ProbeResult } from '../../shared/contract/status.ts';
+import type { AgentStatus } from '../../shared/contract/status.ts';
 import { certInfo, splitPemBundle } from '../../shared/crypto/x509.ts';
 import { certLifetimeSeconds, trustWarnings } from '../cluster/compile.ts';
 import { caLevel, daysLeft, expiryLevel } from '../cluster/lifecycle.ts';
+import { probePending } from '../cluster/probe-matrix.ts';
 import { badRequest } from '../errors.ts';
 import type { CaRotations } from './ca-rotation.ts';
 import type { ClusterCas } from './cluster-cas.ts';
@@ -132,15 +133,6 @@ export class StatusReports {
       nodes,
     };
   }
-}
-
-/**
- * A probe made before its peer was known to have applied `generation` (peerGeneration lower):
- * it passed against the peer's old configuration, and its agent probes it again once the peer
- * applied. A probe without the field (an older agent) is judged by its verdict alone.
- */
-export function probePending(p: ProbeResult, generation: number): boolean {
-  return p.peerGeneration !== undefined && p.peerGeneration < generation;
 }
 
 /**

@@ -2,7 +2,8 @@
 // (peerGeneration lower) proves nothing yet; a report without the field (an older agent) is judged as before.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { clusterConverged, probePending } from '../../coordinator/service/status.ts';
+import { clusterConverged } from '../../coordinator/service/status.ts';
+import { probePending } from '../../coordinator/cluster/probe-matrix.ts';
 import type { NodeStatusView } from '../../shared/contract/api.ts';
 import type { ProbeResult } from '../../shared/contract/status.ts';
 
