@@ -8,6 +8,17 @@ import { lockCluster, TASK_CRL_REFRESH, tryClusterTask, type ServiceContext } fr
 /** A not-due answer is trusted at most this long (a CRL issued elsewhere with a shorter lifetime). */
 const DUE_RECHECK_MS = 60_000;
 
+/**
+ * Whether cluster $1's CRL is due at $2, and from when: less than half its validity left, or no
+ * CRL at all (a cluster stored by a coordinator older than CRLs-from-creation). No row: no such
+ * cluster. One query for the long-poll's read and the transaction's re-check, so they cannot
+ * drift apart.
+ */
+const DUE_SQL = `SELECT (r.cluster IS NULL OR r.next_update - $2::timestamptz < (r.next_update - r.this_update) / 2) AS due,
+                        r.this_update + (r.next_update - r.this_update) / 2 AS due_at
+                   FROM clusters k LEFT JOIN cluster_crls r ON r.cluster = k.name WHERE k.name = $1`;
+type DueRow = { due: boolean; due_at: Date | null };
+
 export class Crls {
   readonly #ctx: ServiceContext;
   readonly #cas: ClusterCas;
@@ -86,17 +97,8 @@ export class Crls {
   async refresh(cluster: string, opts: { recentRead?: boolean } = {}): Promise<boolean> {
     const ctx = this.#ctx;
     const now = ctx.now();
-    // Due: less than half its validity left, or no CRL at all (a cluster stored by a coordinator
-    // older than CRLs-from-creation).
-    const dueSql = `SELECT 1 FROM clusters k LEFT JOIN cluster_crls r ON r.cluster = k.name
-                     WHERE k.name = $1 AND (r.cluster IS NULL OR r.next_update - $2::timestamptz < (r.next_update - r.this_update) / 2)`;
     if (opts.recentRead && now.getTime() < (this.#notDueUntil.get(cluster) ?? 0)) return false;
-    const due = (await ctx.store.query<{ due: boolean; due_at: Date | null }>(
-      `SELECT (r.cluster IS NULL OR r.next_update - $2::timestamptz < (r.next_update - r.this_update) / 2) AS due,
-              r.this_update + (r.next_update - r.this_update) / 2 AS due_at
-         FROM clusters k LEFT JOIN cluster_crls r ON r.cluster = k.name WHERE k.name = $1`,
-      [cluster, now],
-    ))[0];
+    const due = (await ctx.store.query<DueRow>(DUE_SQL, [cluster, now]))[0];
     if (!due) return false; // no such cluster
     if (!due.due) {
       this.#notDueUntil.set(cluster, Math.min(due.due_at!.getTime(), now.getTime() + DUE_RECHECK_MS));
@@ -107,7 +109,7 @@ export class Crls {
       // One coordinator refreshes: the others skip at once rather than queue behind it.
       if (!(await tryClusterTask(c, TASK_CRL_REFRESH, cluster))) return null;
       await lockCluster(c, cluster, 'update');
-      if ((await c.query(dueSql, [cluster, now])).rowCount === 0) return null; // another coordinator did it
+      if (!(await c.query<DueRow>(DUE_SQL, [cluster, now])).rows[0]?.due) return null; // another coordinator did it
       await this.issue(c, cluster, now);
       await ctx.bump(c, cluster, now);
       return (await c.query<{ number: string }>(`SELECT number FROM cluster_crls WHERE cluster = $1`, [cluster])).rows[0]!.number;
