@@ -18,7 +18,7 @@ import { dirname, join } from 'node:path';
 import type pg from 'pg';
 import type { CertReport } from '../../shared/contract/status.ts';
 import { problemOf, type Problem } from '../../shared/contract/problem.ts';
-import { InstallError, installFiles, removeStaleTemps, restoreFile, snapshotFile, stageFiles, type FileSnapshot } from '../../shared/system/atomic-file.ts';
+import { InstallError, installFiles, removeStaleTemps, restoreFile, snapshotFile, stageFiles, type FileSnapshot, type StagedFiles } from '../../shared/system/atomic-file.ts';
 import { layoutFor, type Layout } from '../../shared/pgconf/layout.ts';
 import { planNode, type Plan } from '../../shared/pgconf/plan.ts';
 import { isPatroni, patroniBaseConf, patroniPaths } from '../../shared/pgconf/patroni.ts';
@@ -193,7 +193,7 @@ async function applyWith(ctx: NodeContext, input: ApplyInput, opts: ApplyOptions
   // instant, on every node at once; the rest is staged and proved before it.
   const switchAt = passwordSwitchAt(input.desired);
   const deferred = switchAt === null ? [] : plan.files.filter((f) => f.key === 'passfile');
-  let staged: Staged | null = null;
+  let staged: StagedFiles | null = null;
   try {
     await installAll(run, plan.files.filter((f) => !deferred.includes(f)));
     clock.lap('install');
@@ -290,29 +290,15 @@ function specsOf(run: Run, group: PlanFile[]) {
   });
 }
 
-interface Staged {
-  commit(): Promise<void>;
-  abort(): Promise<void>;
-}
-
-/** installAll in two halves: the files written and synced now, put in place (in order) by commit(). */
-async function stageAll(run: Run, files: PlanFile[]): Promise<Staged> {
-  const groups: { group: PlanFile[]; staged: Awaited<ReturnType<typeof stageFiles>> }[] = [];
-  const abort = async () => {
-    for (const g of groups) await g.staged.abort();
-  };
-  try {
-    for (const group of installGroups(files)) groups.push({ group, staged: await stageFiles(specsOf(run, group)) });
-  } catch (e) {
-    await abort();
-    throw e;
-  }
-  return {
-    abort,
-    commit: async () => {
-      for (const { group, staged } of groups) await installGroup(run, group, () => staged.commit());
-    },
-  };
+/**
+ * installAll in two halves: every file written and synced now (0600 from the instant it exists;
+ * a staging failure removes every temp file already written), put in place by commit(). One
+ * stageFiles over all the groups, in order: its renames then run back to back, before the first
+ * await, which is what the rotation instant asks for.
+ */
+async function stageAll(run: Run, files: PlanFile[]): Promise<StagedFiles> {
+  const staged = await stageFiles(specsOf(run, files));
+  return { abort: staged.abort, commit: () => installGroup(run, files, staged.commit) };
 }
 
 async function installAll(run: Run, files = run.plan.files): Promise<void> {
@@ -320,8 +306,8 @@ async function installAll(run: Run, files = run.plan.files): Promise<void> {
   if (run.changed.length > 0) run.log.info({ files: run.changed }, 'installed');
 }
 
-/** One group put in place by `install`; what it changed is noted for the restore. */
-async function installGroup(run: Run, group: PlanFile[], install: () => Promise<boolean[]>): Promise<void> {
+/** One group put in place by `install`; what it changed is noted for the restore. Returns, per file, whether it was written. */
+async function installGroup(run: Run, group: PlanFile[], install: () => Promise<boolean[]>): Promise<boolean[]> {
   let wrote: boolean[];
   try {
     wrote = await install();
@@ -333,6 +319,7 @@ async function installGroup(run: Run, group: PlanFile[], install: () => Promise<
     throw e;
   }
   group.forEach((f, i) => wrote[i] && run.changed.push(f.path));
+  return wrote;
 }
 
 async function validate(run: Run): Promise<void> {
