@@ -12,6 +12,7 @@
 //   phases_ms         per phase of the agents' applies (shared/contract/status.ts ApplyTimings), p50 and
 //                     p99 over every node and change: where the time goes
 //   probe_reasons     the proving probes of every change by what ran them (apply, peer-applied, retry)
+//   probes_per_change edges the agents probed per change, every probe run counted (agents at --log-level debug)
 //   rotation          during each password rotation, new connections over a ring of edges every
 //                     100 ms (bench/rotation-window.ts): per rotation its failures (probes started
 //                     between its command and its convergence) and its window, first to last
@@ -48,7 +49,17 @@ const quantile = (xs: number[], q: number): number => {
 };
 const r1 = (x: number) => Math.round(x * 10) / 10;
 
-const cluster = await LocalCluster.create({ dir: await mkdtemp('/tmp/pgaccord-bench-') });
+// Edges the agents probed (their debug line per probe run, agent/runtime/reconciler.ts probeStamped).
+let probed = 0;
+const countProbes = (source: string, line: string) => {
+  if (!source.startsWith('agent-') || !line.includes('"probed edges"')) return;
+  try {
+    probed += Number((JSON.parse(line) as { edges?: number }).edges ?? 0);
+  } catch {
+    // not a log line of ours
+  }
+};
+const cluster = await LocalCluster.create({ dir: await mkdtemp('/tmp/pgaccord-bench-'), onLine: countProbes });
 try {
   await cluster.startCoordinator();
   const token = (await readFile(join(cluster.coordinatorDir, 'admin.token'), 'utf8')).trim();
@@ -89,7 +100,7 @@ try {
 
   let t0 = performance.now();
   const first = await admin<{ generation: number }>('PUT', `/v1/clusters/${CLUSTER}`, spec);
-  for (const name of Object.keys(ports)) await cluster.startAgent(CLUSTER, name);
+  for (const name of Object.keys(ports)) await cluster.startAgent(CLUSTER, name, ['--log-level', 'debug']);
   const firstConverge = (await until(first.generation, new Map(), t0)).ms / 1000;
 
   // One change of each kind, in an order that keeps each possible: revocation needs client
@@ -97,6 +108,13 @@ try {
   type Kind = 'auth_switch' | 'password_rotation' | 'new_role' | 'hba_rule' | 'revocation';
   const cycle: Kind[] = ['auth_switch', 'password_rotation', 'new_role', 'hba_rule', 'auth_switch', 'revocation'];
   const results: { kind: Kind; ms: number; generation: number }[] = [];
+  // Edges probed from each change's command to the next one's (the last: to the end of the idle wait).
+  const probesPerChange: number[] = [];
+  let probedAt = probed;
+  const closeProbeCount = () => {
+    if (results.length > probesPerChange.length) probesPerChange.push(probed - probedAt);
+    probedAt = probed;
+  };
   const phases = new Map<string, number[]>();
   const rotations: Rotation[] = [];
   const windowProbes: WindowProbe[] = [];
@@ -113,6 +131,7 @@ try {
   for (let i = 0; i < CHANGES; i++) {
     const kind = cycle[i % cycle.length]!;
     const before = await reportTimes();
+    closeProbeCount();
     let generation: number;
     if (kind === 'revocation') {
       const victim = (await status()).nodes[i % N]!.certificates.find((c) => c.id.startsWith('client-'));
@@ -149,6 +168,7 @@ try {
   }
 
   await new Promise((r) => setTimeout(r, 3000)); // idle
+  closeProbeCount();
   const rss: Record<string, number> = {};
   for (const [name, pid] of Object.entries(cluster.pids())) rss[name] = await rssMb(pid);
   const all = results.map((r) => r.ms);
@@ -167,6 +187,7 @@ try {
     max_ms: Math.round(Math.max(...all)),
     per_kind: perKind,
     probe_reasons: reasons,
+    probes_per_change: { p50: quantile(probesPerChange, 0.5), max: Math.max(...probesPerChange), total: probesPerChange.reduce((a, b) => a + b, 0) },
     rotation: (() => {
       const { windows, unattributed } = rotationWindows(windowProbes, rotations);
       const ms = windows.map((w) => w.windowMs ?? 0);

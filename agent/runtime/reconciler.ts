@@ -137,6 +137,8 @@ export class Reconciler {
     const { node, generation } = desired;
     const known = conns.map((c) => (c.to === node ? generation : this.peers.generationOf(generation, c.to)));
     const results = await probeAll(conns, this.deps.probe, reason);
+    // One line per probe run (bench:converge counts them with --log-level debug).
+    this.deps.log.debug({ reason, generation, edges: conns.length }, 'probed edges');
     return results.map((p, i) => ({ ...p, peerGeneration: known[i]! }));
   }
 
