@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import type pino from 'pino';
-import { DEFAULT_LISTEN, parseListen, parseMetricsListen } from './http/listen.ts';
+import { DEFAULT_LISTEN, LISTEN_BACKLOG, parseListen, parseMetricsListen } from './http/listen.ts';
 import { openOrCreatePgInstance, storeOsUser, type PgInstance } from '../shared/system/pgserver.ts';
 import { FILES, openDataDir, readOrCreateStorePassword, type DataDir } from './store/datadir.ts';
 import type { KeyType } from '../shared/crypto/key-types.ts';
@@ -138,7 +138,7 @@ export async function startCoordinator(opts: CoordinatorOptions): Promise<Runnin
       log,
       limits: { requestTimeoutMs: opts.requestTimeoutMs, maxConnections: opts.maxConnections, agentRateLimit: opts.agentRateLimit },
     });
-    await app.listen({ host, port });
+    await app.listen({ host, port, backlog: LISTEN_BACKLOG });
     const metricsServer = metrics && metricsAt ? await serveMetrics(metrics, metricsAt.host, metricsAt.port, log).catch(async (e: unknown) => {
       await app.close();
       throw e;

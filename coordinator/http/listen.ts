@@ -4,6 +4,14 @@ import { isIP } from 'node:net';
 
 export const DEFAULT_LISTEN = '127.0.0.1:7432';
 
+/**
+ * The HTTPS listener's accept queue: as long as the kernel allows (Linux caps it at
+ * net.core.somaxconn, silently). Node's default, 511, overflowed when a fleet connected at once
+ * (a coordinator restart): the kernel dropped the SYNs beyond it and each agent waited out TCP's
+ * 1, 3, 7, 15 s retransmits (issue 13). Raise somaxconn for fleets beyond a few thousand agents.
+ */
+export const LISTEN_BACKLOG = 65535;
+
 export function parseListen(text: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
   const host = m?.[1] ?? m?.[2];
