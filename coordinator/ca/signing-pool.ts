@@ -12,9 +12,11 @@ import type { SubjectPublicKey } from '../../shared/crypto/csr.ts';
 import type { WorkerReply, WorkerRequest } from './signing-worker.ts';
 
 /**
- * Jobs submitted and not answered, over all workers, beyond which new ones are refused (503
- * E_SIGNING_BUSY). Each is a request waiting (a CSR of a few kB): a storm of 10,000 agents
- * renewing at once fits, a runaway does not grow the process without end.
+ * Requests waiting for signing work, over all workers, beyond which new ones are refused (503
+ * E_SIGNING_BUSY): jobs submitted and not answered, and requests waiting outside the pool for
+ * their turn to submit one (reserveWait: the CSR gate's queue). Each is a request waiting (a CSR
+ * of a few kB): a storm of 10,000 agents renewing at once fits, a runaway does not grow the
+ * process without end.
  */
 export const DEFAULT_MAX_QUEUE = 16_384;
 /** CAs one worker keeps; the least recently used is forgotten past it (2,500 clusters fit). */
@@ -37,7 +39,7 @@ export interface SigningPoolOptions {
 // (tests, benches) it is the .ts source and the worker, which inherits --import tsx, is too.
 const WORKER_URL = new URL(import.meta.url.endsWith('.ts') ? './signing-worker.ts' : './signing-worker.js', import.meta.url);
 
-export const signingBusy = (depth: number) => new ApiError(503, 'E_SIGNING_BUSY', `the signing queue is full (${depth} jobs waiting): retry shortly`);
+export const signingBusy = (waiting: number) => new ApiError(503, 'E_SIGNING_BUSY', `the signing queue is full (${waiting} requests waiting): retry shortly`);
 const signingUnavailable = (why: string) => new ApiError(503, 'E_SIGNING_UNAVAILABLE', `signing is unavailable: ${why}`);
 
 interface Pending {
@@ -68,6 +70,8 @@ export class SigningPool {
   readonly #normal: Queued[] = [];
   #nextJob = 1;
   #depth = 0;
+  /** Requests holding a reserveWait place. */
+  #waitingOutside = 0;
   #answered = 0;
   #closed = false;
   #drained: (() => void) | null = null;
@@ -86,6 +90,22 @@ export class SigningPool {
   /** Jobs submitted and not yet answered (what pgaccord_signing_queue_depth reports). */
   get queueDepth(): number {
     return this.#depth;
+  }
+
+  /**
+   * A place for one request waiting outside the pool for its turn to submit (the CSR gate's
+   * queue), counted against maxQueue with the jobs: E_SIGNING_BUSY past it. Returns what gives
+   * the place back, once the request stops waiting.
+   */
+  reserveWait(): () => void {
+    const waiting = this.#depth + this.#waitingOutside;
+    if (waiting >= this.maxQueue) throw signingBusy(waiting);
+    this.#waitingOutside++;
+    let given = false;
+    return () => {
+      if (!given) this.#waitingOutside--;
+      given = true;
+    };
   }
 
   /** Threads running now. */
@@ -150,12 +170,18 @@ export class SigningPool {
 
   #submit(make: (job: number) => WorkerRequest, ca?: CertificateAuthority): Promise<unknown> {
     if (this.#closed) return Promise.reject(signingUnavailable('the coordinator is stopping'));
-    if (this.#depth >= this.maxQueue) return Promise.reject(signingBusy(this.#depth));
-    const job = this.#nextJob++;
+    const job = this.#nextJob;
     const message = make(job);
+    const urgent = message.op === 'issue' || message.op === 'crl';
+    // The requests waiting outside leave no room for CSR checks; a signature (its caller holds a
+    // store transaction, so they are few) is refused only by the jobs: a request already past
+    // the gate is not thrown away at its last step by those still waiting there.
+    const waiting = this.#depth + (urgent ? 0 : this.#waitingOutside);
+    if (waiting >= this.maxQueue) return Promise.reject(signingBusy(waiting));
+    this.#nextJob++;
     return new Promise((resolve, reject) => {
       this.#depth++;
-      (message.op === 'issue' || message.op === 'crl' ? this.#urgent : this.#normal).push({ resolve, reject, op: message.op, job, message, ca });
+      (urgent ? this.#urgent : this.#normal).push({ resolve, reject, op: message.op, job, message, ca });
       this.#pump();
     });
   }

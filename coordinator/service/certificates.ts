@@ -11,10 +11,19 @@ import { lockCluster, type AgentPrincipal, type ServiceContext } from './context
 import type { Crls } from './crls.ts';
 import { Gate } from './gate.ts';
 import { assertIdentityValid } from './identities.ts';
-import { signingBusy } from '../ca/signing-pool.ts';
+import type { SigningPool } from '../ca/signing-pool.ts';
 
 /** Fewer than half the store's connections (store.ts opens 10). */
 const MAX_CSR_TRANSACTIONS = 4;
+
+/**
+ * The gate of CSRs' store work: a few per signing thread. Its waiters count against the signing
+ * pool's maxQueue with the pool's jobs: one bound on the requests a storm leaves waiting,
+ * wherever they wait (a CSR check, the gate, a signature), before E_SIGNING_BUSY.
+ */
+export function csrGate(signing: SigningPool): Gate {
+  return new Gate(Math.min(2 * signing.size, MAX_CSR_TRANSACTIONS), signing);
+}
 
 export interface Revocation {
   cluster: string;
@@ -52,7 +61,7 @@ export class Certificates {
     this.#ctx = ctx;
     this.#cas = cas;
     this.#crls = crls;
-    this.#gate = new Gate(Math.min(2 * ctx.signing.size, MAX_CSR_TRANSACTIONS), ctx.signing.maxQueue, signingBusy);
+    this.#gate = csrGate(ctx.signing);
   }
 
   /** A certificate of the cluster CA for one of the node's slots, never for a key whose certificate was revoked. */
