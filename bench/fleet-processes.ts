@@ -119,3 +119,15 @@ export function storeCpuSeconds(dataDir: string): number | null {
   }
   return Math.round(total * 100) / 100;
 }
+
+/**
+ * The kernel's TCP counters of the whole machine (/proc/net/netstat TcpExt): ListenOverflows (a
+ * connection the accept queue had no room for: its SYN or final ACK dropped) and TCPSynRetrans.
+ */
+export function tcpCounters(): { listenOverflows: number; synRetrans: number } {
+  const lines = readFileSync('/proc/net/netstat', 'utf8').split('\n').filter((l) => l.startsWith('TcpExt:'));
+  const names = lines[0]?.split(/\s+/) ?? [];
+  const values = lines[1]?.split(/\s+/) ?? [];
+  const of = (k: string) => Number(values[names.indexOf(k)] ?? NaN);
+  return { listenOverflows: of('ListenOverflows'), synRetrans: of('TCPSynRetrans') };
+}

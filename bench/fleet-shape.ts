@@ -24,6 +24,7 @@ export const ENROLL_CONCURRENCY = Math.max(1, env('FLEET_ENROLL_CONCURRENCY', 16
 export const PUT_CONCURRENCY = Math.max(1, env('FLEET_PUT_CONCURRENCY', 8));
 export const SINGLE = env('FLEET_SINGLE', 20);
 export const RESTART = env('FLEET_RESTART', 1) !== 0;
+export const STORM = env('FLEET_STORM', 1) !== 0;
 export const LOG_LEVEL = process.env.FLEET_LOG_LEVEL ?? 'info';
 export const TIMEOUT_MS = env('FLEET_TIMEOUT_S', 600) * 1000;
 export const AGENTS = CLUSTERS * NODES;

@@ -4,7 +4,8 @@
 // Measures, in order:
 //   enrol       every agent enrols with its join token at once (FLEET_ENROLL_CONCURRENCY in
 //               flight per process): agents/s
-//   first       the agents start their loops: every first desired state, every long-poll held
+//   first       the agents start their loops: every first desired state, every long-poll held;
+//               the coordinator's and store's CPU seconds, the machine's TCP accept-queue drops
 //   fanout      FLEET_CHANGES rounds of a PUT to every cluster (an HBA rule): from each PUT to
 //               each of that cluster's agents holding the new generation, p50/p99/max, and from
 //               the PUT's answer; the coordinator's CPU per change, the cores each process kept
@@ -13,7 +14,7 @@
 //               long-poll, FLEET_STATUS_CONCURRENCY (200) agents at a time: accepted reports/s
 //   storm       every agent posts a CSR (its first slot; FLEET_STORM_SLOT=identity for the
 //               identity) at once: CSR latency, a probe agent's desired round trip (wait=0)
-//               and the fan-out of one PUT made while it is signed
+//               and the fan-out of one PUT made while it is signed (FLEET_STORM=0 skips it)
 //   restart     SIGTERM the coordinator, start it again on the same data dir: until every
 //               agent holds a long-poll again, and the coordinator's CPU seconds meanwhile
 //   rss         the coordinator's VmRSS idle (clusters made, no agent), with every long-poll
@@ -34,12 +35,13 @@ import { createCsr } from '../shared/crypto/csr.ts';
 import { newKey } from './fleet-keys.ts';
 import { wallMs, type AgentAssignment, type ToWorker } from './fleet-agent-worker.ts';
 import { AgentFleet, until as untilWithin } from './fleet-agents.ts';
+import { adminApi, type AdminApi } from './fleet-admin.ts';
 import { codes, log, parallel, pct, secs } from './fleet-figures.ts';
 import {
-  coordinatorHelp, cpuSeconds, ensureBuilt, nofile, procStatus, startCoordinatorProcess, storeCpuSeconds, waitReady, type Coordinator,
+  coordinatorHelp, cpuSeconds, ensureBuilt, nofile, procStatus, startCoordinatorProcess, storeCpuSeconds, tcpCounters, waitReady, type Coordinator,
 } from './fleet-processes.ts';
 import {
-  AGENTS, CHANGES, CLUSTERS, ENROLL_CONCURRENCY, KEY, LOG_LEVEL, NODES, PROBES, PROCS, PROFILE, PUT_CONCURRENCY, REPORTS, RESTART, SINGLE, SOURCES, spec,
+  AGENTS, CHANGES, CLUSTERS, ENROLL_CONCURRENCY, KEY, LOG_LEVEL, NODES, PROBES, PROCS, PROFILE, PUT_CONCURRENCY, REPORTS, RESTART, SINGLE, SOURCES, spec, STORM,
   STATUS_CONCURRENCY, TIMEOUT_MS,
 } from './fleet-shape.ts';
 
@@ -50,7 +52,7 @@ const dataDir = join(base, 'coordinator');
 const logFile = join(base, 'coordinator.log');
 const fleet = new AgentFleet(AGENTS, TIMEOUT_MS);
 let coordinator: Coordinator | null = null;
-let admin: Dispatcher | null = null;
+let admin: AdminApi | null = null;
 const probes: { d: Dispatcher; gen: number }[] = [];
 
 try {
@@ -96,27 +98,8 @@ try {
     ? `ec-${serverKey.asymmetricKeyDetails?.namedCurve}`
     : `${serverKey.asymmetricKeyType}-${serverKey.asymmetricKeyDetails?.modulusLength}`;
   const token = (await readFile(join(dataDir, 'admin.token'), 'utf8')).trim();
-  admin = new Agent({ connect: { ca: caPem }, connections: PUT_CONCURRENCY + 2 });
-  let adminRetries = 0;
-  const api = async (method: 'GET' | 'PUT' | 'POST', path: string, body?: unknown) => {
-    // A connection refused or reset (the coordinator at its connection limit) is retried, and counted.
-    const headers = { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) };
-    const r = await retry(() => request(`${url}${path}`, { method, dispatcher: admin!, headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) }));
-    const text = await r.body.text();
-    if (r.statusCode >= 300) throw new Error(`${method} ${path}: ${r.statusCode} ${text}`);
-    return text ? JSON.parse(text) : null;
-  };
-  const retry = async <T>(fn: () => Promise<T>): Promise<T> => {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await fn();
-      } catch (e) {
-        if (attempt >= 5) throw e;
-        adminRetries += 1;
-        await new Promise((r) => setTimeout(r, 200 * attempt));
-      }
-    }
-  };
+  admin = adminApi(url, token, caPem, PUT_CONCURRENCY + 2);
+  const api = admin.call;
   const rss: Record<string, number> = { started: procStatus(coordinator.pid).rssMb };
   log(`coordinator ${coordinator.pid} at ${url} (TLS key ${tlsKey}); ${CLUSTERS} x ${NODES} ${PROFILE}, ${AGENTS} agents in ${PROCS} processes, ${KEY} keys`);
 
@@ -191,12 +174,22 @@ try {
   log(`enrolment: ${enrol.agents_per_s} agents/s (${enrol.wall_s} s), latency p50 ${enrol.latency_ms.p50} ms p99 ${enrol.latency_ms.p99} ms`);
 
   // The loops: every first desired state, every long-poll held.
+  // And what it cost: the coordinator's and its store's CPU seconds, the machine's TCP counters.
+  const before = { cpu: cpuSeconds(coordinator.pid), store: storeCpuSeconds(dataDir) ?? NaN, tcp: tcpCounters() };
   t = wallMs();
   broadcast({ type: 'run' });
   const firstAll = await until('first desired states', () => allAgents.every((i) => gen[i]! >= 1));
   // Held: each has sent its long-poll after the first answer (and its report).
   const heldAll = await until('long-polls held', () => allAgents.every((i) => up[i] === 1 && upAt[i]! > genAt[i]!));
-  const first = { first_desired_s: secs(firstAll - t), first_desired_ms: pct(allAgents.map((i) => genAt[i]! - t)), all_long_polls_s: secs(heldAll - t) };
+  const tcp = tcpCounters();
+  const first = {
+    first_desired_s: secs(firstAll - t), first_desired_ms: pct(allAgents.map((i) => genAt[i]! - t)), all_long_polls_s: secs(heldAll - t),
+    coordinator_cpu_s: Math.round((cpuSeconds(coordinator.pid) - before.cpu) * 100) / 100,
+    store_cpu_s: Math.round(((storeCpuSeconds(dataDir) ?? NaN) - before.store) * 100) / 100,
+    // Machine-wide (other work's connections count too): SYNs or ACKs dropped for a full accept queue, SYNs sent again.
+    listen_overflows: tcp.listenOverflows - before.tcp.listenOverflows, syn_retransmits: tcp.synRetrans - before.tcp.synRetrans,
+    load_average: loadavg().map((x) => Math.round(x * 100) / 100),
+  };
   await new Promise((r) => setTimeout(r, 2000)); // let the reports after the first answers drain
   rss.long_polls = procStatus(coordinator.pid).rssMb;
   log(`first desired states: all in ${first.first_desired_s} s (p50 ${first.first_desired_ms.p50} ms), all long-polls held at `
@@ -283,52 +276,56 @@ try {
   };
   log(`status reports: ${status.reports_per_s}/s, p99 ${status.latency_ms.p99} ms, codes ${JSON.stringify(status.codes)}`);
 
-  // Renewal storm, with a probe's round trips and one PUT while it is signed.
-  await settled();
-  broadcast({ type: 'storm-prepare' });
-  await gather('storm-ready');
-  await settled();
-  const stormProbe: number[] = [];
-  let storming = true;
-  const prober = (async () => {
-    while (storming) {
-      stormProbe.push(await probeOnce());
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  })();
-  prober.catch(() => undefined); // awaited below
-  const tStorm = wallMs();
-  broadcast({ type: 'storm' });
-  await new Promise((r) => setTimeout(r, 20));
-  const midCluster = clusterNames[0]!;
-  const tPut = wallMs();
-  const midGen = (await api('PUT', `/v1/clusters/${midCluster}`, spec(midCluster, 0, NODES, PROFILE, CHANGES + 1))).generation as number;
-  const midPutMs = wallMs() - tPut;
-  const midMembers = byCluster.get(midCluster)!;
-  const storm = await gather('storm-done');
-  const stormEnd = Math.max(...storm.map((s) => s.end));
-  await until('fan-out during the storm', () => midMembers.every((i) => gen[i]! >= midGen));
-  storming = false;
-  await prober;
-  rss.after_storm = procStatus(coordinator.pid).rssMb;
-  const stormS = (stormEnd - tStorm) / 1000;
-  const renewal = {
-    csrs: AGENTS,
-    slot: process.env.FLEET_STORM_SLOT ?? 'first slot of the node',
-    wall_s: Math.round(stormS * 100) / 100,
-    csr_per_s: Math.round(AGENTS / stormS),
-    csr_latency_ms: pct(storm.flatMap((s) => s.latencies)),
-    codes: codes(storm),
-    probe_round_trip_ms: pct(stormProbe.filter((x) => x >= 0)),
-    probes_throttled: stormProbe.filter((x) => Number.isNaN(x)).length,
-    probes_failed: stormProbe.filter((x) => x < 0).length,
-    probe_round_trip_idle_ms: pct(probeIdle.filter((x) => x >= 0)),
-    put_during_ms: Math.round(midPutMs),
-    fanout_during_ms: pct(midMembers.map((i) => genAt[i]! - tPut)),
-  };
-  log(`renewal storm: ${AGENTS} CSRs in ${renewal.wall_s} s (${renewal.csr_per_s}/s), CSR p99 ${renewal.csr_latency_ms.p99} ms; probe p99 `
-    + `${renewal.probe_round_trip_ms.p99} ms (idle ${renewal.probe_round_trip_idle_ms.p99}); PUT during ${renewal.put_during_ms} ms, fan-out max `
-    + `${renewal.fanout_during_ms.max} ms`);
+  // Renewal storm, with a probe's round trips and one PUT while it is signed (FLEET_STORM=0 skips it).
+  let renewal: Record<string, unknown> | null = null;
+  if (STORM) {
+    await settled();
+    broadcast({ type: 'storm-prepare' });
+    await gather('storm-ready');
+    await settled();
+    const stormProbe: number[] = [];
+    let storming = true;
+    const prober = (async () => {
+      while (storming) {
+        stormProbe.push(await probeOnce());
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+    prober.catch(() => undefined); // awaited below
+    const tStorm = wallMs();
+    broadcast({ type: 'storm' });
+    await new Promise((r) => setTimeout(r, 20));
+    const midCluster = clusterNames[0]!;
+    const tPut = wallMs();
+    const midGen = (await api('PUT', `/v1/clusters/${midCluster}`, spec(midCluster, 0, NODES, PROFILE, CHANGES + 1))).generation as number;
+    const midPutMs = wallMs() - tPut;
+    const midMembers = byCluster.get(midCluster)!;
+    const storm = await gather('storm-done');
+    const stormEnd = Math.max(...storm.map((s) => s.end));
+    await until('fan-out during the storm', () => midMembers.every((i) => gen[i]! >= midGen));
+    storming = false;
+    await prober;
+    rss.after_storm = procStatus(coordinator.pid).rssMb;
+    const stormS = (stormEnd - tStorm) / 1000;
+    const rs = {
+      csrs: AGENTS,
+      slot: process.env.FLEET_STORM_SLOT ?? 'first slot of the node',
+      wall_s: Math.round(stormS * 100) / 100,
+      csr_per_s: Math.round(AGENTS / stormS),
+      csr_latency_ms: pct(storm.flatMap((s) => s.latencies)),
+      codes: codes(storm),
+      probe_round_trip_ms: pct(stormProbe.filter((x) => x >= 0)),
+      probes_throttled: stormProbe.filter((x) => Number.isNaN(x)).length,
+      probes_failed: stormProbe.filter((x) => x < 0).length,
+      probe_round_trip_idle_ms: pct(probeIdle.filter((x) => x >= 0)),
+      put_during_ms: Math.round(midPutMs),
+      fanout_during_ms: pct(midMembers.map((i) => genAt[i]! - tPut)),
+    };
+    renewal = rs;
+    log(`renewal storm: ${AGENTS} CSRs in ${rs.wall_s} s (${rs.csr_per_s}/s), CSR p99 ${rs.csr_latency_ms.p99} ms; probe p99 `
+      + `${rs.probe_round_trip_ms.p99} ms (idle ${rs.probe_round_trip_idle_ms.p99}); PUT during ${rs.put_during_ms} ms, fan-out max `
+      + `${rs.fanout_during_ms.max} ms`);
+  }
 
   // Restart storm (FLEET_RESTART=0 skips it).
   await settled();
@@ -383,7 +380,7 @@ try {
     coordinator_rss_mb: { ...rss, hwm_first_process: hwmFirst, hwm_after_restart: hwmSecond },
     agent_process_rss_mb: workerRss,
     loop_answers: loopCodes,
-    admin_retries: adminRetries,
+    admin_retries: admin.retries,
     notes,
   };
   console.log(JSON.stringify(figures));
