@@ -41,6 +41,19 @@ export class StoreUnavailableError extends ApiError {
   readonly detail: string;
 }
 
+/**
+ * Every connection of the pool stayed in use for the pool's whole queue bound: 503, retry later.
+ * The store answers (it is busy, not away): no rescan, no failover, the connections are kept.
+ */
+export class StoreBusyError extends ApiError {
+  constructor(connections: number, waitedMs: number) {
+    super(503, 'E_STORE_BUSY', `the store is busy (all ${connections} of its connections in use for ${Math.round(waitedMs / 1000)} s): retry shortly`);
+  }
+}
+
+/** What pg-pool says when a checkout waited in its queue for connectionTimeoutMillis (a connect timing out says otherwise). */
+const POOL_QUEUE_TIMEOUT = 'timeout exceeded when trying to connect';
+
 // A host entry of a list: a name, an IPv4 address or a bracketed IPv6 one, and an optional port.
 const HOST_ENTRY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]+)(?::\d{1,5})?$/;
 
@@ -193,14 +206,18 @@ type StoreClient = pg.PoolClient & { storeEpoch: number; storeChecked?: boolean 
  * come out as StoreUnavailableError too (and start a rescan).
  */
 export class FailoverPool extends pg.Pool {
-  constructor(readonly hosts: StoreHosts, opts: { max: number }) {
+  /**
+   * `queueWaitMs` bounds a checkout's wait for a connection of a full pool (StoreBusyError after
+   * it); connecting is bounded apart, by each connection's own CONNECT_TIMEOUT_MS.
+   */
+  constructor(readonly hosts: StoreHosts, readonly opts: { max: number; queueWaitMs: number }) {
     const Client = class extends pg.Client {
       readonly storeEpoch = hosts.epoch;
       constructor() {
         super(hosts.clientConfig());
       }
     };
-    super({ max: opts.max, Client, connectionTimeoutMillis: CONNECT_TIMEOUT_MS });
+    super({ max: opts.max, Client, connectionTimeoutMillis: opts.queueWaitMs });
     const query = this.query.bind(this) as (...a: unknown[]) => unknown;
     this.query = ((...a: unknown[]) => {
       const epoch = hosts.epoch;
@@ -250,6 +267,8 @@ export class FailoverPool extends pg.Pool {
         c.release(true);
         failure = new StoreUnavailableError(`${this.hosts.host.name} does not accept writes (target_session_attrs=${this.hosts.targets.attrs})`);
       } catch (e) {
+        // Waited in the queue of a full pool: busy, not failed (a rescan would drop every connection).
+        if (e instanceof Error && e.message === POOL_QUEUE_TIMEOUT) throw new StoreBusyError(this.opts.max, this.opts.queueWaitMs);
         failure = e;
       }
       if (rescanned) {

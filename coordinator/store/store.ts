@@ -171,6 +171,18 @@ export const MIGRATIONS: Migration[] = [
 
 export type Queryable = Pick<pg.PoolClient, 'query'>;
 
+export interface PoolSettings {
+  max: number;
+  queueWaitMs: number;
+}
+
+/**
+ * Ten connections, and a query waits up to 30 s for one (then 503 E_STORE_BUSY). A busy pool is
+ * a queue, not a failure: at 10,000 agents a PUT waited behind their queries for longer than the
+ * 5 s that used to bound it, and that wait was taken for the store failing (issue 13).
+ */
+export const POOL: PoolSettings = { max: 10, queueWaitMs: 30_000 };
+
 export class Store {
   readonly events = new EventEmitter();
   /** Migrations this process applied when it opened the store. */
@@ -199,10 +211,13 @@ export class Store {
     });
   }
 
-  /** `connection`: a ClientConfig, or a connectionString that may list several hosts (see store-hosts.ts). */
-  static async open(connection: pg.ClientConfig, log: Logger): Promise<Store> {
+  /**
+   * `connection`: a ClientConfig, or a connectionString that may list several hosts (see
+   * store-hosts.ts). `pool`: its size and how long a query may wait for one of its connections.
+   */
+  static async open(connection: pg.ClientConfig, log: Logger, pool: Partial<PoolSettings> = {}): Promise<Store> {
     const hosts = new StoreHosts(parseStoreTargets(connection), log);
-    const store = new Store(new FailoverPool(hosts, { max: 10 }), hosts, log);
+    const store = new Store(new FailoverPool(hosts, { ...POOL, ...pool }), hosts, log);
     store.applied = await store.migrate();
     await store.listen();
     return store;

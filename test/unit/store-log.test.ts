@@ -12,7 +12,7 @@ test('an idle connection failure logs the message and SQLSTATE, never the client
   const lines: string[] = [];
   const log = pino({ level: 'error' }, new Writable({ write: (chunk, _enc, done) => (lines.push(String(chunk)), done()) }));
   const hosts = new StoreHosts(parseStoreTargets({ connectionString: 'postgresql://pgaccord:s3cr3t-pw@127.0.0.1:1/store' }), log);
-  const pool = new FailoverPool(hosts, { max: 1 });
+  const pool = new FailoverPool(hosts, { max: 1, queueWaitMs: 5000 });
   new Store(pool, hosts, log);
   const err = Object.assign(new Error('terminating connection due to administrator command'), {
     code: '57P01',
