@@ -6,7 +6,9 @@ import { NodeDesired } from '../../shared/contract/schema.ts';
 import type { Problem } from '../../shared/contract/problem.ts';
 import { crlInfo } from '../../shared/crypto/crl.ts';
 import { backoffDelay, type BackoffPolicy, type Random } from './backoff.ts';
-import type { ProbeReason } from '../probe/probes.ts';
+import { scrubSecrets, type ProbeReason } from '../probe/probes.ts';
+import type { ProbeResult } from '../../shared/contract/status.ts';
+import type { ClientConnection } from '../../shared/pgconf/types.ts';
 
 /** Retry delays after an apply that did not converge: 0.5-1 s, doubling up to 7.5-15 s. */
 export const APPLY_RETRY: BackoffPolicy = { baseMs: 1000, capMs: 15_000 };
@@ -70,6 +72,30 @@ export class PeerWatch {
     for (const a of current) if (!seen.has(a.node)) seen.set(a.node, a.generation);
     return r;
   }
+}
+
+/**
+ * A full pass's probes (pure): which edges to probe now, and what stands for the others. Probed:
+ * the edges to this node itself and to peers known to hold `generation`. Any other edge is left
+ * to its peer's wake (or the safety timer): probed now, against the peer's old configuration, it
+ * would prove nothing and be probed again. It keeps its last result of this generation
+ * (`carried`: a peer that is down keeps its real error), or stands as not probed yet.
+ */
+export function planProbes(
+  conns: ClientConnection[],
+  desired: { node: string; generation: number },
+  knownPeer: (to: string) => boolean,
+  carried: ProbeResult[],
+  at: string,
+): { probe: number[]; results: ProbeResult[] } {
+  const probe = conns.flatMap((c, i) => (c.to === desired.node || knownPeer(c.to) ? [i] : []));
+  const results = conns.map((c): ProbeResult => {
+    const conninfo = scrubSecrets(c.conninfo);
+    const last = carried.find((p) => p.to === c.to && p.role === c.role && p.conninfo === conninfo);
+    const error = `not probed yet: ${c.to} is not known to have applied generation ${desired.generation}`;
+    return last ?? { to: c.to, role: c.role, conninfo, ok: false, tlsVersion: null, cipher: null, error, at, peerGeneration: 0 };
+  });
+  return { probe, results };
 }
 
 export type Judgement = { ok: true; desired: NodeDesired } | { ok: false; error: Problem };

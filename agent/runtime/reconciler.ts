@@ -17,7 +17,7 @@ import { expiriesOf, renewalsOf, type FileReportT, type LoopDeps } from './loop-
 import type { ApplyResult, NodeContext } from '../apply/types.ts';
 
 type ClientConnections = ApplyResult['clientConnections'];
-import { APPLY_RETRY, errMessage, isSteady, PeerWatch, PROBE_RETRY, probeReason, retryApplySoon, summaryLine, survivesUntil } from './judge.ts';
+import { APPLY_RETRY, errMessage, isSteady, PeerWatch, planProbes, PROBE_RETRY, probeReason, retryApplySoon, summaryLine, survivesUntil } from './judge.ts';
 
 /** What the reconciler needs of the loop: its contact with the coordinator. */
 export interface LoopView {
@@ -46,8 +46,9 @@ export class Reconciler {
   lastStatus: AgentStatus | null = null;
   /** When the pass in flight began (the watchdog's view), or null. */
   passStartedAt: number | null = null;
-  /** What the last pass had, for a probe-only pass (peer wake) to report with. */
+  /** What the last pass had, for a probe-only pass (peer wake) to report with, and its desired generation. */
   private lastProbes: ProbeResult[] = [];
+  private probesOf = 0;
   private lastCertErrors: Problem[] = [];
   private lastInstalled: EnsureResult['installed'] = [];
   /** The phases of the pass that applied the current generation (report: filled in once its post returned). */
@@ -91,6 +92,7 @@ export class Reconciler {
   }
 
   private reprobeTimer: NodeJS.Timeout | undefined;
+  private retryReason: string | null = null;
   /** Consecutive applies that did not converge (the local server absent, a rule refused...). */
   private applyFailures = 0;
 
@@ -107,8 +109,6 @@ export class Reconciler {
     this.reprobeTimer.unref();
     this.retryReason = reason;
   }
-
-  private retryReason: string | null = null;
 
   /** Every probe passes now: the safety timer armed by a failed probe has nothing left to do. */
   private cancelProbeRetry(): void {
@@ -326,12 +326,16 @@ export class Reconciler {
         });
       }
       const tProbe = performance.now();
-      probes = await this.probeStamped(result.clientConnections, desired, probeReason(reason));
-      this.probePasses[probeReason(reason)] += 1;
-      for (const p of probes.filter((p) => !p.ok)) log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
-      // A peer may simply not have caught up yet. Its agent's report wakes this one (peer wake:
-      // the edges to it are probed again then); the timer is the safety net (a wake lost with a
-      // coordinator restart, a coordinator that does not send them).
+      const conns = result.clientConnections;
+      const known = (to: string) => this.peers.generationOf(desired.generation, to) > 0;
+      const plan = planProbes(conns, desired, known, this.probesOf === desired.generation ? this.lastProbes : [], new Date(this.deps.now()).toISOString());
+      probes = plan.results;
+      const fresh = plan.probe.length > 0 ? await this.probeStamped(plan.probe.map((i) => conns[i]!), desired, probeReason(reason)) : [];
+      plan.probe.forEach((i, k) => (probes[i] = fresh[k]!));
+      if (fresh.length > 0) this.probePasses[probeReason(reason)] += 1;
+      for (const p of fresh.filter((p) => !p.ok)) log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
+      // An edge not proved (failing, or its peer not known to have applied): the peer's report
+      // wakes this agent, the timer is the safety net (a wake lost: a restart, several coordinators).
       if (probes.some((p) => !p.ok)) this.scheduleRetry(this.deps.reprobeMs ?? 2000, PROBE_RETRY);
       else this.cancelProbeRetry();
       if (newlyApplied) {
@@ -341,6 +345,7 @@ export class Reconciler {
       this.lastCertErrors = certErrors;
       this.lastInstalled = installed;
       this.lastProbes = probes;
+      this.probesOf = desired.generation;
     }
     await this.publish(desired, probes, certErrors, installed);
   }

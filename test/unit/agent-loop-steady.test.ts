@@ -63,7 +63,9 @@ done
   let loop: ReconcileLoop;
   let n = 0;
   const client: CoordinatorApi = {
-    async desired() {
+    async desired(after, _signal, _wait, peers) {
+      // node-2 holds every generation node-1 asks about: a coordinator answers a wake at once (no script step).
+      if (peers === 0) return { kind: 'peers', body: { wake: 'peers-applied', applied: [{ node: 'node-2', generation: after }] } };
       const a = await script(++n);
       if (a === null) {
         loop.stop();
@@ -114,21 +116,30 @@ done
 }
 
 test('steady: unchanged cycles report the last proof without applying, probing or asking the server; proofEveryMs later it proves again; the resync proves nothing', async () => {
+  // Steady from the first unchanged cycle on: the apply left node-2's edge to node-2's wake, and
+  // until the wake's probe passed the 5 ms resync may have proved again (not steady yet).
+  let steadyAt = { applies: 0, proved: 0, apply: 0, reports: 0 };
   const h = await harness(async (n) => {
     if (n === 1) return { kind: 'newer', body: g1 };
-    if (n === 3) await sleep(60); // the 5 ms resync timer fires several times meanwhile
+    if (n === 3) {
+      steadyAt = { applies: h.state.applies, proved: h.loop.cycles.proved, apply: h.loop.probePasses.apply, reports: h.reported.length };
+      await sleep(60); // the 5 ms resync timer fires several times meanwhile
+    }
     if (n === 6) h.state.clock += PROOF_EVERY_MS;
     return n <= 6 ? { kind: 'unchanged' } : null;
   }, { resyncMs: 5 });
   assert.equal(await h.loop.run(), 'stopped');
-  assert.equal(h.state.applies, 2, 'the generation, then the proof due after proofEveryMs');
-  assert.equal(h.loop.probePasses.apply, 2);
-  assert.deepEqual(h.loop.cycles, { proved: 2, heartbeat: 4 });
-  // (The resync may report once before the first desired state arrives: 'unknown', generation 0.)
-  const proofs = h.reported.filter((s) => s.generation === 1);
+  assert.equal(h.state.applies - steadyAt.applies, 1, 'while steady, only the proof due after proofEveryMs');
+  assert.equal(h.loop.cycles.proved - steadyAt.proved, 1);
+  assert.equal(h.loop.probePasses.apply - steadyAt.apply, 1, 'the due proof probes node-2 (seen at the generation)');
+  assert.equal(h.loop.probePasses['peer-applied'], 1, 'the wake probed node-2');
+  assert.equal(h.loop.cycles.heartbeat, 4);
   assert.equal(h.state.versions, h.reported.length - h.loop.cycles.heartbeat, 'server_version asked by no heartbeat');
-  // A report per cycle (the heartbeat), each the last proof.
-  assert.equal(proofs.length, 6);
+  // (The resync may report once before the first desired state arrives: 'unknown', generation 0.)
+  assert.deepEqual(h.reported.find((s) => s.generation === 1)!.probes.map((p) => [p.to, p.ok]), [['node-2', false]], 'the apply\'s report: not probed yet');
+  // A report per cycle while steady (the heartbeat), each the last proof, then the due proof.
+  const proofs = h.reported.slice(steadyAt.reports);
+  assert.equal(proofs.length, 4);
   for (const s of proofs) {
     assert.equal(s.phase, 'converged');
     assert.deepEqual(s.probes.map((p) => [p.to, p.ok]), [['node-2', true]]);

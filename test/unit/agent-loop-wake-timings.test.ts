@@ -5,7 +5,7 @@
 // generation, adding up to its total, with the report's own post in the next report.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -53,6 +53,7 @@ async function harness(script: (call: { after: number; peers: number | undefined
   await writeFile(psql, String.raw`#!/bin/sh
 host() { echo "$1" | sed 's/.*host=\([^ ]*\).*/\1/'; }
 h=$(host "$1"); shift
+echo "$h" >> DIR/probed
 [ -e "DIR/up-$h" ] || { echo "psql: error: $h not ready" >&2; exit 2; }
 up=1
 while [ $# -gt 0 ]; do
@@ -61,7 +62,7 @@ while [ $# -gt 0 ]; do
     case "$c" in
       '\echo '*) printf '%s\n' "$c" | cut -c7-;;
       '\warn '*) printf '%s\n' "$c" | cut -c7- >&2;;
-      '\connect '*) h=$(host "$c"); if [ -e "DIR/up-$h" ]; then up=1; else up=0; echo "$h not ready" >&2; fi;;
+      '\connect '*) h=$(host "$c"); echo "$h" >> DIR/probed; if [ -e "DIR/up-$h" ]; then up=1; else up=0; echo "$h not ready" >&2; fi;;
       'SELECT 1') [ $up = 1 ] && echo 1;;
     esac
   else shift; fi
@@ -112,7 +113,9 @@ done
     postgresVersion: async () => '15.18',
   });
   const up = (node: string) => writeFile(join(dir, `up-${node}`), '');
-  return { loop, reported, calls, up, applies: () => applies, dir };
+  // The edges the stand-in psql was asked to connect, in order.
+  const probed = async () => (existsSync(join(dir, 'probed')) ? (await readFile(join(dir, 'probed'), 'utf8')).split('\n').filter(Boolean) : []);
+  return { loop, reported, calls, up, applies: () => applies, dir, probed };
 }
 
 test('peer wake: the failing edges to the peers a 202 names are probed again at once, nothing re-applied, and the wakes stop once every probe passes', async () => {
@@ -133,11 +136,12 @@ test('peer wake: the failing edges to the peers a 202 names are probed again at 
   // 1st poll: no wakes asked (nothing applied); 2nd: none seen yet; 3rd: node-2 seen; 4th: every probe passes, none asked.
   assert.deepEqual(h.calls.map((c) => c.peers), [undefined, 0, 1, undefined]);
   assert.equal(h.applies(), 1, 'a wake applies nothing');
-  assert.deepEqual(h.loop.probePasses, { apply: 1, retry: 0, 'peer-applied': 2 });
+  // The apply probed nothing: no peer was known to hold generation 1 yet.
+  assert.deepEqual(h.loop.probePasses, { apply: 0, retry: 0, 'peer-applied': 2 });
   const last = h.reported.at(-1)!;
   assert.deepEqual(last.probes.map((p) => [p.to, p.ok, p.reason]), [['node-2', true, 'peer-applied'], ['node-3', true, 'peer-applied']]);
   const first = h.reported[0]!;
-  assert.deepEqual(first.probes.map((p) => [p.to, p.ok, p.reason]), [['node-2', false, 'apply'], ['node-3', false, 'apply']]);
+  assert.deepEqual(first.probes.map((p) => [p.to, p.ok, p.reason]), [['node-2', false, undefined], ['node-3', false, undefined]]);
   // The wake for node-2 probed node-2 only: node-3 still failed in that report.
   assert.deepEqual(h.reported[1]!.probes.map((p) => [p.to, p.ok]), [['node-2', true], ['node-3', false]]);
 });
@@ -254,9 +258,9 @@ test('--probe-retry: the safety timer, 2 s by default; a value that is not a num
   for (const bad of ['0', 'soon', '-1', '99999']) assert.throws(() => resolveConfig({ 'probe-retry': bad }, base), /--probe-retry/);
 });
 
-test('peer wake: a passing edge probed before its peer applied is probed again once the peer is seen, and says against which generation', async () => {
-  // One edge (the stand-in psql answers single-edge runs only), to node-2, which answers from the
-  // start (still on its old configuration): the apply's probe passes before node-2 applied.
+test('peer wake: an edge whose peer is not seen at the generation is not probed by the apply, but once the peer is seen, and says against which generation', async () => {
+  // One edge, to node-2, which answers from the start (still on its old configuration): a probe
+  // by the apply would pass before node-2 applied and prove nothing.
   const h = await harness(async ({ n }) => {
     if (n === 1) {
       await h.up('node-2');
@@ -268,11 +272,12 @@ test('peer wake: a passing edge probed before its peer applied is probed again o
   assert.equal(await h.loop.run(), 'stopped');
   // Wakes are asked while an edge's peer is not seen at the generation, passing or not.
   assert.deepEqual(h.calls.map((c) => c.peers), [undefined, 0, undefined]);
-  assert.deepEqual(h.loop.probePasses, { apply: 1, retry: 0, 'peer-applied': 1 });
+  assert.deepEqual(h.loop.probePasses, { apply: 0, retry: 0, 'peer-applied': 1 });
   assert.deepEqual(h.reported.map((s) => s.probes.map((p) => [p.to, p.ok, p.reason, p.peerGeneration])), [
-    [['node-2', true, 'apply', 0]],
+    [['node-2', false, undefined, 0]],
     [['node-2', true, 'peer-applied', 1]],
-  ], 'probed before node-2 was seen, then again against its generation 1');
+  ], 'not probed before node-2 was seen, then probed against its generation 1');
+  assert.deepEqual(await h.probed(), ['node-2'], 'one probe');
 });
 
 test('peer wake: the peers to probe again are the fresh ones whose edges were probed before they were seen', () => {
@@ -300,4 +305,30 @@ test('an edge to the node itself (Patroni members probe every member) is proved 
   assert.equal(await h.loop.run(), 'stopped');
   assert.deepEqual(h.calls.map((c) => c.peers), [undefined, undefined], 'no peer wake waited for: the node is its own peer');
   assert.deepEqual(h.reported.map((s) => s.probes.map((p) => [p.to, p.ok, p.peerGeneration])), [[['node-1', true, 1]]]);
+});
+
+test('an apply probes no edge whose peer is not known to hold its generation: each edge is probed once, as its peer\'s wake arrives, wakes close together in one pass', async () => {
+  // Every peer answers from the start (on its old configuration): a probe now would pass and prove nothing.
+  const h = await harness(async ({ n }) => {
+    if (n === 1) {
+      for (const p of ['node-2', 'node-3', 'node-4']) await h.up(p);
+      return { kind: 'newer', body: g1 };
+    }
+    if (n === 2) return { kind: 'peers', body: { wake: 'peers-applied', applied: [{ node: 'node-2', generation: 1 }] } };
+    // node-3 and node-4 applied while node-2's edge was probed: one pass probes both.
+    if (n === 3) return { kind: 'peers', body: { wake: 'peers-applied', applied: ['node-2', 'node-3', 'node-4'].map((node) => ({ node, generation: 1 })) } };
+    return null;
+  }, { edges: ['node-2', 'node-3', 'node-4'] });
+  assert.equal(await h.loop.run(), 'stopped');
+  assert.deepEqual((await h.probed()).sort(), ['node-2', 'node-3', 'node-4'], 'each edge probed once, none before its peer applied');
+  assert.deepEqual(h.calls.map((c) => c.peers), [undefined, 0, 1, undefined]);
+  assert.deepEqual(h.loop.probePasses, { apply: 0, retry: 0, 'peer-applied': 2 });
+  // The apply's report: no edge proved yet, each standing as not probed (failing, pending its peer).
+  const first = h.reported[0]!;
+  assert.deepEqual(first.probes.map((p) => [p.to, p.ok, p.peerGeneration]), [['node-2', false, 0], ['node-3', false, 0], ['node-4', false, 0]]);
+  assert.match(first.probes[0]!.error ?? '', /not probed yet/);
+  assert.equal(first.timings?.generation, 1, 'the apply is reported at once, before any peer is probed');
+  assert.deepEqual(h.reported.at(-1)!.probes.map((p) => [p.to, p.ok, p.reason, p.peerGeneration]), [
+    ['node-2', true, 'peer-applied', 1], ['node-3', true, 'peer-applied', 1], ['node-4', true, 'peer-applied', 1],
+  ]);
 });
