@@ -51,10 +51,13 @@ const r1 = (x: number) => Math.round(x * 10) / 10;
 
 // Edges the agents probed (their debug line per probe run, agent/runtime/reconciler.ts probeStamped).
 let probed = 0;
+const probedFor: Record<string, number> = {};
 const countProbes = (source: string, line: string) => {
   if (!source.startsWith('agent-') || !line.includes('"probed edges"')) return;
   try {
-    probed += Number((JSON.parse(line) as { edges?: number }).edges ?? 0);
+    const l = JSON.parse(line) as { edges?: number; reason?: string };
+    probed += Number(l.edges ?? 0);
+    probedFor[l.reason ?? 'unknown'] = (probedFor[l.reason ?? 'unknown'] ?? 0) + Number(l.edges ?? 0);
   } catch {
     // not a log line of ours
   }
@@ -188,6 +191,8 @@ try {
     per_kind: perKind,
     probe_reasons: reasons,
     probes_per_change: { p50: quantile(probesPerChange, 0.5), max: Math.max(...probesPerChange), total: probesPerChange.reduce((a, b) => a + b, 0) },
+    // Every edge probed, first convergence included, by what ran the probe.
+    probed_by_reason: probedFor,
     rotation: (() => {
       const { windows, unattributed } = rotationWindows(windowProbes, rotations);
       const ms = windows.map((w) => w.windowMs ?? 0);
