@@ -6,6 +6,7 @@ import { encodeJoinToken, parseCoordinatorUrls, parseJoinToken } from '../../sha
 import { publicKeyId, type SubjectPublicKey } from '../../shared/crypto/csr.ts';
 import { badRequest, conflict, gone, unauthorized } from '../errors.ts';
 import type { Queryable } from '../store/store.ts';
+import { Coalescer, type BatchOutcome } from './coalesce.ts';
 import { hasNode, lockCluster, nodeGone, type AgentPrincipal, type ServiceContext } from './context.ts';
 
 export const DEFAULT_TOKEN_TTL_S = 3600;
@@ -31,6 +32,17 @@ const sha256 = (s: string) => createHash('sha256').update(s).digest();
 const VALID_IDENTITY_SQL = `SELECT a.identity_serial = $3 AS current, a.previous_serial AS previous
   FROM agents a JOIN certificates c ON c.serial = $3 AND c.cluster = a.cluster AND c.node = a.node AND c.slot = 'identity'
   WHERE a.cluster = $1 AND a.node = $2 AND (a.identity_serial = $3 OR a.previous_serial = $3) AND c.revoked_at IS NULL`;
+/** The same check for many (cluster, node, serial) at once ($1, $2, $3 arrays): the valid ones, by their index in them. */
+const VALID_IDENTITIES_SQL = `SELECT k.i, a.identity_serial = k.serial AS current, a.previous_serial AS previous
+  FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(cluster, node, serial, i)
+  JOIN agents a ON a.cluster = k.cluster AND a.node = k.node AND (a.identity_serial = k.serial OR a.previous_serial = k.serial)
+  JOIN certificates c ON c.serial = k.serial AND c.cluster = a.cluster AND c.node = a.node AND c.slot = 'identity' AND c.revoked_at IS NULL`;
+/** last_contact of many nodes at once ($1, $2, $3 arrays), only those whose cluster exists (node_status references it). */
+const CONTACTS_SQL = `INSERT INTO node_status (cluster, node, last_contact)
+  SELECT k.cluster, k.node, k.at FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(cluster, node, at) JOIN clusters ON clusters.name = k.cluster
+  ORDER BY k.cluster, k.node
+  ON CONFLICT (cluster, node) DO UPDATE SET last_contact = EXCLUDED.last_contact
+  RETURNING cluster, node`;
 const IDENTITY_INVALID = 'this agent identity is not (or no longer) valid: enroll again with a new join token';
 
 /**
@@ -45,11 +57,28 @@ export async function assertIdentityValid(c: Queryable, agent: AgentPrincipal, f
   return valid;
 }
 
+type IdentityKey = { cluster: string; node: string; serial: string };
+type ContactKey = { cluster: string; node: string; at: Date };
+
 export class Identities {
   readonly #ctx: ServiceContext;
+  /**
+   * Agent requests arriving together share one identity read and one last_contact write: in a
+   * renewal storm each CSR's two queries queued in the store pool, ~2,000 for 1,000 agents, and
+   * every long-poll's own queries waited behind them (issue 13).
+   */
+  readonly #identities: Coalescer<IdentityKey, { current: boolean; previous: string | null } | null>;
+  readonly #contacts: Coalescer<ContactKey, void>;
 
   constructor(ctx: ServiceContext) {
     this.#ctx = ctx;
+    this.#identities = new Coalescer(async (keys) => {
+      const rows = await ctx.store.query<{ i: string; current: boolean; previous: string | null }>(
+        VALID_IDENTITIES_SQL, [keys.map((k) => k.cluster), keys.map((k) => k.node), keys.map((k) => k.serial)]);
+      const valid = new Map(rows.map((r) => [Number(r.i) - 1, { current: r.current, previous: r.previous }]));
+      return keys.map((_, i) => ({ ok: true, value: valid.get(i) ?? null }));
+    });
+    this.#contacts = new Coalescer((keys) => this.#writeContacts(keys));
   }
 
   async createToken(cluster: string, node: string, ttlSeconds = DEFAULT_TOKEN_TTL_S): Promise<{ token: string; expiresAt: string }> {
@@ -213,8 +242,8 @@ export class Identities {
    */
   async authenticate(identity: { cluster: string; node: string }, serial: string): Promise<AgentPrincipal> {
     const ctx = this.#ctx;
-    const rows = await ctx.store.query<{ current: boolean; previous: string | null }>(VALID_IDENTITY_SQL, [identity.cluster, identity.node, serial]);
-    if (rows.length === 0) {
+    const valid = await this.#identities.call({ cluster: identity.cluster, node: identity.node, serial });
+    if (!valid) {
       // Removing a node revokes its identity; its agent must still learn that the node is gone
       // (410, it stops) rather than retry forever with an identity it cannot renew.
       const row = await ctx.cluster(identity.cluster);
@@ -228,12 +257,12 @@ export class Identities {
       throw unauthorized(IDENTITY_INVALID);
     }
     // The new identity has been used, so the agent has it: the one before it stops working.
-    if (rows[0]!.current && rows[0]!.previous !== null) {
+    if (valid.current && valid.previous !== null) {
       const r = await ctx.store.query<{ node: string }>(
         `UPDATE agents SET previous_serial = NULL WHERE cluster = $1 AND node = $2 AND identity_serial = $3 AND previous_serial IS NOT NULL RETURNING node`,
         [identity.cluster, identity.node, serial],
       );
-      const retired = rows[0]!.previous;
+      const retired = valid.previous;
       if (r.length > 0) {
         ctx.log.info({ cluster: identity.cluster, node: identity.node, serial, retired }, 'agent used its new identity: the previous one no longer authenticates');
       }
@@ -242,10 +271,28 @@ export class Identities {
   }
 
   /** An authenticated agent request that is going to be served (not one refused by the rate limit): the node is in contact. */
-  async recordContact(agent: AgentPrincipal): Promise<void> {
-    await this.#ctx.store.query(
-      `INSERT INTO node_status (cluster, node, last_contact) VALUES ($1, $2, $3) ON CONFLICT (cluster, node) DO UPDATE SET last_contact = EXCLUDED.last_contact`,
-      [agent.cluster, agent.node, this.#ctx.now()],
-    );
+  recordContact(agent: AgentPrincipal): Promise<void> {
+    return this.#contacts.call({ cluster: agent.cluster, node: agent.node, at: this.#ctx.now() });
+  }
+
+  /**
+   * One write for a batch of contacts: a node once, at its latest instant, the rows in a fixed
+   * order (two coordinators' batches never wait for each other's rows). A node whose cluster is
+   * gone fails alone.
+   */
+  async #writeContacts(keys: ContactKey[]): Promise<BatchOutcome<void>> {
+    const latest = new Map<string, ContactKey>();
+    for (const k of keys) {
+      const id = JSON.stringify([k.cluster, k.node]);
+      const seen = latest.get(id);
+      if (!seen || k.at > seen.at) latest.set(id, k);
+    }
+    const rows = [...latest.values()];
+    const written = new Set((await this.#ctx.store.query<{ cluster: string; node: string }>(
+      CONTACTS_SQL, [rows.map((k) => k.cluster), rows.map((k) => k.node), rows.map((k) => k.at)],
+    )).map((r) => JSON.stringify([r.cluster, r.node])));
+    return keys.map((k) => (written.has(JSON.stringify([k.cluster, k.node]))
+      ? { ok: true, value: undefined }
+      : { ok: false, error: nodeGone(k.cluster, k.node) }));
   }
 }
