@@ -57,7 +57,9 @@ export async function startCoordinatorProcess(dataDir: string, port: number, fla
   const startedAt = wallMs();
   // FLEET_CPU_PROF=DIR: a V8 CPU profile of each coordinator process, written when it exits.
   const prof = process.env.FLEET_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.FLEET_CPU_PROF] : [];
-  const args = [...prof, PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--log-level', LOG_LEVEL, ...flags];
+  // FLEET_NODE_FLAGS: node/V8 flags for the coordinator process (e.g. heap limits), space-separated.
+  const nodeFlags = (process.env.FLEET_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+  const args = [...nodeFlags, ...prof, PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--log-level', LOG_LEVEL, ...flags];
   const child = spawnRaised(args, ['ignore', fd, fd]);
   closeSync(fd);
   const exited = once(child, 'exit');
