@@ -89,8 +89,14 @@ export const PROBE_CONCURRENCY = 2;
 /** Marks where an edge's output begins, on stdout (\echo) and on stderr (\warn), and where the run ended. */
 const MARK = '@@pgaccord-probe ';
 
-/** A psql meta-command argument: single-quoted, quotes doubled, backslashes escaped. */
-const metaQuote = (s: string): string => `'${s.replace(/\\/g, '\\\\').replace(/'/g, "''")}'`;
+/**
+ * A connection string as the argument of psql's \connect, exactly. psql reads that argument as an
+ * identifier and takes its double quotes away, even inside single quotes: a role named `"` made
+ * `user=" sslmode=…` into `user= sslmode=…`, the next keyword read as the user name. Double-quoted,
+ * a doubled quote is one quote and nothing else is special (no backslash escapes, variables or
+ * backticks).
+ */
+const connectArg = (conninfo: string): string => `"${conninfo.replace(/"/g, '""')}"`;
 
 /**
  * The psql arguments that probe `conns` in order in one run: the first is psql's own connection,
@@ -102,7 +108,7 @@ export function batchArgs(conns: ClientConnection[]): string[] {
   const args = [conns[0]!.conninfo, '-X', '-q', '-w', '-A', '-t'];
   conns.forEach((c, i) => {
     args.push('-c', `\\echo ${MARK}${i}`, '-c', `\\warn ${MARK}${i}`);
-    if (i > 0) args.push('-c', `\\connect ${metaQuote(c.conninfo)}`);
+    if (i > 0) args.push('-c', `\\connect ${connectArg(c.conninfo)}`);
     args.push('-c', '\\conninfo', '-c', c.replication ? 'IDENTIFY_SYSTEM' : 'SELECT 1');
   });
   args.push('-c', `\\echo ${MARK}end`, '-c', `\\warn ${MARK}end`);
