@@ -170,8 +170,8 @@ export class Reconciler {
   }
 
   /**
-   * Probe the edges to `peers` again, nothing applied (a peer wake, or the safety timer after a
-   * failed probe); report with the other probes as they were.
+   * Probe the edges to `peers` again, nothing applied (a peer wake, or the safety timer); report
+   * with the other probes and the server version as they were (no session: a restart brings a full pass).
    */
   private async reprobeOnce(peers: Set<string>, reason: ProbeReason): Promise<void> {
     const desired = this.lastGood;
@@ -191,7 +191,7 @@ export class Reconciler {
     if (probes.every((p) => p.ok)) this.cancelProbeRetry();
     else this.scheduleRetry(this.deps.reprobeMs ?? 2000, PROBE_RETRY);
     this.lastProbes = probes;
-    await this.publish(desired, probes, this.lastCertErrors, this.lastInstalled);
+    await this.publish(desired, probes, this.lastCertErrors, this.lastInstalled, this.lastStatus?.versions.postgres);
   }
 
   /**

@@ -72,6 +72,7 @@ done
   const reported: AgentStatus[] = [];
   const calls: { after: number; peers: number | undefined }[] = [];
   let applies = 0;
+  let versions = 0;
   let loop: ReconcileLoop;
   const client: CoordinatorApi = {
     async desired(after, _signal, _wait, peers) {
@@ -110,12 +111,15 @@ done
     ctx, cluster: 'mesh', node: 'node-1', client, apply, certs, probe: { osUser: me, psql },
     // The safety timer is out of the picture: only a wake can bring a re-probe in this test.
     reprobeMs: opts.reprobeMs ?? 600_000, now: Date.now, random: seededRandom(3), minCycleMs: 1, resyncMs: 600_000, log,
-    postgresVersion: async () => '15.18',
+    postgresVersion: async () => {
+      versions += 1;
+      return '15.18';
+    },
   });
   const up = (node: string) => writeFile(join(dir, `up-${node}`), '');
   // The edges the stand-in psql was asked to connect, in order.
   const probed = async () => (existsSync(join(dir, 'probed')) ? (await readFile(join(dir, 'probed'), 'utf8')).split('\n').filter(Boolean) : []);
-  return { loop, reported, calls, up, applies: () => applies, dir, probed };
+  return { loop, reported, calls, up, applies: () => applies, versions: () => versions, dir, probed };
 }
 
 test('peer wake: the failing edges to the peers a 202 names are probed again at once, nothing re-applied, and the wakes stop once every probe passes', async () => {
@@ -328,6 +332,10 @@ test('an apply probes no edge whose peer is not known to hold its generation: ea
   assert.deepEqual(first.probes.map((p) => [p.to, p.ok, p.peerGeneration]), [['node-2', false, 0], ['node-3', false, 0], ['node-4', false, 0]]);
   assert.match(first.probes[0]!.error ?? '', /not probed yet/);
   assert.equal(first.timings?.generation, 1, 'the apply is reported at once, before any peer is probed');
+  // A probe-only pass reports the server version its apply read (a restart brings a full pass): no session for it.
+  assert.equal(h.reported.length, 3);
+  assert.equal(h.versions(), 1, 'server_version asked by the apply\'s report only');
+  assert.ok(h.reported.every((s) => s.versions.postgres === '15.18'));
   assert.deepEqual(h.reported.at(-1)!.probes.map((p) => [p.to, p.ok, p.reason, p.peerGeneration]), [
     ['node-2', true, 'peer-applied', 1], ['node-3', true, 'peer-applied', 1], ['node-4', true, 'peer-applied', 1],
   ]);
