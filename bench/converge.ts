@@ -218,5 +218,7 @@ try {
   await dispatcher.close();
   console.log(JSON.stringify(figures));
 } finally {
-  await cluster.close();
+  // BENCH_KEEP=1: the working directory stays (every process's log, the agents' at debug level).
+  await cluster.close({ keep: process.env.BENCH_KEEP === '1' });
+  if (process.env.BENCH_KEEP === '1') console.error(`kept ${cluster.dir}`);
 }

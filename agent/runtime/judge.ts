@@ -98,6 +98,18 @@ export function planProbes(
   return { probe, results };
 }
 
+/** Safety-timer periods an edge not probed yet waits for its peer's wake before the timer probes it anyway. */
+export const WAKE_WAIT_PERIODS = 5;
+
+/**
+ * The peers the safety timer probes again (pure): those of failed probes, and of edges not probed
+ * yet (planProbes' stand-ins, which have no reason) once they waited `waitMs` for the peer's
+ * wake: sooner, against a peer that has not applied, the probe would prove nothing.
+ */
+export function retryPeers(probes: ProbeResult[], now: number, waitMs: number): Set<string> {
+  return new Set(probes.filter((p) => !p.ok && (p.reason !== undefined || now - Date.parse(p.at) >= waitMs)).map((p) => p.to));
+}
+
 export type Judgement = { ok: true; desired: NodeDesired } | { ok: false; error: Problem };
 
 /**

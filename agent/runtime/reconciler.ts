@@ -17,7 +17,7 @@ import { expiriesOf, renewalsOf, type FileReportT, type LoopDeps } from './loop-
 import type { ApplyResult, NodeContext } from '../apply/types.ts';
 
 type ClientConnections = ApplyResult['clientConnections'];
-import { APPLY_RETRY, errMessage, isSteady, PeerWatch, planProbes, PROBE_RETRY, probeReason, retryApplySoon, summaryLine, survivesUntil } from './judge.ts';
+import { APPLY_RETRY, errMessage, isSteady, PeerWatch, planProbes, PROBE_RETRY, probeReason, retryApplySoon, retryPeers, summaryLine, survivesUntil, WAKE_WAIT_PERIODS } from './judge.ts';
 
 /** What the reconciler needs of the loop: its contact with the coordinator. */
 export interface LoopView {
@@ -101,9 +101,8 @@ export class Reconciler {
     if (this.reprobeTimer || this.signal.aborted) return;
     this.reprobeTimer = setTimeout(() => {
       this.reprobeTimer = undefined;
-      // A failed probe: probe the failing edges again (the state was applied and proved; the
-      // next long-poll cycle reconciles it anyway). A failed apply: reconcile.
-      if (reason === PROBE_RETRY) void this.reprobe(this.failingPeers(), 'retry');
+      // A failed probe: probe the edges due again (nothing re-applied). A failed apply: reconcile.
+      if (reason === PROBE_RETRY) void this.reprobe(retryPeers(this.lastProbes, this.deps.now(), WAKE_WAIT_PERIODS * (this.deps.reprobeMs ?? 2000)), 'retry');
       else void this.kick(reason);
     }, delayMs);
     this.reprobeTimer.unref();
@@ -116,11 +115,6 @@ export class Reconciler {
       clearTimeout(this.reprobeTimer);
       this.reprobeTimer = undefined;
     }
-  }
-
-  /** The peers an edge of this node failed to reach at its last probe. */
-  private failingPeers(): Set<string> {
-    return new Set(this.lastProbes.filter((p) => !p.ok).map((p) => p.to));
   }
 
   /** The peers an edge of this node was last probed to before they were known to have applied `generation` (passing or not). */
@@ -181,6 +175,8 @@ export class Reconciler {
       return;
     }
     const idx = conns.map((c, i) => (peers.has(c.to) ? i : -1)).filter((i) => i >= 0);
+    // The timer with nothing due yet (edges waiting for their peer's wake): it keeps ticking.
+    if (idx.length === 0 && reason === 'retry' && this.lastProbes.some((p) => !p.ok)) this.scheduleRetry(this.deps.reprobeMs ?? 2000, PROBE_RETRY);
     if (idx.length === 0) return;
     this.deps.log.debug({ peers: [...peers], generation: desired.generation, reason }, 'probing edges again without applying');
     this.probePasses[reason] += 1;

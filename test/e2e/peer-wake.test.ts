@@ -55,9 +55,9 @@ test('peer wake: a peer that applies the generation wakes the node whose probe t
   console.log(`# peer-wake e2e: ${JSON.stringify({ generation, peerAppliedAndProbed: new Date(peerApplied).toISOString(), reprobeAt: p.at, latencyMs: Date.parse(p.at) - peerApplied, peerTimings: n2!.timings })}`);
 
   // A change that leaves node-1's edge passing while node-2 still runs the old generation. node-1,
-  // restarted with a 1 s safety timer, probes node-2 on it although no wake came: that probe
-  // passes against node-2's old configuration and proves nothing of the new one, so converged
-  // waits until node-1 probed node-2 again once node-2 applied (peer-applied, against its generation).
+  // restarted with a 1 s safety timer, probes node-2 on it (after 5 periods waiting for a wake):
+  // that probe passes against node-2's old configuration and proves nothing of the new one, so
+  // converged waits until node-1 probed node-2 again once node-2 applied (peer-applied).
   await cluster.stopAgent('node-2');
   await cluster.stopAgent('node-1');
   const changed = { ...spec, tls: { ...spec.tls, certLifetime: '2h' } };

@@ -17,6 +17,7 @@ import { ReconcileLoop } from '../../agent/runtime/loop.ts';
 import { PeerWatch, peersToReprobe, probeReason } from '../../agent/runtime/judge.ts';
 import type { CoordinatorApi } from '../../agent/runtime/loop-deps.ts';
 import { PhaseClock } from '../../agent/apply/apply.ts';
+import { waitFor } from '../helpers/wait.ts';
 import { applyTime } from '../../coordinator/cli/status.ts';
 import { CertificateManager } from '../../agent/runtime/certs.ts';
 import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
@@ -44,7 +45,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 type Answer = Awaited<ReturnType<CoordinatorApi['desired']>>;
 
 /** A loop whose apply takes measurable phases and whose edges go to node-2 and node-3. */
-async function harness(script: (call: { after: number; peers: number | undefined; n: number }) => Promise<Answer | null>, opts: { reprobeMs?: number; edges?: string[] } = {}) {
+async function harness(script: (call: { after: number; peers: number | undefined; n: number }) => Promise<Answer | null>, opts: { reprobeMs?: number; edges?: string[]; now?: () => number } = {}) {
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-loop-wake-'));
   dirs.push(dir);
   // The stand-in psql: connects to a node once its flag file exists.
@@ -110,7 +111,7 @@ done
   loop = new ReconcileLoop({
     ctx, cluster: 'mesh', node: 'node-1', client, apply, certs, probe: { osUser: me, psql },
     // The safety timer is out of the picture: only a wake can bring a re-probe in this test.
-    reprobeMs: opts.reprobeMs ?? 600_000, now: Date.now, random: seededRandom(3), minCycleMs: 1, resyncMs: 600_000, log,
+    reprobeMs: opts.reprobeMs ?? 600_000, now: opts.now ?? Date.now, random: seededRandom(3), minCycleMs: 1, resyncMs: 600_000, log,
     postgresVersion: async () => {
       versions += 1;
       return '15.18';
@@ -339,4 +340,32 @@ test('an apply probes no edge whose peer is not known to hold its generation: ea
   assert.deepEqual(h.reported.at(-1)!.probes.map((p) => [p.to, p.ok, p.reason, p.peerGeneration]), [
     ['node-2', true, 'peer-applied', 1], ['node-3', true, 'peer-applied', 1], ['node-4', true, 'peer-applied', 1],
   ]);
+});
+
+test('safety timer: an edge not probed yet (its peer not seen at the generation) is probed on it only after waiting 5 periods for a wake; a failed probe every period', async () => {
+  let clock = 1_000_000;
+  let node3BeforeWait = -1;
+  const count = async (node: string) => (await h.probed()).filter((x) => x === node).length;
+  const h = await harness(async ({ n }) => {
+    if (n === 1) {
+      await h.up('node-3'); // answers, on its old configuration: not seen at generation 1
+      return { kind: 'newer', body: g1 };
+    }
+    // node-2 applied (seen) but its server refuses: its edge fails and is retried every period.
+    if (n === 2) return { kind: 'peers', body: { wake: 'peers-applied', applied: [{ node: 'node-2', generation: 1 }] } };
+    if (n === 3) {
+      // No wake for node-3 comes (a lost wake, several coordinators). The clock stands still:
+      // node-2's edge is retried, node-3's waits.
+      await waitFor('node-2 retried twice', async () => (await count('node-2')) >= 3, 10_000, 10);
+      node3BeforeWait = await count('node-3');
+      clock += 5 * 30;
+      await waitFor('node-3 probed by the safety timer', async () => (await count('node-3')) >= 1, 10_000, 10);
+      return null;
+    }
+    return null;
+  }, { reprobeMs: 30, now: () => clock });
+  assert.equal(await h.loop.run(), 'stopped');
+  assert.equal(node3BeforeWait, 0, 'node-3 not probed before it waited 5 periods');
+  const last = h.reported.at(-1)!;
+  assert.deepEqual(last.probes.map((p) => [p.to, p.ok, p.reason, p.peerGeneration]), [['node-2', false, 'retry', 1], ['node-3', true, 'retry', 0]]);
 });
