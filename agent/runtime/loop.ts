@@ -41,6 +41,7 @@ export class ReconcileLoop {
         reachable: () => this.reachable,
         runtimeErrors: () => [this.stateError, this.refusal, this.contactError].filter((e): e is Problem => e !== null),
         contactFailed: (e) => this.onContactFailure(e),
+        reportRefused: () => this.resendSoon(),
         scheduleRenewalWake: () => this.scheduleRenewalWake(),
       },
       this.stopController.signal,
@@ -82,6 +83,22 @@ export class ReconcileLoop {
     this.stopController.abort();
     this.reconciler.stop();
     clearTimeout(this.renewalTimer);
+    clearTimeout(this.resendTimer);
+  }
+
+  private resendTimer: NodeJS.Timeout | undefined;
+  /**
+   * A report the coordinator refused (rate limited, busy) goes again one probe period later: the
+   * long-poll that follows may hold 30 s, and until a report arrives the coordinator's view of
+   * this node (and so `status --wait`) is stale.
+   */
+  private resendSoon(): void {
+    if (this.resendTimer || this.signal.aborted) return;
+    this.resendTimer = setTimeout(() => {
+      this.resendTimer = undefined;
+      void this.reconciler.resend();
+    }, this.deps.reprobeMs ?? 2000);
+    this.resendTimer.unref();
   }
 
   /**

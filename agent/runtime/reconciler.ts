@@ -2,8 +2,7 @@
 // certificate pairs, applies and proves the last good desired state, probes the edges and
 // reports; while steady a cycle only checks the files and reports the last proof; a peer wake
 // or a failed probe probes some edges again without applying. The loop (agent/runtime/loop.ts)
-// polls the coordinator and tells it what to do; what it knows of the coordinator comes
-// through LoopView.
+// polls the coordinator and tells it what to do; what it knows of it comes through LoopView.
 import type { NodeDesired } from '../../shared/contract/schema.ts';
 import type { ApplyTimings, ProbeResult, AgentStatus } from '../../shared/contract/status.ts';
 import type { Problem } from '../../shared/contract/problem.ts';
@@ -15,8 +14,6 @@ import { buildStatus, writeLocalStatus } from './status.ts';
 import { afterProof, ensureAndApply } from './pass.ts';
 import { expiriesOf, renewalsOf, type FileReportT, type LoopDeps } from './loop-deps.ts';
 import type { ApplyResult, NodeContext } from '../apply/types.ts';
-
-type ClientConnections = ApplyResult['clientConnections'];
 import { APPLY_RETRY, errMessage, isSteady, PeerWatch, planProbes, PROBE_RETRY, probeReason, retryApplySoon, retryPeers, summaryLine, survivesUntil, WAKE_WAIT_PERIODS } from './judge.ts';
 
 /** What the reconciler needs of the loop: its contact with the coordinator. */
@@ -26,6 +23,8 @@ export interface LoopView {
   runtimeErrors(): Problem[];
   /** A status report could not reach the coordinator. */
   contactFailed(e: unknown): void;
+  /** The coordinator refused a status report (429 rate limited, 503): send it again soon. */
+  reportRefused(): void;
   /** After each status: wake at the next renewal instant. */
   scheduleRenewalWake(): void;
 }
@@ -61,11 +60,7 @@ export class Reconciler {
   /** Counts of probe passes by reason (for tests and the log). */
   readonly probePasses: Record<ProbeReason, number> = { apply: 0, retry: 0, 'peer-applied': 0 };
 
-  constructor(
-    private deps: LoopDeps,
-    private readonly view: LoopView,
-    private readonly signal: AbortSignal,
-  ) {}
+  constructor(private deps: LoopDeps, private readonly view: LoopView, private readonly signal: AbortSignal) {}
 
   /** Replace the node context (after SIGHUP re-read the configuration). */
   setContext(ctx: NodeContext): void {
@@ -127,7 +122,7 @@ export class Reconciler {
    * when the probe began. An edge to this node itself (a Patroni member probes every member)
    * meets the generation this node applied: no wake will ever name it.
    */
-  private async probeStamped(conns: ClientConnections, desired: { node: string; generation: number }, reason: ProbeReason): Promise<ProbeResult[]> {
+  private async probeStamped(conns: ApplyResult['clientConnections'], desired: { node: string; generation: number }, reason: ProbeReason): Promise<ProbeResult[]> {
     const { node, generation } = desired;
     const known = conns.map((c) => (c.to === node ? generation : this.peers.generationOf(generation, c.to)));
     const results = await probeAll(conns, this.deps.probe, reason);
@@ -346,6 +341,11 @@ export class Reconciler {
     await this.publish(desired, probes, certErrors, installed);
   }
 
+  /** Send the status again as it is (a report the coordinator refused), on its turn among the passes. */
+  resend(): Promise<void> {
+    return (this.running = this.running.then(() => this.publish(this.lastGood, this.lastProbes, this.lastCertErrors, this.lastInstalled, this.lastStatus?.versions.postgres)));
+  }
+
   /** Build the status, report it (the coordinator and the local mirror). */
   private async publish(
     desired: NodeDesired | null,
@@ -385,6 +385,7 @@ export class Reconciler {
       } catch (e) {
         log.warn({ err: errMessage(e) }, 'status report failed');
         if (e instanceof CoordinatorError && e.code === 'E_UNREACHABLE') this.view.contactFailed(e);
+        else this.view.reportRefused();
       }
     }
     const at = new Date(this.deps.now()).toISOString();

@@ -20,6 +20,7 @@ import { PhaseClock } from '../../agent/apply/apply.ts';
 import { waitFor } from '../helpers/wait.ts';
 import { applyTime } from '../../coordinator/cli/status.ts';
 import { CertificateManager } from '../../agent/runtime/certs.ts';
+import { CoordinatorError } from '../../agent/runtime/client.ts';
 import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
 import type { ApplyInput, ApplyResult, NodeContext } from '../../agent/apply/types.ts';
 
@@ -45,7 +46,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 type Answer = Awaited<ReturnType<CoordinatorApi['desired']>>;
 
 /** A loop whose apply takes measurable phases and whose edges go to node-2 and node-3. */
-async function harness(script: (call: { after: number; peers: number | undefined; n: number }) => Promise<Answer | null>, opts: { reprobeMs?: number; edges?: string[]; now?: () => number } = {}) {
+async function harness(script: (call: { after: number; peers: number | undefined; n: number }) => Promise<Answer | null>, opts: { reprobeMs?: number; edges?: string[]; now?: () => number; refuseReports?: number } = {}) {
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-loop-wake-'));
   dirs.push(dir);
   // The stand-in psql: connects to a node once its flag file exists.
@@ -74,6 +75,7 @@ done
   const calls: { after: number; peers: number | undefined }[] = [];
   let applies = 0;
   let versions = 0;
+  let refused = 0;
   let loop: ReconcileLoop;
   const client: CoordinatorApi = {
     async desired(after, _signal, _wait, peers) {
@@ -87,6 +89,10 @@ done
     },
     async status(s) {
       await sleep(3);
+      if (opts.refuseReports && opts.refuseReports > refused) {
+        refused += 1;
+        throw new CoordinatorError('E_HTTP', 'POST /v1/agent/status: HTTP 429 too many requests', 429, { apiCode: 'E_RATE_LIMITED' });
+      }
       reported.push(structuredClone(s));
     },
   };
@@ -368,4 +374,20 @@ test('safety timer: an edge not probed yet (its peer not seen at the generation)
   assert.equal(node3BeforeWait, 0, 'node-3 not probed before it waited 5 periods');
   const last = h.reported.at(-1)!;
   assert.deepEqual(last.probes.map((p) => [p.to, p.ok, p.reason, p.peerGeneration]), [['node-2', false, 'retry', 1], ['node-3', true, 'retry', 0]]);
+});
+
+test('a status report the coordinator refused (429, rate limited) is sent again soon, not at the next long-poll cycle', async () => {
+  let delivered = false;
+  const h = await harness(async ({ n }) => {
+    if (n === 1) {
+      await h.up('node-1');
+      return { kind: 'newer', body: g1 };
+    }
+    // The long-poll that follows holds (30 s in a real coordinator): only a resend can bring the report.
+    if (n === 2) delivered = await waitFor('the refused report sent again', () => h.reported.some((s) => s.generation === 1), 5_000, 10).catch(() => false);
+    return null;
+  }, { edges: ['node-1'], reprobeMs: 30, refuseReports: 1 });
+  assert.equal(await h.loop.run(), 'stopped');
+  assert.equal(delivered, true, 'the report reached the coordinator while the long-poll held');
+  assert.equal(h.applies(), 1, 'sent again, nothing re-applied');
 });
