@@ -25,12 +25,15 @@ export function bearerMatches(header: string | undefined, expected: string): boo
 type AgentIdentity = Readonly<{ cluster: string; node: string; serial: string }>;
 
 /**
- * The parsed client certificate of each TLS connection, with its DER: the parse, never the
- * verdict (authorized, and the identity's validity in the store, are checked on every request).
- * Keyed by the socket AND checked against the DER the socket holds now: the coordinator accepts
- * TLS 1.2, where a client may renegotiate and present another certificate on the same connection.
+ * Parsed client certificates, keyed by their DER: the parse, never the verdict (authorized, and
+ * the identity's validity in the store, are checked on every request). Keyed by the certificate,
+ * not the connection: an agent's CSR or report beside its held long-poll comes on a connection
+ * of its own, and in a renewal storm parsing each one again was ~0.3 ms of the event loop per
+ * agent (issue 13). The key is the DER the socket holds now (a TLS 1.2 client may renegotiate
+ * and present another certificate on the same connection). At most PARSED_PEERS_MAX, oldest out.
  */
-const parsedPeers = new WeakMap<TLSSocket, { der: Buffer; identity: AgentIdentity; notAfter: number }>();
+const parsedPeers = new Map<string, { identity: AgentIdentity; notAfter: number }>();
+const PARSED_PEERS_MAX = 20_000;
 
 /**
  * The agent identity the client certificate names: exactly one identity URI, the agent CN,
@@ -43,23 +46,24 @@ function agentIdentity(req: FastifyRequest, now: Date): AgentIdentity {
   const peer = sock.getPeerX509Certificate();
   if (!peer) throw unauthorized('agent calls need a client certificate (mTLS)');
   if (!sock.authorized) throw unauthorized('the client certificate is not valid for this coordinator');
-  const der = peer.raw;
-  let parsed = parsedPeers.get(sock);
-  if (!parsed || !parsed.der.equals(der)) {
-    parsed = parsePeer(peer.toString(), der);
-    parsedPeers.set(sock, parsed);
+  const der = peer.raw.toString('base64');
+  let parsed = parsedPeers.get(der);
+  if (!parsed) {
+    parsed = parsePeer(peer.toString());
+    parsedPeers.set(der, parsed);
+    if (parsedPeers.size > PARSED_PEERS_MAX) parsedPeers.delete(parsedPeers.keys().next().value!);
   }
   if (now.getTime() >= parsed.notAfter) throw unauthorized('the client certificate has expired: enroll again with a new join token');
   return parsed.identity;
 }
 
-function parsePeer(pem: string, der: Buffer): { der: Buffer; identity: AgentIdentity; notAfter: number } {
+function parsePeer(pem: string): { identity: AgentIdentity; notAfter: number } {
   const info = certInfo(pem);
   const ids = info.uris.map(parseIdentityUri).filter((x) => x !== null);
   if (info.commonName !== AGENT_CN || ids.length !== 1 || info.uris.length !== 1 || !info.extKeyUsage.includes('clientAuth')) {
     throw unauthorized('the client certificate is not a pgaccord agent identity');
   }
-  return { der, identity: Object.freeze({ ...ids[0]!, serial: info.serial }), notAfter: info.notAfter.getTime() };
+  return { identity: Object.freeze({ ...ids[0]!, serial: info.serial }), notAfter: info.notAfter.getTime() };
 }
 
 /**

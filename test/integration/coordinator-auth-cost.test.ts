@@ -72,6 +72,24 @@ test('five requests on one keep-alive connection parse the client certificate on
   }
 });
 
+test('a second connection presenting the same certificate does not parse it again (a CSR beside the held long-poll)', async () => {
+  const n = await enroll(h, 'cache', 'node-2');
+  const [a, b] = [oneConnection(n), oneConnection(n)];
+  const checked = identitiesChecked();
+  try {
+    for (const conn of [a, b, a, b]) {
+      const r = await conn.get(DESIRED);
+      assert.equal(r.status, 200, r.text);
+    }
+    assert.equal(a.connects + b.connects, 2, 'two connections');
+    assert.equal(checked.seen.size, 1, 'parses of one client certificate presented on two connections');
+  } finally {
+    checked.stop();
+    await a.close();
+    await b.close();
+  }
+});
+
 test('an identity revoked while its keep-alive connection is open is refused on that connection', async () => {
   const n = await enroll(h, 'cache', 'node-2');
   const conn = oneConnection(n);
