@@ -88,6 +88,8 @@ export class StoredSpecs {
       if (e instanceof EscapeError) throw badRequest('E_SPEC_INVALID', e.message, [{ field: 'hba', message: e.message }]);
       throw e;
     }
+    // The first read of the row a PUT stores is then not validated again (renderCheck compiles every node).
+    this.#validated.set(name, canonicalJson(result.spec));
     return result.spec;
   }
 
