@@ -1,6 +1,8 @@
 // Token buckets per key (an agent's cluster/node), in process; pure, the clock is a parameter.
-// An agent calls desired (long-poll, at most about once a second), status after each reconcile,
-// and csr when a certificate is due: a burst of a few tens, then one or two a second at most.
+// An agent calls desired (long-poll), status after each reconcile, and csr when a certificate is
+// due. During a change it polls again and reports once per peer wake (up to one per peer: ten
+// nodes, ~20 requests a change), so the bucket holds a run of back-to-back changes; it is there
+// to stop a looping agent, not to pace a healthy one (a refused report delays convergence).
 
 export interface RateLimit {
   /** Requests allowed at once (the bucket's size). */
@@ -9,7 +11,7 @@ export interface RateLimit {
   perSecond: number;
 }
 
-export const AGENT_RATE_LIMIT: RateLimit = { burst: 60, perSecond: 2 };
+export const AGENT_RATE_LIMIT: RateLimit = { burst: 120, perSecond: 10 };
 /** Buckets kept before full ones (idle keys) are dropped. */
 const MAX_KEYS = 10_000;
 

@@ -23,6 +23,20 @@ test('the default lets an agent through its busiest ten minutes (a poll a second
   for (let t = 0; t < 600_000; t += 500) assert.equal(l.take('n', t + 500), 0, `at ${t} ms`);
 });
 
+test('the default lets every agent of a ten-node cluster through 20 back-to-back changes (a poll and a report per peer wake)', () => {
+  // Since an apply probes only the peers known to hold its generation, an agent polls again and
+  // reports once per wake batch: at worst one per peer. One change every 2 s, for 20 changes:
+  // the answer to the poll, the desired fetch, the apply's report, then 9 wakes x (poll + report).
+  const l = new RateLimiter(AGENT_RATE_LIMIT);
+  const perChange = 3 + 9 * 2;
+  for (let change = 0; change < 20; change++) {
+    for (let i = 0; i < perChange; i++) {
+      const at = change * 2000 + Math.floor((i * 2000) / perChange);
+      assert.equal(l.take('n', at), 0, `change ${change + 1}, request ${i + 1} refused`);
+    }
+  }
+});
+
 test('refuses a limit that would let nothing through', () => {
   assert.throws(() => new RateLimiter({ burst: 0, perSecond: 1 }));
   assert.throws(() => new RateLimiter({ burst: 1, perSecond: 0 }));
