@@ -8,6 +8,7 @@ import { crlInfo } from '../../shared/crypto/crl.ts';
 import { backoffDelay, type BackoffPolicy, type Random } from './backoff.ts';
 import { scrubSecrets, type ProbeReason } from '../probe/probes.ts';
 import type { ProbeResult } from '../../shared/contract/status.ts';
+import { AWAITING_PEER, awaitingPeer } from '../../shared/contract/awaiting-peer.ts';
 import type { ClientConnection } from '../../shared/pgconf/types.ts';
 
 /** Retry delays after an apply that did not converge: 0.5-1 s, doubling up to 7.5-15 s. */
@@ -93,7 +94,7 @@ export function planProbes(
     const conninfo = scrubSecrets(c.conninfo);
     const last = carried.find((p) => p.to === c.to && p.role === c.role && p.conninfo === conninfo);
     const error = `not probed yet: ${c.to} is not known to have applied generation ${desired.generation}`;
-    return last ?? { to: c.to, role: c.role, conninfo, ok: false, tlsVersion: null, cipher: null, error, at, peerGeneration: 0 };
+    return last ?? { to: c.to, role: c.role, conninfo, ok: false, tlsVersion: null, cipher: null, error, at, reason: AWAITING_PEER, peerGeneration: 0 };
   });
   return { probe, results };
 }
@@ -103,11 +104,11 @@ export const WAKE_WAIT_PERIODS = 5;
 
 /**
  * The peers the safety timer probes again (pure): those of failed probes, and of edges not probed
- * yet (planProbes' stand-ins, which have no reason) once they waited `waitMs` for the peer's
+ * yet (planProbes' stand-ins, reason AWAITING_PEER) once they waited `waitMs` for the peer's
  * wake: sooner, against a peer that has not applied, the probe would prove nothing.
  */
 export function retryPeers(probes: ProbeResult[], now: number, waitMs: number): Set<string> {
-  return new Set(probes.filter((p) => !p.ok && (p.reason !== undefined || now - Date.parse(p.at) >= waitMs)).map((p) => p.to));
+  return new Set(probes.filter((p) => !p.ok && (!awaitingPeer(p) || now - Date.parse(p.at) >= waitMs)).map((p) => p.to));
 }
 
 export type Judgement = { ok: true; desired: NodeDesired } | { ok: false; error: Problem };

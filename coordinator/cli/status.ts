@@ -2,7 +2,7 @@
 import type { Static } from '@sinclair/typebox';
 import type { ClusterStatusResponse, NodeStatusView } from '../../shared/contract/api.ts';
 import { parseCommand, UsageError } from '../../shared/system/cli.ts';
-import { formatProbeMatrix, probeMatrix, probePending } from '../cluster/probe-matrix.ts';
+import { formatProbeMatrix, probeFailed, probeMatrix, probePending } from '../cluster/probe-matrix.ts';
 import { ago } from '../cluster/lifecycle.ts';
 import { call, CONNECTION_HELP, CONNECTION_OPTIONS, withConn } from './http.ts';
 import { table } from './table.ts';
@@ -76,7 +76,7 @@ function notConverged(s: ClusterStatus): string[] {
       ...(n.appliedGeneration !== s.generation ? [`generation ${n.appliedGeneration} of ${s.generation}`] : []),
       ...(n.phase !== 'converged' ? [n.phase] : []),
       ...(n.stale ? ['stale'] : []),
-      ...(n.probes.some((p) => !p.ok) ? ['probe failing'] : []),
+      ...(n.probes.some(probeFailed) ? ['probe failing'] : []),
       ...(n.probes.some((p) => probePending(p, s.generation)) ? ['probe pending (made before its peer applied)'] : []),
     ];
     return why.length ? [`${s.cluster}/${n.node} (${why.join(', ')})`] : [];
@@ -122,7 +122,7 @@ export function formatStatus(s: ClusterStatus): string {
     ]);
   }
   const failed = s.nodes.flatMap((n) => [
-    ...n.probes.filter((p) => !p.ok).map((p) => `  probe ${n.node} -> ${p.to} as ${p.role}: ${p.error ?? 'failed'}`),
+    ...n.probes.filter(probeFailed).map((p) => `  probe ${n.node} -> ${p.to} as ${p.role}: ${p.error ?? 'failed'}`),
     // the profile's verification queries: the failed ones, and the ones with a note (pgd without bdr: "bdr not installed")
     ...(n.checks ?? []).filter((c) => !c.ok || c.note !== null)
       .map((c) => `  check ${n.node} ${c.name}: ${c.ok ? 'ok' : 'FAILED'}${c.note ? ` (${c.note})` : ''}`),

@@ -2,6 +2,7 @@
 // of clusters and nodes (readFleet), then a pure mapping of their rows to samples (fleetSeries).
 import { RENEW_AT_FRACTION } from '../../shared/contract/renewal.ts';
 import type { Phase } from '../../shared/contract/status.ts';
+import { awaitingPeer } from '../../shared/contract/awaiting-peer.ts';
 import type { Store } from '../store/store.ts';
 
 /** Every phase gets a 0/1 series, so `pgaccord_node_phase{phase="failed"} == 1` needs no absent(). */
@@ -17,7 +18,7 @@ export interface NodeRow {
   reported_at: Date | null;
   last_contact: Date | null;
   pending_restarts: number | null;
-  probes: { to: string; role: string; ok: boolean }[] | null;
+  probes: { to: string; role: string; ok: boolean; reason?: string }[] | null;
   /** served + installed certificates as reported: {id, serial, notAfter} */
   certificates: { id: string; serial: string; notAfter: string }[] | null;
   identity_serial: string | null;
@@ -86,9 +87,10 @@ export function fleetSeries(nodes: NodeRow[], certs: CertRow[], crls: CrlRow[]):
     if (n.last_contact) out.lastContact.push({ labels: id, value: seconds(n.last_contact) });
     out.pendingRestarts.push({ labels: id, value: n.pending_restarts ?? 0 });
     // One series per edge and role (a node may reach the same peer as several roles); two
-    // probes of the same edge and role (two addresses) count as failed if either failed.
+    // probes of the same edge and role (two addresses) count as failed if either failed. An edge
+    // awaiting its peer (not probed yet at this generation) has no verdict: no sample, not a 0.
     const edges = new Map<string, Sample>();
-    for (const p of n.probes ?? []) {
+    for (const p of (n.probes ?? []).filter((p) => !awaitingPeer(p))) {
       const key = `${p.to}\0${p.role}`;
       const seen = edges.get(key);
       if (seen) seen.value = Math.min(seen.value, p.ok ? 1 : 0);

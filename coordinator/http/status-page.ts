@@ -4,7 +4,7 @@
 // Every value from a status goes through `esc` (node names, PostgreSQL's messages, conninfo).
 import { createHash } from 'node:crypto';
 import type { ClusterStatusResponse, NodeStatusView } from '../../shared/contract/api.ts';
-import { probeMatrix, type EdgeState } from '../cluster/probe-matrix.ts';
+import { probeFailed, probeMatrix, type EdgeState } from '../cluster/probe-matrix.ts';
 import { ago } from '../cluster/lifecycle.ts';
 
 /** The one escaper: text and double-quoted attribute values alike. */
@@ -27,7 +27,7 @@ table{border-collapse:collapse;background:#fff}
 .matrix th.from{text-align:right;padding:0 6px;width:auto;white-space:nowrap}
 .matrix th.to{height:auto;padding:6px 0;vertical-align:bottom}
 .matrix th.to span{writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap}
-.cell-ok{background:#2da44e;color:#fff}.cell-failing{background:#cf222e;color:#fff;font-weight:700}
+.cell-ok{background:#2da44e;color:#fff}.cell-failing{background:#cf222e;color:#fff;font-weight:700}.cell-awaiting{background:#d4a72c;color:#fff}
 .cell-none{background:#eaeef2;color:#8c959f}.cell-self{background:#fff;color:#d0d7de}
 .legend span{display:inline-block;padding:0 6px;margin-right:6px;border-radius:3px}
 ul.errors{margin:0;padding-left:18px}ul.errors li{margin:3px 0}
@@ -78,8 +78,8 @@ function certDaysLeft(n: NodeStatusView, now: Date): number | null {
   return days.length ? Math.min(...days) : null;
 }
 
-const CELL_TEXT: Record<EdgeState, string> = { ok: '✓', failing: '✗', none: '·', self: '' };
-const CELL_WORD: Record<EdgeState, string> = { ok: 'ok', failing: 'FAILING', none: 'not probed', self: 'self' };
+const CELL_TEXT: Record<EdgeState, string> = { ok: '✓', failing: '✗', awaiting: '…', none: '·', self: '' };
+const CELL_WORD: Record<EdgeState, string> = { ok: 'ok', failing: 'FAILING', awaiting: 'awaiting its peer', none: 'not probed', self: 'self' };
 
 function nodesTable(s: ClusterStatusResponse, now: Date): string {
   const rows = s.nodes.map((n) => {
@@ -109,7 +109,7 @@ function matrixTable(s: ClusterStatusResponse): string {
     const attrs = `class="cell-${c.state}" data-from="${esc(c.from)}" data-to="${esc(c.to)}" data-state="${c.state}" title="${esc(title)}"`;
     return `<td ${attrs}>${CELL_TEXT[c.state]}</td>`;
   }).join('')}</tr>`);
-  const legend = '<p class="legend meta"><span class="cell-ok">✓ ok</span><span class="cell-failing">✗ failing</span><span class="cell-none">· not probed</span>'
+  const legend = '<p class="legend meta"><span class="cell-ok">✓ ok</span><span class="cell-failing">✗ failing</span><span class="cell-awaiting">… awaiting its peer</span><span class="cell-none">· not probed</span>'
     + 'rows: from, columns: to</p>';
   return `<table class="matrix">${head}${rows.join('')}</table>${legend}`;
 }
@@ -117,7 +117,7 @@ function matrixTable(s: ClusterStatusResponse): string {
 function errorList(s: ClusterStatusResponse): string {
   const items = s.nodes.flatMap((n) => [
     ...n.errors.map((e) => `<li><b>${esc(n.node)}</b> <code>${esc(e.code)}</code> <span class="pg">${esc(e.message)}</span></li>`),
-    ...n.probes.filter((p) => !p.ok).map((p) => `<li class="probe-error"><b>${esc(n.node)} → ${esc(p.to)}</b> as <code>${esc(p.role)}</code> `
+    ...n.probes.filter(probeFailed).map((p) => `<li class="probe-error"><b>${esc(n.node)} → ${esc(p.to)}</b> as <code>${esc(p.role)}</code> `
       + `at ${esc(p.at)}: <span class="pg">${esc(p.error ?? 'failed')}</span></li>`),
     ...(n.checks ?? []).filter((c) => !c.ok).map((c) => `<li><b>${esc(n.node)}</b> check <code>${esc(c.name)}</code> `
       + `failed${c.note ? `: <span class="pg">${esc(c.note)}</span>` : ''}</li>`),

@@ -46,6 +46,7 @@ export const ProbeResult = Type.Object(
 );
 export type ProbeResult = Static<typeof ProbeResult>;
 
+
 /** The phases of the pass that applied the node's current generation, each in milliseconds. */
 export const APPLY_PHASES = ['certs', 'render', 'install', 'validate', 'reload', 'prove', 'finish', 'probe', 'report'] as const;
 export type ApplyPhaseName = (typeof APPLY_PHASES)[number];

@@ -152,7 +152,7 @@ test('peer wake: the failing edges to the peers a 202 names are probed again at 
   const last = h.reported.at(-1)!;
   assert.deepEqual(last.probes.map((p) => [p.to, p.ok, p.reason]), [['node-2', true, 'peer-applied'], ['node-3', true, 'peer-applied']]);
   const first = h.reported[0]!;
-  assert.deepEqual(first.probes.map((p) => [p.to, p.ok, p.reason]), [['node-2', false, undefined], ['node-3', false, undefined]]);
+  assert.deepEqual(first.probes.map((p) => [p.to, p.ok, p.reason]), [['node-2', false, 'awaiting-peer'], ['node-3', false, 'awaiting-peer']]);
   // The wake for node-2 probed node-2 only: node-3 still failed in that report.
   assert.deepEqual(h.reported[1]!.probes.map((p) => [p.to, p.ok]), [['node-2', true], ['node-3', false]]);
 });
@@ -285,7 +285,7 @@ test('peer wake: an edge whose peer is not seen at the generation is not probed 
   assert.deepEqual(h.calls.map((c) => c.peers), [undefined, 0, undefined]);
   assert.deepEqual(h.loop.probePasses, { apply: 0, retry: 0, 'peer-applied': 1 });
   assert.deepEqual(h.reported.map((s) => s.probes.map((p) => [p.to, p.ok, p.reason, p.peerGeneration])), [
-    [['node-2', false, undefined, 0]],
+    [['node-2', false, 'awaiting-peer', 0]],
     [['node-2', true, 'peer-applied', 1]],
   ], 'not probed before node-2 was seen, then probed against its generation 1');
   assert.deepEqual(await h.probed(), ['node-2'], 'one probe');

@@ -67,6 +67,11 @@ test('one probe series per edge and role, 1 for success and 0 for failure (of an
   ]);
 });
 
+test('an edge awaiting its peer (not probed yet) has no probe sample: a change does not flap the edge to 0', () => {
+  const f = fleetSeries([node({ node: 'node-2', probes: [{ to: 'node-1', role: 'replicator', ok: false, reason: 'awaiting-peer' }, { to: 'node-3', role: 'app', ok: true }] })], [], []);
+  assert.deepEqual(f.probe, [{ labels: { cluster: 'sales', from: 'node-2', to: 'node-3', role: 'app' }, value: 1 }]);
+});
+
 test('--metrics-listen: a bare port is loopback; HOST:PORT and [v6]:PORT as --listen; anything else a clear error', async () => {
   const { parseMetricsListen } = await import('../../coordinator/http/listen.ts');
   assert.deepEqual(parseMetricsListen('9464'), { host: '127.0.0.1', port: 9464 });

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import type { ClusterStatusResponse, NodeStatusView } from '../../shared/contract/api.ts';
 import type { ProbeResult } from '../../shared/contract/status.ts';
+import { AWAITING_PEER } from '../../shared/contract/awaiting-peer.ts';
 import { esc, pageHeaders, renderLoginPage, renderStatusPage, STYLE_HASH } from '../../coordinator/http/status-page.ts';
 import { formatProbeMatrix, probeMatrix } from '../../coordinator/cluster/probe-matrix.ts';
 import { formatStatus } from '../../coordinator/cli/status.ts';
@@ -99,6 +100,25 @@ test('probe matrix: rows from, columns to; failing wins over ok across roles; un
   assert.equal(m.cells[0]![1]!.probes.length, 2);
 });
 
+test('an edge awaiting its peer (not probed yet at this generation) is neither ok nor an error: page, CLI and grid say so', () => {
+  const awaiting: ProbeResult = { ...probe('node-2', false, 'not probed yet: node-2 is not known to have applied generation 3'), reason: AWAITING_PEER, peerGeneration: 0 };
+  const s = cluster([
+    node('node-1', [awaiting, probe('node-3', true)]),
+    node('node-2', [probe('node-1', false, 'FATAL:  password authentication failed'), { ...awaiting, to: 'node-3' }]),
+  ]);
+  const m = probeMatrix(s);
+  assert.deepEqual(m.cells.map((r) => r.map((c) => c.state)), [['self', 'awaiting', 'ok'], ['failing', 'self', 'awaiting'], ['none', 'none', 'self']]);
+  const html = renderStatusPage([s], NOW);
+  assert.match(html, /data-from="node-1" data-to="node-2" data-state="awaiting"/);
+  const errors = /<ul class="errors">.*?<\/ul>/s.exec(html)?.[0] ?? '';
+  assert.doesNotMatch(errors, /not probed yet/, 'not among the errors');
+  assert.match(errors, /password authentication failed/, 'a probe that ran and failed still is');
+  const text = formatStatus(s);
+  assert.doesNotMatch(text, /probe node-1 -> node-2/, 'the CLI lists no awaiting edge as a failed probe');
+  assert.match(text, /probe node-2 -> node-1 as pgd_replication: FATAL/);
+  assert.match(formatProbeMatrix(m), /~ awaiting its peer/);
+});
+
 test('text grid: one character per edge; a ten-node cluster in twelve lines', () => {
   const three = formatProbeMatrix(probeMatrix(cluster([
     node('node-1', [probe('node-2', true), probe('node-3', false, 'x')]),
@@ -106,7 +126,7 @@ test('text grid: one character per edge; a ten-node cluster in twelve lines', ()
     node('node-3', []),
   ])));
   assert.equal(three, [
-    'probes (row: from, column: to; ✓ ok, ✗ failing, . not probed):',
+    'probes (row: from, column: to; ✓ ok, ✗ failing, ~ awaiting its peer, . not probed):',
     '          1 2 3',
     '1 node-1  - ✓ ✗',
     '2 node-2  ✓ - ✓',
