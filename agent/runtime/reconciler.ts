@@ -385,7 +385,9 @@ export class Reconciler {
       } catch (e) {
         log.warn({ err: errMessage(e) }, 'status report failed');
         if (e instanceof CoordinatorError && e.code === 'E_UNREACHABLE') this.view.contactFailed(e);
-        else this.view.reportRefused();
+        // Only a refusal that says "later" (rate limited, busy) is worth sending again soon; any
+        // other (400, 401, 410...) would be refused the same way every period.
+        else if (e instanceof CoordinatorError && (e.status === 429 || e.status === 503)) this.view.reportRefused();
       }
     }
     const at = new Date(this.deps.now()).toISOString();

@@ -46,7 +46,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 type Answer = Awaited<ReturnType<CoordinatorApi['desired']>>;
 
 /** A loop whose apply takes measurable phases and whose edges go to node-2 and node-3. */
-async function harness(script: (call: { after: number; peers: number | undefined; n: number }) => Promise<Answer | null>, opts: { reprobeMs?: number; edges?: string[]; now?: () => number; refuseReports?: number } = {}) {
+async function harness(script: (call: { after: number; peers: number | undefined; n: number }) => Promise<Answer | null>, opts: { reprobeMs?: number; edges?: string[]; now?: () => number; refuseReports?: number; refuseStatus?: number } = {}) {
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-loop-wake-'));
   dirs.push(dir);
   // The stand-in psql: connects to a node once its flag file exists.
@@ -91,7 +91,8 @@ done
       await sleep(3);
       if (opts.refuseReports && opts.refuseReports > refused) {
         refused += 1;
-        throw new CoordinatorError('E_HTTP', 'POST /v1/agent/status: HTTP 429 too many requests', 429, { apiCode: 'E_RATE_LIMITED' });
+        const code = opts.refuseStatus ?? 429;
+        throw new CoordinatorError('E_HTTP', `POST /v1/agent/status: HTTP ${code}`, code, { apiCode: code === 429 ? 'E_RATE_LIMITED' : 'E_BAD_REQUEST' });
       }
       reported.push(structuredClone(s));
     },
@@ -126,7 +127,7 @@ done
   const up = (node: string) => writeFile(join(dir, `up-${node}`), '');
   // The edges the stand-in psql was asked to connect, in order.
   const probed = async () => (existsSync(join(dir, 'probed')) ? (await readFile(join(dir, 'probed'), 'utf8')).split('\n').filter(Boolean) : []);
-  return { loop, reported, calls, up, applies: () => applies, versions: () => versions, dir, probed };
+  return { loop, reported, calls, up, applies: () => applies, versions: () => versions, refusedCount: () => refused, dir, probed };
 }
 
 test('peer wake: the failing edges to the peers a 202 names are probed again at once, nothing re-applied, and the wakes stop once every probe passes', async () => {
@@ -390,4 +391,23 @@ test('a status report the coordinator refused (429, rate limited) is sent again 
   assert.equal(await h.loop.run(), 'stopped');
   assert.equal(delivered, true, 'the report reached the coordinator while the long-poll held');
   assert.equal(h.applies(), 1, 'sent again, nothing re-applied');
+});
+
+test('a status report the coordinator rejected (400: it will not take it again) is not re-sent on a timer', async () => {
+  let attempts = -1;
+  const h = await harness(async ({ n }) => {
+    if (n === 1) {
+      await h.up('node-1');
+      return { kind: 'newer', body: g1 };
+    }
+    if (n === 2) {
+      // Twenty resend periods: a resend would have come many times over.
+      await waitFor('the rejected report', () => h.refusedCount() >= 1, 5_000, 10);
+      await sleep(20 * 30);
+      attempts = h.refusedCount() + h.reported.length;
+    }
+    return null;
+  }, { edges: ['node-1'], reprobeMs: 30, refuseReports: 1000, refuseStatus: 400 });
+  assert.equal(await h.loop.run(), 'stopped');
+  assert.equal(attempts, 1, 'one attempt, no resend loop');
 });
