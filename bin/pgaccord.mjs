@@ -20,7 +20,8 @@ const AGENT_NODE_FLAGS = ['--no-opt', '--no-maglev', '--liftoff-only', '--no-was
 // operator's own limit, on node's command line or in NODE_OPTIONS, is kept.
 const COORDINATOR_NODE_FLAGS = ['--max-old-space-size=1024', '--max-semi-space-size=4'];
 const help = process.argv.includes('--help') || process.argv.includes('-h'); // printed without a second start
-const given = `${process.execArgv.join(' ')} ${process.env.NODE_OPTIONS ?? ''}`;
+// V8 reads --max_old_space_size as --max-old-space-size: either spelling is the operator's limit.
+const given = `${process.execArgv.join(' ')} ${process.env.NODE_OPTIONS ?? ''}`.replaceAll('_', '-');
 const flags = process.argv[2] === 'agent' ? AGENT_NODE_FLAGS
   : process.argv[2] === 'coordinator' ? COORDINATOR_NODE_FLAGS.filter((f) => !given.includes(f.split('=')[0]))
   : [];

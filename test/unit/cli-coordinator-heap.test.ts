@@ -41,7 +41,7 @@ test('pgaccord coordinator re-executes itself, same pid, with a bounded old and 
 });
 
 test('an operator\'s own heap limit (on node\'s command line or in NODE_OPTIONS) is kept, not overridden', { skip }, () => {
-  for (const env of [{ NODE_OPTIONS: '--max-old-space-size=3000' }]) {
+  for (const env of [{ NODE_OPTIONS: '--max-old-space-size=3000' }, { NODE_OPTIONS: '--max_old_space_size=3000' }]) {
     const r = images(['coordinator', '--no-such-flag'], env);
     assert.equal(r.status, 2, r.stderr);
     const last = r.images.at(-1)!;
