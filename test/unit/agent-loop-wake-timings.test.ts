@@ -2,7 +2,7 @@
 // psql (a script that connects when a flag file exists): a peer wake (202 from the long-poll)
 // re-probes the failing edges to the peers it names, at once and without applying, while the probe
 // safety timer is far away; and the status carries the phases of the pass that applied the
-// generation, adding up to its total, with the report's own post in the next report.
+// generation, adding up to its total, with the report's own post in the next report; refused reports.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -38,9 +38,7 @@ const spec: ClusterSpec = {
 const g1 = compileCluster({ spec, generation: 1, credentials: {}, caBundle: '', crl: null }).get('node-1')!;
 
 const dirs: string[] = [];
-after(async () => {
-  for (const d of dirs) await rm(d, { recursive: true, force: true });
-});
+after(async () => Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true }))));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 type Answer = Awaited<ReturnType<CoordinatorApi['desired']>>;
@@ -91,8 +89,7 @@ done
       await sleep(3);
       if (opts.refuseReports && opts.refuseReports > refused) {
         refused += 1;
-        const code = opts.refuseStatus ?? 429;
-        throw new CoordinatorError('E_HTTP', `POST /v1/agent/status: HTTP ${code}`, code, { apiCode: code === 429 ? 'E_RATE_LIMITED' : 'E_BAD_REQUEST' });
+        throw new CoordinatorError('E_HTTP', 'POST /v1/agent/status: refused', opts.refuseStatus ?? 429, { apiCode: opts.refuseStatus ? 'E_BAD_REQUEST' : 'E_RATE_LIMITED' });
       }
       reported.push(structuredClone(s));
     },
@@ -380,10 +377,7 @@ test('safety timer: an edge not probed yet (its peer not seen at the generation)
 test('a status report the coordinator refused (429, rate limited) is sent again soon, not at the next long-poll cycle', async () => {
   let delivered = false;
   const h = await harness(async ({ n }) => {
-    if (n === 1) {
-      await h.up('node-1');
-      return { kind: 'newer', body: g1 };
-    }
+    if (n === 1) return h.up('node-1').then(() => ({ kind: 'newer', body: g1 }) as const);
     // The long-poll that follows holds (30 s in a real coordinator): only a resend can bring the report.
     if (n === 2) delivered = await waitFor('the refused report sent again', () => h.reported.some((s) => s.generation === 1), 5_000, 10).catch(() => false);
     return null;
@@ -394,18 +388,10 @@ test('a status report the coordinator refused (429, rate limited) is sent again 
 });
 
 test('a status report the coordinator rejected (400: it will not take it again) is not re-sent on a timer', async () => {
-  let attempts = -1;
+  let attempts = -1; // counted after twenty resend periods: a resend would have come many times over
   const h = await harness(async ({ n }) => {
-    if (n === 1) {
-      await h.up('node-1');
-      return { kind: 'newer', body: g1 };
-    }
-    if (n === 2) {
-      // Twenty resend periods: a resend would have come many times over.
-      await waitFor('the rejected report', () => h.refusedCount() >= 1, 5_000, 10);
-      await sleep(20 * 30);
-      attempts = h.refusedCount() + h.reported.length;
-    }
+    if (n === 1) return h.up('node-1').then(() => ({ kind: 'newer', body: g1 }) as const);
+    if (n === 2) await waitFor('the rejected report', () => h.refusedCount() >= 1, 5_000, 10).then(() => sleep(20 * 30)).then(() => (attempts = h.refusedCount() + h.reported.length));
     return null;
   }, { edges: ['node-1'], reprobeMs: 30, refuseReports: 1000, refuseStatus: 400 });
   assert.equal(await h.loop.run(), 'stopped');
