@@ -30,7 +30,8 @@ type AgentIdentity = Readonly<{ cluster: string; node: string; serial: string }>
  * not the connection: an agent's CSR or report beside its held long-poll comes on a connection
  * of its own, and in a renewal storm parsing each one again was ~0.3 ms of the event loop per
  * agent (issue 13). The key is the DER the socket holds now (a TLS 1.2 client may renegotiate
- * and present another certificate on the same connection). At most PARSED_PEERS_MAX, oldest out.
+ * and present another certificate on the same connection). At most PARSED_PEERS_MAX, the least
+ * recently used out (a Map keeps insertion order: a hit moves its entry to the end).
  */
 const parsedPeers = new Map<string, { identity: AgentIdentity; notAfter: number }>();
 const PARSED_PEERS_MAX = 20_000;
@@ -48,11 +49,10 @@ function agentIdentity(req: FastifyRequest, now: Date): AgentIdentity {
   if (!sock.authorized) throw unauthorized('the client certificate is not valid for this coordinator');
   const der = peer.raw.toString('base64');
   let parsed = parsedPeers.get(der);
-  if (!parsed) {
-    parsed = parsePeer(peer.toString());
-    parsedPeers.set(der, parsed);
-    if (parsedPeers.size > PARSED_PEERS_MAX) parsedPeers.delete(parsedPeers.keys().next().value!);
-  }
+  if (parsed) parsedPeers.delete(der);
+  else parsed = parsePeer(peer.toString());
+  parsedPeers.set(der, parsed);
+  if (parsedPeers.size > PARSED_PEERS_MAX) parsedPeers.delete(parsedPeers.keys().next().value!);
   if (now.getTime() >= parsed.notAfter) throw unauthorized('the client certificate has expired: enroll again with a new join token');
   return parsed.identity;
 }

@@ -29,10 +29,10 @@ const sha256 = (s: string) => createHash('sha256').update(s).digest();
  * The identity `serial` of cluster/node ($1, $2, $3) when it may authenticate: the node's current
  * one, or its previous one until the current one has been used; not revoked.
  */
-const VALID_IDENTITY_SQL = `SELECT a.identity_serial = $3 AS current, a.previous_serial AS previous
-  FROM agents a JOIN certificates c ON c.serial = $3 AND c.cluster = a.cluster AND c.node = a.node AND c.slot = 'identity'
-  WHERE a.cluster = $1 AND a.node = $2 AND (a.identity_serial = $3 OR a.previous_serial = $3) AND c.revoked_at IS NULL`;
-/** The same check for many (cluster, node, serial) at once ($1, $2, $3 arrays): the valid ones, by their index in them. */
+/**
+ * Which of many (cluster, node, serial) are a valid agent identity ($1, $2, $3 arrays): the
+ * current or the previous identity of the node, not revoked; the valid ones, by their index.
+ */
 const VALID_IDENTITIES_SQL = `SELECT k.i, a.identity_serial = k.serial AS current, a.previous_serial AS previous
   FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(cluster, node, serial, i)
   JOIN agents a ON a.cluster = k.cluster AND a.node = k.node AND (a.identity_serial = k.serial OR a.previous_serial = k.serial)
@@ -51,8 +51,8 @@ const IDENTITY_INVALID = 'this agent identity is not (or no longer) valid: enrol
  * first) is refused (401).
  */
 export async function assertIdentityValid(c: Queryable, agent: AgentPrincipal, forUpdate = false): Promise<{ current: boolean }> {
-  const sql = `${VALID_IDENTITY_SQL}${forUpdate ? ' FOR UPDATE OF a' : ''}`;
-  const valid = (await c.query<{ current: boolean }>(sql, [agent.cluster, agent.node, agent.serial])).rows[0];
+  const sql = `${VALID_IDENTITIES_SQL}${forUpdate ? ' FOR UPDATE OF a' : ''}`;
+  const valid = (await c.query<{ current: boolean }>(sql, [[agent.cluster], [agent.node], [agent.serial]])).rows[0];
   if (!valid) throw unauthorized(IDENTITY_INVALID);
   return valid;
 }
