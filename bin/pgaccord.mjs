@@ -25,8 +25,13 @@ const given = `${process.execArgv.join(' ')} ${process.env.NODE_OPTIONS ?? ''}`.
 const flags = process.argv[2] === 'agent' ? AGENT_NODE_FLAGS
   : process.argv[2] === 'coordinator' ? COORDINATOR_NODE_FLAGS.filter((f) => !given.includes(f.split('=')[0]))
   : [];
-if (flags.length > 0 && !help && typeof process.execve === 'function' && !flags.every((f) => process.execArgv.includes(f))) {
-  process.execve(process.execPath, [process.execPath, ...flags, ...process.execArgv, ...process.argv.slice(1)]);
+if (flags.length > 0 && !help && !flags.every((f) => process.execArgv.includes(f))) {
+  if (typeof process.execve === 'function') {
+    process.execve(process.execPath, [process.execPath, ...flags, ...process.execArgv, ...process.argv.slice(1)]);
+  } else if (process.argv[2] === 'coordinator' && flags.includes(COORDINATOR_NODE_FLAGS[0])) {
+    // Without execve the flags cannot be applied here: an unbounded coordinator heap is said, once.
+    console.error(`pgaccord coordinator: warning: this node has no process.execve, so the V8 heap is not bounded; bound it with NODE_OPTIONS=${COORDINATOR_NODE_FLAGS[0]}`);
+  }
 }
 
 const entry = new URL('../dist/bin/main.js', import.meta.url);

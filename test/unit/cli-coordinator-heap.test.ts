@@ -58,3 +58,22 @@ test('an operator\'s own heap limit (on node\'s command line or in NODE_OPTIONS)
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('on a node without process.execve the coordinator says, in one line, that its heap is not bounded and how to bound it', () => {
+  const dir = mkdtempSync('/tmp/pgaccord-cli-heap-');
+  try {
+    // The preload takes execve away, as an older node has none.
+    writeFileSync(join(dir, 'no-execve.mjs'), 'delete process.execve;\n');
+    const run = (args: string[], env: NodeJS.ProcessEnv) => spawnSync(process.execPath, ['--import', join(dir, 'no-execve.mjs'), 'bin/pgaccord.mjs', ...args], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...env } });
+    const r = run(['coordinator', '--no-such-flag'], { NODE_OPTIONS: '' });
+    assert.equal(r.status, 2, r.stderr);
+    const warnings = r.stderr.split('\n').filter((l) => /heap/.test(l));
+    assert.equal(warnings.length, 1, r.stderr);
+    assert.match(warnings[0]!, /^pgaccord coordinator: warning: .*not bounded.*NODE_OPTIONS=--max-old-space-size=1024/);
+    for (const [args, env] of [[['coordinator', '--no-such-flag'], { NODE_OPTIONS: '--max-old-space-size=3000' }], [['coordinator', '--help'], { NODE_OPTIONS: '' }], [['agent', '--no-such-flag'], { NODE_OPTIONS: '' }]] as const) {
+      assert.doesNotMatch(run([...args], env).stderr, /heap/, `no warning for ${args.join(' ')} with ${JSON.stringify(env)}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
