@@ -79,8 +79,10 @@ export class PeerWatch {
  * A full pass's probes (pure): which edges to probe now, and what stands for the others. Probed:
  * the edges to this node itself and to peers known to hold `generation`. Any other edge is left
  * to its peer's wake (or the safety timer): probed now, against the peer's old configuration, it
- * would prove nothing and be probed again. It keeps its last result of this generation
- * (`carried`: a peer that is down keeps its real error), or stands as not probed yet.
+ * would prove nothing and be probed again. It keeps its last failure of this generation
+ * (`carried`: a peer that is down keeps its real error), or stands as not probed yet. A carried
+ * pass is probed again: it proved this node's client files as they were before this apply (a
+ * renewed client certificate), and only the safety timer, its wait for the wake over, made it.
  */
 export function planProbes(
   conns: ClientConnection[],
@@ -89,12 +91,13 @@ export function planProbes(
   carried: ProbeResult[],
   at: string,
 ): { probe: number[]; results: ProbeResult[] } {
-  const probe = conns.flatMap((c, i) => (c.to === desired.node || knownPeer(c.to) ? [i] : []));
-  const results = conns.map((c): ProbeResult => {
-    const conninfo = scrubSecrets(c.conninfo);
-    const last = carried.find((p) => p.to === c.to && p.role === c.role && p.conninfo === conninfo);
+  const lasts = conns.map((c) => carried.find((p) => p.to === c.to && p.role === c.role && p.conninfo === scrubSecrets(c.conninfo)));
+  const probe = conns.flatMap((c, i) => (c.to === desired.node || knownPeer(c.to) || lasts[i]?.ok === true ? [i] : []));
+  const results = conns.map((c, i): ProbeResult => {
+    const last = lasts[i];
+    if (last && !last.ok) return last;
     const error = `not probed yet: ${c.to} is not known to have applied generation ${desired.generation}`;
-    return last ?? { to: c.to, role: c.role, conninfo, ok: false, tlsVersion: null, cipher: null, error, at, reason: AWAITING_PEER, peerGeneration: 0 };
+    return { to: c.to, role: c.role, conninfo: scrubSecrets(c.conninfo), ok: false, tlsVersion: null, cipher: null, error, at, reason: AWAITING_PEER, peerGeneration: 0 };
   });
   return { probe, results };
 }
