@@ -62,6 +62,9 @@ export class ReconcileLoop {
     return this.reconciler.cycles;
   }
 
+  /** Resync timer cycles run to their end (for tests: while steady they prove nothing). */
+  resyncs = 0;
+
   /** Counts of probe passes by reason (for tests and the log). */
   get probePasses(): Record<ProbeReason, number> {
     return this.reconciler.probePasses;
@@ -154,7 +157,7 @@ export class ReconcileLoop {
       log.info({ generation: r.lastGood.generation }, 'starting from the last good desired state');
       await this.kick('startup');
     }
-    this.timer = setInterval(() => void r.cycle('periodic resync', false), this.deps.resyncMs ?? 60_000);
+    this.timer = setInterval(() => void r.cycle('periodic resync', false).then(() => (this.resyncs += 1)), this.deps.resyncMs ?? 60_000);
     this.timer.unref();
     try {
       while (!this.signal.aborted) {

@@ -17,6 +17,7 @@ import { ReconcileLoop } from '../../agent/runtime/loop.ts';
 import type { CoordinatorApi, DriftHook } from '../../agent/runtime/loop-deps.ts';
 import { CertificateManager } from '../../agent/runtime/certs.ts';
 import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
+import { waitFor } from '../helpers/wait.ts';
 import type { ApplyResult, NodeContext } from '../../agent/apply/types.ts';
 
 const spec: ClusterSpec = {
@@ -36,7 +37,6 @@ const dirs: string[] = [];
 after(async () => {
   for (const d of dirs) await rm(d, { recursive: true, force: true });
 });
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 type Answer = Awaited<ReturnType<CoordinatorApi['desired']>>;
 
@@ -123,7 +123,9 @@ test('steady: unchanged cycles report the last proof without applying, probing o
     if (n === 1) return { kind: 'newer', body: g1 };
     if (n === 3) {
       steadyAt = { applies: h.state.applies, proved: h.loop.cycles.proved, apply: h.loop.probePasses.apply, reports: h.reported.length };
-      await sleep(60); // the 5 ms resync timer fires several times meanwhile
+      // The 5 ms resync timer runs several cycles meanwhile (the long-poll holds): each proves nothing.
+      const resyncs = h.loop.resyncs;
+      await waitFor('three resync cycles while steady', () => h.loop.resyncs >= resyncs + 3, 10_000, 5);
     }
     if (n === 6) h.state.clock += PROOF_EVERY_MS;
     return n <= 6 ? { kind: 'unchanged' } : null;
