@@ -9,6 +9,7 @@ import { certInfo } from '../../shared/crypto/x509.ts';
 import { ApiError, unauthorized } from '../errors.ts';
 import { AGENT_CN, parseIdentityUri, type AgentPrincipal, type CoordinatorService } from '../service.ts';
 import { StoreUnavailableError } from '../store/store-hosts.ts';
+import { PeerCache } from './peer-cache.ts';
 import type { RateLimiter } from './rate-limit.ts';
 
 /** The long-poll is held at authentication while the store is away at least this long (ms). */
@@ -25,16 +26,11 @@ export function bearerMatches(header: string | undefined, expected: string): boo
 type AgentIdentity = Readonly<{ cluster: string; node: string; serial: string }>;
 
 /**
- * Parsed client certificates, keyed by their DER: the parse, never the verdict (authorized, and
- * the identity's validity in the store, are checked on every request). Keyed by the certificate,
- * not the connection: an agent's CSR or report beside its held long-poll comes on a connection
- * of its own, and in a renewal storm parsing each one again was ~0.3 ms of the event loop per
- * agent (issue 13). The key is the DER the socket holds now (a TLS 1.2 client may renegotiate
- * and present another certificate on the same connection). At most PARSED_PEERS_MAX, the least
- * recently used out (a Map keeps insertion order: a hit moves its entry to the end).
+ * Parsed client certificates (the parse, never the verdict: authorized, and the identity's
+ * validity in the store, are checked on every request). The key is the DER the socket holds now
+ * (a TLS 1.2 client may renegotiate and present another certificate on the same connection).
  */
-const parsedPeers = new Map<string, { identity: AgentIdentity; notAfter: number }>();
-const PARSED_PEERS_MAX = 20_000;
+const parsedPeers = new PeerCache<{ identity: AgentIdentity; notAfter: number }>(20_000);
 
 /**
  * The agent identity the client certificate names: exactly one identity URI, the agent CN,
@@ -47,12 +43,7 @@ function agentIdentity(req: FastifyRequest, now: Date): AgentIdentity {
   const peer = sock.getPeerX509Certificate();
   if (!peer) throw unauthorized('agent calls need a client certificate (mTLS)');
   if (!sock.authorized) throw unauthorized('the client certificate is not valid for this coordinator');
-  const der = peer.raw.toString('base64');
-  let parsed = parsedPeers.get(der);
-  if (parsed) parsedPeers.delete(der);
-  else parsed = parsePeer(peer.toString());
-  parsedPeers.set(der, parsed);
-  if (parsedPeers.size > PARSED_PEERS_MAX) parsedPeers.delete(parsedPeers.keys().next().value!);
+  const parsed = parsedPeers.get(peer.raw, () => parsePeer(peer.toString()));
   if (now.getTime() >= parsed.notAfter) throw unauthorized('the client certificate has expired: enroll again with a new join token');
   return parsed.identity;
 }
