@@ -20,6 +20,11 @@ export const PROBE_RETRY = 'probing again after a failed probe';
 /** After an event (a newer generation, a peer wake with news) the next poll follows this soon; otherwise minCycleMs. */
 export const EVENT_MIN_CYCLE_MS = 20;
 
+/** An answer that says "later" (429 rate limited, 503 busy): the coordinator was reached and refused the request for now. */
+export function refusedLater(status: number | undefined): boolean {
+  return status === 429 || status === 503;
+}
+
 /** Why the probes of a pass ran, from the pass's reason. */
 export function probeReason(passReason: string): ProbeReason {
   return passReason === PROBE_RETRY ? 'retry' : 'apply';

@@ -13,7 +13,7 @@ import { loadLastGood, saveLastGood } from './last-good.ts';
 import { Reconciler } from './reconciler.ts';
 import { expiriesOf, renewalsOf, type LoopDeps, type LoopExit } from './loop-deps.ts';
 import type { NodeContext } from '../apply/types.ts';
-import { contactRetryDelay, errMessage, EVENT_MIN_CYCLE_MS, judgeDesired, loopAlive, renewalWake, STUCK_AFTER_MS, summaryLine } from './judge.ts';
+import { contactRetryDelay, errMessage, EVENT_MIN_CYCLE_MS, judgeDesired, loopAlive, refusedLater, renewalWake, STUCK_AFTER_MS, summaryLine } from './judge.ts';
 
 export class ReconcileLoop {
   private reachable = true;
@@ -178,7 +178,7 @@ export class ReconcileLoop {
           } else {
             outcome = 'error';
             this.onContactFailure(e);
-            await this.kick('coordinator unreachable: reconciling the last good state locally');
+            await this.kick(this.refused ? `coordinator refused the long-poll (HTTP ${this.refused.status}): reconciling the last good state locally` : 'coordinator unreachable: reconciling the last good state locally');
           }
         } finally {
           this.pollAbort = null;
@@ -188,7 +188,10 @@ export class ReconcileLoop {
         if (outcome === 'error' || this.refusal) {
           const delay = this.retryDelay();
           this.failures += 1;
-          log.info({ retryInMs: delay, attempt: this.failures }, 'retrying the coordinator after a delay');
+          const refused = this.refused;
+          this.refused = null;
+          if (refused) log.warn({ status: refused.status, code: refused.code, retryInMs: delay, attempt: this.failures }, 'coordinator refused the long-poll: retrying after a delay');
+          else log.info({ retryInMs: delay, attempt: this.failures }, 'retrying the coordinator after a delay');
           // The renewal timer cuts the wait short (pollAbort), so a due renewal is tried at once.
           const wake = new AbortController();
           this.pollAbort = wake;
@@ -252,11 +255,15 @@ export class ReconcileLoop {
     if (this.deps.onContact) void this.deps.onContact().catch((e) => this.deps.log.warn({ err: errMessage(e) }, 'post-contact maintenance failed'));
   }
 
+  /** The last long-poll's refusal (429, 503), logged with the retry delay: the coordinator answered, it is not unreachable. */
+  private refused: { status: number; code: string | undefined } | null = null;
+
   private onContactFailure(e: unknown): void {
     const r = this.reconciler;
     const message = errMessage(e);
     const code = e instanceof CoordinatorError ? e.code : 'E_UNREACHABLE';
-    if (this.reachable) {
+    this.refused = e instanceof CoordinatorError && code === 'E_HTTP' && refusedLater(e.status) ? { status: e.status!, code: e.apiCode } : null;
+    if (this.reachable && !this.refused) {
       const servingGeneration = r.lastGood?.generation ?? null;
       this.deps.log.warn({ code, err: message, servingGeneration }, 'coordinator unreachable: serving the last good state (stale)');
     }

@@ -14,7 +14,7 @@ import { buildStatus, writeLocalStatus } from './status.ts';
 import { afterProof, ensureAndApply } from './pass.ts';
 import { expiriesOf, renewalsOf, type FileReportT, type LoopDeps } from './loop-deps.ts';
 import type { ApplyResult, NodeContext } from '../apply/types.ts';
-import { APPLY_RETRY, errMessage, isSteady, PeerWatch, planProbes, PROBE_RETRY, probeReason, retryApplySoon, retryPeers, summaryLine, survivesUntil, WAKE_WAIT_PERIODS } from './judge.ts';
+import { APPLY_RETRY, errMessage, isSteady, PeerWatch, planProbes, PROBE_RETRY, probeReason, refusedLater, retryApplySoon, retryPeers, summaryLine, survivesUntil, WAKE_WAIT_PERIODS } from './judge.ts';
 
 /** What the reconciler needs of the loop: its contact with the coordinator. */
 export interface LoopView {
@@ -387,7 +387,7 @@ export class Reconciler {
         if (e instanceof CoordinatorError && e.code === 'E_UNREACHABLE') this.view.contactFailed(e);
         // Only a refusal that says "later" (rate limited, busy) is worth sending again soon; any
         // other (400, 401, 410...) would be refused the same way every period.
-        else if (e instanceof CoordinatorError && (e.status === 429 || e.status === 503)) this.view.reportRefused();
+        else if (e instanceof CoordinatorError && refusedLater(e.status)) this.view.reportRefused();
       }
     }
     const at = new Date(this.deps.now()).toISOString();
