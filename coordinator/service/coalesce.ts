@@ -1,9 +1,21 @@
-// Calls that arrive while one is being served go out together as the next one (group commit):
-// a burst of N agent requests costs a few store queries, not N, and a caller alone goes at once.
-// Pure: what a batch does is the caller's `run`.
+// Calls that arrive while batches are being served go out together as the next one (group
+// commit): a burst of N agent requests costs a few store queries, not N, and a caller alone goes
+// at once. A few batches may be in flight: one waiting for a store connection does not hold
+// every request behind it. Pure: what a batch does is the caller's `run`.
 
 /** What one batch of keys gives: each key's value or its own error, in the keys' order. */
 export type BatchOutcome<V> = ({ ok: true; value: V } | { ok: false; error: unknown })[];
+
+export interface CoalescerOptions {
+  /** Keys in one batch at most (1000). */
+  maxBatch?: number;
+  /** Batches served at once at most (2): each may hold a store connection, keep it below the pool. */
+  inFlight?: number;
+  /** Callers waiting for a batch at most (10 batches' worth); beyond it a call is refused at once with `full()`. */
+  maxWaiting?: number;
+  /** The error a refused caller gets (a new one each call). */
+  full?: () => unknown;
+}
 
 interface Waiter<K, V> {
   key: K;
@@ -11,53 +23,85 @@ interface Waiter<K, V> {
   reject(e: unknown): void;
 }
 
+/**
+ * An error of its own for one caller of a failed batch: the shared one's kind (prototype) and
+ * fields, the shared one as its cause; what one caller does to its error reaches no other.
+ */
+export function ownError(shared: unknown): unknown {
+  if (!(shared instanceof Error)) return shared;
+  const own = Object.create(Object.getPrototypeOf(shared) as object) as Error;
+  Object.defineProperties(own, Object.getOwnPropertyDescriptors(shared));
+  // V8's `stack` may be an accessor bound to the original: a plain copy of its text instead.
+  Object.defineProperty(own, 'stack', { value: shared.stack, writable: true, configurable: true, enumerable: false });
+  Object.defineProperty(own, 'cause', { value: shared, writable: true, configurable: true, enumerable: false });
+  return own;
+}
+
+const positive = (n: number) => Number.isInteger(n) && n >= 1;
+
 export class Coalescer<K, V> {
   readonly #run: (keys: K[]) => Promise<BatchOutcome<V>>;
   readonly #maxBatch: number;
+  readonly #inFlight: number;
+  readonly #maxWaiting: number;
+  readonly #full: () => unknown;
   #waiting: Waiter<K, V>[] = [];
-  #busy = false;
+  #running = 0;
+  #scheduled = false;
 
   /**
-   * `run` serves one batch (at most `maxBatch` keys; one batch at a time): its rejection fails
-   * every caller of the batch, an outcome's error only its own.
+   * `run` serves one batch: its rejection fails every caller of the batch (each with an error of
+   * its own, see ownError), an outcome's error only its own caller.
    */
-  constructor(run: (keys: K[]) => Promise<BatchOutcome<V>>, maxBatch = 1000) {
-    if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new Error(`coalescer: batch size ${maxBatch} is not a positive integer`);
+  constructor(run: (keys: K[]) => Promise<BatchOutcome<V>>, opts: CoalescerOptions = {}) {
+    const { maxBatch = 1000, inFlight = 2, maxWaiting = 10 * maxBatch } = opts;
+    if (!positive(maxBatch)) throw new Error(`coalescer: batch size ${maxBatch} is not a positive integer`);
+    if (!positive(inFlight)) throw new Error(`coalescer: batches in flight ${inFlight} is not a positive integer`);
+    if (!positive(maxWaiting)) throw new Error(`coalescer: waiting bound ${maxWaiting} is not a positive integer`);
     this.#run = run;
     this.#maxBatch = maxBatch;
+    this.#inFlight = inFlight;
+    this.#maxWaiting = maxWaiting;
+    this.#full = opts.full ?? (() => new Error(`coalescer: ${maxWaiting} callers already waiting`));
   }
 
   call(key: K): Promise<V> {
+    if (this.#waiting.length >= this.#maxWaiting) return Promise.reject(this.#full());
     return new Promise<V>((resolve, reject) => {
       this.#waiting.push({ key, resolve, reject });
-      this.#next();
+      this.#schedule();
     });
   }
 
-  #next(): void {
-    if (this.#busy || this.#waiting.length === 0) return;
-    this.#busy = true;
+  #schedule(): void {
+    if (this.#scheduled || this.#running >= this.#inFlight || this.#waiting.length === 0) return;
+    this.#scheduled = true;
     // On the next microtask: the calls made in the same tick as this one go with it.
     queueMicrotask(() => {
-      const batch = this.#waiting.splice(0, this.#maxBatch);
-      let served: Promise<BatchOutcome<V>>;
-      try {
-        served = this.#run(batch.map((w) => w.key));
-      } catch (e) {
-        served = Promise.reject(e);
-      }
-      served.then(
-        (outcomes) => batch.forEach((w, i) => {
-          const o = outcomes[i];
-          if (!o) w.reject(new Error(`coalescer: no outcome for key ${i} of a batch of ${batch.length}`));
-          else if (o.ok) w.resolve(o.value);
-          else w.reject(o.error);
-        }),
-        (e: unknown) => batch.forEach((w) => w.reject(e)),
-      ).finally(() => {
-        this.#busy = false;
-        this.#next();
-      });
+      this.#scheduled = false;
+      while (this.#running < this.#inFlight && this.#waiting.length > 0) this.#serve(this.#waiting.splice(0, this.#maxBatch));
+    });
+  }
+
+  #serve(batch: Waiter<K, V>[]): void {
+    this.#running += 1;
+    let served: Promise<BatchOutcome<V>>;
+    try {
+      served = this.#run(batch.map((w) => w.key));
+    } catch (e) {
+      served = Promise.reject(e);
+    }
+    served.then(
+      (outcomes) => batch.forEach((w, i) => {
+        const o = outcomes[i];
+        if (!o) w.reject(new Error(`coalescer: no outcome for key ${i} of a batch of ${batch.length}`));
+        else if (o.ok) w.resolve(o.value);
+        else w.reject(o.error);
+      }),
+      (e: unknown) => batch.forEach((w) => w.reject(ownError(e))),
+    ).finally(() => {
+      this.#running -= 1;
+      this.#schedule();
     });
   }
 }

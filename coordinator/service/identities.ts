@@ -5,7 +5,8 @@ import type { CsrResponse, EnrollResponse, JoinTokenPayload } from '../../shared
 import { encodeJoinToken, parseCoordinatorUrls, parseJoinToken } from '../../shared/contract/join-token.ts';
 import { publicKeyId, type SubjectPublicKey } from '../../shared/crypto/csr.ts';
 import { badRequest, conflict, gone, unauthorized } from '../errors.ts';
-import type { Queryable } from '../store/store.ts';
+import { StoreBusyError } from '../store/store-hosts.ts';
+import { coalescedInFlight, type Queryable } from '../store/store.ts';
 import { Coalescer, type BatchOutcome } from './coalesce.ts';
 import { hasNode, lockCluster, nodeGone, type AgentPrincipal, type ServiceContext } from './context.ts';
 
@@ -72,13 +73,18 @@ export class Identities {
 
   constructor(ctx: ServiceContext) {
     this.#ctx = ctx;
+    // A few batches at once, below the pool; ten batches' callers waiting at most, then 503 at once.
+    const opts = {
+      inFlight: coalescedInFlight(ctx.store.pool.opts.max),
+      full: () => new StoreBusyError('too many agent requests waiting for it'),
+    };
     this.#identities = new Coalescer(async (keys) => {
       const rows = await ctx.store.query<{ i: string; current: boolean; previous: string | null }>(
         VALID_IDENTITIES_SQL, [keys.map((k) => k.cluster), keys.map((k) => k.node), keys.map((k) => k.serial)]);
       const valid = new Map(rows.map((r) => [Number(r.i) - 1, { current: r.current, previous: r.previous }]));
       return keys.map((_, i) => ({ ok: true, value: valid.get(i) ?? null }));
-    });
-    this.#contacts = new Coalescer((keys) => this.#writeContacts(keys));
+    }, opts);
+    this.#contacts = new Coalescer((keys) => this.#writeContacts(keys), opts);
   }
 
   async createToken(cluster: string, node: string, ttlSeconds = DEFAULT_TOKEN_TTL_S): Promise<{ token: string; expiresAt: string }> {

@@ -46,8 +46,9 @@ export class StoreUnavailableError extends ApiError {
  * The store answers (it is busy, not away): no rescan, no failover, the connections are kept.
  */
 export class StoreBusyError extends ApiError {
-  constructor(connections: number, waitedMs: number) {
-    super(503, 'E_STORE_BUSY', `the store is busy (all ${connections} of its connections in use for ${Math.round(waitedMs / 1000)} s): retry shortly`);
+  /** `why`: what is full, e.g. "all 10 of its connections in use for 30 s". */
+  constructor(why: string) {
+    super(503, 'E_STORE_BUSY', `the store is busy (${why}): retry shortly`);
   }
 }
 
@@ -268,7 +269,7 @@ export class FailoverPool extends pg.Pool {
         failure = new StoreUnavailableError(`${this.hosts.host.name} does not accept writes (target_session_attrs=${this.hosts.targets.attrs})`);
       } catch (e) {
         // Waited in the queue of a full pool: busy, not failed (a rescan would drop every connection).
-        if (e instanceof Error && e.message === POOL_QUEUE_TIMEOUT) throw new StoreBusyError(this.opts.max, this.opts.queueWaitMs);
+        if (e instanceof Error && e.message === POOL_QUEUE_TIMEOUT) throw new StoreBusyError(`all ${this.opts.max} of its connections in use for ${Math.round(this.opts.queueWaitMs / 1000)} s`);
         failure = e;
       }
       if (rescanned) {

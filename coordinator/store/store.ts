@@ -183,6 +183,13 @@ export interface PoolSettings {
  */
 export const POOL: PoolSettings = { max: 10, queueWaitMs: 30_000 };
 
+/**
+ * Batches one coalescer of agent queries may have in flight on a pool of `max` connections: a
+ * quarter of it, 1 to 4 (the identity reads and the contact writes are two such coalescers), so
+ * a PUT or a CSR's transaction always finds connections beside them.
+ */
+export const coalescedInFlight = (max: number): number => Math.min(4, Math.max(1, Math.floor(max / 4)));
+
 export class Store {
   readonly events = new EventEmitter();
   /** Migrations this process applied when it opened the store. */

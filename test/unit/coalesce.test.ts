@@ -16,9 +16,9 @@ function recorder(opts: { fail?: (k: number) => boolean; reject?: boolean } = {}
   return { batches, run, held, release: () => release?.() };
 }
 
-test('a call alone is one batch; calls made while a batch is served go together as the next one', async () => {
+test('a call alone is one batch; calls made while every batch in flight is served go together as the next one', async () => {
   const r = recorder();
-  const c = new Coalescer(r.run);
+  const c = new Coalescer(r.run, { inFlight: 1 });
   assert.equal(await c.call(1), 10);
   r.held.hold = true;
   const first = c.call(2);
@@ -32,7 +32,7 @@ test('a call alone is one batch; calls made while a batch is served go together 
 
 test('calls of the same tick go in one batch, at most maxBatch keys each', async () => {
   const r = recorder();
-  const c = new Coalescer(r.run, 2);
+  const c = new Coalescer(r.run, { maxBatch: 2 });
   assert.deepEqual(await Promise.all([1, 2, 3].map((k) => c.call(k))), [10, 20, 30]);
   assert.deepEqual(r.batches, [[1, 2], [3]]);
 });
