@@ -52,9 +52,6 @@ export class StoreBusyError extends ApiError {
   }
 }
 
-/** What pg-pool says when a checkout waited in its queue for connectionTimeoutMillis (a connect timing out says otherwise). */
-const POOL_QUEUE_TIMEOUT = 'timeout exceeded when trying to connect';
-
 // A host entry of a list: a name, an IPv4 address or a bracketed IPv6 one, and an optional port.
 const HOST_ENTRY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]+)(?::\d{1,5})?$/;
 
@@ -209,7 +206,8 @@ type StoreClient = pg.PoolClient & { storeEpoch: number; storeChecked?: boolean 
 export class FailoverPool extends pg.Pool {
   /**
    * `queueWaitMs` bounds a checkout's wait for a connection of a full pool (StoreBusyError after
-   * it); connecting is bounded apart, by each connection's own CONNECT_TIMEOUT_MS.
+   * it): our own timer, not pg-pool's connectionTimeoutMillis, whose timeout was known only by its
+   * message's wording. Connecting is bounded apart, by each connection's own CONNECT_TIMEOUT_MS.
    */
   constructor(readonly hosts: StoreHosts, readonly opts: { max: number; queueWaitMs: number }) {
     const Client = class extends pg.Client {
@@ -218,7 +216,7 @@ export class FailoverPool extends pg.Pool {
         super(hosts.clientConfig());
       }
     };
-    super({ max: opts.max, Client, connectionTimeoutMillis: opts.queueWaitMs });
+    super({ max: opts.max, Client });
     const query = this.query.bind(this) as (...a: unknown[]) => unknown;
     this.query = ((...a: unknown[]) => {
       const epoch = hosts.epoch;
@@ -245,13 +243,40 @@ export class FailoverPool extends pg.Pool {
     p.then((c) => callback(undefined, c, (r) => c.release(r as boolean | Error | undefined)), (e: unknown) => callback(e as Error, undefined, () => undefined));
   }
 
+  /**
+   * pg.Pool's checkout. One that queues (every connection in use) waits until `deadline`, then
+   * StoreBusyError; the connection it was to get goes back to the pool when it comes.
+   */
+  #take(deadline: number): Promise<pg.PoolClient> {
+    const queued = this.waitingCount > 0 || (this.idleCount === 0 && this.totalCount >= this.opts.max);
+    const taking = super.connect();
+    if (!queued) return taking;
+    return new Promise<pg.PoolClient>((resolve, reject) => {
+      let late = false;
+      const timer = setTimeout(() => {
+        late = true;
+        reject(new StoreBusyError(`all ${this.opts.max} of its connections in use for ${Math.round(this.opts.queueWaitMs / 1000)} s`));
+      }, Math.max(0, deadline - Date.now()));
+      timer.unref();
+      taking.then((c) => {
+        clearTimeout(timer);
+        if (late) c.release();
+        else resolve(c);
+      }, (e: unknown) => {
+        clearTimeout(timer);
+        if (!late) reject(e);
+      });
+    });
+  }
+
   async #checkout(): Promise<pg.PoolClient> {
+    const deadline = Date.now() + this.opts.queueWaitMs;
     let rescanned = false;
     for (;;) {
       const epoch = this.hosts.epoch;
       let failure: unknown;
       try {
-        const c = (await super.connect()) as StoreClient;
+        const c = (await this.#take(deadline)) as StoreClient;
         if (c.storeEpoch !== this.hosts.epoch) {
           c.release(true); // made before the last scan: perhaps to a host no longer used
           continue;
@@ -269,7 +294,7 @@ export class FailoverPool extends pg.Pool {
         failure = new StoreUnavailableError(`${this.hosts.host.name} does not accept writes (target_session_attrs=${this.hosts.targets.attrs})`);
       } catch (e) {
         // Waited in the queue of a full pool: busy, not failed (a rescan would drop every connection).
-        if (e instanceof Error && e.message === POOL_QUEUE_TIMEOUT) throw new StoreBusyError(`all ${this.opts.max} of its connections in use for ${Math.round(this.opts.queueWaitMs / 1000)} s`);
+        if (e instanceof StoreBusyError) throw e;
         failure = e;
       }
       if (rescanned) {

@@ -6,6 +6,7 @@
 // E_STORE_BUSY, and that is not a failover either.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import pg from 'pg';
 import pino from 'pino';
 import { Store } from '../../coordinator/store/store.ts';
 import { ApiError } from '../../coordinator/errors.ts';
@@ -52,4 +53,36 @@ test('a wait beyond the queue bound is refused as 503 E_STORE_BUSY, and is not a
   await Promise.all(busy);
   assert.equal(store.hosts.epoch, epoch, 'the hosts were not rescanned');
   assert.deepEqual(await store.query('SELECT 1 AS ok'), [{ ok: 1 }]);
+});
+
+test('E_STORE_BUSY does not hang on pg-pool\'s wording: its queue-timeout message reworded, a wait beyond the bound is still E_STORE_BUSY, no failover, and the connection it gave up on comes back to the pool', async () => {
+  const store = await Store.open({ connectionString: databaseUrl }, pino({ level: 'silent' }), { queueWaitMs: 500 });
+  after(() => store.close());
+  // A later pg-pool that words its queue timeout otherwise (the checkout FailoverPool makes is pg.Pool's connect).
+  const proto = pg.Pool.prototype as unknown as { connect(this: pg.Pool, cb?: unknown): unknown };
+  const original = proto.connect;
+  proto.connect = function (this: pg.Pool, cb?: unknown) {
+    const r = original.call(this, cb);
+    return cb === undefined && r instanceof Promise
+      ? r.catch((e: unknown) => {
+        throw e instanceof Error && /timeout exceeded/.test(e.message) ? new Error('gave up waiting for an idle client') : e;
+      })
+      : r;
+  };
+  try {
+    const epoch = store.hosts.epoch;
+    const busy = await occupyAll(store, 3);
+    for (const attempt of [() => store.query('SELECT 1'), () => store.tx((c) => c.query('SELECT 1'))]) {
+      const e = await attempt().then(() => null, (err: unknown) => err);
+      assert.ok(e instanceof ApiError, `refused: ${String(e)}`);
+      assert.deepEqual([e.status, e.code], [503, 'E_STORE_BUSY']);
+    }
+    assert.equal(store.hosts.epoch, epoch, 'the hosts were not rescanned');
+    await Promise.all(busy);
+    const pool = store.pool;
+    await waitFor('every connection idle again, none waiting', () => pool.waitingCount === 0 && pool.idleCount === pool.totalCount && pool.totalCount === pool.options.max, 10_000, 20);
+    assert.deepEqual(await store.query('SELECT 1 AS ok'), [{ ok: 1 }]);
+  } finally {
+    proto.connect = original;
+  }
 });
