@@ -108,7 +108,7 @@ export function isStoreFailure(e: unknown): boolean {
   if (/^08...$/.test(code) || ['57P01', '57P02', '57P03', '25006'].includes(code)) return true;
   if (['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN'].includes(code)) return true;
   // node-postgres gives these no code.
-  return typeof err.message === 'string' && /^(Connection terminated|Client has encountered a connection error|timeout exceeded when trying to connect)/.test(err.message);
+  return typeof err.message === 'string' && /^(Connection terminated|Client has encountered a connection error)/.test(err.message);
 }
 
 /** A store failure as the coded 503 (anything else unchanged). */
