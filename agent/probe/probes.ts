@@ -19,8 +19,10 @@ export interface ProbeOptions {
   killAfterMs?: number;
   psql?: string;
   now?: () => Date;
-  /** Probes run at once (default PROBE_CONCURRENCY). */
+  /** psql runs at once at most (default PROBE_CONCURRENCY). */
   concurrency?: number;
+  /** Edges one psql run takes before a second run is started beside it (default PROBE_EDGES_PER_RUN). */
+  edgesPerRun?: number;
 }
 
 /** What psql printed for `\conninfo`: TLS protocol and cipher, when the connection used TLS. */
@@ -85,6 +87,14 @@ export type ProbeReason = 'apply' | 'retry' | 'peer-applied';
 
 /** psql processes at once at most, each over its share of the edges (one psql run probes several). */
 export const PROBE_CONCURRENCY = 2;
+
+/**
+ * A second psql run starts only beside a first one with this many edges: a run costs a fork of
+ * the agent and psql's own start, about as much CPU as an edge's connection (TLS handshake and
+ * backend included). A ten-node mesh probes nine edges per node and change, on machines where
+ * every node does it at once, CPU-bound: one run each, ten per change instead of twenty.
+ */
+export const PROBE_EDGES_PER_RUN = 12;
 
 /** Marks where an edge's output begins, on stdout (\echo) and on stderr (\warn), and where the run ended. */
 const MARK = '@@pgaccord-probe ';
@@ -191,7 +201,7 @@ async function runBatch(conns: ClientConnection[], opts: ProbeOptions): Promise<
   return parseBatch(conns, stdout, stderr, error ?? 'psql ended before the probe did').map((o) => ({ ...o, error: o.error === null ? null : scrubSecrets(o.error) }));
 }
 
-/** Probe every connection (never throws): a few psql runs at once, each over its share; results in the order of `conns`. */
+/** Probe every connection (never throws): one psql run per PROBE_EDGES_PER_RUN edges, a few at once, each over its share; results in the order of `conns`. */
 export async function probeAll(conns: ClientConnection[], opts: ProbeOptions, reason?: ProbeReason): Promise<ProbeResult[]> {
   const now = opts.now ?? (() => new Date());
   const out: ProbeResult[] = new Array(conns.length);
@@ -206,7 +216,7 @@ export async function probeAll(conns: ClientConnection[], opts: ProbeOptions, re
     if (/\bpassword\s*=/i.test(c.conninfo)) out[i] = result(i, { ok: false, stdout: '', error: 'refused to probe: the connection string carries a password' });
     else todo.push(i);
   });
-  const k = Math.min(opts.concurrency ?? PROBE_CONCURRENCY, todo.length);
+  const k = Math.min(opts.concurrency ?? PROBE_CONCURRENCY, Math.ceil(todo.length / Math.max(1, opts.edgesPerRun ?? PROBE_EDGES_PER_RUN)));
   const shares = Array.from({ length: k }, (_, w) => todo.filter((_, j) => j % k === w));
   await Promise.all(shares.map(async (share) => {
     // A run ends early only when its first connection is refused: go on from the next edge.

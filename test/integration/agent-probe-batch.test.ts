@@ -68,8 +68,18 @@ test('every edge gets the verdict a probe of it alone gets, at any concurrency',
   const alone = await Promise.all(conns.map((c) => probe(c, { osUser: pg.osUser })));
   assert.deepEqual(alone.map((r) => r.ok), expectOk);
   for (const concurrency of [2, 4]) {
-    const batch = await probeAll(conns, { osUser: pg.osUser, concurrency });
+    const batch = await probeAll(conns, { osUser: pg.osUser, concurrency, edgesPerRun: 1 });
     assert.deepEqual(batch.map((r) => r.ok), expectOk, `concurrency ${concurrency}`);
     batch.forEach((r, i) => assert.equal(r.error === null, alone[i]!.error === null, `${r.to}: ${r.error} vs ${alone[i]!.error}`));
   }
+});
+
+// Each psql run costs a fork of the agent and psql's own start, about what an edge's connection
+// costs: a ten-node mesh ran twenty of them per change where ten do, on a CPU-bound machine.
+test('a pass over the nine edges of a ten-node mesh runs psql once at the default concurrency', async () => {
+  const nine: ClientConnection[] = Array.from({ length: 9 }, (_, i) => ({ to: `node-${i + 2}`, role: 'postgres', conninfo: at('postgres'), replication: false }));
+  const before = await runCount();
+  const results = await probeAll(nine, { osUser: pg.osUser, psql: wrapper }, 'peer-applied');
+  assert.deepEqual(results.map((r) => [r.to, r.ok]), nine.map((c) => [c.to, true]), JSON.stringify(results.map((r) => r.error)));
+  assert.equal((await runCount()) - before, 1, 'psql runs for nine edges');
 });
