@@ -12,6 +12,7 @@ import { CoordinatorError } from './client.ts';
 import { probeAll, type ProbeReason } from '../probe/probes.ts';
 import { buildStatus, writeLocalStatus } from './status.ts';
 import { afterProof, ensureAndApply } from './pass.ts';
+import { noteProbePass, passTimings, round1 } from './timings.ts';
 import { expiriesOf, renewalsOf, type FileReportT, type LoopDeps } from './loop-deps.ts';
 import type { ApplyResult, NodeContext } from '../apply/types.ts';
 import { APPLY_RETRY, errMessage, isSteady, PeerWatch, planProbes, PROBE_RETRY, probeReason, refusedLater, retryApplySoon, retryPeers, summaryLine, survivesUntil, WAKE_WAIT_PERIODS } from './judge.ts';
@@ -175,7 +176,9 @@ export class Reconciler {
     if (idx.length === 0) return;
     this.deps.log.debug({ peers: [...peers], generation: desired.generation, reason }, 'probing edges again without applying');
     this.probePasses[reason] += 1;
+    const [t0, startedAt] = [performance.now(), new Date(this.deps.now()).toISOString()];
     const fresh = await this.probeStamped(idx.map((i) => conns[i]!), desired, reason);
+    noteProbePass(this.timings, desired.generation, { startedAt, reason, edges: idx.length, ms: performance.now() - t0 });
     const probes = [...this.lastProbes];
     idx.forEach((i, k) => (probes[i] = fresh[k]!));
     for (const p of fresh.filter((p) => !p.ok)) this.deps.log.warn({ to: p.to, role: p.role, error: p.error }, 'connection probe failed');
@@ -329,10 +332,7 @@ export class Reconciler {
       // wakes this agent, the timer is the safety net (a wake lost: a restart, several coordinators).
       if (probes.some((p) => !p.ok)) this.scheduleRetry(this.deps.reprobeMs ?? 2000, PROBE_RETRY);
       else this.cancelProbeRetry();
-      if (newlyApplied) {
-        const phases: Record<string, number> = { certs: round1(certsMs), ...(result.phases ?? {}), probe: round1(performance.now() - tProbe) };
-        this.timings = { generation: desired.generation, startedAt, phases, totalMs: round1(performance.now() - t0) };
-      }
+      if (newlyApplied) this.timings = passTimings(desired.generation, startedAt, certsMs, result.phases, performance.now() - tProbe, performance.now() - t0);
       this.lastCertErrors = certErrors;
       this.lastInstalled = installed;
       this.lastProbes = probes;
@@ -395,5 +395,3 @@ export class Reconciler {
     await mirrored.catch((e) => log.warn({ err: errMessage(e) }, 'writing the local status failed'));
   }
 }
-
-const round1 = (ms: number): number => Math.round(ms * 10) / 10;

@@ -88,12 +88,13 @@ const pendingOf = (n: NodeStatusView, generation: number): string => {
   return k > 0 ? `, ${k} pending` : '';
 };
 
-/** How long the node's apply of its generation took, and its slowest phase (every phase: --json). */
+/** How long the node's apply of its generation took, its slowest phase, and its last probe-only pass (every phase: --json). */
 export function applyTime(n: Pick<NodeStatusView, 'timings'>): string {
   const t = n.timings;
   if (!t) return '-';
   const slowest = Object.entries(t.phases).sort((a, b) => b[1] - a[1])[0];
-  return `${Math.round(t.totalMs)}ms${slowest ? ` (${slowest[0]} ${Math.round(slowest[1])})` : ''}`;
+  const probed = t.probePass ? `, probed ${t.probePass.edges} in ${Math.round(t.probePass.ms)}ms` : '';
+  return `${Math.round(t.totalMs)}ms${slowest ? ` (${slowest[0]} ${Math.round(slowest[1])})` : ''}${probed}`;
 }
 
 function certExpiry(n: NodeStatusView): string {

@@ -65,6 +65,15 @@ export const ApplyTimings = Type.Object(
     phases: Type.Record(Type.String({ pattern: '^[a-z][a-z-]{0,31}$' }), Type.Number({ minimum: 0 }), { maxProperties: 16 }),
     /** From the beginning of the pass to the end of its probes (report excluded). */
     totalMs: Type.Number({ minimum: 0 }),
+    /**
+     * The last probe-only pass of this generation (reason peer-applied: a peer's wake; retry: the
+     * safety timer): most edges are probed there, not in the apply's probe phase, which covers
+     * only the peers known to hold the generation. `passes`: how many ran. Absent until one ran.
+     */
+    probePass: Type.Optional(Type.Object(
+      { startedAt: Type.String(), reason: Type.String({ maxLength: 32 }), edges: Type.Integer({ minimum: 0 }), ms: Type.Number({ minimum: 0 }), passes: Type.Integer({ minimum: 1 }) },
+      { additionalProperties: false },
+    )),
   },
   { additionalProperties: false },
 );
