@@ -18,6 +18,9 @@
 //                     between its command and its convergence) and its window, first to last
 //                     failure (resolution: probe_period_ms); how many rotations had none;
 //                     failures outside every rotation
+//   cpu_s_per_change  CPU seconds per change over the changes: the PostgreSQL servers (backends
+//                     included), the agents (their psql runs included), the coordinator, this
+//                     bench, and the whole machine (other work on it included)
 //   rss_mb            resident memory of the coordinator and of each agent (VmRSS), idle, after
 // Last line: JSON with the figures. BENCH_NODES (default 3) sets N, BENCH_KEY_TYPE the node certificates' key type.
 import { readFile, mkdtemp } from 'node:fs/promises';
@@ -27,6 +30,7 @@ import { demoSpec } from '../bin/demo.ts';
 import { LocalCluster } from '../bin/local-cluster.ts';
 import type { ClusterStatusResponse } from '../shared/contract/api.ts';
 import type { ClusterSpec, NodeKeyType } from '../shared/contract/schema.ts';
+import { machineBusyS, postmasterPid, treeCpuS } from './cpu-time.ts';
 import { probePeriodMs, ringEdges, rotationWindows, watchEdges, type Rotation, type WindowProbe } from './rotation-window.ts';
 
 const N = Number(process.env.BENCH_NODES ?? 3);
@@ -93,11 +97,26 @@ try {
 
   const ports: Record<string, number> = {};
   const nodes: { name: string; stateDir: string }[] = [];
+  const dataDirs: string[] = [];
   for (let i = 0; i < N; i++) {
     const n = await cluster.addNode(`node-${i + 1}`, `127.0.0.${11 + i}`);
     ports[n.name] = n.pg.port;
     nodes.push(n);
+    dataDirs.push(n.pg.dataDir);
   }
+  /** CPU seconds so far, by who spent them. */
+  const cpuNow = async () => {
+    const sum = async (pids: (number | null)[]) => (await Promise.all(pids.map((p) => (p === null ? 0 : treeCpuS(p))))).reduce((a, b) => a + b, 0);
+    const pids = cluster.pids();
+    const { user, system } = process.cpuUsage();
+    return {
+      postgres: await sum(await Promise.all(dataDirs.map(postmasterPid))),
+      agents: await sum(Object.entries(pids).filter(([k]) => k.startsWith('agent-')).map(([, v]) => v)),
+      coordinator: await sum(Object.entries(pids).filter(([k]) => k === 'coordinator').map(([, v]) => v)),
+      bench: (user + system) / 1e6,
+      machine: await machineBusyS(),
+    };
+  };
   let spec: ClusterSpec = demoSpec(ports);
   if (KEY_TYPE) spec = { ...spec, tls: { ...spec.tls, keyType: KEY_TYPE } };
 
@@ -131,6 +150,7 @@ try {
       phases.set('total', [...(phases.get('total') ?? []), n.timings.totalMs]);
     }
   };
+  const cpu0 = await cpuNow();
   for (let i = 0; i < CHANGES; i++) {
     const kind = cycle[i % cycle.length]!;
     const before = await reportTimes();
@@ -170,6 +190,7 @@ try {
     console.log(`change ${i + 1}/${CHANGES} ${kind}: generation ${generation} proved everywhere in ${Math.round(ms)} ms`);
   }
 
+  const cpu1 = await cpuNow();
   await new Promise((r) => setTimeout(r, 3000)); // idle
   closeProbeCount();
   const rss: Record<string, number> = {};
@@ -209,6 +230,7 @@ try {
       };
     })(),
     phases_ms: Object.fromEntries([...phases].map(([p, xs]) => [p, { p50: r1(quantile(xs, 0.5)), p99: r1(quantile(xs, 0.99)) }])),
+    cpu_s_per_change: Object.fromEntries(Object.entries(cpu1).map(([k, v]) => [k, Math.round(((v - cpu0[k as keyof typeof cpu0]) / Math.max(1, results.length)) * 100) / 100])),
     rss_mb: rss,
   };
   console.log(`nodes ${N}: first converge ${figures.first_converge_s} s; ${results.length} changes proved everywhere p50 ${figures.p50_ms} ms, p99 ${figures.p99_ms} ms`);
