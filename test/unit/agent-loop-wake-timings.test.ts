@@ -51,7 +51,7 @@ async function harness(script: (call: { after: number; peers: number | undefined
   const psql = join(dir, 'psql');
   // It speaks the batch protocol of agent/probe/probes.ts (marks echoed, \connect per next edge).
   await writeFile(psql, String.raw`#!/bin/sh
-host() { echo "$1" | sed 's/.*host=\([^ ]*\).*/\1/'; }
+host() { printf '%s\n' "$1" | sed 's/.*host=\([^ ]*\).*/\1/'; }
 h=$(host "$1"); shift
 echo "$h" >> DIR/probed
 [ -e "DIR/up-$h" ] || { echo "psql: error: $h not ready" >&2; exit 2; }
