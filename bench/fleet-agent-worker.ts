@@ -7,6 +7,7 @@
 // Events (a generation received, a long-poll held again, contact lost) go to the parent in
 // batches, each stamped with the wall clock when it happened (one clock for every process).
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { createSecureContext, type SecureContext } from 'node:tls';
 import { Agent, request, type Dispatcher } from 'undici';
 import { backoffDelay, sleep } from '../agent/runtime/backoff.ts';
 import { createCsr } from '../shared/crypto/csr.ts';
@@ -25,11 +26,12 @@ export interface AgentAssignment {
 export type ToWorker =
   | { type: 'init'; url: string; caPem: string; key: KeyType; agents: AgentAssignment[] }
   | { type: 'enroll'; concurrency: number }
-  | { type: 'run' }
+  | { type: 'run'; window: number }
   | { type: 'status'; reports: number; concurrency: number }
   | { type: 'storm-prepare' }
   | { type: 'storm' }
   | { type: 'lag' }
+  | { type: 'failures' }
   | { type: 'stop' };
 
 /** [kind, agent index, generation, wall-clock ms]. gen: a new generation; up: a long-poll sent after a new generation or regained contact; down: contact lost. */
@@ -42,6 +44,7 @@ export type FromWorker =
   | { type: 'status-done'; latencies: number[]; start: number; end: number; codes: Record<string, number> }
   | { type: 'storm-ready' }
   | { type: 'lag'; p50: number; p99: number; max: number }
+  | { type: 'failures'; codes: Record<string, number>; before_first: number[] }
   | { type: 'storm-done'; latencies: number[]; start: number; end: number; codes: Record<string, number> }
   | { type: 'counters'; codes: Record<string, number> };
 
@@ -57,11 +60,38 @@ interface SimAgent extends AgentAssignment {
   generation: number;
   slots: string[];
   failures: number;
+  /** Failed calls before its first desired state (how often it connected again). */
+  beforeFirst: number;
   /** In contact: the last call got an answer. */
   up: boolean;
   /** A long-poll is out since the last new generation (or since contact was regained). */
   held: boolean;
   storm: { slot: string; csr: string } | null;
+  /** Frees its place in the process's window of starting agents ('run'), once its first call is answered or failed. */
+  release: (() => void) | null;
+}
+
+/** At most n holders at once; the others wait in turn (first come, first served). */
+class Gate {
+  #free: number;
+  readonly #waiting: (() => void)[] = [];
+
+  constructor(n: number) {
+    this.#free = Math.max(1, n);
+  }
+
+  async enter(): Promise<() => void> {
+    if (this.#free > 0) this.#free -= 1;
+    else await new Promise<void>((r) => this.#waiting.push(r));
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const next = this.#waiting.shift();
+      if (next) next();
+      else this.#free += 1;
+    };
+  }
 }
 
 let url = '';
@@ -71,6 +101,8 @@ let agents: SimAgent[] = [];
 const stop = new AbortController();
 /** Answers by status code in the loop (429s would mean the rate limiter throttles the bench). */
 const loopCodes: Record<string, number> = {};
+/** The loop's calls that got no answer, by error code (a connect timeout, a reset), since the last 'failures' message. */
+let failureCodes: Record<string, number> = {};
 let pending: FleetEvent[] = [];
 // This process's event-loop delay since the last 'lag' message: the time stamps of its events lag by as much.
 const lag = monitorEventLoopDelay({ resolution: 10 });
@@ -90,9 +122,11 @@ setInterval(() => {
   pending = [];
 }, 20).unref();
 
-function dispatcher(a: { localAddress: string }, identity?: { keyPem: string; certPem: string }, connections?: number): Dispatcher {
+function dispatcher(a: { localAddress: string }, identity?: SecureContext, connections?: number): Dispatcher {
   return new Agent({
-    connect: { ca: caPem, rejectUnauthorized: true, ...(identity ? { key: identity.keyPem, cert: identity.certPem } : {}) },
+    // With an identity, its TLS context made once (CA, key, certificate parsed once, ~1 ms of the
+    // simulator's CPU a connection otherwise): a real agent parses its own on its own host.
+    connect: { rejectUnauthorized: true, ...(identity ? { secureContext: identity } : { ca: caPem }) },
     // A client option (undici hands it to its connector), not a connect option.
     ...(a.localAddress ? { localAddress: a.localAddress } : {}),
     // As agent/runtime/client.ts: one kept connection (the long-poll and the calls made in turn
@@ -152,7 +186,8 @@ async function loop(a: SimAgent): Promise<void> {
         a.up = true;
         emit(['up', a.i, a.generation, wallMs()]);
       }
-      const r = await call(a.dispatcher!, 'GET', `/v1/agent/desired?after=${a.generation}${immediate ? '&wait=0' : ''}`, undefined, stop.signal);
+      const r = await call(a.dispatcher!, 'GET', `/v1/agent/desired?after=${a.generation}${immediate ? '&wait=0' : ''}`, undefined, stop.signal)
+        .finally(() => a.release?.());
       count(loopCodes, r.status);
       if (r.status === 200) {
         a.generation = r.body.generation as number;
@@ -166,8 +201,9 @@ async function loop(a: SimAgent): Promise<void> {
         const s = await call(a.dispatcher!, 'POST', '/v1/agent/status', report(a), stop.signal).catch(() => null);
         if (s) count(loopCodes, `status-${s.status}`);
       }
-    } catch {
+    } catch (e) {
       if (stop.signal.aborted) return;
+      count(failureCodes, (e as { code?: string }).code ?? (e as Error).name);
     }
     if (ok) {
       a.failures = 0;
@@ -179,6 +215,7 @@ async function loop(a: SimAgent): Promise<void> {
       a.held = false;
       const delay = backoffDelay(Math.min(a.failures, 30), Math.random);
       a.failures += 1;
+      if (a.generation === 0) a.beforeFirst += 1;
       await sleep(delay, stop.signal);
     }
   }
@@ -200,7 +237,7 @@ async function handle(m: ToWorker): Promise<void> {
       agents = [];
       // RSA keys come from OpenSSL's thread pool: a few at a time keeps the pool busy.
       await pool(m.agents, 8, async (x) => {
-        agents.push({ ...x, keyPem: await newKey(keyKind), certPem: '', dispatcher: null, beside: null, generation: 0, slots: [], failures: 0, up: false, held: false, storm: null });
+        agents.push({ ...x, keyPem: await newKey(keyKind), certPem: '', dispatcher: null, beside: null, generation: 0, slots: [], failures: 0, beforeFirst: 0, up: false, held: false, storm: null, release: null });
       });
       agents.sort((p, q) => p.i - q.i);
       send({ type: 'ready', keygenMs: performance.now() - t0 });
@@ -229,13 +266,25 @@ async function handle(m: ToWorker): Promise<void> {
       send({ type: 'enrolled', latencies, start, end: wallMs(), failures });
       return;
     }
-    case 'run':
+    case 'run': {
+      // Every agent starts at once, but at most `window` of this process's agents are between their
+      // start and their first answer: a few thousand simulated agents share one process and its
+      // share of the cores, and with all their handshakes in flight at once each one waited behind
+      // the others' client-side crypto in this process, past undici's 10 s connect timeout (1,049
+      // of 2,500 agents connected again, each after 10 s and a backoff, while the coordinator sat
+      // idle 40% of the time): that measured the simulator. Real agents each have their own CPU.
+      const gate = new Gate(m.window);
       for (const a of agents) {
-        a.dispatcher = dispatcher(a, a, 1);
-        a.beside = dispatcher(a, a);
-        void loop(a);
+        const identity = createSecureContext({ ca: caPem, key: a.keyPem, cert: a.certPem });
+        a.dispatcher = dispatcher(a, identity, 1);
+        a.beside = dispatcher(a, identity);
+        void gate.enter().then((release) => {
+          a.release = release;
+          return loop(a);
+        });
       }
       return;
+    }
     case 'status': {
       const latencies: number[] = [];
       const codes: Record<string, number> = {};
@@ -282,6 +331,10 @@ async function handle(m: ToWorker): Promise<void> {
       lag.reset();
       return;
     }
+    case 'failures':
+      send({ type: 'failures', codes: failureCodes, before_first: agents.map((a) => a.beforeFirst) });
+      failureCodes = {};
+      return;
     case 'stop':
       stop.abort();
       send({ type: 'counters', codes: loopCodes });

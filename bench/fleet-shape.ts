@@ -21,6 +21,8 @@ export const CHANGES = env('FLEET_CHANGES', 3);
 export const REPORTS = env('FLEET_REPORTS', 5);
 export const STATUS_CONCURRENCY = Math.max(1, env('FLEET_STATUS_CONCURRENCY', 200));
 export const ENROLL_CONCURRENCY = Math.max(1, env('FLEET_ENROLL_CONCURRENCY', 16));
+/** Agents between their start and their first answer at once, over all agent processes ('first'; bench/fleet-agent-worker.ts 'run'). */
+export const START_WINDOW = Math.max(1, env('FLEET_START_WINDOW', 512));
 export const PUT_CONCURRENCY = Math.max(1, env('FLEET_PUT_CONCURRENCY', 8));
 export const SINGLE = env('FLEET_SINGLE', 20);
 export const RESTART = env('FLEET_RESTART', 1) !== 0;

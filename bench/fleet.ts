@@ -4,8 +4,11 @@
 // Measures, in order:
 //   enrol       every agent enrols with its join token at once (FLEET_ENROLL_CONCURRENCY in
 //               flight per process): agents/s
-//   first       the agents start their loops: every first desired state, every long-poll held;
-//               the coordinator's and store's CPU seconds, the machine's TCP accept-queue drops
+//   first       the agents start their loops: every first desired state, every long-poll held
+//               (at most FLEET_START_WINDOW (512) agents between their start and first answer at
+//               once, over the agent processes: their own CPU is not the coordinator's queue); the
+//               coordinator's, store's and agent processes' CPU seconds, the machine's TCP
+//               accept-queue drops, the loops' failed calls by error code
 //   fanout      FLEET_CHANGES rounds of a PUT to every cluster (an HBA rule): from each PUT to
 //               each of that cluster's agents holding the new generation, p50/p99/max, and from
 //               the PUT's answer; the coordinator's CPU per change, the cores each process kept
@@ -41,8 +44,8 @@ import {
   coordinatorHelp, cpuSeconds, ensureBuilt, nofile, procStatus, startCoordinatorProcess, storeCpuSeconds, tcpCounters, waitReady, type Coordinator,
 } from './fleet-processes.ts';
 import {
-  AGENTS, CHANGES, CLUSTERS, ENROLL_CONCURRENCY, KEY, LOG_LEVEL, NODES, PROBES, PROCS, PROFILE, PUT_CONCURRENCY, REPORTS, RESTART, SINGLE, SOURCES, spec, STORM,
-  STATUS_CONCURRENCY, TIMEOUT_MS,
+  AGENTS, CHANGES, CLUSTERS, ENROLL_CONCURRENCY, KEY, LOG_LEVEL, NODES, PROBES, PROCS, PROFILE, PUT_CONCURRENCY, REPORTS, RESTART, SINGLE, SOURCES, spec, START_WINDOW,
+  STORM, STATUS_CONCURRENCY, TIMEOUT_MS,
 } from './fleet-shape.ts';
 
 const base = await mkdtemp(join(tmpdir(), 'pgaccord-fleet-'));
@@ -175,19 +178,31 @@ try {
 
   // The loops: every first desired state, every long-poll held.
   // And what it cost: the coordinator's and its store's CPU seconds, the machine's TCP counters.
-  const before = { cpu: cpuSeconds(coordinator.pid), store: storeCpuSeconds(dataDir) ?? NaN, tcp: tcpCounters() };
+  const agentCpu = () => workers.map((w) => cpuSeconds(w.child.pid!));
+  await gather('lag'); // resets each process's delay histogram
+  const before = { cpu: cpuSeconds(coordinator.pid), store: storeCpuSeconds(dataDir) ?? NaN, agents: agentCpu(), tcp: tcpCounters() };
   t = wallMs();
-  broadcast({ type: 'run' });
+  broadcast({ type: 'run', window: Math.max(1, Math.ceil(START_WINDOW / PROCS)) });
   const firstAll = await until('first desired states', () => allAgents.every((i) => gen[i]! >= 1));
   // Held: each has sent its long-poll after the first answer (and its report).
   const heldAll = await until('long-polls held', () => allAgents.every((i) => up[i] === 1 && upAt[i]! > genAt[i]!));
   const tcp = tcpCounters();
+  const firstAgentCpu = agentCpu();
+  const firstLags = await gather('lag');
+  broadcast({ type: 'failures' });
+  const failed = await gather('failures');
+  const beforeFirst = failed.flatMap((f) => f.before_first);
   const first = {
     first_desired_s: secs(firstAll - t), first_desired_ms: pct(allAgents.map((i) => genAt[i]! - t)), all_long_polls_s: secs(heldAll - t),
     coordinator_cpu_s: Math.round((cpuSeconds(coordinator.pid) - before.cpu) * 100) / 100,
     store_cpu_s: Math.round(((storeCpuSeconds(dataDir) ?? NaN) - before.store) * 100) / 100,
+    // The agent processes' own CPU seconds and event-loop delay: a busy simulator delays what it measures.
+    agents_cpu_s: firstAgentCpu.map((c, k) => Math.round((c - before.agents[k]!) * 100) / 100),
+    agent_loop_delay_ms: firstLags.map(({ p50, p99, max }) => ({ p50, p99, max })),
     // Machine-wide (other work's connections count too): SYNs or ACKs dropped for a full accept queue, SYNs sent again.
     listen_overflows: tcp.listenOverflows - before.tcp.listenOverflows, syn_retransmits: tcp.synRetrans - before.tcp.synRetrans,
+    // The loops' calls that got no answer meanwhile, by error code, and how many agents had to connect again.
+    failures: codes(failed), agents_retried: beforeFirst.filter((n) => n > 0).length, retries_before_first: pct(beforeFirst),
     load_average: loadavg().map((x) => Math.round(x * 100) / 100),
   };
   await new Promise((r) => setTimeout(r, 2000)); // let the reports after the first answers drain
@@ -204,7 +219,6 @@ try {
   const fanoutWall: number[] = [];
   // What the machine spent meanwhile: with the agents on the same cores, a saturated machine
   // measures its own queue (CPU seconds per process over the rounds, the agent processes' loop delay).
-  const agentCpu = () => workers.map((w) => cpuSeconds(w.child.pid!));
   const cpu0 = { coordinator: cpuSeconds(coordinator.pid), store: storeCpuSeconds(dataDir) ?? NaN, agents: agentCpu() };
   await gather('lag'); // resets each process's delay histogram
   // An agent is ready for the next change once its long-poll is out again (a cycle lasts >= 1 s).
