@@ -1,6 +1,7 @@
 // The processes bench:fleet runs and what it reads of them from /proc: the coordinator
 // (`pgaccord coordinator` from dist/, as the product starts it), started with the open-file limit
 // raised, until /healthz answers; its memory, its CPU seconds and its embedded store's.
+// And the flags a run passes to it (coordinatorFlags).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
@@ -9,7 +10,7 @@ import { Agent, request, type Dispatcher } from 'undici';
 import { PACKAGE_ROOT } from '../shared/contract/version.ts';
 import { wallMs } from './fleet-agent-worker.ts';
 import { log } from './fleet-figures.ts';
-import { LOG_LEVEL } from './fleet-shape.ts';
+import { AGENTS, LOG_LEVEL, PROBES, PROCS, STATUS_CONCURRENCY } from './fleet-shape.ts';
 
 const PGACCORD = join(PACKAGE_ROOT, 'bin', 'pgaccord.mjs');
 
@@ -132,4 +133,41 @@ export function tcpCounters(): { listenOverflows: number; synRetrans: number } {
   const values = lines[1]?.split(/\s+/) ?? [];
   const of = (k: string) => Number(values[names.indexOf(k)] ?? NaN);
   return { listenOverflows: of('ListenOverflows'), synRetrans: of('TCPSynRetrans') };
+}
+
+/**
+ * The coordinator's flags for this shape (those its --help offers) and the warnings of a run
+ * that would measure refusals: its connection limit, the open-file limits.
+ */
+export function coordinatorFlags(): { flags: string[]; notes: string[] } {
+  const help = coordinatorHelp();
+  const has = (flag: string) => help.includes(flag);
+  const flags: string[] = [];
+  const notes: string[] = [];
+  if (process.env.FLEET_TLS_KEY) {
+    if (!has('--tls-key-type')) throw new Error('FLEET_TLS_KEY: this coordinator has no --tls-key-type');
+    flags.push('--tls-key-type', process.env.FLEET_TLS_KEY);
+  }
+  // One kept connection per agent (its long-poll and the calls in turn with it, as
+  // agent/runtime/client.ts), a second only for a call beside the held long-poll, closed once
+  // answered: the status phase (STATUS_CONCURRENCY agents at a time) and the renewal storm (every
+  // agent at once: the peak, two per agent). And the probes.
+  const connections = 2 * AGENTS + 100;
+  if (has('--max-connections')) flags.push('--max-connections', String(connections));
+  else if (AGENTS + PROBES + 10 > 1000) {
+    // Beyond its connection limit the coordinator closes new connections at once: the run would
+    // measure refusals. Raising it takes a coordinator option this one does not have.
+    throw new Error(`${AGENTS} agents hold more long-polls than the coordinator's 1000 connections (coordinator/http/connection-limits.ts `
+      + `DEFAULT_MAX_CONNECTIONS) and \`pgaccord coordinator\` has no --max-connections to raise it`);
+  } else if (2 * AGENTS + PROBES + 10 > 1000) notes.push(`up to ${2 * AGENTS} connections at once (a long-poll and a report or CSR per agent) against `
+    + `the coordinator's limit of 1000: some may be refused`);
+  if (has('--agent-rate-limit') && process.env.FLEET_RATE_LIMIT) flags.push('--agent-rate-limit', process.env.FLEET_RATE_LIMIT);
+  const files = nofile();
+  const perWorker = Math.ceil((2 * AGENTS) / PROCS) + 200;
+  if (files.hard < connections + 200 || files.hard < perWorker) {
+    notes.push(`open files: hard limit ${files.hard}, the coordinator needs about ${connections + 200} in the renewal storm (`
+      + `${AGENTS + STATUS_CONCURRENCY + 300} before it) and each agent process ${perWorker}: raise it `
+      + `first (as root: ulimit -Hn ${2 * (connections + 200)}; ulimit -n ${2 * (connections + 200)})`);
+  }
+  return { flags, notes };
 }

@@ -41,7 +41,7 @@ import { AgentFleet, until as untilWithin } from './fleet-agents.ts';
 import { adminApi, type AdminApi } from './fleet-admin.ts';
 import { codes, log, parallel, pct, secs } from './fleet-figures.ts';
 import {
-  coordinatorHelp, cpuSeconds, ensureBuilt, nofile, procStatus, startCoordinatorProcess, storeCpuSeconds, tcpCounters, waitReady, type Coordinator,
+  coordinatorFlags, cpuSeconds, ensureBuilt, procStatus, startCoordinatorProcess, storeCpuSeconds, tcpCounters, waitReady, type Coordinator,
 } from './fleet-processes.ts';
 import {
   AGENTS, CHANGES, CLUSTERS, ENROLL_CONCURRENCY, KEY, LOG_LEVEL, NODES, PROBES, PROCS, PROFILE, PUT_CONCURRENCY, REPORTS, RESTART, SINGLE, SOURCES, spec, START_WINDOW,
@@ -60,35 +60,7 @@ const probes: { d: Dispatcher; gen: number }[] = [];
 
 try {
   ensureBuilt();
-  const help = coordinatorHelp();
-  const has = (flag: string) => help.includes(flag);
-  const flags: string[] = [];
-  const notes: string[] = [];
-  if (process.env.FLEET_TLS_KEY) {
-    if (!has('--tls-key-type')) throw new Error('FLEET_TLS_KEY: this coordinator has no --tls-key-type');
-    flags.push('--tls-key-type', process.env.FLEET_TLS_KEY);
-  }
-  // One kept connection per agent (its long-poll and the calls in turn with it, as
-  // agent/runtime/client.ts), a second only for a call beside the held long-poll, closed once
-  // answered: the status phase (STATUS_CONCURRENCY agents at a time) and the renewal storm (every
-  // agent at once: the peak, two per agent). And the probes.
-  const connections = 2 * AGENTS + 100;
-  if (has('--max-connections')) flags.push('--max-connections', String(connections));
-  else if (AGENTS + PROBES + 10 > 1000) {
-    // Beyond its connection limit the coordinator closes new connections at once: the run would
-    // measure refusals. Raising it takes a coordinator option this one does not have.
-    throw new Error(`${AGENTS} agents hold more long-polls than the coordinator's 1000 connections (coordinator/http/connection-limits.ts `
-      + `DEFAULT_MAX_CONNECTIONS) and \`pgaccord coordinator\` has no --max-connections to raise it`);
-  } else if (2 * AGENTS + PROBES + 10 > 1000) notes.push(`up to ${2 * AGENTS} connections at once (a long-poll and a report or CSR per agent) against `
-    + `the coordinator's limit of 1000: some may be refused`);
-  if (has('--agent-rate-limit') && process.env.FLEET_RATE_LIMIT) flags.push('--agent-rate-limit', process.env.FLEET_RATE_LIMIT);
-  const files = nofile();
-  const perWorker = Math.ceil((2 * AGENTS) / PROCS) + 200;
-  if (files.hard < connections + 200 || files.hard < perWorker) {
-    notes.push(`open files: hard limit ${files.hard}, the coordinator needs about ${connections + 200} in the renewal storm (`
-      + `${AGENTS + STATUS_CONCURRENCY + 300} before it) and each agent process ${perWorker}: raise it `
-      + `first (as root: ulimit -Hn ${2 * (connections + 200)}; ulimit -n ${2 * (connections + 200)})`);
-  }
+  const { flags, notes } = coordinatorFlags();
   for (const n of notes) log(`WARNING: ${n}`);
 
   const port = await freePort();
