@@ -2,7 +2,8 @@
 // each after the first with `\connect <conninfo>` (agent/probe/probes.ts batchArgs), over a
 // connection string the compiler built with shared/pgconf/escape.ts conninfo(). What reaches
 // libpq must be exactly that string, whatever the values in it hold. The oracle is the server:
-// a role per sample, and `SELECT current_user` after its \connect must name it exactly. (psql's
+// a role per sample, and `SELECT current_user` after its \connect must name it exactly (compared
+// as the hex of its bytes). (psql's
 // \echo would not do: it reads its argument as a plain option, \connect as an identifier, whose
 // double quotes psql strips.)
 //
@@ -51,7 +52,9 @@ function runPsql(names: string[]): Promise<{ stdout: string; stderr: string }> {
   const connects = args.filter((a) => a.startsWith('\\connect '));
   assert.equal(connects.length, names.length);
   const script = [conns[0]!.conninfo, '-X', '-q', '-w', '-A', '-t'];
-  connects.forEach((c, i) => script.push('-c', `\\echo ${MARK}${i}`, '-c', c, '-c', 'SELECT current_user'));
+  // current_user as the hex of its UTF-8 bytes: psql's display drops some characters (U+10FFFE came
+  // back as an empty line under LC_ALL=C), which the oracle must not take for a wrong role.
+  connects.forEach((c, i) => script.push('-c', `\\echo ${MARK}${i}`, '-c', c, '-c', "SELECT encode(convert_to(current_user, 'UTF8'), 'hex')"));
   return new Promise((resolve, reject) => {
     const child = spawn(resolvePsql(), script, {
       env: { PATH: process.env.PATH, LC_ALL: 'C', HOME: pg.baseDir, PGCONNECT_TIMEOUT: '10' },
@@ -77,13 +80,13 @@ test('\\connect with batchArgs\' quoting reaches the server as exactly the role 
     runs++;
     const got = stdout.split(new RegExp(`^${MARK}`, 'm')).slice(1);
     names.forEach((name, i) => {
-      const want = `${i}\n${name}\n`;
+      const want = `${i}\n${Buffer.from(name, 'utf8').toString('hex')}\n`;
       assert.equal(got[i], want, `role ${JSON.stringify(name)} (conninfo ${JSON.stringify(edge(name).conninfo)}): psql said ${JSON.stringify(got[i])}; stderr ${JSON.stringify(stderr.slice(0, 400))}`);
     });
     assert.equal(got.length, names.length);
   }), {
     numRuns: 15,
-    examples: [[['we"ird', '"', '""', "it's", 'a\\b', 'sp ace', 'nl\nx', 'x;', ':USER', '`id`', 'é😀']]],
+    examples: [[['\u{10FFFE}', 'we"ird', '"', '""', "it's", 'a\\b', 'sp ace', 'nl\nx', 'x;', ':USER', '`id`', 'é😀']]],
   });
   const t = (performance.now() - t0) / 1000;
   console.log(`# ${samples} role names through batchArgs' \\connect in ${runs} psql runs, ${t.toFixed(1)} s`);

