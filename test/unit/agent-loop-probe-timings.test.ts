@@ -4,7 +4,7 @@
 // how many edges, how long) in its timings, and `pgaccord status` shows it beside the apply.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -18,6 +18,7 @@ import type { CoordinatorApi } from '../../agent/runtime/loop-deps.ts';
 import { CertificateManager } from '../../agent/runtime/certs.ts';
 import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
 import type { ApplyResult, NodeContext } from '../../agent/apply/types.ts';
+import { writeStandInPsql } from '../helpers/stand-in-psql.ts';
 
 const spec: ClusterSpec = {
   name: 'mesh', profile: 'pgd', auth: 'trust', tls: { sslmode: 'disable' },
@@ -31,23 +32,9 @@ after(async () => Promise.all(dirs.map((d) => rm(d, { recursive: true, force: tr
 test('a probe-only pass (a peer wake) reports its start, reason, edges and duration in the status timings; the CLI shows it beside the apply', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-loop-probe-timings-'));
   dirs.push(dir);
-  // The stand-in psql: each run takes 50 ms (what the pass's duration must account for), then
-  // speaks the batched probe protocol of agent/probe/probes.ts, every edge connecting.
-  const psql = join(dir, 'psql');
-  await writeFile(psql, String.raw`#!/bin/sh
-sleep 0.05
-while [ $# -gt 0 ]; do
-  if [ "$1" = "-c" ]; then
-    case "$2" in
-      '\echo '*) printf '%s\n' "$2" | cut -c7-;;
-      '\warn '*) printf '%s\n' "$2" | cut -c7- >&2;;
-      'SELECT 1') echo 1;;
-    esac
-    shift 2
-  else shift; fi
-done
-`);
-  await chmod(psql, 0o755);
+  // The stand-in psql: each run takes 50 ms (what the pass's duration must account for), every
+  // edge connecting.
+  const psql = await writeStandInPsql(dir, { delayMs: 50 });
   const reported: AgentStatus[] = [];
   let n = 0;
   let loop: ReconcileLoop;

@@ -6,7 +6,7 @@
 // re-proves nothing while steady.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -18,6 +18,7 @@ import type { CoordinatorApi, DriftHook } from '../../agent/runtime/loop-deps.ts
 import { CertificateManager } from '../../agent/runtime/certs.ts';
 import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
 import { waitFor } from '../helpers/wait.ts';
+import { writeStandInPsql } from '../helpers/stand-in-psql.ts';
 import type { ApplyResult, NodeContext } from '../../agent/apply/types.ts';
 
 const spec: ClusterSpec = {
@@ -43,21 +44,7 @@ type Answer = Awaited<ReturnType<CoordinatorApi['desired']>>;
 async function harness(script: (n: number) => Promise<Answer | null>, opts: { resyncMs?: number } = {}) {
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-loop-steady-'));
   dirs.push(dir);
-  const psql = join(dir, 'psql'); // every edge connects
-  // Speaks the batched probe protocol of agent/probe/probes.ts: the marks echoed, a row per query.
-  await writeFile(psql, String.raw`#!/bin/sh
-while [ $# -gt 0 ]; do
-  if [ "$1" = "-c" ]; then
-    case "$2" in
-      '\echo '*) printf '%s\n' "$2" | cut -c7-;;
-      '\warn '*) printf '%s\n' "$2" | cut -c7- >&2;;
-      'SELECT 1') echo 1;;
-    esac
-    shift 2
-  else shift; fi
-done
-`);
-  await chmod(psql, 0o755);
+  const psql = await writeStandInPsql(dir); // every edge connects
   const state = { clock: 1_000_000, drifted: false, server: 'pid 100 started 1', applies: 0, versions: 0 };
   const reported: AgentStatus[] = [];
   let loop: ReconcileLoop;

@@ -5,7 +5,7 @@
 // generation, adding up to its total, with the report's own post in the next report; refused reports.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +18,7 @@ import { PeerWatch, peersToReprobe, probeReason } from '../../agent/runtime/judg
 import type { CoordinatorApi } from '../../agent/runtime/loop-deps.ts';
 import { PhaseClock } from '../../agent/apply/apply.ts';
 import { waitFor } from '../helpers/wait.ts';
+import { writeStandInPsql } from '../helpers/stand-in-psql.ts';
 import { applyTime } from '../../coordinator/cli/status.ts';
 import { CertificateManager } from '../../agent/runtime/certs.ts';
 import { CoordinatorError } from '../../agent/runtime/client.ts';
@@ -47,28 +48,8 @@ type Answer = Awaited<ReturnType<CoordinatorApi['desired']>>;
 async function harness(script: (call: { after: number; peers: number | undefined; n: number }) => Promise<Answer | null>, opts: { reprobeMs?: number; edges?: string[]; now?: () => number; refuseReports?: number; refuseStatus?: number } = {}) {
   const dir = await mkdtemp(join(tmpdir(), 'pgaccord-loop-wake-'));
   dirs.push(dir);
-  // The stand-in psql: connects to a node once its flag file exists.
-  const psql = join(dir, 'psql');
-  // It speaks the batch protocol of agent/probe/probes.ts (marks echoed, \connect per next edge).
-  await writeFile(psql, String.raw`#!/bin/sh
-host() { printf '%s\n' "$1" | sed 's/.*host=\([^ ]*\).*/\1/'; }
-h=$(host "$1"); shift
-echo "$h" >> DIR/probed
-[ -e "DIR/up-$h" ] || { echo "psql: error: $h not ready" >&2; exit 2; }
-up=1
-while [ $# -gt 0 ]; do
-  if [ "$1" = "-c" ]; then
-    c="$2"; shift 2
-    case "$c" in
-      '\echo '*) printf '%s\n' "$c" | cut -c7-;;
-      '\warn '*) printf '%s\n' "$c" | cut -c7- >&2;;
-      '\connect '*) h=$(host "$c"); echo "$h" >> DIR/probed; if [ -e "DIR/up-$h" ]; then up=1; else up=0; echo "$h not ready" >&2; fi;;
-      'SELECT 1') [ $up = 1 ] && echo 1;;
-    esac
-  else shift; fi
-done
-`.replaceAll('DIR', dir));
-  await chmod(psql, 0o755);
+  // The stand-in psql: connects to a node once its flag file exists, noting each host it is asked for.
+  const psql = await writeStandInPsql(dir, { upFlags: true });
   const reported: AgentStatus[] = [];
   const calls: { after: number; peers: number | undefined }[] = [];
   let applies = 0;
