@@ -6,6 +6,7 @@ import { constants, verify as cryptoVerify, X509Certificate } from 'node:crypto'
 import forge from 'node-forge';
 import { splitPemBundle } from './x509.ts';
 import { CodedError } from '../contract/problem.ts';
+import { Memo } from './memo.ts';
 
 const { asn1 } = forge;
 
@@ -81,6 +82,14 @@ export function splitCrls(pem: string): string[] {
  * highest number and every revoked serial.
  */
 export function crlInfo(pem: string): CrlInfo {
+  const i = crlMemo.info.get([pem], () => readCrlInfo(pem));
+  return { ...i, thisUpdate: new Date(i.thisUpdate), nextUpdate: i.nextUpdate && new Date(i.nextUpdate), revoked: i.revoked.map((r) => ({ serial: r.serial, revokedAt: new Date(r.revokedAt) })) };
+}
+
+/** Read CRLs and checked signatures (./memo.ts): an agent judges the same CRL on every pass (forge parses it in JS). */
+export const crlMemo = { info: new Memo<CrlInfo>(), signatures: new Memo<boolean>() };
+
+function readCrlInfo(pem: string): CrlInfo {
   const blocks = splitCrls(pem);
   if (blocks.length <= 1) return oneCrlInfo(pem);
   const all = blocks.map(oneCrlInfo);
@@ -143,8 +152,12 @@ function derElement(der: Buffer, start: number): { start: number; contentStart: 
 
 /** True when one CA certificate of the bundle signed this CRL (RSA, SHA-256); for a file of several CRLs, each of them. */
 export function crlSignedBy(pem: string, caBundlePem: string): boolean {
+  return crlMemo.signatures.get([pem, caBundlePem], () => signedBy(pem, caBundlePem));
+}
+
+function signedBy(pem: string, caBundlePem: string): boolean {
   const blocks = splitCrls(pem);
-  if (blocks.length > 1) return blocks.every((b) => crlSignedBy(b, caBundlePem));
+  if (blocks.length > 1) return blocks.every((b) => signedBy(b, caBundlePem));
   let parsed;
   try {
     parsed = parse(pem);

@@ -5,6 +5,7 @@ import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
 import type { KeyType } from './key-types.ts';
 import { CodedError } from '../contract/problem.ts';
+import { Memo } from './memo.ts';
 
 export class X509Error extends CodedError {
   /** E_CSR_KEY_POLICY: a well-formed CSR whose key the policy refuses. */
@@ -89,7 +90,16 @@ function x509(pem: string): X509Certificate {
   }
 }
 
+/** Parsed certificates' infos, checked pairs and chains (./memo.ts): an agent's pass sees the same files again. */
+export const x509Memo = { info: new Memo<CertInfo>(), pairs: new Memo<boolean>(), chains: new Memo<boolean>() };
+
+/** What a certificate says. Each call returns its own copy (a caller may change it). */
 export function certInfo(pem: string): CertInfo {
+  const i = x509Memo.info.get([pem], () => parseCertInfo(pem));
+  return { ...i, notBefore: new Date(i.notBefore), notAfter: new Date(i.notAfter), dnsNames: [...i.dnsNames], ipAddresses: [...i.ipAddresses], uris: [...i.uris], extKeyUsage: [...i.extKeyUsage] };
+}
+
+function parseCertInfo(pem: string): CertInfo {
   const c = x509(pem);
   const san = parseSan(c.subjectAltName);
   const legacy = c.toLegacyObject() as unknown as { subject?: Record<string, string | string[]>; issuer?: Record<string, string | string[]> };
@@ -115,6 +125,10 @@ export function fingerprint256(pem: string): string {
 }
 
 export function certMatchesKey(certPem: string, privateKeyPem: string): boolean {
+  return x509Memo.pairs.get([certPem, privateKeyPem], () => matches(certPem, privateKeyPem));
+}
+
+function matches(certPem: string, privateKeyPem: string): boolean {
   try {
     return x509(certPem).checkPrivateKey(createPrivateKey(privateKeyPem));
   } catch {
@@ -124,6 +138,10 @@ export function certMatchesKey(certPem: string, privateKeyPem: string): boolean 
 
 /** True when the certificate was issued and signed by one of the CA certificates in the bundle. */
 export function verifiesAgainst(certPem: string, caBundlePem: string): boolean {
+  return x509Memo.chains.get([certPem, caBundlePem], () => chains(certPem, caBundlePem));
+}
+
+function chains(certPem: string, caBundlePem: string): boolean {
   let cert: X509Certificate;
   try {
     cert = x509(certPem);
