@@ -32,6 +32,27 @@ export function backoffDelay(attempt: number, random: Random, policy: BackoffPol
   return Math.floor(ceiling / 2 + r * (ceiling / 2));
 }
 
+/** No Retry-After is waited longer than this: a wrong or hostile header must not park a node for hours. */
+export const RETRY_AFTER_MAX_MS = 300_000;
+
+/**
+ * The wait a Retry-After header asks for (RFC 9110 10.2.3: delay-seconds, or an HTTP date), in
+ * ms from `now`, bounded to [0, maxMs]; null when there is none or it is neither form.
+ */
+export function retryAfterMs(value: string | undefined, now: number, maxMs = RETRY_AFTER_MAX_MS): number | null {
+  const v = value?.trim();
+  if (!v) return null;
+  let ms: number;
+  if (/^\d+$/.test(v)) ms = Number(v) * 1000;
+  else {
+    // An HTTP date names its day of the week; a bare number or word is not one.
+    const at = /^[A-Za-z]{3}, /.test(v) ? Date.parse(v) : NaN;
+    if (Number.isNaN(at)) return null;
+    ms = at - now;
+  }
+  return Math.min(maxMs, Math.max(0, ms));
+}
+
 /** Pause before moving to the next coordinator: the first move within [0, 1 s), then capped at 5 s. */
 export const FAILOVER_BACKOFF: BackoffPolicy = { baseMs: 1000, capMs: 5000 };
 

@@ -30,14 +30,17 @@ export class CoordinatorError extends CodedError {
     code: CoordinatorErrorCode,
     message: string,
     readonly status?: number,
-    options?: { cause?: unknown; apiCode?: string },
+    options?: { cause?: unknown; apiCode?: string; retryAfter?: string },
   ) {
     super(code, message, options);
     this.apiCode = options?.apiCode;
+    this.retryAfter = options?.retryAfter;
   }
 
   /** The coordinator's own error code (E_KEY_REVOKED, E_SLOT...), when it answered with one. */
   readonly apiCode: string | undefined;
+  /** The answer's Retry-After header as sent (seconds or an HTTP date; see retryAfterMs), when it had one. */
+  readonly retryAfter: string | undefined;
 }
 
 /** Decode and check a join token; a malformed one is an E_TOKEN error that never echoes it. */
@@ -90,6 +93,8 @@ export interface HttpOptions {
 interface Answer {
   status: number;
   body: unknown;
+  /** The Retry-After header, when the answer had one (a 429 or 503 saying when to come back). */
+  retryAfter?: string;
 }
 
 /** Answers that say "this coordinator cannot serve now", not "the request is wrong": try another. */
@@ -253,7 +258,8 @@ export class CoordinatorClient {
         parsed = text;
       }
     }
-    return { status: res.statusCode, body: parsed };
+    const retryAfter = res.headers['retry-after'];
+    return { status: res.statusCode, body: parsed, ...(typeof retryAfter === 'string' ? { retryAfter } : {}) };
   }
 
   private expect<T extends TSchema>(method: string, path: string, answer: Answer, schema: T, ok = 200): Static<T> {
@@ -306,7 +312,10 @@ export class CoordinatorClient {
 function httpError(method: string, path: string, a: Answer): CoordinatorError {
   const b = a.body as { code?: unknown; message?: unknown } | null;
   const detail = b && typeof b === 'object' && typeof b.message === 'string' ? `${typeof b.code === 'string' ? `${b.code}: ` : ''}${b.message}` : `HTTP ${a.status}`;
-  return new CoordinatorError(a.status === 410 ? 'E_NODE_REMOVED' : 'E_HTTP', `${method} ${path}: ${detail}`, a.status, b && typeof b.code === 'string' ? { apiCode: b.code } : {});
+  return new CoordinatorError(a.status === 410 ? 'E_NODE_REMOVED' : 'E_HTTP', `${method} ${path}: ${detail}`, a.status, {
+    ...(b && typeof b.code === 'string' ? { apiCode: b.code } : {}),
+    ...(a.retryAfter !== undefined ? { retryAfter: a.retryAfter } : {}),
+  });
 }
 
 function describeNetworkError(e: unknown): string {

@@ -173,9 +173,21 @@ export function summaryLine(s: {
   probes: number;
   reachable: boolean;
 }): string {
-  if (s.desired === null) return `waiting for the first desired state${s.reachable ? '' : ' (coordinator unreachable)'}`;
+  if (s.desired === null) return `waiting for the first desired state${s.reachable ? '' : ` (${UNREACHABLE})`}`;
   const gen = s.applied === s.desired ? `generation ${s.applied}` : `generation ${s.applied} (desired ${s.desired})`;
-  return `${gen}, ${s.phase ?? 'not applied'}, probes ${s.probesOk}/${s.probes} ok${s.reachable ? '' : ', coordinator unreachable'}`;
+  return `${gen}, ${s.phase ?? 'not applied'}, probes ${s.probesOk}/${s.probes} ok${s.reachable ? '' : `, ${UNREACHABLE}`}`;
+}
+
+/** What the STATUS= line says of a coordinator out of contact. */
+const UNREACHABLE = 'coordinator unreachable';
+
+/**
+ * The STATUS= line while the last contact was a refusal (`refusedWith`: its HTTP status, 429 or
+ * 503): the coordinator answered, so the line says it refuses, not that it is unreachable (the
+ * reconciler words the line from "in contact or not"; the loop knows why not).
+ */
+export function contactSummary(line: string, refusedWith: number | null): string {
+  return refusedWith === null ? line : line.replace(UNREACHABLE, `coordinator refusing requests (HTTP ${refusedWith})`);
 }
 
 /**
@@ -189,8 +201,9 @@ export function retryApplySoon(failures: number, errors: Problem[]): boolean {
 }
 
 /**
- * The retry delay after `failures` failed contacts, shortened when a renewal is due and
- * something heads for expiry: at least every tenth of the time left (but not faster than 1 s),
+ * The retry delay after `failures` failed contacts, at least a refusal's Retry-After, and
+ * shortened when a renewal is due and something heads for expiry (that matters more): at least
+ * every tenth of the time left (but not faster than 1 s),
  * so that a returning coordinator is used before anything expires.
  */
 export function contactRetryDelay(
@@ -200,8 +213,10 @@ export function contactRetryDelay(
   now: number,
   renewals: (number | null)[],
   expiries: (number | null)[],
+  retryAfterMs: number | null = null,
 ): number {
-  let delay = backoffDelay(Math.min(failures, 30), random, policy);
+  // A refusal's Retry-After (already bounded, see retryAfterMs) lengthens the backoff, never shortens it.
+  let delay = Math.max(backoffDelay(Math.min(failures, 30), random, policy), retryAfterMs ?? 0);
   const due = renewals.some((t) => t !== null && t <= now);
   const ends = expiries.filter((x): x is number => x !== null);
   if (due && ends.length > 0) delay = Math.min(delay, Math.max(1000, (Math.min(...ends) - now) / 10));

@@ -6,14 +6,14 @@
 // reconciled locally, and its status says 'stale'.
 import type { Problem } from '../../shared/contract/problem.ts';
 import type { AgentStatus } from '../../shared/contract/status.ts';
-import { DEFAULT_BACKOFF, sleep } from './backoff.ts';
+import { DEFAULT_BACKOFF, retryAfterMs, sleep } from './backoff.ts';
 import { CoordinatorError } from './client.ts';
 import type { ProbeReason } from '../probe/probes.ts';
 import { loadLastGood, saveLastGood } from './last-good.ts';
 import { Reconciler } from './reconciler.ts';
 import { expiriesOf, renewalsOf, type LoopDeps, type LoopExit } from './loop-deps.ts';
 import type { NodeContext } from '../apply/types.ts';
-import { contactRetryDelay, errMessage, EVENT_MIN_CYCLE_MS, judgeDesired, loopAlive, refusedLater, renewalWake, STUCK_AFTER_MS, summaryLine } from './judge.ts';
+import { contactRetryDelay, contactSummary, errMessage, EVENT_MIN_CYCLE_MS, judgeDesired, loopAlive, refusedLater, renewalWake, STUCK_AFTER_MS, summaryLine } from './judge.ts';
 
 export class ReconcileLoop {
   private reachable = true;
@@ -35,8 +35,22 @@ export class ReconcileLoop {
   private readonly reconciler: Reconciler;
 
   constructor(private deps: LoopDeps) {
+    // The reconciler's reports and STATUS lines pass through here: a refused report's Retry-After
+    // is kept for its resend, and a line saying "unreachable" says "refusing" after a refusal.
+    const client = deps.client;
+    const reconcilerDeps: LoopDeps = {
+      ...deps,
+      client: {
+        desired: (...a) => client.desired(...a),
+        status: (s) => client.status(s).catch((e: unknown) => {
+          this.reportRetryAfterMs = e instanceof CoordinatorError && refusedLater(e.status) ? retryAfterMs(e.retryAfter, this.deps.now()) : null;
+          throw e;
+        }),
+      },
+      ...(deps.onSummary ? { onSummary: (line: string) => this.deps.onSummary?.(contactSummary(line, this.refusedWith)) } : {}),
+    };
     this.reconciler = new Reconciler(
-      deps,
+      reconcilerDeps,
       {
         reachable: () => this.reachable,
         runtimeErrors: () => [this.stateError, this.refusal, this.contactError].filter((e): e is Problem => e !== null),
@@ -90,17 +104,21 @@ export class ReconcileLoop {
   }
 
   private resendTimer: NodeJS.Timeout | undefined;
+  /** The last refused report's Retry-After, ms (bounded), or null. */
+  private reportRetryAfterMs: number | null = null;
   /**
-   * A report the coordinator refused (rate limited, busy) goes again one probe period later: the
-   * long-poll that follows may hold 30 s, and until a report arrives the coordinator's view of
-   * this node (and so `status --wait`) is stale.
+   * A report the coordinator refused (rate limited, busy) goes again one probe period later, or
+   * when its Retry-After says if that is later: the long-poll that follows may hold 30 s, and
+   * until a report arrives the coordinator's view of this node (and so `status --wait`) is stale.
    */
   private resendSoon(): void {
     if (this.resendTimer || this.signal.aborted) return;
+    const delay = Math.max(this.deps.reprobeMs ?? 2000, this.reportRetryAfterMs ?? 0);
+    this.reportRetryAfterMs = null;
     this.resendTimer = setTimeout(() => {
       this.resendTimer = undefined;
       void this.reconciler.resend();
-    }, this.deps.reprobeMs ?? 2000);
+    }, delay);
     this.resendTimer.unref();
   }
 
@@ -130,10 +148,10 @@ export class ReconcileLoop {
     this.renewalTimer.unref();
   }
 
-  /** The retry delay after a failure (see contactRetryDelay). */
-  private retryDelay(): number {
+  /** The retry delay after a failure (see contactRetryDelay): at least a refusal's Retry-After. */
+  private retryDelay(retryAfter: number | null): number {
     const { random, backoff } = this.deps;
-    return contactRetryDelay(this.failures, random, backoff ?? DEFAULT_BACKOFF, this.deps.now(), renewalsOf(this.deps), expiriesOf(this.deps));
+    return contactRetryDelay(this.failures, random, backoff ?? DEFAULT_BACKOFF, this.deps.now(), renewalsOf(this.deps), expiriesOf(this.deps), retryAfter);
   }
 
   async run(): Promise<LoopExit> {
@@ -186,9 +204,9 @@ export class ReconcileLoop {
         if (outcome === 'removed') return 'removed';
         if (this.signal.aborted) break;
         if (outcome === 'error' || this.refusal) {
-          const delay = this.retryDelay();
-          this.failures += 1;
           const refused = this.refused;
+          const delay = this.retryDelay(refused?.retryAfterMs ?? null);
+          this.failures += 1;
           this.refused = null;
           if (refused) log.warn({ status: refused.status, code: refused.code, retryInMs: delay, attempt: this.failures }, 'coordinator refused the long-poll: retrying after a delay');
           else log.info({ retryInMs: delay, attempt: this.failures }, 'retrying the coordinator after a delay');
@@ -249,25 +267,30 @@ export class ReconcileLoop {
   }
 
   private onContactSuccess(): void {
-    if (!this.reachable) this.deps.log.info('coordinator reachable again');
+    if (!this.reachable) this.deps.log.info(this.refusedWith !== null ? 'coordinator answering again' : 'coordinator reachable again');
     this.reachable = true;
+    this.refusedWith = null;
     this.contactError = null;
     if (this.deps.onContact) void this.deps.onContact().catch((e) => this.deps.log.warn({ err: errMessage(e) }, 'post-contact maintenance failed'));
   }
 
   /** The last long-poll's refusal (429, 503), logged with the retry delay: the coordinator answered, it is not unreachable. */
-  private refused: { status: number; code: string | undefined } | null = null;
+  private refused: { status: number; code: string | undefined; retryAfterMs: number | null } | null = null;
+  /** Out of contact because the last contact was refused (its HTTP status), not unreachable: null otherwise. */
+  private refusedWith: number | null = null;
 
   private onContactFailure(e: unknown): void {
     const r = this.reconciler;
     const message = errMessage(e);
     const code = e instanceof CoordinatorError ? e.code : 'E_UNREACHABLE';
-    this.refused = e instanceof CoordinatorError && code === 'E_HTTP' && refusedLater(e.status) ? { status: e.status!, code: e.apiCode } : null;
-    if (this.reachable && !this.refused) {
+    this.refused = e instanceof CoordinatorError && code === 'E_HTTP' && refusedLater(e.status) ? { status: e.status!, code: e.apiCode, retryAfterMs: retryAfterMs(e.retryAfter, this.deps.now()) } : null;
+    // Unreachable now, after contact or after a refusal (which said nothing of a network fault).
+    if ((this.reachable || this.refusedWith !== null) && !this.refused) {
       const servingGeneration = r.lastGood?.generation ?? null;
       this.deps.log.warn({ code, err: message, servingGeneration }, 'coordinator unreachable: serving the last good state (stale)');
     }
     this.reachable = false;
+    this.refusedWith = this.refused?.status ?? null;
     this.contactError = { code: code === 'E_HTTP' ? 'E_COORDINATOR' : 'E_COORDINATOR_UNREACHABLE', message };
   }
 }
