@@ -33,11 +33,17 @@ const sha256 = (s: string) => createHash('sha256').update(s).digest();
 /**
  * Which of many (cluster, node, serial) are a valid agent identity ($1, $2, $3 arrays): the
  * current or the previous identity of the node, not revoked; the valid ones, by their index.
+ * Per key, a lateral lookup by the agents' and certificates' keys (LIMIT 1: not pulled up into a
+ * join the planner may hash): a plain join hashed every agent for a batch of 50 or more, a scan
+ * of the whole fleet per batch (issue 13). `lock`: the agent's row FOR UPDATE.
  */
-const VALID_IDENTITIES_SQL = `SELECT k.i, a.identity_serial = k.serial AS current, a.previous_serial AS previous
+const validIdentitiesSql = (lock: boolean) => `SELECT k.i, v.current, v.previous
   FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(cluster, node, serial, i)
-  JOIN agents a ON a.cluster = k.cluster AND a.node = k.node AND (a.identity_serial = k.serial OR a.previous_serial = k.serial)
-  JOIN certificates c ON c.serial = k.serial AND c.cluster = a.cluster AND c.node = a.node AND c.slot = 'identity' AND c.revoked_at IS NULL`;
+  CROSS JOIN LATERAL (SELECT a.identity_serial = k.serial AS current, a.previous_serial AS previous
+    FROM agents a JOIN certificates c ON c.serial = k.serial AND c.cluster = a.cluster AND c.node = a.node AND c.slot = 'identity' AND c.revoked_at IS NULL
+    WHERE a.cluster = k.cluster AND a.node = k.node AND (a.identity_serial = k.serial OR a.previous_serial = k.serial)
+    LIMIT 1${lock ? ' FOR UPDATE OF a' : ''}) v`;
+export const VALID_IDENTITIES_SQL = validIdentitiesSql(false);
 /** last_contact of many nodes at once ($1, $2, $3 arrays), only those whose cluster exists (node_status references it). */
 const CONTACTS_SQL = `INSERT INTO node_status (cluster, node, last_contact)
   SELECT k.cluster, k.node, k.at FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(cluster, node, at) JOIN clusters ON clusters.name = k.cluster
@@ -52,7 +58,7 @@ const IDENTITY_INVALID = 'this agent identity is not (or no longer) valid: enrol
  * first) is refused (401).
  */
 export async function assertIdentityValid(c: Queryable, agent: AgentPrincipal, forUpdate = false): Promise<{ current: boolean }> {
-  const sql = `${VALID_IDENTITIES_SQL}${forUpdate ? ' FOR UPDATE OF a' : ''}`;
+  const sql = validIdentitiesSql(forUpdate);
   const valid = (await c.query<{ current: boolean }>(sql, [[agent.cluster], [agent.node], [agent.serial]])).rows[0];
   if (!valid) throw unauthorized(IDENTITY_INVALID);
   return valid;
