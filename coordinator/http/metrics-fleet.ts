@@ -22,6 +22,8 @@ export interface NodeRow {
   /** served + installed certificates as reported: {id, serial, notAfter} */
   certificates: { id: string; serial: string; notAfter: string }[] | null;
   identity_serial: string | null;
+  /** The last probe-only pass of the applied generation (its timings' probePass), ms; null or absent: none reported. */
+  probe_pass_ms?: number | null;
 }
 
 export interface CertRow {
@@ -56,13 +58,14 @@ export interface FleetSeries {
   lastContact: Sample[];
   pendingRestarts: Sample[];
   probe: Sample[];
+  probePass: Sample[];
 }
 
 const seconds = (d: Date) => d.getTime() / 1000;
 
 const noSeries = (): FleetSeries => ({
   certExpiration: [], certNotBefore: [], certRenewal: [], crlNextUpdate: [], crlThisUpdate: [], clusterGeneration: [],
-  desired: [], applied: [], phase: [], lastReport: [], lastContact: [], pendingRestarts: [], probe: [],
+  desired: [], applied: [], phase: [], lastReport: [], lastContact: [], pendingRestarts: [], probe: [], probePass: [],
 });
 
 /**
@@ -86,6 +89,7 @@ export function fleetSeries(nodes: NodeRow[], certs: CertRow[], crls: CrlRow[]):
     if (n.reported_at) out.lastReport.push({ labels: id, value: seconds(n.reported_at) });
     if (n.last_contact) out.lastContact.push({ labels: id, value: seconds(n.last_contact) });
     out.pendingRestarts.push({ labels: id, value: n.pending_restarts ?? 0 });
+    if (typeof n.probe_pass_ms === 'number') out.probePass.push({ labels: id, value: n.probe_pass_ms / 1000 });
     // One series per edge and role (a node may reach the same peer as several roles); two
     // probes of the same edge and role (two addresses) count as failed if either failed. An edge
     // awaiting its peer (not probed yet at this generation) has no verdict: no sample, not a 0.
@@ -133,7 +137,9 @@ const NODES_SQL = `
             FROM jsonb_array_elements(COALESCE(s.report->'probes', '[]'::jsonb)) p) AS probes,
          (SELECT jsonb_agg(c) FROM (SELECT s.report->'servedCertificate' AS c WHERE jsonb_typeof(s.report->'servedCertificate') = 'object'
                                     UNION ALL SELECT jsonb_array_elements(COALESCE(s.report->'certificates', '[]'::jsonb))) x) AS certificates,
-         a.identity_serial
+         a.identity_serial,
+         CASE WHEN (s.report->'timings'->>'generation')::int = (s.report->>'generation')::int
+              THEN (s.report->'timings'->'probePass'->>'ms')::float8 END AS probe_pass_ms
     FROM clusters k
     CROSS JOIN LATERAL jsonb_to_recordset(COALESCE(k.spec->'nodes', '[]'::jsonb)) AS n(name text)
     LEFT JOIN node_status s ON s.cluster = k.name AND s.node = n.name

@@ -80,6 +80,8 @@ export class CoordinatorMetrics {
     fleetGauge('pgaccord_node_pending_restarts', node, (f) => f.pendingRestarts, 'settings the node applied that wait for a server restart');
     fleetGauge('pgaccord_probe_success', ['cluster', 'from', 'to', 'role'], (f) => f.probe,
       'last inter-node connection probe from one node to another as one role: 1 succeeded, 0 failed');
+    fleetGauge('pgaccord_probe_pass_seconds', node, (f) => f.probePass,
+      'the node\'s last probe-only pass of its applied generation (a peer\'s wake, or the safety timer: where most edges are probed), as its agent timed it, seconds');
     new Gauge({
       name: 'pgaccord_store_up', help: '1 when the read of the store for this scrape succeeded', registers,
       async collect() {

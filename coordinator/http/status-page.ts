@@ -78,6 +78,23 @@ function certDaysLeft(n: NodeStatusView, now: Date): number | null {
   return days.length ? Math.min(...days) : null;
 }
 
+const ms = (v: number): string => `${Math.round(v * 10) / 10} ms`;
+
+/**
+ * The node's apply of its generation (total, slowest phase) and its last probe-only pass (where
+ * most edges are probed), as `pgaccord status` words them; every phase in the title.
+ */
+function timingsCell(n: NodeStatusView): string {
+  const t = n.timings;
+  if (!t) return '<td class="timings">-</td>';
+  const p = t.probePass;
+  const slowest = Object.entries(t.phases).sort((a, b) => b[1] - a[1])[0];
+  const title = Object.entries(t.phases).map(([phase, v]) => `${phase} ${ms(v)}`).join(', ')
+    + (p ? `; probe-only pass (${p.reason}, ${p.passes} pass${p.passes === 1 ? '' : 'es'}): ${p.edges} edges in ${ms(p.ms)}` : '');
+  const text = `${Math.round(t.totalMs)}ms${slowest ? ` (${slowest[0]} ${Math.round(slowest[1])})` : ''}${p ? `, probed ${p.edges} in ${Math.round(p.ms)}ms` : ''}`;
+  return `<td class="timings" title="${esc(title)}">${esc(text)}</td>`;
+}
+
 const CELL_TEXT: Record<EdgeState, string> = { ok: '✓', failing: '✗', awaiting: '…', none: '·', self: '' };
 const CELL_WORD: Record<EdgeState, string> = { ok: 'ok', failing: 'FAILING', awaiting: 'awaiting its peer', none: 'not probed', self: 'self' };
 
@@ -93,9 +110,9 @@ function nodesTable(s: ClusterStatusResponse, now: Date): string {
       + `<span class="meta">(${esc(n.appliedGeneration)} of ${esc(s.generation)})</span></td>`
       + `<td title="${esc(n.lastContact ?? '')}">${esc(ago(n.lastContact, now))}</td>`
       + `<td>${days === null ? '-' : `<span class="badge ${daysClass}">${days < 0 ? 'EXPIRED' : esc(days.toFixed(days < 10 ? 1 : 0))}</span>`}</td>`
-      + `<td>${n.pendingRestart.length ? esc(n.pendingRestart.join(', ')) : '-'}</td></tr>`;
+      + `<td>${n.pendingRestart.length ? esc(n.pendingRestart.join(', ')) : '-'}</td>${timingsCell(n)}</tr>`;
   });
-  const heads = ['Node', 'Phase', 'Generation lag', 'Last contact', 'Certificate days left', 'Pending restart'].map((h) => `<th>${h}</th>`).join('');
+  const heads = ['Node', 'Phase', 'Generation lag', 'Last contact', 'Certificate days left', 'Pending restart', 'Apply time'].map((h) => `<th>${h}</th>`).join('');
   return `<table class="nodes"><thead><tr>${heads}</tr></thead><tbody>${rows.join('')}</tbody></table>`;
 }
 

@@ -59,6 +59,11 @@ test('every phase has a 0/1 series; a node never heard from is unknown at genera
   assert.deepEqual(f.clusterGeneration, [{ labels: { cluster: 'sales' }, value: 7 }]);
 });
 
+test('the last probe-only pass of a node\'s applied generation, in seconds, as its agent timed it; none reported, no sample', () => {
+  const f = fleetSeries([node({ probe_pass_ms: 950 }), node({ node: 'node-2', probe_pass_ms: null }), node({ node: 'node-3' })], [], []);
+  assert.deepEqual(f.probePass, [{ labels: { cluster: 'sales', node: 'node-1' }, value: 0.95 }]);
+});
+
 test('one probe series per edge and role, 1 for success and 0 for failure (of any probe of that edge and role)', () => {
   const f = fleetSeries([node({ node: 'node-2', probes: [{ to: 'node-1', role: 'replicator', ok: true }, { to: 'node-1', role: 'replicator', ok: false }, { to: 'node-3', role: 'app', ok: false }] })], [], []);
   assert.deepEqual(f.probe, [

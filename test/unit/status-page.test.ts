@@ -70,6 +70,16 @@ test('the page: nodes with phase, generation lag, last contact, certificate days
   assert.match(html, /not converged/);
 });
 
+test('a node\'s apply time, its slowest phase and its last probe-only pass are in its row (every phase in the title); none reported: -', () => {
+  const timings = { generation: 3, startedAt: '2026-12-01T08:59:00Z', phases: { certs: 2, render: 5, prove: 80.4, probe: 1 }, totalMs: 123.4, probePass: { startedAt: '2026-12-01T08:59:10Z', reason: 'peer-applied', edges: 9, ms: 950.2, passes: 2 } };
+  const html = renderStatusPage([cluster([node('node-1', [], { timings }), node('node-2', [], { timings: { ...timings, probePass: undefined } }), node('node-3', [])])], NOW);
+  assert.match(html, /<th>Apply time<\/th>/);
+  const row = (n: string) => new RegExp(`<tr data-node="${n}">.*?</tr>`).exec(html)?.[0] ?? '';
+  assert.match(row('node-1'), /<td class="timings" title="certs 2 ms, render 5 ms, prove 80\.4 ms, probe 1 ms; probe-only pass \(peer-applied, 2 passes\): 9 edges in 950\.2 ms">123ms \(prove 80\), probed 9 in 950ms<\/td>/);
+  assert.match(row('node-2'), /<td class="timings" title="certs 2 ms, render 5 ms, prove 80\.4 ms, probe 1 ms">123ms \(prove 80\)<\/td>/);
+  assert.match(row('node-3'), /<td class="timings">-<\/td>/);
+});
+
 test('the CSP names the hash of the one inline stylesheet, and nothing else may load', () => {
   const html = renderStatusPage([], NOW);
   const css = /<style>([\s\S]*?)<\/style>/.exec(html)![1]!;
