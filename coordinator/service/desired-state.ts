@@ -5,6 +5,7 @@ import type { PeerWake } from '../../shared/contract/api.ts';
 import type { ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
 import { credentialRecord, rolesNeedingPasswords } from '../cluster/compile.ts';
 import { DesiredCache, type ClusterDesired } from '../cluster/desired-cache.ts';
+import { notFound } from '../errors.ts';
 import { StoreUnavailableError } from '../store/store-hosts.ts';
 import type { CaRotations } from './ca-rotation.ts';
 import type { ClusterCas } from './cluster-cas.ts';
@@ -12,6 +13,8 @@ import type { AgentPrincipal, ServiceContext } from './context.ts';
 import type { Crls } from './crls.ts';
 import type { Passwords } from './passwords.ts';
 import type { ClusterRow } from './stored-specs.ts';
+
+type TrustFiles = { caBundle: string; crl: string | null };
 
 export interface DesiredStateDeps {
   cas: ClusterCas;
@@ -143,8 +146,8 @@ export class DesiredStates {
    * The cache entry of a cluster row's generation. The trust files are read each time (one
    * indexed read) and key the entry too; the credentials only when a node is first compiled.
    */
-  async #entry(row: ClusterRow): Promise<ClusterDesired> {
-    const inputs = { spec: row.spec, incarnation: row.incarnation, generation: row.generation, ...(await this.#deps.cas.trustFiles(row.name)) };
+  async #entry(row: ClusterRow, trust?: TrustFiles): Promise<ClusterDesired> {
+    const inputs = { spec: row.spec, incarnation: row.incarnation, generation: row.generation, ...(trust ?? (await this.#deps.cas.trustFiles(row.name))) };
     // Only scram clusters have credentials to read (compile asks for none otherwise).
     const load = rolesNeedingPasswords(row.spec).length > 0 ? () => this.#deps.passwords.source(row.name) : async () => credentialRecord({});
     return this.#desired.entry(row.name, inputs, load);
@@ -152,29 +155,34 @@ export class DesiredStates {
 
   /** One node's desired state: compiled at most once per generation, with the renewals asked of it now. */
   async #nodeDesired(row: ClusterRow, node: string): Promise<NodeDesired> {
-    const [desired, renew] = await Promise.all([this.#entry(row).then((e) => e.node(node)), this.#renewSerials(row.name, node)]);
+    const { trust, renew } = await this.#trustAndRenewals(row.name, node);
+    const desired = await (await this.#entry(row, trust)).node(node);
     // The cached state is shared: a copy carries this request's renewals.
     return renew.length > 0 ? { ...desired, renewSerials: renew } : desired;
   }
 
   /**
-   * Serials the node is asked to renew now: requested and not yet replaced, and in phase
-   * 'reissue' of a CA rotation, its leaves from the old CA. Level-triggered (a replaced or
-   * expired certificate leaves the list without a new generation), so read per request: O(the
-   * node's certificates), never cached.
+   * In one read (issue 13: a desired request's store queries are most of the store's CPU at
+   * 10,000 agents): the trust files of the cluster, as ClusterCas.trustFiles gives them (the CA
+   * bundle, the other CA after the issuing one during a rotation, and the CRL), and the serials
+   * the node is asked to renew now: requested and not yet replaced (no newer certificate for the
+   * same node and slot since), and in phase 'reissue' of a CA rotation its leaves from the old
+   * CA (only then read). Level-triggered (a replaced or expired certificate leaves the list
+   * without a new generation), so read per request: O(the node's certificates), never cached.
    */
-  async #renewSerials(cluster: string, node: string): Promise<string[]> {
-    // One read: the requested ones not yet replaced (no newer certificate for the same node and
-    // slot since), and whether a CA rotation is re-issuing (only then are the old CA's leaves read).
-    const r = (await this.#ctx.store.query<{ renew: string[]; reissuing: boolean }>(
-      `SELECT ARRAY(SELECT serial FROM certificates c WHERE cluster = $1 AND node = $3 AND renew_requested_at IS NOT NULL AND revoked_at IS NULL AND not_after > $2
+  async #trustAndRenewals(cluster: string, node: string): Promise<{ trust: TrustFiles; renew: string[] }> {
+    const r = (await this.#ctx.store.query<{ cert_pem: string; other: string | null; crl: string | null; renew: string[]; reissuing: boolean }>(
+      `SELECT a.cert_pem, r.other_cert_pem AS other, l.pem AS crl, r.phase IS NOT DISTINCT FROM 'reissue' AS reissuing,
+              ARRAY(SELECT serial FROM certificates c WHERE cluster = $1 AND node = $3 AND renew_requested_at IS NOT NULL AND revoked_at IS NULL AND not_after > $2
                       AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.cluster = c.cluster AND n.node = c.node AND n.slot = c.slot AND n.serial <> c.serial
-                                        AND n.not_before >= date_trunc('second', c.renew_requested_at) - interval '${5 * 60} seconds')) AS renew,
-              EXISTS (SELECT 1 FROM ca_rotations WHERE cluster = $1 AND phase = 'reissue') AS reissuing`,
+                                        AND n.not_before >= date_trunc('second', c.renew_requested_at) - interval '${5 * 60} seconds')) AS renew
+         FROM cluster_cas a LEFT JOIN ca_rotations r USING (cluster) LEFT JOIN cluster_crls l USING (cluster) WHERE a.cluster = $1`,
       [cluster, this.#ctx.now(), node],
-    ))[0]!;
+    ))[0];
+    if (!r) throw notFound(`cluster "${cluster}" has no CA`);
+    const trust = { caBundle: r.other ? `${r.cert_pem.trimEnd()}\n${r.other.trimEnd()}\n` : r.cert_pem, crl: r.crl };
     const reissue = r.reissuing ? (await this.#deps.rotations.oldCaLeaves(cluster, node)).map((x) => x.serial) : [];
-    return [...new Set([...r.renew, ...reissue])].sort();
+    return { trust, renew: [...new Set([...r.renew, ...reissue])].sort() };
   }
 
   /** The cluster's applied generations per node, read from node_status once per process. */
