@@ -19,7 +19,8 @@
 //                     failure (resolution: probe_period_ms); how many rotations had none;
 //                     failures outside every rotation
 //   cpu_s_per_change  CPU seconds per change over the changes: the PostgreSQL servers (backends
-//                     included), the agents (their psql runs included), the coordinator, this
+//                     included), the agents (their psql runs included; agents_node: their node
+//                     processes alone), the coordinator, this
 //                     bench, and the whole machine (other work on it included)
 //   rss_mb            resident memory of the coordinator and of each agent (VmRSS), idle, after
 // Last line: JSON with the figures. BENCH_NODES (default 3) sets N, BENCH_KEY_TYPE the node certificates' key type.
@@ -30,7 +31,7 @@ import { demoSpec } from '../bin/demo.ts';
 import { LocalCluster } from '../bin/local-cluster.ts';
 import type { ClusterStatusResponse } from '../shared/contract/api.ts';
 import type { ClusterSpec, NodeKeyType } from '../shared/contract/schema.ts';
-import { machineBusyS, postmasterPid, treeCpuS } from './cpu-time.ts';
+import { machineBusyS, postmasterPid, processCpuS, treeCpuS } from './cpu-time.ts';
 import { probePeriodMs, ringEdges, rotationWindows, watchEdges, type Rotation, type WindowProbe } from './rotation-window.ts';
 
 const N = Number(process.env.BENCH_NODES ?? 3);
@@ -112,6 +113,8 @@ try {
     return {
       postgres: await sum(await Promise.all(dataDirs.map(postmasterPid))),
       agents: await sum(Object.entries(pids).filter(([k]) => k.startsWith('agent-')).map(([, v]) => v)),
+      // The agents' node processes alone: agents minus this is their psql runs (probes, rotation checks).
+      agents_node: (await Promise.all(Object.entries(pids).filter(([k]) => k.startsWith('agent-')).map(([, v]) => (v === null ? 0 : processCpuS(v, true))))).reduce((a, b) => a + b, 0),
       coordinator: await sum(Object.entries(pids).filter(([k]) => k === 'coordinator').map(([, v]) => v)),
       bench: (user + system) / 1e6,
       machine: await machineBusyS(),

@@ -6,13 +6,13 @@ import { readFile } from 'node:fs/promises';
 /** USER_HZ: Linux reports /proc times in 1/100 s on every architecture pgaccord runs on. */
 const TICK_S = 0.01;
 
-/** utime + stime + cutime + cstime of a process, seconds (0 when it is gone). */
-export async function processCpuS(pid: number): Promise<number> {
+/** utime + stime + cutime + cstime of a process, seconds (0 when it is gone); `own`: utime + stime only (its reaped children not counted). */
+export async function processCpuS(pid: number, own = false): Promise<number> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
   if (stat === null) return 0;
   // Fields after the command name in parentheses (which may hold spaces): state is field 3, utime 14.
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return [11, 12, 13, 14].reduce((s, i) => s + Number(f[i]), 0) * TICK_S;
+  return (own ? [11, 12] : [11, 12, 13, 14]).reduce((s, i) => s + Number(f[i]), 0) * TICK_S;
 }
 
 /** processCpuS of a process and of its live descendants (a re-exec'd coordinator runs as the child). */
