@@ -17,6 +17,7 @@
 //               long-poll, FLEET_STATUS_CONCURRENCY (200) agents at a time: accepted reports/s
 //   storm       every agent posts a CSR (its first slot; FLEET_STORM_SLOT=identity for the
 //               identity) at once: CSR latency, a probe agent's desired round trip (wait=0)
+//               on its kept connection and on a new one (TCP, TLS, answer: fleet-probes.ts)
 //               and the fan-out of one PUT made while it is signed (FLEET_STORM=0 skips it)
 //   restart     SIGTERM the coordinator, start it again on the same data dir: until every
 //               agent holds a long-poll again, and the coordinator's CPU seconds meanwhile
@@ -32,10 +33,8 @@ import { chmod, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { X509Certificate } from 'node:crypto';
-import { Agent, request, type Dispatcher } from 'undici';
 import { freePort } from '../shared/system/pgserver.ts';
-import { createCsr } from '../shared/crypto/csr.ts';
-import { newKey } from './fleet-keys.ts';
+import { Probes } from './fleet-probes.ts';
 import { wallMs, type AgentAssignment, type ToWorker } from './fleet-agent-worker.ts';
 import { AgentFleet, until as untilWithin } from './fleet-agents.ts';
 import { adminApi, type AdminApi } from './fleet-admin.ts';
@@ -56,7 +55,7 @@ const logFile = join(base, 'coordinator.log');
 const fleet = new AgentFleet(AGENTS, TIMEOUT_MS);
 let coordinator: Coordinator | null = null;
 let admin: AdminApi | null = null;
-const probes: { d: Dispatcher; gen: number }[] = [];
+let probes: Probes | null = null;
 
 try {
   ensureBuilt();
@@ -97,29 +96,9 @@ try {
   log(`clusters and ${AGENTS} join tokens made in ${setupS} s; coordinator idle ${rss.idle} MB`);
 
   // Probe agents: a cluster of their own, enrolled here; they ask desired with wait=0 (a round trip).
-  for (let i = 0; i < PROBES; i++) {
-    const tok = await api('POST', `/v1/clusters/fleet-probe/nodes/n${i}/tokens`, {});
-    const keyPem = await newKey(KEY);
-    const anon = new Agent({ connect: { ca: caPem } });
-    const enrolment = JSON.stringify({ token: tok.token, csr: createCsr(keyPem, 'probe') });
-    const r = await request(`${url}/v1/agent/enroll`, { method: 'POST', dispatcher: anon, headers: { 'content-type': 'application/json' }, body: enrolment });
-    const body = (await r.body.json()) as { certificate: string };
-    await anon.destroy();
-    probes.push({ d: new Agent({ connect: { ca: caPem, key: keyPem, cert: body.certificate } }), gen: 0 });
-  }
-  let probeTurn = 0;
-  const probeOnce = async (): Promise<number> => {
-    const p = probes[probeTurn++ % PROBES]!;
-    const t0 = wallMs();
-    // A refused or reset connection is counted apart (-1), not a latency: the run goes on.
-    const r = await request(`${url}/v1/agent/desired?after=${p.gen}&wait=0`, { dispatcher: p.d }).catch(() => null);
-    if (!r) return -1;
-    const text = await r.body.text();
-    if (r.statusCode === 200) p.gen = (JSON.parse(text) as { generation: number }).generation;
-    else if (r.statusCode === 429) return NaN; // throttled: counted apart, not a latency
-    else if (r.statusCode !== 204) throw new Error(`probe: ${r.statusCode} ${text}`);
-    return wallMs() - t0;
-  };
+  probes = new Probes(url, caPem);
+  for (let i = 0; i < PROBES; i++) await probes.enrol((await api('POST', `/v1/clusters/fleet-probe/nodes/n${i}/tokens`, {})).token, KEY);
+  const probeOnce = () => probes!.once();
   for (let i = 0; i < PROBES; i++) await probeOnce(); // each learns its generation
   const probeIdle: number[] = [];
   for (let i = 0; i < 20; i++) probeIdle.push(await probeOnce());
@@ -269,14 +248,19 @@ try {
     broadcast({ type: 'storm-prepare' });
     await gather('storm-ready');
     await settled();
+    // Every probe agent's kept connection made again first (undici closes one idle for 4 s): the
+    // kept round trips are an agent's on a connection it holds; `fresh` ones each make a new one.
+    await probes.warm();
     const stormProbe: number[] = [];
+    const freshProbe: number[] = [];
     let storming = true;
-    const prober = (async () => {
+    const probing = (out: number[], ask: () => Promise<number>, gapMs: number) => (async () => {
       while (storming) {
-        stormProbe.push(await probeOnce());
-        await new Promise((r) => setTimeout(r, 50));
+        out.push(await ask());
+        await new Promise((r) => setTimeout(r, gapMs));
       }
     })();
+    const prober = Promise.all([probing(stormProbe, probeOnce, 50), probing(freshProbe, () => probes!.fresh(), 100)]);
     prober.catch(() => undefined); // awaited below
     const tStorm = wallMs();
     broadcast({ type: 'storm' });
@@ -304,12 +288,15 @@ try {
       probes_throttled: stormProbe.filter((x) => Number.isNaN(x)).length,
       probes_failed: stormProbe.filter((x) => x < 0).length,
       probe_round_trip_idle_ms: pct(probeIdle.filter((x) => x >= 0)),
+      probe_new_connection_ms: pct(freshProbe.filter((x) => x >= 0)),
+      probe_new_connection_tcp_ms: pct(probes.freshPhases.map((f) => f.tcp).filter((x) => x >= 0)),
+      probe_new_connection_tls_ms: pct(probes.freshPhases.map((f) => f.tls).filter((x) => x >= 0)),
       put_during_ms: Math.round(midPutMs),
       fanout_during_ms: pct(midMembers.map((i) => genAt[i]! - tPut)),
     };
     renewal = rs;
     log(`renewal storm: ${AGENTS} CSRs in ${rs.wall_s} s (${rs.csr_per_s}/s), CSR p99 ${rs.csr_latency_ms.p99} ms; probe p99 `
-      + `${rs.probe_round_trip_ms.p99} ms (idle ${rs.probe_round_trip_idle_ms.p99}); PUT during ${rs.put_during_ms} ms, fan-out max `
+      + `${rs.probe_round_trip_ms.p99} ms (idle ${rs.probe_round_trip_idle_ms.p99}; on a new connection ${rs.probe_new_connection_ms.p99}); PUT during ${rs.put_during_ms} ms, fan-out max `
       + `${rs.fanout_during_ms.max} ms`);
   }
 
@@ -372,7 +359,7 @@ try {
   console.log(JSON.stringify(figures));
 } finally {
   fleet.kill();
-  await Promise.all(probes.map((p) => p.d.destroy().catch(() => undefined)));
+  await probes?.close();
   await admin?.destroy().catch(() => undefined);
   if (coordinator && coordinator.child.exitCode === null) {
     coordinator.child.kill('SIGTERM');
