@@ -6,7 +6,7 @@ import { certInfo, splitPemBundle } from '../../shared/crypto/x509.ts';
 import { certLifetimeSeconds, trustWarnings } from '../cluster/compile.ts';
 import { caLevel, daysLeft, expiryLevel } from '../cluster/lifecycle.ts';
 import { probePending } from '../cluster/probe-matrix.ts';
-import { badRequest } from '../errors.ts';
+import { ApiError, badRequest } from '../errors.ts';
 import type { CaRotations } from './ca-rotation.ts';
 import type { ClusterCas } from './cluster-cas.ts';
 import type { AgentPrincipal, ServiceContext } from './context.ts';
@@ -34,13 +34,21 @@ export class StatusReports {
     const ctx = this.#ctx;
     const badInstants = unparsableInstants(report);
     if (badInstants.length > 0) throw badRequest('E_STATUS_INVALID', `${badInstants.map((e) => e.field).join(', ')}: not a date and time`, badInstants);
-    await ctx.requireNode(agent); // the node must still exist; nothing is compiled
+    // Stored only while the node is part of its cluster's spec, checked by the write itself (one
+    // query, the spec not shipped: issue 13); nothing is compiled. Not stored: requireNode says
+    // why (410), or, should the node be back meanwhile, a retry stores it.
     const now = ctx.now();
-    await ctx.store.query(
-      `INSERT INTO node_status (cluster, node, report, reported_at, last_contact) VALUES ($1, $2, $3, $4, $4)
-       ON CONFLICT (cluster, node) DO UPDATE SET report = EXCLUDED.report, reported_at = EXCLUDED.reported_at, last_contact = EXCLUDED.last_contact`,
+    const stored = await ctx.store.query(
+      `INSERT INTO node_status (cluster, node, report, reported_at, last_contact)
+       SELECT $1, $2, $3, $4, $4 FROM clusters WHERE name = $1 AND spec->'nodes' @> jsonb_build_array(jsonb_build_object('name', $2::text))
+       ON CONFLICT (cluster, node) DO UPDATE SET report = EXCLUDED.report, reported_at = EXCLUDED.reported_at, last_contact = EXCLUDED.last_contact
+       RETURNING 1`,
       [agent.cluster, agent.node, JSON.stringify(report), now],
     );
+    if (stored.length === 0) {
+      await ctx.requireNode(agent);
+      throw new ApiError(503, 'E_RETRY', `the status of node "${agent.node}" was not stored: its cluster changed meanwhile; report again`);
+    }
     this.#deps.passwords.noteTimings(agent, report.timings);
     await this.#deps.desired.noteApplied(agent, report.generation);
     await this.#deps.rotations.advance(agent.cluster).catch((e) => ctx.log.error({ cluster: agent.cluster, err: e }, 'CA rotation step failed'));

@@ -1,8 +1,10 @@
-// What one desired request costs the store (issue 13): at 10,000 agents the store's CPU is spent
-// per query, so an agent's desired state is read in as few as hold. A warm desired request (its
-// cluster's state compiled, its CRL not due) runs four: the identity check and last_contact
+// What one desired request and one status report cost the store (issue 13): at 10,000 agents the
+// store's CPU is spent per query, so an agent's cycle runs as few as hold. A warm desired request
+// (its cluster's state compiled, its CRL not due) runs four: the identity check and last_contact
 // (each shared with the requests arriving together), the cluster row, and one read of the trust
-// files with the renewals asked of the node.
+// files with the renewals asked of the node. A status report three: the identity check, the
+// report's write (which checks that the node is still in its cluster's spec) and the CA
+// rotation's next step.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { enroll, pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
@@ -47,4 +49,33 @@ test('a warm desired request makes four store queries, renewals asked included',
   const asked = await n.client.call('GET', '/v1/agent/desired?after=0&wait=0');
   assert.equal(asked.status, 200, asked.text);
   assert.deepEqual(asked.body.renewSerials, [cert.serial]);
+});
+
+test('a status report makes three store queries: the node\'s existence is checked by the write itself', async () => {
+  const n = await enroll(h, 'q', 'node-2');
+  const report = (generation: number) => ({
+    generation, phase: 'converged', errors: [], files: [], servedCertificate: null, certificates: [], probes: [], pendingRestart: [], coordinatorReachable: true, versions: { agent: 'test', postgres: '15' },
+  });
+  const first = await n.client.call('POST', '/v1/agent/status', { body: report(1) });
+  assert.equal(first.status, 204, first.text);
+  const seen = await queries(async () => {
+    const r = await n.client.call('POST', '/v1/agent/status', { body: report(2) });
+    assert.equal(r.status, 204, r.text);
+  });
+  assert.equal(seen.length, 3, `store queries of one status report:\n${seen.join('\n')}`);
+  const stored = await h.coord.store.query<{ generation: number }>(`SELECT (report->>'generation')::int AS generation FROM node_status WHERE cluster = 'q' AND node = 'node-2'`);
+  assert.deepEqual(stored, [{ generation: 2 }]);
+});
+
+test('a report of a node its stored spec no longer has is not stored, and says why', async () => {
+  assert.equal((await h.admin.call('PUT', '/v1/clusters/r', { body: pgdSpec('r') })).status, 200);
+  const n = await enroll(h, 'r', 'node-3');
+  // The node taken out of the stored row behind the API (its identity stays valid).
+  await h.coord.store.query(`UPDATE clusters SET spec = jsonb_set(spec, '{nodes}', (spec->'nodes') - 2) WHERE name = 'r'`);
+  const r = await n.client.call('POST', '/v1/agent/status', { body: {
+    generation: 1, phase: 'converged', errors: [], files: [], servedCertificate: null, certificates: [], probes: [], pendingRestart: [], coordinatorReachable: true, versions: { agent: 'test', postgres: '15' },
+  } });
+  assert.equal(r.status, 500, r.text);
+  assert.equal(r.body.code, 'E_STORED_SPEC_INVALID');
+  assert.deepEqual(await h.coord.store.query(`SELECT report FROM node_status WHERE cluster = 'r' AND node = 'node-3' AND report IS NOT NULL`), []);
 });
