@@ -6,7 +6,7 @@ import { encodeJoinToken, parseCoordinatorUrls, parseJoinToken } from '../../sha
 import { publicKeyId, type SubjectPublicKey } from '../../shared/crypto/csr.ts';
 import { badRequest, conflict, gone, unauthorized } from '../errors.ts';
 import { StoreBusyError } from '../store/store-hosts.ts';
-import { coalescedInFlight, type Queryable } from '../store/store.ts';
+import type { Queryable } from '../store/store.ts';
 import { Coalescer, type BatchOutcome } from './coalesce.ts';
 import { hasNode, lockCluster, nodeGone, type AgentPrincipal, type ServiceContext } from './context.ts';
 
@@ -79,11 +79,8 @@ export class Identities {
 
   constructor(ctx: ServiceContext) {
     this.#ctx = ctx;
-    // A few batches at once, below the pool; ten batches' callers waiting at most, then 503 at once.
-    const opts = {
-      inFlight: coalescedInFlight(ctx.store.pool.opts.max),
-      full: () => new StoreBusyError('too many agent requests waiting for it'),
-    };
+    // One batch of each at a time (coalesce.ts); ten batches' callers waiting at most, then 503 at once.
+    const opts = { full: () => new StoreBusyError('too many agent requests waiting for it') };
     this.#identities = new Coalescer(async (keys) => {
       const rows = await ctx.store.query<{ i: string; current: boolean; previous: string | null }>(
         VALID_IDENTITIES_SQL, [keys.map((k) => k.cluster), keys.map((k) => k.node), keys.map((k) => k.serial)]);

@@ -183,16 +183,6 @@ export interface PoolSettings {
  */
 export const POOL: PoolSettings = { max: 10, queueWaitMs: 30_000 };
 
-/**
- * Batches one coalescer of agent queries may have in flight on a pool of `max` connections: one.
- * Measured in bench:fleet's renewal storm (1,000 CSRs, 250 x 4, load 3-4): with two in flight
- * the CSRs were signed 3x faster (123/s, 8 s) but a probe agent's desired round trip waited
- * p99 5.3 s behind them for the store; with one, 38-84 CSRs/s and p99 0.7-3.3 s (two runs,
- * spread wide). A long-poll answered late is worse for a fleet than a renewal finished later
- * (certificates renew days early); giving long-polls their own store connections is the fix.
- */
-export const coalescedInFlight = (max: number): number => Math.min(1, max);
-
 export class Store {
   readonly events = new EventEmitter();
   /** Migrations this process applied when it opened the store. */
