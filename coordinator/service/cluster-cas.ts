@@ -4,6 +4,35 @@ import { notFound } from '../errors.ts';
 import type { Queryable } from '../store/store.ts';
 import type { ServiceContext } from './context.ts';
 
+export type TrustFiles = { caBundle: string; crl: string | null };
+
+/** The row trustFilesOf reads: the issuing CA, the other one during a rotation, the CRL. */
+export interface TrustRow {
+  cert_pem: string;
+  other: string | null;
+  crl: string | null;
+}
+
+/**
+ * The read of a cluster's TrustRow (`$1` the cluster), with `columns` a caller adds (", ..."),
+ * which may use the aliases a (cluster_cas), r (ca_rotations) and l (cluster_crls): a desired
+ * request reads its node's renewals in the same query (issue 13).
+ */
+export function trustFilesSql(columns = ''): string {
+  return `SELECT a.cert_pem, r.other_cert_pem AS other, l.pem AS crl${columns}
+         FROM cluster_cas a LEFT JOIN ca_rotations r USING (cluster) LEFT JOIN cluster_crls l USING (cluster) WHERE a.cluster = $1`;
+}
+
+/**
+ * The trust files of a cluster's TrustRow: the CA bundle is the issuing CA, and during a rotation
+ * the other one (the new CA in phase 'trust', the old one in phase 'reissue') after it; the CRL.
+ * No row: the cluster has no CA (404).
+ */
+export function trustFilesOf(cluster: string, row: TrustRow | undefined): TrustFiles {
+  if (!row) throw notFound(`cluster "${cluster}" has no CA`);
+  return { caBundle: row.other ? `${row.cert_pem.trimEnd()}\n${row.other.trimEnd()}\n` : row.cert_pem, crl: row.crl };
+}
+
 export class ClusterCas {
   readonly #ctx: ServiceContext;
   readonly #cas = new Map<string, { certPem: string; ca: CertificateAuthority }>();
@@ -33,24 +62,15 @@ export class ClusterCas {
     return { ca: new CertificateAuthority(row.other_cert_pem, this.#ctx.box.open(row.other_key_sealed, `cluster-ca:${name}`)), phase: row.phase };
   }
 
-  /**
-   * The cluster's CA bundle: the issuing CA, and during a rotation the other one (the new CA in
-   * phase 'trust', the old one in phase 'reissue') after it.
-   */
+  /** The cluster's CA bundle (trustFilesOf). */
   async bundle(name: string, c: Queryable = this.#ctx.store.pool): Promise<string> {
     if (!(await this.#ctx.cluster(name, c))) throw notFound(`no cluster "${name}"`);
     return (await this.trustFiles(name, c)).caBundle;
   }
 
   /** The trust files every node is given, of a cluster row already read: the CA bundle and the CRL, in one read. */
-  async trustFiles(name: string, c: Queryable = this.#ctx.store.pool): Promise<{ caBundle: string; crl: string | null }> {
-    const row = (await c.query<{ cert_pem: string; other: string | null; crl: string | null }>(
-      `SELECT a.cert_pem, r.other_cert_pem AS other, l.pem AS crl
-         FROM cluster_cas a LEFT JOIN ca_rotations r USING (cluster) LEFT JOIN cluster_crls l USING (cluster) WHERE a.cluster = $1`,
-      [name],
-    )).rows[0];
-    if (!row) throw notFound(`cluster "${name}" has no CA`);
-    return { caBundle: row.other ? `${row.cert_pem.trimEnd()}\n${row.other.trimEnd()}\n` : row.cert_pem, crl: row.crl };
+  async trustFiles(name: string, c: Queryable = this.#ctx.store.pool): Promise<TrustFiles> {
+    return trustFilesOf(name, (await c.query<TrustRow>(trustFilesSql(), [name])).rows[0]);
   }
 
   /** Forget the opened key (the cluster is gone, or its issuing CA changed). */

@@ -5,16 +5,13 @@ import type { PeerWake } from '../../shared/contract/api.ts';
 import type { ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
 import { credentialRecord, rolesNeedingPasswords } from '../cluster/compile.ts';
 import { DesiredCache, type ClusterDesired } from '../cluster/desired-cache.ts';
-import { notFound } from '../errors.ts';
 import { StoreUnavailableError } from '../store/store-hosts.ts';
 import type { CaRotations } from './ca-rotation.ts';
-import type { ClusterCas } from './cluster-cas.ts';
+import { trustFilesOf, trustFilesSql, type ClusterCas, type TrustFiles, type TrustRow } from './cluster-cas.ts';
 import type { AgentPrincipal, ServiceContext } from './context.ts';
 import type { Crls } from './crls.ts';
 import type { Passwords } from './passwords.ts';
 import type { ClusterRow } from './stored-specs.ts';
-
-type TrustFiles = { caBundle: string; crl: string | null };
 
 export interface DesiredStateDeps {
   cas: ClusterCas;
@@ -163,26 +160,23 @@ export class DesiredStates {
 
   /**
    * In one read (issue 13: a desired request's store queries are most of the store's CPU at
-   * 10,000 agents): the trust files of the cluster, as ClusterCas.trustFiles gives them (the CA
-   * bundle, the other CA after the issuing one during a rotation, and the CRL), and the serials
-   * the node is asked to renew now: requested and not yet replaced (no newer certificate for the
-   * same node and slot since), and in phase 'reissue' of a CA rotation its leaves from the old
-   * CA (only then read). Level-triggered (a replaced or expired certificate leaves the list
+   * 10,000 agents): the trust files of the cluster (trustFilesSql's row, by trustFilesOf's
+   * rule, as ClusterCas.trustFiles gives them), and the serials the node is asked to renew now:
+   * requested and not yet replaced (no newer certificate for the same node and slot since), and
+   * in phase 'reissue' of a CA rotation its leaves from the old CA (only then read). Level-triggered (a replaced or expired certificate leaves the list
    * without a new generation), so read per request: O(the node's certificates), never cached.
    */
   async #trustAndRenewals(cluster: string, node: string): Promise<{ trust: TrustFiles; renew: string[] }> {
-    const r = (await this.#ctx.store.query<{ cert_pem: string; other: string | null; crl: string | null; renew: string[]; reissuing: boolean }>(
-      `SELECT a.cert_pem, r.other_cert_pem AS other, l.pem AS crl, r.phase IS NOT DISTINCT FROM 'reissue' AS reissuing,
+    const r = (await this.#ctx.store.query<TrustRow & { renew: string[]; reissuing: boolean }>(
+      trustFilesSql(`, r.phase IS NOT DISTINCT FROM 'reissue' AS reissuing,
               ARRAY(SELECT serial FROM certificates c WHERE cluster = $1 AND node = $3 AND renew_requested_at IS NOT NULL AND revoked_at IS NULL AND not_after > $2
                       AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.cluster = c.cluster AND n.node = c.node AND n.slot = c.slot AND n.serial <> c.serial
-                                        AND n.not_before >= date_trunc('second', c.renew_requested_at) - interval '${5 * 60} seconds')) AS renew
-         FROM cluster_cas a LEFT JOIN ca_rotations r USING (cluster) LEFT JOIN cluster_crls l USING (cluster) WHERE a.cluster = $1`,
+                                        AND n.not_before >= date_trunc('second', c.renew_requested_at) - interval '${5 * 60} seconds')) AS renew`),
       [cluster, this.#ctx.now(), node],
     ))[0];
-    if (!r) throw notFound(`cluster "${cluster}" has no CA`);
-    const trust = { caBundle: r.other ? `${r.cert_pem.trimEnd()}\n${r.other.trimEnd()}\n` : r.cert_pem, crl: r.crl };
-    const reissue = r.reissuing ? (await this.#deps.rotations.oldCaLeaves(cluster, node)).map((x) => x.serial) : [];
-    return { trust, renew: [...new Set([...r.renew, ...reissue])].sort() };
+    const trust = trustFilesOf(cluster, r); // no row: it threw (404)
+    const reissue = r!.reissuing ? (await this.#deps.rotations.oldCaLeaves(cluster, node)).map((x) => x.serial) : [];
+    return { trust, renew: [...new Set([...r!.renew, ...reissue])].sort() };
   }
 
   /** The cluster's applied generations per node, read from node_status once per process. */
