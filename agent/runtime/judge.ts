@@ -164,30 +164,25 @@ export function loopAlive(now: number, since: { pass: number | null; turn: numbe
   return [since.pass, since.turn].every((t) => t === null || now - t < stuckAfterMs);
 }
 
-/** The STATUS= line: applied generation (and the desired one when behind), phase, probes. */
+/**
+ * The agent's contact with the coordinator: in contact, unreachable (no answer: a network fault,
+ * a timeout), or refusing (it answered 429/503, with that HTTP status; not a network fault).
+ */
+export type Contact = 'reachable' | 'unreachable' | { refused: number };
+
+/** The STATUS= line: applied generation (and the desired one when behind), phase, probes, and the contact when out of it. */
 export function summaryLine(s: {
   desired: number | null;
   applied: number;
   phase: string | null;
   probesOk: number;
   probes: number;
-  reachable: boolean;
+  contact: Contact;
 }): string {
-  if (s.desired === null) return `waiting for the first desired state${s.reachable ? '' : ` (${UNREACHABLE})`}`;
+  const c = s.contact === 'reachable' ? null : s.contact === 'unreachable' ? 'coordinator unreachable' : `coordinator refusing requests (HTTP ${s.contact.refused})`;
+  if (s.desired === null) return `waiting for the first desired state${c === null ? '' : ` (${c})`}`;
   const gen = s.applied === s.desired ? `generation ${s.applied}` : `generation ${s.applied} (desired ${s.desired})`;
-  return `${gen}, ${s.phase ?? 'not applied'}, probes ${s.probesOk}/${s.probes} ok${s.reachable ? '' : `, ${UNREACHABLE}`}`;
-}
-
-/** What the STATUS= line says of a coordinator out of contact. */
-const UNREACHABLE = 'coordinator unreachable';
-
-/**
- * The STATUS= line while the last contact was a refusal (`refusedWith`: its HTTP status, 429 or
- * 503): the coordinator answered, so the line says it refuses, not that it is unreachable (the
- * reconciler words the line from "in contact or not"; the loop knows why not).
- */
-export function contactSummary(line: string, refusedWith: number | null): string {
-  return refusedWith === null ? line : line.replace(UNREACHABLE, `coordinator refusing requests (HTTP ${refusedWith})`);
+  return `${gen}, ${s.phase ?? 'not applied'}, probes ${s.probesOk}/${s.probes} ok${c === null ? '' : `, ${c}`}`;
 }
 
 /**

@@ -13,10 +13,11 @@ import { loadLastGood, saveLastGood } from './last-good.ts';
 import { Reconciler } from './reconciler.ts';
 import { expiriesOf, renewalsOf, type LoopDeps, type LoopExit } from './loop-deps.ts';
 import type { NodeContext } from '../apply/types.ts';
-import { contactRetryDelay, contactSummary, errMessage, EVENT_MIN_CYCLE_MS, judgeDesired, loopAlive, refusedLater, renewalWake, STUCK_AFTER_MS, summaryLine } from './judge.ts';
+import { contactRetryDelay, errMessage, EVENT_MIN_CYCLE_MS, judgeDesired, loopAlive, refusedLater, renewalWake, STUCK_AFTER_MS, summaryLine, type Contact } from './judge.ts';
 
 export class ReconcileLoop {
-  private reachable = true;
+  /** The last contact: answered, unreachable, or refused (429/503: the coordinator answered, it is not unreachable). */
+  private contact: Contact = 'reachable';
   private refusal: Problem | null = null;
   private contactError: Problem | null = null;
   private stateError: Problem | null = null;
@@ -35,27 +36,13 @@ export class ReconcileLoop {
   private readonly reconciler: Reconciler;
 
   constructor(private deps: LoopDeps) {
-    // The reconciler's reports and STATUS lines pass through here: a refused report's Retry-After
-    // is kept for its resend, and a line saying "unreachable" says "refusing" after a refusal.
-    const client = deps.client;
-    const reconcilerDeps: LoopDeps = {
-      ...deps,
-      client: {
-        desired: (...a) => client.desired(...a),
-        status: (s) => client.status(s).catch((e: unknown) => {
-          this.reportRetryAfterMs = e instanceof CoordinatorError && refusedLater(e.status) ? retryAfterMs(e.retryAfter, this.deps.now()) : null;
-          throw e;
-        }),
-      },
-      ...(deps.onSummary ? { onSummary: (line: string) => this.deps.onSummary?.(contactSummary(line, this.refusedWith)) } : {}),
-    };
     this.reconciler = new Reconciler(
-      reconcilerDeps,
+      deps,
       {
-        reachable: () => this.reachable,
+        contact: () => this.contact,
         runtimeErrors: () => [this.stateError, this.refusal, this.contactError].filter((e): e is Problem => e !== null),
         contactFailed: (e) => this.onContactFailure(e),
-        reportRefused: () => this.resendSoon(),
+        reportRefused: (r) => this.resendSoon(r.retryAfterMs),
         scheduleRenewalWake: () => this.scheduleRenewalWake(),
       },
       this.stopController.signal,
@@ -104,17 +91,14 @@ export class ReconcileLoop {
   }
 
   private resendTimer: NodeJS.Timeout | undefined;
-  /** The last refused report's Retry-After, ms (bounded), or null. */
-  private reportRetryAfterMs: number | null = null;
   /**
    * A report the coordinator refused (rate limited, busy) goes again one probe period later, or
    * when its Retry-After says if that is later: the long-poll that follows may hold 30 s, and
    * until a report arrives the coordinator's view of this node (and so `status --wait`) is stale.
    */
-  private resendSoon(): void {
+  private resendSoon(retryAfterMs: number | null): void {
     if (this.resendTimer || this.signal.aborted) return;
-    const delay = Math.max(this.deps.reprobeMs ?? 2000, this.reportRetryAfterMs ?? 0);
-    this.reportRetryAfterMs = null;
+    const delay = Math.max(this.deps.reprobeMs ?? 2000, retryAfterMs ?? 0);
     this.resendTimer = setTimeout(() => {
       this.resendTimer = undefined;
       void this.reconciler.resend();
@@ -134,7 +118,7 @@ export class ReconcileLoop {
     const at = Math.min(...renewals.filter((x): x is number => x !== null)) + 250;
     if (this.renewalTimerAt === at && this.renewalTimer) return;
     clearTimeout(this.renewalTimer);
-    const wake = renewalWake(renewals, this.deps.now(), this.reachable);
+    const wake = renewalWake(renewals, this.deps.now(), this.contact === 'reachable');
     if (wake === null) return;
     const delay = wake.delayMs;
     this.renewalTimerAt = wake.at;
@@ -161,7 +145,7 @@ export class ReconcileLoop {
     r.lastGood = loaded.desired;
     this.stateError = loaded.error;
     if (loaded.error) log.error({ code: loaded.error.code }, loaded.error.message);
-    this.deps.onRunning?.(summaryLine({ desired: r.lastGood?.generation ?? null, applied: 0, phase: 'starting', probesOk: 0, probes: 0, reachable: true }));
+    this.deps.onRunning?.(summaryLine({ desired: r.lastGood?.generation ?? null, applied: 0, phase: 'starting', probesOk: 0, probes: 0, contact: 'reachable' }));
     const wd = this.deps.watchdog;
     if (wd) {
       // The loop's own tick (real time: the watchdog is systemd's clock, not the injected one).
@@ -188,7 +172,7 @@ export class ReconcileLoop {
         try {
           // After a failure, ask for an immediate answer: contact (and a due renewal) must not
           // wait for a long-poll to run its course.
-          outcome = await this.pollOnce(AbortSignal.any([this.signal, pollAbort.signal]), this.reachable && this.failures === 0 ? undefined : 0);
+          outcome = await this.pollOnce(AbortSignal.any([this.signal, pollAbort.signal]), this.contact === 'reachable' && this.failures === 0 ? undefined : 0);
         } catch (e) {
           if (this.signal.aborted) break;
           if (pollAbort.signal.aborted) {
@@ -267,17 +251,14 @@ export class ReconcileLoop {
   }
 
   private onContactSuccess(): void {
-    if (!this.reachable) this.deps.log.info(this.refusedWith !== null ? 'coordinator answering again' : 'coordinator reachable again');
-    this.reachable = true;
-    this.refusedWith = null;
+    if (this.contact !== 'reachable') this.deps.log.info(this.contact === 'unreachable' ? 'coordinator reachable again' : 'coordinator answering again');
+    this.contact = 'reachable';
     this.contactError = null;
     if (this.deps.onContact) void this.deps.onContact().catch((e) => this.deps.log.warn({ err: errMessage(e) }, 'post-contact maintenance failed'));
   }
 
   /** The last long-poll's refusal (429, 503), logged with the retry delay: the coordinator answered, it is not unreachable. */
   private refused: { status: number; code: string | undefined; retryAfterMs: number | null } | null = null;
-  /** Out of contact because the last contact was refused (its HTTP status), not unreachable: null otherwise. */
-  private refusedWith: number | null = null;
 
   private onContactFailure(e: unknown): void {
     const r = this.reconciler;
@@ -285,12 +266,11 @@ export class ReconcileLoop {
     const code = e instanceof CoordinatorError ? e.code : 'E_UNREACHABLE';
     this.refused = e instanceof CoordinatorError && code === 'E_HTTP' && refusedLater(e.status) ? { status: e.status!, code: e.apiCode, retryAfterMs: retryAfterMs(e.retryAfter, this.deps.now()) } : null;
     // Unreachable now, after contact or after a refusal (which said nothing of a network fault).
-    if ((this.reachable || this.refusedWith !== null) && !this.refused) {
+    if (this.contact !== 'unreachable' && !this.refused) {
       const servingGeneration = r.lastGood?.generation ?? null;
       this.deps.log.warn({ code, err: message, servingGeneration }, 'coordinator unreachable: serving the last good state (stale)');
     }
-    this.reachable = false;
-    this.refusedWith = this.refused?.status ?? null;
+    this.contact = this.refused ? { refused: this.refused.status } : 'unreachable';
     this.contactError = { code: code === 'E_HTTP' ? 'E_COORDINATOR' : 'E_COORDINATOR_UNREACHABLE', message };
   }
 }

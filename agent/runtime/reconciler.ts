@@ -6,7 +6,7 @@
 import type { NodeDesired } from '../../shared/contract/schema.ts';
 import type { ApplyTimings, ProbeResult, AgentStatus } from '../../shared/contract/status.ts';
 import type { Problem } from '../../shared/contract/problem.ts';
-import { backoffDelay } from './backoff.ts';
+import { backoffDelay, retryAfterMs } from './backoff.ts';
 import { certReports, type EnsureResult } from './certs.ts';
 import { CoordinatorError } from './client.ts';
 import { probeAll, type ProbeReason } from '../probe/probes.ts';
@@ -15,17 +15,18 @@ import { afterProof, ensureAndApply } from './pass.ts';
 import { noteProbePass, passTimings, round1 } from './timings.ts';
 import { expiriesOf, renewalsOf, type FileReportT, type LoopDeps } from './loop-deps.ts';
 import type { ApplyResult, NodeContext } from '../apply/types.ts';
-import { APPLY_RETRY, errMessage, isSteady, PeerWatch, planProbes, PROBE_RETRY, probeReason, refusedLater, retryApplySoon, retryPeers, summaryLine, survivesUntil, WAKE_WAIT_PERIODS } from './judge.ts';
+import { APPLY_RETRY, errMessage, isSteady, PeerWatch, planProbes, PROBE_RETRY, probeReason, refusedLater, retryApplySoon, retryPeers, summaryLine, survivesUntil, WAKE_WAIT_PERIODS, type Contact } from './judge.ts';
 
 /** What the reconciler needs of the loop: its contact with the coordinator. */
 export interface LoopView {
-  reachable(): boolean;
+  /** In contact with the coordinator, unreachable, or refusing (the status of its 429/503). */
+  contact(): Contact;
   /** The runtime's own errors now: a refused or corrupt desired state, a failed contact. */
   runtimeErrors(): Problem[];
   /** A status report could not reach the coordinator. */
   contactFailed(e: unknown): void;
-  /** The coordinator refused a status report (429 rate limited, 503): send it again soon. */
-  reportRefused(): void;
+  /** The coordinator refused a status report (429 rate limited, 503): send it again soon, not before its Retry-After (ms, bounded). */
+  reportRefused(refusal: { status: number; retryAfterMs: number | null }): void;
   /** After each status: wake at the next renewal instant. */
   scheduleRenewalWake(): void;
 }
@@ -206,7 +207,7 @@ export class Reconciler {
       unsettled: this.lastCertErrors.length > 0 || this.view.runtimeErrors().length > 0 || this.driftNotes.length > 0 || this.reprobeTimer !== undefined,
       renewalDue: renewalsOf(this.deps).some((t) => t !== null && t <= now),
       canCheckFiles: this.deps.drift?.check !== undefined,
-      reachable: this.view.reachable(),
+      reachable: this.view.contact() === 'reachable',
       reported: this.lastStatus !== null,
     });
   }
@@ -288,7 +289,7 @@ export class Reconciler {
       const startedAt = new Date(this.deps.now()).toISOString();
       const t0 = performance.now();
       this.deps.drift?.pause();
-      const { result, proved, certs, certsMs } = await ensureAndApply(this.deps, ctx, desired, this.view.reachable(), this.lastApply?.files ?? []);
+      const { result, proved, certs, certsMs } = await ensureAndApply(this.deps, ctx, desired, this.view.contact() === 'reachable', this.lastApply?.files ?? []);
       certErrors = certs.errors;
       installed = certs.installed;
       this.lastApply = result;
@@ -364,17 +365,17 @@ export class Reconciler {
       runtimeErrors: [...this.view.runtimeErrors(), ...certErrors, ...notes],
       certificates: certReports(installed),
       probes,
-      coordinatorReachable: this.view.reachable(),
+      coordinatorReachable: this.view.contact() === 'reachable',
       postgresVersion: knownPostgresVersion ?? (await this.deps.postgresVersion()),
       ...(desired && this.timings?.generation === this.appliedGeneration ? { timings: this.timings } : {}),
     });
     this.lastStatus = status;
     const phase = desired ? (this.lastApply?.phase ?? null) : null;
     const probesOk = probes.filter((p) => p.ok).length;
-    const summary = { desired: desired?.generation ?? null, applied: this.appliedGeneration, phase, probesOk, probes: probes.length, reachable: this.view.reachable() };
+    const summary = { desired: desired?.generation ?? null, applied: this.appliedGeneration, phase, probesOk, probes: probes.length, contact: this.view.contact() };
     this.deps.onSummary?.(summaryLine(summary));
     let reported = false;
-    if (this.view.reachable()) {
+    if (this.view.contact() === 'reachable') {
       try {
         const t0 = performance.now();
         await this.deps.client.status(status);
@@ -387,7 +388,7 @@ export class Reconciler {
         if (e instanceof CoordinatorError && e.code === 'E_UNREACHABLE') this.view.contactFailed(e);
         // Only a refusal that says "later" (rate limited, busy) is worth sending again soon; any
         // other (400, 401, 410...) would be refused the same way every period.
-        else if (e instanceof CoordinatorError && refusedLater(e.status)) this.view.reportRefused();
+        else if (e instanceof CoordinatorError && refusedLater(e.status)) this.view.reportRefused({ status: e.status!, retryAfterMs: retryAfterMs(e.retryAfter, this.deps.now()) });
       }
     }
     const at = new Date(this.deps.now()).toISOString();

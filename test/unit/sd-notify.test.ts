@@ -43,9 +43,9 @@ test('formatNotify: one assignment per field, in order; STATUS on one line; bad 
 });
 
 test('summaryLine: generation (and the desired one when behind), phase, probes ok/total', () => {
-  assert.equal(summaryLine({ desired: null, applied: 0, phase: null, probesOk: 0, probes: 0, reachable: true }), 'waiting for the first desired state');
-  assert.equal(summaryLine({ desired: 4, applied: 4, phase: 'converged', probesOk: 8, probes: 9, reachable: true }), 'generation 4, converged, probes 8/9 ok');
-  assert.equal(summaryLine({ desired: 5, applied: 4, phase: 'failed', probesOk: 0, probes: 1, reachable: false }), 'generation 4 (desired 5), failed, probes 0/1 ok, coordinator unreachable');
+  assert.equal(summaryLine({ desired: null, applied: 0, phase: null, probesOk: 0, probes: 0, contact: 'reachable' }), 'waiting for the first desired state');
+  assert.equal(summaryLine({ desired: 4, applied: 4, phase: 'converged', probesOk: 8, probes: 9, contact: 'reachable' }), 'generation 4, converged, probes 8/9 ok');
+  assert.equal(summaryLine({ desired: 5, applied: 4, phase: 'failed', probesOk: 0, probes: 1, contact: 'unreachable' }), 'generation 4 (desired 5), failed, probes 0/1 ok, coordinator unreachable');
 });
 
 test('loopAlive: idle or recent is alive; a pass or poll turn older than the bound is stuck', () => {
