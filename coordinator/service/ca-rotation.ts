@@ -119,8 +119,9 @@ export class CaRotations {
    */
   async advance(cluster: string): Promise<void> {
     const ctx = this.#ctx;
-    // The rotation row first: every status report asks, and a cluster is rarely rotating, so the
-    // spec row is read (and its seal checked) only while a rotation waits in phase 'trust'.
+    // A status report asks only when its write saw a rotation in phase 'trust' (status.ts), the
+    // rotation's status view each time. The rotation row first: the spec row is read (and its
+    // seal checked) only while a rotation waits in phase 'trust'.
     const rot = await this.#rotationRow(cluster);
     if (rot?.phase !== 'trust') return;
     const row = await ctx.cluster(cluster);

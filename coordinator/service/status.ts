@@ -36,13 +36,16 @@ export class StatusReports {
     if (badInstants.length > 0) throw badRequest('E_STATUS_INVALID', `${badInstants.map((e) => e.field).join(', ')}: not a date and time`, badInstants);
     // Stored only while the node is part of its cluster's spec, checked by the write itself (one
     // query, the spec not shipped: issue 13); nothing is compiled. Not stored: requireNode says
-    // why (410), or, should the node be back meanwhile, a retry stores it.
+    // why (410), or, should the node be back meanwhile, a retry stores it. The write also says
+    // whether a CA rotation waits in phase 'trust' (one index probe of a table empty but while an
+    // operator rotates), so its next step is read only then: read from the store each time, a
+    // rotation started through any coordinator is seen by every one.
     const now = ctx.now();
-    const stored = await ctx.store.query(
+    const stored = await ctx.store.query<{ rotating: boolean }>(
       `INSERT INTO node_status (cluster, node, report, reported_at, last_contact)
        SELECT $1, $2, $3, $4, $4 FROM clusters WHERE name = $1 AND spec->'nodes' @> jsonb_build_array(jsonb_build_object('name', $2::text))
        ON CONFLICT (cluster, node) DO UPDATE SET report = EXCLUDED.report, reported_at = EXCLUDED.reported_at, last_contact = EXCLUDED.last_contact
-       RETURNING 1`,
+       RETURNING EXISTS (SELECT 1 FROM ca_rotations WHERE cluster = $1 AND phase = 'trust') AS rotating`,
       [agent.cluster, agent.node, JSON.stringify(report), now],
     );
     if (stored.length === 0) {
@@ -51,7 +54,7 @@ export class StatusReports {
     }
     this.#deps.passwords.noteTimings(agent, report.timings);
     await this.#deps.desired.noteApplied(agent, report.generation);
-    await this.#deps.rotations.advance(agent.cluster).catch((e) => ctx.log.error({ cluster: agent.cluster, err: e }, 'CA rotation step failed'));
+    if (stored[0]!.rotating) await this.#deps.rotations.advance(agent.cluster).catch((e) => ctx.log.error({ cluster: agent.cluster, err: e }, 'CA rotation step failed'));
   }
 
   async status(name: string): Promise<ClusterStatusResponse> {

@@ -2,9 +2,9 @@
 // store's CPU is spent per query, so an agent's cycle runs as few as hold. A warm desired request
 // (its cluster's state compiled, its CRL not due) runs four: the identity check and last_contact
 // (each shared with the requests arriving together), the cluster row, and one read of the trust
-// files with the renewals asked of the node. A status report three: the identity check, the
-// report's write (which checks that the node is still in its cluster's spec) and the CA
-// rotation's next step.
+// files with the renewals asked of the node. A status report two: the identity check and the
+// report's write, which checks that the node is still in its cluster's spec and says whether a
+// CA rotation waits in phase 'trust' (only then is its next step read).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { enroll, pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
@@ -51,7 +51,7 @@ test('a warm desired request makes four store queries, renewals asked included',
   assert.deepEqual(asked.body.renewSerials, [cert.serial]);
 });
 
-test('a status report makes three store queries: the node\'s existence is checked by the write itself', async () => {
+test('a status report makes two store queries: the node\'s existence and a CA rotation are checked by the write itself', async () => {
   const n = await enroll(h, 'q', 'node-2');
   const report = (generation: number) => ({
     generation, phase: 'converged', errors: [], files: [], servedCertificate: null, certificates: [], probes: [], pendingRestart: [], coordinatorReachable: true, versions: { agent: 'test', postgres: '15' },
@@ -62,9 +62,26 @@ test('a status report makes three store queries: the node\'s existence is checke
     const r = await n.client.call('POST', '/v1/agent/status', { body: report(2) });
     assert.equal(r.status, 204, r.text);
   });
-  assert.equal(seen.length, 3, `store queries of one status report:\n${seen.join('\n')}`);
+  assert.equal(seen.length, 2, `store queries of one status report:\n${seen.join('\n')}`);
   const stored = await h.coord.store.query<{ generation: number }>(`SELECT (report->>'generation')::int AS generation FROM node_status WHERE cluster = 'q' AND node = 'node-2'`);
   assert.deepEqual(stored, [{ generation: 2 }]);
+});
+
+test('during a CA rotation in phase \'trust\', the report that completes the proof takes the step to \'reissue\'', async () => {
+  assert.equal((await h.admin.call('PUT', '/v1/clusters/rot', { body: pgdSpec('rot') })).status, 200);
+  const nodes = [await enroll(h, 'rot', 'node-1'), await enroll(h, 'rot', 'node-2'), await enroll(h, 'rot', 'node-3')];
+  const started = await h.admin.call('POST', '/v1/clusters/rot/ca-rotation/start');
+  assert.equal(started.status, 200, started.text);
+  const generation = started.body.trustGeneration as number;
+  const phase = async () => (await h.coord.store.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = 'rot'`))[0]?.phase;
+  const report = (n: (typeof nodes)[number]) => n.client.call('POST', '/v1/agent/status', { body: {
+    generation, phase: 'converged', errors: [], files: [], servedCertificate: null, certificates: [], probes: [], pendingRestart: [], coordinatorReachable: true, versions: { agent: 'test', postgres: '15' },
+  } });
+  for (const n of nodes.slice(0, 2)) assert.equal((await report(n)).status, 204);
+  assert.equal(await phase(), 'trust', 'not every node has proved the bundle yet');
+  const seen = await queries(async () => assert.equal((await report(nodes[2]!)).status, 204));
+  assert.equal(await phase(), 'reissue', `the last proof took the step; its report's queries:\n${seen.join('\n')}`);
+  assert.ok(seen.length > 2, 'the rotation was read');
 });
 
 test('a report of a node its stored spec no longer has is not stored, and says why', async () => {
