@@ -142,3 +142,20 @@ export function pgdSpec(name: string, overrides: Partial<ClusterSpec> = {}): Clu
  * change meant to wake one, instead of sleeping and hoping the request has arrived.
  */
 export const longPollsHeld = (h: Pick<Harness, 'coord'>) => h.coord.service.longPollsHeld;
+
+/** The text of every store query (through the pool) that `work` makes, whitespace folded. */
+export async function storeQueries(h: Pick<Harness, 'coord'>, work: () => Promise<void>): Promise<string[]> {
+  const pool = h.coord.store.pool;
+  const query = pool.query.bind(pool);
+  const seen: string[] = [];
+  pool.query = ((q: string | { text: string }, ...rest: unknown[]) => {
+    seen.push((typeof q === 'string' ? q : q.text).replace(/\s+/g, ' ').trim());
+    return (query as (...a: unknown[]) => unknown)(q, ...rest);
+  }) as typeof pool.query;
+  try {
+    await work();
+  } finally {
+    delete (pool as { query?: unknown }).query;
+  }
+  return seen;
+}

@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { crlInfo } from '../../shared/crypto/crl.ts';
-import { enroll, pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
+import { enroll, pgdSpec, startHarness, storeQueries, type Harness } from '../helpers/coordinator-harness.ts';
 
 let h: Harness;
 before(async () => {
@@ -15,21 +15,7 @@ before(async () => {
 after(() => h?.close());
 
 /** Reads of "is the CRL due" while `work` runs. */
-async function dueReads(work: () => Promise<void>): Promise<number> {
-  const pool = h.coord.store.pool;
-  const query = pool.query.bind(pool);
-  let reads = 0;
-  pool.query = ((q: string | { text: string }, ...rest: unknown[]) => {
-    if (/FROM clusters k LEFT JOIN cluster_crls r/.test(typeof q === 'string' ? q : q.text)) reads++;
-    return (query as (...a: unknown[]) => unknown)(q, ...rest);
-  }) as typeof pool.query;
-  try {
-    await work();
-  } finally {
-    delete (pool as { query?: unknown }).query;
-  }
-  return reads;
-}
+const dueReads = async (work: () => Promise<void>) => (await storeQueries(h, work)).filter((q) => /FROM clusters k LEFT JOIN cluster_crls r/.test(q)).length;
 
 test('desired requests of a cluster whose CRL is not due read its due instant once; once it is due, the next poll refreshes it', async () => {
   const n = await enroll(h, 'due', 'node-1');

@@ -7,7 +7,7 @@
 // CA rotation waits in phase 'trust' (only then is its next step read).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { enroll, pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
+import { enroll, pgdSpec, startHarness, storeQueries, type Harness } from '../helpers/coordinator-harness.ts';
 
 let h: Harness;
 before(async () => {
@@ -17,22 +17,7 @@ before(async () => {
 });
 after(() => h?.close());
 
-/** The store queries `work` makes, by their first words. */
-async function queries(work: () => Promise<void>): Promise<string[]> {
-  const pool = h.coord.store.pool;
-  const query = pool.query.bind(pool);
-  const seen: string[] = [];
-  pool.query = ((q: string | { text: string }, ...rest: unknown[]) => {
-    seen.push((typeof q === 'string' ? q : q.text).replace(/\s+/g, ' ').slice(0, 80));
-    return (query as (...a: unknown[]) => unknown)(q, ...rest);
-  }) as typeof pool.query;
-  try {
-    await work();
-  } finally {
-    delete (pool as { query?: unknown }).query;
-  }
-  return seen;
-}
+const queries = (work: () => Promise<void>) => storeQueries(h, work);
 
 test('a warm desired request makes four store queries, renewals asked included', async () => {
   const n = await enroll(h, 'q', 'node-1');
