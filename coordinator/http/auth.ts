@@ -5,6 +5,7 @@
 import { createHash, timingSafeEqual, type X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { sanOf, serialOf } from '../../shared/crypto/x509.ts';
 import { ApiError, unauthorized } from '../errors.ts';
 import { AGENT_CN, parseIdentityUri, type AgentPrincipal, type CoordinatorService } from '../service.ts';
 import { StoreUnavailableError } from '../store/store-hosts.ts';
@@ -67,12 +68,6 @@ function subjectCommonNames(subject: string): string[] {
   return subject.split('\n').flatMap((rdn) => rdn.split(' + ')).filter((a) => a.startsWith('CN=')).map((a) => a.slice(3));
 }
 
-/** The subjectAltName's URI entries as node prints them (quoted as JSON when they hold special characters). */
-function sanUris(san: string | undefined): string[] {
-  const re = /(DNS|IP Address|URI|email|othername|DirName|Registered ID):("(?:[^"\\]|\\.)*"|[^,]*)(?:, |$)/g;
-  return [...(san ?? '').matchAll(re)].filter((m) => m[1] === 'URI').map((m) => (m[2]!.startsWith('"') ? (JSON.parse(m[2]!) as string) : m[2]!));
-}
-
 const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
 
 /**
@@ -83,13 +78,12 @@ const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
  * unit/coordinator-auth-peer pins the same verdict as certInfo's.
  */
 export function parseAgentPeer(peer: X509Certificate): { identity: AgentIdentity; notAfter: number } {
-  const uris = sanUris(peer.subjectAltName);
+  const uris = sanOf(peer).uri;
   const ids = uris.map(parseIdentityUri).filter((x) => x !== null);
   if (subjectCommonNames(peer.subject).at(-1) !== AGENT_CN || ids.length !== 1 || uris.length !== 1 || !(peer.keyUsage ?? []).includes(CLIENT_AUTH)) {
     throw unauthorized('the client certificate is not a pgaccord agent identity');
   }
-  const serial = peer.serialNumber.toLowerCase().replace(/:/g, '');
-  return { identity: Object.freeze({ ...ids[0]!, serial }), notAfter: new Date(peer.validTo).getTime() };
+  return { identity: Object.freeze({ ...ids[0]!, serial: serialOf(peer) }), notAfter: new Date(peer.validTo).getTime() };
 }
 
 /**

@@ -99,12 +99,18 @@ export function certInfo(pem: string): CertInfo {
   return { ...i, notBefore: new Date(i.notBefore), notAfter: new Date(i.notAfter), dnsNames: [...i.dnsNames], ipAddresses: [...i.ipAddresses], uris: [...i.uris], extKeyUsage: [...i.extKeyUsage] };
 }
 
+/** A certificate's serial as pgaccord writes it: hex, lower case, no colons. */
+export const serialOf = (c: X509Certificate): string => c.serialNumber.toLowerCase().replace(/:/g, '');
+
+/** A certificate's subjectAltName entries pgaccord reads (DNS names, IP addresses normalised, URIs). */
+export const sanOf = (c: X509Certificate) => parseSan(c.subjectAltName);
+
 function parseCertInfo(pem: string): CertInfo {
   const c = x509(pem);
-  const san = parseSan(c.subjectAltName);
+  const san = sanOf(c);
   const legacy = c.toLegacyObject() as unknown as { subject?: Record<string, string | string[]>; issuer?: Record<string, string | string[]> };
   return {
-    serial: c.serialNumber.toLowerCase().replace(/:/g, ''),
+    serial: serialOf(c),
     notBefore: new Date(c.validFrom),
     notAfter: new Date(c.validTo),
     commonName: dnField(legacy.subject, 'CN'),
