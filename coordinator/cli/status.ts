@@ -3,7 +3,7 @@ import type { Static } from '@sinclair/typebox';
 import type { ClusterStatusResponse, NodeStatusView } from '../../shared/contract/api.ts';
 import { parseCommand, UsageError } from '../../shared/system/cli.ts';
 import { formatProbeMatrix, probeFailed, probeMatrix, probePending } from '../cluster/probe-matrix.ts';
-import { ago } from '../cluster/lifecycle.ts';
+import { ago, applyTime } from '../cluster/lifecycle.ts';
 import { call, CONNECTION_HELP, CONNECTION_OPTIONS, withConn } from './http.ts';
 import { table } from './table.ts';
 
@@ -87,15 +87,6 @@ const pendingOf = (n: NodeStatusView, generation: number): string => {
   const k = n.probes.filter((p) => probePending(p, generation)).length;
   return k > 0 ? `, ${k} pending` : '';
 };
-
-/** How long the node's apply of its generation took, its slowest phase, and its last probe-only pass (every phase: --json). */
-export function applyTime(n: Pick<NodeStatusView, 'timings'>): string {
-  const t = n.timings;
-  if (!t) return '-';
-  const slowest = Object.entries(t.phases).sort((a, b) => b[1] - a[1])[0];
-  const probed = t.probePass ? `, probed ${t.probePass.edges} in ${Math.round(t.probePass.ms)}ms` : '';
-  return `${Math.round(t.totalMs)}ms${slowest ? ` (${slowest[0]} ${Math.round(slowest[1])})` : ''}${probed}`;
-}
 
 function certExpiry(n: NodeStatusView): string {
   const c = n.servedCertificate ?? n.certificates[0];

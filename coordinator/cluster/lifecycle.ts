@@ -1,4 +1,5 @@
-// Certificate lifecycle thresholds, shared by the coordinator's status and `pgaccord cert list`.
+// Certificate lifecycle thresholds, shared by the coordinator's status and `pgaccord cert list`,
+// and the wording of instants and apply times that `pgaccord status` and the status page share.
 //
 //   warning  : less than 1/3 of the lifetime left. Renewal is due at 2/3 minus up to 1/20 of
 //              jitter, so a healthy certificate never gets there: it means renewal is overdue.
@@ -7,7 +8,7 @@
 // Fractions, not days, so the same rule fits 2-minute test certificates and 90-day ones.
 // A CA is also `warning` when less than twice the leaf lifetime is left, and `critical` below
 // one leaf lifetime: leaves are then cut short to end with it (no leaf outlives its CA).
-import type { ExpiryLevel } from '../../shared/contract/api.ts';
+import type { ExpiryLevel, NodeStatusView } from '../../shared/contract/api.ts';
 
 export const WARNING_FRACTION = 1 / 3;
 export const CRITICAL_FRACTION = 1 / 10;
@@ -39,4 +40,13 @@ export function ago(iso: string | null, now: Date): string {
   if (!iso) return 'never';
   const s = Math.max(0, Math.round((now.getTime() - Date.parse(iso)) / 1000));
   return s < 120 ? `${s} s ago` : s < 7200 ? `${Math.round(s / 60)} min ago` : s < 172_800 ? `${Math.round(s / 3600)} h ago` : `${Math.round(s / 86400)} d ago`;
+}
+
+/** How long the node's apply of its generation took, its slowest phase, and its last probe-only pass (every phase: `status --json`, the status page's title). */
+export function applyTime(n: Pick<NodeStatusView, 'timings'>): string {
+  const t = n.timings;
+  if (!t) return '-';
+  const slowest = Object.entries(t.phases).sort((a, b) => b[1] - a[1])[0];
+  const probed = t.probePass ? `, probed ${t.probePass.edges} in ${Math.round(t.probePass.ms)}ms` : '';
+  return `${Math.round(t.totalMs)}ms${slowest ? ` (${slowest[0]} ${Math.round(slowest[1])})` : ''}${probed}`;
 }

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import type { ClusterStatusResponse, NodeStatusView } from '../../shared/contract/api.ts';
 import { probeFailed, probeMatrix, type EdgeState } from '../cluster/probe-matrix.ts';
-import { ago } from '../cluster/lifecycle.ts';
+import { ago, applyTime } from '../cluster/lifecycle.ts';
 
 /** The one escaper: text and double-quoted attribute values alike. */
 export function esc(value: unknown): string {
@@ -88,11 +88,9 @@ function timingsCell(n: NodeStatusView): string {
   const t = n.timings;
   if (!t) return '<td class="timings">-</td>';
   const p = t.probePass;
-  const slowest = Object.entries(t.phases).sort((a, b) => b[1] - a[1])[0];
   const title = Object.entries(t.phases).map(([phase, v]) => `${phase} ${ms(v)}`).join(', ')
     + (p ? `; probe-only pass (${p.reason}, ${p.passes} pass${p.passes === 1 ? '' : 'es'}): ${p.edges} edges in ${ms(p.ms)}` : '');
-  const text = `${Math.round(t.totalMs)}ms${slowest ? ` (${slowest[0]} ${Math.round(slowest[1])})` : ''}${p ? `, probed ${p.edges} in ${Math.round(p.ms)}ms` : ''}`;
-  return `<td class="timings" title="${esc(title)}">${esc(text)}</td>`;
+  return `<td class="timings" title="${esc(title)}">${esc(applyTime(n))}</td>`;
 }
 
 const CELL_TEXT: Record<EdgeState, string> = { ok: '✓', failing: '✗', awaiting: '…', none: '·', self: '' };

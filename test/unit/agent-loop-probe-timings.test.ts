@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { Value } from '@sinclair/typebox/value';
 import { compileCluster } from '../../coordinator/cluster/compile.ts';
-import { applyTime } from '../../coordinator/cli/status.ts';
+import { applyTime } from '../../coordinator/cluster/lifecycle.ts';
 import type { ClusterSpec } from '../../shared/contract/schema.ts';
 import { AgentStatus } from '../../shared/contract/status.ts';
 import { ReconcileLoop } from '../../agent/runtime/loop.ts';

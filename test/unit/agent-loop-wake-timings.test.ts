@@ -19,7 +19,7 @@ import type { CoordinatorApi } from '../../agent/runtime/loop-deps.ts';
 import { PhaseClock } from '../../agent/apply/apply.ts';
 import { waitFor } from '../helpers/wait.ts';
 import { writeStandInPsql } from '../helpers/stand-in-psql.ts';
-import { applyTime } from '../../coordinator/cli/status.ts';
+import { applyTime } from '../../coordinator/cluster/lifecycle.ts';
 import { CertificateManager } from '../../agent/runtime/certs.ts';
 import { CoordinatorError } from '../../agent/runtime/client.ts';
 import { RenewalSchedule, seededRandom } from '../../agent/runtime/backoff.ts';
