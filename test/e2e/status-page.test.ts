@@ -113,7 +113,7 @@ test('status page in headless Chromium: the failing probe cells and PostgreSQL\'
   for (const e of errors) assert.match(e, new RegExp(`^node-[12] → node-3 as pgd_replication at .*: .*${REFUSAL.replace(/"/g, '"')}`));
   const rows = await browser.evaluate<string[]>(`[...document.querySelectorAll('table.nodes tbody tr')].map((tr) => tr.innerText.replace(/\\s+/g, ' '))`);
   assert.equal(rows.length, 3);
-  for (const r of rows) assert.match(r, /^node-\d \w+ 0 \(\d+ of \d+\) \d+ s ago \d+(\.\d)? -$/, r);
+  for (const r of rows) assert.match(r, /^node-\d \w+ 0 \(\d+ of \d+\) \d+ s ago \d+(\.\d)? - \d+ms \(\w+ \d+\)(, probed \d+ in \d+ms)?$/, r);
 
   const shot = await browser.send<{ data: string }>('Page.captureScreenshot', { format: 'png', captureBeyondViewport: true });
   await writeFile(SCREENSHOT, Buffer.from(shot.data, 'base64'));
