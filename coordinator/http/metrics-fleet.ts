@@ -13,6 +13,8 @@ export interface NodeRow {
   cluster: string;
   generation: number;
   node: string;
+  /** A report is stored: its applied and pending restarts read as NULL were unreadable (no sample), not absent (0). */
+  has_report?: boolean;
   applied: number | null;
   phase: string | null;
   reported_at: Date | null;
@@ -83,12 +85,14 @@ export function fleetSeries(nodes: NodeRow[], certs: CertRow[], crls: CrlRow[]):
     clusters.set(n.cluster, n.generation);
     const id = { cluster: n.cluster, node: n.node };
     out.desired.push({ labels: id, value: n.generation });
-    out.applied.push({ labels: id, value: n.applied ?? 0 });
+    // Nothing reported yet is 0; a stored report whose field the query could not read has no sample.
+    const orNone = (v: number | null) => (v === null && n.has_report ? [] : [{ labels: id, value: v ?? 0 }]);
+    out.applied.push(...orNone(n.applied));
     const phase = n.phase ?? 'unknown';
     for (const p of PHASES) out.phase.push({ labels: { ...id, phase: p }, value: p === phase ? 1 : 0 });
     if (n.reported_at) out.lastReport.push({ labels: id, value: seconds(n.reported_at) });
     if (n.last_contact) out.lastContact.push({ labels: id, value: seconds(n.last_contact) });
-    out.pendingRestarts.push({ labels: id, value: n.pending_restarts ?? 0 });
+    out.pendingRestarts.push(...orNone(n.pending_restarts));
     if (typeof n.probe_pass_ms === 'number') out.probePass.push({ labels: id, value: n.probe_pass_ms / 1000 });
     // One series per edge and role (a node may reach the same peer as several roles); two
     // probes of the same edge and role (two addresses) count as failed if either failed. An edge
@@ -129,19 +133,33 @@ export function fleetSeries(nodes: NodeRow[], certs: CertRow[], crls: CrlRow[]):
 
 // The spec's node list drives the rows (a node never enrolled shows applied 0; a removed node's
 // leftover status row shows nothing). Only names are read from the spec, never compiled.
+//
+// Every read of a report is guarded in SQL: reports were checked against the schema when posted,
+// but a row of an older coordinator's report shape, a hand-edited row or a value over int range
+// must not fail the query (and with it every series of the scrape). A field of the wrong JSON type
+// or out of range reads as NULL (no sample); a list that is not an array reads as none, and its
+// elements of the wrong shape are left out. CASE, not AND, guards each cast: PostgreSQL evaluates
+// a CASE's result only when its condition holds, and an AND's operands in any order.
+const int = (j: string) => `CASE WHEN jsonb_typeof(${j}) = 'number' AND (${j} #>> '{}') ~ '^[0-9]{1,9}$' THEN (${j} #>> '{}')::int END`;
+const array = (j: string) => `CASE WHEN jsonb_typeof(${j}) = 'array' THEN ${j} ELSE '[]'::jsonb END`;
+const text = (j: string) => `jsonb_typeof(${j}) = 'string'`;
+const float = (j: string) => `CASE WHEN jsonb_typeof(${j}) = 'number' THEN CASE WHEN abs((${j})::numeric) < 1e15 THEN (${j})::numeric::float8 END END`;
 const NODES_SQL = `
-  SELECT k.name AS cluster, k.generation, n.name AS node,
-         (s.report->>'generation')::int AS applied, s.report->>'phase' AS phase, s.reported_at, s.last_contact,
-         jsonb_array_length(COALESCE(s.report->'pendingRestart', '[]'::jsonb)) AS pending_restarts,
-         (SELECT jsonb_agg(jsonb_build_object('to', p->>'to', 'role', p->>'role', 'ok', (p->>'ok')::boolean))
-            FROM jsonb_array_elements(COALESCE(s.report->'probes', '[]'::jsonb)) p) AS probes,
-         (SELECT jsonb_agg(c) FROM (SELECT s.report->'servedCertificate' AS c WHERE jsonb_typeof(s.report->'servedCertificate') = 'object'
-                                    UNION ALL SELECT jsonb_array_elements(COALESCE(s.report->'certificates', '[]'::jsonb))) x) AS certificates,
+  SELECT k.name AS cluster, k.generation, n.name AS node, s.report IS NOT NULL AS has_report,
+         ${int(`s.report->'generation'`)} AS applied,
+         CASE WHEN ${text(`s.report->'phase'`)} THEN s.report->>'phase' END AS phase, s.reported_at, s.last_contact,
+         CASE WHEN jsonb_typeof(s.report->'pendingRestart') = 'array' THEN jsonb_array_length(s.report->'pendingRestart') END AS pending_restarts,
+         (SELECT jsonb_agg(jsonb_build_object('to', p->'to', 'role', p->'role', 'ok', p->'ok'))
+            FROM jsonb_array_elements(${array(`s.report->'probes'`)}) p
+           WHERE ${text(`p->'to'`)} AND ${text(`p->'role'`)} AND jsonb_typeof(p->'ok') = 'boolean') AS probes,
+         (SELECT jsonb_agg(jsonb_build_object('id', c->'id', 'serial', c->'serial', 'notAfter', c->'notAfter'))
+            FROM (SELECT s.report->'servedCertificate' AS c UNION ALL SELECT jsonb_array_elements(${array(`s.report->'certificates'`)})) x
+           WHERE ${text(`c->'id'`)} AND ${text(`c->'serial'`)} AND ${text(`c->'notAfter'`)}) AS certificates,
          a.identity_serial,
-         CASE WHEN (s.report->'timings'->>'generation')::int = (s.report->>'generation')::int
-              THEN (s.report->'timings'->'probePass'->>'ms')::float8 END AS probe_pass_ms
+         CASE WHEN ${int(`s.report->'timings'->'generation'`)} = ${int(`s.report->'generation'`)}
+              THEN ${float(`s.report->'timings'->'probePass'->'ms'`)} END AS probe_pass_ms
     FROM clusters k
-    CROSS JOIN LATERAL jsonb_to_recordset(COALESCE(k.spec->'nodes', '[]'::jsonb)) AS n(name text)
+    CROSS JOIN LATERAL (SELECT e->>'name' AS name FROM jsonb_array_elements(${array(`k.spec->'nodes'`)}) e WHERE ${text(`e->'name'`)}) n
     LEFT JOIN node_status s ON s.cluster = k.name AND s.node = n.name
     LEFT JOIN agents a ON a.cluster = k.name AND a.node = n.name
    ORDER BY k.name, n.name`;
