@@ -149,7 +149,7 @@ const NODES_SQL = `
          ${int(`s.report->'generation'`)} AS applied,
          CASE WHEN ${text(`s.report->'phase'`)} THEN s.report->>'phase' END AS phase, s.reported_at, s.last_contact,
          CASE WHEN jsonb_typeof(s.report->'pendingRestart') = 'array' THEN jsonb_array_length(s.report->'pendingRestart') END AS pending_restarts,
-         (SELECT jsonb_agg(jsonb_build_object('to', p->'to', 'role', p->'role', 'ok', p->'ok'))
+         (SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object('to', p->'to', 'role', p->'role', 'ok', p->'ok', 'reason', CASE WHEN ${text(`p->'reason'`)} THEN p->'reason' END)))
             FROM jsonb_array_elements(${array(`s.report->'probes'`)}) p
            WHERE ${text(`p->'to'`)} AND ${text(`p->'role'`)} AND jsonb_typeof(p->'ok') = 'boolean') AS probes,
          (SELECT jsonb_agg(jsonb_build_object('id', c->'id', 'serial', c->'serial', 'notAfter', c->'notAfter'))

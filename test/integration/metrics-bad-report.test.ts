@@ -114,3 +114,15 @@ test('a hand-edited spec whose node list is not a list of named nodes: the other
     await h.coord.store.query(`DELETE FROM clusters WHERE name IN ('edited', 'intact')`);
   }
 });
+
+test('an edge awaiting its peer, read through the store, has no probe sample (not a failed probe)', async () => {
+  await h.coord.service.putCluster('waiting', pgdSpec('waiting'));
+  try {
+    await putReport('waiting', 'node-1', good({ probes: [{ to: 'node-2', role: 'replicator', ok: true }, { to: 'node-3', role: 'replicator', ok: false, reason: 'awaiting-peer' }] }));
+    const { body } = await new CoordinatorMetrics({ store: h.coord.store, log: h.coord.log, cacheMs: 0 }).render();
+    assertGoodNode(body, 'waiting');
+    assert.equal(sample(body, 'pgaccord_probe_success{cluster="waiting",from="node-1",to="node-3"'), undefined);
+  } finally {
+    await h.coord.store.query(`DELETE FROM clusters WHERE name = 'waiting'`);
+  }
+});
