@@ -43,9 +43,9 @@ export class CoordinatorService {
     const crls = (this.#crls = new Crls(ctx, cas));
     const passwords = (this.#passwords = new Passwords(ctx));
     const rotations = (this.#rotations = new CaRotations(ctx, cas, crls));
-    const desired = (this.#desired = new DesiredStates(ctx, { cas, crls, passwords, rotations }));
+    const identities = (this.#identities = new Identities(ctx));
+    const desired = (this.#desired = new DesiredStates(ctx, { crls, passwords, rotations, recordContact: (agent) => identities.recordContact(agent) }));
     this.#certificates = new Certificates(ctx, cas, crls);
-    this.#identities = new Identities(ctx);
     this.#clusters = new Clusters(ctx, { cas, crls, passwords, desired });
     this.#status = new StatusReports(ctx, { cas, desired, passwords, rotations });
   }

@@ -14,13 +14,14 @@ export interface TrustRow {
 }
 
 /**
- * The read of a cluster's TrustRow (`$1` the cluster), with `columns` a caller adds (", ..."),
- * which may use the aliases a (cluster_cas), r (ca_rotations) and l (cluster_crls): a desired
- * request reads its node's renewals in the same query (issue 13).
+ * The read of a cluster's TrustRow (`cluster` the cluster's expression, `$1` unless told), with
+ * `columns` a caller adds (", ..."), which may use the aliases a (cluster_cas), r (ca_rotations)
+ * and l (cluster_crls): a desired request reads its node's renewals in the same query, as a
+ * subquery of its last_contact write (issue 13).
  */
-export function trustFilesSql(columns = ''): string {
+export function trustFilesSql(columns = '', cluster = '$1'): string {
   return `SELECT a.cert_pem, r.other_cert_pem AS other, l.pem AS crl${columns}
-         FROM cluster_cas a LEFT JOIN ca_rotations r USING (cluster) LEFT JOIN cluster_crls l USING (cluster) WHERE a.cluster = $1`;
+         FROM cluster_cas a LEFT JOIN ca_rotations r USING (cluster) LEFT JOIN cluster_crls l USING (cluster) WHERE a.cluster = ${cluster}`;
 }
 
 /**
@@ -68,7 +69,10 @@ export class ClusterCas {
     return (await this.trustFiles(name, c)).caBundle;
   }
 
-  /** The trust files every node is given, of a cluster row already read: the CA bundle and the CRL, in one read. */
+  /**
+   * The cluster's trust files alone, in one read: the admin's CA bundle. A node's are read with
+   * its renewals, by the one read of desired-state.ts (#trustAndRenewals), of the same row and rule.
+   */
   async trustFiles(name: string, c: Queryable = this.#ctx.store.pool): Promise<TrustFiles> {
     return trustFilesOf(name, (await c.query<TrustRow>(trustFilesSql(), [name])).rows[0]);
   }

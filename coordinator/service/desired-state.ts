@@ -5,26 +5,51 @@ import type { PeerWake } from '../../shared/contract/api.ts';
 import type { ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
 import { credentialRecord, rolesNeedingPasswords } from '../cluster/compile.ts';
 import { DesiredCache, type ClusterDesired } from '../cluster/desired-cache.ts';
-import { StoreUnavailableError } from '../store/store-hosts.ts';
+import { StoreBusyError, StoreUnavailableError } from '../store/store-hosts.ts';
 import type { CaRotations } from './ca-rotation.ts';
-import { trustFilesOf, trustFilesSql, type ClusterCas, type TrustFiles, type TrustRow } from './cluster-cas.ts';
-import type { AgentPrincipal, ServiceContext } from './context.ts';
+import { trustFilesOf, trustFilesSql, type TrustFiles, type TrustRow } from './cluster-cas.ts';
+import { Coalescer } from './coalesce.ts';
+import { nodeGone, type AgentPrincipal, type ServiceContext } from './context.ts';
 import type { Crls } from './crls.ts';
+import { contactId, contactsSql, latestContacts, type ContactKey } from './identities.ts';
 import type { Passwords } from './passwords.ts';
 import type { ClusterRow } from './stored-specs.ts';
 
 export interface DesiredStateDeps {
-  cas: ClusterCas;
   crls: Crls;
   passwords: Passwords;
   rotations: CaRotations;
+  /** The node's last_contact, alone (Identities.recordContact): a long-poll with nothing to answer yet. */
+  recordContact: (agent: AgentPrincipal) => Promise<void>;
 }
 
 /** What the agent's long-poll asks for beyond its desired state (see poll). */
 export interface PollOptions {
   peersKnown?: number;
   passwordsAt?: boolean;
+  /** Write the node's last_contact once, with the poll's first read (the route's served request). */
+  contact?: boolean;
 }
+
+/**
+ * Columns added to trustFilesSql (expressions of the cluster, the instant and the node): the
+ * serials the node is asked to renew now (requested and not yet replaced: no newer certificate
+ * for the same node and slot since), and whether a CA rotation is in phase 'reissue'.
+ */
+const renewalColumns = (cluster: string, now: string, node: string) => `, r.phase IS NOT DISTINCT FROM 'reissue' AS reissuing,
+  ARRAY(SELECT serial FROM certificates c WHERE c.cluster = ${cluster} AND c.node = ${node} AND renew_requested_at IS NOT NULL AND revoked_at IS NULL AND not_after > ${now}
+          AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.cluster = c.cluster AND n.node = c.node AND n.slot = c.slot AND n.serial <> c.serial
+                            AND n.not_before >= date_trunc('second', c.renew_requested_at) - interval '${5 * 60} seconds')) AS renew`;
+/** A node's read alone: $1 the cluster, $2 now, $3 the node (NULL: the cluster's trust files, no renewals). */
+const NODE_READ_SQL = trustFilesSql(renewalColumns('$1', '$2', '$3'));
+/**
+ * The last_contact of a batch of nodes (contactsSql's $1..$3), each row written returning the
+ * node's read ($4 now) as JSON, null when its cluster has no CA: a first desired request's
+ * contact and read in one statement, shared with the requests arriving together.
+ */
+const CONTACT_READ_SQL = contactsSql(
+  `, (SELECT row_to_json(t) FROM (${trustFilesSql(renewalColumns('node_status.cluster', '$4', 'node_status.node'), 'node_status.cluster')}) t) AS read`);
+type NodeRead = TrustRow & { renew: string[]; reissuing: boolean };
 
 export class DesiredStates {
   readonly #ctx: ServiceContext;
@@ -45,11 +70,25 @@ export class DesiredStates {
    */
   readonly #waiting = new Map<string, Set<Wake>>();
   #held = 0;
+  /**
+   * First desired requests arriving together: one statement writes their last_contact and reads
+   * their trust files and renewals (issue 13: the store's round trips were ~a third of the
+   * coordinator's busy time for 2,500 agents' first cycles, each query a write to its socket).
+   */
+  readonly #contactReads: Coalescer<ContactKey, NodeRead | undefined>;
 
   constructor(ctx: ServiceContext, deps: DesiredStateDeps) {
     this.#ctx = ctx;
     this.#deps = deps;
     this.#desired = new DesiredCache({ compile: ctx.compileNode });
+    this.#contactReads = new Coalescer(async (keys) => {
+      const rows = latestContacts(keys);
+      const read = new Map((await ctx.store.query<{ cluster: string; node: string; read: NodeRead | null }>(
+        CONTACT_READ_SQL, [rows.map((k) => k.cluster), rows.map((k) => k.node), rows.map((k) => k.at), ctx.now()],
+      )).map((r) => [contactId(r), r.read ?? undefined]));
+      // Not written: the cluster is gone (as Identities.recordContact says it).
+      return keys.map((k) => (read.has(contactId(k)) ? { ok: true, value: read.get(contactId(k)) } : { ok: false, error: nodeGone(k.cluster, k.node) }));
+    }, { full: () => new StoreBusyError('too many agent requests waiting for it') });
     ctx.store.events.on('cluster', (cluster: string) => this.#wake(cluster, false));
   }
 
@@ -69,6 +108,8 @@ export class DesiredStates {
     const ctx = this.#ctx;
     const { peersKnown } = opts;
     const deadline = Date.now() + waitMs;
+    // The contact is written once, with the first pass's read (again on a pass after a failed one).
+    let contact = opts.contact === true;
     for (;;) {
       // Subscribe before reading, so a change between the read and the wait is not missed.
       const wake = this.#subscribe(agent.cluster, peersKnown !== undefined);
@@ -76,9 +117,13 @@ export class DesiredStates {
         const row = await ctx.requireNode(agent);
         if (await this.#deps.crls.refresh(agent.cluster, { recentRead: true })) continue;
         if (row.generation > after) {
-          const d = await this.#nodeDesired(row, agent.node);
+          const d = await this.#nodeDesired(row, agent.node, contact);
           const at = opts.passwordsAt ? this.#deps.passwords.switchAt(agent.cluster, d.generation) : undefined;
           return at ? { ...d, passwordsAt: at.toISOString() } : d;
+        }
+        if (contact) {
+          await this.#deps.recordContact(agent);
+          contact = false;
         }
         if (peersKnown !== undefined) {
           const applied = await this.#peersApplied(agent.cluster, row.spec, agent.node, after);
@@ -100,7 +145,7 @@ export class DesiredStates {
 
   /** Every node's desired state of a cluster row (plan's "before"), through the cache. */
   async ofCluster(row: ClusterRow): Promise<Map<string, NodeDesired>> {
-    const entry = await this.#entry(row);
+    const entry = this.#entry(row, (await this.#trustAndRenewals(row.name, null)).trust);
     return new Map(await Promise.all(row.spec.nodes.map(async (n) => [n.name, await entry.node(n.name)] as const)));
   }
 
@@ -140,42 +185,40 @@ export class DesiredStates {
   }
 
   /**
-   * The cache entry of a cluster row's generation. The trust files are read each time (one
-   * indexed read) and key the entry too; the credentials only when a node is first compiled.
+   * The cache entry of a cluster row's generation. The trust files are read each time (with the
+   * renewals, #trustAndRenewals) and key the entry too; the credentials only when a node is first compiled.
    */
-  async #entry(row: ClusterRow, trust?: TrustFiles): Promise<ClusterDesired> {
-    const inputs = { spec: row.spec, incarnation: row.incarnation, generation: row.generation, ...(trust ?? (await this.#deps.cas.trustFiles(row.name))) };
+  #entry(row: ClusterRow, trust: TrustFiles): ClusterDesired {
+    const inputs = { spec: row.spec, incarnation: row.incarnation, generation: row.generation, ...trust };
     // Only scram clusters have credentials to read (compile asks for none otherwise).
     const load = rolesNeedingPasswords(row.spec).length > 0 ? () => this.#deps.passwords.source(row.name) : async () => credentialRecord({});
     return this.#desired.entry(row.name, inputs, load);
   }
 
   /** One node's desired state: compiled at most once per generation, with the renewals asked of it now. */
-  async #nodeDesired(row: ClusterRow, node: string): Promise<NodeDesired> {
-    const { trust, renew } = await this.#trustAndRenewals(row.name, node);
-    const desired = await (await this.#entry(row, trust)).node(node);
+  async #nodeDesired(row: ClusterRow, node: string, contact: boolean): Promise<NodeDesired> {
+    const { trust, renew } = await this.#trustAndRenewals(row.name, node, contact);
+    const desired = await this.#entry(row, trust).node(node);
     // The cached state is shared: a copy carries this request's renewals.
     return renew.length > 0 ? { ...desired, renewSerials: renew } : desired;
   }
 
   /**
-   * In one read (issue 13: a desired request's store queries are most of the store's CPU at
-   * 10,000 agents): the trust files of the cluster (trustFilesSql's row, by trustFilesOf's
-   * rule, as ClusterCas.trustFiles gives them), and the serials the node is asked to renew now:
-   * requested and not yet replaced (no newer certificate for the same node and slot since), and
-   * in phase 'reissue' of a CA rotation its leaves from the old CA (only then read). Level-triggered (a replaced or expired certificate leaves the list
-   * without a new generation), so read per request: O(the node's certificates), never cached.
+   * The one read of a node's trust files (trustFilesSql's row, by trustFilesOf's rule) and, in the
+   * same query, the serials it is asked to renew now (renewalColumns; `node` null: none, the
+   * cluster's trust files alone), and in phase 'reissue' of a CA rotation its leaves from the
+   * old CA (only then read). With `contact`: in the statement that writes the node's last_contact,
+   * shared with the requests arriving together (CONTACT_READ_SQL). Level-triggered (a replaced or
+   * expired certificate leaves the list without a new generation), so read per request: O(the
+   * node's certificates), never cached.
    */
-  async #trustAndRenewals(cluster: string, node: string): Promise<{ trust: TrustFiles; renew: string[] }> {
-    const r = (await this.#ctx.store.query<TrustRow & { renew: string[]; reissuing: boolean }>(
-      trustFilesSql(`, r.phase IS NOT DISTINCT FROM 'reissue' AS reissuing,
-              ARRAY(SELECT serial FROM certificates c WHERE cluster = $1 AND node = $3 AND renew_requested_at IS NOT NULL AND revoked_at IS NULL AND not_after > $2
-                      AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.cluster = c.cluster AND n.node = c.node AND n.slot = c.slot AND n.serial <> c.serial
-                                        AND n.not_before >= date_trunc('second', c.renew_requested_at) - interval '${5 * 60} seconds')) AS renew`),
-      [cluster, this.#ctx.now(), node],
-    ))[0];
+  async #trustAndRenewals(cluster: string, node: string | null, contact = false): Promise<{ trust: TrustFiles; renew: string[] }> {
+    const ctx = this.#ctx;
+    const r = contact && node !== null
+      ? await this.#contactReads.call({ cluster, node, at: ctx.now() })
+      : (await ctx.store.query<NodeRead>(NODE_READ_SQL, [cluster, ctx.now(), node]))[0];
     const trust = trustFilesOf(cluster, r); // no row: it threw (404)
-    const reissue = r!.reissuing ? (await this.#deps.rotations.oldCaLeaves(cluster, node)).map((x) => x.serial) : [];
+    const reissue = node !== null && r!.reissuing ? (await this.#deps.rotations.oldCaLeaves(cluster, node)).map((x) => x.serial) : [];
     return { trust, renew: [...new Set([...r!.renew, ...reissue])].sort() };
   }
 

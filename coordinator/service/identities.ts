@@ -44,12 +44,35 @@ const validIdentitiesSql = (lock: boolean) => `SELECT k.i, v.current, v.previous
     WHERE a.cluster = k.cluster AND a.node = k.node AND (a.identity_serial = k.serial OR a.previous_serial = k.serial)
     LIMIT 1${lock ? ' FOR UPDATE OF a' : ''}) v`;
 export const VALID_IDENTITIES_SQL = validIdentitiesSql(false);
-/** last_contact of many nodes at once ($1, $2, $3 arrays), only those whose cluster exists (node_status references it). */
-const CONTACTS_SQL = `INSERT INTO node_status (cluster, node, last_contact)
+/**
+ * last_contact of many nodes at once ($1, $2, $3 arrays, a node once: latestContacts), only those
+ * whose cluster exists (node_status references it), the rows in a fixed order (two coordinators'
+ * batches never wait for each other's rows); `returning` adds columns (", ...") of each row
+ * written, which may name node_status.cluster and node_status.node: a desired request's trust
+ * files and renewals come back with its contact (desired-state.ts).
+ */
+export function contactsSql(returning = ''): string {
+  return `INSERT INTO node_status (cluster, node, last_contact)
   SELECT k.cluster, k.node, k.at FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(cluster, node, at) JOIN clusters ON clusters.name = k.cluster
   ORDER BY k.cluster, k.node
   ON CONFLICT (cluster, node) DO UPDATE SET last_contact = EXCLUDED.last_contact
-  RETURNING cluster, node`;
+  RETURNING cluster, node${returning}`;
+}
+const CONTACTS_SQL = contactsSql();
+
+export type ContactKey = { cluster: string; node: string; at: Date };
+export const contactId = (k: { cluster: string; node: string }): string => JSON.stringify([k.cluster, k.node]);
+
+/** A batch's contacts, a node once at its latest instant (one statement may not update a row twice). */
+export function latestContacts(keys: ContactKey[]): ContactKey[] {
+  const latest = new Map<string, ContactKey>();
+  for (const k of keys) {
+    const id = contactId(k);
+    const seen = latest.get(id);
+    if (!seen || k.at > seen.at) latest.set(id, k);
+  }
+  return [...latest.values()];
+}
 const IDENTITY_INVALID = 'this agent identity is not (or no longer) valid: enroll again with a new join token';
 
 /**
@@ -65,7 +88,6 @@ export async function assertIdentityValid(c: Queryable, agent: AgentPrincipal, f
 }
 
 type IdentityKey = { cluster: string; node: string; serial: string };
-type ContactKey = { cluster: string; node: string; at: Date };
 
 export class Identities {
   readonly #ctx: ServiceContext;
@@ -290,17 +312,11 @@ export class Identities {
    * gone fails alone.
    */
   async #writeContacts(keys: ContactKey[]): Promise<BatchOutcome<void>> {
-    const latest = new Map<string, ContactKey>();
-    for (const k of keys) {
-      const id = JSON.stringify([k.cluster, k.node]);
-      const seen = latest.get(id);
-      if (!seen || k.at > seen.at) latest.set(id, k);
-    }
-    const rows = [...latest.values()];
+    const rows = latestContacts(keys);
     const written = new Set((await this.#ctx.store.query<{ cluster: string; node: string }>(
       CONTACTS_SQL, [rows.map((k) => k.cluster), rows.map((k) => k.node), rows.map((k) => k.at)],
-    )).map((r) => JSON.stringify([r.cluster, r.node])));
-    return keys.map((k) => (written.has(JSON.stringify([k.cluster, k.node]))
+    )).map(contactId));
+    return keys.map((k) => (written.has(contactId(k))
       ? { ok: true, value: undefined }
       : { ok: false, error: nodeGone(k.cluster, k.node) }));
   }

@@ -43,9 +43,9 @@ export const agentRoutes: RoutePlugin = async (app, { service, metrics, closing 
     polls.set(key, abort);
     if (closing.aborted) abort.abort();
     const waitMs = Math.max(0, (q.wait !== undefined ? Math.min(q.wait * 1000, service.longPollMs) : service.longPollMs) - req.storeWaitMs);
-    const opts = { ...(q.peers !== undefined ? { peersKnown: q.peers } : {}), passwordsAt: (q.features ?? '').split(',').includes('passwords-at') };
+    // The contact is written by the poll, with its first read (DesiredStates.poll).
+    const opts = { ...(q.peers !== undefined ? { peersKnown: q.peers } : {}), passwordsAt: (q.features ?? '').split(',').includes('passwords-at'), contact: true };
     try {
-      await service.recordContact(agent);
       const desired = await service.desired(agent, q.after ?? 0, abort.signal, waitMs, opts);
       // The connection ends with this answer: the server's close does not wait for it to idle out.
       if (closing.aborted) reply.header('connection', 'close');
