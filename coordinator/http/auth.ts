@@ -5,7 +5,7 @@
 import { createHash, timingSafeEqual, type X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { sanOf, serialOf } from '../../shared/crypto/x509.ts';
+import { commonNameOf, sanOf, serialOf } from '../../shared/crypto/x509.ts';
 import { ApiError, unauthorized } from '../errors.ts';
 import { AGENT_CN, parseIdentityUri, type AgentPrincipal, type CoordinatorService } from '../service.ts';
 import { StoreUnavailableError } from '../store/store-hosts.ts';
@@ -63,16 +63,11 @@ function agentIdentity(req: FastifyRequest, now: Date): AgentIdentity {
   return parsed.identity;
 }
 
-/** Subject attributes as node prints them: one RDN a line, a multi-valued RDN's parts joined by " + " (RFC 2253 escaping: a value never holds either). */
-function subjectCommonNames(subject: string): string[] {
-  return subject.split('\n').flatMap((rdn) => rdn.split(' + ')).filter((a) => a.startsWith('CN=')).map((a) => a.slice(3));
-}
-
 const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
 
 /**
  * The agent identity a client certificate names, read from the socket's X509Certificate itself:
- * what certInfo() says (the last CN, the SAN URIs, the EKUs, serial, notAfter), without making
+ * what certInfo() says (the one CN, the SAN URIs, the EKUs, serial, notAfter), without making
  * PEM of it and parsing that again, nor toLegacyObject() (together ~0.3 ms a certificate, once
  * per agent: issue 13's first cycles of 2,500 agents spent ~0.8 s of the event loop on it).
  * unit/coordinator-auth-peer pins the same verdict as certInfo's.
@@ -80,7 +75,7 @@ const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
 export function parseAgentPeer(peer: X509Certificate): { identity: AgentIdentity; notAfter: number } {
   const uris = sanOf(peer).uri;
   const ids = uris.map(parseIdentityUri).filter((x) => x !== null);
-  if (subjectCommonNames(peer.subject).at(-1) !== AGENT_CN || ids.length !== 1 || uris.length !== 1 || !(peer.keyUsage ?? []).includes(CLIENT_AUTH)) {
+  if (commonNameOf(peer) !== AGENT_CN || ids.length !== 1 || uris.length !== 1 || !(peer.keyUsage ?? []).includes(CLIENT_AUTH)) {
     throw unauthorized('the client certificate is not a pgaccord agent identity');
   }
   return { identity: Object.freeze({ ...ids[0]!, serial: serialOf(peer) }), notAfter: new Date(peer.validTo).getTime() };

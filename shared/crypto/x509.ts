@@ -51,12 +51,27 @@ export function normaliseIp(ip: string): string {
   return ip;
 }
 
-/** One attribute of a parsed distinguished name (node gives the unescaped values here). */
-function dnField(dn: Record<string, string | string[]> | undefined, field: string): string | null {
-  const v = dn?.[field];
-  if (v === undefined) return null;
-  return Array.isArray(v) ? (v[v.length - 1] ?? null) : v;
+/**
+ * The CN of a name as node prints it (X509Certificate's subject or issuer: an RDN a line, a
+ * multi-valued RDN's attributes joined by " + ", values RFC 2253-escaped and control characters as
+ * \XX, so neither separator occurs inside a value): no toLegacyObject() (~0.3 ms a certificate).
+ */
+function nameCommonName(text: string | undefined): string | null {
+  if (typeof text !== 'string') return null;
+  let cn: string | null = null;
+  for (const rdn of text.split('\n')) {
+    for (const a of rdn.split(' + ')) {
+      if (!a.startsWith('CN=')) continue;
+      // The rule: exactly one CN attribute in the whole name (in any RDN), else null: none, or two (which one names the holder is ambiguous, so refuse).
+      if (cn !== null) return null;
+      cn = a.slice(3);
+    }
+  }
+  return cn !== null && cn.includes('\\') ? cn.replace(/\\([0-9A-F]{2}|[\s\S])/g, (_, e: string) => (e.length === 2 ? String.fromCharCode(parseInt(e, 16)) : e)) : cn;
 }
+
+/** A certificate's subject CN: the value of its one CN attribute, unescaped; null when it has none or several. */
+export const commonNameOf = (c: X509Certificate): string | null => nameCommonName(c.subject);
 
 /** Split a subjectAltName string as node prints it: `DNS:a, IP Address:1.2.3.4, URI:x`. */
 function parseSan(san: string | undefined): { dns: string[]; ip: string[]; uri: string[] } {
@@ -108,16 +123,15 @@ export const sanOf = (c: X509Certificate) => parseSan(c.subjectAltName);
 function parseCertInfo(pem: string): CertInfo {
   const c = x509(pem);
   const san = sanOf(c);
-  const legacy = c.toLegacyObject() as unknown as { subject?: Record<string, string | string[]>; issuer?: Record<string, string | string[]> };
   return {
     serial: serialOf(c),
     notBefore: new Date(c.validFrom),
     notAfter: new Date(c.validTo),
-    commonName: dnField(legacy.subject, 'CN'),
+    commonName: commonNameOf(c),
     dnsNames: san.dns,
     ipAddresses: san.ip,
     uris: san.uri,
-    issuerCommonName: dnField(legacy.issuer, 'CN'),
+    issuerCommonName: nameCommonName(c.issuer),
     fingerprint256: c.fingerprint256.replace(/:/g, '').toLowerCase(),
     isCa: c.ca,
     extKeyUsage: (c.keyUsage ?? []).map((oid) => EKU_NAMES[oid] ?? oid),

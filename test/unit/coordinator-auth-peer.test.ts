@@ -1,6 +1,7 @@
 // The auth hook reads an agent's client certificate from the socket's X509Certificate
 // (parseAgentPeer), not through certInfo() of its PEM: the verdict and the identity must be
-// certInfo's for every certificate, agent identities and near misses alike.
+// certInfo's for every certificate, agent identities and near misses alike (both read the CN with
+// commonNameOf: a subject with two CNs has none; test/unit/x509-common-name generates subjects).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -44,7 +45,9 @@ const cases: Array<[string, string, boolean]> = [
   ['other RDNs before the CN', cert('/O=x/OU=y/CN=pgaccord-agent', [URI, EKU]), true],
   ['the agent CN in a multi-valued RDN', cert('/OU=y+CN=pgaccord-agent', [URI, EKU], true), true],
   ['two CNs, the last another', cert('/CN=pgaccord-agent/CN=other', [URI, EKU]), false],
-  ['two CNs, the last the agent CN', cert('/CN=other/CN=pgaccord-agent', [URI, EKU]), true],
+  ['two CNs, the last the agent CN', cert('/CN=other/CN=pgaccord-agent', [URI, EKU]), false],
+  ['the agent CN twice', cert('/CN=pgaccord-agent/CN=pgaccord-agent', [URI, EKU]), false],
+  ['two CNs in one multi-valued RDN', cert('/CN=other+CN=pgaccord-agent', [URI, EKU], true), false],
   ['another CN', cert('/CN=pgaccord-agents', [URI, EKU]), false],
   ['a CN with an escaped comma', cert('/CN=pgaccord-agent\\,x', [URI, EKU]), false],
   ['serverAuth only', cert('/CN=pgaccord-agent', [URI, 'extendedKeyUsage=serverAuth']), false],
