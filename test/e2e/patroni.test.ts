@@ -196,42 +196,52 @@ async function walkthrough(auth: 'cert' | 'scram-sha-256'): Promise<void> {
     assert.equal(start1, start0, 'PostgreSQL was not restarted');
     lap(`REST API renewed (${serial0} -> ${renewed.serial})`);
 
-    // Switchover m1 -> m2.
+    // Switchover from the leader to another member. The leader is read, not assumed to be m1:
+    // with a short TTL, Patroni may fail over on its own before this point (CI once found m3
+    // leading on timeline 2 here, and asked m1 to switch over for 180 s). Such a change is
+    // written to the test's output with Patroni's history, so it can be told apart from pgaccord's.
+    const before = await list(m1, osUser);
+    const from = members.find((m) => m.name === before.find((r) => r.Role === 'Leader')?.Member);
+    assert.ok(from, `a leader before the switchover: ${JSON.stringify(before)}`);
+    if (from !== m1) lap(`unplanned leader change before the switchover: ${from.name} leads; patronictl history ${(await patronictl(m1, osUser, ['history', '-f', 'json'])).stdout.trim()}`);
+    const to = from === m2 ? m3 : m2;
     // patronictl exits 0 when Patroni refuses a switchover ("Switchover failed, details: 412, ...
-    // no good candidates have been found": the leader could not fetch m2's REST API status in
-    // time, as on a loaded machine or while m2's Patroni reloads a renewed certificate). CI once
-    // waited 120 s for a switchover that had been refused: each attempt must be accepted, or it
-    // is asked again.
-    const switched = await waitFor('a switchover m1 -> m2 that Patroni accepts', async () => {
-      const { stdout } = await patronictl(m1, osUser, ['switchover', '--leader', 'm1', '--candidate', 'm2', '--force'], 120_000);
-      if (/Successfully switched over to "m2"/.test(stdout) || (await list(m1, osUser)).some((r) => r.Member === 'm2' && r.Role === 'Leader')) return stdout;
+    // no good candidates have been found": the leader could not fetch the candidate's REST API
+    // status in time, as on a loaded machine or while its Patroni reloads a renewed certificate).
+    // CI once waited 120 s for a switchover that had been refused: each attempt must be
+    // accepted, or it is asked again.
+    const switched = await waitFor(`a switchover ${from.name} -> ${to.name} that Patroni accepts`, async () => {
+      const { stdout } = await patronictl(m1, osUser, ['switchover', '--leader', from.name, '--candidate', to.name, '--force'], 120_000);
+      if (stdout.includes(`Successfully switched over to "${to.name}"`) || (await list(m1, osUser)).some((r) => r.Member === to.name && r.Role === 'Leader')) return stdout;
       throw new Error(`patronictl switchover: ${stdout.split('\n').find((l) => /failed|unknown|not possible/i.test(l)) ?? stdout.trim()}`);
     }, 180_000, 2000);
-    lap(`switchover accepted: ${switched.split('\n').find((l) => /switched over/i.test(l))?.trim() ?? 'm2 is the leader'}`);
-    await waitFor('m2 leader, m1 and m3 streaming from it', () => streamingFrom(m2), 120_000);
-    // Patroni rewrote the demoted m1's postgresql.conf (its recovery parameters live there): an
-    // include line there would be gone. pgaccord's, in postgresql.base.conf, still sets ssl on every member.
-    assert.match(await readFile(join(m1.pgdata, 'postgresql.conf'), 'utf8'), /primary_conninfo/);
+    lap(`switchover accepted: ${switched.split('\n').find((l) => /switched over/i.test(l))?.trim() ?? `${to.name} is the leader`}`);
+    const others = members.filter((m) => m !== to).map((m) => m.name).join(' and ');
+    await waitFor(`${to.name} leader, ${others} streaming from it`, () => streamingFrom(to), 120_000);
+    // Patroni rewrote the demoted member's postgresql.conf (its recovery parameters live there):
+    // an include line there would be gone. pgaccord's, in postgresql.base.conf, still sets ssl on every member.
+    assert.match(await readFile(join(from.pgdata, 'postgresql.conf'), 'utf8'), /primary_conninfo/);
     for (const m of members) {
       const [row] = await sql<{ setting: string; sourcefile: string }>(m, osUser, "SELECT setting, sourcefile FROM pg_settings WHERE name = 'ssl'");
       assert.deepEqual([m.name, row!.setting, row!.sourcefile], [m.name, 'on', join(m.pgdata, 'pgaccord.conf')]);
     }
     lap('switchover done');
 
-    // Failover: m2's Patroni dies; its PostgreSQL, still a primary, takes writes the new leader
-    // never sees; stopped, restarted under Patroni, it must rejoin through pg_rewind as rewind_user.
-    killGroup(m2.proc, 'SIGKILL');
-    await waitFor('m2 Patroni gone', async () => (m2.proc!.exitCode !== null || m2.proc!.signalCode !== null ? true : null), 10_000);
-    const [newLeader] = await waitFor('a new leader among m1, m3', async () => {
+    // Failover: the leader's Patroni dies; its PostgreSQL, still a primary, takes writes the new
+    // leader never sees; stopped, restarted under Patroni, it must rejoin through pg_rewind as rewind_user.
+    const lost = to;
+    killGroup(lost.proc, 'SIGKILL');
+    await waitFor(`${lost.name} Patroni gone`, async () => (lost.proc!.exitCode !== null || lost.proc!.signalCode !== null ? true : null), 10_000);
+    const [newLeader] = await waitFor(`a new leader other than ${lost.name}`, async () => {
       const rows = await list(m1, osUser);
-      const l = rows.filter((r) => r.Role === 'Leader' && r.Member !== 'm2' && r.State === 'running');
+      const l = rows.filter((r) => r.Role === 'Leader' && r.Member !== lost.name && r.State === 'running');
       return l.length === 1 ? l.map((r) => members.find((m) => m.name === r.Member)!) : null;
     }, 90_000);
-    await run(join(PG_BIN, 'psql'), ['-XAtq', '-h', m2.runDir, '-p', String(m2.pgPort), '-U', 'postgres', '-d', 'postgres', '-c', 'CREATE TABLE diverged AS SELECT g FROM generate_series(1, 10000) g'], { uid: osUser.uid, gid: osUser.gid });
-    await run(join(PG_BIN, 'pg_ctl'), ['stop', '-m', 'fast', '-D', m2.pgdata], { uid: osUser.uid, gid: osUser.gid, env: { PATH: `${PG_BIN}:/usr/bin:/bin` } });
-    startPatroni(m2, osUser);
-    await waitFor('m2 back as a replica, streaming from the new leader', () => streamingFrom(newLeader!), 120_000);
-    const patroniLog = await readFile(m2.log, 'utf8');
+    await run(join(PG_BIN, 'psql'), ['-XAtq', '-h', lost.runDir, '-p', String(lost.pgPort), '-U', 'postgres', '-d', 'postgres', '-c', 'CREATE TABLE diverged AS SELECT g FROM generate_series(1, 10000) g'], { uid: osUser.uid, gid: osUser.gid });
+    await run(join(PG_BIN, 'pg_ctl'), ['stop', '-m', 'fast', '-D', lost.pgdata], { uid: osUser.uid, gid: osUser.gid, env: { PATH: `${PG_BIN}:/usr/bin:/bin` } });
+    startPatroni(lost, osUser);
+    await waitFor(`${lost.name} back as a replica, streaming from the new leader`, () => streamingFrom(newLeader!), 120_000);
+    const patroniLog = await readFile(lost.log, 'utf8');
     // pg_rewind ran with the fragment's rewind credentials, over verify-full, and rewound a real divergence
     assert.match(patroniLog, /running pg_rewind from dbname=postgres user=rewind_user host=\S+ port=\d+ sslmode=verify-full/);
     assert.match(patroniLog, /pg_rewind exit code=0/);
@@ -239,7 +249,7 @@ async function walkthrough(auth: 'cert' | 'scram-sha-256'): Promise<void> {
     // ...and the new leader admitted it over TLS (pgaccord's own probes carry application_name=pgaccord-probe)
     const leaderLog = await readFile(join(newLeader!.logDir, 'postgresql.log'), 'utf8');
     assert.match(leaderLog, /connection authorized: user=rewind_user database=postgres SSL enabled \(protocol=TLSv1\.[23]/);
-    lap(`failover to ${newLeader!.name}, m2 rewound as rewind_user`);
+    lap(`failover to ${newLeader!.name}, ${lost.name} rewound as rewind_user`);
     const after = await cluster.cli(['status', 'pat', '--wait', '--timeout', '120']);
     assert.equal(after.code, 0, `${after.stdout}\n${after.stderr}`);
     lap('converged again');

@@ -92,7 +92,8 @@ export function envFor(m: Member): NodeJS.ProcessEnv {
 /**
  * The operator's own file, as the README walkthrough has it: scope, name, addresses, etcd3 hosts
  * and the CA of etcd's server certificate, PostgreSQL's paths; no pg_hba, no ssl parameters.
- * Short DCS timings keep the failover within seconds.
+ * Short DCS timings keep the failover within seconds; a 20 s TTL (Patroni's default is 30) with a
+ * 6 s retry_timeout leaves a leader on a loaded machine time to renew its key.
  */
 export async function writeOperatorConfig(m: Member, o: { scope: string; etcdHost: string; etcdCa: string; user: OsUser }): Promise<void> {
   const config = {
@@ -102,7 +103,7 @@ export async function writeOperatorConfig(m: Member, o: { scope: string; etcdHos
     restapi: { listen: `${m.host}:${m.apiPort}`, connect_address: `${m.host}:${m.apiPort}` },
     etcd3: { hosts: o.etcdHost, cacert: o.etcdCa },
     bootstrap: {
-      dcs: { ttl: 10, loop_wait: 1, retry_timeout: 4, postgresql: { use_pg_rewind: true, parameters: { wal_log_hints: 'on' } } },
+      dcs: { ttl: 20, loop_wait: 1, retry_timeout: 6, postgresql: { use_pg_rewind: true, parameters: { wal_log_hints: 'on' } } },
       // initdb's host lines would trust every loopback client: none, only the socket
       initdb: [{ encoding: 'UTF8' }, { 'auth-host': 'reject' }, { 'auth-local': 'trust' }],
     },
