@@ -122,7 +122,11 @@ export class ServiceContext {
 
   /** The row of an agent's cluster, when its node is still part of it (410 otherwise: the agent stops). */
   async requireNode(agent: { cluster: string; node: string }): Promise<ClusterRow> {
-    const row = await this.cluster(agent.cluster);
+    return this.nodeRow(agent, await this.cluster(agent.cluster));
+  }
+
+  /** requireNode's verdict on a row of the agent's cluster already read (null: none). */
+  nodeRow(agent: { cluster: string; node: string }, row: ClusterRow | null): ClusterRow {
     if (!row) throw gone(`cluster "${agent.cluster}" no longer exists`);
     if (!hasNode(row.spec, agent.node)) throw nodeGone(agent.cluster, agent.node);
     return row;

@@ -8,7 +8,7 @@ import { DesiredCache, type ClusterDesired } from '../cluster/desired-cache.ts';
 import { StoreBusyError, StoreUnavailableError } from '../store/store-hosts.ts';
 import type { CaRotations } from './ca-rotation.ts';
 import { trustFilesOf, trustFilesSql, type TrustFiles, type TrustRow } from './cluster-cas.ts';
-import { Coalescer } from './coalesce.ts';
+import { Coalescer, ownError } from './coalesce.ts';
 import { nodeGone, type AgentPrincipal, type ServiceContext } from './context.ts';
 import type { Crls } from './crls.ts';
 import { contactId, contactsSql, latestContacts, type ContactKey } from './identities.ts';
@@ -40,8 +40,12 @@ const renewalColumns = (cluster: string, now: string, node: string) => `, r.phas
   ARRAY(SELECT serial FROM certificates c WHERE c.cluster = ${cluster} AND c.node = ${node} AND renew_requested_at IS NOT NULL AND revoked_at IS NULL AND not_after > ${now}
           AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.cluster = c.cluster AND n.node = c.node AND n.slot = c.slot AND n.serial <> c.serial
                             AND n.not_before >= date_trunc('second', c.renew_requested_at) - interval '${5 * 60} seconds')) AS renew`;
-/** A node's read alone: $1 the cluster, $2 now, $3 the node (NULL: the cluster's trust files, no renewals). */
-const NODE_READ_SQL = trustFilesSql(renewalColumns('$1', '$2', '$3'));
+/**
+ * The reads of many nodes ($1, $2 arrays; a node NULL: its cluster's trust files, no renewals) at
+ * $3, by their index; a cluster without a CA gives a row of nulls.
+ */
+const NODE_READS_SQL = `SELECT k.i, t.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(cluster, node, i)
+  LEFT JOIN LATERAL (${trustFilesSql(renewalColumns('k.cluster', '$3', 'k.node'), 'k.cluster')}) t ON true`;
 /**
  * The last_contact of a batch of nodes (contactsSql's $1..$3), each row written returning the
  * node's read ($4 now) as JSON, null when its cluster has no CA: a first desired request's
@@ -76,6 +80,10 @@ export class DesiredStates {
    * coordinator's busy time for 2,500 agents' first cycles, each query a write to its socket).
    */
   readonly #contactReads: Coalescer<ContactKey, NodeRead | undefined>;
+  /** The other reads of nodes passing together (the polls a change woke, a plan's): one query. */
+  readonly #reads: Coalescer<{ cluster: string; node: string | null }, NodeRead | undefined>;
+  /** Per cluster, the row read its polls passing in this tick share (#sharedRow). */
+  readonly #rowReads = new Map<string, Promise<ClusterRow | null>>();
 
   constructor(ctx: ServiceContext, deps: DesiredStateDeps) {
     this.#ctx = ctx;
@@ -89,6 +97,12 @@ export class DesiredStates {
       // Not written: the cluster is gone (as Identities.recordContact says it).
       return keys.map((k) => (read.has(contactId(k)) ? { ok: true, value: read.get(contactId(k)) } : { ok: false, error: nodeGone(k.cluster, k.node) }));
     }, { full: () => new StoreBusyError('too many agent requests waiting for it') });
+    // Bounded by the polls held (each waits once), never refused: a woken poll is not turned into a 503.
+    this.#reads = new Coalescer(async (keys) => {
+      const rows = await ctx.store.query<{ i: string } & NodeRead>(NODE_READS_SQL, [keys.map((k) => k.cluster), keys.map((k) => k.node), ctx.now()]);
+      const read = new Map(rows.map((r) => [Number(r.i) - 1, r.cert_pem === null ? undefined : r]));
+      return keys.map((_, i) => ({ ok: true, value: read.get(i) }));
+    }, { maxWaiting: Number.MAX_SAFE_INTEGER });
     ctx.store.events.on('cluster', (cluster: string) => this.#wake(cluster, false));
   }
 
@@ -114,7 +128,7 @@ export class DesiredStates {
       // Subscribe before reading, so a change between the read and the wait is not missed.
       const wake = this.#subscribe(agent.cluster, peersKnown !== undefined);
       try {
-        const row = await ctx.requireNode(agent);
+        const row = ctx.nodeRow(agent, await this.#sharedRow(agent.cluster));
         if (await this.#deps.crls.refresh(agent.cluster, { recentRead: true })) continue;
         if (row.generation > after) {
           const d = await this.#nodeDesired(row, agent.node, contact);
@@ -185,6 +199,26 @@ export class DesiredStates {
   }
 
   /**
+   * The row of a cluster, read once for the polls of the cluster that ask for it in the same tick
+   * (a change wakes them together: one read, not one per node), issued after each of them asked,
+   * so that each sees what a read of its own would; the read is every pass's (StoredSpecs.read).
+   * Each caller gets an error of its own (ownError).
+   */
+  #sharedRow(cluster: string): Promise<ClusterRow | null> {
+    let read = this.#rowReads.get(cluster);
+    if (!read) {
+      read = new Promise((resolve) => queueMicrotask(() => {
+        this.#rowReads.delete(cluster);
+        resolve(this.#ctx.cluster(cluster));
+      }));
+      this.#rowReads.set(cluster, read);
+    }
+    return read.catch((e: unknown) => {
+      throw ownError(e);
+    });
+  }
+
+  /**
    * The cache entry of a cluster row's generation. The trust files are read each time (with the
    * renewals, #trustAndRenewals) and key the entry too; the credentials only when a node is first compiled.
    */
@@ -207,16 +241,15 @@ export class DesiredStates {
    * The one read of a node's trust files (trustFilesSql's row, by trustFilesOf's rule) and, in the
    * same query, the serials it is asked to renew now (renewalColumns; `node` null: none, the
    * cluster's trust files alone), and in phase 'reissue' of a CA rotation its leaves from the
-   * old CA (only then read). With `contact`: in the statement that writes the node's last_contact,
-   * shared with the requests arriving together (CONTACT_READ_SQL). Level-triggered (a replaced or
+   * old CA (only then read); one query for the nodes read together (NODE_READS_SQL). With
+   * `contact`: in the statement that writes the node's last_contact, shared with the requests
+   * arriving together (CONTACT_READ_SQL). Level-triggered (a replaced or
    * expired certificate leaves the list without a new generation), so read per request: O(the
    * node's certificates), never cached.
    */
   async #trustAndRenewals(cluster: string, node: string | null, contact = false): Promise<{ trust: TrustFiles; renew: string[] }> {
     const ctx = this.#ctx;
-    const r = contact && node !== null
-      ? await this.#contactReads.call({ cluster, node, at: ctx.now() })
-      : (await ctx.store.query<NodeRead>(NODE_READ_SQL, [cluster, ctx.now(), node]))[0];
+    const r = contact && node !== null ? await this.#contactReads.call({ cluster, node, at: ctx.now() }) : await this.#reads.call({ cluster, node });
     const trust = trustFilesOf(cluster, r); // no row: it threw (404)
     const reissue = node !== null && r!.reissuing ? (await this.#deps.rotations.oldCaLeaves(cluster, node)).map((x) => x.serial) : [];
     return { trust, renew: [...new Set([...r!.renew, ...reissue])].sort() };
