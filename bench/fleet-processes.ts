@@ -37,8 +37,19 @@ export function nofile(): { soft: number; hard: number } {
 }
 
 /** Children run with the soft open-file limit raised to the hard one (sh's ulimit; Node has no setrlimit). */
-export function spawnRaised(args: string[], stdio: ('ignore' | 'inherit' | 'ipc' | number)[]): ChildProcess {
-  return spawn('/bin/sh', ['-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'sh', process.execPath, ...args], { stdio, cwd: PACKAGE_ROOT });
+export function spawnRaised(args: string[], stdio: ('ignore' | 'inherit' | 'ipc' | number)[], env: NodeJS.ProcessEnv = process.env): ChildProcess {
+  return spawn('/bin/sh', ['-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'sh', process.execPath, ...args], { stdio, cwd: PACKAGE_ROOT, env });
+}
+
+/**
+ * FLEET_COORDINATOR_ENV: VAR=value pairs, space-separated, for the coordinator process (and its
+ * embedded store) only, not the agent processes: e.g. an allocator setting the unit would ship
+ * (GLIBC_TUNABLES=..., LD_PRELOAD=...), measured on the coordinator alone.
+ */
+export function coordinatorEnv(text = process.env.FLEET_COORDINATOR_ENV ?? ''): Record<string, string> {
+  const pairs = text.split(' ').filter(Boolean).map((a) => /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(a));
+  if (pairs.some((m) => !m)) throw new Error(`FLEET_COORDINATOR_ENV: "${text}" is not VAR=value pairs, space-separated`);
+  return Object.fromEntries(pairs.map((m) => [m![1]!, m![2]!]));
 }
 
 export function coordinatorHelp(): string {
@@ -61,7 +72,9 @@ export async function startCoordinatorProcess(dataDir: string, port: number, fla
   // FLEET_NODE_FLAGS: node/V8 flags for the coordinator process (e.g. heap limits), space-separated.
   const nodeFlags = (process.env.FLEET_NODE_FLAGS ?? '').split(' ').filter(Boolean);
   const args = [...nodeFlags, ...prof, PGACCORD, 'coordinator', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--log-level', LOG_LEVEL, ...flags];
-  const child = spawnRaised(args, ['ignore', fd, fd]);
+  const env = coordinatorEnv();
+  if (Object.keys(env).length) log(`coordinator environment: ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  const child = spawnRaised(args, ['ignore', fd, fd], { ...process.env, ...env });
   closeSync(fd);
   const exited = once(child, 'exit');
   return { child, pid: child.pid!, startedAt, exited };
