@@ -2,7 +2,6 @@
 // coordinator moves on by itself once every node proved it: the new CA issues and every old leaf
 // is renewed), then finish (the old CA leaves every bundle, refused until every node is ready).
 import type { CaRotationStatus } from '../../shared/contract/api.ts';
-import type { AgentStatus } from '../../shared/contract/status.ts';
 import { certInfo, verifiesAgainst } from '../../shared/crypto/x509.ts';
 import { CertificateAuthority } from '../ca/ca.ts';
 import { notProved, notReissued, type NodeEvidence } from '../ca/rotation.ts';
@@ -12,6 +11,13 @@ import type { ClusterCas } from './cluster-cas.ts';
 import { lockCluster, TASK_CA_ROTATION, tryClusterTask, type ServiceContext } from './context.ts';
 import type { Crls } from './crls.ts';
 import type { ClusterRow } from './stored-specs.ts';
+import { readStoredReport, unreadableMessage } from './stored-report.ts';
+
+/** A node's evidence; `unreadable`: why its stored report could not be read (then `report` is null). */
+type Evidence = NodeEvidence & { unreadable: string | null };
+
+/** What a node still waits for: an unreadable stored report is never proof of anything. */
+const waitsFor = (n: Evidence, gate: (n: NodeEvidence) => string[]): string[] => (n.unreadable !== null ? [unreadableMessage(n.unreadable)] : gate(n));
 
 interface RotationRow {
   phase: 'trust' | 'reissue';
@@ -56,10 +62,10 @@ export class CaRotations {
     )).rows[0] ?? null;
   }
 
-  /** What each node of the spec last reported, and whether that report is stale. */
-  async #evidence(row: ClusterRow): Promise<NodeEvidence[]> {
+  /** What each node of the spec last reported (or why its stored report is unreadable), and whether that report is stale. */
+  async #evidence(row: ClusterRow): Promise<Evidence[]> {
     const ctx = this.#ctx;
-    const statuses = await ctx.store.query<{ node: string; report: AgentStatus | null; last_contact: Date }>(
+    const statuses = await ctx.store.query<{ node: string; report: unknown; last_contact: Date }>(
       `SELECT node, report, last_contact FROM node_status WHERE cluster = $1`,
       [row.name],
     );
@@ -67,8 +73,8 @@ export class CaRotations {
     const now = ctx.now().getTime();
     return row.spec.nodes.map((n) => {
       const st = byNode.get(n.name);
-      const report = st?.report ?? null;
-      return { node: n.name, report, stale: ctx.isStale(report?.phase, st?.last_contact, now) };
+      const { report, unreadable } = readStoredReport(st?.report);
+      return { node: n.name, report, unreadable, stale: ctx.isStale(report?.phase, st?.last_contact, now) };
     });
   }
 
@@ -126,7 +132,7 @@ export class CaRotations {
     if (rot?.phase !== 'trust') return;
     const row = await ctx.cluster(cluster);
     if (!row) return;
-    if ((await this.#evidence(row)).some((n) => notProved(n, rot.trust_generation).length > 0)) return;
+    if ((await this.#evidence(row)).some((n) => waitsFor(n, (e) => notProved(e, rot.trust_generation)).length > 0)) return;
     const now = ctx.now();
     const generation = await ctx.change(cluster, async (c) => {
       // One coordinator takes the step (every agent's report, on any coordinator, asks for it);
@@ -179,10 +185,10 @@ export class CaRotations {
     if (rot) {
       const evidence = await this.#evidence(row);
       if (rot.phase === 'trust') {
-        nodes = evidence.map((n) => ({ node: n.node, waiting: notProved(n, rot.trust_generation).map((w) => `bundle with both CAs not proved: ${w}`) }));
+        nodes = evidence.map((n) => ({ node: n.node, waiting: waitsFor(n, (e) => notProved(e, rot.trust_generation)).map((w) => `bundle with both CAs not proved: ${w}`) }));
       } else {
         const fromNew = await this.#issuedByCurrent(cluster);
-        nodes = evidence.map((n) => ({ node: n.node, waiting: notReissued(n, rot.reissue_generation!, (serial) => fromNew.has(serial)) }));
+        nodes = evidence.map((n) => ({ node: n.node, waiting: waitsFor(n, (e) => notReissued(e, rot.reissue_generation!, (serial) => fromNew.has(serial))) }));
         canFinish = nodes.every((n) => n.waiting.length === 0);
       }
     }

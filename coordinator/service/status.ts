@@ -12,6 +12,7 @@ import type { ClusterCas } from './cluster-cas.ts';
 import type { AgentPrincipal, ServiceContext } from './context.ts';
 import type { DesiredStates } from './desired-state.ts';
 import type { Passwords } from './passwords.ts';
+import { readStoredReport, STORED_REPORT_UNREADABLE, unparsableInstants, unreadableMessage } from './stored-report.ts';
 
 export interface StatusDeps {
   cas: ClusterCas;
@@ -60,7 +61,7 @@ export class StatusReports {
   async status(name: string): Promise<ClusterStatusResponse> {
     const ctx = this.#ctx;
     const row = await ctx.requireCluster(name);
-    const statuses = await ctx.store.query<{ node: string; report: AgentStatus | null; reported_at: Date | null; last_contact: Date }>(
+    const statuses = await ctx.store.query<{ node: string; report: unknown; reported_at: Date | null; last_contact: Date }>(
       `SELECT node, report, reported_at, last_contact FROM node_status WHERE cluster = $1`,
       [name],
     );
@@ -86,7 +87,10 @@ export class StatusReports {
     };
     const nodes: NodeStatusView[] = row.spec.nodes.map((n) => {
       const s = byNode.get(n.name);
-      const report = s?.report ?? null;
+      // A stored report not of today's shape (readStoredReport) shows as unknown, with why; the
+      // other nodes, and what the coordinator itself knows of this one (its identity
+      // certificate, contact times), as usual.
+      const { report, unreadable } = readStoredReport(s?.report);
       const phase = report?.phase ?? 'unknown';
       const expiry: CertExpiry[] = [];
       if (report?.servedCertificate) expiry.push(expiryOf('server', report.servedCertificate.serial, report.servedCertificate.notAfter, 'served'));
@@ -114,7 +118,7 @@ export class StatusReports {
         lastContact: s ? s.last_contact.toISOString() : null,
         reportedAt: s?.reported_at ? s.reported_at.toISOString() : null,
         stale: ctx.isStale(phase, s?.last_contact, now),
-        errors: report?.errors ?? [],
+        errors: unreadable !== null ? [{ code: STORED_REPORT_UNREADABLE, message: unreadableMessage(unreadable) }] : report?.errors ?? [],
         servedCertificate: report?.servedCertificate ?? null,
         certificates: report?.certificates ?? [],
         probes: report?.probes ?? [],
@@ -153,13 +157,4 @@ export class StatusReports {
  */
 export function clusterConverged(nodes: NodeStatusView[], generation: number): boolean {
   return nodes.every((n) => n.appliedGeneration === generation && n.phase === 'converged' && !n.stale && n.probes.every((p) => p.ok && !probePending(p, generation)));
-}
-
-/** The instants status() computes days left from: one that does not parse is refused when reported, not stored to break every status view. */
-function unparsableInstants(report: AgentStatus): { field: string; message: string }[] {
-  const instants: [string, string][] = [
-    ...(report.servedCertificate ? [['servedCertificate.notAfter', report.servedCertificate.notAfter] as [string, string]] : []),
-    ...report.certificates.map((c, i): [string, string] => [`certificates[${i}].notAfter`, c.notAfter]),
-  ];
-  return instants.filter(([, v]) => Number.isNaN(Date.parse(v))).map(([field]) => ({ field, message: 'not a date and time (ISO 8601)' }));
 }
