@@ -4,6 +4,7 @@ import { RENEW_AT_FRACTION } from '../../shared/contract/renewal.ts';
 import type { Phase } from '../../shared/contract/status.ts';
 import { awaitingPeer } from '../../shared/contract/awaiting-peer.ts';
 import type { Store } from '../store/store.ts';
+import { jsonInt } from '../store/json-sql.ts';
 
 /** Every phase gets a 0/1 series, so `pgaccord_node_phase{phase="failed"} == 1` needs no absent(). */
 export const PHASES: readonly Phase[] = ['converged', 'applying', 'failed', 'pending-restart', 'stale', 'unknown'];
@@ -134,13 +135,11 @@ export function fleetSeries(nodes: NodeRow[], certs: CertRow[], crls: CrlRow[]):
 // The spec's node list drives the rows (a node never enrolled shows applied 0; a removed node's
 // leftover status row shows nothing). Only names are read from the spec, never compiled.
 //
-// Every read of a report is guarded in SQL: reports were checked against the schema when posted,
-// but a row of an older coordinator's report shape, a hand-edited row or a value over int range
-// must not fail the query (and with it every series of the scrape). A field of the wrong JSON type
+// Every read of a report is guarded in SQL (as store/json-sql.ts says why): one unreadable row
+// must not fail the query and with it every series of the scrape. A field of the wrong JSON type
 // or out of range reads as NULL (no sample); a list that is not an array reads as none, and its
-// elements of the wrong shape are left out. CASE, not AND, guards each cast: PostgreSQL evaluates
-// a CASE's result only when its condition holds, and an AND's operands in any order.
-const int = (j: string) => `CASE WHEN jsonb_typeof(${j}) = 'number' AND (${j} #>> '{}') ~ '^[0-9]{1,9}$' THEN (${j} #>> '{}')::int END`;
+// elements of the wrong shape are left out.
+const int = jsonInt;
 const array = (j: string) => `CASE WHEN jsonb_typeof(${j}) = 'array' THEN ${j} ELSE '[]'::jsonb END`;
 const text = (j: string) => `jsonb_typeof(${j}) = 'string'`;
 const float = (j: string) => `CASE WHEN jsonb_typeof(${j}) = 'number' THEN CASE WHEN abs((${j})::numeric) < 1e15 THEN (${j})::numeric::float8 END END`;

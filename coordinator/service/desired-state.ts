@@ -14,6 +14,7 @@ import type { Crls } from './crls.ts';
 import { contactId, contactsSql, latestContacts, type ContactKey } from './identities.ts';
 import type { Passwords } from './passwords.ts';
 import type { ClusterRow } from './stored-specs.ts';
+import { jsonInt } from '../store/json-sql.ts';
 
 export interface DesiredStateDeps {
   crls: Crls;
@@ -259,7 +260,8 @@ export class DesiredStates {
   #appliedOf(cluster: string): Promise<Map<string, number>> {
     let m = this.#applied.get(cluster);
     if (!m) {
-      const sql = `SELECT node, (report->>'generation')::int AS generation FROM node_status WHERE cluster = $1`;
+      // guarded: one peer's unreadable report reads as nothing applied, not as every node's 500
+      const sql = `SELECT node, ${jsonInt(`report->'generation'`)} AS generation FROM node_status WHERE cluster = $1`;
       m = this.#ctx.store.query<{ node: string; generation: number | null }>(sql, [cluster])
         .then((rows) => new Map(rows.filter((r) => r.generation !== null).map((r) => [r.node, r.generation!])));
       m.catch(() => this.#applied.delete(cluster));
