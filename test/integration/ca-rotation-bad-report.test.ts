@@ -6,6 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { enroll, pgdSpec, startHarness, type EnrolledNode, type Harness } from '../helpers/coordinator-harness.ts';
+import { minimalReport, putStoredReport } from '../helpers/stored-report.ts';
 
 let h: Harness;
 let node1: EnrolledNode;
@@ -19,13 +20,8 @@ after(async () => {
   await h?.close();
 });
 
-const report = (generation: number, over: Record<string, unknown> = {}) => ({
-  generation, phase: 'converged', errors: [], files: [], servedCertificate: null, certificates: [], probes: [],
-  pendingRestart: [], coordinatorReachable: true, versions: { agent: 'test', postgres: '16' }, ...over,
-});
-const putReport = (node: string, r: unknown) => h.coord.store.query(
-  `INSERT INTO node_status (cluster, node, report, reported_at, last_contact) VALUES ('rot', $1, $2::jsonb, now(), now())
-   ON CONFLICT (cluster, node) DO UPDATE SET report = EXCLUDED.report, reported_at = now(), last_contact = now()`, [node, JSON.stringify(r)]);
+const report = minimalReport;
+const putReport = (node: string, r: unknown) => putStoredReport(h.coord.store, 'rot', node, r);
 const phase = async () => (await h.coord.store.query<{ phase: string }>(`SELECT phase FROM ca_rotations WHERE cluster = 'rot'`))[0]?.phase;
 
 /** Shapes of node-2's report at generation g that are not proof (the first two read as proof before). */

@@ -6,6 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { enroll, pgdSpec, startHarness, type EnrolledNode, type Harness } from '../helpers/coordinator-harness.ts';
+import { minimalReport, putStoredReport, RawJson } from '../helpers/stored-report.ts';
 
 let h: Harness;
 let node1: EnrolledNode;
@@ -19,17 +20,11 @@ after(async () => {
   await h?.close();
 });
 
-const report = (generation: unknown) => ({
-  generation, phase: 'converged', errors: [], files: [], servedCertificate: null, certificates: [], probes: [],
-  pendingRestart: [], coordinatorReachable: true, versions: { agent: 'test', postgres: '16' },
-});
+const report = (generation: unknown) => minimalReport(generation);
 
 test("a peer's stored report whose generation is no int (a string, over int range) fails neither a node's desired state nor its status report", async () => {
-  const put = (node: string, json: string) => h.coord.store.query(
-    `INSERT INTO node_status (cluster, node, report, reported_at, last_contact) VALUES ('bad', $1, $2::jsonb, now(), now())
-     ON CONFLICT (cluster, node) DO UPDATE SET report = EXCLUDED.report`, [node, json]);
-  await put('node-2', JSON.stringify(report('seven')));
-  await put('node-3', JSON.stringify(report(1)).replace('"generation":1,', '"generation":1e400,'));
+  await putStoredReport(h.coord.store, 'bad', 'node-2', report('seven'));
+  await putStoredReport(h.coord.store, 'bad', 'node-3', new RawJson(JSON.stringify(report(1)).replace('"generation":1,', '"generation":1e400,')));
   const desired = await node1.client.call('GET', '/v1/agent/desired?peers=0');
   assert.equal(desired.status, 200, desired.text);
   const posted = await node1.client.call('POST', '/v1/agent/status', { body: report(desired.body.generation) });

@@ -7,6 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { CoordinatorMetrics } from '../../coordinator/http/metrics.ts';
 import { pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
+import { putStoredReport, RawJson } from '../helpers/stored-report.ts';
 
 let h: Harness;
 before(async () => {
@@ -22,13 +23,7 @@ const good = (over: Record<string, unknown> = {}) => ({
   timings: { generation: 1, startedAt: at, phases: { render: 3 }, totalMs: 40, probePass: { startedAt: at, reason: 'retry', edges: 2, ms: 500, passes: 1 } },
   ...over,
 });
-/** The report as JSON text: a Raw one as given (JSON.stringify cannot write 1e400). */
-class Raw {
-  constructor(readonly json: string) {}
-}
-const putReport = (cluster: string, node: string, report: unknown) => h.coord.store.query(
-  `INSERT INTO node_status (cluster, node, report, reported_at, last_contact) VALUES ($1, $2, $3::jsonb, now(), now())
-   ON CONFLICT (cluster, node) DO UPDATE SET report = EXCLUDED.report`, [cluster, node, report instanceof Raw ? report.json : JSON.stringify(report)]);
+const putReport = (cluster: string, node: string, report: unknown) => putStoredReport(h.coord.store, cluster, node, report);
 
 /** node-1's series, read whatever its peer's row holds. */
 function assertGoodNode(body: string, cluster: string) {
@@ -65,7 +60,7 @@ const shapes: { name: string; report: unknown; absent: string[] }[] = [
   { name: 'generation over int range', report: good({ generation: 3_000_000_000 }), absent: ['pgaccord_node_applied_generation', 'pgaccord_probe_pass_seconds'] },
   { name: 'negative generation', report: good({ generation: -1 }), absent: ['pgaccord_node_applied_generation', 'pgaccord_probe_pass_seconds'] },
   { name: 'timings generation a string', report: good({ timings: { generation: 'one', probePass: { ms: 5 } } }), absent: ['pgaccord_probe_pass_seconds'] },
-  { name: 'probe pass ms beyond float8', report: new Raw(JSON.stringify(good()).replace('"ms":500', '"ms":1e400')), absent: ['pgaccord_probe_pass_seconds'] },
+  { name: 'probe pass ms beyond float8', report: new RawJson(JSON.stringify(good()).replace('"ms":500', '"ms":1e400')), absent: ['pgaccord_probe_pass_seconds'] },
   { name: 'probe pass ms a string', report: good({ timings: { generation: 1, probePass: { ms: 'fast' } } }), absent: ['pgaccord_probe_pass_seconds'] },
   { name: 'pendingRestart a string', report: good({ pendingRestart: 'all' }), absent: ['pgaccord_node_pending_restarts'] },
   { name: 'probes an object', report: good({ probes: { to: 'node-1', role: 'replicator', ok: true } }), absent: ['pgaccord_probe_success'] },

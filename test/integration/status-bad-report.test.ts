@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Agent, request } from 'undici';
 import { pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
+import { putStoredReport, RawJson } from '../helpers/stored-report.ts';
 
 const execFileAsync = promisify(execFile);
 const CLI = join(import.meta.dirname, '../../bin/pgaccord.mjs');
@@ -30,13 +31,7 @@ const good = (over: Record<string, unknown> = {}) => ({
   timings: { generation: 1, startedAt: at, phases: { render: 3 }, totalMs: 40 },
   ...over,
 });
-/** The report as JSON text: a Raw one as given. */
-class Raw {
-  constructor(readonly json: string) {}
-}
-const putReport = (cluster: string, node: string, report: unknown) => h.coord.store.query(
-  `INSERT INTO node_status (cluster, node, report, reported_at, last_contact) VALUES ($1, $2, $3::jsonb, now(), now())
-   ON CONFLICT (cluster, node) DO UPDATE SET report = EXCLUDED.report`, [cluster, node, report instanceof Raw ? report.json : JSON.stringify(report)]);
+const putReport = (cluster: string, node: string, report: unknown) => putStoredReport(h.coord.store, cluster, node, report);
 
 // Each shape in a cluster of its own: the ones that failed the view (500) and the ones it showed as
 // if they were read (a string report as a node with nothing to say, an older shape as current).
@@ -56,7 +51,7 @@ const shapes: { name: string; report: unknown }[] = [
   { name: 'a field this version does not know', report: good({ futureField: { x: 1 } }) },
   { name: 'the report a JSON string', report: 'converged' },
   { name: 'the report a JSON list', report: [good()] },
-  { name: 'generation over int range', report: new Raw(JSON.stringify(good()).replace('"generation":1,"phase"', '"generation":1e400,"phase"')) },
+  { name: 'generation over int range', report: new RawJson(JSON.stringify(good()).replace('"generation":1,"phase"', '"generation":1e400,"phase"')) },
 ];
 
 function assertGoodNode(body: any, what: string) { // eslint-disable-line @typescript-eslint/no-explicit-any
