@@ -5,6 +5,7 @@ import type { PeerWake } from '../../shared/contract/api.ts';
 import type { ClusterSpec, NodeDesired } from '../../shared/contract/schema.ts';
 import { credentialRecord, rolesNeedingPasswords } from '../cluster/compile.ts';
 import { DesiredCache, type ClusterDesired } from '../cluster/desired-cache.ts';
+import { jsonInt } from '../store/json-sql.ts';
 import { StoreBusyError, StoreUnavailableError } from '../store/store-hosts.ts';
 import type { CaRotations } from './ca-rotation.ts';
 import { trustFilesOf, trustFilesSql, type TrustFiles, type TrustRow } from './cluster-cas.ts';
@@ -14,7 +15,6 @@ import type { Crls } from './crls.ts';
 import { contactId, contactsSql, latestContacts, type ContactKey } from './identities.ts';
 import type { Passwords } from './passwords.ts';
 import type { ClusterRow } from './stored-specs.ts';
-import { jsonInt } from '../store/json-sql.ts';
 
 export interface DesiredStateDeps {
   crls: Crls;
