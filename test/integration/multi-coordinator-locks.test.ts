@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import type pg from 'pg';
 import { pgdSpec, startHarness, type Harness } from '../helpers/coordinator-harness.ts';
 import { waitFor } from '../helpers/agent-process.ts';
+import { minimalReport, putStoredReport } from '../helpers/stored-report.ts';
 
 let h: Harness;
 before(async () => {
@@ -17,15 +18,9 @@ before(async () => {
 });
 after(() => h?.close());
 
-/** Every node reports it applied `generation`, converged, every probe ok. */
+/** Every node reports it applied `generation`, converged, every probe ok (a report of today's shape: a partial one is unreadable, never proof). */
 async function proved(generation: number): Promise<void> {
-  for (const node of ['node-1', 'node-2', 'node-3']) {
-    await h.coord.store.query(
-      `INSERT INTO node_status (cluster, node, report, reported_at, last_contact) VALUES ('locks', $1, $2, now(), now())
-       ON CONFLICT (cluster, node) DO UPDATE SET report = EXCLUDED.report, reported_at = now(), last_contact = now()`,
-      [node, JSON.stringify({ generation, phase: 'converged', probes: [], certificates: [], errors: [] })],
-    );
-  }
+  for (const node of ['node-1', 'node-2', 'node-3']) await putStoredReport(h.coord.store, 'locks', node, minimalReport(generation));
 }
 
 /**
